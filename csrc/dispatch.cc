@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "dispatch.h"
+
+#include <cstdlib>
+
+#include "common.h"
+
+namespace qe {
+namespace {
+
+const KernelTable kRefTable = {"ref", kFeatureNone, ref::gemv_f32};
+#if defined(__x86_64__) || defined(_M_X64)
+const KernelTable kAvx2Table = {"avx2", kFeatureAvx2, avx2::gemv_f32};
+#endif
+#if defined(__aarch64__)
+const KernelTable kNeonTable = {"neon", kFeatureNeon, neon::gemv_f32};
+#endif
+
+}  // namespace
+
+const std::vector<const KernelTable*>& compiled_tables() {
+    static const std::vector<const KernelTable*> tables = {
+#if defined(__x86_64__) || defined(_M_X64)
+        &kAvx2Table,
+#endif
+#if defined(__aarch64__)
+        &kNeonTable,
+#endif
+        &kRefTable,
+    };
+    return tables;
+}
+
+std::vector<const KernelTable*> supported_tables(const CpuInfo& cpu) {
+    std::vector<const KernelTable*> out;
+    for (const KernelTable* t : compiled_tables()) {
+        if (cpu.has(t->required)) out.push_back(t);
+    }
+    return out;
+}
+
+const KernelTable& select_table(const std::string& forced, const CpuInfo& cpu) {
+    std::string want = forced;
+    if (want.empty()) {
+        const char* env = std::getenv("QWEN_EDGE_ISA");
+        if (env != nullptr) want = env;
+    }
+    if (want.empty()) return *supported_tables(cpu).front();
+
+    std::string known;
+    for (const KernelTable* t : compiled_tables()) {
+        if (want == t->tag) {
+            QE_CHECK(cpu.has(t->required), "kernel table '", want,
+                     "' needs CPU features this machine lacks; supported here: ",
+                     [&] {
+                         std::string s;
+                         for (const KernelTable* u : supported_tables(cpu))
+                             s += (s.empty() ? "" : ", ") + std::string(u->tag);
+                         return s;
+                     }());
+            return *t;
+        }
+        known += (known.empty() ? "" : ", ") + std::string(t->tag);
+    }
+    QE_CHECK(false, "unknown kernel table '", want, "' (QWEN_EDGE_ISA or isa=); built with: ",
+             known);
+    return *compiled_tables().back();  // unreachable
+}
+
+}  // namespace qe

@@ -1,0 +1,45 @@
+"""Exceptions raised by qwen-edge.
+
+Library code raises these and never prints or exits; only `cli.py` turns them into messages and
+exit codes. Every message names the file, field or tensor at fault and, where it helps, what to
+do next.
+"""
+
+from __future__ import annotations
+
+
+class QwenEdgeError(Exception):
+    """Base class of every error qwen-edge raises on purpose."""
+
+
+class ConfigError(QwenEdgeError):
+    """A model configuration that is invalid or describes a model qwen-edge does not run."""
+
+
+class CheckpointError(QwenEdgeError):
+    """A Hugging Face checkpoint folder that is incomplete, inconsistent or unreadable."""
+
+
+class ModelFileError(QwenEdgeError):
+    """A qwen-edge model file that is truncated, corrupt or of an unsupported version."""
+
+
+class ContextLengthError(QwenEdgeError):
+    """A prompt or generation that does not fit the model state's context length."""
+
+
+class MissingDependencyError(QwenEdgeError):
+    """An optional dependency is needed for this feature; the message names the pip extra."""
+
+
+def require(module: str, extra: str):
+    """Imports an optional dependency or raises MissingDependencyError naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"this feature needs the Python package '{module.split('.')[0]}': "
+            f"pip install 'qwen-edge[{extra}]'"
+        ) from e
