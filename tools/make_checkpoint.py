@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Writes a random-weight Qwen3.5 checkpoint through transformers' own `save_pretrained`.
+
+The text weights come from `qwen_edge.export.demo.random_tensor` (seeded, realistic scales);
+the vision tower keeps transformers' seeded init. Like the hub checkpoints, the result stores
+matrices in bf16 with `A_log` and the GDN norm weight in fp32, and (wrapper layout) carries an
+MTP head, which transformers does not model, in an extra shard listed by the index.
+
+    python tools/make_checkpoint.py tiny -o models/tiny
+    python tools/make_checkpoint.py 0.8b --layout text -o models/0.8b-text
+    python tools/make_checkpoint.py 2b -o models/2b
+
+Needs `pip install torch==2.13.0 transformers` (the `reference` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qwen_edge import presets
+from qwen_edge.config import ModelConfig
+from qwen_edge.export.demo import FP32_TENSOR_SUFFIXES, mtp_tensor_shapes, random_tensor
+from qwen_edge.export.safetensors_io import float32_to_bf16, write_safetensors
+
+TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
+
+
+def build_model(hf_config: dict, layout: str, dtype: str, seed: int):  # type: ignore[no-untyped-def]
+    """A transformers Qwen3.5 model holding the seeded qwen-edge random weights."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    # Build in float32 (the config's dtype would make transformers build in bf16 and lose the
+    # fp32 tensors), then cast below as the hub does.
+    hf_config = json.loads(json.dumps(hf_config))
+    hf_config["text_config"]["dtype"] = "float32"
+    if layout == "wrapper":
+        config = transformers.Qwen3_5Config(**hf_config)
+        model = transformers.Qwen3_5ForConditionalGeneration(config)
+        prefix = "model.language_model."
+    else:
+        config = transformers.Qwen3_5TextConfig(**presets.text_only_config(hf_config))
+        model = transformers.Qwen3_5ForCausalLM(config)
+        prefix = "model."
+    model.eval()
+    cfg = ModelConfig.from_hf(hf_config)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, shape in cfg.text_tensor_shapes().items():
+            target = params[name if name == "lm_head.weight" else prefix + name]
+            target.copy_(torch.from_numpy(random_tensor(name, shape, seed)))
+        if dtype != "f32":
+            # As on the hub: matrices in the checkpoint dtype, A_log and the GDN norm in fp32.
+            torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
+            for name, param in model.named_parameters():
+                if not name.endswith(FP32_TENSOR_SUFFIXES):
+                    param.data = param.data.to(torch_dtype)
+    for cfg_obj in (model.config, model.config.get_text_config()):
+        cfg_obj.dtype = TORCH_DTYPES[dtype]
+    return model
+
+
+def add_mtp_shard(out: Path, hf_config: dict, seed: int, dtype: str) -> None:
+    """Adds the MTP head as its own shard and lists it in (or creates) the index."""
+    cfg = ModelConfig.from_hf(hf_config)
+    shapes = mtp_tensor_shapes(cfg)
+    st_dtype = {"bf16": "BF16", "f16": "F16", "f32": "F32"}[dtype]
+    convert = {
+        "bf16": float32_to_bf16,
+        "f16": lambda a: a.astype(np.float16),
+        "f32": lambda a: a,
+    }[dtype]
+    shard = "model-mtp.safetensors"
+    write_safetensors(
+        out / shard,
+        [(n, st_dtype, s) for n, s in shapes.items()],
+        (convert(random_tensor(n, s, seed)) for n, s in shapes.items()),
+        {"format": "pt"},
+    )
+    index_path = out / "model.safetensors.index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+    else:  # save_pretrained wrote one file: describe it by an index, as the hub does
+        from qwen_edge.export.safetensors_io import SafetensorsFile
+
+        single = SafetensorsFile(out / "model.safetensors")
+        index = {"metadata": {}, "weight_map": {n: "model.safetensors" for n in single.tensors}}
+        single.close()
+    index["weight_map"].update({n: shard for n in shapes})
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("preset", choices=presets.PRESET_NAMES)
+    parser.add_argument("-o", "--output", required=True, type=Path)
+    parser.add_argument("--layout", choices=["wrapper", "text"], default="wrapper")
+    parser.add_argument("--dtype", choices=sorted(TORCH_DTYPES), default="bf16")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-size", default="5GB", help="max_shard_size for save_pretrained")
+    parser.add_argument("--no-mtp", action="store_true", help="leave out the MTP head")
+    parser.add_argument("--tokenizer", type=Path, help="copy tokenizer files from this folder")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+
+    if args.output.exists():
+        if not args.force:
+            parser.error(f"{args.output} exists (use --force to replace it)")
+        shutil.rmtree(args.output)
+    start = time.perf_counter()
+    hf_config = presets.hf_config(args.preset)
+    model = build_model(hf_config, args.layout, args.dtype, args.seed)
+    model.save_pretrained(args.output, max_shard_size=args.shard_size)
+    del model
+    if args.layout == "wrapper" and not args.no_mtp:
+        add_mtp_shard(args.output, hf_config, args.seed, args.dtype)
+    if args.tokenizer:
+        for f in args.tokenizer.iterdir():
+            if f.is_file() and (f.name.startswith("tokenizer") or f.suffix == ".jinja"):
+                shutil.copy2(f, args.output / f.name)
+    size = sum(f.stat().st_size for f in args.output.iterdir())
+    print(
+        f"wrote {args.output} ({args.preset}, {args.layout} layout, {args.dtype}, "
+        f"seed {args.seed}): {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
