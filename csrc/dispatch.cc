@@ -8,12 +8,19 @@
 namespace qe {
 namespace {
 
-const KernelTable kRefTable = {"ref", kFeatureNone, ref::gemv_f32};
+// Slots a table does not specialize point at the next-best implementation (no null slots).
+const KernelTable kRefTable = {"ref",           kFeatureNone,     ref::gemv_f32,
+                               ref::quantize_q8a, ref::gemv_q8a,  ref::gemm_q8a,
+                               ref::dequantize_row};
 #if defined(__x86_64__) || defined(_M_X64)
-const KernelTable kAvx2Table = {"avx2", kFeatureAvx2, avx2::gemv_f32};
+const KernelTable kAvx2Table = {"avx2",           kFeatureAvx2,    avx2::gemv_f32,
+                                ref::quantize_q8a, ref::gemv_q8a,  ref::gemm_q8a,
+                                ref::dequantize_row};
 #endif
 #if defined(__aarch64__)
-const KernelTable kNeonTable = {"neon", kFeatureNeon, neon::gemv_f32};
+const KernelTable kNeonTable = {"neon",           kFeatureNeon,    neon::gemv_f32,
+                                ref::quantize_q8a, ref::gemv_q8a,  ref::gemm_q8a,
+                                ref::dequantize_row};
 #endif
 
 }  // namespace

@@ -17,6 +17,10 @@ struct KernelTable {
     const char* tag;    // ISA tag: "ref", "avx2", "neon", "neon_dotprod", ...
     uint32_t required;  // CpuFeature bits the CPU must have
     GemvF32Fn gemv_f32;
+    QuantizeQ8aFn quantize_q8a;
+    GemvQ8aFn gemv_q8a;
+    GemmQ8aFn gemm_q8a;
+    DequantizeRowFn dequantize_row;
 };
 
 // Every table compiled into this binary, best first; the last is `ref`, which needs nothing.

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "cpu_features.h"
 #include "dispatch.h"
+#include "quant/formats.h"
 
 namespace py = pybind11;
 
@@ -30,6 +31,91 @@ py::array_t<float> gemv_f32(const F32Array& w, const F32Array& x, const std::str
         table.gemv_f32(w.data(), k, x.data(), y.mutable_data(), rows, k);
     }
     return y;
+}
+
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+// A packed matrix over a Python byte array, after checking its size against the format.
+qe::PackedMatrix packed_view(const std::string& format, const U8Array& data, int64_t rows,
+                             int64_t k) {
+    qe::WeightFormat f;
+    QE_CHECK(qe::parse_format(format, &f) && qe::is_quantized(f), "unknown packed format '",
+             format, "'");
+    qe::PackedLayout layout;
+    QE_CHECK(qe::packed_layout(f, rows, k, &layout), "bad shape [", rows, ", ", k, "] for ",
+             format, " (k must be a positive multiple of 32)");
+    QE_CHECK(uint64_t(data.size()) == layout.total_bytes, format, " [", rows, ", ", k,
+             "] needs ", layout.total_bytes, " bytes, got ", data.size());
+    return qe::PackedMatrix::view(f, layout, data.data());
+}
+
+// Activations x [m, k] quantized with the table's own quantizer.
+std::vector<qe::BlockQ8A> quantize_rows(const qe::KernelTable& table, const F32Array& x,
+                                        int64_t k) {
+    const int64_t m = x.size() / k;
+    std::vector<qe::BlockQ8A> blocks(m * (k / qe::kBlockK));
+    for (int64_t t = 0; t < m; ++t)
+        table.quantize_q8a(x.data() + t * k, blocks.data() + t * (k / qe::kBlockK), k);
+    return blocks;
+}
+
+py::tuple quantize_q8a(const F32Array& x, const std::string& isa) {
+    QE_CHECK(x.ndim() == 1 && x.shape(0) % qe::kBlockK == 0,
+             "quantize_q8a: x must be 1-D with a multiple of 32 entries");
+    const auto& table = table_for(isa);
+    const int64_t nb = x.shape(0) / qe::kBlockK;
+    std::vector<qe::BlockQ8A> blocks = quantize_rows(table, x, x.shape(0));
+    py::array_t<float> d(nb);
+    py::array_t<int32_t> sum(nb);
+    py::array_t<int8_t> q({nb, int64_t{qe::kBlockK}});
+    for (int64_t b = 0; b < nb; ++b) {
+        d.mutable_at(b) = blocks[b].d;
+        sum.mutable_at(b) = blocks[b].sum;
+        for (int j = 0; j < qe::kBlockK; ++j) q.mutable_at(b, j) = blocks[b].q[j];
+    }
+    return py::make_tuple(d, sum, q);
+}
+
+// y [m, rows] = x [m, k] @ W.T with activations quantized to q8a; m == 1 uses the gemv kernel.
+py::array_t<float> matmul_q8a(const std::string& format, const U8Array& data, int64_t rows,
+                              int64_t k, const F32Array& x, const std::string& isa) {
+    const qe::PackedMatrix w = packed_view(format, data, rows, k);
+    QE_CHECK(x.ndim() == 2 && x.shape(1) == k, "matmul_q8a: x must be [m, ", k, "]");
+    const auto& table = table_for(isa);
+    const int64_t m = x.shape(0);
+    std::vector<qe::BlockQ8A> blocks = quantize_rows(table, x, k);
+    std::vector<float> y(m * w.rows_padded);
+    {
+        py::gil_scoped_release release;
+        if (m == 1) {
+            table.gemv_q8a(w, blocks.data(), y.data(), 0, w.groups);
+        } else {
+            table.gemm_q8a(w, blocks.data(), m, y.data(), w.rows_padded, 0, w.groups);
+        }
+    }
+    py::array_t<float> out({m, rows});
+    for (int64_t t = 0; t < m; ++t)
+        std::copy_n(y.data() + t * w.rows_padded, rows, out.mutable_data(t, 0));
+    return out;
+}
+
+py::array_t<float> dequantize(const std::string& format, const U8Array& data, int64_t rows,
+                              int64_t k, const std::string& isa) {
+    const qe::PackedMatrix w = packed_view(format, data, rows, k);
+    const auto& table = table_for(isa);
+    py::array_t<float> out({rows, k});
+    for (int64_t r = 0; r < rows; ++r) table.dequantize_row(w, r, out.mutable_data(r, 0));
+    return out;
+}
+
+uint64_t packed_size(const std::string& format, int64_t rows, int64_t k) {
+    qe::WeightFormat f;
+    QE_CHECK(qe::parse_format(format, &f) && qe::is_quantized(f), "unknown packed format '",
+             format, "'");
+    qe::PackedLayout layout;
+    QE_CHECK(qe::packed_layout(f, rows, k, &layout), "bad shape [", rows, ", ", k, "] for ",
+             format);
+    return layout.total_bytes;
 }
 
 }  // namespace
@@ -74,4 +160,13 @@ PYBIND11_MODULE(_core, m) {
         "The table that would be used: `isa` if given, else QWEN_EDGE_ISA, else the best.");
     m.def("gemv_f32", &gemv_f32, py::arg("w"), py::arg("x"), py::arg("isa") = "",
           "y = w @ x in float32 with the kernel table `isa` (test surface).");
+    m.def("quantize_q8a", &quantize_q8a, py::arg("x"), py::arg("isa") = "",
+          "q8a blocks of x as (d [nb], sum [nb], q [nb, 32]) (test surface).");
+    m.def("matmul_q8a", &matmul_q8a, py::arg("format"), py::arg("data"), py::arg("rows"),
+          py::arg("k"), py::arg("x"), py::arg("isa") = "",
+          "x [m, k] @ W.T for a packed W given as bytes, activations as q8a (test surface).");
+    m.def("dequantize", &dequantize, py::arg("format"), py::arg("data"), py::arg("rows"),
+          py::arg("k"), py::arg("isa") = "", "A packed matrix as float32 [rows, k].");
+    m.def("packed_size", &packed_size, py::arg("format"), py::arg("rows"), py::arg("k"),
+          "Bytes of a packed [rows, k] tensor in `format`.");
 }

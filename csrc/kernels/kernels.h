@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Kernel families: one signature per family, implemented once per ISA in a namespace named by
 // the ISA tag (qe::ref, qe::avx2, qe::neon, ...). Kernels never allocate, throw, log or spawn
-// threads; the op layer checks shapes once and splits the work.
+// threads; the op layer checks shapes once, quantizes activations and splits the work.
 #pragma once
 
 #include <cstdint>
+
+#include "quant/formats.h"
 
 namespace qe {
 
@@ -15,18 +17,48 @@ namespace qe {
 using GemvF32Fn = void (*)(const float* w, int64_t ldw, const float* x, float* y, int64_t rows,
                            int64_t k);
 
-#define QE_DECLARE_KERNELS(isa)                                                             \
-    namespace isa {                                                                         \
-    void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows,      \
-                  int64_t k);                                                               \
+// Quantizes x[k] (k a multiple of 32) to k/32 q8a blocks: d = max|x|/127 (0 for an all-zero
+// block), q = round-half-away(x / d), sum = sum of q. Integer outputs match `ref` exactly.
+using QuantizeQ8aFn = void (*)(const float* x, BlockQ8A* out, int64_t k);
+
+// Decode product of a packed quantized matrix with q8a activations, for the row groups
+// [g_begin, g_end): y[r] = sum_k W[r, k] * x[k] for r in [8*g_begin, 8*g_end).
+// x: w.blocks blocks. y: indexed by row, so it must hold 8*g_end floats; padding rows get 0.
+using GemvQ8aFn = void (*)(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
+                           int64_t g_end);
+
+// Prefill product: Y[t, r] = sum_k W[r, k] * X[t, k] for t in [0, m) and the rows of groups
+// [g_begin, g_end). X: m rows of w.blocks blocks each, contiguous. Y: row t at y + t*ldy,
+// ldy >= 8*g_end.
+using GemmQ8aFn = void (*)(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
+                           int64_t ldy, int64_t g_begin, int64_t g_end);
+
+// Dequantizes row r of a packed matrix into out[w.k] (embedding lookup, tests). Exactly the
+// float32 arithmetic of docs/weight-formats.md, so every ISA matches `ref` bit for bit.
+using DequantizeRowFn = void (*)(const PackedMatrix& w, int64_t r, float* out);
+
+#define QE_DECLARE_KERNELS(isa)                                                                \
+    namespace isa {                                                                            \
+    void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows,         \
+                  int64_t k);                                                                  \
+    void quantize_q8a(const float* x, BlockQ8A* out, int64_t k);                               \
+    void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,         \
+                  int64_t g_end);                                                              \
+    void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,  \
+                  int64_t g_begin, int64_t g_end);                                             \
+    void dequantize_row(const PackedMatrix& w, int64_t r, float* out);                         \
     }
 
 QE_DECLARE_KERNELS(ref)
 #if defined(__x86_64__) || defined(_M_X64)
-QE_DECLARE_KERNELS(avx2)
+namespace avx2 {
+void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k);
+}
 #endif
 #if defined(__aarch64__)
-QE_DECLARE_KERNELS(neon)
+namespace neon {
+void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k);
+}
 #endif
 
 #undef QE_DECLARE_KERNELS

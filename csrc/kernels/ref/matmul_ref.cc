@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0
+// Scalar reference of the quantized families: activation quantization, the W4A8/W8A8 products
+// and dequantization, following docs/weight-formats.md literally. Per block, the integer dot
+// product is exact; blocks are combined in float32 in index order. Every ISA variant is tested
+// against these functions, and they are the fallback where no SIMD table applies.
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace qe::ref {
+namespace {
+
+// Code of row r (0..7 within its group) at column j (0..31 within the block) of a quant record.
+inline int code(WeightFormat f, const uint8_t* rec, int r, int j) {
+    const int step = j / kStepK, lane = r * kStepK + j % kStepK;
+    if (f == WeightFormat::kQ8g32) return int(rec[step * 32 + lane]) - 128;
+    const uint8_t byte = rec[(step / 2) * 32 + lane];
+    return (step % 2 == 0) ? (byte & 0x0f) : (byte >> 4);
+}
+
+inline uint16_t load_u16(const uint8_t* p) {
+    uint16_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// The float factors of row r in block b: value = a * code + c (exactly the documented formula
+// for all formats but q4k, whose row factors are applied after the sum over blocks).
+struct BlockFactors {
+    float scale, offset;
+};
+
+inline BlockFactors block_factors(const PackedMatrix& w, int64_t g, int64_t b, int r) {
+    const uint8_t* s = w.scales + (g * w.blocks + b) * scale_record_bytes(w.format);
+    switch (w.format) {
+        case WeightFormat::kQ8g32:
+        case WeightFormat::kQ4g32: return {f16_to_f32(load_u16(s + 2 * r)), 0.0f};
+        case WeightFormat::kQ4ag32:
+            return {f16_to_f32(load_u16(s + 2 * r)), f16_to_f32(load_u16(s + 16 + 2 * r))};
+        default: return {float(s[r]), float(s[8 + r])};  // q4k: sc, mn (integers)
+    }
+}
+
+// sum_k W[r, k] x[k] for one row (r = 8 g + rr) over all blocks.
+float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
+    const int64_t qbytes = quant_record_bytes(w.format);
+    float acc = 0.0f, acc_min = 0.0f;
+    for (int64_t b = 0; b < w.blocks; ++b) {
+        const uint8_t* rec = w.quants + (g * w.blocks + b) * qbytes;
+        int32_t dot = 0;
+        for (int j = 0; j < kBlockK; ++j) dot += code(w.format, rec, rr, j) * x[b].q[j];
+        const BlockFactors f = block_factors(w, g, b, rr);
+        switch (w.format) {
+            case WeightFormat::kQ8g32: acc += f.scale * x[b].d * float(dot); break;
+            case WeightFormat::kQ4g32:
+                acc += f.scale * x[b].d * float(dot - 8 * x[b].sum);
+                break;
+            case WeightFormat::kQ4ag32:
+                acc += f.scale * x[b].d * float(dot) + f.offset * x[b].d * float(x[b].sum);
+                break;
+            default:  // q4k: integer sub-scales now, row factors at the end
+                acc += f.scale * x[b].d * float(dot);
+                acc_min += f.offset * x[b].d * float(x[b].sum);
+                break;
+        }
+    }
+    if (w.format == WeightFormat::kQ4k) {
+        const float* rp = w.row_params + g * 16;
+        return rp[rr] * acc - rp[8 + rr] * acc_min;
+    }
+    return acc;
+}
+
+}  // namespace
+
+void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
+    for (int64_t b = 0; b < k / kBlockK; ++b) {
+        const float* xb = x + b * kBlockK;
+        float amax = 0.0f;
+        for (int j = 0; j < kBlockK; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+        const float d = amax / 127.0f;
+        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < kBlockK; ++j) {
+            const int q = int(std::lround(xb[j] * inv));
+            out[b].q[j] = int8_t(q < -127 ? -127 : (q > 127 ? 127 : q));
+            sum += out[b].q[j];
+        }
+        out[b].d = d;
+        out[b].sum = sum;
+    }
+}
+
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
+              int64_t g_end) {
+    for (int64_t g = g_begin; g < g_end; ++g) {
+        for (int rr = 0; rr < kRowPack; ++rr) {
+            const int64_t r = g * kRowPack + rr;
+            y[r] = r < w.rows ? row_dot(w, x, g, rr) : 0.0f;
+        }
+    }
+}
+
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end) {
+    for (int64_t t = 0; t < m; ++t) gemv_q8a(w, x + t * w.blocks, y + t * ldy, g_begin, g_end);
+}
+
+void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
+    const int64_t g = r / kRowPack;
+    const int rr = int(r % kRowPack);
+    const int64_t qbytes = quant_record_bytes(w.format);
+    for (int64_t b = 0; b < w.blocks; ++b) {
+        const uint8_t* rec = w.quants + (g * w.blocks + b) * qbytes;
+        const BlockFactors f = block_factors(w, g, b, rr);
+        for (int j = 0; j < kBlockK; ++j) {
+            const int q = code(w.format, rec, rr, j);
+            float v;
+            switch (w.format) {
+                case WeightFormat::kQ8g32: v = f.scale * float(q); break;
+                case WeightFormat::kQ4g32: v = f.scale * float(q - 8); break;
+                case WeightFormat::kQ4ag32: v = f.scale * float(q) + f.offset; break;
+                default: {
+                    const float* rp = w.row_params + g * 16;
+                    v = rp[rr] * f.scale * float(q) - rp[8 + rr] * f.offset;
+                }
+            }
+            out[b * kBlockK + j] = v;
+        }
+    }
+}
+
+}  // namespace qe::ref

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "quant/formats.h"
+
+#include <cstring>
+
+namespace qe {
+namespace {
+
+constexpr struct {
+    WeightFormat format;
+    const char* name;
+} kNames[] = {
+    {WeightFormat::kF32, "f32"},       {WeightFormat::kF16, "f16"},
+    {WeightFormat::kBf16, "bf16"},     {WeightFormat::kQ8g32, "q8g32"},
+    {WeightFormat::kQ4g32, "q4g32"},   {WeightFormat::kQ4ag32, "q4ag32"},
+    {WeightFormat::kQ4k, "q4k"},
+};
+
+uint64_t align_up(uint64_t n) { return (n + kSectionAlign - 1) / kSectionAlign * kSectionAlign; }
+
+}  // namespace
+
+const char* format_name(WeightFormat f) {
+    for (const auto& entry : kNames) {
+        if (entry.format == f) return entry.name;
+    }
+    return "?";
+}
+
+bool parse_format(const std::string& name, WeightFormat* out) {
+    for (const auto& entry : kNames) {
+        if (name == entry.name) {
+            *out = entry.format;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool packed_layout(WeightFormat f, int64_t rows, int64_t k, PackedLayout* out) {
+    if (!is_quantized(f) || rows <= 0 || k <= 0 || k % kBlockK != 0) return false;
+    // Bound the dims so every product below fits comfortably in 64 bits.
+    if (rows > (int64_t{1} << 31) || k > (int64_t{1} << 31)) return false;
+    PackedLayout l;
+    l.rows = rows;
+    l.rows_padded = (rows + kRowPack - 1) / kRowPack * kRowPack;
+    l.k = k;
+    l.groups = l.rows_padded / kRowPack;
+    l.blocks = k / kBlockK;
+    const uint64_t records = uint64_t(l.groups) * uint64_t(l.blocks);
+    uint64_t offset = align_up(records * quant_record_bytes(f));
+    l.scales_offset = offset;
+    offset += align_up(records * scale_record_bytes(f));
+    if (f == WeightFormat::kQ4k) {
+        l.row_params_offset = offset;
+        offset += align_up(uint64_t(l.groups) * kRowParamBytes);
+    }
+    l.total_bytes = offset;
+    *out = l;
+    return true;
+}
+
+bool plain_bytes(WeightFormat f, uint64_t numel, uint64_t* out) {
+    uint64_t itemsize = 0;
+    switch (f) {
+        case WeightFormat::kF32: itemsize = 4; break;
+        case WeightFormat::kF16:
+        case WeightFormat::kBf16: itemsize = 2; break;
+        default: return false;
+    }
+    return !mul_overflows(numel, itemsize, out);
+}
+
+PackedMatrix PackedMatrix::view(WeightFormat f, const PackedLayout& layout, const uint8_t* data) {
+    PackedMatrix m;
+    m.format = f;
+    m.rows = layout.rows;
+    m.rows_padded = layout.rows_padded;
+    m.k = layout.k;
+    m.groups = layout.groups;
+    m.blocks = layout.blocks;
+    m.quants = data;
+    m.scales = data + layout.scales_offset;
+    m.row_params = f == WeightFormat::kQ4k
+                       ? reinterpret_cast<const float*>(data + layout.row_params_offset)
+                       : nullptr;
+    return m;
+}
+
+float f16_to_f32(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);  // inf / nan
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;  // signed zero
+    } else {          // subnormal half: normalise
+        int e = -1;
+        do {
+            mant <<= 1;
+            ++e;
+        } while (!(mant & 0x400));
+        bits = sign | uint32_t(112 - e) << 23 | ((mant & 0x3ff) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+}  // namespace qe

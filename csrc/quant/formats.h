@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0
+// Weight and activation formats: the binary ABI shared by the model file, the exporter
+// (qwen_edge/quant.py mirrors every constant here) and the kernels. docs/weight-formats.md
+// describes the bit layouts; this header is their single C++ definition.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "common.h"
+
+namespace qe {
+
+enum class WeightFormat : uint8_t {
+    kF32,
+    kF16,
+    kBf16,
+    kQ8g32,   // int8 (offset binary u8 = q + 128), f16 scale per row and 32 columns: 8.5 b/w
+    kQ4g32,   // 4-bit codes 0..15 meaning q - 8, f16 scale: 4.5 b/w
+    kQ4ag32,  // 4-bit codes, f16 scale and f16 minimum: 5.0 b/w
+    kQ4k,     // 4-bit codes, u8 scale and u8 min per block, f32 per-row factors: ~4.5 b/w
+};
+
+constexpr int kBlockK = 32;     // columns per quantization block
+constexpr int kRowPack = 8;     // rows interleaved in one row group
+constexpr int kStepK = 4;       // consecutive columns of one row kept together (one int32 lane)
+constexpr int kSectionAlign = 64;
+
+// Format name as used in the model file, Python and benchmark JSON ("q4k", "f16", ...).
+const char* format_name(WeightFormat f);
+// Parses a format name; false if unknown.
+bool parse_format(const std::string& name, WeightFormat* out);
+inline bool is_quantized(WeightFormat f) { return f >= WeightFormat::kQ8g32; }
+
+// Bytes of one quant record (8 rows x 32 columns) and one scale record of a packed format.
+constexpr int64_t quant_record_bytes(WeightFormat f) {
+    return f == WeightFormat::kQ8g32 ? 256 : 128;
+}
+constexpr int64_t scale_record_bytes(WeightFormat f) {
+    return f == WeightFormat::kQ4ag32 ? 32 : 16;
+}
+constexpr int64_t kRowParamBytes = 64;  // q4k: float d[8], float m[8] per row group
+
+// Where the sections of a packed [rows, k] tensor start, relative to the tensor, and its size.
+struct PackedLayout {
+    int64_t rows = 0, rows_padded = 0, k = 0;
+    int64_t groups = 0, blocks = 0;  // row groups of 8, blocks of 32 columns
+    uint64_t scales_offset = 0, row_params_offset = 0, total_bytes = 0;
+};
+// Computes the layout; false (and no output) if k is not a multiple of 32, a dim is not
+// positive, or the byte count would overflow.
+bool packed_layout(WeightFormat f, int64_t rows, int64_t k, PackedLayout* out);
+
+// Bytes of a plain tensor with `numel` elements; false on overflow.
+bool plain_bytes(WeightFormat f, uint64_t numel, uint64_t* out);
+
+// A packed matrix in memory (usually inside the model file's mmap).
+struct PackedMatrix {
+    WeightFormat format = WeightFormat::kQ4g32;
+    int64_t rows = 0, rows_padded = 0, k = 0, groups = 0, blocks = 0;
+    const uint8_t* quants = nullptr;    // [groups][blocks] quant records
+    const uint8_t* scales = nullptr;    // [groups][blocks] scale records
+    const float* row_params = nullptr;  // q4k: [groups] {d[8], m[8]}; else null
+
+    // A view of a tensor's bytes (which must hold layout.total_bytes).
+    static PackedMatrix view(WeightFormat f, const PackedLayout& layout, const uint8_t* data);
+};
+
+// One block of 32 quantized activations (runtime only): x ~= d * q, sum = sum of q.
+struct BlockQ8A {
+    float d;
+    int32_t sum;
+    int8_t q[kBlockK];
+};
+static_assert(sizeof(BlockQ8A) == 40, "BlockQ8A is part of the kernel ABI");
+
+// IEEE half and bfloat16 to float (exact).
+float f16_to_f32(uint16_t h);
+inline float bf16_to_f32(uint16_t h) {
+    const uint32_t bits = uint32_t{h} << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+}  // namespace qe
