@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prompt = np.random.default_rng(args.seed).integers(0, 248000, 16).tolist()
     state = model.new_state()
     start = time.perf_counter()
-    logits = model.forward(prompt, state)[-1]
+    logits = model.forward(prompt, state)
     generated = []
     for _ in range(args.tokens):
         token = int(np.argmax(logits))

@@ -145,21 +145,28 @@ class ReferenceModel:
             state.values[i] = np.zeros((0, c.num_key_value_heads, c.head_dim), F32)
         return state
 
-    # public entry points
-    def forward(self, tokens: Iterable[int], state: ReferenceState | None = None) -> np.ndarray:
-        """Logits [T, vocab] for a block of tokens processed at once, continuing `state`."""
+    # public entry points (the same protocol as the native runtime's Model)
+    def forward(
+        self, tokens: Iterable[int], state: ReferenceState, *, all_logits: bool = False
+    ) -> np.ndarray:
+        """Processes a block of tokens at once (chunked delta rule), continuing `state`.
+
+        Returns:
+            float32 logits of the last position [vocab], or of every position [T, vocab] when
+            `all_logits` is set.
+        """
         ids = self._check_tokens(tokens, state)
-        state = state if state is not None else self.new_state()
-        return self._run(ids, state, chunked=True)
+        logits = self._run(ids, state, chunked=True)
+        return logits if all_logits else logits[-1]
 
     def step(self, token: int, state: ReferenceState) -> np.ndarray:
-        """Logits [vocab] for one token, using the delta-rule recurrence."""
+        """Logits [vocab] for one token, using the delta-rule recurrence (the ground truth)."""
         ids = self._check_tokens([token], state)
         return self._run(ids, state, chunked=False)[0]
 
     def logits(self, tokens: Iterable[int]) -> np.ndarray:
         """Logits [T, vocab] of every position from a fresh state."""
-        return self.forward(tokens)
+        return self.forward(tokens, self.new_state(), all_logits=True)
 
     def _check_tokens(self, tokens: Iterable[int], state: ReferenceState | None) -> np.ndarray:
         ids = np.asarray(list(tokens), dtype=np.int64)

@@ -30,7 +30,7 @@ def test_matches_transformers_goldens(golden: Path) -> None:
     assert len(g["prompt"]) >= 64 and len(g["decode_tokens"]) >= 16
     model = ReferenceModel.from_checkpoint(golden)
     state = model.new_state()
-    prompt_logits = model.forward(g["prompt"], state)
+    prompt_logits = model.forward(g["prompt"], state, all_logits=True)
     assert rel_err(prompt_logits, g["prompt_logits"]) < LOGIT_TOL
     decode_logits = np.stack([model.step(int(t), state) for t in g["decode_tokens"]])
     assert rel_err(decode_logits, g["decode_logits"]) < LOGIT_TOL
@@ -59,7 +59,10 @@ def test_prompt_at_once_equals_token_by_token(tiny_checkpoint: Path) -> None:
     assert rel_err(steps, whole) < LOGIT_TOL
     # continuing a state in blocks of uneven sizes gives the same logits again
     state = model.new_state()
-    blocks = [model.forward(ids[a:b], state) for a, b in ((0, 1), (1, 65), (65, 131), (131, 150))]
+    blocks = [
+        model.forward(ids[a:b], state, all_logits=True)
+        for a, b in ((0, 1), (1, 65), (65, 131), (131, 150))
+    ]
     assert rel_err(np.concatenate(blocks), whole) < LOGIT_TOL
     assert state.position == 150
 
@@ -69,8 +72,8 @@ def test_state_copy_restores_the_continuation(tiny_checkpoint: Path) -> None:
     state = model.new_state()
     model.forward([1, 2, 3, 4, 5], state)
     snapshot = state.copy()
-    a = model.forward([6, 7], state)
-    b = model.forward([6, 7], snapshot)
+    a = model.forward([6, 7], state, all_logits=True)
+    b = model.forward([6, 7], snapshot, all_logits=True)
     np.testing.assert_array_equal(a, b)
 
 
