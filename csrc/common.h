@@ -27,6 +27,13 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// A forward pass whose tokens do not fit the state's context length (Python:
+// qwen_edge.errors.ContextLengthError). The state is left unchanged.
+class ContextLengthError : public Error {
+public:
+    using Error::Error;
+};
+
 namespace detail {
 template <typename... Args>
 [[noreturn]] void fail(const char* file, int line, Args&&... args) {

@@ -8,32 +8,87 @@
 namespace qe {
 namespace {
 
-// Slots a table does not specialize point at the next-best implementation (no null slots).
-const KernelTable kRefTable = {"ref",           kFeatureNone,     ref::gemv_f32,
-                               ref::quantize_q8a, ref::gemv_q8a,  ref::gemm_q8a,
-                               ref::dequantize_row};
+#define QE_TABLE_SLOTS(X)                                                                        \
+    X(gemv_f32) X(gemm_f32) X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32)              \
+    X(cvt_f32_f16) X(quantize_q8a) X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm)         \
+    X(rms_norm_gated) X(l2_norm) X(rope) X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu)    \
+    X(delta_rule) X(attention_f16) X(attention_f32)
+
+#define QE_COUNT_SLOT(name) +1
+static_assert(0 QE_TABLE_SLOTS(QE_COUNT_SLOT) == kKernelSlots, "QE_TABLE_SLOTS vs kKernelSlots");
+#undef QE_COUNT_SLOT
+static_assert(sizeof(KernelTable) == sizeof(void*) * (kKernelSlots + 2),
+              "every KernelTable field after tag/required must be listed in QE_TABLE_SLOTS");
+
+KernelTable make_ref() {
+    KernelTable t{};
+    t.tag = "ref";
+    t.required = kFeatureNone;
+#define QE_SET_REF(name) t.name = ref::name;
+    QE_TABLE_SLOTS(QE_SET_REF)
+#undef QE_SET_REF
+    return t;
+}
+
+// Each SIMD table starts as a copy of the next-best table and overrides what it specializes,
+// so a family it does not specialize points at the next-best implementation (no null slots).
 #if defined(__x86_64__) || defined(_M_X64)
-const KernelTable kAvx2Table = {"avx2",           kFeatureAvx2,    avx2::gemv_f32,
-                                ref::quantize_q8a, ref::gemv_q8a,  ref::gemm_q8a,
-                                ref::dequantize_row};
+KernelTable make_avx2() {
+    KernelTable t = make_ref();
+    t.tag = "avx2";
+    t.required = kFeatureAvx2;
+    t.gemv_f32 = avx2::gemv_f32;
+    return t;
+}
 #endif
+
 #if defined(__aarch64__)
-const KernelTable kNeonTable = {"neon",           kFeatureNeon,    neon::gemv_f32,
-                                ref::quantize_q8a, ref::gemv_q8a,  ref::gemm_q8a,
-                                ref::dequantize_row};
+KernelTable make_neon() {
+    KernelTable t = make_ref();
+    t.tag = "neon";
+    t.required = kFeatureNeon;
+    t.gemv_f32 = neon::gemv_f32;
+    return t;
+}
 #endif
 
 }  // namespace
 
+const void* kernel_slot(const KernelTable& t, int i) {
+    int n = 0;
+#define QE_SLOT_PTR(name) \
+    if (n++ == i) return reinterpret_cast<const void*>(t.name);
+    QE_TABLE_SLOTS(QE_SLOT_PTR)
+#undef QE_SLOT_PTR
+    return nullptr;
+}
+
+const char* kernel_slot_name(int i) {
+    int n = 0;
+#define QE_SLOT_NAME(name) \
+    if (n++ == i) return #name;
+    QE_TABLE_SLOTS(QE_SLOT_NAME)
+#undef QE_SLOT_NAME
+    return "?";
+}
+
 const std::vector<const KernelTable*>& compiled_tables() {
-    static const std::vector<const KernelTable*> tables = {
+    // Best first: the first table whose features the CPU has wins.
 #if defined(__x86_64__) || defined(_M_X64)
-        &kAvx2Table,
+    static const KernelTable avx2 = make_avx2();
 #endif
 #if defined(__aarch64__)
-        &kNeonTable,
+    static const KernelTable neon = make_neon();
 #endif
-        &kRefTable,
+    static const KernelTable ref = make_ref();
+    static const std::vector<const KernelTable*> tables = {
+#if defined(__x86_64__) || defined(_M_X64)
+        &avx2,
+#endif
+#if defined(__aarch64__)
+        &neon,
+#endif
+        &ref,
     };
     return tables;
 }

@@ -13,15 +13,44 @@
 
 namespace qe {
 
+// Slot order follows kernels/kernels.h; every slot of every table is set (a test checks).
 struct KernelTable {
-    const char* tag;    // ISA tag: "ref", "avx2", "neon", "neon_dotprod", ...
+    const char* tag;    // ISA tag: "ref", "avx2", "avx_vnni", "avx512_vnni", "neon", ...
     uint32_t required;  // CpuFeature bits the CPU must have
+    // float weight products
     GemvF32Fn gemv_f32;
+    GemmF32Fn gemm_f32;
+    GemmHalfFn gemm_f16;
+    GemmHalfFn gemm_bf16;
+    // conversions
+    CvtHalfToF32Fn cvt_f16_f32;
+    CvtHalfToF32Fn cvt_bf16_f32;
+    CvtF32ToF16Fn cvt_f32_f16;
+    // quantized products
     QuantizeQ8aFn quantize_q8a;
     GemvQ8aFn gemv_q8a;
     GemmQ8aFn gemm_q8a;
     DequantizeRowFn dequantize_row;
+    // normalization and elementwise
+    RmsNormFn rms_norm;
+    RmsNormGatedFn rms_norm_gated;
+    L2NormFn l2_norm;
+    RopeFn rope;
+    SoftmaxFn softmax;
+    SiluMulFn silu_mul;
+    SigmoidMulFn sigmoid_mul;
+    // Gated DeltaNet and attention
+    Conv1dSiluFn conv1d_silu;
+    DeltaRuleFn delta_rule;
+    AttentionF16Fn attention_f16;
+    AttentionF32Fn attention_f32;
 };
+
+// Number of function slots in a KernelTable and a view of them (for the completeness test).
+constexpr int kKernelSlots = 22;
+// Slot i of a table as an untyped pointer (nullptr if unset) and its family name.
+const void* kernel_slot(const KernelTable& t, int i);
+const char* kernel_slot_name(int i);
 
 // Every table compiled into this binary, best first; the last is `ref`, which needs nothing.
 const std::vector<const KernelTable*>& compiled_tables();

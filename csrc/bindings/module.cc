@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bindings/bindings.h"
 #include "common.h"
 #include "cpu_features.h"
 #include "dispatch.h"
@@ -126,6 +127,8 @@ PYBIND11_MODULE(_core, m) {
     m.attr("__version__") = QE_VERSION;
 #endif
     py::register_exception<qe::Error>(m, "Error", PyExc_RuntimeError);
+    // Registered after Error, so it is tried first.
+    py::register_exception<qe::ContextLengthError>(m, "ContextLengthError", PyExc_RuntimeError);
 
     m.def(
         "cpu_info",
@@ -169,4 +172,16 @@ PYBIND11_MODULE(_core, m) {
           py::arg("k"), py::arg("isa") = "", "A packed matrix as float32 [rows, k].");
     m.def("packed_size", &packed_size, py::arg("format"), py::arg("rows"), py::arg("k"),
           "Bytes of a packed [rows, k] tensor in `format`.");
+    m.def(
+        "table_slots",
+        [](const std::string& isa) {
+            const auto& t = table_for(isa);
+            py::dict slots;
+            for (int i = 0; i < qe::kKernelSlots; ++i)
+                slots[qe::kernel_slot_name(i)] = qe::kernel_slot(t, i) != nullptr;
+            return slots;
+        },
+        py::arg("isa"), "Family name -> whether the table `isa` sets that slot (always True).");
+    qe_py::bind_kernels(m);
+    qe_py::bind_model(m);
 }

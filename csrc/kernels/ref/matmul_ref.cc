@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// Scalar reference of the quantized families: activation quantization, the W4A8/W8A8 products
-// and dequantization, following docs/weight-formats.md literally. Per block, the integer dot
-// product is exact; blocks are combined in float32 in index order. Every ISA variant is tested
-// against these functions, and they are the fallback where no SIMD table applies.
+// Scalar reference of the matrix products: float weights (f32/f16/bf16) with float activations,
+// and the quantized families (activation quantization, the W4A8/W8A8 products, dequantization)
+// following docs/weight-formats.md literally. Per block, the integer dot product is exact;
+// blocks are combined in float32 in index order. Every ISA variant is tested against these
+// functions, and they are the fallback where no SIMD table applies.
 #include <cmath>
 #include <cstring>
 
@@ -72,7 +73,40 @@ float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
     return acc;
 }
 
+template <typename Widen, typename W>
+void gemm_float(const W* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+                int64_t ldy, int64_t rows, int64_t k, Widen widen) {
+    for (int64_t t = 0; t < m; ++t) {
+        for (int64_t r = 0; r < rows; ++r) {
+            const W* wr = w + r * ldw;
+            const float* xt = x + t * ldx;
+            float acc = 0.0f;
+            for (int64_t i = 0; i < k; ++i) acc += widen(wr[i]) * xt[i];
+            y[t * ldy + r] = acc;
+        }
+    }
+}
+
 }  // namespace
+
+void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k) {
+    gemm_float(w, ldw, x, k, 1, y, rows, rows, k, [](float v) { return v; });
+}
+
+void gemm_f32(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+              int64_t ldy, int64_t rows, int64_t k) {
+    gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, [](float v) { return v; });
+}
+
+void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+              int64_t ldy, int64_t rows, int64_t k) {
+    gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, f16_to_f32);
+}
+
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
+               float* y, int64_t ldy, int64_t rows, int64_t k) {
+    gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, bf16_to_f32);
+}
 
 void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     for (int64_t b = 0; b < k / kBlockK; ++b) {
@@ -95,9 +129,8 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
 void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
               int64_t g_end) {
     for (int64_t g = g_begin; g < g_end; ++g) {
-        for (int rr = 0; rr < kRowPack; ++rr) {
-            const int64_t r = g * kRowPack + rr;
-            y[r] = r < w.rows ? row_dot(w, x, g, rr) : 0.0f;
+        for (int rr = 0; rr < kRowPack && g * kRowPack + rr < w.rows; ++rr) {
+            y[g * kRowPack + rr] = row_dot(w, x, g, rr);
         }
     }
 }

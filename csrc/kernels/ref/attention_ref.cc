@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+// Scalar reference of softmax attention over one KV head (spec §3.6 item 5): scores, an fp32
+// softmax, and the probability-weighted sum of values, for an f16 or f32 KV cache.
+#include <cmath>
+
+#include "kernels/kernels.h"
+
+namespace qe::ref {
+namespace {
+
+inline float widen(float v) { return v; }
+inline float widen(uint16_t h) { return f16_to_f32(h); }
+
+template <typename T>
+void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n,
+               int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+    for (int64_t i = 0; i < n_q; ++i) {
+        const float* qi = q + i * ldq;
+        float* p = scratch + i * n;
+        for (int64_t j = 0; j < n; ++j) {
+            float dot = 0.0f;
+            for (int64_t e = 0; e < d; ++e) dot += qi[e] * widen(k[j * d + e]);
+            p[j] = dot * scale;
+        }
+        softmax(p, n);
+        float* oi = out + i * ldo;
+        for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
+        for (int64_t j = 0; j < n; ++j) {
+            for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * widen(v[j * d + e]);
+        }
+    }
+}
+
+}  // namespace
+
+void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
+                   const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
+                   float* out, int64_t ldo) {
+    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+}
+
+void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
+                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+}
+
+}  // namespace qe::ref

@@ -1,0 +1,433 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "model/qwen35.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common.h"
+
+namespace qe {
+
+// ---- config ------------------------------------------------------------------------------------
+
+int64_t Qwen35Config::n_full() const {
+    return std::count(layer_full.begin(), layer_full.end(), uint8_t{1});
+}
+
+int64_t Qwen35Config::n_linear() const { return int64_t(layer_full.size()) - n_full(); }
+
+void Qwen35Config::validate() const {
+    auto in_range = [](const char* name, int64_t v, int64_t lo, int64_t hi) {
+        QE_CHECK(v >= lo && v <= hi, "config: ", name, " must be in ", lo, "..", hi, ", found ",
+                 v);
+    };
+    in_range("vocab_size", n_vocab, 1, int64_t{1} << 24);
+    in_range("hidden_size", n_embd, 1, 1 << 16);
+    in_range("intermediate_size", n_ff, 1, 1 << 18);
+    in_range("num_hidden_layers", n_layer, 1, 1024);
+    in_range("num_attention_heads", n_head, 1, 1024);
+    in_range("num_key_value_heads", n_head_kv, 1, 1024);
+    in_range("head_dim", head_dim, 2, 4096);
+    in_range("linear_num_key_heads", n_lin_head_k, 1, 1024);
+    in_range("linear_num_value_heads", n_lin_head_v, 1, 1024);
+    in_range("linear_key_head_dim", lin_head_dim_k, 1, 4096);
+    in_range("linear_value_head_dim", lin_head_dim_v, 1, 4096);
+    in_range("linear_conv_kernel_dim", lin_conv_kernel, 1, 64);
+    in_range("max_position_embeddings", max_position_embeddings, 1, int64_t{1} << 24);
+    QE_CHECK(int64_t(layer_full.size()) == n_layer, "config: layer_types has ",
+             layer_full.size(), " entries, num_hidden_layers is ", n_layer);
+    QE_CHECK(n_head % n_head_kv == 0, "config: num_attention_heads (", n_head,
+             ") is not a multiple of num_key_value_heads (", n_head_kv, ")");
+    QE_CHECK(n_lin_head_v % n_lin_head_k == 0, "config: linear_num_value_heads (", n_lin_head_v,
+             ") is not a multiple of linear_num_key_heads (", n_lin_head_k, ")");
+    const int64_t rot = n_rot();
+    QE_CHECK(rot >= 2 && rot % 2 == 0 && rot <= head_dim, "config: partial_rotary_factor ",
+             partial_rotary_factor, " x head_dim ", head_dim, " gives ", rot,
+             " rotary dims; need an even number in 2..head_dim");
+    QE_CHECK(rms_norm_eps > 0 && std::isfinite(rms_norm_eps), "config: bad rms_norm_eps");
+    QE_CHECK(rope_theta > 0 && std::isfinite(rope_theta), "config: bad rope_theta");
+}
+
+// ---- loading -----------------------------------------------------------------------------------
+
+namespace {
+
+constexpr float kL2NormEps = 1e-6f;  // the q/k l2-norm epsilon is fixed (spec §3.7 item 5)
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+class Loader {
+public:
+    Loader(const TensorMap& tensors, const KernelTable& kt) : tensors_(tensors), kt_(kt) {}
+
+    const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const {
+        auto it = tensors_.find(name);
+        QE_CHECK(it != tensors_.end(), "tensor '", name, "' is missing");
+        const TensorView& t = it->second;
+        QE_CHECK(t.shape == shape, "tensor '", name, "': expected shape ", shape_str(shape),
+                 ", found ", shape_str(t.shape));
+        QE_CHECK(t.data != nullptr, "tensor '", name, "' has no data");
+        return t;
+    }
+
+    // A [rows, k] weight matrix in any format.
+    Matrix matrix(const std::string& name, int64_t rows, int64_t k) const {
+        const TensorView& t = get(name, {rows, k});
+        Matrix m;
+        m.format = t.format;
+        m.rows = rows;
+        m.k = k;
+        if (is_quantized(t.format)) {
+            PackedLayout layout;
+            QE_CHECK(packed_layout(t.format, rows, k, &layout), "tensor '", name, "': ",
+                     format_name(t.format), " needs k a multiple of ", kBlockK, ", found ", k);
+            QE_CHECK(t.size == layout.total_bytes, "tensor '", name, "': ",
+                     format_name(t.format), " ", shape_str(t.shape), " takes ",
+                     layout.total_bytes, " bytes, found ", t.size);
+            m.packed = PackedMatrix::view(t.format, layout, t.data);
+        } else {
+            check_plain_size(name, t, uint64_t(rows) * uint64_t(k));
+            m.data = t.data;
+        }
+        return m;
+    }
+
+    // A small float tensor of n elements (any shape with that many), widened to float32.
+    std::vector<float> vec(const std::string& name, const std::vector<int64_t>& shape) const {
+        const TensorView& t = get(name, shape);
+        uint64_t n = 1;
+        for (int64_t d : shape) n *= uint64_t(d);
+        QE_CHECK(!is_quantized(t.format), "tensor '", name, "': format ", format_name(t.format),
+                 " is not allowed for a vector (only f32, f16, bf16)");
+        check_plain_size(name, t, n);
+        std::vector<float> out(n);
+        switch (t.format) {
+            case WeightFormat::kF32: std::memcpy(out.data(), t.data, n * 4); break;
+            case WeightFormat::kF16:
+                kt_.cvt_f16_f32(reinterpret_cast<const uint16_t*>(t.data), out.data(), n);
+                break;
+            default:
+                kt_.cvt_bf16_f32(reinterpret_cast<const uint16_t*>(t.data), out.data(), n);
+                break;
+        }
+        return out;
+    }
+
+    std::vector<float> norm_1p(const std::string& name, int64_t n) const {
+        std::vector<float> w = vec(name, {n});
+        for (float& v : w) v = 1.0f + v;
+        return w;
+    }
+
+private:
+    static void check_plain_size(const std::string& name, const TensorView& t, uint64_t n) {
+        uint64_t bytes = 0;
+        QE_CHECK(plain_bytes(t.format, n, &bytes) && bytes == t.size, "tensor '", name, "': ",
+                 format_name(t.format), " ", shape_str(t.shape), " takes ", bytes,
+                 " bytes, found ", t.size);
+    }
+    const TensorMap& tensors_;
+    const KernelTable& kt_;
+};
+
+}  // namespace
+
+Qwen35Model::Qwen35Model(const Qwen35Config& config, const TensorMap& tensors,
+                         std::shared_ptr<const void> keepalive, const ModelOptions& options)
+    : config_(config),
+      kt_(select_table(options.isa)),
+      pool_(ThreadPool::Options{options.threads, options.pin, options.spin_us}),
+      keepalive_(std::move(keepalive)) {
+    config_.validate();
+    const Qwen35Config& c = config_;
+    const Loader ld(tensors, kt_);
+    const int64_t E = c.n_embd;
+    embed_ = ld.matrix("embed_tokens.weight", c.n_vocab, E);
+    lm_head_ = c.tie_word_embeddings ? embed_ : ld.matrix("lm_head.weight", c.n_vocab, E);
+    final_norm_ = ld.norm_1p("norm.weight", E);
+
+    int64_t n_full = 0, n_lin = 0;
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        Layer L;
+        L.full = c.layer_full[i] != 0;
+        L.attn_norm = ld.norm_1p(p + "input_layernorm.weight", E);
+        L.ffn_norm = ld.norm_1p(p + "post_attention_layernorm.weight", E);
+        L.gate = ld.matrix(p + "mlp.gate_proj.weight", c.n_ff, E);
+        L.up = ld.matrix(p + "mlp.up_proj.weight", c.n_ff, E);
+        L.down = ld.matrix(p + "mlp.down_proj.weight", E, c.n_ff);
+        if (L.full) {
+            const std::string a = p + "self_attn.";
+            const int64_t hd = c.head_dim;
+            L.wq = ld.matrix(a + "q_proj.weight", 2 * c.n_head * hd, E);
+            L.wk = ld.matrix(a + "k_proj.weight", c.n_head_kv * hd, E);
+            L.wv = ld.matrix(a + "v_proj.weight", c.n_head_kv * hd, E);
+            L.wo = ld.matrix(a + "o_proj.weight", E, c.n_head * hd);
+            L.q_norm = ld.norm_1p(a + "q_norm.weight", hd);
+            L.k_norm = ld.norm_1p(a + "k_norm.weight", hd);
+            L.index = n_full++;
+        } else {
+            const std::string a = p + "linear_attn.";
+            const int64_t nv = c.n_lin_head_v, cd = c.conv_dim(), kw = c.lin_conv_kernel;
+            L.qkv = ld.matrix(a + "in_proj_qkv.weight", cd, E);
+            L.z = ld.matrix(a + "in_proj_z.weight", c.value_dim(), E);
+            L.b = ld.matrix(a + "in_proj_b.weight", nv, E);
+            L.a = ld.matrix(a + "in_proj_a.weight", nv, E);
+            L.out = ld.matrix(a + "out_proj.weight", E, c.value_dim());
+            const std::vector<float> taps = ld.vec(a + "conv1d.weight", {cd, 1, kw});
+            L.conv_w.resize(taps.size());
+            for (int64_t ch = 0; ch < cd; ++ch) {
+                for (int64_t j = 0; j < kw; ++j) L.conv_w[j * cd + ch] = taps[ch * kw + j];
+            }
+            L.dt_bias = ld.vec(a + "dt_bias", {nv});
+            L.neg_a = ld.vec(a + "A_log", {nv});
+            for (float& v : L.neg_a) v = -std::exp(v);
+            L.gdn_norm = ld.vec(a + "norm.weight", {c.lin_head_dim_v});
+            L.index = n_lin++;
+        }
+        layers_.push_back(std::move(L));
+    }
+
+    // inv_freq[f] = 1 / theta^(2f / n_rot) in float32, as transformers computes it (spec §3.6).
+    const int64_t half = c.n_rot() / 2;
+    inv_freq_.resize(half);
+    for (int64_t f = 0; f < half; ++f) {
+        const float e = float(2 * f) / float(c.n_rot());
+        inv_freq_[f] = 1.0f / std::pow(c.rope_theta, e);
+    }
+}
+
+std::unique_ptr<State> Qwen35Model::new_state(int64_t context, int64_t batch, KvType kv) const {
+    return std::make_unique<State>(config_, context, batch, kv, pool_.size());
+}
+
+uint64_t Qwen35Model::decode_weight_bytes() const {
+    uint64_t n = lm_head_.bytes() + embed_.bytes() / uint64_t(config_.n_vocab);
+    for (const Layer& L : layers_) {
+        for (const Matrix* m : {&L.gate, &L.up, &L.down, &L.wq, &L.wk, &L.wv, &L.wo, &L.qkv, &L.z,
+                                &L.b, &L.a, &L.out}) {
+            if (m->rows > 0) n += m->bytes();
+        }
+    }
+    return n;
+}
+
+// ---- forward -----------------------------------------------------------------------------------
+
+void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float* logits,
+                          bool all_logits) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    QE_CHECK(n >= 1, "forward: no tokens");
+    QE_CHECK(state.config_.n_layer == config_.n_layer && state.config_.n_embd == config_.n_embd &&
+                 state.threads_ == pool_.size(),
+             "forward: the state was made by another model");
+    for (int64_t t = 0; t < n; ++t) {
+        QE_CHECK(tokens[t] >= 0 && tokens[t] < config_.n_vocab, "forward: token id ", tokens[t],
+                 " at index ", t, " is outside the vocabulary [0, ", config_.n_vocab, ")");
+    }
+    if (state.position_ + n > state.context_) {
+        throw ContextLengthError(std::to_string(state.position_) + " + " + std::to_string(n) +
+                                 " tokens exceed the context of " +
+                                 std::to_string(state.context_) + " tokens");
+    }
+    const int64_t batch = state.batch_;
+    for (int64_t i = 0; i < n; i += batch) {
+        const int64_t m = std::min(batch, n - i);
+        float* out = nullptr;
+        if (logits != nullptr) {
+            if (all_logits) {
+                out = logits + i * config_.n_vocab;
+            } else if (i + m == n) {
+                out = logits;
+            }
+        }
+        run_batch(tokens + i, m, state, out, all_logits);
+    }
+}
+
+void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, float* logits,
+                            bool all) {
+    const Qwen35Config& c = config_;
+    const int64_t E = c.n_embd;
+    Scratch& s = state.scratch_;
+    float* h = s.h.as<float>();    // [n, E]
+    float* x = s.x.as<float>();    // [n, E]
+    float* mix = s.mix.as<float>();  // [n, E]
+
+    for (int64_t t = 0; t < n; ++t) embedding_row(kt_, embed_, tokens[t], h + t * E);
+    for (const Layer& L : layers_) {
+        kt_.rms_norm(h, L.attn_norm.data(), x, n, E, c.rms_norm_eps);
+        if (L.full) {
+            attention_block(L, x, n, state, mix);
+        } else {
+            delta_net_block(L, x, n, state, mix);
+        }
+        for (int64_t i = 0; i < n * E; ++i) h[i] += mix[i];
+        kt_.rms_norm(h, L.ffn_norm.data(), x, n, E, c.rms_norm_eps);
+        mlp_block(L, x, n, state, mix);
+        for (int64_t i = 0; i < n * E; ++i) h[i] += mix[i];
+    }
+    state.position_ += n;
+    if (logits == nullptr) return;
+
+    BlockQ8A* xq = s.xq.as<BlockQ8A>();
+    if (all) {
+        kt_.rms_norm(h, final_norm_.data(), x, n, E, c.rms_norm_eps);
+        linear(kt_, pool_, x, E, n, xq, {{&lm_head_, logits, c.n_vocab}});
+    } else {
+        kt_.rms_norm(h + (n - 1) * E, final_norm_.data(), x, 1, E, c.rms_norm_eps);
+        linear(kt_, pool_, x, E, 1, xq, {{&lm_head_, logits, c.n_vocab}});
+    }
+}
+
+void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, State& state,
+                                  float* out) {
+    const Qwen35Config& c = config_;
+    Scratch& s = state.scratch_;
+    const int64_t E = c.n_embd, nh = c.n_head, nkv = c.n_head_kv, hd = c.head_dim;
+    const int64_t group = nh / nkv, p0 = state.position_, ctx = state.context_;
+    float* proj = s.proj.as<float>();  // [n, nh, 2, hd]: per head q then gate
+    float* kv = s.kv.as<float>();      // [n, 2, nkv, hd]: keys then values
+    float* q = s.conv.as<float>();     // [n, nh, hd]
+    float* gate = s.gate.as<float>();  // [n, nh, hd]
+    float* heads = s.heads.as<float>();  // [n, nh, hd]
+    BlockQ8A* xq = s.xq.as<BlockQ8A>();
+
+    linear(kt_, pool_, x, E, n, xq,
+           {{&L.wq, proj, 2 * nh * hd}, {&L.wk, kv, 2 * nkv * hd}, {&L.wv, kv + nkv * hd, 2 * nkv * hd}});
+    for (int64_t t = 0; t < n; ++t) {
+        for (int64_t hh = 0; hh < nh; ++hh) {
+            const float* src = proj + (t * nh + hh) * 2 * hd;
+            std::memcpy(q + (t * nh + hh) * hd, src, hd * sizeof(float));
+            std::memcpy(gate + (t * nh + hh) * hd, src + hd, hd * sizeof(float));
+        }
+    }
+    kt_.rms_norm(q, L.q_norm.data(), q, n * nh, hd, c.rms_norm_eps);
+
+    // RoPE with the position of each token, then append keys and values to the cache.
+    const int64_t half = c.n_rot() / 2;
+    float cos_t[2048], sin_t[2048];  // half <= head_dim / 2 <= 2048
+    const bool f16 = state.kv_type_ == KvType::kF16;
+    void* kcache = state.keys(L.index);
+    void* vcache = state.values(L.index);
+    for (int64_t t = 0; t < n; ++t) {
+        const float pos = float(p0 + t);
+        for (int64_t f = 0; f < half; ++f) {
+            const float theta = pos * inv_freq_[f];
+            cos_t[f] = float(std::cos(double(theta)));
+            sin_t[f] = float(std::sin(double(theta)));
+        }
+        float* kt = kv + t * 2 * nkv * hd;
+        const float* vt = kt + nkv * hd;
+        kt_.rms_norm(kt, L.k_norm.data(), kt, nkv, hd, c.rms_norm_eps);
+        kt_.rope(q + t * nh * hd, nh, hd, cos_t, sin_t, half);
+        kt_.rope(kt, nkv, hd, cos_t, sin_t, half);
+        for (int64_t j = 0; j < nkv; ++j) {
+            const int64_t row = (j * ctx + p0 + t) * hd;
+            if (f16) {
+                kt_.cvt_f32_f16(kt + j * hd, static_cast<uint16_t*>(kcache) + row, hd);
+                kt_.cvt_f32_f16(vt + j * hd, static_cast<uint16_t*>(vcache) + row, hd);
+            } else {
+                std::memcpy(static_cast<float*>(kcache) + row, kt + j * hd, hd * sizeof(float));
+                std::memcpy(static_cast<float*>(vcache) + row, vt + j * hd, hd * sizeof(float));
+            }
+        }
+    }
+
+    // Causal attention: token t sees positions [0, p0 + t]. One item = (token, kv head) with
+    // its `group` query heads, which read the same keys and values.
+    const float scale = 1.0f / std::sqrt(float(hd));
+    float* scores = s.scores.as<float>();
+    pool_.for_each(n * nkv, 1, [&](int64_t i0, int64_t i1, int thread) {
+        float* scratch = scores + int64_t(thread) * group * ctx;
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t t = i / nkv, j = i % nkv;
+            const float* qi = q + (t * nh + j * group) * hd;
+            float* oi = heads + (t * nh + j * group) * hd;
+            if (f16) {
+                const uint16_t* kc = static_cast<const uint16_t*>(kcache) + j * ctx * hd;
+                const uint16_t* vc = static_cast<const uint16_t*>(vcache) + j * ctx * hd;
+                kt_.attention_f16(qi, hd, group, kc, vc, p0 + t + 1, hd, scale, scratch, oi, hd);
+            } else {
+                const float* kc = static_cast<const float*>(kcache) + j * ctx * hd;
+                const float* vc = static_cast<const float*>(vcache) + j * ctx * hd;
+                kt_.attention_f32(qi, hd, group, kc, vc, p0 + t + 1, hd, scale, scratch, oi, hd);
+            }
+        }
+    });
+    kt_.sigmoid_mul(heads, gate, heads, n * nh * hd);
+    linear(kt_, pool_, heads, nh * hd, n, xq, {{&L.wo, out, E}});
+}
+
+void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, State& state,
+                                  float* out) {
+    const Qwen35Config& c = config_;
+    Scratch& s = state.scratch_;
+    const int64_t E = c.n_embd, nk = c.n_lin_head_k, nv = c.n_lin_head_v;
+    const int64_t dk = c.lin_head_dim_k, dv = c.lin_head_dim_v;
+    const int64_t cd = c.conv_dim(), kd = c.key_dim(), vd = c.value_dim();
+    float* u = s.proj.as<float>();      // [n, conv_dim] pre-conv q | k | v
+    float* z = s.gate.as<float>();      // [n, value_dim]
+    float* b = s.ab.as<float>();        // [n, nv] b, then beta
+    float* a = b + s.batch * nv;        // [n, nv] a, then the decay exp(g)
+    float* conv = s.conv.as<float>();   // [n, conv_dim] post-conv q | k | v
+    float* heads = s.heads.as<float>();  // [n, value_dim]
+    BlockQ8A* xq = s.xq.as<BlockQ8A>();
+
+    linear(kt_, pool_, x, E, n, xq,
+           {{&L.qkv, u, cd}, {&L.z, z, vd}, {&L.b, b, nv}, {&L.a, a, nv}});
+    kt_.conv1d_silu(L.conv_w.data(), state.conv(L.index), u, cd, conv, cd, n, cd,
+                    c.lin_conv_kernel);
+
+    // Gates in float32 (spec §3.7 item 4, §8.3): beta = sigmoid(b), g = -exp(A_log) *
+    // softplus(a + dt_bias) with PyTorch's threshold 20; the delta rule takes exp(g).
+    for (int64_t t = 0; t < n; ++t) {
+        for (int64_t m = 0; m < nv; ++m) {
+            float& bm = b[t * nv + m];
+            float& am = a[t * nv + m];
+            bm = 1.0f / (1.0f + std::exp(-bm));
+            const float sp_in = am + L.dt_bias[m];
+            const float sp = sp_in > 20.0f ? sp_in : std::log1p(std::exp(sp_in));
+            am = std::exp(L.neg_a[m] * sp);
+        }
+    }
+    const float q_scale = 1.0f / std::sqrt(float(dk));
+    for (int64_t t = 0; t < n; ++t) {
+        float* ct = conv + t * cd;
+        kt_.l2_norm(ct, ct, nk, dk, dk, kL2NormEps, q_scale);
+        kt_.l2_norm(ct + kd, ct + kd, nk, dk, dk, kL2NormEps, 1.0f);
+    }
+
+    // Value head m reads q/k head m / r (grouped, spec §3.7 item 6).
+    const int64_t r = nv / nk;
+    float* rec = state.recurrent(L.index);
+    pool_.for_each(nv, 1, [&](int64_t m0, int64_t m1, int) {
+        for (int64_t m = m0; m < m1; ++m) {
+            const int64_t hk = m / r;
+            kt_.delta_rule(rec + m * dk * dv, conv + hk * dk, conv + kd + hk * dk,
+                           conv + 2 * kd + m * dv, cd, a + m, b + m, nv, heads + m * dv, vd, n,
+                           dk, dv);
+        }
+    });
+    kt_.rms_norm_gated(heads, L.gdn_norm.data(), z, heads, n * nv, dv, c.rms_norm_eps);
+    linear(kt_, pool_, heads, vd, n, xq, {{&L.out, out, E}});
+}
+
+void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, State& state,
+                            float* out) {
+    const Qwen35Config& c = config_;
+    Scratch& s = state.scratch_;
+    float* g = s.ff.as<float>();     // [n, n_ff]
+    float* up = g + s.batch * c.n_ff;  // [n, n_ff]
+    BlockQ8A* xq = s.xq.as<BlockQ8A>();
+    linear(kt_, pool_, x, c.n_embd, n, xq, {{&L.gate, g, c.n_ff}, {&L.up, up, c.n_ff}});
+    kt_.silu_mul(g, up, g, n * c.n_ff);
+    linear(kt_, pool_, g, c.n_ff, n, xq, {{&L.down, out, c.n_embd}});
+}
+
+}  // namespace qe

@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+// The Qwen3.5 text decoder (spec §3): embedding, 3:1 gated DeltaNet / gated full-attention
+// layers with SwiGLU MLPs, final norm, tied or separate LM head. Weights are used in place
+// (usually from the model file's read-only mmap); only small vectors are converted at load:
+// zero-centred norm weights become 1 + w, A_log becomes -exp(A_log), the conv taps are
+// transposed to [kernel, channels], all as float32 (spec §8).
+//
+// One forward pass handles a batch of tokens (a prompt, or one token when decoding) and
+// continues a State. Batches longer than the state's batch size are split; the math is the
+// same either way (the delta rule runs token by token inside each batch).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+#include "model/qwen35_config.h"
+#include "model/state.h"
+#include "ops/linear.h"
+#include "runtime/thread_pool.h"
+
+namespace qe {
+
+// A tensor as stored: format, logical shape (PyTorch [out, in] for matrices) and its bytes.
+struct TensorView {
+    WeightFormat format = WeightFormat::kF32;
+    std::vector<int64_t> shape;
+    const uint8_t* data = nullptr;
+    uint64_t size = 0;
+};
+using TensorMap = std::map<std::string, TensorView>;
+
+struct ModelOptions {
+    int threads = 1;
+    bool pin = false;
+    int spin_us = 100;
+    std::string isa;  // kernel table tag; empty: QWEN_EDGE_ISA or the best for this CPU
+};
+
+class Qwen35Model {
+public:
+    // Checks every tensor's presence, format, shape and byte size against `config` (throws
+    // qe::Error naming the tensor). `keepalive` owns the memory the views point into.
+    Qwen35Model(const Qwen35Config& config, const TensorMap& tensors,
+                std::shared_ptr<const void> keepalive, const ModelOptions& options);
+
+    const Qwen35Config& config() const { return config_; }
+    const KernelTable& kernels() const { return kt_; }
+    int threads() const { return pool_.size(); }
+
+    // A new zeroed state for `context` tokens (>= 1) processing at most `batch` tokens per pass.
+    std::unique_ptr<State> new_state(int64_t context, int64_t batch = 64,
+                                     KvType kv = KvType::kF16) const;
+
+    // Runs tokens[0, n) (ids < n_vocab) after what `state` holds. logits: float [n_vocab] for
+    // the last position, or [n, n_vocab] when all_logits; null computes no logits. Throws
+    // ContextLengthError (state unchanged) if the tokens do not fit. Serialized per model.
+    void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits);
+
+    // Bytes of weights one decode step reads (all layers and the LM head; one embedding row).
+    uint64_t decode_weight_bytes() const;
+
+private:
+    struct Layer {
+        bool full = false;
+        std::vector<float> attn_norm, ffn_norm;  // [n_embd], 1 + w
+        Matrix gate, up, down;                   // MLP
+        // full attention
+        Matrix wq, wk, wv, wo;           // q_proj rows interleave [q_h | gate_h] per head
+        std::vector<float> q_norm, k_norm;  // [head_dim], 1 + w
+        // gated DeltaNet
+        Matrix qkv, z, b, a, out;
+        std::vector<float> conv_w;   // [lin_conv_kernel, conv_dim], channels contiguous
+        std::vector<float> dt_bias;  // [n_lin_head_v]
+        std::vector<float> neg_a;    // [n_lin_head_v], -exp(A_log)
+        std::vector<float> gdn_norm;  // [lin_head_dim_v], used as is (no 1 +)
+        int64_t index = 0;            // among the layers of its kind (state slot)
+    };
+
+    void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all);
+    void attention_block(const Layer& layer, const float* x, int64_t n, State& state,
+                         float* out);
+    void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state,
+                         float* out);
+    void mlp_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
+
+    Qwen35Config config_;
+    const KernelTable& kt_;
+    ThreadPool pool_;
+    std::shared_ptr<const void> keepalive_;
+    std::vector<Layer> layers_;
+    Matrix embed_, lm_head_;
+    std::vector<float> final_norm_;  // [n_embd], 1 + w
+    std::vector<float> inv_freq_;    // [n_rot / 2]
+    std::mutex mutex_;
+};
+
+}  // namespace qe

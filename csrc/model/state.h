@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: Apache-2.0
+// The inference state of one sequence: every full-attention layer's KV cache, every gated
+// DeltaNet layer's conv state and recurrent state (fp32, spec §8.1), the position, and the
+// scratch arena the forward pass works in. Sized once at creation for a context length and a
+// largest token batch, so a decode step allocates nothing. Copying a state copies the caches
+// up to the current position (snapshot / restore for prompt caching and speculation); scratch
+// is never copied.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/qwen35_config.h"
+#include "quant/formats.h"
+#include "runtime/buffer.h"
+
+namespace qe {
+
+enum class KvType : uint8_t { kF16, kF32 };
+
+// Scratch for a forward pass over at most `batch` tokens. [T, n] buffers are row-major,
+// n contiguous, T = tokens of the current batch.
+struct Scratch {
+    int64_t batch = 0;
+    Buffer h;        // [T, n_embd] the residual stream
+    Buffer x;        // [T, n_embd] normed input of the current block
+    Buffer mix;      // [T, n_embd] output of a block before the residual add
+    Buffer xq;       // q8a blocks of the widest activation, [T, max_k / 32]
+    Buffer proj;     // [T, max(conv_dim, 2 * n_head * head_dim)] qkv / q+gate projection
+    Buffer conv;     // [T, conv_dim] GDN conv output; full attention: [T, n_head, head_dim] q
+    Buffer gate;     // [T, max(value_dim, n_head * head_dim)] GDN z / attention gate
+    Buffer kv;       // [T, 2, n_head_kv, head_dim] new keys and values
+    Buffer heads;    // [T, max(value_dim, n_head * head_dim)] GDN / attention head outputs
+    Buffer ab;       // [T, 2, n_lin_head_v] GDN b and a, then beta and decay
+    Buffer ff;       // [T, 2, n_ff] MLP gate and up
+    Buffer scores;   // [threads, n_head / n_head_kv, context] attention probabilities
+    Buffer logits;   // [n_vocab] last-position logits when the caller gives no buffer
+};
+
+class State {
+public:
+    // A zeroed state for `context` tokens; `batch` is the largest number of tokens one pass
+    // of the forward processes (longer inputs are split). `threads`: the model's pool size.
+    State(const Qwen35Config& config, int64_t context, int64_t batch, KvType kv_type,
+          int threads);
+    State(const State& other);
+    State& operator=(const State&) = delete;
+
+    int64_t position() const { return position_; }
+    int64_t context() const { return context_; }
+    KvType kv_type() const { return kv_type_; }
+    void reset();
+    // Copies the caches and position of `other` (same model and sizes) into this state.
+    void copy_from(const State& other);
+    // Bytes of the caches (what a snapshot holds), excluding scratch.
+    uint64_t cache_bytes() const;
+
+    // Per full-attention layer (index into the config's full layers): K and V caches,
+    // [n_head_kv, context, head_dim], head_dim contiguous, f16 or f32 elements.
+    void* keys(int64_t i) const { return kv_[2 * i].as<void>(); }
+    void* values(int64_t i) const { return kv_[2 * i + 1].as<void>(); }
+    // Per linear-attention layer: [conv_kernel - 1, conv_dim] and [n_v_head, dk, dv].
+    float* conv(int64_t i) const { return conv_[i].as<float>(); }
+    float* recurrent(int64_t i) const { return recurrent_[i].as<float>(); }
+
+    Scratch& scratch() { return scratch_; }
+
+private:
+    friend class Qwen35Model;
+    void alloc_scratch(const Qwen35Config& config, int threads);
+
+    Qwen35Config config_;
+    int64_t context_, batch_, position_ = 0;
+    KvType kv_type_;
+    int threads_;
+    std::vector<Buffer> kv_;         // 2 per full-attention layer
+    std::vector<Buffer> conv_;       // 1 per linear-attention layer
+    std::vector<Buffer> recurrent_;  // 1 per linear-attention layer
+    Scratch scratch_;
+};
+
+}  // namespace qe
