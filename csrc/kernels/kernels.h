@@ -52,7 +52,8 @@ using CvtF32ToF16Fn = void (*)(const float* in, uint16_t* out, int64_t n);
 // ---- quantized products (W4A8 / W8A8) --------------------------------------------------------
 
 // Quantizes x[k] (k a multiple of 32) to k/32 q8a blocks: d = max|x|/127 (0 for an all-zero
-// block), q = round-half-away(x * (1/d)) clamped to -127..127, sum = sum of q. Exact.
+// block), q = round-half-away(clamp(x * (1/d), -127, 127)), sum = sum of q. Exact (also for
+// non-finite input: NaN quantizes to -127, and an overflowing 1/d saturates).
 using QuantizeQ8aFn = void (*)(const float* x, BlockQ8A* out, int64_t k);
 
 // Decode product of a packed quantized matrix (any packed format, layout docs/weight-formats.md)

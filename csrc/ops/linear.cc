@@ -25,12 +25,10 @@ void run_units(const KernelTable& kt, const Matrix& w, const float* x, int64_t l
     const int64_t r1 = u1 * kRowPack < w.rows ? u1 * kRowPack : w.rows;
     switch (w.format) {
         case WeightFormat::kF32: {
+            // gemm also for m = 1: its per-output arithmetic does not depend on m, so a
+            // prompt gives the bits of token-by-token decoding.
             const float* base = static_cast<const float*>(w.data) + r0 * w.k;
-            if (m == 1) {
-                kt.gemv_f32(base, w.k, x, y + r0, r1 - r0, w.k);
-            } else {
-                kt.gemm_f32(base, w.k, x, ldx, m, y + r0, ldy, r1 - r0, w.k);
-            }
+            kt.gemm_f32(base, w.k, x, ldx, m, y + r0, ldy, r1 - r0, w.k);
             break;
         }
         case WeightFormat::kF16:

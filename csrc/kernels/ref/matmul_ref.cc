@@ -117,8 +117,10 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
         const float inv = d != 0.0f ? 1.0f / d : 0.0f;
         int32_t sum = 0;
         for (int j = 0; j < kBlockK; ++j) {
-            const int q = int(std::lround(xb[j] * inv));
-            out[b].q[j] = int8_t(q < -127 ? -127 : (q > 127 ? 127 : q));
+            // Clamp before rounding: the same result for finite values, and defined when 1/d
+            // overflowed (a subnormal d) or x is NaN (fmax/fmin drop it: -127).
+            const float v = std::fmin(std::fmax(xb[j] * inv, -127.0f), 127.0f);
+            out[b].q[j] = int8_t(std::lround(v));
             sum += out[b].q[j];
         }
         out[b].d = d;
