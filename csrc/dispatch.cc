@@ -37,7 +37,19 @@ KernelTable make_avx2() {
     KernelTable t = make_ref();
     t.tag = "avx2";
     t.required = kFeatureAvx2;
-    t.gemv_f32 = avx2::gemv_f32;
+#define QE_SET_AVX2(name) t.name = avx2::name;
+    QE_TABLE_SLOTS(QE_SET_AVX2)
+#undef QE_SET_AVX2
+    return t;
+}
+
+// AVX-VNNI (256-bit vpdpbusd): the integer products; everything else as avx2.
+KernelTable make_avx_vnni() {
+    KernelTable t = make_avx2();
+    t.tag = "avx_vnni";
+    t.required = kFeatureAvx2 | kFeatureAvxVnni;
+    t.gemv_q8a = avx_vnni::gemv_q8a;
+    t.gemm_q8a = avx_vnni::gemm_q8a;
     return t;
 }
 #endif
@@ -75,6 +87,7 @@ const char* kernel_slot_name(int i) {
 const std::vector<const KernelTable*>& compiled_tables() {
     // Best first: the first table whose features the CPU has wins.
 #if defined(__x86_64__) || defined(_M_X64)
+    static const KernelTable avx_vnni = make_avx_vnni();
     static const KernelTable avx2 = make_avx2();
 #endif
 #if defined(__aarch64__)
@@ -83,6 +96,7 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable ref = make_ref();
     static const std::vector<const KernelTable*> tables = {
 #if defined(__x86_64__) || defined(_M_X64)
+        &avx_vnni,
         &avx2,
 #endif
 #if defined(__aarch64__)

@@ -44,6 +44,7 @@ using GemmHalfFn = void (*)(const uint16_t* w, int64_t ldw, const float* x, int6
 // ---- conversions (exact) ---------------------------------------------------------------------
 
 // out[i] = float(in[i]) for IEEE half (`cvt_f16_f32`) or bfloat16 (`cvt_bf16_f32`) input.
+// Exact; a NaN stays a NaN (hardware conversions may set the quiet bit of its payload).
 using CvtHalfToF32Fn = void (*)(const uint16_t* in, float* out, int64_t n);
 // out[i] = IEEE half of in[i], round to nearest even, overflow to inf, NaN stays NaN (the F16C
 // `vcvtps2ph` rounding); used to store the KV cache.

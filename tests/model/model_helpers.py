@@ -16,6 +16,8 @@ from qwen_edge.reference import ReferenceModel
 from qwen_edge.runtime import Model
 
 CHECKPOINT_FORMATS = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+GOLDENS = Path(__file__).resolve().parent.parent / "data" / "goldens"
+GOLDEN_DIRS = sorted(p for p in GOLDENS.iterdir() if (p / "golden.npz").is_file())
 
 
 def small_config(**overrides: object) -> ModelConfig:

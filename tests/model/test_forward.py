@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import packing
 import pytest
-from conftest import GOLDEN_DIRS
 from model_helpers import (
+    GOLDEN_DIRS,
     checkpoint_tensors,
     native,
     nmse,

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: Apache-2.0
+// AVX2 + FMA + F16C attention over one KV head. Up to 4 query heads (a GQA group) share every
+// key and value load: scores are 4 dot products per key row, the output accumulates 4 x 16
+// columns per value row in registers. Compiled with -mavx2 -mfma -mf16c (per file).
+#include <immintrin.h>
+
+#include "kernels/kernels.h"
+#include "kernels/x86/avx2_util.h"
+
+namespace qe::avx2 {
+namespace {
+
+static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+static inline float load1(const float* p) { return *p; }
+static inline float load1(const uint16_t* p) { return f16_to_f32(*p); }
+
+template <int Q, typename T>
+static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t n, int64_t d,
+                   float scale, float* scratch, float* out, int64_t ldo) {
+    const int64_t d8 = d & ~int64_t{7};
+    for (int64_t j = 0; j < n; ++j) {
+        const T* kj = k + j * d;
+        __m256 acc[Q];
+        for (int i = 0; i < Q; ++i) acc[i] = _mm256_setzero_ps();
+        for (int64_t e = 0; e < d8; e += 8) {
+            const __m256 kv = load8(kj + e);
+            for (int i = 0; i < Q; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * ldq + e), kv, acc[i]);
+        }
+        for (int i = 0; i < Q; ++i) {
+            float dot = x86::hsum(acc[i]);
+            for (int64_t e = d8; e < d; ++e) dot += q[i * ldq + e] * load1(kj + e);
+            scratch[i * n + j] = dot * scale;
+        }
+    }
+    for (int i = 0; i < Q; ++i) softmax(scratch + i * n, n);
+    int64_t e0 = 0;
+    for (; e0 + 16 <= d; e0 += 16) {
+        __m256 o0[Q], o1[Q];
+        for (int i = 0; i < Q; ++i) o0[i] = o1[i] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n; ++j) {
+            const __m256 v0 = load8(v + j * d + e0), v1 = load8(v + j * d + e0 + 8);
+            for (int i = 0; i < Q; ++i) {
+                const __m256 p = _mm256_broadcast_ss(scratch + i * n + j);
+                o0[i] = _mm256_fmadd_ps(p, v0, o0[i]);
+                o1[i] = _mm256_fmadd_ps(p, v1, o1[i]);
+            }
+        }
+        for (int i = 0; i < Q; ++i) {
+            _mm256_storeu_ps(out + i * ldo + e0, o0[i]);
+            _mm256_storeu_ps(out + i * ldo + e0 + 8, o1[i]);
+        }
+    }
+    for (; e0 + 8 <= d; e0 += 8) {
+        __m256 o0[Q];
+        for (int i = 0; i < Q; ++i) o0[i] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n; ++j) {
+            const __m256 v0 = load8(v + j * d + e0);
+            for (int i = 0; i < Q; ++i) o0[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(scratch + i * n + j), v0, o0[i]);
+        }
+        for (int i = 0; i < Q; ++i) _mm256_storeu_ps(out + i * ldo + e0, o0[i]);
+    }
+    for (; e0 < d; ++e0) {
+        for (int i = 0; i < Q; ++i) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < n; ++j) acc += scratch[i * n + j] * load1(v + j * d + e0);
+            out[i * ldo + e0] = acc;
+        }
+    }
+}
+
+template <typename T>
+void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n,
+               int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+    for (int64_t i = 0; i < n_q; i += 4) {
+        const float* qi = q + i * ldq;
+        float* oi = out + i * ldo;
+        float* si = scratch + i * n;
+        switch (n_q - i < 4 ? n_q - i : 4) {
+            case 4: attend<4>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
+            case 3: attend<3>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
+            case 2: attend<2>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
+            default: attend<1>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
+        }
+    }
+}
+
+}  // namespace
+
+void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
+                   const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
+                   float* out, int64_t ldo) {
+    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+}
+
+void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
+                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+}
+
+}  // namespace qe::avx2

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: Apache-2.0
+// The W4A8/W8A8 products on 256-bit vectors, shared by the avx2 and avx_vnni tables. This file
+// is included INSIDE the ISA namespace of a translation unit compiled with that ISA's flags
+// (matmul_avx2.cc, matmul_avx_vnni.cc), after it defined the integer core:
+//   unpack_q4(rec, w[8])   8 step vectors of 4-bit codes (u8 0..15) from a 128-byte record
+//   unpack_q8(rec, w[8])   8 step vectors from a 256-byte q8g32 record (ISA-specific form)
+//   dot_q4(w, x)           int32 lane r = sum_k code[r, k] * x.q[k] over the 32 columns
+//   dot_q8(w, x)           int32 lane r = sum_k (u8[r, k] - 128) * x.q[k]
+// so every function here exists once per ISA namespace (no cross-ISA inlining, STYLE.md §5).
+//
+// Layout (docs/weight-formats.md): one 32-byte load = the same 4 columns of the 8 rows of a
+// row group, so int32 lane r accumulates row r, and the activations' 4 bytes of a step are
+// broadcast to every lane. The float combination per block repeats `ref` operation by
+// operation (separately rounded products, no FMA), which makes the result bit-exact.
+//
+// gemm keeps one row group's unpacked block in registers and runs up to 4 tokens over it, so
+// weights are decoded once per 4 tokens; the row group's records (k/32 * 144 bytes) and the
+// tokens' activations stay in L1/L2 across the token tiles.
+
+static inline __m256 load_half8(const uint8_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+static inline __m256 load_u8x8(const uint8_t* p) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+}
+
+// Float state of one row group for one token: acc (and acc_min for q4k) per row lane.
+struct Acc {
+    __m256 acc = _mm256_setzero_ps();
+    __m256 acc_min = _mm256_setzero_ps();
+};
+
+// Adds one block's integer dot to the accumulators, exactly as ref::row_dot does per row.
+template <WeightFormat F>
+static inline void combine(Acc& a, __m256i dot, const uint8_t* sc, const BlockQ8A& x) {
+    const __m256 xd = _mm256_set1_ps(x.d);
+    if constexpr (F == WeightFormat::kQ8g32) {
+        const __m256 s = _mm256_mul_ps(load_half8(sc), xd);
+        a.acc = _mm256_add_ps(a.acc, _mm256_mul_ps(s, _mm256_cvtepi32_ps(dot)));
+    } else if constexpr (F == WeightFormat::kQ4g32) {
+        const __m256i d8 = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum));
+        const __m256 s = _mm256_mul_ps(load_half8(sc), xd);
+        a.acc = _mm256_add_ps(a.acc, _mm256_mul_ps(s, _mm256_cvtepi32_ps(d8)));
+    } else if constexpr (F == WeightFormat::kQ4ag32) {
+        const __m256 t1 = _mm256_mul_ps(_mm256_mul_ps(load_half8(sc), xd), _mm256_cvtepi32_ps(dot));
+        const __m256 t2 =
+            _mm256_mul_ps(_mm256_mul_ps(load_half8(sc + 16), xd), _mm256_set1_ps(float(x.sum)));
+        a.acc = _mm256_add_ps(a.acc, _mm256_add_ps(t1, t2));
+    } else {  // q4k: integer sub-scale and min now, the row factors after the last block
+        const __m256 t1 = _mm256_mul_ps(_mm256_mul_ps(load_u8x8(sc), xd), _mm256_cvtepi32_ps(dot));
+        const __m256 t2 =
+            _mm256_mul_ps(_mm256_mul_ps(load_u8x8(sc + 8), xd), _mm256_set1_ps(float(x.sum)));
+        a.acc = _mm256_add_ps(a.acc, t1);
+        a.acc_min = _mm256_add_ps(a.acc_min, t2);
+    }
+}
+
+// The 8 rows' results of a row group (q4k: its row factors applied).
+template <WeightFormat F>
+static inline __m256 finish(const Acc& a, const PackedMatrix& w, int64_t g) {
+    if constexpr (F == WeightFormat::kQ4k) {
+        const float* rp = w.row_params + g * 16;
+        return _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(rp), a.acc),
+                             _mm256_mul_ps(_mm256_loadu_ps(rp + 8), a.acc_min));
+    } else {
+        (void)w;
+        (void)g;
+        return a.acc;
+    }
+}
+
+// Stores the rows of group g that exist (the last group may be partial).
+static inline void store_rows(float* y, __m256 v, const PackedMatrix& w, int64_t g) {
+    const int64_t r0 = g * kRowPack;
+    if (r0 + kRowPack <= w.rows) {
+        _mm256_storeu_ps(y + r0, v);
+    } else {
+        alignas(32) float tmp[8];
+        _mm256_store_ps(tmp, v);
+        for (int64_t r = r0; r < w.rows; ++r) y[r] = tmp[r - r0];
+    }
+}
+
+template <WeightFormat F>
+static inline __m256i block_dot(const __m256i* wv, const BlockQ8A& x) {
+    if constexpr (F == WeightFormat::kQ8g32) {
+        return dot_q8(wv, x);
+    } else {
+        return dot_q4(wv, x);
+    }
+}
+
+template <WeightFormat F>
+static inline void unpack(const uint8_t* rec, __m256i* wv) {
+    if constexpr (F == WeightFormat::kQ8g32) {
+        unpack_q8(rec, wv);
+    } else {
+        unpack_q4(rec, wv);
+    }
+}
+
+template <WeightFormat F>
+static void gemv_format(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
+                        int64_t g_end) {
+    constexpr int64_t qbytes = quant_record_bytes(F), sbytes = scale_record_bytes(F);
+    const int64_t nb = w.blocks;
+    for (int64_t g = g_begin; g < g_end; ++g) {
+        const uint8_t* rec = w.quants + g * nb * qbytes;
+        const uint8_t* sc = w.scales + g * nb * sbytes;
+        Acc a;
+        for (int64_t b = 0; b < nb; ++b) {
+            __m256i wv[8];
+            unpack<F>(rec + b * qbytes, wv);
+            combine<F>(a, block_dot<F>(wv, x[b]), sc + b * sbytes, x[b]);
+        }
+        store_rows(y, finish<F>(a, w, g), w, g);
+    }
+}
+
+template <WeightFormat F, int T>
+static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t ldy,
+                             int64_t g) {
+    constexpr int64_t qbytes = quant_record_bytes(F), sbytes = scale_record_bytes(F);
+    const int64_t nb = w.blocks;
+    const uint8_t* rec = w.quants + g * nb * qbytes;
+    const uint8_t* sc = w.scales + g * nb * sbytes;
+    Acc a[T];
+    for (int64_t b = 0; b < nb; ++b) {
+        __m256i wv[8];
+        unpack<F>(rec + b * qbytes, wv);
+        for (int t = 0; t < T; ++t) {
+            const BlockQ8A& xb = x[t * nb + b];
+            combine<F>(a[t], block_dot<F>(wv, xb), sc + b * sbytes, xb);
+        }
+    }
+    for (int t = 0; t < T; ++t) store_rows(y + t * ldy, finish<F>(a[t], w, g), w, g);
+}
+
+template <WeightFormat F>
+static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
+                        int64_t ldy, int64_t g_begin, int64_t g_end) {
+    const int64_t nb = w.blocks;
+    for (int64_t g = g_begin; g < g_end; ++g) {
+        int64_t t = 0;
+        for (; t + 4 <= m; t += 4) gemm_tile<F, 4>(w, x + t * nb, y + t * ldy, ldy, g);
+        switch (m - t) {
+            case 3: gemm_tile<F, 3>(w, x + t * nb, y + t * ldy, ldy, g); break;
+            case 2: gemm_tile<F, 2>(w, x + t * nb, y + t * ldy, ldy, g); break;
+            case 1: gemm_tile<F, 1>(w, x + t * nb, y + t * ldy, ldy, g); break;
+            default: break;
+        }
+    }
+}
+
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
+              int64_t g_end) {
+    switch (w.format) {
+        case WeightFormat::kQ8g32: gemv_format<WeightFormat::kQ8g32>(w, x, y, g_begin, g_end); break;
+        case WeightFormat::kQ4g32: gemv_format<WeightFormat::kQ4g32>(w, x, y, g_begin, g_end); break;
+        case WeightFormat::kQ4ag32:
+            gemv_format<WeightFormat::kQ4ag32>(w, x, y, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4k: gemv_format<WeightFormat::kQ4k>(w, x, y, g_begin, g_end); break;
+        default: break;
+    }
+}
+
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end) {
+    switch (w.format) {
+        case WeightFormat::kQ8g32:
+            gemm_format<WeightFormat::kQ8g32>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4g32:
+            gemm_format<WeightFormat::kQ4g32>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4ag32:
+            gemm_format<WeightFormat::kQ4ag32>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4k:
+            gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        default: break;
+    }
+}
