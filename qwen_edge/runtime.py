@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +40,21 @@ def cpu_report() -> dict[str, Any]:
         "available_isas": c.available_isas(),
         "selected_isa": c.selected_isa(),
     }
+
+
+def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
+    """Validates a model file with the native reader (the one the runtime loads with).
+
+    Returns:
+        {"header": the JSON header text (bytes), "file_size": int, "tensors": [entries]}.
+
+    Raises:
+        ModelFileError: the file is missing, truncated, corrupt or unsupported.
+    """
+    try:
+        return core().open_model_file(str(path), verify)  # type: ignore[no-any-return]
+    except RuntimeError as e:
+        raise ModelFileError(str(e)) from None
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -145,11 +161,56 @@ class Model:
         threads = threads or _default_threads()
         try:
             native = core().Model(
-                config.to_dict(), tensors, threads, isa or "", pin, spin_us
+                json.dumps(config.to_dict()), tensors, threads, isa or "", pin, spin_us
             )
         except RuntimeError as e:
             raise _map_error(e, ModelFileError) from None
         return cls(native, config, header or {}, context, kv_cache, batch)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        threads: int | None = None,
+        context: int | None = None,
+        isa: str | None = None,
+        *,
+        kv_cache: str = "f16",
+        batch: int = DEFAULT_BATCH,
+        pin: bool = False,
+        spin_us: int = 100,
+        verify: bool = False,
+    ) -> Model:
+        """Maps a model file (docs/model-file.md) and builds the native model on it.
+
+        Weights are used in place from the read-only mapping, so loading costs about the
+        header's validation. The GIL is released while the file is mapped and checked.
+
+        Args:
+            path: the `.qe` model file.
+            threads: worker threads including the caller (default: the CPUs this process may
+                use).
+            context: tokens a new state holds (default 4096, at most the model's limit).
+            isa: kernel table tag (default: QWEN_EDGE_ISA, else the best for this CPU).
+            kv_cache: "f16" (default) or "f32" keys and values.
+            batch: tokens per native pass of a long prompt (scratch is sized by it).
+            pin: pin thread i to the i-th allowed CPU.
+            spin_us: how long idle workers spin before sleeping.
+            verify: also check every tensor's CRC (reads the whole file).
+
+        Raises:
+            ModelFileError: the file is missing, corrupt, or describes an unsupported model.
+        """
+        threads = threads or _default_threads()
+        try:
+            native = core().Model.load(
+                os.fspath(path), threads, isa or "", pin, spin_us, verify
+            )
+        except RuntimeError as e:
+            raise _map_error(e, ModelFileError) from None
+        header = json.loads(bytes(native.header_text).decode("utf-8"))
+        config = ModelConfig.from_dict(header["config"])
+        return cls(native, config, header, context, kv_cache, batch)
 
     # --- properties ---
     @property
@@ -160,6 +221,11 @@ class Model:
     @property
     def threads(self) -> int:
         return int(self._native.threads)
+
+    @property
+    def file_size(self) -> int:
+        """Bytes of the model file (0 for a model built from tensors in memory)."""
+        return int(self._native.file_size)
 
     @property
     def decode_weight_bytes(self) -> int:
@@ -227,3 +293,8 @@ def _map_error(e: RuntimeError, kind: type[Exception]) -> Exception:
     if isinstance(e, c.Error):
         return kind(str(e))
     return QwenEdgeError(str(e))
+
+
+def load(path: str | os.PathLike[str], **kwargs: Any) -> Model:
+    """`Model.load(path, **kwargs)`: the native model over a model file."""
+    return Model.load(path, **kwargs)

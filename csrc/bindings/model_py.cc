@@ -18,50 +18,6 @@ namespace py = pybind11;
 namespace qe_py {
 namespace {
 
-template <typename T>
-T get(const py::dict& d, const char* key) {
-    QE_CHECK(d.contains(key), "config: missing '", key, "'");
-    try {
-        return d[key].cast<T>();
-    } catch (const py::cast_error&) {
-        throw qe::Error(std::string("config: '") + key + "' has the wrong type");
-    }
-}
-
-template <typename T>
-T get_or(const py::dict& d, const char* key, T fallback) {
-    return d.contains(key) && !d[key].is_none() ? get<T>(d, key) : fallback;
-}
-
-// The Python ModelConfig.to_dict() (HF text_config names) as the C++ config.
-qe::Qwen35Config config_from_dict(const py::dict& d) {
-    qe::Qwen35Config c;
-    c.n_vocab = get<int64_t>(d, "vocab_size");
-    c.n_embd = get<int64_t>(d, "hidden_size");
-    c.n_ff = get<int64_t>(d, "intermediate_size");
-    c.n_layer = get<int64_t>(d, "num_hidden_layers");
-    c.n_head = get<int64_t>(d, "num_attention_heads");
-    c.n_head_kv = get<int64_t>(d, "num_key_value_heads");
-    c.head_dim = get<int64_t>(d, "head_dim");
-    c.n_lin_head_k = get<int64_t>(d, "linear_num_key_heads");
-    c.n_lin_head_v = get<int64_t>(d, "linear_num_value_heads");
-    c.lin_head_dim_k = get<int64_t>(d, "linear_key_head_dim");
-    c.lin_head_dim_v = get<int64_t>(d, "linear_value_head_dim");
-    c.lin_conv_kernel = get_or<int64_t>(d, "linear_conv_kernel_dim", 4);
-    for (const auto& t : get<std::vector<std::string>>(d, "layer_types")) {
-        QE_CHECK(t == "full_attention" || t == "linear_attention", "config: unknown layer type '",
-                 t, "'");
-        c.layer_full.push_back(t == "full_attention" ? 1 : 0);
-    }
-    c.rms_norm_eps = get_or<float>(d, "rms_norm_eps", 1e-6f);
-    c.rope_theta = get_or<float>(d, "rope_theta", 1e7f);
-    c.partial_rotary_factor = get_or<float>(d, "partial_rotary_factor", 0.25f);
-    c.tie_word_embeddings = get_or<bool>(d, "tie_word_embeddings", false);
-    c.max_position_embeddings = get_or<int64_t>(d, "max_position_embeddings", 262144);
-    c.validate();
-    return c;
-}
-
 qe::KvType kv_type(const std::string& name) {
     QE_CHECK(name == "f16" || name == "f32", "kv cache type must be 'f16' or 'f32', got '",
              name, "'");
@@ -70,10 +26,12 @@ qe::KvType kv_type(const std::string& name) {
 
 class PyModel {
 public:
-    // tensors: name -> (format, shape, buffer). The buffers stay referenced by the model.
-    PyModel(const py::dict& config, const py::dict& tensors, int threads, const std::string& isa,
-            bool pin, int spin_us) {
-        const qe::Qwen35Config c = config_from_dict(config);
+    // config_json: the model file header's "config" object (qwen_edge ModelConfig.to_dict()).
+    // tensors: name -> (format, shape, buffer); the buffers stay referenced by the model.
+    PyModel(const std::string& config_json, const py::dict& tensors, int threads,
+            const std::string& isa, bool pin, int spin_us) {
+        const qe::ModelConfig c =
+            qe::ModelConfig::from_json(qe::Json::parse(config_json), "model config");
         qe::TensorMap map;
         py::list owners;
         for (const auto& item : tensors) {
@@ -100,12 +58,19 @@ public:
             py::gil_scoped_acquire gil;
             delete static_cast<const py::object*>(p);
         });
-        qe::ModelOptions options;
-        options.threads = threads;
-        options.isa = isa;
-        options.pin = pin;
-        options.spin_us = spin_us;
-        model_ = std::make_unique<qe::Qwen35Model>(c, map, std::move(keepalive), options);
+        model_ = std::make_unique<qe::Qwen35Model>(c, map, std::move(keepalive),
+                                                   options(threads, isa, pin, spin_us));
+    }
+
+    explicit PyModel(std::unique_ptr<qe::Qwen35Model> model) : model_(std::move(model)) {}
+
+    static qe::ModelOptions options(int threads, const std::string& isa, bool pin, int spin_us) {
+        qe::ModelOptions o;
+        o.threads = threads;
+        o.isa = isa;
+        o.pin = pin;
+        o.spin_us = spin_us;
+        return o;
     }
 
     qe::Qwen35Model& model() { return *model_; }
@@ -132,12 +97,38 @@ void bind_model(py::module_& m) {
         .def("reset", &qe::State::reset);
 
     py::class_<PyModel>(m, "Model", "The Qwen3.5 forward pass over weights in memory.")
-        .def(py::init<const py::dict&, const py::dict&, int, const std::string&, bool, int>(),
-             py::arg("config"), py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "",
-             py::arg("pin") = false, py::arg("spin_us") = 100)
+        .def(py::init<const std::string&, const py::dict&, int, const std::string&, bool, int>(),
+             py::arg("config_json"), py::arg("tensors"), py::arg("threads") = 1,
+             py::arg("isa") = "", py::arg("pin") = false, py::arg("spin_us") = 100)
+        .def_static(
+            "load",
+            [](const std::string& path, int threads, const std::string& isa, bool pin,
+               int spin_us, bool verify) {
+                std::unique_ptr<qe::Qwen35Model> m;
+                {
+                    py::gil_scoped_release release;
+                    m = qe::Qwen35Model::load(path, PyModel::options(threads, isa, pin, spin_us),
+                                              verify);
+                }
+                return std::make_unique<PyModel>(std::move(m));
+            },
+            py::arg("path"), py::arg("threads") = 1, py::arg("isa") = "", py::arg("pin") = false,
+            py::arg("spin_us") = 100, py::arg("verify") = false,
+            "Maps and validates a model file and builds the model on it.")
+        .def_property_readonly("header_text",
+                               [](PyModel& p) {
+                                   const qe::ModelFile* f = p.model().file();
+                                   return py::bytes(f ? f->header_text() : std::string());
+                               })
+        .def_property_readonly("file_size",
+                               [](PyModel& p) {
+                                   const qe::ModelFile* f = p.model().file();
+                                   return f ? f->file_size() : uint64_t{0};
+                               })
         .def_property_readonly("isa", [](PyModel& p) { return p.model().kernels().tag; })
         .def_property_readonly("threads", [](PyModel& p) { return p.model().threads(); })
-        .def_property_readonly("n_vocab", [](PyModel& p) { return p.model().config().n_vocab; })
+        .def_property_readonly("vocab_size",
+                               [](PyModel& p) { return p.model().config().vocab_size; })
         .def_property_readonly("decode_weight_bytes",
                                [](PyModel& p) { return p.model().decode_weight_bytes(); })
         .def(
@@ -152,7 +143,7 @@ void bind_model(py::module_& m) {
                bool all_logits) {
                 QE_CHECK(tokens.ndim() == 1 && tokens.size() >= 1,
                          "forward: tokens must be a non-empty 1-D array");
-                const int64_t n = tokens.size(), v = p.model().config().n_vocab;
+                const int64_t n = tokens.size(), v = p.model().config().vocab_size;
                 QE_CHECK(out.ndim() >= 1 && (out.flags() & py::array::c_style) &&
                              out.size() == (all_logits ? n * v : v),
                          "forward: out must be a C-contiguous float32 array of ",

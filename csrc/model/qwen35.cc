@@ -9,46 +9,6 @@
 
 namespace qe {
 
-// ---- config ------------------------------------------------------------------------------------
-
-int64_t Qwen35Config::n_full() const {
-    return std::count(layer_full.begin(), layer_full.end(), uint8_t{1});
-}
-
-int64_t Qwen35Config::n_linear() const { return int64_t(layer_full.size()) - n_full(); }
-
-void Qwen35Config::validate() const {
-    auto in_range = [](const char* name, int64_t v, int64_t lo, int64_t hi) {
-        QE_CHECK(v >= lo && v <= hi, "config: ", name, " must be in ", lo, "..", hi, ", found ",
-                 v);
-    };
-    in_range("vocab_size", n_vocab, 1, int64_t{1} << 24);
-    in_range("hidden_size", n_embd, 1, 1 << 16);
-    in_range("intermediate_size", n_ff, 1, 1 << 18);
-    in_range("num_hidden_layers", n_layer, 1, 1024);
-    in_range("num_attention_heads", n_head, 1, 1024);
-    in_range("num_key_value_heads", n_head_kv, 1, 1024);
-    in_range("head_dim", head_dim, 2, 4096);
-    in_range("linear_num_key_heads", n_lin_head_k, 1, 1024);
-    in_range("linear_num_value_heads", n_lin_head_v, 1, 1024);
-    in_range("linear_key_head_dim", lin_head_dim_k, 1, 4096);
-    in_range("linear_value_head_dim", lin_head_dim_v, 1, 4096);
-    in_range("linear_conv_kernel_dim", lin_conv_kernel, 1, 64);
-    in_range("max_position_embeddings", max_position_embeddings, 1, int64_t{1} << 24);
-    QE_CHECK(int64_t(layer_full.size()) == n_layer, "config: layer_types has ",
-             layer_full.size(), " entries, num_hidden_layers is ", n_layer);
-    QE_CHECK(n_head % n_head_kv == 0, "config: num_attention_heads (", n_head,
-             ") is not a multiple of num_key_value_heads (", n_head_kv, ")");
-    QE_CHECK(n_lin_head_v % n_lin_head_k == 0, "config: linear_num_value_heads (", n_lin_head_v,
-             ") is not a multiple of linear_num_key_heads (", n_lin_head_k, ")");
-    const int64_t rot = n_rot();
-    QE_CHECK(rot >= 2 && rot % 2 == 0 && rot <= head_dim, "config: partial_rotary_factor ",
-             partial_rotary_factor, " x head_dim ", head_dim, " gives ", rot,
-             " rotary dims; need an even number in 2..head_dim");
-    QE_CHECK(rms_norm_eps > 0 && std::isfinite(rms_norm_eps), "config: bad rms_norm_eps");
-    QE_CHECK(rope_theta > 0 && std::isfinite(rope_theta), "config: bad rope_theta");
-}
-
 // ---- loading -----------------------------------------------------------------------------------
 
 namespace {
@@ -137,25 +97,24 @@ private:
 
 }  // namespace
 
-Qwen35Model::Qwen35Model(const Qwen35Config& config, const TensorMap& tensors,
+Qwen35Model::Qwen35Model(const ModelConfig& config, const TensorMap& tensors,
                          std::shared_ptr<const void> keepalive, const ModelOptions& options)
     : config_(config),
       kt_(select_table(options.isa)),
       pool_(ThreadPool::Options{options.threads, options.pin, options.spin_us}),
       keepalive_(std::move(keepalive)) {
-    config_.validate();
-    const Qwen35Config& c = config_;
+    const ModelConfig& c = config_;
     const Loader ld(tensors, kt_);
     const int64_t E = c.n_embd;
-    embed_ = ld.matrix("embed_tokens.weight", c.n_vocab, E);
-    lm_head_ = c.tie_word_embeddings ? embed_ : ld.matrix("lm_head.weight", c.n_vocab, E);
+    embed_ = ld.matrix("embed_tokens.weight", c.vocab_size, E);
+    lm_head_ = c.tie_word_embeddings ? embed_ : ld.matrix("lm_head.weight", c.vocab_size, E);
     final_norm_ = ld.norm_1p("norm.weight", E);
 
     int64_t n_full = 0, n_lin = 0;
     for (int64_t i = 0; i < c.n_layer; ++i) {
         const std::string p = "layers." + std::to_string(i) + ".";
         Layer L;
-        L.full = c.layer_full[i] != 0;
+        L.full = c.layer_types[i] == LayerType::kFull;
         L.attn_norm = ld.norm_1p(p + "input_layernorm.weight", E);
         L.ffn_norm = ld.norm_1p(p + "post_attention_layernorm.weight", E);
         L.gate = ld.matrix(p + "mlp.gate_proj.weight", c.n_ff, E);
@@ -173,7 +132,7 @@ Qwen35Model::Qwen35Model(const Qwen35Config& config, const TensorMap& tensors,
             L.index = n_full++;
         } else {
             const std::string a = p + "linear_attn.";
-            const int64_t nv = c.n_lin_head_v, cd = c.conv_dim(), kw = c.lin_conv_kernel;
+            const int64_t nv = c.n_v_head, cd = c.conv_dim(), kw = c.conv_kernel;
             L.qkv = ld.matrix(a + "in_proj_qkv.weight", cd, E);
             L.z = ld.matrix(a + "in_proj_z.weight", c.value_dim(), E);
             L.b = ld.matrix(a + "in_proj_b.weight", nv, E);
@@ -187,19 +146,39 @@ Qwen35Model::Qwen35Model(const Qwen35Config& config, const TensorMap& tensors,
             L.dt_bias = ld.vec(a + "dt_bias", {nv});
             L.neg_a = ld.vec(a + "A_log", {nv});
             for (float& v : L.neg_a) v = -std::exp(v);
-            L.gdn_norm = ld.vec(a + "norm.weight", {c.lin_head_dim_v});
+            L.gdn_norm = ld.vec(a + "norm.weight", {c.v_head_dim});
             L.index = n_lin++;
         }
         layers_.push_back(std::move(L));
     }
 
     // inv_freq[f] = 1 / theta^(2f / n_rot) in float32, as transformers computes it (spec §3.6).
-    const int64_t half = c.n_rot() / 2;
+    const int64_t half = c.rotary_dim() / 2;
     inv_freq_.resize(half);
+    cos_.resize(half);
+    sin_.resize(half);
+    eps_ = float(c.rms_norm_eps);
     for (int64_t f = 0; f < half; ++f) {
-        const float e = float(2 * f) / float(c.n_rot());
-        inv_freq_[f] = 1.0f / std::pow(c.rope_theta, e);
+        const float e = float(2 * f) / float(c.rotary_dim());
+        inv_freq_[f] = 1.0f / std::pow(float(c.rope_theta), e);
     }
+}
+
+std::unique_ptr<Qwen35Model> Qwen35Model::load(const std::string& path,
+                                               const ModelOptions& options, bool verify) {
+    std::shared_ptr<const ModelFile> file(ModelFile::open(path, verify));
+    TensorMap map;
+    for (const TensorEntry& t : file->tensors()) {
+        map[t.name] = TensorView{t.format, t.shape, t.data, t.size};
+    }
+    std::unique_ptr<Qwen35Model> model;
+    try {
+        model = std::make_unique<Qwen35Model>(file->config(), map, file, options);
+    } catch (const Error& e) {
+        throw Error(path + ": " + e.what());
+    }
+    model->file_ = std::move(file);
+    return model;
 }
 
 std::unique_ptr<State> Qwen35Model::new_state(int64_t context, int64_t batch, KvType kv) const {
@@ -207,7 +186,7 @@ std::unique_ptr<State> Qwen35Model::new_state(int64_t context, int64_t batch, Kv
 }
 
 uint64_t Qwen35Model::decode_weight_bytes() const {
-    uint64_t n = lm_head_.bytes() + embed_.bytes() / uint64_t(config_.n_vocab);
+    uint64_t n = lm_head_.bytes() + embed_.bytes() / uint64_t(config_.vocab_size);
     for (const Layer& L : layers_) {
         for (const Matrix* m : {&L.gate, &L.up, &L.down, &L.wq, &L.wk, &L.wv, &L.wo, &L.qkv, &L.z,
                                 &L.b, &L.a, &L.out}) {
@@ -227,8 +206,8 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
                  state.threads_ == pool_.size(),
              "forward: the state was made by another model");
     for (int64_t t = 0; t < n; ++t) {
-        QE_CHECK(tokens[t] >= 0 && tokens[t] < config_.n_vocab, "forward: token id ", tokens[t],
-                 " at index ", t, " is outside the vocabulary [0, ", config_.n_vocab, ")");
+        QE_CHECK(tokens[t] >= 0 && tokens[t] < config_.vocab_size, "forward: token id ", tokens[t],
+                 " at index ", t, " is outside the vocabulary [0, ", config_.vocab_size, ")");
     }
     if (state.position_ + n > state.context_) {
         throw ContextLengthError(std::to_string(state.position_) + " + " + std::to_string(n) +
@@ -241,7 +220,7 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
         float* out = nullptr;
         if (logits != nullptr) {
             if (all_logits) {
-                out = logits + i * config_.n_vocab;
+                out = logits + i * config_.vocab_size;
             } else if (i + m == n) {
                 out = logits;
             }
@@ -252,7 +231,7 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
 
 void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, float* logits,
                             bool all) {
-    const Qwen35Config& c = config_;
+    const ModelConfig& c = config_;
     const int64_t E = c.n_embd;
     Scratch& s = state.scratch_;
     float* h = s.h.as<float>();    // [n, E]
@@ -261,14 +240,14 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
 
     for (int64_t t = 0; t < n; ++t) embedding_row(kt_, embed_, tokens[t], h + t * E);
     for (const Layer& L : layers_) {
-        kt_.rms_norm(h, L.attn_norm.data(), x, n, E, c.rms_norm_eps);
+        kt_.rms_norm(h, L.attn_norm.data(), x, n, E, eps_);
         if (L.full) {
             attention_block(L, x, n, state, mix);
         } else {
             delta_net_block(L, x, n, state, mix);
         }
         for (int64_t i = 0; i < n * E; ++i) h[i] += mix[i];
-        kt_.rms_norm(h, L.ffn_norm.data(), x, n, E, c.rms_norm_eps);
+        kt_.rms_norm(h, L.ffn_norm.data(), x, n, E, eps_);
         mlp_block(L, x, n, state, mix);
         for (int64_t i = 0; i < n * E; ++i) h[i] += mix[i];
     }
@@ -277,17 +256,17 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
 
     BlockQ8A* xq = s.xq.as<BlockQ8A>();
     if (all) {
-        kt_.rms_norm(h, final_norm_.data(), x, n, E, c.rms_norm_eps);
-        linear(kt_, pool_, x, E, n, xq, {{&lm_head_, logits, c.n_vocab}});
+        kt_.rms_norm(h, final_norm_.data(), x, n, E, eps_);
+        linear(kt_, pool_, x, E, n, xq, {{&lm_head_, logits, c.vocab_size}});
     } else {
-        kt_.rms_norm(h + (n - 1) * E, final_norm_.data(), x, 1, E, c.rms_norm_eps);
-        linear(kt_, pool_, x, E, 1, xq, {{&lm_head_, logits, c.n_vocab}});
+        kt_.rms_norm(h + (n - 1) * E, final_norm_.data(), x, 1, E, eps_);
+        linear(kt_, pool_, x, E, 1, xq, {{&lm_head_, logits, c.vocab_size}});
     }
 }
 
 void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, State& state,
                                   float* out) {
-    const Qwen35Config& c = config_;
+    const ModelConfig& c = config_;
     Scratch& s = state.scratch_;
     const int64_t E = c.n_embd, nh = c.n_head, nkv = c.n_head_kv, hd = c.head_dim;
     const int64_t group = nh / nkv, p0 = state.position_, ctx = state.context_;
@@ -307,11 +286,12 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
             std::memcpy(gate + (t * nh + hh) * hd, src + hd, hd * sizeof(float));
         }
     }
-    kt_.rms_norm(q, L.q_norm.data(), q, n * nh, hd, c.rms_norm_eps);
+    kt_.rms_norm(q, L.q_norm.data(), q, n * nh, hd, eps_);
 
     // RoPE with the position of each token, then append keys and values to the cache.
-    const int64_t half = c.n_rot() / 2;
-    float cos_t[2048], sin_t[2048];  // half <= head_dim / 2 <= 2048
+    const int64_t half = c.rotary_dim() / 2;
+    float* cos_t = cos_.data();  // [half] for the current token (forward is serialized)
+    float* sin_t = sin_.data();
     const bool f16 = state.kv_type_ == KvType::kF16;
     void* kcache = state.keys(L.index);
     void* vcache = state.values(L.index);
@@ -324,7 +304,7 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
         }
         float* kt = kv + t * 2 * nkv * hd;
         const float* vt = kt + nkv * hd;
-        kt_.rms_norm(kt, L.k_norm.data(), kt, nkv, hd, c.rms_norm_eps);
+        kt_.rms_norm(kt, L.k_norm.data(), kt, nkv, hd, eps_);
         kt_.rope(q + t * nh * hd, nh, hd, cos_t, sin_t, half);
         kt_.rope(kt, nkv, hd, cos_t, sin_t, half);
         for (int64_t j = 0; j < nkv; ++j) {
@@ -366,10 +346,10 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
 
 void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, State& state,
                                   float* out) {
-    const Qwen35Config& c = config_;
+    const ModelConfig& c = config_;
     Scratch& s = state.scratch_;
-    const int64_t E = c.n_embd, nk = c.n_lin_head_k, nv = c.n_lin_head_v;
-    const int64_t dk = c.lin_head_dim_k, dv = c.lin_head_dim_v;
+    const int64_t E = c.n_embd, nk = c.n_k_head, nv = c.n_v_head;
+    const int64_t dk = c.k_head_dim, dv = c.v_head_dim;
     const int64_t cd = c.conv_dim(), kd = c.key_dim(), vd = c.value_dim();
     float* u = s.proj.as<float>();      // [n, conv_dim] pre-conv q | k | v
     float* z = s.gate.as<float>();      // [n, value_dim]
@@ -382,7 +362,7 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
     linear(kt_, pool_, x, E, n, xq,
            {{&L.qkv, u, cd}, {&L.z, z, vd}, {&L.b, b, nv}, {&L.a, a, nv}});
     kt_.conv1d_silu(L.conv_w.data(), state.conv(L.index), u, cd, conv, cd, n, cd,
-                    c.lin_conv_kernel);
+                    c.conv_kernel);
 
     // Gates in float32 (spec §3.7 item 4, §8.3): beta = sigmoid(b), g = -exp(A_log) *
     // softplus(a + dt_bias) with PyTorch's threshold 20; the delta rule takes exp(g).
@@ -414,13 +394,13 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
                            dk, dv);
         }
     });
-    kt_.rms_norm_gated(heads, L.gdn_norm.data(), z, heads, n * nv, dv, c.rms_norm_eps);
+    kt_.rms_norm_gated(heads, L.gdn_norm.data(), z, heads, n * nv, dv, eps_);
     linear(kt_, pool_, heads, vd, n, xq, {{&L.out, out, E}});
 }
 
 void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, State& state,
                             float* out) {
-    const Qwen35Config& c = config_;
+    const ModelConfig& c = config_;
     Scratch& s = state.scratch_;
     float* g = s.ff.as<float>();     // [n, n_ff]
     float* up = g + s.batch * c.n_ff;  // [n, n_ff]

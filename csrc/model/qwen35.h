@@ -18,7 +18,8 @@
 #include <vector>
 
 #include "dispatch.h"
-#include "model/qwen35_config.h"
+#include "model/config.h"
+#include "model/model_file.h"
 #include "model/state.h"
 #include "ops/linear.h"
 #include "runtime/thread_pool.h"
@@ -45,10 +46,17 @@ class Qwen35Model {
 public:
     // Checks every tensor's presence, format, shape and byte size against `config` (throws
     // qe::Error naming the tensor). `keepalive` owns the memory the views point into.
-    Qwen35Model(const Qwen35Config& config, const TensorMap& tensors,
+    Qwen35Model(const ModelConfig& config, const TensorMap& tensors,
                 std::shared_ptr<const void> keepalive, const ModelOptions& options);
 
-    const Qwen35Config& config() const { return config_; }
+    // Maps and validates a model file (model/model_file.h; `verify` also checks every CRC) and
+    // builds the model on the mapping: weights are used in place, load costs the header.
+    static std::unique_ptr<Qwen35Model> load(const std::string& path, const ModelOptions& options,
+                                             bool verify = false);
+    // The file the model was loaded from, or null when it was built from a TensorMap.
+    const ModelFile* file() const { return file_.get(); }
+
+    const ModelConfig& config() const { return config_; }
     const KernelTable& kernels() const { return kt_; }
     int threads() const { return pool_.size(); }
 
@@ -56,8 +64,8 @@ public:
     std::unique_ptr<State> new_state(int64_t context, int64_t batch = 64,
                                      KvType kv = KvType::kF16) const;
 
-    // Runs tokens[0, n) (ids < n_vocab) after what `state` holds. logits: float [n_vocab] for
-    // the last position, or [n, n_vocab] when all_logits; null computes no logits. Throws
+    // Runs tokens[0, n) (ids < vocab_size) after what `state` holds. logits: float [vocab_size] for
+    // the last position, or [n, vocab_size] when all_logits; null computes no logits. Throws
     // ContextLengthError (state unchanged) if the tokens do not fit. Serialized per model.
     void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits);
 
@@ -74,10 +82,10 @@ private:
         std::vector<float> q_norm, k_norm;  // [head_dim], 1 + w
         // gated DeltaNet
         Matrix qkv, z, b, a, out;
-        std::vector<float> conv_w;   // [lin_conv_kernel, conv_dim], channels contiguous
-        std::vector<float> dt_bias;  // [n_lin_head_v]
-        std::vector<float> neg_a;    // [n_lin_head_v], -exp(A_log)
-        std::vector<float> gdn_norm;  // [lin_head_dim_v], used as is (no 1 +)
+        std::vector<float> conv_w;   // [conv_kernel, conv_dim], channels contiguous
+        std::vector<float> dt_bias;  // [n_v_head]
+        std::vector<float> neg_a;    // [n_v_head], -exp(A_log)
+        std::vector<float> gdn_norm;  // [v_head_dim], used as is (no 1 +)
         int64_t index = 0;            // among the layers of its kind (state slot)
     };
 
@@ -88,14 +96,17 @@ private:
                          float* out);
     void mlp_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
 
-    Qwen35Config config_;
+    ModelConfig config_;
     const KernelTable& kt_;
     ThreadPool pool_;
     std::shared_ptr<const void> keepalive_;
+    std::shared_ptr<const ModelFile> file_;
     std::vector<Layer> layers_;
     Matrix embed_, lm_head_;
     std::vector<float> final_norm_;  // [n_embd], 1 + w
-    std::vector<float> inv_freq_;    // [n_rot / 2]
+    std::vector<float> inv_freq_;    // [rotary_dim / 2]
+    std::vector<float> cos_, sin_;   // [rotary_dim / 2] of one position (scratch)
+    float eps_ = 1e-6f;              // rms_norm_eps
     std::mutex mutex_;
 };
 

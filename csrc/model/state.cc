@@ -7,25 +7,38 @@
 #include "common.h"
 
 namespace qe {
+namespace {
 
-State::State(const Qwen35Config& config, int64_t context, int64_t batch, KvType kv_type,
+int64_t count_layers(const ModelConfig& c, LayerType type) {
+    return std::count(c.layer_types.begin(), c.layer_types.end(), type);
+}
+
+// a * b * c * d for buffer sizes, throwing instead of wrapping.
+size_t bytes_of(uint64_t a, uint64_t b, uint64_t c = 1, uint64_t d = 1) {
+    uint64_t ab = 0, abc = 0, abcd = 0;
+    QE_CHECK(!mul_overflows(a, b, &ab) && !mul_overflows(ab, c, &abc) &&
+                 !mul_overflows(abc, d, &abcd) && abcd < (uint64_t{1} << 48),
+             "state: buffer size overflows (", a, " x ", b, " x ", c, " x ", d, ")");
+    return size_t(abcd);
+}
+
+}  // namespace
+
+State::State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type,
              int threads)
     : config_(config), context_(context), batch_(batch), kv_type_(kv_type), threads_(threads) {
-    QE_CHECK(context >= 1 && context <= config.max_position_embeddings,
-             "context must be in 1..", config.max_position_embeddings, " (the model's "
-             "max_position_embeddings), got ", context);
+    QE_CHECK(context >= 1 && context <= config.max_position, "context must be in 1..",
+             config.max_position, " (the model's max_position_embeddings), got ", context);
     QE_CHECK(batch >= 1 && batch <= 4096, "batch must be in 1..4096, got ", batch);
     const size_t elem = kv_type == KvType::kF16 ? 2 : 4;
-    const size_t kv_bytes = size_t(config.n_head_kv) * size_t(context) * size_t(config.head_dim) *
-                            elem;
-    for (int64_t i = 0; i < config.n_full(); ++i) {
+    const size_t kv_bytes = bytes_of(config.n_head_kv, context, config.head_dim, elem);
+    for (int64_t i = 0; i < count_layers(config, LayerType::kFull); ++i) {
         kv_.emplace_back(kv_bytes);
         kv_.emplace_back(kv_bytes);
     }
-    const size_t conv_bytes = size_t(config.lin_conv_kernel - 1) * size_t(config.conv_dim()) * 4;
-    const size_t rec_bytes = size_t(config.n_lin_head_v) * size_t(config.lin_head_dim_k) *
-                             size_t(config.lin_head_dim_v) * 4;
-    for (int64_t i = 0; i < config.n_linear(); ++i) {
+    const size_t conv_bytes = bytes_of(config.conv_kernel - 1, config.conv_dim(), 4);
+    const size_t rec_bytes = bytes_of(config.n_v_head, config.k_head_dim, config.v_head_dim, 4);
+    for (int64_t i = 0; i < count_layers(config, LayerType::kLinear); ++i) {
         conv_.emplace_back(conv_bytes);
         recurrent_.emplace_back(rec_bytes);
     }
@@ -37,25 +50,28 @@ State::State(const State& other)
     copy_from(other);
 }
 
-void State::alloc_scratch(const Qwen35Config& c, int threads) {
-    const size_t b = size_t(batch_), f = sizeof(float);
-    const size_t attn = size_t(c.n_head * c.head_dim);
-    const size_t widest = std::max({c.n_embd, c.n_ff, c.value_dim(), c.n_head * c.head_dim});
+void State::alloc_scratch(const ModelConfig& c, int threads) {
+    const uint64_t b = uint64_t(batch_), f = sizeof(float);
+    const uint64_t attn = bytes_of(c.n_head, c.head_dim);
+    const uint64_t widest = std::max({uint64_t(c.n_embd), uint64_t(c.n_ff),
+                                      uint64_t(c.value_dim()), attn});
+    const uint64_t proj = std::max(uint64_t(c.conv_dim()), 2 * attn);
+    const uint64_t heads = std::max(uint64_t(c.value_dim()), attn);
     Scratch& s = scratch_;
     s.batch = batch_;
-    s.h = Buffer(b * c.n_embd * f);
-    s.x = Buffer(b * c.n_embd * f);
-    s.mix = Buffer(b * c.n_embd * f);
-    s.xq = Buffer(b * ((widest + kBlockK - 1) / kBlockK) * sizeof(BlockQ8A));
-    s.proj = Buffer(b * std::max(size_t(c.conv_dim()), 2 * attn) * f);
-    s.conv = Buffer(b * std::max(size_t(c.conv_dim()), attn) * f);
-    s.gate = Buffer(b * std::max(size_t(c.value_dim()), attn) * f);
-    s.kv = Buffer(b * 2 * c.n_head_kv * c.head_dim * f);
-    s.heads = Buffer(b * std::max(size_t(c.value_dim()), attn) * f);
-    s.ab = Buffer(b * 2 * c.n_lin_head_v * f);
-    s.ff = Buffer(b * 2 * c.n_ff * f);
-    s.scores = Buffer(size_t(threads) * (c.n_head / c.n_head_kv) * context_ * f);
-    s.logits = Buffer(size_t(c.n_vocab) * f);
+    s.h = Buffer(bytes_of(b, c.n_embd, f));
+    s.x = Buffer(bytes_of(b, c.n_embd, f));
+    s.mix = Buffer(bytes_of(b, c.n_embd, f));
+    s.xq = Buffer(bytes_of(b, (widest + kBlockK - 1) / kBlockK, sizeof(BlockQ8A)));
+    s.proj = Buffer(bytes_of(b, proj, f));
+    s.conv = Buffer(bytes_of(b, std::max(uint64_t(c.conv_dim()), attn), f));
+    s.gate = Buffer(bytes_of(b, heads, f));
+    s.kv = Buffer(bytes_of(b, 2 * c.n_head_kv, c.head_dim, f));
+    s.heads = Buffer(bytes_of(b, heads, f));
+    s.ab = Buffer(bytes_of(b, 2 * c.n_v_head, f));
+    s.ff = Buffer(bytes_of(b, 2 * c.n_ff, f));
+    s.scores = Buffer(bytes_of(threads, c.n_head / c.n_head_kv, context_, f));
+    s.logits = Buffer(bytes_of(c.vocab_size, f));
 }
 
 void State::reset() {

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/qwen35_config.h"
+#include "model/config.h"
 #include "quant/formats.h"
 #include "runtime/buffer.h"
 
@@ -31,17 +31,17 @@ struct Scratch {
     Buffer gate;     // [T, max(value_dim, n_head * head_dim)] GDN z / attention gate
     Buffer kv;       // [T, 2, n_head_kv, head_dim] new keys and values
     Buffer heads;    // [T, max(value_dim, n_head * head_dim)] GDN / attention head outputs
-    Buffer ab;       // [T, 2, n_lin_head_v] GDN b and a, then beta and decay
+    Buffer ab;       // [T, 2, n_v_head] GDN b and a, then beta and decay
     Buffer ff;       // [T, 2, n_ff] MLP gate and up
     Buffer scores;   // [threads, n_head / n_head_kv, context] attention probabilities
-    Buffer logits;   // [n_vocab] last-position logits when the caller gives no buffer
+    Buffer logits;   // [vocab_size] last-position logits when the caller gives no buffer
 };
 
 class State {
 public:
     // A zeroed state for `context` tokens; `batch` is the largest number of tokens one pass
     // of the forward processes (longer inputs are split). `threads`: the model's pool size.
-    State(const Qwen35Config& config, int64_t context, int64_t batch, KvType kv_type,
+    State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type,
           int threads);
     State(const State& other);
     State& operator=(const State&) = delete;
@@ -67,9 +67,9 @@ public:
 
 private:
     friend class Qwen35Model;
-    void alloc_scratch(const Qwen35Config& config, int threads);
+    void alloc_scratch(const ModelConfig& config, int threads);
 
-    Qwen35Config config_;
+    ModelConfig config_;
     int64_t context_, batch_, position_ = 0;
     KvType kv_type_;
     int threads_;

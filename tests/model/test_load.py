@@ -1,0 +1,60 @@
+"""Loading the native model from a model file: the same logits as from memory, errors mapped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from model_helpers import quantized_tensors, random_weights, small_config, write_model_file
+
+from qwen_edge import runtime
+from qwen_edge.errors import ModelFileError
+from qwen_edge.runtime import Model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    config = small_config()
+    tensors, _, _ = quantized_tensors(random_weights(config, seed=5), "q4k")
+    path = write_model_file(tmp_path_factory.mktemp("qe") / "small.qe", config, tensors)
+    return config, tensors, path
+
+
+def test_file_and_memory_give_the_same_bits(model_file: tuple) -> None:
+    config, tensors, path = model_file
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, 20)
+    from_file = Model.load(path, threads=2, verify=True)
+    assert from_file.config == config
+    assert from_file.header["arch"] == "qwen3_5"
+    assert from_file.file_size == path.stat().st_size
+    want = Model.from_tensors(config, tensors, threads=2).logits(ids)
+    np.testing.assert_array_equal(from_file.logits(ids), want)
+    np.testing.assert_array_equal(runtime.load(path, threads=1).logits(ids), want)
+
+
+def test_load_options(model_file: tuple) -> None:
+    _, _, path = model_file
+    model = Model.load(path, threads=3, context=32, isa="ref", kv_cache="f32")
+    assert (model.threads, model.isa, model.context) == (3, "ref", 32)
+    state = model.new_state()
+    assert state.context == 32 and state.kv_type == "f32"
+    with pytest.raises(ModelFileError, match="unknown kernel table"):
+        Model.load(path, isa="nope")
+
+
+def test_bad_files(model_file: tuple, tmp_path: Path) -> None:
+    _, _, path = model_file
+    with pytest.raises(ModelFileError, match="cannot open"):
+        Model.load(tmp_path / "missing.qe")
+    data = path.read_bytes()
+    bad = tmp_path / "bad.qe"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError):
+        Model.load(bad)
+    flipped = bytearray(data)
+    flipped[-1] ^= 0xFF  # a tensor byte: only --verify notices
+    bad.write_bytes(bytes(flipped))
+    Model.load(bad)
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        Model.load(bad, verify=True)
