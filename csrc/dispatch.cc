@@ -52,6 +52,17 @@ KernelTable make_avx_vnni() {
     t.gemm_q8a = avx_vnni::gemm_q8a;
     return t;
 }
+
+// AVX-512 VNNI (two row groups per 512-bit vpdpbusd): the integer products. Based on avx2, not
+// avx_vnni: Ice Lake and Cascade Lake have AVX-512 VNNI but no AVX-VNNI.
+KernelTable make_avx512_vnni() {
+    KernelTable t = make_avx2();
+    t.tag = "avx512_vnni";
+    t.required = kFeatureAvx2 | kFeatureAvx512 | kFeatureAvx512Vnni;
+    t.gemv_q8a = avx512_vnni::gemv_q8a;
+    t.gemm_q8a = avx512_vnni::gemm_q8a;
+    return t;
+}
 #endif
 
 #if defined(__aarch64__)
@@ -87,6 +98,7 @@ const char* kernel_slot_name(int i) {
 const std::vector<const KernelTable*>& compiled_tables() {
     // Best first: the first table whose features the CPU has wins.
 #if defined(__x86_64__) || defined(_M_X64)
+    static const KernelTable avx512_vnni = make_avx512_vnni();
     static const KernelTable avx_vnni = make_avx_vnni();
     static const KernelTable avx2 = make_avx2();
 #endif
@@ -96,6 +108,7 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable ref = make_ref();
     static const std::vector<const KernelTable*> tables = {
 #if defined(__x86_64__) || defined(_M_X64)
+        &avx512_vnni,
         &avx_vnni,
         &avx2,
 #endif

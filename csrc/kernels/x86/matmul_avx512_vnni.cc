@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: Apache-2.0
+// AVX-512 VNNI W4A8/W8A8 products: two row groups per 512-bit vector. Lanes 0-7 hold the 8
+// rows of group g, lanes 8-15 those of group g + 1: the same step of both groups is one
+// 64-byte vector built from two 32-byte loads, the activations' 4 bytes are broadcast to all
+// 16 lanes, and one vpdpbusd does 64 multiply-adds. The two groups' records are two separate
+// streams, which also gives decode twice the memory-level parallelism of one group at a time.
+// A trailing odd group uses the 256-bit VNNI code (EVEX vpdpbusd) from matmul_q8a_x86.h.
+// The float combination repeats `ref` op by op, so results are ref's bits.
+// Compiled with -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni (per file).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+// GCC 12's own AVX-512 intrinsics (_mm512_undefined_*, used inside zext/insert/cvtph) trip
+// -W(maybe-)uninitialized when inlined (GCC bug 105593): a false positive in the compiler headers.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
+namespace qe::avx512_vnni {
+
+// 256-bit fallback for a single row group (the odd one out), same code as avx_vnni.
+namespace ymm {
+namespace {
+
+static inline __m256i bcast_step(const int8_t* q, int s) {
+    int32_t v;
+    std::memcpy(&v, q + 4 * s, 4);
+    return _mm256_set1_epi32(v);
+}
+
+static inline void unpack_q4(const uint8_t* rec, __m256i* w) {
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+        w[2 * c] = _mm256_and_si256(v, mask);
+        w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    }
+}
+
+static inline void unpack_q8(const uint8_t* rec, __m256i* w) {
+    for (int s = 0; s < 8; ++s) w[s] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s));
+}
+
+static inline __m256i dot_u8(const __m256i* w, const BlockQ8A& x) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+    for (int s = 0; s < 8; s += 2) {
+        a0 = _mm256_dpbusd_epi32(a0, w[s], bcast_step(x.q, s));
+        a1 = _mm256_dpbusd_epi32(a1, w[s + 1], bcast_step(x.q, s + 1));
+    }
+    return _mm256_add_epi32(a0, a1);
+}
+
+static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) { return dot_u8(w, x); }
+static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
+    return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(128 * x.sum));
+}
+
+}  // namespace
+
+#include "kernels/x86/matmul_q8a_x86.h"
+
+}  // namespace ymm
+
+namespace {
+
+// Two 32-byte records (group g and g + 1) as one vector.
+static inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
+    return _mm512_inserti64x4(
+        _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+}
+
+// 8 step vectors of two groups' codes. q4: low/high nibbles; q8g32: the unsigned bytes.
+template <WeightFormat F>
+static inline void unpack2(const uint8_t* r0, const uint8_t* r1, __m512i* w) {
+    if constexpr (F == WeightFormat::kQ8g32) {
+        for (int s = 0; s < 8; ++s) w[s] = load_pair(r0 + 32 * s, r1 + 32 * s);
+    } else {
+        const __m512i mask = _mm512_set1_epi8(0x0f);
+        for (int c = 0; c < 4; ++c) {
+            const __m512i v = load_pair(r0 + 32 * c, r1 + 32 * c);
+            w[2 * c] = _mm512_and_si512(v, mask);
+            w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+        }
+    }
+}
+
+// Broadcast of step s's 4 activation bytes, from memory (a load-port broadcast, not port 5).
+static inline __m512i bcast(const BlockQ8A& x, int s) {
+    int32_t v;
+    std::memcpy(&v, x.q + 4 * s, 4);
+    return _mm512_set1_epi32(v);
+}
+
+template <WeightFormat F>
+static inline __m512i dot2(const __m512i* w, const BlockQ8A& x) {
+    __m512i a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast(x, 0));
+    __m512i a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], bcast(x, 1));
+    for (int s = 2; s < 8; s += 2) {
+        a0 = _mm512_dpbusd_epi32(a0, w[s], bcast(x, s));
+        a1 = _mm512_dpbusd_epi32(a1, w[s + 1], bcast(x, s + 1));
+    }
+    const __m512i d = _mm512_add_epi32(a0, a1);
+    if constexpr (F == WeightFormat::kQ8g32) {
+        return _mm512_sub_epi32(d, _mm512_set1_epi32(128 * x.sum));
+    } else if constexpr (F == WeightFormat::kQ4g32) {
+        return _mm512_sub_epi32(d, _mm512_set1_epi32(8 * x.sum));
+    } else {
+        return d;
+    }
+}
+
+static inline __m512 load_half16(const uint8_t* a, const uint8_t* b) {
+    const __m256i h = _mm256_inserti128_si256(
+        _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1);
+    return _mm512_cvtph_ps(h);
+}
+
+static inline __m512 load_u8x16(const uint8_t* a, const uint8_t* b) {
+    const __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)),
+                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)));
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+}
+
+struct Acc2 {
+    __m512 acc = _mm512_setzero_ps();
+    __m512 acc_min = _mm512_setzero_ps();
+};
+
+// A block's per-row factors of two groups, widened once and shared by every token of a tile.
+struct Scales2 {
+    __m512 a, b;  // q8g32/q4g32: d; q4ag32: d, m; q4k: sc, mn
+};
+
+template <WeightFormat F>
+static inline Scales2 load_scales(const uint8_t* s0, const uint8_t* s1) {
+    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
+        return {load_half16(s0, s1), _mm512_setzero_ps()};
+    } else if constexpr (F == WeightFormat::kQ4ag32) {
+        return {load_half16(s0, s1), load_half16(s0 + 16, s1 + 16)};
+    } else {
+        return {load_u8x16(s0, s1), load_u8x16(s0 + 8, s1 + 8)};
+    }
+}
+
+// One block of two groups for one token, as ref::row_dot (see matmul_q8a_x86.h::combine).
+template <WeightFormat F>
+static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const BlockQ8A& x) {
+    const __m512 xd = _mm512_set1_ps(x.d);
+    const __m512 t1 = _mm512_mul_ps(_mm512_mul_ps(sc.a, xd), _mm512_cvtepi32_ps(dot));
+    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
+        a.acc = _mm512_add_ps(a.acc, t1);
+    } else {
+        const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(sc.b, xd), _mm512_set1_ps(float(x.sum)));
+        if constexpr (F == WeightFormat::kQ4ag32) {
+            a.acc = _mm512_add_ps(a.acc, _mm512_add_ps(t1, t2));
+        } else {
+            a.acc = _mm512_add_ps(a.acc, t1);
+            a.acc_min = _mm512_add_ps(a.acc_min, t2);
+        }
+    }
+}
+
+// [lo | hi] with AVX-512F only (insertf32x8 would need AVX-512DQ).
+static inline __m512 concat(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_zextpd256_pd512(_mm256_castps_pd(lo)),
+                                               _mm256_castps_pd(hi), 1));
+}
+
+template <WeightFormat F>
+static inline __m512 finish2(const Acc2& a, const PackedMatrix& w, int64_t g) {
+    if constexpr (F == WeightFormat::kQ4k) {
+        const float* rp = w.row_params + g * 16;  // group g: d[8] m[8], then group g + 1
+        const __m512 d = concat(_mm256_loadu_ps(rp), _mm256_loadu_ps(rp + 16));
+        const __m512 m = concat(_mm256_loadu_ps(rp + 8), _mm256_loadu_ps(rp + 24));
+        return _mm512_sub_ps(_mm512_mul_ps(d, a.acc), _mm512_mul_ps(m, a.acc_min));
+    } else {
+        (void)w;
+        (void)g;
+        return a.acc;
+    }
+}
+
+static inline void store16(float* y, __m512 v, const PackedMatrix& w, int64_t g) {
+    const int64_t r0 = g * kRowPack;
+    const int64_t n = w.rows - r0 < 16 ? w.rows - r0 : 16;
+    _mm512_mask_storeu_ps(y + r0, __mmask16((1u << n) - 1u), v);
+}
+
+template <WeightFormat F, int T>
+static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t ldy,
+                         int64_t g) {
+    constexpr int64_t qb = quant_record_bytes(F), sb = scale_record_bytes(F);
+    const int64_t nb = w.blocks;
+    const uint8_t* q0 = w.quants + g * nb * qb;
+    const uint8_t* q1 = q0 + nb * qb;
+    const uint8_t* s0 = w.scales + g * nb * sb;
+    const uint8_t* s1 = s0 + nb * sb;
+    Acc2 a[T];
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i wv[8];
+        unpack2<F>(q0 + b * qb, q1 + b * qb, wv);
+        const Scales2 sc = load_scales<F>(s0 + b * sb, s1 + b * sb);
+        for (int t = 0; t < T; ++t) {
+            const BlockQ8A& xb = x[t * nb + b];
+            combine2<F>(a[t], dot2<F>(wv, xb), sc, xb);
+        }
+    }
+    for (int t = 0; t < T; ++t) store16(y + t * ldy, finish2<F>(a[t], w, g), w, g);
+}
+
+template <WeightFormat F>
+static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
+                        int64_t ldy, int64_t g_begin, int64_t g_end) {
+    const int64_t nb = w.blocks;
+    int64_t g = g_begin;
+    for (; g + 2 <= g_end; g += 2) {
+        int64_t t = 0;
+        for (; t + 8 <= m; t += 8) tile2<F, 8>(w, x + t * nb, y + t * ldy, ldy, g);
+        if (t + 4 <= m) {
+            tile2<F, 4>(w, x + t * nb, y + t * ldy, ldy, g);
+            t += 4;
+        }
+        switch (m - t) {
+            case 3: tile2<F, 3>(w, x + t * nb, y + t * ldy, ldy, g); break;
+            case 2: tile2<F, 2>(w, x + t * nb, y + t * ldy, ldy, g); break;
+            case 1: tile2<F, 1>(w, x + t * nb, y + t * ldy, ldy, g); break;
+            default: break;
+        }
+    }
+    if (g < g_end) {
+        if (m == 1) {
+            ymm::gemv_format<F>(w, x, y, g, g_end);
+        } else {
+            ymm::gemm_format<F>(w, x, m, y, ldy, g, g_end);
+        }
+    }
+}
+
+}  // namespace
+
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
+              int64_t g_end) {
+    gemm_q8a(w, x, 1, y, 0, g_begin, g_end);
+}
+
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end) {
+    switch (w.format) {
+        case WeightFormat::kQ8g32:
+            gemm_format<WeightFormat::kQ8g32>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4g32:
+            gemm_format<WeightFormat::kQ4g32>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4ag32:
+            gemm_format<WeightFormat::kQ4ag32>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4k:
+            gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        default: break;
+    }
+}
+
+}  // namespace qe::avx512_vnni
