@@ -203,9 +203,7 @@ class Model:
         """
         threads = threads or _default_threads()
         try:
-            native = core().Model.load(
-                os.fspath(path), threads, isa or "", pin, spin_us, verify
-            )
+            native = core().Model.load(os.fspath(path), threads, isa or "", pin, spin_us, verify)
         except RuntimeError as e:
             raise _map_error(e, ModelFileError) from None
         header = json.loads(bytes(native.header_text).decode("utf-8"))
@@ -257,8 +255,7 @@ class Model:
         ids = _token_array(tokens, self.config.vocab_size)
         if state.position + ids.size > state.context:
             raise ContextLengthError(
-                f"{state.position} + {ids.size} tokens exceed the context of "
-                f"{state.context} tokens"
+                f"{state.position} + {ids.size} tokens exceed the context of {state.context} tokens"
             )
         vocab = self.config.vocab_size
         out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)

@@ -1,4 +1,5 @@
-"""Test-only packing of matrices into the model file's packed formats (docs/weight-formats.md).
+"""Test-only packing of matrices into the model file's packed formats (docs/weight-formats.md),
+and a minimal model-file writer.
 
 A minimal round-to-nearest packer so kernel and model tests can make packed weights without the
 exporter. It is NOT the project's quantizer (that is `qwen_edge/quant.py`, issue 3, with scale
@@ -7,6 +8,9 @@ searches); it only has to produce valid bytes whose values the C++ `ref` dequant
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,8 +159,12 @@ def quantize(fmt: str, w: np.ndarray):
         mins = -lo
         D = (s.max(axis=1) / 255.0).astype(np.float32)
         M = (mins.max(axis=1) / 255.0).astype(np.float32)
-        sc = np.clip(np.rint(np.divide(s, D[:, None], out=np.zeros_like(s), where=D[:, None] > 0)), 0, 255)
-        mn = np.clip(np.rint(np.divide(mins, M[:, None], out=np.zeros_like(s), where=M[:, None] > 0)), 0, 255)
+        sc = np.clip(
+            np.rint(np.divide(s, D[:, None], out=np.zeros_like(s), where=D[:, None] > 0)), 0, 255
+        )
+        mn = np.clip(
+            np.rint(np.divide(mins, M[:, None], out=np.zeros_like(s), where=M[:, None] > 0)), 0, 255
+        )
         step = D[:, None] * sc
         inv = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)
         codes = np.clip(np.rint((blk + (M[:, None] * mn)[..., None]) * inv[..., None]), 0, 15)
@@ -180,3 +188,46 @@ def q8a_numpy(x: np.ndarray):
     v64 = np.clip(v.astype(np.float64), -127, 127)  # |v| + 0.5 is exact in float64
     q = (np.sign(v64) * np.floor(np.abs(v64) + 0.5)).astype(np.int8)
     return d, q, q.astype(np.int32).sum(axis=1)
+
+
+def write_model_file(path: Path, config: Any, tensors: dict) -> Path:
+    """A minimal writer of docs/model-file.md for tests, until issue 3's exporter is on main:
+    the tensors in the given formats, no blobs, the header CRC sealed."""
+    import json
+    import zlib
+
+    data = bytearray()
+    entries = []
+    for name, (fmt, shape, buf) in tensors.items():
+        data.extend(bytes(-len(data) % 64))
+        raw = np.ascontiguousarray(buf).view(np.uint8).reshape(-1).tobytes()
+        entries.append(
+            {
+                "name": name,
+                "format": fmt,
+                "shape": list(shape),
+                "offset": len(data),
+                "size": len(raw),
+                "crc32": zlib.crc32(raw),
+            }
+        )
+        data.extend(raw)
+    header = json.dumps(
+        {
+            "arch": "qwen3_5",
+            "config": config.to_dict(),
+            "quant": {"recipe": "test"},
+            "tensors": entries,
+            "blobs": [],
+        }
+    ).encode()
+    offset = (64 + len(header) + 63) // 64 * 64
+    pre = bytearray(64)
+    pre[0:8] = b"QWENEDGE"
+    pre[8:12] = (1).to_bytes(4, "little")
+    pre[12:16] = len(header).to_bytes(4, "little")
+    pre[16:20] = zlib.crc32(header).to_bytes(4, "little")
+    pre[24:32] = offset.to_bytes(8, "little")
+    pre[32:40] = (offset + len(data)).to_bytes(8, "little")
+    path.write_bytes(bytes(pre) + header + bytes(offset - 64 - len(header)) + bytes(data))
+    return path

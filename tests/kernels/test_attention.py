@@ -11,7 +11,9 @@ _core = core()
 
 
 @pytest.mark.parametrize("kv", ["f16", "f32"])
-@pytest.mark.parametrize(("n_q", "n", "d"), [(1, 1, 16), (4, 7, 32), (4, 130, 256), (3, 17, 24), (1, 513, 64), (2, 9, 5)])
+@pytest.mark.parametrize(
+    ("n_q", "n", "d"), [(1, 1, 16), (4, 7, 32), (4, 130, 256), (3, 17, 24), (1, 513, 64), (2, 9, 5)]
+)
 def test_attention(isa: str, kv: str, n_q: int, n: int, d: int) -> None:
     rng = np.random.default_rng(n_q * 1000 + n + d)
     q = rng.standard_normal((n_q, d)).astype(np.float32)

@@ -16,7 +16,9 @@ from qwen_edge.runtime import core
 _core = core()
 
 
-@pytest.mark.parametrize(("t", "c", "kw"), [(1, 5, 4), (2, 33, 4), (3, 16, 4), (7, 48, 4), (70, 24, 2), (5, 9, 1)])
+@pytest.mark.parametrize(
+    ("t", "c", "kw"), [(1, 5, 4), (2, 33, 4), (3, 16, 4), (7, 48, 4), (70, 24, 2), (5, 9, 1)]
+)
 def test_conv1d_silu(isa: str, t: int, c: int, kw: int) -> None:
     rng = np.random.default_rng(t * 100 + c)
     w = rng.standard_normal((kw, c)).astype(np.float32)
@@ -37,7 +39,9 @@ def test_conv1d_silu(isa: str, t: int, c: int, kw: int) -> None:
     np.testing.assert_array_equal(s2, s)
 
 
-@pytest.mark.parametrize(("t", "dk", "dv"), [(1, 4, 4), (3, 16, 8), (300, 32, 16), (40, 128, 128), (9, 13, 7)])
+@pytest.mark.parametrize(
+    ("t", "dk", "dv"), [(1, 4, 4), (3, 16, 8), (300, 32, 16), (40, 128, 128), (9, 13, 7)]
+)
 def test_delta_rule(isa: str, t: int, dk: int, dv: int) -> None:
     rng = np.random.default_rng(t + dk * 1000 + dv)
     k = rng.standard_normal((t, dk)).astype(np.float32)
@@ -56,5 +60,5 @@ def test_delta_rule(isa: str, t: int, dk: int, dv: int) -> None:
     np.testing.assert_allclose(o, want_o[:, 0], rtol=1e-4, atol=2e-5 * np.abs(want_o).max())
     np.testing.assert_allclose(s, want_s[0], rtol=1e-4, atol=2e-5 * np.abs(want_s).max())
     if isa != "ref":
-        ro, rs = _core.delta_rule(s0, q, k, v, decay, beta, isa="ref")
+        ro, _ = _core.delta_rule(s0, q, k, v, decay, beta, isa="ref")
         np.testing.assert_allclose(o, ro, rtol=1e-5, atol=1e-5 * np.abs(ro).max())

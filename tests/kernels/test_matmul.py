@@ -43,7 +43,9 @@ def test_gemm_float(isa: str, kind: str, rows: int, k: int, m: int) -> None:
     bound = 2 * k * EPS * (np.abs(x) @ np.abs(w).T) + 1e-30
     assert np.all(np.abs(got - want) <= bound), f"seed {rows * 7919 + k * 31 + m}"
     if m == 1:  # the decode entry point agrees with the batched one
-        np.testing.assert_allclose(_core.gemv_f32(w, x[0], isa=isa), want[0], rtol=0, atol=bound.max())
+        np.testing.assert_allclose(
+            _core.gemv_f32(w, x[0], isa=isa), want[0], rtol=0, atol=bound.max()
+        )
 
 
 # --- activation quantization --------------------------------------------------------------------

@@ -17,8 +17,28 @@ SIZES = [1, 7, 8, 9, 16, 31, 33, 128, 257]
 
 def special_floats() -> np.ndarray:
     f = np.float32
-    vals = [0.0, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, -65536.0, 1e-8, 6e-8, 5.96e-8,
-            2.98e-8, 2.99e-8, 6.1e-5, 6.09e-5, 1e30, -1e-30, np.inf, -np.inf, np.nan]
+    vals = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65519.99,
+        65520.0,
+        -65536.0,
+        1e-8,
+        6e-8,
+        5.96e-8,
+        2.98e-8,
+        2.99e-8,
+        6.1e-5,
+        6.09e-5,
+        1e30,
+        -1e-30,
+        np.inf,
+        -np.inf,
+        np.nan,
+    ]
     half_ties = (np.arange(1, 64, dtype=np.float32) * np.float32(2**-11) + 1).astype(f)
     sub_ties = np.arange(1, 64, dtype=np.float32) * np.float32(2**-25)  # half-subnormal ties
     rng = np.random.default_rng(0)
@@ -59,7 +79,9 @@ def test_rms_norms(isa: str, n: int) -> None:
     x64 = x.astype(np.float64)
     inv = 1 / np.sqrt((x64**2).mean(axis=1, keepdims=True) + 1e-6)
     tol = 8 * n * np.finfo(np.float32).eps
-    np.testing.assert_allclose(_core.rms_norm(x, w, 1e-6, isa=isa), x64 * inv * w, rtol=tol, atol=1e-6)
+    np.testing.assert_allclose(
+        _core.rms_norm(x, w, 1e-6, isa=isa), x64 * inv * w, rtol=tol, atol=1e-6
+    )
     silu = z / (1 + np.exp(-z.astype(np.float64)))
     np.testing.assert_allclose(
         _core.rms_norm_gated(x, w, z, 1e-6, isa=isa), w * x64 * inv * silu, rtol=tol, atol=1e-6
@@ -70,7 +92,9 @@ def test_rms_norms(isa: str, n: int) -> None:
     )
 
 
-@pytest.mark.parametrize(("heads", "d", "half"), [(1, 2, 1), (3, 16, 4), (2, 64, 32), (5, 256, 32), (2, 40, 19)])
+@pytest.mark.parametrize(
+    ("heads", "d", "half"), [(1, 2, 1), (3, 16, 4), (2, 64, 32), (5, 256, 32), (2, 40, 19)]
+)
 def test_rope_exact(isa: str, heads: int, d: int, half: int) -> None:
     rng = np.random.default_rng(d)
     x = rng.standard_normal((heads, d)).astype(np.float32)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import packing
+from packing import write_model_file  # noqa: F401  (re-exported for the tests)
 
 from qwen_edge import presets
 from qwen_edge.config import ModelConfig
@@ -112,35 +113,3 @@ def nmse(got: np.ndarray, want: np.ndarray) -> float:
     """Normalized mean squared error, per position averaged (llama.cpp check-nmse)."""
     w = want - want.mean(axis=-1, keepdims=True)
     return float(np.mean(np.sum((got - want) ** 2, axis=-1) / np.sum(w**2, axis=-1)))
-
-
-def write_model_file(path: Path, config: ModelConfig, tensors: dict) -> Path:
-    """A minimal writer of docs/model-file.md for tests, until issue 3's exporter is on main:
-    the tensors in the given formats, no blobs, the header CRC sealed."""
-    import json
-    import zlib
-
-    data = bytearray()
-    entries = []
-    for name, (fmt, shape, buf) in tensors.items():
-        data.extend(bytes(-len(data) % 64))
-        raw = np.ascontiguousarray(buf).view(np.uint8).reshape(-1).tobytes()
-        entries.append(
-            {"name": name, "format": fmt, "shape": list(shape), "offset": len(data),
-             "size": len(raw), "crc32": zlib.crc32(raw)}  # fmt: skip
-        )
-        data.extend(raw)
-    header = json.dumps(
-        {"arch": "qwen3_5", "config": config.to_dict(), "quant": {"recipe": "test"},
-         "tensors": entries, "blobs": []}  # fmt: skip
-    ).encode()
-    offset = (64 + len(header) + 63) // 64 * 64
-    pre = bytearray(64)
-    pre[0:8] = b"QWENEDGE"
-    pre[8:12] = (1).to_bytes(4, "little")
-    pre[12:16] = len(header).to_bytes(4, "little")
-    pre[16:20] = zlib.crc32(header).to_bytes(4, "little")
-    pre[24:32] = offset.to_bytes(8, "little")
-    pre[32:40] = (offset + len(data)).to_bytes(8, "little")
-    path.write_bytes(bytes(pre) + header + bytes(offset - 64 - len(header)) + bytes(data))
-    return path

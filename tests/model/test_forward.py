@@ -104,7 +104,9 @@ def test_invariants_are_bitwise(small: tuple, isa: str, fmt: str) -> None:
     steps = np.stack([model.forward([int(t)], state) for t in ids])
     np.testing.assert_array_equal(steps, whole)
     state = model.new_state()
-    pieces = [model.forward(ids[a:b], state, all_logits=True) for a, b in ((0, 1), (1, 20), (20, 45))]
+    pieces = [
+        model.forward(ids[a:b], state, all_logits=True) for a, b in ((0, 1), (1, 20), (20, 45))
+    ]
     np.testing.assert_array_equal(np.concatenate(pieces), whole)
     assert state.position == 45
 
