@@ -8,11 +8,12 @@
 namespace qe {
 namespace {
 
-#define QE_TABLE_SLOTS(X)                                                                        \
-    X(gemv_f32) X(gemm_f32) X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32)              \
-    X(cvt_f32_f16) X(quantize_q8a) X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm)         \
-    X(rms_norm_gated) X(l2_norm) X(rope) X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu)    \
-    X(delta_rule) X(attention_f16) X(attention_f32)
+#define QE_TABLE_SLOTS(X)                                                                         \
+    X(gemv_f32)                                                                                   \
+    X(gemm_f32) X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32) X(cvt_f32_f16)            \
+        X(quantize_q8a) X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm) X(rms_norm_gated)   \
+            X(l2_norm) X(rope) X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu) X(delta_rule) \
+                X(attention_f16) X(attention_f32)
 
 #define QE_COUNT_SLOT(name) +1
 static_assert(0 QE_TABLE_SLOTS(QE_COUNT_SLOT) == kKernelSlots, "QE_TABLE_SLOTS vs kKernelSlots");
@@ -108,9 +109,7 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable ref = make_ref();
     static const std::vector<const KernelTable*> tables = {
 #if defined(__x86_64__) || defined(_M_X64)
-        &avx512_vnni,
-        &avx_vnni,
-        &avx2,
+        &avx512_vnni, &avx_vnni, &avx2,
 #endif
 #if defined(__aarch64__)
         &neon,
@@ -140,8 +139,7 @@ const KernelTable& select_table(const std::string& forced, const CpuInfo& cpu) {
     for (const KernelTable* t : compiled_tables()) {
         if (want == t->tag) {
             QE_CHECK(cpu.has(t->required), "kernel table '", want,
-                     "' needs CPU features this machine lacks; supported here: ",
-                     [&] {
+                     "' needs CPU features this machine lacks; supported here: ", [&] {
                          std::string s;
                          for (const KernelTable* u : supported_tables(cpu))
                              s += (s.empty() ? "" : ", ") + std::string(u->tag);
@@ -151,8 +149,8 @@ const KernelTable& select_table(const std::string& forced, const CpuInfo& cpu) {
         }
         known += (known.empty() ? "" : ", ") + std::string(t->tag);
     }
-    QE_CHECK(false, "unknown kernel table '", want, "' (QWEN_EDGE_ISA or isa=); built with: ",
-             known);
+    QE_CHECK(false, "unknown kernel table '", want,
+             "' (QWEN_EDGE_ISA or isa=); built with: ", known);
     return *compiled_tables().back();  // unreachable
 }
 

@@ -19,7 +19,9 @@ namespace {
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using U16 = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
 
-const qe::KernelTable& table(const std::string& isa) { return qe::select_table(isa); }
+const qe::KernelTable& table(const std::string& isa) {
+    return qe::select_table(isa);
+}
 
 py::array_t<float> empty_like_shape(const std::vector<py::ssize_t>& shape) {
     return py::array_t<float>(shape);
@@ -99,8 +101,7 @@ void bind_kernels(py::module_& m) {
             QE_CHECK(x.ndim() == 2 && w.ndim() == 1 && w.shape(0) == x.shape(1),
                      "rms_norm: expected x [rows, n], w [n]");
             auto y = empty_like_shape(shape_of(x));
-            table(isa).rms_norm(x.data(), w.data(), y.mutable_data(), x.shape(0), x.shape(1),
-                                eps);
+            table(isa).rms_norm(x.data(), w.data(), y.mutable_data(), x.shape(0), x.shape(1), eps);
             return y;
         },
         py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("isa") = "",
@@ -123,8 +124,8 @@ void bind_kernels(py::module_& m) {
         [](const F32& x, float eps, float scale, const std::string& isa) {
             QE_CHECK(x.ndim() == 2, "l2_norm: expected x [rows, n]");
             auto y = empty_like_shape(shape_of(x));
-            table(isa).l2_norm(x.data(), y.mutable_data(), x.shape(0), x.shape(1), x.shape(1),
-                               eps, scale);
+            table(isa).l2_norm(x.data(), y.mutable_data(), x.shape(0), x.shape(1), x.shape(1), eps,
+                               scale);
             return y;
         },
         py::arg("x"), py::arg("eps"), py::arg("scale"), py::arg("isa") = "",
@@ -183,7 +184,7 @@ void bind_kernels(py::module_& m) {
             py::array_t<float> s(shape_of(state));
             std::copy_n(state.data(), state.size(), s.mutable_data());
             py::array_t<float> y({t, c});
-            table(isa).conv1d_silu(w.data(), s.mutable_data(), x.data(), c, y.mutable_data(), c,
+            table(isa).conv1d_silu(w.data(), s.mutable_data(), c, x.data(), c, y.mutable_data(), c,
                                    t, c, kw);
             return py::make_tuple(y, s);
         },
@@ -209,21 +210,20 @@ void bind_kernels(py::module_& m) {
             py::array_t<float> state(shape_of(s));
             std::copy_n(s.data(), s.size(), state.mutable_data());
             py::array_t<float> o({t, dv});
-            table(isa).delta_rule(state.mutable_data(), u.data(), u.data() + dk,
-                                  u.data() + 2 * dk, 2 * dk + dv, decay.data(), beta.data(), 1,
-                                  o.mutable_data(), dv, t, dk, dv);
+            table(isa).delta_rule(state.mutable_data(), u.data(), u.data() + dk, u.data() + 2 * dk,
+                                  2 * dk + dv, decay.data(), beta.data(), 1, o.mutable_data(), dv,
+                                  t, dk, dv);
             return py::make_tuple(o, state);
         },
-        py::arg("s"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("decay"),
-        py::arg("beta"), py::arg("isa") = "",
+        py::arg("s"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("decay"), py::arg("beta"),
+        py::arg("isa") = "",
         "Gated delta rule of one head over t tokens: returns (o [t, dv], new state).");
     m.def(
         "attention",
         [](const F32& q, const py::array& k, const py::array& v, float scale,
            const std::string& isa) {
-            QE_CHECK(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 &&
-                         k.shape(1) == q.shape(1) && v.shape(1) == q.shape(1) &&
-                         k.shape(0) == v.shape(0) && k.shape(0) >= 1,
+            QE_CHECK(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && k.shape(1) == q.shape(1) &&
+                         v.shape(1) == q.shape(1) && k.shape(0) == v.shape(0) && k.shape(0) >= 1,
                      "attention: expected q [n_q, d], k and v [n, d], n >= 1");
             const int64_t n_q = q.shape(0), d = q.shape(1), n = k.shape(0);
             py::array_t<float> out({n_q, d});

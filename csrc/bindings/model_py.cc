@@ -19,8 +19,8 @@ namespace qe_py {
 namespace {
 
 qe::KvType kv_type(const std::string& name) {
-    QE_CHECK(name == "f16" || name == "f32", "kv cache type must be 'f16' or 'f32', got '",
-             name, "'");
+    QE_CHECK(name == "f16" || name == "f32", "kv cache type must be 'f16' or 'f32', got '", name,
+             "'");
     return name == "f16" ? qe::KvType::kF16 : qe::KvType::kF32;
 }
 
@@ -45,8 +45,8 @@ public:
             view.shape = entry[1].cast<std::vector<int64_t>>();
             const py::buffer buf = entry[2].cast<py::buffer>();
             const py::buffer_info info = buf.request();
-            QE_CHECK(info.ndim <= 1 || info.strides.back() == info.itemsize,
-                     "tensor '", name, "': buffer must be contiguous");
+            QE_CHECK(info.ndim <= 1 || info.strides.back() == info.itemsize, "tensor '", name,
+                     "': buffer must be contiguous");
             view.data = static_cast<const uint8_t*>(info.ptr);
             view.size = uint64_t(info.size) * uint64_t(info.itemsize);
             map[name] = view;
@@ -87,10 +87,9 @@ void bind_model(py::module_& m) {
     py::class_<qe::State>(m, "State", "Caches and position of one sequence (see runtime.py).")
         .def_property_readonly("position", &qe::State::position)
         .def_property_readonly("context", &qe::State::context)
-        .def_property_readonly("kv_type",
-                               [](const qe::State& s) {
-                                   return s.kv_type() == qe::KvType::kF16 ? "f16" : "f32";
-                               })
+        .def_property_readonly(
+            "kv_type",
+            [](const qe::State& s) { return s.kv_type() == qe::KvType::kF16 ? "f16" : "f32"; })
         .def_property_readonly("cache_bytes", &qe::State::cache_bytes)
         .def("copy", [](const qe::State& s) { return std::make_unique<qe::State>(s); })
         .def("copy_from", &qe::State::copy_from, py::arg("other"))
@@ -102,8 +101,8 @@ void bind_model(py::module_& m) {
              py::arg("isa") = "", py::arg("pin") = false, py::arg("spin_us") = 100)
         .def_static(
             "load",
-            [](const std::string& path, int threads, const std::string& isa, bool pin,
-               int spin_us, bool verify) {
+            [](const std::string& path, int threads, const std::string& isa, bool pin, int spin_us,
+               bool verify) {
                 std::unique_ptr<qe::Qwen35Model> m;
                 {
                     py::gil_scoped_release release;

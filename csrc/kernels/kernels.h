@@ -38,8 +38,8 @@ using GemvF32Fn = void (*)(const float* w, int64_t ldw, const float* x, float* y
 using GemmF32Fn = void (*)(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
                            float* y, int64_t ldy, int64_t rows, int64_t k);
 // The same for 16-bit weights: `gemm_f16` (IEEE half) and `gemm_bf16` (bfloat16).
-using GemmHalfFn = void (*)(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx,
-                            int64_t m, float* y, int64_t ldy, int64_t rows, int64_t k);
+using GemmHalfFn = void (*)(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
+                            float* y, int64_t ldy, int64_t rows, int64_t k);
 
 // ---- conversions (exact) ---------------------------------------------------------------------
 
@@ -92,14 +92,14 @@ using RmsNormGatedFn = void (*)(const float* x, const float* w, const float* z, 
 
 // L2 normalization: y[r, i] = x[r, i] * (1 / sqrt(sum_i x[r, i]^2 + eps)) * scale.
 // x, y: [rows, n] with row stride ld (y == x allowed). Reordered like rms_norm.
-using L2NormFn = void (*)(const float* x, float* y, int64_t rows, int64_t n, int64_t ld,
-                          float eps, float scale);
+using L2NormFn = void (*)(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, float eps,
+                          float scale);
 
 // Rotate-half RoPE in place on the first 2*half dims of each of `n_heads` vectors x + h*ld:
 // (a, b) = (x[f], x[f + half]) -> (a*cos[f] - b*sin[f], b*cos[f] + a*sin[f]), f < half.
 // cos, sin: [half] for this position. Exact (separately rounded products, as `ref`).
-using RopeFn = void (*)(float* x, int64_t n_heads, int64_t ld, const float* cos,
-                        const float* sin, int64_t half);
+using RopeFn = void (*)(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,
+                        int64_t half);
 
 // In-place softmax of x[n] (n >= 1): exp(x - max) / sum. Approx exp, reordered sum.
 using SoftmaxFn = void (*)(float* x, int64_t n);
@@ -114,12 +114,13 @@ using SigmoidMulFn = void (*)(const float* x, const float* g, float* out, int64_
 // Causal depthwise conv1d with SiLU over t tokens of c channels, kernel width kw (spec §3.7.2):
 // y[s, ch] = silu(sum_j w[j, ch] * in[s - kw + 1 + j, ch]) where `in` is the kw-1 rows of
 // `state` followed by the t rows of x. Afterwards state holds the last kw-1 input rows.
-// w: [kw, c] (tap-major, c contiguous: the file's [c, 1, kw] transposed at load).
-// state: [kw-1, c]. x: [t, c] row stride ldx. y: [t, c] row stride ldy (must not alias x).
+// w: [kw, c] (tap-major, c contiguous: the file's [c, 1, kw] transposed at load) and
+// state: [kw-1, c], both with row stride ldc >= c, so a caller can give each thread a slice of
+// channels. x: [t, c] row stride ldx. y: [t, c] row stride ldy (must not alias x).
 // Taps are summed in order j = 0..kw-1 with separately rounded products (exact vs ref but for
 // the silu, which is approx).
-using Conv1dSiluFn = void (*)(const float* w, float* state, const float* x, int64_t ldx,
-                              float* y, int64_t ldy, int64_t t, int64_t c, int64_t kw);
+using Conv1dSiluFn = void (*)(const float* w, float* state, int64_t ldc, const float* x,
+                              int64_t ldx, float* y, int64_t ldy, int64_t t, int64_t c, int64_t kw);
 
 // The gated delta rule of one value head over t tokens (spec §3.7 item 7, the recurrence):
 //   S = decay[s] * S;  e = S^T k;  delta = beta[s] * (v - e);  S += k delta^T;  o = S^T q
@@ -127,9 +128,9 @@ using Conv1dSiluFn = void (*)(const float* w, float* state, const float* x, int6
 // l2-normalized, q scaled by 1/sqrt(dk)); v: token s at v + s*ldu ([dv]). decay (= exp(g)),
 // beta: token s at decay[s*ldg], beta[s*ldg]. o: token s at o + s*ldo ([dv]).
 // Reordered: sums over dk in ISA order; state and outputs within 1e-5 relative of ref per step.
-using DeltaRuleFn = void (*)(float* s, const float* q, const float* k, const float* v,
-                             int64_t ldu, const float* decay, const float* beta, int64_t ldg,
-                             float* o, int64_t ldo, int64_t t, int64_t dk, int64_t dv);
+using DeltaRuleFn = void (*)(float* s, const float* q, const float* k, const float* v, int64_t ldu,
+                             const float* decay, const float* beta, int64_t ldg, float* o,
+                             int64_t ldo, int64_t t, int64_t dk, int64_t dv);
 
 // ---- attention -------------------------------------------------------------------------------
 
@@ -142,63 +143,62 @@ using AttentionF16Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const 
                                 const uint16_t* v, int64_t n, int64_t d, float scale,
                                 float* scratch, float* out, int64_t ldo);
 using AttentionF32Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const float* k,
-                                const float* v, int64_t n, int64_t d, float scale,
-                                float* scratch, float* out, int64_t ldo);
+                                const float* v, int64_t n, int64_t d, float scale, float* scratch,
+                                float* out, int64_t ldo);
 
 // Declares every family in the namespace of an ISA tag (each table implements them all or
 // borrows the next-best implementation in dispatch.cc).
-#define QE_DECLARE_GEMV_F32(isa)                                                                \
-    namespace isa {                                                                             \
-    void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows,          \
-                  int64_t k);                                                                   \
+#define QE_DECLARE_GEMV_F32(isa)                                                                   \
+    namespace isa {                                                                                \
+    void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k); \
     }
-#define QE_DECLARE_FLOAT_GEMM(isa)                                                              \
-    namespace isa {                                                                             \
+#define QE_DECLARE_FLOAT_GEMM(isa)                                                               \
+    namespace isa {                                                                              \
     void gemm_f32(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y, \
-                  int64_t ldy, int64_t rows, int64_t k);                                        \
-    void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,       \
-                  float* y, int64_t ldy, int64_t rows, int64_t k);                              \
-    void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,      \
-                   float* y, int64_t ldy, int64_t rows, int64_t k);                             \
+                  int64_t ldy, int64_t rows, int64_t k);                                         \
+    void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,        \
+                  float* y, int64_t ldy, int64_t rows, int64_t k);                               \
+    void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,       \
+                   float* y, int64_t ldy, int64_t rows, int64_t k);                              \
     }
-#define QE_DECLARE_CONVERSIONS(isa)                                                             \
-    namespace isa {                                                                             \
-    void cvt_f16_f32(const uint16_t* in, float* out, int64_t n);                                \
-    void cvt_bf16_f32(const uint16_t* in, float* out, int64_t n);                               \
-    void cvt_f32_f16(const float* in, uint16_t* out, int64_t n);                                \
+#define QE_DECLARE_CONVERSIONS(isa)                               \
+    namespace isa {                                               \
+    void cvt_f16_f32(const uint16_t* in, float* out, int64_t n);  \
+    void cvt_bf16_f32(const uint16_t* in, float* out, int64_t n); \
+    void cvt_f32_f16(const float* in, uint16_t* out, int64_t n);  \
     }
-#define QE_DECLARE_QUANTIZED(isa)                                                               \
-    namespace isa {                                                                             \
-    void quantize_q8a(const float* x, BlockQ8A* out, int64_t k);                                \
-    void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,          \
-                  int64_t g_end);                                                               \
-    void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,   \
-                  int64_t g_begin, int64_t g_end);                                              \
-    void dequantize_row(const PackedMatrix& w, int64_t r, float* out);                          \
+#define QE_DECLARE_QUANTIZED(isa)                                                             \
+    namespace isa {                                                                           \
+    void quantize_q8a(const float* x, BlockQ8A* out, int64_t k);                              \
+    void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,        \
+                  int64_t g_end);                                                             \
+    void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy, \
+                  int64_t g_begin, int64_t g_end);                                            \
+    void dequantize_row(const PackedMatrix& w, int64_t r, float* out);                        \
     }
-#define QE_DECLARE_VECTOR(isa)                                                                  \
-    namespace isa {                                                                             \
+#define QE_DECLARE_VECTOR(isa)                                                                   \
+    namespace isa {                                                                              \
     void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps); \
-    void rms_norm_gated(const float* x, const float* w, const float* z, float* y, int64_t rows, \
-                        int64_t n, float eps);                                                  \
-    void l2_norm(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, float eps,      \
-                 float scale);                                                                  \
-    void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,        \
-              int64_t half);                                                                    \
-    void softmax(float* x, int64_t n);                                                          \
-    void silu_mul(const float* a, const float* b, float* out, int64_t n);                       \
-    void sigmoid_mul(const float* x, const float* g, float* out, int64_t n);                    \
-    void conv1d_silu(const float* w, float* state, const float* x, int64_t ldx, float* y,       \
-                     int64_t ldy, int64_t t, int64_t c, int64_t kw);                            \
-    void delta_rule(float* s, const float* q, const float* k, const float* v, int64_t ldu,      \
-                    const float* decay, const float* beta, int64_t ldg, float* o, int64_t ldo,  \
-                    int64_t t, int64_t dk, int64_t dv);                                         \
-    void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,             \
-                       const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,    \
-                       float* out, int64_t ldo);                                                \
+    void rms_norm_gated(const float* x, const float* w, const float* z, float* y, int64_t rows,  \
+                        int64_t n, float eps);                                                   \
+    void l2_norm(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, float eps,       \
+                 float scale);                                                                   \
+    void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,         \
+              int64_t half);                                                                     \
+    void softmax(float* x, int64_t n);                                                           \
+    void silu_mul(const float* a, const float* b, float* out, int64_t n);                        \
+    void sigmoid_mul(const float* x, const float* g, float* out, int64_t n);                     \
+    void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int64_t ldx,     \
+                     float* y, int64_t ldy, int64_t t, int64_t c, int64_t kw);                   \
+    void delta_rule(float* s, const float* q, const float* k, const float* v, int64_t ldu,       \
+                    const float* decay, const float* beta, int64_t ldg, float* o, int64_t ldo,   \
+                    int64_t t, int64_t dk, int64_t dv);                                          \
+    void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,              \
+                       const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,     \
+                       float* out, int64_t ldo);                                                 \
     void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v, \
-                       int64_t n, int64_t d, float scale, float* scratch, float* out,           \
-                       int64_t ldo);                                                            \
+                       int64_t n, int64_t d, float scale, float* scratch, float* out,            \
+                       int64_t ldo);                                                             \
     }
 
 // ref: every family.

@@ -44,11 +44,12 @@ public:
         m.k = k;
         if (is_quantized(t.format)) {
             PackedLayout layout;
-            QE_CHECK(packed_layout(t.format, rows, k, &layout), "tensor '", name, "': ",
-                     format_name(t.format), " needs k a multiple of ", kBlockK, ", found ", k);
-            QE_CHECK(t.size == layout.total_bytes, "tensor '", name, "': ",
-                     format_name(t.format), " ", shape_str(t.shape), " takes ",
-                     layout.total_bytes, " bytes, found ", t.size);
+            QE_CHECK(packed_layout(t.format, rows, k, &layout), "tensor '", name,
+                     "': ", format_name(t.format), " needs k a multiple of ", kBlockK, ", found ",
+                     k);
+            QE_CHECK(t.size == layout.total_bytes, "tensor '", name, "': ", format_name(t.format),
+                     " ", shape_str(t.shape), " takes ", layout.total_bytes, " bytes, found ",
+                     t.size);
             m.packed = PackedMatrix::view(t.format, layout, t.data);
         } else {
             check_plain_size(name, t, uint64_t(rows) * uint64_t(k));
@@ -67,7 +68,9 @@ public:
         check_plain_size(name, t, n);
         std::vector<float> out(n);
         switch (t.format) {
-            case WeightFormat::kF32: std::memcpy(out.data(), t.data, n * 4); break;
+            case WeightFormat::kF32:
+                std::memcpy(out.data(), t.data, n * 4);
+                break;
             case WeightFormat::kF16:
                 kt_.cvt_f16_f32(reinterpret_cast<const uint16_t*>(t.data), out.data(), n);
                 break;
@@ -87,8 +90,8 @@ public:
 private:
     static void check_plain_size(const std::string& name, const TensorView& t, uint64_t n) {
         uint64_t bytes = 0;
-        QE_CHECK(plain_bytes(t.format, n, &bytes) && bytes == t.size, "tensor '", name, "': ",
-                 format_name(t.format), " ", shape_str(t.shape), " takes ", bytes,
+        QE_CHECK(plain_bytes(t.format, n, &bytes) && bytes == t.size, "tensor '", name,
+                 "': ", format_name(t.format), " ", shape_str(t.shape), " takes ", bytes,
                  " bytes, found ", t.size);
     }
     const TensorMap& tensors_;
@@ -155,8 +158,6 @@ Qwen35Model::Qwen35Model(const ModelConfig& config, const TensorMap& tensors,
     // inv_freq[f] = 1 / theta^(2f / n_rot) in float32, as transformers computes it (spec §3.6).
     const int64_t half = c.rotary_dim() / 2;
     inv_freq_.resize(half);
-    cos_.resize(half);
-    sin_.resize(half);
     eps_ = float(c.rms_norm_eps);
     for (int64_t f = 0; f < half; ++f) {
         const float e = float(2 * f) / float(c.rotary_dim());
@@ -164,8 +165,8 @@ Qwen35Model::Qwen35Model(const ModelConfig& config, const TensorMap& tensors,
     }
 }
 
-std::unique_ptr<Qwen35Model> Qwen35Model::load(const std::string& path,
-                                               const ModelOptions& options, bool verify) {
+std::unique_ptr<Qwen35Model> Qwen35Model::load(const std::string& path, const ModelOptions& options,
+                                               bool verify) {
     std::shared_ptr<const ModelFile> file(ModelFile::open(path, verify));
     TensorMap map;
     for (const TensorEntry& t : file->tensors()) {
@@ -211,8 +212,8 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
     }
     if (state.position_ + n > state.context_) {
         throw ContextLengthError(std::to_string(state.position_) + " + " + std::to_string(n) +
-                                 " tokens exceed the context of " +
-                                 std::to_string(state.context_) + " tokens");
+                                 " tokens exceed the context of " + std::to_string(state.context_) +
+                                 " tokens");
     }
     const int64_t batch = state.batch_;
     for (int64_t i = 0; i < n; i += batch) {
@@ -234,33 +235,56 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
     const ModelConfig& c = config_;
     const int64_t E = c.n_embd;
     Scratch& s = state.scratch_;
-    float* h = s.h.as<float>();    // [n, E]
-    float* x = s.x.as<float>();    // [n, E]
+    float* h = s.h.as<float>();      // [n, E]
+    float* x = s.x.as<float>();      // [n, E]
     float* mix = s.mix.as<float>();  // [n, E]
 
-    for (int64_t t = 0; t < n; ++t) embedding_row(kt_, embed_, tokens[t], h + t * E);
-    for (const Layer& L : layers_) {
-        kt_.rms_norm(h, L.attn_norm.data(), x, n, E, eps_);
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) embedding_row(kt_, embed_, tokens[t], h + t * E);
+    });
+    // RoPE cos/sin rows of this batch's positions, [n, 2, half], shared by every attention
+    // layer: theta = float(p) * inv_freq[f] in float32 as transformers; cos/sin correctly
+    // rounded (via double).
+    const int64_t half = int64_t(inv_freq_.size());
+    float* rope = s.rope.as<float>();
+    for (int64_t t = 0; t < n; ++t) {
+        const float pos = float(state.position_ + t);
+        for (int64_t f = 0; f < half; ++f) {
+            const float theta = pos * inv_freq_[f];
+            rope[t * 2 * half + f] = float(std::cos(double(theta)));
+            rope[t * 2 * half + half + f] = float(std::sin(double(theta)));
+        }
+    }
+    // h += mix, then x = rmsnorm(h) with the next norm's weight, per token.
+    auto add_norm = [&](const float* w) {
+        for_tokens(n, [&](int64_t t0, int64_t t1) {
+            for (int64_t i = t0 * E; i < t1 * E; ++i) h[i] += mix[i];
+            kt_.rms_norm(h + t0 * E, w, x + t0 * E, t1 - t0, E, eps_);
+        });
+    };
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        kt_.rms_norm(h + t0 * E, layers_[0].attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
+    });
+    for (size_t l = 0; l < layers_.size(); ++l) {
+        const Layer& L = layers_[l];
         if (L.full) {
             attention_block(L, x, n, state, mix);
         } else {
             delta_net_block(L, x, n, state, mix);
         }
-        for (int64_t i = 0; i < n * E; ++i) h[i] += mix[i];
-        kt_.rms_norm(h, L.ffn_norm.data(), x, n, E, eps_);
+        add_norm(L.ffn_norm.data());
         mlp_block(L, x, n, state, mix);
-        for (int64_t i = 0; i < n * E; ++i) h[i] += mix[i];
+        add_norm(l + 1 < layers_.size() ? layers_[l + 1].attn_norm.data() : final_norm_.data());
     }
     state.position_ += n;
     if (logits == nullptr) return;
 
+    // x holds the final norm of every token now.
     BlockQ8A* xq = s.xq.as<BlockQ8A>();
     if (all) {
-        kt_.rms_norm(h, final_norm_.data(), x, n, E, eps_);
         linear(kt_, pool_, x, E, n, xq, {{&lm_head_, logits, c.vocab_size}});
     } else {
-        kt_.rms_norm(h + (n - 1) * E, final_norm_.data(), x, 1, E, eps_);
-        linear(kt_, pool_, x, E, 1, xq, {{&lm_head_, logits, c.vocab_size}});
+        linear(kt_, pool_, x + (n - 1) * E, E, 1, xq, {{&lm_head_, logits, c.vocab_size}});
     }
 }
 
@@ -270,54 +294,51 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
     Scratch& s = state.scratch_;
     const int64_t E = c.n_embd, nh = c.n_head, nkv = c.n_head_kv, hd = c.head_dim;
     const int64_t group = nh / nkv, p0 = state.position_, ctx = state.context_;
-    float* proj = s.proj.as<float>();  // [n, nh, 2, hd]: per head q then gate
-    float* kv = s.kv.as<float>();      // [n, 2, nkv, hd]: keys then values
-    float* q = s.conv.as<float>();     // [n, nh, hd]
-    float* gate = s.gate.as<float>();  // [n, nh, hd]
+    float* proj = s.proj.as<float>();    // [n, nh, 2, hd]: per head q then gate
+    float* kv = s.kv.as<float>();        // [n, 2, nkv, hd]: keys then values
+    float* q = s.conv.as<float>();       // [n, nh, hd]
+    float* gate = s.gate.as<float>();    // [n, nh, hd]
     float* heads = s.heads.as<float>();  // [n, nh, hd]
     BlockQ8A* xq = s.xq.as<BlockQ8A>();
 
     linear(kt_, pool_, x, E, n, xq,
-           {{&L.wq, proj, 2 * nh * hd}, {&L.wk, kv, 2 * nkv * hd}, {&L.wv, kv + nkv * hd, 2 * nkv * hd}});
-    for (int64_t t = 0; t < n; ++t) {
-        for (int64_t hh = 0; hh < nh; ++hh) {
-            const float* src = proj + (t * nh + hh) * 2 * hd;
-            std::memcpy(q + (t * nh + hh) * hd, src, hd * sizeof(float));
-            std::memcpy(gate + (t * nh + hh) * hd, src + hd, hd * sizeof(float));
-        }
-    }
-    kt_.rms_norm(q, L.q_norm.data(), q, n * nh, hd, eps_);
-
-    // RoPE with the position of each token, then append keys and values to the cache.
+           {{&L.wq, proj, 2 * nh * hd},
+            {&L.wk, kv, 2 * nkv * hd},
+            {&L.wv, kv + nkv * hd, 2 * nkv * hd}});
+    // Per token: split q and gate, q/k norms, RoPE with the token's position (cos/sin rows
+    // from the state's table), then append keys and values to the cache.
     const int64_t half = c.rotary_dim() / 2;
-    float* cos_t = cos_.data();  // [half] for the current token (forward is serialized)
-    float* sin_t = sin_.data();
     const bool f16 = state.kv_type_ == KvType::kF16;
     void* kcache = state.keys(L.index);
     void* vcache = state.values(L.index);
-    for (int64_t t = 0; t < n; ++t) {
-        const float pos = float(p0 + t);
-        for (int64_t f = 0; f < half; ++f) {
-            const float theta = pos * inv_freq_[f];
-            cos_t[f] = float(std::cos(double(theta)));
-            sin_t[f] = float(std::sin(double(theta)));
-        }
-        float* kt = kv + t * 2 * nkv * hd;
-        const float* vt = kt + nkv * hd;
-        kt_.rms_norm(kt, L.k_norm.data(), kt, nkv, hd, eps_);
-        kt_.rope(q + t * nh * hd, nh, hd, cos_t, sin_t, half);
-        kt_.rope(kt, nkv, hd, cos_t, sin_t, half);
-        for (int64_t j = 0; j < nkv; ++j) {
-            const int64_t row = (j * ctx + p0 + t) * hd;
-            if (f16) {
-                kt_.cvt_f32_f16(kt + j * hd, static_cast<uint16_t*>(kcache) + row, hd);
-                kt_.cvt_f32_f16(vt + j * hd, static_cast<uint16_t*>(vcache) + row, hd);
-            } else {
-                std::memcpy(static_cast<float*>(kcache) + row, kt + j * hd, hd * sizeof(float));
-                std::memcpy(static_cast<float*>(vcache) + row, vt + j * hd, hd * sizeof(float));
+    const float* rope_table = s.rope.as<float>();  // filled by run_batch
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            for (int64_t hh = 0; hh < nh; ++hh) {
+                const float* src = proj + (t * nh + hh) * 2 * hd;
+                std::memcpy(q + (t * nh + hh) * hd, src, hd * sizeof(float));
+                std::memcpy(gate + (t * nh + hh) * hd, src + hd, hd * sizeof(float));
+            }
+            const float* cos_t = rope_table + t * 2 * half;
+            const float* sin_t = cos_t + half;
+            float* kt = kv + t * 2 * nkv * hd;
+            const float* vt = kt + nkv * hd;
+            kt_.rms_norm(q + t * nh * hd, L.q_norm.data(), q + t * nh * hd, nh, hd, eps_);
+            kt_.rms_norm(kt, L.k_norm.data(), kt, nkv, hd, eps_);
+            kt_.rope(q + t * nh * hd, nh, hd, cos_t, sin_t, half);
+            kt_.rope(kt, nkv, hd, cos_t, sin_t, half);
+            for (int64_t j = 0; j < nkv; ++j) {
+                const int64_t row = (j * ctx + p0 + t) * hd;
+                if (f16) {
+                    kt_.cvt_f32_f16(kt + j * hd, static_cast<uint16_t*>(kcache) + row, hd);
+                    kt_.cvt_f32_f16(vt + j * hd, static_cast<uint16_t*>(vcache) + row, hd);
+                } else {
+                    std::memcpy(static_cast<float*>(kcache) + row, kt + j * hd, hd * sizeof(float));
+                    std::memcpy(static_cast<float*>(vcache) + row, vt + j * hd, hd * sizeof(float));
+                }
             }
         }
-    }
+    });
 
     // Causal attention: token t sees positions [0, p0 + t]. One item = (token, kv head) with
     // its `group` query heads, which read the same keys and values.
@@ -340,7 +361,10 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
             }
         }
     });
-    kt_.sigmoid_mul(heads, gate, heads, n * nh * hd);
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        kt_.sigmoid_mul(heads + t0 * nh * hd, gate + t0 * nh * hd, heads + t0 * nh * hd,
+                        (t1 - t0) * nh * hd);
+    });
     linear(kt_, pool_, heads, nh * hd, n, xq, {{&L.wo, out, E}});
 }
 
@@ -351,37 +375,40 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
     const int64_t E = c.n_embd, nk = c.n_k_head, nv = c.n_v_head;
     const int64_t dk = c.k_head_dim, dv = c.v_head_dim;
     const int64_t cd = c.conv_dim(), kd = c.key_dim(), vd = c.value_dim();
-    float* u = s.proj.as<float>();      // [n, conv_dim] pre-conv q | k | v
-    float* z = s.gate.as<float>();      // [n, value_dim]
-    float* b = s.ab.as<float>();        // [n, nv] b, then beta
-    float* a = b + s.batch * nv;        // [n, nv] a, then the decay exp(g)
-    float* conv = s.conv.as<float>();   // [n, conv_dim] post-conv q | k | v
+    float* u = s.proj.as<float>();       // [n, conv_dim] pre-conv q | k | v
+    float* z = s.gate.as<float>();       // [n, value_dim]
+    float* b = s.ab.as<float>();         // [n, nv] b, then beta
+    float* a = b + s.batch * nv;         // [n, nv] a, then the decay exp(g)
+    float* conv = s.conv.as<float>();    // [n, conv_dim] post-conv q | k | v
     float* heads = s.heads.as<float>();  // [n, value_dim]
     BlockQ8A* xq = s.xq.as<BlockQ8A>();
 
-    linear(kt_, pool_, x, E, n, xq,
-           {{&L.qkv, u, cd}, {&L.z, z, vd}, {&L.b, b, nv}, {&L.a, a, nv}});
-    kt_.conv1d_silu(L.conv_w.data(), state.conv(L.index), u, cd, conv, cd, n, cd,
-                    c.conv_kernel);
+    linear(kt_, pool_, x, E, n, xq, {{&L.qkv, u, cd}, {&L.z, z, vd}, {&L.b, b, nv}, {&L.a, a, nv}});
+    // Channels are independent: slices per thread for a prompt, one call for a decode step.
+    float* conv_state = state.conv(L.index);
+    pool_.for_each(cd, n == 1 ? cd : 256, [&](int64_t c0, int64_t c1, int) {
+        kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + c0, cd, conv + c0, cd, n,
+                        c1 - c0, c.conv_kernel);
+    });
 
     // Gates in float32 (spec §3.7 item 4, §8.3): beta = sigmoid(b), g = -exp(A_log) *
     // softplus(a + dt_bias) with PyTorch's threshold 20; the delta rule takes exp(g).
-    for (int64_t t = 0; t < n; ++t) {
-        for (int64_t m = 0; m < nv; ++m) {
-            float& bm = b[t * nv + m];
-            float& am = a[t * nv + m];
-            bm = 1.0f / (1.0f + std::exp(-bm));
-            const float sp_in = am + L.dt_bias[m];
-            const float sp = sp_in > 20.0f ? sp_in : std::log1p(std::exp(sp_in));
-            am = std::exp(L.neg_a[m] * sp);
-        }
-    }
     const float q_scale = 1.0f / std::sqrt(float(dk));
-    for (int64_t t = 0; t < n; ++t) {
-        float* ct = conv + t * cd;
-        kt_.l2_norm(ct, ct, nk, dk, dk, kL2NormEps, q_scale);
-        kt_.l2_norm(ct + kd, ct + kd, nk, dk, dk, kL2NormEps, 1.0f);
-    }
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            for (int64_t m = 0; m < nv; ++m) {
+                float& bm = b[t * nv + m];
+                float& am = a[t * nv + m];
+                bm = 1.0f / (1.0f + std::exp(-bm));
+                const float sp_in = am + L.dt_bias[m];
+                const float sp = sp_in > 20.0f ? sp_in : std::log1p(std::exp(sp_in));
+                am = std::exp(L.neg_a[m] * sp);
+            }
+            float* ct = conv + t * cd;
+            kt_.l2_norm(ct, ct, nk, dk, dk, kL2NormEps, q_scale);
+            kt_.l2_norm(ct + kd, ct + kd, nk, dk, dk, kL2NormEps, 1.0f);
+        }
+    });
 
     // Value head m reads q/k head m / r (grouped, spec §3.7 item 6).
     const int64_t r = nv / nk;
@@ -390,23 +417,27 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
         for (int64_t m = m0; m < m1; ++m) {
             const int64_t hk = m / r;
             kt_.delta_rule(rec + m * dk * dv, conv + hk * dk, conv + kd + hk * dk,
-                           conv + 2 * kd + m * dv, cd, a + m, b + m, nv, heads + m * dv, vd, n,
-                           dk, dv);
+                           conv + 2 * kd + m * dv, cd, a + m, b + m, nv, heads + m * dv, vd, n, dk,
+                           dv);
         }
     });
-    kt_.rms_norm_gated(heads, L.gdn_norm.data(), z, heads, n * nv, dv, eps_);
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        kt_.rms_norm_gated(heads + t0 * vd, L.gdn_norm.data(), z + t0 * vd, heads + t0 * vd,
+                           (t1 - t0) * nv, dv, eps_);
+    });
     linear(kt_, pool_, heads, vd, n, xq, {{&L.out, out, E}});
 }
 
-void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, State& state,
-                            float* out) {
+void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, State& state, float* out) {
     const ModelConfig& c = config_;
     Scratch& s = state.scratch_;
-    float* g = s.ff.as<float>();     // [n, n_ff]
+    float* g = s.ff.as<float>();       // [n, n_ff]
     float* up = g + s.batch * c.n_ff;  // [n, n_ff]
     BlockQ8A* xq = s.xq.as<BlockQ8A>();
     linear(kt_, pool_, x, c.n_embd, n, xq, {{&L.gate, g, c.n_ff}, {&L.up, up, c.n_ff}});
-    kt_.silu_mul(g, up, g, n * c.n_ff);
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        kt_.silu_mul(g + t0 * c.n_ff, up + t0 * c.n_ff, g + t0 * c.n_ff, (t1 - t0) * c.n_ff);
+    });
     linear(kt_, pool_, g, c.n_ff, n, xq, {{&L.down, out, c.n_embd}});
 }
 

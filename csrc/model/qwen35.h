@@ -78,23 +78,32 @@ private:
         std::vector<float> attn_norm, ffn_norm;  // [n_embd], 1 + w
         Matrix gate, up, down;                   // MLP
         // full attention
-        Matrix wq, wk, wv, wo;           // q_proj rows interleave [q_h | gate_h] per head
+        Matrix wq, wk, wv, wo;              // q_proj rows interleave [q_h | gate_h] per head
         std::vector<float> q_norm, k_norm;  // [head_dim], 1 + w
         // gated DeltaNet
         Matrix qkv, z, b, a, out;
-        std::vector<float> conv_w;   // [conv_kernel, conv_dim], channels contiguous
-        std::vector<float> dt_bias;  // [n_v_head]
-        std::vector<float> neg_a;    // [n_v_head], -exp(A_log)
+        std::vector<float> conv_w;    // [conv_kernel, conv_dim], channels contiguous
+        std::vector<float> dt_bias;   // [n_v_head]
+        std::vector<float> neg_a;     // [n_v_head], -exp(A_log)
         std::vector<float> gdn_norm;  // [v_head_dim], used as is (no 1 +)
         int64_t index = 0;            // among the layers of its kind (state slot)
     };
 
     void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all);
-    void attention_block(const Layer& layer, const float* x, int64_t n, State& state,
-                         float* out);
-    void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state,
-                         float* out);
+    void attention_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
+    void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
     void mlp_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
+    // fn(t0, t1) over the tokens [0, n): split over the threads for a prompt, inline for one
+    // token (a decode step has nothing to share out but the matrix products).
+    template <typename Fn>
+    void for_tokens(int64_t n, Fn&& fn) {
+        if (n < 4 || pool_.size() == 1) {
+            fn(int64_t{0}, n);
+            return;
+        }
+        const int64_t chunk = (n + 4 * pool_.size() - 1) / (4 * pool_.size());
+        pool_.for_each(n, chunk, [&](int64_t t0, int64_t t1, int) { fn(t0, t1); });
+    }
 
     ModelConfig config_;
     const KernelTable& kt_;
@@ -105,7 +114,6 @@ private:
     Matrix embed_, lm_head_;
     std::vector<float> final_norm_;  // [n_embd], 1 + w
     std::vector<float> inv_freq_;    // [rotary_dim / 2]
-    std::vector<float> cos_, sin_;   // [rotary_dim / 2] of one position (scratch)
     float eps_ = 1e-6f;              // rms_norm_eps
     std::mutex mutex_;
 };

@@ -24,8 +24,7 @@ size_t bytes_of(uint64_t a, uint64_t b, uint64_t c = 1, uint64_t d = 1) {
 
 }  // namespace
 
-State::State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type,
-             int threads)
+State::State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type, int threads)
     : config_(config), context_(context), batch_(batch), kv_type_(kv_type), threads_(threads) {
     QE_CHECK(context >= 1 && context <= config.max_position, "context must be in 1..",
              config.max_position, " (the model's max_position_embeddings), got ", context);
@@ -53,8 +52,8 @@ State::State(const State& other)
 void State::alloc_scratch(const ModelConfig& c, int threads) {
     const uint64_t b = uint64_t(batch_), f = sizeof(float);
     const uint64_t attn = bytes_of(c.n_head, c.head_dim);
-    const uint64_t widest = std::max({uint64_t(c.n_embd), uint64_t(c.n_ff),
-                                      uint64_t(c.value_dim()), attn});
+    const uint64_t widest =
+        std::max({uint64_t(c.n_embd), uint64_t(c.n_ff), uint64_t(c.value_dim()), attn});
     const uint64_t proj = std::max(uint64_t(c.conv_dim()), 2 * attn);
     const uint64_t heads = std::max(uint64_t(c.value_dim()), attn);
     Scratch& s = scratch_;
@@ -71,6 +70,7 @@ void State::alloc_scratch(const ModelConfig& c, int threads) {
     s.ab = Buffer(bytes_of(b, 2 * c.n_v_head, f));
     s.ff = Buffer(bytes_of(b, 2 * c.n_ff, f));
     s.scores = Buffer(bytes_of(threads, c.n_head / c.n_head_kv, context_, f));
+    s.rope = Buffer(bytes_of(b, c.rotary_dim(), f));
     s.logits = Buffer(bytes_of(c.vocab_size, f));
 }
 
@@ -100,8 +100,7 @@ void State::copy_from(const State& other) {
     }
     for (size_t i = 0; i < conv_.size(); ++i) {
         std::memcpy(conv_[i].as<void>(), other.conv_[i].as<void>(), conv_[i].size());
-        std::memcpy(recurrent_[i].as<void>(), other.recurrent_[i].as<void>(),
-                    recurrent_[i].size());
+        std::memcpy(recurrent_[i].as<void>(), other.recurrent_[i].as<void>(), recurrent_[i].size());
     }
 }
 

@@ -22,27 +22,27 @@ enum class KvType : uint8_t { kF16, kF32 };
 // n contiguous, T = tokens of the current batch.
 struct Scratch {
     int64_t batch = 0;
-    Buffer h;        // [T, n_embd] the residual stream
-    Buffer x;        // [T, n_embd] normed input of the current block
-    Buffer mix;      // [T, n_embd] output of a block before the residual add
-    Buffer xq;       // q8a blocks of the widest activation, [T, max_k / 32]
-    Buffer proj;     // [T, max(conv_dim, 2 * n_head * head_dim)] qkv / q+gate projection
-    Buffer conv;     // [T, conv_dim] GDN conv output; full attention: [T, n_head, head_dim] q
-    Buffer gate;     // [T, max(value_dim, n_head * head_dim)] GDN z / attention gate
-    Buffer kv;       // [T, 2, n_head_kv, head_dim] new keys and values
-    Buffer heads;    // [T, max(value_dim, n_head * head_dim)] GDN / attention head outputs
-    Buffer ab;       // [T, 2, n_v_head] GDN b and a, then beta and decay
-    Buffer ff;       // [T, 2, n_ff] MLP gate and up
-    Buffer scores;   // [threads, n_head / n_head_kv, context] attention probabilities
-    Buffer logits;   // [vocab_size] last-position logits when the caller gives no buffer
+    Buffer h;       // [T, n_embd] the residual stream
+    Buffer x;       // [T, n_embd] normed input of the current block
+    Buffer mix;     // [T, n_embd] output of a block before the residual add
+    Buffer xq;      // q8a blocks of the widest activation, [T, max_k / 32]
+    Buffer proj;    // [T, max(conv_dim, 2 * n_head * head_dim)] qkv / q+gate projection
+    Buffer conv;    // [T, conv_dim] GDN conv output; full attention: [T, n_head, head_dim] q
+    Buffer gate;    // [T, max(value_dim, n_head * head_dim)] GDN z / attention gate
+    Buffer kv;      // [T, 2, n_head_kv, head_dim] new keys and values
+    Buffer heads;   // [T, max(value_dim, n_head * head_dim)] GDN / attention head outputs
+    Buffer ab;      // [T, 2, n_v_head] GDN b and a, then beta and decay
+    Buffer ff;      // [T, 2, n_ff] MLP gate and up
+    Buffer scores;  // [threads, n_head / n_head_kv, context] attention probabilities
+    Buffer rope;    // [T, 2, rotary_dim / 2] cos then sin of each token's position
+    Buffer logits;  // [vocab_size] last-position logits when the caller gives no buffer
 };
 
 class State {
 public:
     // A zeroed state for `context` tokens; `batch` is the largest number of tokens one pass
     // of the forward processes (longer inputs are split). `threads`: the model's pool size.
-    State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type,
-          int threads);
+    State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type, int threads);
     State(const State& other);
     State& operator=(const State&) = delete;
 

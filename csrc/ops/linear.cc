@@ -9,7 +9,9 @@ namespace {
 constexpr int kMaxJobs = 8;
 
 // Work units of a job: row groups of 8 (the packed tile; float matrices use the same unit).
-inline int64_t units(const Matrix& w) { return (w.rows + kRowPack - 1) / kRowPack; }
+inline int64_t units(const Matrix& w) {
+    return (w.rows + kRowPack - 1) / kRowPack;
+}
 
 void run_units(const KernelTable& kt, const Matrix& w, const float* x, int64_t ldx, int64_t m,
                const BlockQ8A* xq, float* y, int64_t ldy, int64_t u0, int64_t u1) {
@@ -38,7 +40,8 @@ void run_units(const KernelTable& kt, const Matrix& w, const float* x, int64_t l
             fn(base, w.k, x, ldx, m, y + r0, ldy, r1 - r0, w.k);
             break;
         }
-        default: break;
+        default:
+            break;
     }
 }
 
@@ -102,7 +105,9 @@ void embedding_row(const KernelTable& kt, const Matrix& w, int64_t r, float* out
         case WeightFormat::kBf16:
             kt.cvt_bf16_f32(static_cast<const uint16_t*>(w.data) + r * w.k, out, w.k);
             break;
-        default: kt.dequantize_row(w.packed, r, out); break;
+        default:
+            kt.dequantize_row(w.packed, r, out);
+            break;
     }
 }
 

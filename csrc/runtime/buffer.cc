@@ -34,7 +34,9 @@ Buffer::Buffer(size_t bytes) : bytes_(bytes) {
     std::memset(data_, 0, rounded);
 }
 
-Buffer::~Buffer() { release(); }
+Buffer::~Buffer() {
+    release();
+}
 
 Buffer::Buffer(Buffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),

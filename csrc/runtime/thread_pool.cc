@@ -77,7 +77,9 @@ void ThreadPool::dispatch(JobFn fn, void* ctx) {
     // A worker that is about to sleep increments sleepers_ before re-checking the generation
     // under the mutex, so either it sees the new job or we see it and wake it.
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
-        { std::lock_guard<std::mutex> lock(mutex_); }
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+        }
         wake_.notify_all();
     }
     fn(ctx, 0, n_threads_);

@@ -45,9 +45,8 @@ public:
             return;
         }
         using F = std::remove_reference_t<Fn>;
-        dispatch(
-            [](void* ctx, int thread, int n) { (*static_cast<F*>(ctx))(thread, n); },
-            const_cast<void*>(static_cast<const void*>(&fn)));
+        dispatch([](void* ctx, int thread, int n) { (*static_cast<F*>(ctx))(thread, n); },
+                 const_cast<void*>(static_cast<const void*>(&fn)));
     }
 
     // Calls fn(begin, end, thread) on pieces covering [0, n), handed out `chunk` items at a time

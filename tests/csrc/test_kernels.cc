@@ -48,7 +48,9 @@ std::vector<const KernelTable*> simd_tables() {
     return out;
 }
 
-const KernelTable& ref() { return qe::select_table("ref"); }
+const KernelTable& ref() {
+    return qe::select_table("ref");
+}
 
 // Counts mismatching elements (bitwise) and prints the first.
 template <typename T>
@@ -97,7 +99,8 @@ struct RandomPacked {
         if (f == WeightFormat::kQ4k) {
             for (int64_t i = 0; i < records * 16; ++i) s[i] = uint8_t(byte(rng()));
             float* rp = reinterpret_cast<float*>(bytes.data() + layout.row_params_offset);
-            for (int64_t i = 0; i < layout.groups * 16; ++i) rp[i] = std::fabs(normal(1)[0]) * 1e-3f;
+            for (int64_t i = 0; i < layout.groups * 16; ++i)
+                rp[i] = std::fabs(normal(1)[0]) * 1e-3f;
         } else {
             const int n = f == WeightFormat::kQ4ag32 ? 16 : 8;
             std::vector<float> d = normal(records * n, 0.05f);
@@ -116,8 +119,8 @@ std::vector<BlockQ8A> quantize(const KernelTable& t, const std::vector<float>& x
     return q;
 }
 
-const WeightFormat kPacked[] = {WeightFormat::kQ8g32, WeightFormat::kQ4g32,
-                                WeightFormat::kQ4ag32, WeightFormat::kQ4k};
+const WeightFormat kPacked[] = {WeightFormat::kQ8g32, WeightFormat::kQ4g32, WeightFormat::kQ4ag32,
+                                WeightFormat::kQ4k};
 
 }  // namespace
 
@@ -176,8 +179,8 @@ QE_TEST(conversions_match_ref) {
         const uint32_t u = any(rng());
         std::memcpy(&x[i], &u, 4);
     }
-    const float specials[] = {0.0f, -0.0f, 65504.0f, 65520.0f, 65519.996f, 1e-8f, 2.98e-8f,
-                              6.1e-5f, INFINITY, -INFINITY, NAN};
+    const float specials[] = {0.0f,     -0.0f,   65504.0f, 65520.0f,  65519.996f, 1e-8f,
+                              2.98e-8f, 6.1e-5f, INFINITY, -INFINITY, NAN};
     std::memcpy(x.data(), specials, sizeof specials);
     std::vector<uint16_t> all(65536);
     for (int i = 0; i < 65536; ++i) all[i] = uint16_t(i);
@@ -204,7 +207,7 @@ QE_TEST(conversions_match_ref) {
 
 QE_TEST(quantize_q8a_matches_ref) {
     std::vector<float> x = normal(32 * 40, 3.0f);
-    for (int j = 0; j < 32; ++j) x[j] = 0.0f;                            // d = 0
+    for (int j = 0; j < 32; ++j) x[j] = 0.0f;                                    // d = 0
     for (int j = 0; j < 32; ++j) x[32 + j] = (float(j) - 16.0f + 0.5f) * 0.25f;  // ties
     x[32] = 127 * 0.25f;
     for (int j = 0; j < 32; ++j) x[64 + j] = 1e-40f * float(j + 1);   // subnormal block
@@ -241,8 +244,8 @@ QE_TEST(packed_products_match_ref_bitwise) {
                                 ref().gemm_q8a(p.w, xq.data(), m, yr.data(), ldy, g0, g1);
                             }
                         }
-                        const std::string what = std::string(m == 1 ? "gemv_q8a " : "gemm_q8a ") +
-                                                 qe::format_name(f);
+                        const std::string what =
+                            std::string(m == 1 ? "gemv_q8a " : "gemm_q8a ") + qe::format_name(f);
                         expect_same(y, yr, what.c_str(), t->tag);  // incl. untouched padding
                     }
                     std::vector<float> row(k), rowr(k);
@@ -262,8 +265,8 @@ QE_TEST(packed_products_at_the_integer_limits) {
         for (WeightFormat f : kPacked) {
             RandomPacked p(f, 16, 512);
             for (uint8_t fill : {uint8_t(0x00), uint8_t(0xff)}) {
-                std::memset(p.bytes.data(), fill, p.w.groups * p.w.blocks *
-                                                      qe::quant_record_bytes(f));
+                std::memset(p.bytes.data(), fill,
+                            p.w.groups * p.w.blocks * qe::quant_record_bytes(f));
                 for (float v : {127.0f, -127.0f}) {
                     std::vector<float> x(3 * 512, v);
                     const auto xq = quantize(ref(), x, 3, 512);
@@ -322,17 +325,22 @@ QE_TEST(vector_kernels_match_ref) {
 
 QE_TEST(delta_net_kernels_match_ref) {
     for (const auto* t : simd_tables()) {
-        for (auto [tn, c, kw] : {std::tuple<int64_t, int64_t, int64_t>{1, 5, 4}, {3, 33, 4},
-                                 {17, 64, 4}, {2, 7, 2}}) {
-            std::vector<float> w = normal(kw * c), st = normal((kw - 1) * c), x = normal(tn * c);
-            std::vector<float> str = st, y(tn * c), yr(tn * c);
-            t->conv1d_silu(w.data(), st.data(), x.data(), c, y.data(), c, tn, c, kw);
-            ref().conv1d_silu(w.data(), str.data(), x.data(), c, yr.data(), c, tn, c, kw);
+        for (auto [tn, c, kw] :
+             {std::tuple<int64_t, int64_t, int64_t>{1, 5, 4}, {3, 33, 4}, {17, 64, 4}, {2, 7, 2}}) {
+            // a slice of c channels out of c + 9 (row stride ldc), as the threads use it
+            const int64_t ldc = c + 9;
+            std::vector<float> w = normal(kw * ldc), st = normal((kw - 1) * ldc);
+            std::vector<float> x = normal(tn * c), str = st, y(tn * c), yr(tn * c);
+            t->conv1d_silu(w.data(), st.data(), ldc, x.data(), c, y.data(), c, tn, c, kw);
+            ref().conv1d_silu(w.data(), str.data(), ldc, x.data(), c, yr.data(), c, tn, c, kw);
             expect_close(y, yr, 1e-6, 1e-5, "conv1d_silu", t->tag);
             expect_same(st, str, "conv1d_silu state", t->tag);
         }
-        for (auto [tn, dk, dv] : {std::tuple<int64_t, int64_t, int64_t>{1, 4, 4}, {5, 16, 8},
-                                  {40, 128, 128}, {7, 13, 9}, {3, 32, 17}}) {
+        for (auto [tn, dk, dv] : {std::tuple<int64_t, int64_t, int64_t>{1, 4, 4},
+                                  {5, 16, 8},
+                                  {40, 128, 128},
+                                  {7, 13, 9},
+                                  {3, 32, 17}}) {
             const int64_t ld = 2 * dk + dv;
             std::vector<float> u = normal(tn * ld, 0.3f), s = normal(dk * dv);
             std::vector<float> gates(2 * tn);
@@ -351,15 +359,18 @@ QE_TEST(delta_net_kernels_match_ref) {
 
 QE_TEST(attention_matches_ref) {
     for (const auto* t : simd_tables()) {
-        for (auto [n_q, n, d] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 16}, {4, 9, 32},
-                                 {4, 130, 256}, {3, 17, 24}, {2, 5, 5}}) {
+        for (auto [n_q, n, d] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 16},
+                                 {4, 9, 32},
+                                 {4, 130, 256},
+                                 {3, 17, 24},
+                                 {2, 5, 5}}) {
             std::vector<float> q = normal(n_q * d), k = normal(n * d), v = normal(n * d);
             std::vector<uint16_t> k16(k.size()), v16(v.size());
             ref().cvt_f32_f16(k.data(), k16.data(), int64_t(k.size()));
             ref().cvt_f32_f16(v.data(), v16.data(), int64_t(v.size()));
             std::vector<float> scratch(n_q * n), o(n_q * d), orf(n_q * d);
-            t->attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, 0.2f,
-                             scratch.data(), o.data(), d);
+            t->attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, 0.2f, scratch.data(),
+                             o.data(), d);
             ref().attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, 0.2f,
                                 scratch.data(), orf.data(), d);
             expect_close(o, orf, 1e-5, 1e-5, "attention_f16", t->tag);

@@ -8,8 +8,12 @@
 namespace qe::ref {
 namespace {
 
-inline float widen(float v) { return v; }
-inline float widen(uint16_t h) { return f16_to_f32(h); }
+inline float widen(float v) {
+    return v;
+}
+inline float widen(uint16_t h) {
+    return f16_to_f32(h);
+}
 
 template <typename T>
 void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n,
@@ -33,9 +37,8 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
 
 }  // namespace
 
-void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
-                   const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
-                   float* out, int64_t ldo) {
+void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k, const uint16_t* v,
+                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
     attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
 }
 

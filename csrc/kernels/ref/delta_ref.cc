@@ -8,7 +8,7 @@
 
 namespace qe::ref {
 
-void conv1d_silu(const float* w, float* state, const float* x, int64_t ldx, float* y,
+void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int64_t ldx, float* y,
                  int64_t ldy, int64_t t, int64_t c, int64_t kw) {
     const int64_t hist = kw - 1;  // rows of state
     for (int64_t s = 0; s < t; ++s) {
@@ -16,8 +16,8 @@ void conv1d_silu(const float* w, float* state, const float* x, int64_t ldx, floa
             float acc = 0.0f;
             for (int64_t j = 0; j < kw; ++j) {
                 const int64_t src = s - hist + j;  // input row; < 0 reads the state
-                const float in = src < 0 ? state[(hist + src) * c + ch] : x[src * ldx + ch];
-                acc += w[j * c + ch] * in;
+                const float in = src < 0 ? state[(hist + src) * ldc + ch] : x[src * ldx + ch];
+                acc += w[j * ldc + ch] * in;
             }
             y[s * ldy + ch] = acc * (1.0f / (1.0f + std::exp(-acc)));
         }
@@ -26,7 +26,7 @@ void conv1d_silu(const float* w, float* state, const float* x, int64_t ldx, floa
     for (int64_t r = 0; r < hist; ++r) {
         const int64_t src = t + r - hist;
         for (int64_t ch = 0; ch < c; ++ch) {
-            state[r * c + ch] = src < 0 ? state[(hist + src) * c + ch] : x[src * ldx + ch];
+            state[r * ldc + ch] = src < 0 ? state[(hist + src) * ldc + ch] : x[src * ldx + ch];
         }
     }
 }
@@ -44,7 +44,7 @@ void delta_rule(float* s, const float* q, const float* k, const float* v, int64_
         for (int64_t j = 0; j < dv; ++j) {
             float e = 0.0f;  // 2. e = S^T k
             for (int64_t i = 0; i < dk; ++i) e += s[i * dv + j] * kt[i];
-            const float delta = b * (vt[j] - e);  // 3.
+            const float delta = b * (vt[j] - e);                              // 3.
             for (int64_t i = 0; i < dk; ++i) s[i * dv + j] += kt[i] * delta;  // 4. S += k d^T
         }
         for (int64_t j = 0; j < dv; ++j) {

@@ -10,7 +10,9 @@
 namespace qe::ref {
 namespace {
 
-inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+inline float sigmoid(float v) {
+    return 1.0f / (1.0f + std::exp(-v));
+}
 
 inline uint32_t float_bits(float f) {
     uint32_t u;
@@ -93,8 +95,7 @@ void l2_norm(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, floa
     }
 }
 
-void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,
-          int64_t half) {
+void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin, int64_t half) {
     for (int64_t h = 0; h < n_heads; ++h) {
         float* xh = x + h * ld;
         for (int64_t f = 0; f < half; ++f) {

@@ -10,12 +10,18 @@
 namespace qe::avx2 {
 namespace {
 
-static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8(const float* p) {
+    return _mm256_loadu_ps(p);
+}
 static inline __m256 load8(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-static inline float load1(const float* p) { return *p; }
-static inline float load1(const uint16_t* p) { return f16_to_f32(*p); }
+static inline float load1(const float* p) {
+    return *p;
+}
+static inline float load1(const uint16_t* p) {
+    return f16_to_f32(*p);
+}
 
 template <int Q, typename T>
 static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t n, int64_t d,
@@ -27,7 +33,8 @@ static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t 
         for (int i = 0; i < Q; ++i) acc[i] = _mm256_setzero_ps();
         for (int64_t e = 0; e < d8; e += 8) {
             const __m256 kv = load8(kj + e);
-            for (int i = 0; i < Q; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * ldq + e), kv, acc[i]);
+            for (int i = 0; i < Q; ++i)
+                acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * ldq + e), kv, acc[i]);
         }
         for (int i = 0; i < Q; ++i) {
             float dot = x86::hsum(acc[i]);
@@ -58,7 +65,8 @@ static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t 
         for (int i = 0; i < Q; ++i) o0[i] = _mm256_setzero_ps();
         for (int64_t j = 0; j < n; ++j) {
             const __m256 v0 = load8(v + j * d + e0);
-            for (int i = 0; i < Q; ++i) o0[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(scratch + i * n + j), v0, o0[i]);
+            for (int i = 0; i < Q; ++i)
+                o0[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(scratch + i * n + j), v0, o0[i]);
         }
         for (int i = 0; i < Q; ++i) _mm256_storeu_ps(out + i * ldo + e0, o0[i]);
     }
@@ -79,19 +87,26 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
         float* oi = out + i * ldo;
         float* si = scratch + i * n;
         switch (n_q - i < 4 ? n_q - i : 4) {
-            case 4: attend<4>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
-            case 3: attend<3>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
-            case 2: attend<2>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
-            default: attend<1>(qi, ldq, k, v, n, d, scale, si, oi, ldo); break;
+            case 4:
+                attend<4>(qi, ldq, k, v, n, d, scale, si, oi, ldo);
+                break;
+            case 3:
+                attend<3>(qi, ldq, k, v, n, d, scale, si, oi, ldo);
+                break;
+            case 2:
+                attend<2>(qi, ldq, k, v, n, d, scale, si, oi, ldo);
+                break;
+            default:
+                attend<1>(qi, ldq, k, v, n, d, scale, si, oi, ldo);
+                break;
         }
     }
 }
 
 }  // namespace
 
-void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
-                   const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
-                   float* out, int64_t ldo) {
+void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k, const uint16_t* v,
+                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
     attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
 }
 

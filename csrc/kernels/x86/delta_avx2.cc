@@ -15,34 +15,34 @@
 
 namespace qe::avx2 {
 
-void conv1d_silu(const float* w, float* state, const float* x, int64_t ldx, float* y,
+void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int64_t ldx, float* y,
                  int64_t ldy, int64_t t, int64_t c, int64_t kw) {
     const int64_t hist = kw - 1;
     for (int64_t s = 0; s < t; ++s) {
         auto row = [&](int64_t j) {
             const int64_t src = s - hist + j;
-            return src < 0 ? state + (hist + src) * c : x + src * ldx;
+            return src < 0 ? state + (hist + src) * ldc : x + src * ldx;
         };
         int64_t ch = 0;
         for (; ch + 8 <= c; ch += 8) {
             __m256 acc = _mm256_setzero_ps();
             for (int64_t j = 0; j < kw; ++j) {
                 // product then sum, separately rounded in tap order: the bits of ref
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(w + j * c + ch),
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(w + j * ldc + ch),
                                                        _mm256_loadu_ps(row(j) + ch)));
             }
             _mm256_storeu_ps(y + s * ldy + ch, _mm256_mul_ps(acc, x86::sigmoid_ps(acc)));
         }
         for (; ch < c; ++ch) {
             float acc = 0.0f;
-            for (int64_t j = 0; j < kw; ++j) acc += w[j * c + ch] * row(j)[ch];
+            for (int64_t j = 0; j < kw; ++j) acc += w[j * ldc + ch] * row(j)[ch];
             y[s * ldy + ch] = acc * (1.0f / (1.0f + std::exp(-acc)));
         }
     }
     for (int64_t r = 0; r < hist; ++r) {
         const int64_t src = t + r - hist;
         for (int64_t ch = 0; ch < c; ++ch) {
-            state[r * c + ch] = src < 0 ? state[(hist + src) * c + ch] : x[src * ldx + ch];
+            state[r * ldc + ch] = src < 0 ? state[(hist + src) * ldc + ch] : x[src * ldx + ch];
         }
     }
 }

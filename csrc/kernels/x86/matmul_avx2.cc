@@ -37,8 +37,8 @@ static inline void unpack_q4(const uint8_t* rec, __m256i* w) {
 static inline void unpack_q8(const uint8_t* rec, __m256i* w) {
     const __m256i flip = _mm256_set1_epi8(char(0x80));
     for (int s = 0; s < 8; ++s) {
-        w[s] = _mm256_xor_si256(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s)), flip);
+        w[s] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s)),
+                                flip);
     }
 }
 
@@ -54,8 +54,8 @@ static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc = _mm256_setzero_si256();
     for (int s = 0; s < 8; ++s) {
-        const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w[s]),
-                                               _mm256_sign_epi8(bcast_step(x.q, s), w[s]));
+        const __m256i p =
+            _mm256_maddubs_epi16(_mm256_abs_epi8(w[s]), _mm256_sign_epi8(bcast_step(x.q, s), w[s]));
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
     }
     return acc;
@@ -89,12 +89,13 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
             const __m256 c = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], inv), lo), hi);
             const __m256 a = _mm256_andnot_ps(sign_mask, c);
             const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-            const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
+            const __m256 up =
+                _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
             const __m256 r = _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(c, sign_mask));
             qi[i] = _mm256_cvtps_epi32(r);
         }
-        const __m256i sum = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]),
-                                             _mm256_add_epi32(qi[2], qi[3]));
+        const __m256i sum =
+            _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
         const __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]);
         const __m256i p16b = _mm256_packs_epi32(qi[2], qi[3]);
         const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
@@ -106,19 +107,25 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     }
 }
 
-void dequantize_row(const PackedMatrix& w, int64_t r, float* out) { ref::dequantize_row(w, r, out); }
+void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
+    ref::dequantize_row(w, r, out);
+}
 
 // ---- float weights -----------------------------------------------------------------------------
 
 namespace {
 
-static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8(const float* p) {
+    return _mm256_loadu_ps(p);
+}
 static inline __m256 load8(const uint16_t* p, bool bf16) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     if (bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     return _mm256_cvtph_ps(h);
 }
-static inline float load1(const float* p) { return *p; }
+static inline float load1(const float* p) {
+    return *p;
+}
 static inline float load1(const uint16_t* p, bool bf16) {
     return bf16 ? bf16_to_f32(*p) : f16_to_f32(*p);
 }
@@ -148,7 +155,8 @@ static inline void dot_rows(const W* w, const float* x, int64_t ldx, int64_t k, 
     }
     if (i + 8 <= k) {
         const __m256 w0 = wl(i);
-        for (int t = 0; t < T; ++t) a0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * ldx + i), a0[t]);
+        for (int t = 0; t < T; ++t)
+            a0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * ldx + i), a0[t]);
         i += 8;
     }
     for (int t = 0; t < T; ++t) {
@@ -187,8 +195,8 @@ void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64
     gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, false);
 }
 
-void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
-               float* y, int64_t ldy, int64_t rows, int64_t k) {
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+               int64_t ldy, int64_t rows, int64_t k) {
     gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, true);
 }
 

@@ -42,7 +42,8 @@ static inline void unpack_q4(const uint8_t* rec, __m256i* w) {
 }
 
 static inline void unpack_q8(const uint8_t* rec, __m256i* w) {
-    for (int s = 0; s < 8; ++s) w[s] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s));
+    for (int s = 0; s < 8; ++s)
+        w[s] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s));
 }
 
 static inline __m256i dot_u8(const __m256i* w, const BlockQ8A& x) {
@@ -54,7 +55,9 @@ static inline __m256i dot_u8(const __m256i* w, const BlockQ8A& x) {
     return _mm256_add_epi32(a0, a1);
 }
 
-static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) { return dot_u8(w, x); }
+static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) {
+    return dot_u8(w, x);
+}
 static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
     return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(128 * x.sum));
 }
@@ -168,8 +171,8 @@ static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const Block
 
 // [lo | hi] with AVX-512F only (insertf32x8 would need AVX-512DQ).
 static inline __m512 concat(__m256 lo, __m256 hi) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_zextpd256_pd512(_mm256_castps_pd(lo)),
-                                               _mm256_castps_pd(hi), 1));
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_zextpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
 }
 
 template <WeightFormat F>
@@ -215,8 +218,8 @@ static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, float* y, int
 }
 
 template <WeightFormat F>
-static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
-                        int64_t ldy, int64_t g_begin, int64_t g_end) {
+static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+                        int64_t g_begin, int64_t g_end) {
     const int64_t nb = w.blocks;
     int64_t g = g_begin;
     for (; g + 2 <= g_end; g += 2) {
@@ -227,10 +230,17 @@ static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, flo
             t += 4;
         }
         switch (m - t) {
-            case 3: tile2<F, 3>(w, x + t * nb, y + t * ldy, ldy, g); break;
-            case 2: tile2<F, 2>(w, x + t * nb, y + t * ldy, ldy, g); break;
-            case 1: tile2<F, 1>(w, x + t * nb, y + t * ldy, ldy, g); break;
-            default: break;
+            case 3:
+                tile2<F, 3>(w, x + t * nb, y + t * ldy, ldy, g);
+                break;
+            case 2:
+                tile2<F, 2>(w, x + t * nb, y + t * ldy, ldy, g);
+                break;
+            case 1:
+                tile2<F, 1>(w, x + t * nb, y + t * ldy, ldy, g);
+                break;
+            default:
+                break;
         }
     }
     if (g < g_end) {
@@ -244,8 +254,7 @@ static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, flo
 
 }  // namespace
 
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
     gemm_q8a(w, x, 1, y, 0, g_begin, g_end);
 }
 
@@ -264,7 +273,8 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
         case WeightFormat::kQ4k:
             gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
             break;
-        default: break;
+        default:
+            break;
     }
 }
 

@@ -44,7 +44,9 @@ static inline __m256i dot_u8(const __m256i* w, const BlockQ8A& x) {
     return _mm256_add_epi32(a0, a1);
 }
 
-static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) { return dot_u8(w, x); }
+static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) {
+    return dot_u8(w, x);
+}
 
 static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
     return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(128 * x.sum));

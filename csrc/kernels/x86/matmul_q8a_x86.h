@@ -139,31 +139,44 @@ static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, float* y,
 }
 
 template <WeightFormat F>
-static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
-                        int64_t ldy, int64_t g_begin, int64_t g_end) {
+static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+                        int64_t g_begin, int64_t g_end) {
     const int64_t nb = w.blocks;
     for (int64_t g = g_begin; g < g_end; ++g) {
         int64_t t = 0;
         for (; t + 4 <= m; t += 4) gemm_tile<F, 4>(w, x + t * nb, y + t * ldy, ldy, g);
         switch (m - t) {
-            case 3: gemm_tile<F, 3>(w, x + t * nb, y + t * ldy, ldy, g); break;
-            case 2: gemm_tile<F, 2>(w, x + t * nb, y + t * ldy, ldy, g); break;
-            case 1: gemm_tile<F, 1>(w, x + t * nb, y + t * ldy, ldy, g); break;
-            default: break;
+            case 3:
+                gemm_tile<F, 3>(w, x + t * nb, y + t * ldy, ldy, g);
+                break;
+            case 2:
+                gemm_tile<F, 2>(w, x + t * nb, y + t * ldy, ldy, g);
+                break;
+            case 1:
+                gemm_tile<F, 1>(w, x + t * nb, y + t * ldy, ldy, g);
+                break;
+            default:
+                break;
         }
     }
 }
 
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
     switch (w.format) {
-        case WeightFormat::kQ8g32: gemv_format<WeightFormat::kQ8g32>(w, x, y, g_begin, g_end); break;
-        case WeightFormat::kQ4g32: gemv_format<WeightFormat::kQ4g32>(w, x, y, g_begin, g_end); break;
+        case WeightFormat::kQ8g32:
+            gemv_format<WeightFormat::kQ8g32>(w, x, y, g_begin, g_end);
+            break;
+        case WeightFormat::kQ4g32:
+            gemv_format<WeightFormat::kQ4g32>(w, x, y, g_begin, g_end);
+            break;
         case WeightFormat::kQ4ag32:
             gemv_format<WeightFormat::kQ4ag32>(w, x, y, g_begin, g_end);
             break;
-        case WeightFormat::kQ4k: gemv_format<WeightFormat::kQ4k>(w, x, y, g_begin, g_end); break;
-        default: break;
+        case WeightFormat::kQ4k:
+            gemv_format<WeightFormat::kQ4k>(w, x, y, g_begin, g_end);
+            break;
+        default:
+            break;
     }
 }
 
@@ -182,6 +195,7 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
         case WeightFormat::kQ4k:
             gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
             break;
-        default: break;
+        default:
+            break;
     }
 }

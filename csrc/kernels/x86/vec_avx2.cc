@@ -39,8 +39,8 @@ void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t row
 void cvt_f16_f32(const uint16_t* in, float* out, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(out + i,
-                         _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+        _mm256_storeu_ps(
+            out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
     }
     ref::cvt_f16_f32(in + i, out + i, n - i);
 }
@@ -48,7 +48,8 @@ void cvt_f16_f32(const uint16_t* in, float* out, int64_t n) {
 void cvt_bf16_f32(const uint16_t* in, float* out, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
+        const __m256i v =
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)));
         _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
     }
     ref::cvt_bf16_f32(in + i, out + i, n - i);
@@ -63,7 +64,8 @@ void cvt_f32_f16(const float* in, uint16_t* out, int64_t n) {
     ref::cvt_f32_f16(in + i, out + i, n - i);
 }
 
-// ---- norms ---------------------------------------------------------------------------------------
+// ---- norms
+// ---------------------------------------------------------------------------------------
 
 namespace {
 
@@ -140,8 +142,7 @@ void l2_norm(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, floa
 
 // ---- RoPE, softmax, gates ----------------------------------------------------------------------
 
-void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,
-          int64_t half) {
+void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin, int64_t half) {
     for (int64_t h = 0; h < n_heads; ++h) {
         float* a = x + h * ld;
         float* b = a + half;
@@ -177,14 +178,15 @@ void softmax(float* x, int64_t n) {
     if (i < n) {
         const __m256 e = exp_ps(_mm256_sub_ps(load_partial(x + i, n - i), m));
         // zero the padding lanes (exp(0 - max) is not 0) before summing
-        const __m256 keep = _mm256_cmp_ps(
-            _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(float(n - i)), _CMP_LT_OQ);
+        const __m256 keep = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm256_set1_ps(float(n - i)), _CMP_LT_OQ);
         const __m256 ek = _mm256_and_ps(e, keep);
         store_partial(x + i, ek, n - i);
         sum = _mm256_add_ps(sum, ek);
     }
     const __m256 inv = _mm256_set1_ps(1.0f / hsum(sum));
-    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
     for (; i < n; ++i) x[i] *= _mm256_cvtss_f32(inv);
 }
 
@@ -192,11 +194,13 @@ void silu_mul(const float* a, const float* b, float* out, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256 av = _mm256_loadu_ps(a + i);
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(av, sigmoid_ps(av)), _mm256_loadu_ps(b + i)));
+        _mm256_storeu_ps(out + i,
+                         _mm256_mul_ps(_mm256_mul_ps(av, sigmoid_ps(av)), _mm256_loadu_ps(b + i)));
     }
     if (i < n) {
         const __m256 av = load_partial(a + i, n - i);
-        store_partial(out + i, _mm256_mul_ps(_mm256_mul_ps(av, sigmoid_ps(av)), load_partial(b + i, n - i)),
+        store_partial(out + i,
+                      _mm256_mul_ps(_mm256_mul_ps(av, sigmoid_ps(av)), load_partial(b + i, n - i)),
                       n - i);
     }
 }
@@ -204,11 +208,14 @@ void silu_mul(const float* a, const float* b, float* out, int64_t n) {
 void sigmoid_mul(const float* x, const float* g, float* out, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), sigmoid_ps(_mm256_loadu_ps(g + i))));
+        _mm256_storeu_ps(out + i,
+                         _mm256_mul_ps(_mm256_loadu_ps(x + i), sigmoid_ps(_mm256_loadu_ps(g + i))));
     }
     if (i < n) {
-        store_partial(out + i, _mm256_mul_ps(load_partial(x + i, n - i), sigmoid_ps(load_partial(g + i, n - i))),
-                      n - i);
+        store_partial(
+            out + i,
+            _mm256_mul_ps(load_partial(x + i, n - i), sigmoid_ps(load_partial(g + i, n - i))),
+            n - i);
     }
 }
 

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: Apache-2.0
+// The whole forward pass natively, on a small random model built in memory (packed q4k/q8g32
+// matrices and f32/f16/bf16 ones): every table this CPU supports against `ref` (NMSE bound),
+// and the invariants bit for bit: prompt at once == token by token, 1 == 2 == 3 threads,
+// snapshot/restore. Also the thread pool itself. Runs natively and under qemu (ARM tables).
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "common.h"
+#include "dispatch.h"
+#include "model/json.h"
+#include "model/qwen35.h"
+#include "runtime/thread_pool.h"
+
+namespace {
+
+const char* kConfig =
+    R"({"vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+        "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000000.0, "partial_rotary_factor": 0.25, "tie_word_embeddings": false,
+        "max_position_embeddings": 4096, "eos_token_id": [0],
+        "layer_types": ["linear_attention", "full_attention", "linear_attention",
+                        "full_attention"]})";
+
+// Random weights: packed matrices from random codes and small scales, plain ones from normals
+// scaled by 1/sqrt(fan-in), norms near 0 (they are 1 + w), A_log and dt_bias in range.
+struct RandomModel {
+    qe::ModelConfig config;
+    std::vector<std::vector<uint8_t>> storage;
+    qe::TensorMap tensors;
+
+    RandomModel() {
+        config = qe::ModelConfig::from_json(qe::Json::parse(kConfig), "test");
+        std::mt19937 rng(7);
+        std::normal_distribution<float> normal;
+        int i = 0;
+        for (const auto& [name, shape] : config.text_tensor_shapes()) {
+            ++i;
+            qe::TensorView view;
+            view.shape = shape;
+            uint64_t numel = 1;
+            for (int64_t d : shape) numel *= uint64_t(d);
+            const bool matrix = shape.size() == 2 && shape[1] % 32 == 0;
+            std::vector<uint8_t> bytes;
+            if (matrix && i % 3 != 0) {
+                view.format = i % 2 ? qe::WeightFormat::kQ4k : qe::WeightFormat::kQ8g32;
+                qe::PackedLayout layout;
+                qe::packed_layout(view.format, shape[0], shape[1], &layout);
+                bytes.resize(layout.total_bytes);
+                for (uint64_t b = 0; b < layout.scales_offset; ++b) bytes[b] = uint8_t(rng());
+                const int64_t records = layout.groups * layout.blocks;
+                const float fan = 1.0f / std::sqrt(float(shape[1]));
+                if (view.format == qe::WeightFormat::kQ4k) {
+                    for (int64_t r = 0; r < records * 16; ++r)
+                        bytes[layout.scales_offset + r] = uint8_t(rng() % 64);
+                    float* rp = reinterpret_cast<float*>(bytes.data() + layout.row_params_offset);
+                    for (int64_t r = 0; r < layout.groups * 16; ++r) rp[r] = 0.02f * fan;
+                } else {
+                    std::vector<float> d(records * 8, fan / 64.0f);
+                    std::vector<uint16_t> h(d.size());
+                    qe::select_table("ref").cvt_f32_f16(d.data(), h.data(), int64_t(d.size()));
+                    std::memcpy(bytes.data() + layout.scales_offset, h.data(), h.size() * 2);
+                }
+            } else {
+                std::vector<float> v(numel);
+                const float scale =
+                    shape.size() == 2 ? 1.0f / std::sqrt(float(shape.back())) : 0.1f;
+                for (auto& x : v) x = scale * normal(rng);
+                if (name.find("A_log") != std::string::npos) {
+                    for (auto& x : v) x = std::log(0.5f + std::fabs(x));
+                }
+                if (name.find("linear_attn.norm") != std::string::npos) {
+                    for (auto& x : v) x += 1.0f;
+                }
+                const int kind = matrix ? i % 3 : 0;  // some matrices in f16 / bf16
+                if (kind == 0 || !matrix) {
+                    view.format = qe::WeightFormat::kF32;
+                    bytes.resize(numel * 4);
+                    std::memcpy(bytes.data(), v.data(), bytes.size());
+                } else {
+                    view.format = qe::WeightFormat::kF16;
+                    std::vector<uint16_t> h(numel);
+                    qe::select_table("ref").cvt_f32_f16(v.data(), h.data(), int64_t(numel));
+                    bytes.resize(numel * 2);
+                    std::memcpy(bytes.data(), h.data(), bytes.size());
+                }
+            }
+            storage.push_back(std::move(bytes));
+            view.data = storage.back().data();
+            view.size = storage.back().size();
+            tensors[name] = view;
+        }
+    }
+
+    std::unique_ptr<qe::Qwen35Model> build(const std::string& isa, int threads) const {
+        qe::ModelOptions o;
+        o.isa = isa;
+        o.threads = threads;
+        return std::make_unique<qe::Qwen35Model>(config, tensors, nullptr, o);
+    }
+};
+
+const RandomModel& random_model() {
+    static const RandomModel m;
+    return m;
+}
+
+std::vector<int32_t> prompt(int n) {
+    std::vector<int32_t> ids(n);
+    for (int i = 0; i < n; ++i) ids[i] = int32_t((i * 37 + 11) % 300);
+    return ids;
+}
+
+// Logits of every position, the prompt at once (batches of `batch` tokens).
+std::vector<float> all_logits(qe::Qwen35Model& m, const std::vector<int32_t>& ids,
+                              int64_t batch = 8) {
+    auto state = m.new_state(64, batch);
+    std::vector<float> out(ids.size() * 300);
+    m.forward(ids.data(), int64_t(ids.size()), *state, out.data(), true);
+    return out;
+}
+
+double nmse(const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0, mean = 0;
+    for (float v : b) mean += v;
+    mean /= double(b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+        num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+        den += (double(b[i]) - mean) * (double(b[i]) - mean);
+    }
+    return num / den;
+}
+
+}  // namespace
+
+QE_TEST(thread_pool_runs_every_item_once) {
+    for (int threads : {1, 2, 3, 5}) {
+        qe::ThreadPool pool({threads, false, 50});
+        EXPECT_TRUE(pool.size() == threads);
+        std::vector<std::atomic<int>> hits(1000);
+        for (int rep = 0; rep < 20; ++rep) {
+            pool.for_each(1000, 7, [&](int64_t a, int64_t b, int thread) {
+                EXPECT_TRUE(thread >= 0 && thread < threads);
+                for (int64_t i = a; i < b; ++i) hits[i]++;
+            });
+            std::atomic<int> calls{0};
+            pool.run([&](int thread, int n) {
+                EXPECT_TRUE(n == threads && thread >= 0 && thread < n);
+                calls++;
+            });
+            EXPECT_TRUE(calls == threads);
+        }
+        for (auto& h : hits) EXPECT_TRUE(h == 20);
+        int64_t total = 0;
+        for (int t = 0; t < threads; ++t) {
+            int64_t b, e;
+            qe::ThreadPool::split(10, t, threads, &b, &e);
+            total += e - b;
+        }
+        EXPECT_TRUE(total == 10);
+    }
+}
+
+QE_TEST(forward_tables_agree_with_ref) {
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(20);
+    auto ref = rm.build("ref", 1);
+    const auto want = all_logits(*ref, ids);
+    double scale = 0;
+    for (float v : want) scale = std::fmax(scale, std::fabs(v));
+    EXPECT_TRUE(std::isfinite(scale) && scale > 1e-3);
+    for (const auto* t : qe::supported_tables()) {
+        auto m = rm.build(t->tag, 2);
+        const double e = nmse(all_logits(*m, ids), want);
+        std::printf("  table %s: logits nmse vs ref %.3g\n", t->tag, e);
+        EXPECT_TRUE(e < 1e-5);
+    }
+}
+
+QE_TEST(forward_invariants_are_bitwise) {
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(21);
+    for (const auto* t : qe::supported_tables()) {
+        auto m1 = rm.build(t->tag, 1);
+        const auto whole = all_logits(*m1, ids, 8);
+        for (int threads : {2, 3}) {
+            auto m = rm.build(t->tag, threads);
+            EXPECT_TRUE(all_logits(*m, ids, 5) == whole);
+        }
+        // token by token, then snapshot / restore mid-way
+        auto state = m1->new_state(64, 4);
+        std::vector<float> step(300), steps;
+        std::unique_ptr<qe::State> snapshot;
+        for (size_t i = 0; i < ids.size(); ++i) {
+            if (i == 10) snapshot = std::make_unique<qe::State>(*state);
+            m1->forward(&ids[i], 1, *state, step.data(), false);
+            steps.insert(steps.end(), step.begin(), step.end());
+        }
+        EXPECT_TRUE(steps == whole);
+        EXPECT_TRUE(snapshot->position() == 10);
+        std::vector<float> rest((ids.size() - 10) * 300);
+        m1->forward(ids.data() + 10, int64_t(ids.size() - 10), *snapshot, rest.data(), true);
+        EXPECT_TRUE(std::equal(rest.begin(), rest.end(), whole.begin() + 10 * 300));
+        state->copy_from(*snapshot);
+        EXPECT_TRUE(state->position() == int64_t(ids.size()));
+    }
+}
+
+QE_TEST(forward_rejects_bad_input) {
+    const RandomModel& rm = random_model();
+    auto m = rm.build("ref", 1);
+    auto state = m->new_state(8, 4);
+    std::vector<float> out(300);
+    const std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6};
+    m->forward(ids.data(), 6, *state, out.data(), false);
+    bool context_error = false;
+    try {
+        m->forward(ids.data(), 3, *state, out.data(), false);
+    } catch (const qe::ContextLengthError&) {
+        context_error = true;
+    }
+    EXPECT_TRUE(context_error && state->position() == 6);
+    const int32_t bad = 300;
+    bool token_error = false;
+    try {
+        m->forward(&bad, 1, *state, out.data(), false);
+    } catch (const qe::Error&) {
+        token_error = true;
+    }
+    EXPECT_TRUE(token_error && state->position() == 6);
+    qe::TensorMap missing = rm.tensors;
+    missing.erase("layers.2.mlp.down_proj.weight");
+    bool missing_error = false;
+    try {
+        qe::Qwen35Model bad_model(rm.config, missing, nullptr, qe::ModelOptions{});
+    } catch (const qe::Error& e) {
+        missing_error = std::string(e.what()).find("down_proj") != std::string::npos;
+    }
+    EXPECT_TRUE(missing_error);
+}

@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""qwen-edge against llama.cpp and onnxruntime-genai on the same checkpoint, in one run.
+
+Every measurement runs in its own child process (so peak RSS is per engine), and engines
+alternate within each repetition (qwen-edge, llama.cpp, onnxruntime, then again), so a
+machine-wide slowdown hits all of them alike. Prompts are the same random token ids for
+every engine. The machine's streaming read bandwidth is measured at the start and the end.
+
+    # the peers' model files (once): see `prepare --help`
+    python tools/compare_peers.py prepare --checkpoint /work/models/0.8b --out /work/models/peers-k/0.8b
+    # the comparison
+    python tools/compare_peers.py run --threads 1,2 --repetitions 3 \\
+        --qwen-edge q4=/work/models/0.8b-q4.qe --qwen-edge q8=/work/models/0.8b-q8.qe \\
+        --llama q4=/work/models/peers-k/0.8b/Q4_0.gguf --llama q8=/work/models/peers-k/0.8b/Q8_0.gguf \\
+        --ort q4=/work/models/peers-k/0.8b/ort-int4 --json out.json --markdown out.md
+
+Each `--<engine> GROUP=PATH` puts a model in a comparison group (e.g. q4: qwen-edge q4 vs
+llama.cpp Q4_0 vs onnxruntime int4). `--llama-site DIR` runs llama.cpp from another install
+(e.g. one built without AVX-512 for the AVX2-only comparison, with `--isa avx2` for ours).
+Needs the `peers` tools: llama-cpp-python built from source (flags: shared/notes/peers.md),
+onnxruntime-genai.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+# --- workers (run in a child process each) ------------------------------------------------------
+def _peak_rss() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _prompts(seed: int, vocab: int, prompt: int, decode_prompt: int) -> tuple[list, list]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, vocab, prompt).tolist(), rng.integers(0, vocab, decode_prompt).tolist()
+
+
+def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
+    from qwen_edge.runtime import Model
+
+    start = time.perf_counter()
+    model = Model.load(a.model, threads=a.threads, isa=a.isa, context=a.prompt + a.decode + 64)
+    load_s = time.perf_counter() - start
+    long, short = _prompts(a.seed, min(model.config.vocab_size, 248000), a.prompt, a.decode_prompt)
+    start = time.perf_counter()
+    model.forward(long, model.new_state())
+    ttft = time.perf_counter() - start
+    state = model.new_state()
+    logits = model.forward(short, state)
+    start = time.perf_counter()
+    for _ in range(a.decode):
+        logits = model.forward([int(np.argmax(logits))], state)
+    decode_s = time.perf_counter() - start
+    return {
+        "isa": model.isa,
+        "load_s": load_s,
+        "ttft_s": ttft,
+        "decode_s": decode_s,
+        "decode_bytes_per_token": model.decode_weight_bytes,
+        "state_bytes": state.cache_bytes,
+    }
+
+
+def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
+    import llama_cpp
+
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(
+        model_path=a.model, n_threads=a.threads, n_threads_batch=a.threads,
+        n_ctx=a.prompt + a.decode + 64, n_batch=512, logits_all=False, verbose=False,
+    )  # fmt: skip
+    load_s = time.perf_counter() - start
+    long, short = _prompts(a.seed, min(llm.n_vocab(), 248000), a.prompt, a.decode_prompt)
+    start = time.perf_counter()
+    llm.eval(long)
+    ttft = time.perf_counter() - start
+    llm.reset()
+    llm.eval(short)
+    vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(vocab,))
+
+    start = time.perf_counter()
+    for _ in range(a.decode):
+        llm.eval([int(np.argmax(last_logits()))])
+    decode_s = time.perf_counter() - start
+    return {"isa": llama_cpp.llama_print_system_info().decode()[:200], "load_s": load_s,
+            "ttft_s": ttft, "decode_s": decode_s}  # fmt: skip
+
+
+def worker_ort(a: argparse.Namespace) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    folder = Path(a.model)
+    cfg_path = folder / "genai_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    session = cfg["model"]["decoder"].setdefault("session_options", {})
+    if session.get("intra_op_num_threads") != a.threads:
+        session["intra_op_num_threads"] = a.threads
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    start = time.perf_counter()
+    model = og.Model(str(folder))
+    load_s = time.perf_counter() - start
+    vocab = int(cfg["model"]["vocab_size"])
+    long, short = _prompts(a.seed, min(vocab, 248000), a.prompt, a.decode_prompt)
+
+    def generator(n: int) -> Any:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=n + a.decode + 8, do_sample=False)
+        return og.Generator(model, params)
+
+    g = generator(len(long))
+    start = time.perf_counter()
+    g.append_tokens(np.asarray(long, np.int32))
+    g.get_next_tokens()  # forces the logits of the last prompt token
+    ttft = time.perf_counter() - start
+    del g
+    g = generator(len(short))
+    g.append_tokens(np.asarray(short, np.int32))
+    start = time.perf_counter()
+    for _ in range(a.decode):
+        g.generate_next_token()
+    decode_s = time.perf_counter() - start
+    return {"isa": "onnxruntime-genai " + og.__version__, "load_s": load_s, "ttft_s": ttft,
+            "decode_s": decode_s}  # fmt: skip
+
+
+WORKERS = {"qwen-edge": worker_qwen_edge, "llama": worker_llama, "ort": worker_ort}
+ENGINE_NAMES = {"qwen-edge": "qwen-edge", "llama": "llama.cpp", "ort": "onnxruntime-genai"}
+
+
+def model_bytes(path: str) -> int:
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix != ".json")
+    return p.stat().st_size
+
+
+def run_worker(engine: str, model: str, threads: int, a: argparse.Namespace, seed: int,
+               llama_site: str | None) -> dict[str, Any]:  # fmt: skip
+    cmd = [
+        sys.executable, __file__, "worker", "--engine", engine, "--model", model,
+        "--threads", str(threads), "--prompt", str(a.prompt), "--decode", str(a.decode),
+        "--decode-prompt", str(a.decode_prompt), "--seed", str(seed),
+    ]  # fmt: skip
+    if engine == "qwen-edge" and a.isa:
+        cmd += ["--isa", a.isa]
+    env = dict(os.environ)
+    if engine == "llama" and llama_site:
+        env["PYTHONPATH"] = llama_site + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{engine} {model} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- the comparison -----------------------------------------------------------------------------
+def parse_models(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        group, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"expected GROUP=PATH, got {item!r}")
+        out[group] = path
+    return out
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from qwen_edge.bench import read_bandwidth_subprocess
+
+    engines = {
+        "qwen-edge": parse_models(a.qwen_edge),
+        "llama": parse_models(a.llama),
+        "ort": parse_models(a.ort),
+    }
+    threads = [int(t) for t in a.threads.split(",")]
+    bandwidth_start = {str(n): read_bandwidth_subprocess(n) for n in threads}
+    results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    groups = sorted({g for models in engines.values() for g in models})
+    for rep in range(a.warmup + a.repetitions):
+        for n in threads:
+            for group in groups:
+                for engine, models in engines.items():
+                    if group not in models:
+                        continue
+                    r = run_worker(engine, models[group], n, a, a.seed + rep, a.llama_site)
+                    print(f"rep {rep} {group} {engine} threads {n}: "
+                          f"prefill {a.prompt / r['ttft_s']:.1f} tok/s, "
+                          f"decode {a.decode / r['decode_s']:.1f} tok/s", file=sys.stderr)  # fmt: skip
+                    if rep >= a.warmup:
+                        results.setdefault((group, engine, n), []).append(r)
+    bandwidth_end = {str(n): read_bandwidth_subprocess(n) for n in threads}
+
+    rows = []
+    for (group, engine, n), reps in sorted(results.items()):
+        path = engines[engine][group]
+        size = model_bytes(path)
+        decode = [a.decode / r["decode_s"] for r in reps]
+        prefill = [a.prompt / r["ttft_s"] for r in reps]
+        per_token = reps[0].get("decode_bytes_per_token") or size
+        bw = (bandwidth_start[str(n)] + bandwidth_end[str(n)]) / 2
+        rows.append({
+            "group": group, "engine": ENGINE_NAMES[engine], "threads": n, "model": path,
+            "file_bytes": size, "isa": reps[0].get("isa", ""),
+            "prefill_tok_s": summarize(prefill), "decode_tok_s": summarize(decode),
+            "ttft_s": summarize([r["ttft_s"] for r in reps]),
+            "load_s": summarize([r["load_s"] for r in reps]),
+            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in reps),
+            "state_bytes": reps[0].get("state_bytes"),
+            "decode_bytes_per_token": per_token,
+            "decode_bandwidth_gbs": per_token * float(np.mean(decode)) / 1e9,
+            "read_bandwidth_gbs": bw,
+            "per_repetition": reps,
+        })  # fmt: skip
+    record = {
+        "schema": "qwen-edge-compare/1",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "config": {k: v for k, v in vars(a).items() if k != "func"},
+        "read_bandwidth_gbs": {"start": bandwidth_start, "end": bandwidth_end},
+        "rows": rows,
+    }
+    table = markdown(rows)
+    print(table)
+    if a.json:
+        Path(a.json).write_text(json.dumps(record, indent=2) + "\n")
+    if a.markdown:
+        Path(a.markdown).write_text(table + "\n")
+    return 0
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One table: each group and thread count, engines side by side, ratios vs the peers."""
+    lines = [
+        "| group | threads | engine | file MB | prefill tok/s | TTFT s | decode tok/s | "
+        "load s | peak RSS MB | decode GB/s (of read bw) | decode vs best peer | "
+        "prefill vs llama.cpp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_key.setdefault((r["group"], r["threads"]), []).append(r)
+    for (group, n), rs in sorted(by_key.items()):
+        ours = next((r for r in rs if r["engine"] == "qwen-edge"), None)
+        peers = [r for r in rs if r["engine"] != "qwen-edge"]
+        best = max(peers, key=lambda r: r["decode_tok_s"]["mean"], default=None)
+        llama = next((r for r in peers if r["engine"] == "llama.cpp"), None)
+        for r in rs:
+            dec, pre = r["decode_tok_s"]["mean"], r["prefill_tok_s"]["mean"]
+            ratio_dec = ratio_pre = ""
+            if r is ours and best:
+                ratio_dec = f"{dec / best['decode_tok_s']['mean']:.2f}x ({best['engine']})"
+            if r is ours and llama:
+                ratio_pre = f"{pre / llama['prefill_tok_s']['mean']:.2f}x"
+            frac = r["decode_bandwidth_gbs"] / r["read_bandwidth_gbs"]
+            lines.append(
+                f"| {group} | {n} | {r['engine']} | {r['file_bytes'] / 1e6:.0f} | "
+                f"{pre:.1f} ± {r['prefill_tok_s']['std']:.1f} | {r['ttft_s']['mean']:.2f} | "
+                f"{dec:.1f} ± {r['decode_tok_s']['std']:.1f} | {r['load_s']['mean']:.3f} | "
+                f"{r['peak_rss_bytes'] / 1e6:.0f} | {r['decode_bandwidth_gbs']:.1f} ({frac:.0%}) | "
+                f"{ratio_dec} | {ratio_pre} |"
+            )
+    return "\n".join(lines)
+
+
+# --- preparing the peers' files -----------------------------------------------------------------
+def cmd_prepare(a: argparse.Namespace) -> int:
+    """GGUF bf16 -> Q4_0 / Q8_0 with llama-cpp-python's own converter and quantizer, and the
+    onnxruntime-genai int4 folder with its model builder (shared/notes/peers.md)."""
+    import llama_cpp
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bf16 = out / "bf16.gguf"
+    if not bf16.exists():
+        converter = Path(a.llama_src) / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(converter.parent / "gguf-py") + os.pathsep + env.get("PYTHONPATH", "")
+        subprocess.run([sys.executable, str(converter), a.checkpoint, "--no-mtp", "--outtype",
+                        "bf16", "--outfile", str(bf16)], check=True, env=env)  # fmt: skip
+    for name, ftype in (("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
+                        ("Q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0)):  # fmt: skip
+        dst = out / f"{name}.gguf"
+        if dst.exists():
+            continue
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        params.nthread = os.cpu_count() or 1
+        rc = llama_cpp.llama_model_quantize(str(bf16).encode(), str(dst).encode(), params)
+        if rc != 0:
+            raise SystemExit(f"llama_model_quantize {name} failed ({rc})")
+    ort = out / "ort-int4"
+    if a.ort and not ort.exists():
+        cache = out / "ort-cache"
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+                        a.checkpoint, "-o", str(ort), "-p", "int4", "-e", "cpu", "-c",
+                        str(cache)], check=True)  # fmt: skip
+        tok_cfg = ort / "tokenizer_config.json"
+        if tok_cfg.exists():  # the builder rejects Qwen3_5Tokenizer (peers.md)
+            t = json.loads(tok_cfg.read_text())
+            t["tokenizer_class"] = "Qwen2Tokenizer"
+            tok_cfg.write_text(json.dumps(t, indent=2))
+        shutil.rmtree(cache, ignore_errors=True)
+    print(f"peers' files in {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="run the comparison")
+    p.add_argument("--qwen-edge", action="append", metavar="GROUP=FILE")
+    p.add_argument("--llama", action="append", metavar="GROUP=GGUF")
+    p.add_argument("--ort", action="append", metavar="GROUP=FOLDER")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--prompt", type=int, default=512)
+    p.add_argument("--decode", type=int, default=128)
+    p.add_argument("--decode-prompt", type=int, default=16)
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--isa", help="force qwen-edge's kernel table (e.g. avx2)")
+    p.add_argument("--llama-site", help="PYTHONPATH entry with another llama_cpp build")
+    p.add_argument("--json")
+    p.add_argument("--markdown")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("prepare", help="make the peers' model files from a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--llama-src", required=True, help="unpacked llama-cpp-python sdist")
+    p.add_argument("--ort", action="store_true", help="also build the onnxruntime-genai int4 model")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p.add_argument("--engine", choices=sorted(WORKERS), required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--prompt", type=int, required=True)
+    p.add_argument("--decode", type=int, required=True)
+    p.add_argument("--decode-prompt", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--isa")
+    p.set_defaults(func=None)
+
+    a = parser.parse_args(argv)
+    if a.cmd == "worker":
+        result = WORKERS[a.engine](a)
+        result["peak_rss_bytes"] = _peak_rss()
+        print(json.dumps(result))
+        return 0
+    return int(a.func(a))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
