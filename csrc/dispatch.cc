@@ -54,14 +54,16 @@ KernelTable make_avx_vnni() {
     return t;
 }
 
-// AVX-512 VNNI (two row groups per 512-bit vpdpbusd): the integer products. Based on avx2, not
-// avx_vnni: Ice Lake and Cascade Lake have AVX-512 VNNI but no AVX-VNNI.
+// AVX-512 VNNI (two row groups per 512-bit vpdpbusd): the integer products and the 16-lane
+// delta rule. Based on avx2, not avx_vnni: Ice Lake and Cascade Lake have AVX-512 VNNI but no
+// AVX-VNNI.
 KernelTable make_avx512_vnni() {
     KernelTable t = make_avx2();
     t.tag = "avx512_vnni";
     t.required = kFeatureAvx2 | kFeatureAvx512 | kFeatureAvx512Vnni;
     t.gemv_q8a = avx512_vnni::gemv_q8a;
     t.gemm_q8a = avx512_vnni::gemm_q8a;
+    t.delta_rule = avx512_vnni::delta_rule;
     return t;
 }
 #endif

@@ -209,8 +209,8 @@ QE_DECLARE_QUANTIZED(ref)
 QE_DECLARE_VECTOR(ref)
 
 #if defined(__x86_64__) || defined(_M_X64)
-// avx2 (+FMA, F16C): every family. avx_vnni and avx512_vnni: the integer products (and the
-// activation quantizer for the wide one); the rest comes from avx2 (see dispatch.cc).
+// avx2 (+FMA, F16C): every family. avx_vnni: the integer products; avx512_vnni: the integer
+// products and the delta rule; the rest comes from avx2 (see dispatch.cc).
 QE_DECLARE_GEMV_F32(avx2)
 QE_DECLARE_FLOAT_GEMM(avx2)
 QE_DECLARE_CONVERSIONS(avx2)
@@ -222,6 +222,9 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
               int64_t g_begin, int64_t g_end);
 }  // namespace avx_vnni
 namespace avx512_vnni {
+void delta_rule(float* s, const float* q, const float* k, const float* v, int64_t ldu,
+                const float* decay, const float* beta, int64_t ldg, float* o, int64_t ldo,
+                int64_t t, int64_t dk, int64_t dv);
 void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end);
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end);

@@ -83,8 +83,10 @@ void ThreadPool::dispatch(JobFn fn, void* ctx) {
         wake_.notify_all();
     }
     fn(ctx, 0, n_threads_);
+    // Workers finish within microseconds of each other unless one was preempted; then stop
+    // burning the core it may need.
     for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
-        if (spins < 1 << 16) {
+        if (spins < 1 << 12) {
             QE_CPU_RELAX();
         } else {
             std::this_thread::yield();  // a worker was descheduled: let it run

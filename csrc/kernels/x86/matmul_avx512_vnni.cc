@@ -195,6 +195,24 @@ static inline void store16(float* y, __m512 v, const PackedMatrix& w, int64_t g)
     _mm512_mask_storeu_ps(y + r0, __mmask16((1u << n) - 1u), v);
 }
 
+// Decode streams each pair of row groups once. A group's records are only k/32 * 128 bytes
+// (4 KiB for k = 1024): the hardware prefetchers would restart at every group, so the same
+// block of the next pair is requested one pair ahead (into L2).
+template <WeightFormat F>
+static inline void prefetch_next_pair(const uint8_t* q0, const uint8_t* s0, int64_t nb, int64_t b) {
+    constexpr int64_t qb = quant_record_bytes(F), sb = scale_record_bytes(F);
+    const char* q = reinterpret_cast<const char*>(q0 + (2 * nb + b) * qb);
+    for (int64_t line = 0; line < qb; line += 64) {
+        _mm_prefetch(q + line, _MM_HINT_T1);
+        _mm_prefetch(q + nb * qb + line, _MM_HINT_T1);
+    }
+    if (b % (64 / sb) == 0) {
+        const char* s = reinterpret_cast<const char*>(s0 + (2 * nb + b) * sb);
+        _mm_prefetch(s, _MM_HINT_T1);
+        _mm_prefetch(s + nb * sb, _MM_HINT_T1);
+    }
+}
+
 template <WeightFormat F, int T>
 static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t ldy,
                          int64_t g) {
@@ -206,6 +224,7 @@ static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, float* y, int
     const uint8_t* s1 = s0 + nb * sb;
     Acc2 a[T];
     for (int64_t b = 0; b < nb; ++b) {
+        if constexpr (T == 1) prefetch_next_pair<F>(q0, s0, nb, b);
         __m512i wv[8];
         unpack2<F>(q0 + b * qb, q1 + b * qb, wv);
         const Scales2 sc = load_scales<F>(s0 + b * sb, s1 + b * sb);

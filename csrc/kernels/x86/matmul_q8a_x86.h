@@ -111,6 +111,13 @@ static void gemv_format(const PackedMatrix& w, const BlockQ8A* x, float* y, int6
         const uint8_t* sc = w.scales + g * nb * sbytes;
         Acc a;
         for (int64_t b = 0; b < nb; ++b) {
+            // The next group's same block, one group ahead (see matmul_avx512_vnni.cc).
+            const char* next = reinterpret_cast<const char*>(rec + (nb + b) * qbytes);
+            for (int64_t line = 0; line < qbytes; line += 64)
+                _mm_prefetch(next + line, _MM_HINT_T1);
+            if (b % (64 / sbytes) == 0) {
+                _mm_prefetch(reinterpret_cast<const char*>(sc + (nb + b) * sbytes), _MM_HINT_T1);
+            }
             __m256i wv[8];
             unpack<F>(rec + b * qbytes, wv);
             combine<F>(a, block_dot<F>(wv, x[b]), sc + b * sbytes, x[b]);
