@@ -196,7 +196,7 @@ def test_extended_file(good: Path) -> None:
 
 
 def test_header_json_corruptions(good: Path) -> None:
-    header, data = _parts(good)
+    _, data = _parts(good)
     _rebuild(good, None, data, raw_header=b"\xff\xfe not utf-8")
     _expect(good, "header", "UTF-8 JSON")
     _rebuild(good, None, data, raw_header=b'{"arch": "qwen3_5",')
@@ -284,7 +284,7 @@ FIELD_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
         "misaligned",
         lambda h: _tensor(h, NORM).update(offset=_tensor(h, NORM)["offset"] + 4),
         ("offset", "multiple of 64"),
-    ),  # fmt: skip
+    ),
     (
         "outside",
         lambda h: _tensor(h, NORM).update(offset=1 << 40),
