@@ -9,7 +9,7 @@ import numpy as np
 import packing
 from packing import write_model_file  # noqa: F401  (re-exported for the tests)
 
-from qwen_edge import presets
+from qwen_edge import presets, quant
 from qwen_edge.config import ModelConfig
 from qwen_edge.export.demo import random_tensor
 from qwen_edge.export.hf import Checkpoint
@@ -72,7 +72,7 @@ class _FakeQuantT:
 
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
         x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
-        d, q, _ = packing.q8a_numpy(x2.reshape(-1))
+        d, _, q = quant.quantize_q8a(x2.reshape(-1))
         xq = (d[:, None].astype(np.float64) * q).reshape(x2.shape)
         return (xq @ self.w.T).astype(np.float32).reshape(*x.shape[:-1], -1)
 
