@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from qwen_edge import quant
-from qwen_edge.modelfile import TensorSpec, write_model_file as _write
+from qwen_edge.modelfile import TensorSpec
+from qwen_edge.modelfile import write_model_file as _write
 
 FORMATS = ("q8g32", "q4g32", "q4ag32", "q4k")
 
