@@ -59,7 +59,7 @@ def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
 
 # --- the model ----------------------------------------------------------------------------------
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
-DEFAULT_BATCH = 64  # tokens one native pass processes; longer prompts are split
+DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
 
 
 def _default_threads() -> int:

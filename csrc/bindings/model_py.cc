@@ -135,7 +135,7 @@ void bind_model(py::module_& m) {
             [](PyModel& p, int64_t context, int64_t batch, const std::string& kv) {
                 return p.model().new_state(context, batch, kv_type(kv));
             },
-            py::arg("context"), py::arg("batch") = 64, py::arg("kv") = "f16")
+            py::arg("context"), py::arg("batch") = 128, py::arg("kv") = "f16")
         .def(
             "forward",
             [](PyModel& p, const I32& tokens, qe::State& state, py::array_t<float> out,

@@ -61,7 +61,7 @@ public:
     int threads() const { return pool_.size(); }
 
     // A new zeroed state for `context` tokens (>= 1) processing at most `batch` tokens per pass.
-    std::unique_ptr<State> new_state(int64_t context, int64_t batch = 64,
+    std::unique_ptr<State> new_state(int64_t context, int64_t batch = 128,
                                      KvType kv = KvType::kF16) const;
 
     // Runs tokens[0, n) (ids < vocab_size) after what `state` holds. logits: float [vocab_size] for
