@@ -145,9 +145,11 @@ ENGINE_NAMES = {"qwen-edge": "qwen-edge", "llama": "llama.cpp", "ort": "onnxrunt
 
 
 def model_bytes(path: str) -> int:
+    """Bytes of the model's weights: the file, or an onnxruntime folder's model.onnx(.data)
+    (not its tokenizer or the MTP head, which decoding does not use)."""
     p = Path(path)
     if p.is_dir():
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix != ".json")
+        return sum(f.stat().st_size for f in p.glob("model.onnx*"))
     return p.stat().st_size
 
 
@@ -316,6 +318,13 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
                         a.checkpoint, "-o", str(ort), "-p", "int4", "-e", "cpu", "-c",
                         str(cache)], check=True)  # fmt: skip
+        # onnxruntime-genai 0.18 with onnxruntime 1.32 fails to load the LM head it shares with
+        # the MTP head ("GetMemoryInfo for CPU should not be used"); decoding needs neither.
+        cfg_path = ort / "genai_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["model"]["decoder"].pop("shared_initializers", None)
+        cfg["model"].pop("mtp", None)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
         tok_cfg = ort / "tokenizer_config.json"
         if tok_cfg.exists():  # the builder rejects Qwen3_5Tokenizer (peers.md)
             t = json.loads(tok_cfg.read_text())

@@ -49,6 +49,8 @@ ThreadPool::ThreadPool(const Options& options)
     : n_threads_(options.threads), spin_us_(options.spin_us < 0 ? 0 : options.spin_us) {
     QE_CHECK(options.threads >= 1 && options.threads <= 1024, "threads must be in 1..1024, got ",
              options.threads);
+    claimed_ = std::make_unique<std::atomic<uint64_t>[]>(n_threads_);
+    for (int i = 0; i < n_threads_; ++i) claimed_[i].store(0);
     if (options.pin) pin_current_thread(0);
     workers_.reserve(n_threads_ - 1);
     for (int i = 1; i < n_threads_; ++i) {
@@ -69,11 +71,18 @@ ThreadPool::~ThreadPool() {
     for (auto& t : workers_) t.join();
 }
 
+bool ThreadPool::claim(int i, uint64_t gen) {
+    uint64_t seen = claimed_[i].load(std::memory_order_seq_cst);
+    while (seen < gen) {
+        if (claimed_[i].compare_exchange_weak(seen, gen, std::memory_order_seq_cst)) return true;
+    }
+    return false;
+}
+
 void ThreadPool::dispatch(JobFn fn, void* ctx) {
     job_fn_ = fn;
     job_ctx_ = ctx;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes the job
+    const uint64_t gen = generation_.fetch_add(1, std::memory_order_seq_cst) + 1;  // publishes
     // A worker that is about to sleep increments sleepers_ before re-checking the generation
     // under the mutex, so either it sees the new job or we see it and wake it.
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
@@ -82,14 +91,19 @@ void ThreadPool::dispatch(JobFn fn, void* ctx) {
         }
         wake_.notify_all();
     }
+    claim(0, gen);
     fn(ctx, 0, n_threads_);
-    // Workers finish within microseconds of each other unless one was preempted; then stop
-    // burning the core it may need.
-    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    // Shares no worker has started: run them here rather than wait for a thread the OS may
+    // not schedule soon.
+    for (int i = 1; i < n_threads_; ++i) {
+        if (claim(i, gen)) fn(ctx, i, n_threads_);
+    }
+    // Every share is claimed now; wait for those in progress (normally already done).
+    for (int spins = 0; running_.load(std::memory_order_seq_cst) != 0; ++spins) {
         if (spins < 1 << 12) {
             QE_CPU_RELAX();
         } else {
-            std::this_thread::yield();  // a worker was descheduled: let it run
+            std::this_thread::yield();  // a worker was preempted inside its share
         }
     }
 }
@@ -115,8 +129,11 @@ void ThreadPool::worker_main(int thread) {
         }
         seen = gen;
         if (stop_.load(std::memory_order_acquire)) return;
-        job_fn_(job_ctx_, thread, n_threads_);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        // Registered before claiming: whenever our claim can still succeed, the caller (which
+        // claims every free share before waiting) sees us running and waits.
+        running_.fetch_add(1, std::memory_order_seq_cst);
+        if (claim(thread, gen)) job_fn_(job_ctx_, thread, n_threads_);
+        running_.fetch_sub(1, std::memory_order_seq_cst);
     }
 }
 

@@ -9,11 +9,18 @@
 // Idle workers sleep on a condition variable: they never spin while the model is idle. After a
 // job they may spin for `spin_us` microseconds first, because the next job of the same forward
 // pass usually follows within microseconds and a futex wake-up costs more than that.
+//
+// Each thread's share of a job is claimed before it runs (a per-share generation stamp). When
+// the caller has finished its own share it claims and runs every share no worker has started,
+// so it never waits for a worker the OS has not scheduled yet (a busy machine, a big.LITTLE
+// core asleep): it only waits for shares actually in progress. Shares are defined by index,
+// whoever runs them, so results do not change.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -86,11 +93,15 @@ private:
     int spin_us_;
     std::vector<std::thread> workers_;
 
+    // Claims share `i` of job `gen` for the calling thread; false if someone already has it.
+    bool claim(int i, uint64_t gen);
+
     // The current job; published by incrementing generation_.
     JobFn job_fn_ = nullptr;
     void* job_ctx_ = nullptr;
     std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};  // workers still running the current job
+    std::unique_ptr<std::atomic<uint64_t>[]> claimed_;  // [threads] generation a share was taken
+    std::atomic<int> running_{0};                       // workers inside a share of the current job
     std::atomic<int> sleepers_{0};
     std::atomic<bool> stop_{false};
     std::mutex mutex_;
