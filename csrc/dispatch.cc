@@ -8,12 +8,13 @@
 namespace qe {
 namespace {
 
-#define QE_TABLE_SLOTS(X)                                                                         \
-    X(gemv_f32)                                                                                   \
-    X(gemm_f32) X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32) X(cvt_f32_f16)            \
-        X(quantize_q8a) X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm) X(rms_norm_gated)   \
-            X(l2_norm) X(rope) X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu) X(delta_rule) \
-                X(attention_f16) X(attention_f32)
+#define QE_TABLE_SLOTS(X)                                                                          \
+    X(gemv_f32)                                                                                    \
+    X(gemm_f32)                                                                                    \
+    X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32) X(cvt_f32_f16) X(quantize_q8a)         \
+        X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm) X(rms_norm_gated) X(l2_norm) X(rope) \
+            X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu) X(delta_rule) X(attention_f16)    \
+                X(attention_f32)
 
 #define QE_COUNT_SLOT(name) +1
 static_assert(0 QE_TABLE_SLOTS(QE_COUNT_SLOT) == kKernelSlots, "QE_TABLE_SLOTS vs kKernelSlots");
@@ -66,6 +67,15 @@ KernelTable make_avx512_vnni() {
     t.delta_rule = avx512_vnni::delta_rule;
     return t;
 }
+
+// AMX-INT8 (tdpbsud on 16-token tiles): the prefill product; everything else as avx512_vnni.
+KernelTable make_amx() {
+    KernelTable t = make_avx512_vnni();
+    t.tag = "amx";
+    t.required = kFeatureAvx2 | kFeatureAvx512 | kFeatureAvx512Vnni | kFeatureAmxInt8;
+    t.gemm_q8a = amx::gemm_q8a;
+    return t;
+}
 #endif
 
 #if defined(__aarch64__)
@@ -101,6 +111,7 @@ const char* kernel_slot_name(int i) {
 const std::vector<const KernelTable*>& compiled_tables() {
     // Best first: the first table whose features the CPU has wins.
 #if defined(__x86_64__) || defined(_M_X64)
+    static const KernelTable amx = make_amx();
     static const KernelTable avx512_vnni = make_avx512_vnni();
     static const KernelTable avx_vnni = make_avx_vnni();
     static const KernelTable avx2 = make_avx2();
@@ -111,7 +122,7 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable ref = make_ref();
     static const std::vector<const KernelTable*> tables = {
 #if defined(__x86_64__) || defined(_M_X64)
-        &avx512_vnni, &avx_vnni, &avx2,
+        &amx, &avx512_vnni, &avx_vnni, &avx2,
 #endif
 #if defined(__aarch64__)
         &neon,

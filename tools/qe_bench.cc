@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // Native timing driver for profiling the forward pass without Python (perf record, callgrind):
 //   qe_bench MODEL.qe [threads] [isa] [prompt_tokens] [decode_tokens]
-// Prints load time, prefill and decode tokens/s. Not a benchmark of record: `qwen-edge bench`
-// is (JSON, repetitions, peers); this exists so profiles have symbols and no interpreter.
+//   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
+// Prints load time, prefill and decode tokens/s, or one packed product's best time over the
+// repetitions (single thread, random codes) in GOPS. Not a benchmark of record: `qwen-edge
+// bench` is (JSON, repetitions, peers); this exists so profiles have symbols and no
+// interpreter, and so kernel variants can be compared on a busy machine (best of many).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,7 +17,50 @@
 #include "common.h"
 #include "model/qwen35.h"
 
+namespace {
+
+int bench_gemm(int argc, char** argv) {
+    qe::WeightFormat f;
+    if (argc < 6 || !qe::parse_format(argv[2], &f) || !qe::is_quantized(f)) {
+        std::fprintf(stderr, "usage: %s --gemm FORMAT ROWS K M [isa] [repetitions]\n", argv[0]);
+        return 2;
+    }
+    const int64_t rows = std::atoll(argv[3]), k = std::atoll(argv[4]), m = std::atoll(argv[5]);
+    const qe::KernelTable& kt = qe::select_table(argc > 6 ? argv[6] : "");
+    const int reps = argc > 7 ? std::atoi(argv[7]) : 50;
+    qe::PackedLayout layout;
+    if (!qe::packed_layout(f, rows, k, &layout)) return 2;
+    std::mt19937 rng(1);
+    std::vector<uint8_t> bytes(layout.total_bytes);
+    for (auto& b : bytes) b = uint8_t(rng() & 0x3f);  // small f16 scales and q4k factors
+    const qe::PackedMatrix w = qe::PackedMatrix::view(f, layout, bytes.data());
+    std::normal_distribution<float> normal;
+    std::vector<float> x(m * k);
+    for (auto& v : x) v = normal(rng);
+    std::vector<qe::BlockQ8A> xq(m * k / qe::kBlockK);
+    for (int64_t t = 0; t < m; ++t) kt.quantize_q8a(x.data() + t * k, xq.data() + t * k / 32, k);
+    std::vector<float> y(m * layout.rows_padded);
+    using Clock = std::chrono::steady_clock;
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = Clock::now();
+        if (m == 1) {
+            kt.gemv_q8a(w, xq.data(), y.data(), 0, w.groups);
+        } else {
+            kt.gemm_q8a(w, xq.data(), m, y.data(), layout.rows_padded, 0, w.groups);
+        }
+        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::printf("%s %s [%lld, %lld] x %lld tokens: %.1f GOPS, %.1f GB/s of weights (best of %d)\n",
+                kt.tag, argv[2], (long long)rows, (long long)k, (long long)m,
+                2.0 * rows * k * m / best / 1e9, layout.total_bytes / best / 1e9, reps);
+    return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+    if (argc > 1 && std::string(argv[1]) == "--gemm") return bench_gemm(argc, argv);
     if (argc < 2) {
         std::fprintf(stderr, "usage: %s MODEL.qe [threads] [isa] [prompt] [decode]\n", argv[0]);
         return 2;

@@ -226,7 +226,7 @@ QE_TEST(packed_products_match_ref_bitwise) {
             for (int64_t rows : {1, 7, 8, 9, 24, 37}) {
                 for (int64_t k : {32, 64, 96, 1024}) {
                     RandomPacked p(f, rows, k);
-                    for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 17}) {
+                    for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 35}) {
                         std::vector<float> x = normal(m * k);
                         const auto xq = quantize(ref(), x, m, k);
                         const int64_t ldy = rows + 5;

@@ -85,7 +85,7 @@ def test_quantize_q8a_exact(isa: str) -> None:
 # --- packed products ----------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", packing.FORMATS)
 @pytest.mark.parametrize(("rows", "k"), SHAPES)
-@pytest.mark.parametrize("m", [1, 3, 4, 5, 17])
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 17, 33])
 def test_matmul_q8a_exact(isa: str, fmt: str, rows: int, k: int, m: int) -> None:
     seed = hash((fmt, rows, k, m)) % 2**32
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "kernels/kernels.h"
+#include "kernels/x86/avx512_util.h"
 
 // GCC 12's own AVX-512 intrinsics (_mm512_undefined_*, used inside zext/insert/cvtph) trip
 // -W(maybe-)uninitialized when inlined (GCC bug 105593): a false positive in the compiler headers.
@@ -70,6 +71,13 @@ static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
 
 namespace {
 
+using x86::Acc2;
+using x86::combine2;
+using x86::finish2;
+using x86::load_scales;
+using x86::Scales2;
+using x86::store16;
+
 // Two 32-byte records (group g and g + 1) as one vector.
 static inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
     return _mm512_inserti64x4(
@@ -115,84 +123,6 @@ static inline __m512i dot2(const __m512i* w, const BlockQ8A& x) {
     } else {
         return d;
     }
-}
-
-static inline __m512 load_half16(const uint8_t* a, const uint8_t* b) {
-    const __m256i h = _mm256_inserti128_si256(
-        _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a))),
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), 1);
-    return _mm512_cvtph_ps(h);
-}
-
-static inline __m512 load_u8x16(const uint8_t* a, const uint8_t* b) {
-    const __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)),
-                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)));
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
-}
-
-struct Acc2 {
-    __m512 acc = _mm512_setzero_ps();
-    __m512 acc_min = _mm512_setzero_ps();
-};
-
-// A block's per-row factors of two groups, widened once and shared by every token of a tile.
-struct Scales2 {
-    __m512 a, b;  // q8g32/q4g32: d; q4ag32: d, m; q4k: sc, mn
-};
-
-template <WeightFormat F>
-static inline Scales2 load_scales(const uint8_t* s0, const uint8_t* s1) {
-    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
-        return {load_half16(s0, s1), _mm512_setzero_ps()};
-    } else if constexpr (F == WeightFormat::kQ4ag32) {
-        return {load_half16(s0, s1), load_half16(s0 + 16, s1 + 16)};
-    } else {
-        return {load_u8x16(s0, s1), load_u8x16(s0 + 8, s1 + 8)};
-    }
-}
-
-// One block of two groups for one token, as ref::row_dot (see matmul_q8a_x86.h::combine).
-template <WeightFormat F>
-static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const BlockQ8A& x) {
-    const __m512 xd = _mm512_set1_ps(x.d);
-    const __m512 t1 = _mm512_mul_ps(_mm512_mul_ps(sc.a, xd), _mm512_cvtepi32_ps(dot));
-    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
-        a.acc = _mm512_add_ps(a.acc, t1);
-    } else {
-        const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(sc.b, xd), _mm512_set1_ps(float(x.sum)));
-        if constexpr (F == WeightFormat::kQ4ag32) {
-            a.acc = _mm512_add_ps(a.acc, _mm512_add_ps(t1, t2));
-        } else {
-            a.acc = _mm512_add_ps(a.acc, t1);
-            a.acc_min = _mm512_add_ps(a.acc_min, t2);
-        }
-    }
-}
-
-// [lo | hi] with AVX-512F only (insertf32x8 would need AVX-512DQ).
-static inline __m512 concat(__m256 lo, __m256 hi) {
-    return _mm512_castpd_ps(
-        _mm512_insertf64x4(_mm512_zextpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
-}
-
-template <WeightFormat F>
-static inline __m512 finish2(const Acc2& a, const PackedMatrix& w, int64_t g) {
-    if constexpr (F == WeightFormat::kQ4k) {
-        const float* rp = w.row_params + g * 16;  // group g: d[8] m[8], then group g + 1
-        const __m512 d = concat(_mm256_loadu_ps(rp), _mm256_loadu_ps(rp + 16));
-        const __m512 m = concat(_mm256_loadu_ps(rp + 8), _mm256_loadu_ps(rp + 24));
-        return _mm512_sub_ps(_mm512_mul_ps(d, a.acc), _mm512_mul_ps(m, a.acc_min));
-    } else {
-        (void)w;
-        (void)g;
-        return a.acc;
-    }
-}
-
-static inline void store16(float* y, __m512 v, const PackedMatrix& w, int64_t g) {
-    const int64_t r0 = g * kRowPack;
-    const int64_t n = w.rows - r0 < 16 ? w.rows - r0 : 16;
-    _mm512_mask_storeu_ps(y + r0, __mmask16((1u << n) - 1u), v);
 }
 
 // Decode streams each pair of row groups once. A group's records are only k/32 * 128 bytes
