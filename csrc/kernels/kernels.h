@@ -56,9 +56,19 @@ void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t row
 }
 #endif
 #if defined(__aarch64__)
-namespace neon {
-void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k);
-}
+// kernels/arm/: neon implements every family; the sdot and usmmla tables specialize the
+// quantized products and borrow the rest (dispatch.cc).
+QE_DECLARE_KERNELS(neon)
+namespace neon_dotprod {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end);
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end);
+}  // namespace neon_dotprod
+namespace neon_i8mm {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end);
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end);
+}  // namespace neon_i8mm
 #endif
 
 #undef QE_DECLARE_KERNELS

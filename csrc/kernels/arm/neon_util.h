@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: Apache-2.0
+// Helpers shared by the aarch64 kernel files: loading scale records, the per-block float
+// combination of every packed format, and storing a row group. Baseline ARMv8.0 intrinsics only.
+//
+// Everything here is `static inline` or in an anonymous namespace (internal linkage): each kernel
+// file gets its own copy compiled with its own -march, so a copy built with +dotprod can never be
+// the one the linker hands to a baseline caller (that would be SIGILL on a Cortex-A72).
+//
+// The float combination reproduces `ref` (kernels/ref/matmul_ref.cc) operation for operation:
+// each lane is one row, products are separately rounded (vmulq, never vfmaq; the build also
+// passes -ffp-contract=off) and summed in the same order, so every table returns ref's bits.
+#pragma once
+
+#include <arm_neon.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/kernels.h"
+
+namespace qe {
+namespace {
+
+// 8 IEEE halves -> two float32x4 (rows 0-3, rows 4-7). fcvtl is ARMv8.0 (exact widening);
+// no fp16 arithmetic is used anywhere.
+static inline float32x4x2_t load_f16x8(const uint8_t* p) {
+    uint16x8_t h;
+    std::memcpy(&h, p, sizeof h);
+    const float16x8_t f = vreinterpretq_f16_u16(h);
+    return {{vcvt_f32_f16(vget_low_f16(f)), vcvt_high_f32_f16(f)}};
+}
+
+// 8 bytes -> two float32x4 of their unsigned values (q4k sub-scales and minimums).
+static inline float32x4x2_t load_u8x8_f32(const uint8_t* p) {
+    const uint16x8_t w = vmovl_u8(vld1_u8(p));
+    return {{vcvtq_f32_u32(vmovl_u16(vget_low_u16(w))), vcvtq_f32_u32(vmovl_high_u16(w))}};
+}
+
+// Float accumulators of one row group (8 rows in two vectors): acc for every format, accm for
+// the q4k minimum term that ref keeps apart until the row factors are applied.
+struct GroupAcc {
+    float32x4_t acc[2];
+    float32x4_t accm[2];
+};
+
+static inline void group_acc_zero(GroupAcc& a) {
+    a.acc[0] = a.acc[1] = a.accm[0] = a.accm[1] = vdupq_n_f32(0.0f);
+}
+
+// Adds one block: dot[h] = exact integer dot products sum_j code[r, j] * xq[j] of rows 4h..4h+3
+// (codes as stored: q - 0 for q8g32 after the 0x80 flip, 0..15 for the 4-bit formats).
+// srec = the block's scale record. Mirrors ref's row_dot lane by lane.
+template <WeightFormat F>
+static inline void combine_block(GroupAcc& a, const uint8_t* srec, float xd, int32_t xsum,
+                                 int32x4_t dot0, int32x4_t dot1) {
+    const int32x4_t dot[2] = {dot0, dot1};
+    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
+        const float32x4x2_t s = load_f16x8(srec);
+        const int32x4_t zero = vdupq_n_s32(F == WeightFormat::kQ4g32 ? 8 * xsum : 0);
+        for (int h = 0; h < 2; ++h) {
+            const float32x4_t sd = vmulq_n_f32(s.val[h], xd);
+            a.acc[h] = vaddq_f32(a.acc[h], vmulq_f32(sd, vcvtq_f32_s32(vsubq_s32(dot[h], zero))));
+        }
+    } else if constexpr (F == WeightFormat::kQ4ag32) {
+        const float32x4x2_t s = load_f16x8(srec), m = load_f16x8(srec + 16);
+        const float32x4_t fsum = vdupq_n_f32(float(xsum));
+        for (int h = 0; h < 2; ++h) {
+            const float32x4_t t1 = vmulq_f32(vmulq_n_f32(s.val[h], xd), vcvtq_f32_s32(dot[h]));
+            const float32x4_t t2 = vmulq_f32(vmulq_n_f32(m.val[h], xd), fsum);
+            a.acc[h] = vaddq_f32(a.acc[h], vaddq_f32(t1, t2));
+        }
+    } else {  // q4k: integer sub-scales now, per-row factors in finish_group
+        const float32x4x2_t sc = load_u8x8_f32(srec), mn = load_u8x8_f32(srec + 8);
+        const float32x4_t fsum = vdupq_n_f32(float(xsum));
+        for (int h = 0; h < 2; ++h) {
+            a.acc[h] = vaddq_f32(a.acc[h],
+                                 vmulq_f32(vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h])));
+            a.accm[h] = vaddq_f32(a.accm[h], vmulq_f32(vmulq_n_f32(mn.val[h], xd), fsum));
+        }
+    }
+}
+
+// Writes the rows of group g that exist (r < w.rows) to y[8g + i]; padding rows get 0, as ref.
+template <WeightFormat F>
+static inline void finish_group(const PackedMatrix& w, int64_t g, const GroupAcc& a, float* y) {
+    float32x4_t out[2] = {a.acc[0], a.acc[1]};
+    if constexpr (F == WeightFormat::kQ4k) {
+        const float* rp = w.row_params + g * 16;  // d[8], m[8]
+        for (int h = 0; h < 2; ++h) {
+            out[h] = vsubq_f32(vmulq_f32(vld1q_f32(rp + 4 * h), a.acc[h]),
+                               vmulq_f32(vld1q_f32(rp + 8 + 4 * h), a.accm[h]));
+        }
+    }
+    float* yg = y + g * kRowPack;
+    const int64_t valid = w.rows - g * kRowPack;
+    if (valid >= kRowPack) {
+        vst1q_f32(yg, out[0]);
+        vst1q_f32(yg + 4, out[1]);
+    } else {
+        float tmp[kRowPack];
+        vst1q_f32(tmp, out[0]);
+        vst1q_f32(tmp + 4, out[1]);
+        for (int i = 0; i < kRowPack; ++i) yg[i] = i < valid ? tmp[i] : 0.0f;
+    }
+}
+
+// Calls fn(std::integral_constant<WeightFormat, F>{}) with the matrix format as a compile-time
+// constant, so each kernel is instantiated once per format with no per-block branching.
+template <WeightFormat F>
+using FormatTag = std::integral_constant<WeightFormat, F>;
+
+template <typename Fn>
+static inline void with_format(WeightFormat f, Fn&& fn) {
+    switch (f) {
+        case WeightFormat::kQ8g32: fn(FormatTag<WeightFormat::kQ8g32>{}); break;
+        case WeightFormat::kQ4g32: fn(FormatTag<WeightFormat::kQ4g32>{}); break;
+        case WeightFormat::kQ4ag32: fn(FormatTag<WeightFormat::kQ4ag32>{}); break;
+        case WeightFormat::kQ4k: fn(FormatTag<WeightFormat::kQ4k>{}); break;
+        default: break;  // not a packed format: the op layer never calls with one
+    }
+}
+
+// The loop nest of every gemm: row groups in chunks whose weights fit in L1 (~16 KB), and
+// within a chunk, tiles of up to 4 tokens, each tile run over the chunk's groups. A tile's
+// activations (4 x K x 1.25 bytes) stay in L1 across the chunk, the chunk's weights across all
+// tiles, so neither streams from DRAM more than once per chunk. tile(NT, t, g) computes tokens
+// [t, t + NT) of group g, NT a std::integral_constant<int, 1..4>.
+template <typename Tile>
+static inline void gemm_loop(const PackedMatrix& w, int64_t m, int64_t g_begin, int64_t g_end,
+                             Tile&& tile) {
+    const int64_t group_bytes =
+        w.blocks * (quant_record_bytes(w.format) + scale_record_bytes(w.format));
+    const int64_t chunk = group_bytes >= 16384 ? 1 : 16384 / group_bytes;
+    for (int64_t gc = g_begin; gc < g_end; gc += chunk) {
+        const int64_t ge = gc + chunk < g_end ? gc + chunk : g_end;
+        int64_t t = 0;
+        for (; t + 4 <= m; t += 4) {
+            for (int64_t g = gc; g < ge; ++g) tile(std::integral_constant<int, 4>{}, t, g);
+        }
+        for (int64_t g = gc; g < ge; ++g) {
+            switch (m - t) {
+                case 3: tile(std::integral_constant<int, 3>{}, t, g); break;
+                case 2: tile(std::integral_constant<int, 2>{}, t, g); break;
+                case 1: tile(std::integral_constant<int, 1>{}, t, g); break;
+                default: break;
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace qe
