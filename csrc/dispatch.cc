@@ -18,12 +18,12 @@ const KernelTable kAvx2Table = {"avx2",           kFeatureAvx2,    avx2::gemv_f3
                                 ref::dequantize_row};
 #endif
 #if defined(__aarch64__)
-// Best first: usmmla prefill (+ usdot decode for q8g32), sdot, baseline NEON. The i8mm kernels
-// are compiled with +dotprod too and reuse the sdot decode kernels, so that table needs both.
+// Best first: usmmla prefill, sdot, baseline NEON. The i8mm file is compiled with +dotprod too
+// and that table decodes with the sdot kernel, so it requires both features.
 const KernelTable kNeonI8mmTable = {
-    "neon_i8mm",         kFeatureNeon | kFeatureNeonDotprod | kFeatureNeonI8mm,
-    neon::gemv_f32,      neon::quantize_q8a,
-    neon_i8mm::gemv_q8a, neon_i8mm::gemm_q8a,
+    "neon_i8mm",            kFeatureNeon | kFeatureNeonDotprod | kFeatureNeonI8mm,
+    neon::gemv_f32,         neon::quantize_q8a,
+    neon_dotprod::gemv_q8a, neon_i8mm::gemm_q8a,
     neon::dequantize_row};
 const KernelTable kNeonDotprodTable = {
     "neon_dotprod",         kFeatureNeon | kFeatureNeonDotprod,

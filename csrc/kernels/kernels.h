@@ -56,8 +56,8 @@ void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t row
 }
 #endif
 #if defined(__aarch64__)
-// kernels/arm/: neon implements every family; the sdot and usmmla tables specialize the
-// quantized products and borrow the rest (dispatch.cc).
+// kernels/arm/: neon implements every family; neon_dotprod specializes the quantized products,
+// neon_i8mm the prefill product; each borrows the rest from the next table (dispatch.cc).
 QE_DECLARE_KERNELS(neon)
 namespace neon_dotprod {
 void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end);
@@ -65,7 +65,6 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
               int64_t g_begin, int64_t g_end);
 }  // namespace neon_dotprod
 namespace neon_i8mm {
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end);
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end);
 }  // namespace neon_i8mm

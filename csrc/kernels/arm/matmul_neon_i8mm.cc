@@ -13,56 +13,19 @@
 // Because usmmla takes unsigned weights, q8g32's offset-binary bytes go in as they are and the
 // 128 * sum(x) bias comes off the int32 result, exact.
 //
-// gemv (decode): a 2x2 tile would waste half of every usmmla on one token, so decode keeps the
-// lane-indexed dot products of neon_dotprod, except q8g32, where usdot (also I8MM) takes the
-// offset-binary weights without the eor flip.
-#include "kernels/arm/neon_dotprod_util.h"
+// gemv (decode): a 2x2 tile would waste half of every usmmla on one token, so this table decodes
+// with neon_dotprod's sdot kernel. A usdot decode kernel for q8g32 (unsigned weights as stored,
+// no eor flip) was measured and dropped: 63.1 against sdot's 62.0 instructions per block
+// (tools/arm_insn_count.sh, docs/arm-performance.md).
+#include "kernels/arm/neon_util.h"
 
 namespace qe::neon_i8mm {
 namespace {
 
-template <int S>
-inline int32x4_t usdot_step(int32x4_t acc, uint8x16_t w, int8x16_t x0, int8x16_t x1) {
-    if constexpr (S < 4) {
-        return vusdotq_laneq_s32(acc, w, x0, S);
-    } else {
-        return vusdotq_laneq_s32(acc, w, x1, S - 4);
-    }
-}
-
-// q8g32 decode: rows of group g times x, weights used as stored (u8 = q + 128).
-inline void gemv_q8g32_group(const PackedMatrix& w, int64_t g, const BlockQ8A* x, float* y) {
-    constexpr WeightFormat F = WeightFormat::kQ8g32;
-    const uint8_t* rec = w.quants + g * w.blocks * quant_record_bytes(F);
-    const uint8_t* srec = w.scales + g * w.blocks * scale_record_bytes(F);
-    GroupAcc acc;
-    group_acc_zero(acc);
-    for (int64_t b = 0; b < w.blocks; ++b, rec += 256, srec += 16) {
-        const int8x16_t x0 = vld1q_s8(x[b].q), x1 = vld1q_s8(x[b].q + 16);
-        const int32x4_t bias = vdupq_n_s32(128 * x[b].sum);
-        int32x4_t d[2];
-        for (int h = 0; h < 2; ++h) {
-            const uint8_t* p = rec + 16 * h;
-            const int32x4_t z = vdupq_n_s32(0);
-            int32x4_t a = usdot_step<0>(z, vld1q_u8(p), x0, x1);
-            int32x4_t c = usdot_step<1>(z, vld1q_u8(p + 32), x0, x1);
-            a = usdot_step<2>(a, vld1q_u8(p + 64), x0, x1);
-            c = usdot_step<3>(c, vld1q_u8(p + 96), x0, x1);
-            a = usdot_step<4>(a, vld1q_u8(p + 128), x0, x1);
-            c = usdot_step<5>(c, vld1q_u8(p + 160), x0, x1);
-            a = usdot_step<6>(a, vld1q_u8(p + 192), x0, x1);
-            c = usdot_step<7>(c, vld1q_u8(p + 224), x0, x1);
-            d[h] = vsubq_s32(vaddq_s32(a, c), bias);
-        }
-        combine_block<F>(acc, srec, x[b].d, x[b].sum, d[0], d[1]);
-    }
-    finish_group<F>(w, g, acc, y);
-}
-
 // The 2x8 weight operands of k-chunk j (columns 8j..8j+7) of one block:
 // op[p] = rows {2p, 2p+1}, each row's 8 columns contiguous.
 template <WeightFormat F>
-inline void mmla_weights(const uint8_t* rec, int j, uint8x16_t (&op)[4]) {
+QE_NEON_INLINE void mmla_weights(const uint8_t* rec, int j, uint8x16_t (&op)[4]) {
     for (int h = 0; h < 2; ++h) {
         uint32x4_t a, b;  // 4 rows x 4 columns: columns 8j..8j+3 and 8j+4..8j+7
         if constexpr (F == WeightFormat::kQ8g32) {
@@ -81,7 +44,7 @@ inline void mmla_weights(const uint8_t* rec, int j, uint8x16_t (&op)[4]) {
 // Rows of group g times NT (1..4) token rows: tokens go in pairs; an odd last token is paired
 // with itself and the duplicate result dropped.
 template <WeightFormat F, int NT>
-inline void mmla_group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A* const (&x)[NT],
+QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A* const (&x)[NT],
                             GroupAcc (&acc)[NT]) {
     constexpr int NP = (NT + 1) / 2;
     const BlockQ8A* xp[2 * NP];
@@ -121,7 +84,7 @@ inline void mmla_group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A* co
 }
 
 template <WeightFormat F>
-inline void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+QE_NEON_INLINE void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
                       int64_t g_begin, int64_t g_end) {
     gemm_loop(w, m, g_begin, g_end, [&](auto nt, int64_t t, int64_t g) {
         constexpr int NT = decltype(nt)::value;
@@ -134,16 +97,6 @@ inline void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float
 }
 
 }  // namespace
-
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
-    if (w.format == WeightFormat::kQ8g32) {
-        for (int64_t g = g_begin; g < g_end; ++g) gemv_q8g32_group(w, g, x, y);
-        return;
-    }
-    with_format(w.format,
-                [&](auto fmt) { sdot_gemm<decltype(fmt)::value>(w, x, 1, y, 0, g_begin, g_end); });
-}
 
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end) {
