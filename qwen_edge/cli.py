@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .boards import add_board_argument, apply_board
 from .errors import QwenEdgeError
 
 EXIT_ERROR = 1
@@ -107,6 +108,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .runtime import cpu_report
 
     report = {"version": __version__, "python": sys.version.split()[0], **cpu_report()}
+    board = apply_board(args)
+    if board is not None:
+        from .boards import check_board, ram_gb
+
+        ram = ram_gb()
+        tier = board.tier(ram)
+        report["board"] = board.name
+        report["board_cpus"] = ", ".join(map(str, args.board_cpus or [])) or "all"
+        report["board_threads"] = args.threads
+        report["board_defaults"] = (
+            f"{tier.model} {tier.recipe}, context {tier.context} "
+            f"(RAM {f'{ram:.1f} GB' if ram else 'unknown'})"
+        )
+        report["board_warnings"] = check_board(board, report, report["available_isas"]) or "none"
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -119,6 +134,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 # --- demo ---------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
+
+    board = apply_board(args)
+    if board is not None:
+        print(f"board {board.name}: cores {args.board_cpus or 'all'}")
 
     from . import presets
     from .export.demo import write_random_checkpoint
@@ -148,6 +167,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- boards -------------------------------------------------------------------------------------
+def cmd_boards(args: argparse.Namespace) -> int:
+    from .boards import list_boards, load_board
+
+    if not args.name:
+        for name in list_boards():
+            print(f"{name:<18} {load_board(name).description}")
+        return 0
+    board = load_board(args.name)
+    print(f"{board.name}: {board.description}")
+    print(f"  cpu          {board.cores}; features {', '.join(board.features)}")
+    print(f"  kernels      {board.expected_isa}")
+    print(
+        f"  cores        {board.cpus if board.cpus is not None else 'all'}, threads "
+        f"{board.threads or 'one per core'}"
+    )
+    for t in board.memory:
+        print(f"  RAM >= {t.min_ram_gb:>4g} GB  {t.model} {t.recipe}, context {t.context}")
+    print(f"  power        {board.power.kind}: {board.power.notes}")
+    print(f"  build        {board.build_notes}")
+    return 0
+
+
 # --- main ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -164,13 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="show CPU features and the kernel variants this machine runs")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=cmd_info)
+    add_board_argument(p)
+    p.set_defaults(func=cmd_info, threads=None)
 
     p = sub.add_parser("demo", help="build a small random-weight model and run it (no download)")
     p.add_argument("--dir", help="where to write the demo checkpoint (default: ~/.cache/qwen-edge)")
     p.add_argument("--tokens", type=int, default=16, help="tokens to generate")
     p.add_argument("--seed", type=int, default=0)
+    add_board_argument(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("boards", help="list the board profiles, or show one")
+    p.add_argument("name", nargs="?", help="a board name (see the list)")
+    p.set_defaults(func=cmd_boards)
     return parser
 
 

@@ -105,6 +105,7 @@ rm -rf "$site" && mkdir -p "$site"
 cp -r qwen_edge "$site/"
 find "$site" -name "*.so" -delete
 cp "$so" "$site/qwen_edge/"
+mkdir -p "$site/qwen_edge/boards" && cp boards/*.json "$site/qwen_edge/boards/"  # as the wheel
 export PYTHONPATH="$PWD/$site" PYTHONDONTWRITEBYTECODE=1
 
 echo "=== emulated CPython, -cpu cortex-a72 (baseline NEON)"
@@ -125,6 +126,6 @@ print("neon matmul_q8a == ref on the emulated Cortex-A72")
 EOF
 
 echo "=== emulated CPython, -cpu max: pytest"
-tests=(tests/test_core.py)
+tests=(tests/test_core.py tests/test_boards.py)
 for t in tests/kernels; do [ -e "$t" ] && tests+=("$t"); done
 emulate max "$py" -P -m pytest -q -p no:cacheprovider "${tests[@]}"
