@@ -159,12 +159,14 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
         }
         const float d = vmaxnmvq_f32(amax) / 127.0f;
         const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-        const int32x4_t lo = vdupq_n_s32(-127), hi = vdupq_n_s32(127);
+        const float32x4_t lo = vdupq_n_f32(-127.0f), hi = vdupq_n_f32(127.0f);
         int32x4_t sum = vdupq_n_s32(0);
         int16x4_t q16[8];
         for (int i = 0; i < 8; ++i) {
-            // fcvtas rounds half away from zero, as std::lround; the clamp is ref's.
-            const int32x4_t q = vminq_s32(vmaxq_s32(vcvtaq_s32_f32(vmulq_n_f32(v[i], inv)), lo), hi);
+            // Clamp, then round half away from zero (fcvtas = std::lround), as ref: fmaxnm and
+            // fminnm drop a NaN like std::fmax/fmin, so NaN -> -127 and inf -> +-127.
+            const float32x4_t c = vminnmq_f32(vmaxnmq_f32(vmulq_n_f32(v[i], inv), lo), hi);
+            const int32x4_t q = vcvtaq_s32_f32(c);
             sum = vaddq_s32(sum, q);
             q16[i] = vmovn_s32(q);
         }
