@@ -126,6 +126,6 @@ print("neon matmul_q8a == ref on the emulated Cortex-A72")
 EOF
 
 echo "=== emulated CPython, -cpu max: pytest"
-tests=(tests/test_core.py tests/test_boards.py)
+tests=(tests/test_core.py tests/test_boards.py tests/test_quant.py)
 for t in tests/kernels; do [ -e "$t" ] && tests+=("$t"); done
 emulate max "$py" -P -m pytest -q -p no:cacheprovider "${tests[@]}"
