@@ -146,7 +146,80 @@ QE_NEON_INLINE void gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, fl
     });
 }
 
+// Float weights widened exactly: f32 as is, IEEE half by fcvtl, bfloat16 by a 16-bit shift.
+struct F32W {
+    using T = float;
+    static float32x4_t load4(const float* p) { return vld1q_f32(p); }
+    static float widen(float v) { return v; }
+};
+struct F16W {
+    using T = uint16_t;
+    static float32x4_t load4(const uint16_t* p) {
+        return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+    }
+    static float widen(uint16_t h) { return f16_to_f32(h); }
+};
+struct Bf16W {
+    using T = uint16_t;
+    static float32x4_t load4(const uint16_t* p) {
+        return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+    }
+    static float widen(uint16_t h) { return bf16_to_f32(h); }
+};
+
+// Y[t, r] = W[r] . X[t] for NT tokens: one weight row load feeds NT accumulators. Every output
+// is one 4-lane FMA chain over k, a horizontal add and an in-order tail, whatever NT is, so
+// results do not depend on how the caller splits tokens.
+template <typename W, int NT>
+QE_NEON_INLINE void gemm_float_tile(const typename W::T* wr, const float* x, int64_t ldx,
+                                    float* y, int64_t ldy, int64_t k) {
+    float32x4_t acc[NT];
+    for (auto& a : acc) a = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4) {
+        const float32x4_t wv = W::load4(wr + i);
+        for (int t = 0; t < NT; ++t) acc[t] = vfmaq_f32(acc[t], wv, vld1q_f32(x + t * ldx + i));
+    }
+    for (int t = 0; t < NT; ++t) {
+        float sum = vaddvq_f32(acc[t]);
+        for (int64_t j = i; j < k; ++j) sum += W::widen(wr[j]) * x[t * ldx + j];
+        y[t * ldy] = sum;
+    }
+}
+
+template <typename W>
+void gemm_float(const typename W::T* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
+                float* y, int64_t ldy, int64_t rows, int64_t k) {
+    for (int64_t t = 0; t < m; t += 4) {
+        const float* xt = x + t * ldx;
+        float* yt = y + t * ldy;
+        for (int64_t r = 0; r < rows; ++r) {
+            switch (m - t >= 4 ? 4 : m - t) {
+                case 4: gemm_float_tile<W, 4>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
+                case 3: gemm_float_tile<W, 3>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
+                case 2: gemm_float_tile<W, 2>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
+                default: gemm_float_tile<W, 1>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
+            }
+        }
+    }
+}
+
 }  // namespace
+
+void gemm_f32(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+              int64_t ldy, int64_t rows, int64_t k) {
+    gemm_float<F32W>(w, ldw, x, ldx, m, y, ldy, rows, k);
+}
+
+void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+              int64_t ldy, int64_t rows, int64_t k) {
+    gemm_float<F16W>(w, ldw, x, ldx, m, y, ldy, rows, k);
+}
+
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
+               float* y, int64_t ldy, int64_t rows, int64_t k) {
+    gemm_float<Bf16W>(w, ldw, x, ldx, m, y, ldy, rows, k);
+}
 
 void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     for (int64_t b = 0; b < k / kBlockK; ++b) {

@@ -108,6 +108,47 @@ QE_NEON_INLINE void finish_group(const PackedMatrix& w, int64_t g, const GroupAc
     }
 }
 
+// exp(x) for float lanes, about 2 ulp on [-87, 88]: x = n ln2 + r with |r| <= ln2/2
+// (Cody-Waite split of ln2), a degree-6 polynomial for e^r, 2^n built in the exponent field
+// (as two factors so n = 128 does not overflow before the product). Saturates to +inf above
+// 88.72 and to 0 below -87.34; NaN stays NaN. The same constants as the x86 kernels.
+QE_NEON_INLINE float32x4_t exp_f32x4(float32x4_t x) {
+    const float32x4_t hi = vdupq_n_f32(88.7228391f), lo = vdupq_n_f32(-87.3365448f);
+    const uint32x4_t big = vcgtq_f32(x, hi), tiny = vcltq_f32(x, lo);
+    const float32x4_t xc = vminq_f32(vmaxq_f32(x, lo), hi);
+    const float32x4_t n = vrndnq_f32(vmulq_n_f32(xc, 1.44269504f));
+    float32x4_t r = vfmsq_f32(xc, n, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(r, p, vmulq_f32(r, r));
+    p = vaddq_f32(p, vdupq_n_f32(1.0f));
+    const int32x4_t ni = vcvtnq_s32_f32(n);
+    const int32x4_t n1 = vshrq_n_s32(ni, 1), n2 = vsubq_s32(ni, n1);
+    const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n1, vdupq_n_s32(127)), 23));
+    const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n2, vdupq_n_s32(127)), 23));
+    float32x4_t y = vmulq_f32(vmulq_f32(p, s1), s2);
+    y = vbslq_f32(big, vdupq_n_f32(__builtin_inff()), y);
+    y = vbslq_f32(tiny, vdupq_n_f32(0.0f), y);
+    return vbslq_f32(vceqq_f32(x, x), y, x);  // NaN in, NaN out
+}
+
+// 1 / (1 + exp(-x)) with a true division: saturates cleanly to 0 and 1.
+QE_NEON_INLINE float32x4_t sigmoid_f32x4(float32x4_t x) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    return vdivq_f32(one, vaddq_f32(one, exp_f32x4(vnegq_f32(x))));
+}
+
+// Scalar exp with the same polynomial, for the tails of vector loops (lane 0 of the vector op).
+QE_NEON_INLINE float exp_f32(float x) { return vgetq_lane_f32(exp_f32x4(vdupq_n_f32(x)), 0); }
+QE_NEON_INLINE float sigmoid_f32(float x) {
+    return vgetq_lane_f32(sigmoid_f32x4(vdupq_n_f32(x)), 0);
+}
+
 // Calls fn(std::integral_constant<WeightFormat, F>{}) with the matrix format as a compile-time
 // constant, so each kernel is instantiated once per format with no per-block branching.
 template <WeightFormat F>
