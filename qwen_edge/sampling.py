@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import GenerationConfigError
 
-_POOL = 1024  # first candidate pool for top-p without top-k (grown x16 as needed)
+_POOL = 1024  # about how many of the largest logits top-p alone tries first
 
 
 @dataclass(frozen=True)
@@ -156,28 +156,44 @@ class Sampler:
         p = self.params
         t = p.temperature
         ids: np.ndarray | None = None  # None: every id is still a candidate
+        w_all: np.ndarray | None = None  # weights of the whole vocabulary, when computed
         total = 0.0  # normalizer of the distribution top-p measures mass against
         if 0 < p.top_k < x.size:
             ids = _top_k_ids(x, p.top_k)
             ids = ids[np.isfinite(x[ids])]
             total = float(np.sum(_weights(x[ids], top, t)))
         elif p.top_p < 1.0:
-            total = float(np.sum(_weights(x, top, t), dtype=np.float64))
+            w_all = _weights(x, top, t)
+            total = float(np.sum(w_all, dtype=np.float64))
         if p.min_p > 0.0:
             # p_i >= min_p * p_max  <=>  x_i >= top + t * log(min_p): a cut on logits, and a
             # prefix of the ranking like top-p, so applying it first changes nothing.
             cut = top + t * float(np.log(p.min_p))
             ids = np.flatnonzero(x >= cut) if ids is None else ids[x[ids] >= cut]
         if p.top_p < 1.0:
-            ids = _top_p_ids(x, ids, top, t, p.top_p * total)
-        if ids is None:
-            return _draw_all(_weights(x, top, t), self.rng)
+            if ids is None and w_all is not None:
+                cut, ids = _top_p_search(x, top, t, p.top_p * total, w_all)
+                if np.isfinite(cut):  # a flat distribution: most of the vocabulary stays
+                    kept = np.where(x > cut, w_all, np.float32(0))
+                    kept[ids] = w_all[ids]
+                    return _draw_all(kept, self.rng)
+            else:
+                ids = _top_p_ids(x, ids, top, t, p.top_p * total)
+        if ids is None or ids.size > _LARGE:
+            # Many candidates: a two-level draw over the vocabulary, the others weighted 0.
+            w = _weights(x, top, t) if w_all is None else w_all
+            if ids is not None:
+                kept = np.zeros_like(w)
+                kept[ids] = w[ids]
+                w = kept
+            return _draw_all(w, self.rng)
         cdf = np.cumsum(_weights(x[ids], top, t), dtype=np.float64)
         i = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
         return int(ids[min(i, ids.size - 1)])
 
 
 _BLOCK = 256  # block length of the two-level searches over the whole vocabulary
+_LARGE = 16_384  # candidate sets above this are drawn from with the two-level search
 
 
 def _weights(v: np.ndarray, top: float, temperature: float) -> np.ndarray:
@@ -212,16 +228,46 @@ def _top_p_ids(
 ) -> np.ndarray:
     """The most likely ids (of `ids`, or of all of x) whose more likely neighbours hold less than
     `mass` (transformers' top-p rule), found without sorting the whole vocabulary."""
-    if ids is None:
-        # A pool of the largest logits that holds the mass contains every id top-p keeps.
-        pool = _POOL
-        while pool <= _POOL * 16 and pool < x.size:
-            cand = np.argpartition(x, -pool)[-pool:]
-            if float(np.sum(_weights(x[cand], top, temperature), dtype=np.float64)) >= mass:
-                return _top_p_cut(x, cand, top, temperature, mass, 0.0)
-            pool *= 16
-        return _top_p_histogram(x, top, temperature, mass)
-    return _top_p_cut(x, ids, top, temperature, mass, 0.0)
+    if ids is not None:
+        return _top_p_cut(x, ids, top, temperature, mass, 0.0)
+    cut, ids = _top_p_search(x, top, temperature, mass, None)
+    return np.concatenate([np.flatnonzero(x > cut), ids]) if np.isfinite(cut) else ids
+
+
+def _top_p_search(
+    x: np.ndarray, top: float, temperature: float, mass: float, w: np.ndarray | None
+) -> tuple[float, np.ndarray]:
+    """Top-p over all of x as (cut, ids): it keeps `ids` and every id with x > cut (+inf: none).
+
+    A strided sample of the logits (sorted: 8,192 values) gives a cut above which lie about
+    1,000 ids. If they hold `mass` (peaked distributions), only they are sorted. Otherwise
+    (flat ones) the sample estimates where the mass is crossed, and two logits around the
+    estimate are checked exactly: the mass above the upper one is below `mass` and the mass down
+    to the lower one reaches it, so only the ids between them need sorting. The bracket widens
+    until both checks hold, so the result is exact whatever the sample says.
+    """
+    stride = max(1, x.size // 8192)
+    sample = np.sort(x[::stride])[::-1]  # descending
+    head_cut = float(sample[min(_POOL // stride, sample.size - 1)])
+    head = np.flatnonzero(x >= head_cut)
+    head_mass = float(np.sum(_weights(x[head], top, temperature), dtype=np.float64))
+    if head_mass >= mass:
+        return np.inf, _top_p_cut(x, head, top, temperature, mass, 0.0)
+    w = _weights(x, top, temperature) if w is None else w
+    rest = sample[sample < head_cut]
+    est = head_mass + np.cumsum(_weights(rest, top, temperature), dtype=np.float64) * stride
+    k = int(np.searchsorted(est, mass))
+    margin = 64  # samples each side: about 2,000 ids of a flat 248k vocabulary
+    while True:
+        hi = float(rest[k - margin]) if k >= margin else head_cut
+        lo = float(rest[k + margin]) if k + margin < rest.size else -np.inf
+        above = float(np.sum(w[x > hi], dtype=np.float64))
+        down_to = float(np.sum(w[x >= lo], dtype=np.float64))
+        if above < mass <= down_to or (hi == head_cut and lo == -np.inf):
+            break
+        margin *= 4
+    band = np.flatnonzero((x >= lo) & (x <= hi))
+    return hi, _top_p_cut(x, band, top, temperature, mass, above)
 
 
 def _top_p_cut(
@@ -234,24 +280,6 @@ def _top_p_cut(
     preceding = before + np.cumsum(w[order]) - w[order]
     keep = int(np.count_nonzero(preceding < mass))
     return ids[order[: max(1, keep) if before == 0.0 else keep]]
-
-
-def _top_p_histogram(x: np.ndarray, top: float, temperature: float, mass: float) -> np.ndarray:
-    # For flat distributions: bin the weights by logit, find the bin where the mass is crossed;
-    # bins above it are kept whole, only the crossing bin is sorted. Logits more than 40*T below
-    # the top (weight < 4e-18 each) share the last bin.
-    n_bins = 4096
-    w = _weights(x, top, temperature)
-    scale = np.float32(n_bins / (40.0 * temperature))
-    bins = np.minimum((np.float32(top) - x) * scale, np.float32(n_bins)).astype(np.int64)
-    per_bin = np.bincount(bins, weights=w, minlength=n_bins + 1)
-    above = np.cumsum(per_bin) - per_bin  # mass of the bins above each bin
-    crossing = int(np.searchsorted(above + per_bin, mass, side="left"))
-    crossing = min(crossing, n_bins)
-    kept = np.flatnonzero(bins < crossing)
-    inside = np.flatnonzero(bins == crossing)
-    tail = _top_p_cut(x, inside, top, temperature, mass, float(above[crossing]))
-    return np.concatenate([kept, tail]) if kept.size else tail
 
 
 def _draw_all(w: np.ndarray, rng: np.random.Generator) -> int:

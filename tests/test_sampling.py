@@ -66,7 +66,7 @@ def test_draws_stay_in_the_reference_set(
 @pytest.mark.parametrize("scale", [0.5, 2.0, 8.0])
 @pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99])
 def test_top_p_set_equals_the_reference(scale: float, top_p: float) -> None:
-    # Covers the small pool (peaky), the grown pool and the histogram path (flat).
+    # Covers the pool of the largest logits (peaky) and the bracketing search (flat).
     rng = np.random.default_rng(int(scale * 100 + top_p * 1000))
     x = (rng.standard_normal(V) * scale).astype(np.float32)
     x[-100:] = -np.inf  # suppressed ids are never kept
