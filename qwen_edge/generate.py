@@ -849,18 +849,18 @@ def _model_file_assets(path: Path, tokenizer_backend: str) -> ModelAssets:
     # The model file (docs/model-file.md) embeds tokenizer.json as a blob and the chat template
     # and generation defaults in its header: ModelAssets.from_parts takes exactly those.
     try:
-        from . import modelfile  # type: ignore[attr-defined]
+        from .modelfile import ModelFile  # type: ignore[attr-defined]
     except ImportError as e:
         raise QwenEdgeError(
             f"{path}: this build cannot read model files yet (no model-file reader); "
             "use a checkpoint folder"
         ) from e
-    reader = modelfile.read(path)
-    blobs = getattr(reader, "blobs", {})
-    header = getattr(reader, "header", {})
+    with ModelFile(path) as mf:
+        header = mf.header
+        tokenizer_json = mf.blob("tokenizer.json") if "tokenizer.json" in mf.blobs else None
     return ModelAssets.from_parts(
         str(path),
-        tokenizer_json=blobs.get("tokenizer.json"),
+        tokenizer_json=tokenizer_json,
         chat_template=header.get("chat_template"),
         generation=header.get("generation"),
         tokenizer_backend=tokenizer_backend,
@@ -870,12 +870,12 @@ def _model_file_assets(path: Path, tokenizer_backend: str) -> ModelAssets:
 def _load_model_file(
     path: Path, threads: int | None, context: int | None, tokenizer_backend: str
 ) -> tuple[Backend, ModelAssets]:
-    assets = _model_file_assets(path, tokenizer_backend)
-    try:
-        from .runtime import Model  # type: ignore[attr-defined]
-    except ImportError as e:
+    from . import runtime
+
+    if not hasattr(runtime, "Model"):
         raise QwenEdgeError(
             f"{path}: this build has no native runtime to run model files yet; load a "
             "checkpoint folder with the reference backend"
-        ) from e
-    return Model(path, threads=threads, context=context), assets
+        )
+    assets = _model_file_assets(path, tokenizer_backend)
+    return runtime.Model.load(path, threads=threads, context=context), assets

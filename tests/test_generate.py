@@ -299,3 +299,50 @@ def test_stats_are_frozen(llm: LLM) -> None:
     result = llm.generate([5, 6], max_tokens=1, **GREEDY)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.stats.num_generated_tokens = 3  # type: ignore[misc]
+
+
+def test_model_file_carries_tokenizer_template_and_defaults(
+    tmp_path: Path, qwen35_tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    modelfile = pytest.importorskip(
+        "qwen_edge.modelfile", reason="the model-file writer and reader (issue 3) are not merged"
+    )
+    from qwen_edge import presets, runtime
+    from qwen_edge.cli import main
+    from qwen_edge.config import ModelConfig
+    from qwen_edge.export.tokenizer_files import chat_template
+    from qwen_edge.generate import load_assets
+    from qwen_edge.tokenizer import Tokenizer
+
+    config = ModelConfig.from_hf(presets.hf_config("tiny", vocab_size=512))
+    rng = np.random.default_rng(0)
+    tensors = [
+        (modelfile.TensorSpec(name, "f32", shape), rng.standard_normal(shape).astype(np.float32))
+        for name, shape in config.text_tensor_shapes().items()
+    ]
+    generation = json.loads((qwen35_tokenizer_dir / "generation_config.json").read_text())
+    header = {
+        "arch": "qwen3_5",
+        "config": config.to_dict(),
+        "quant": {"recipe": "f32", "overrides": {}},
+        "generation": generation,
+        "chat_template": chat_template(),
+    }
+    tokenizer_json = (qwen35_tokenizer_dir / "tokenizer.json").read_bytes()
+    path = modelfile.write_model_file(
+        tmp_path / "m.qe", header, tensors, [("tokenizer.json", tokenizer_json)]
+    )
+    assets = load_assets(path)
+    reference = Tokenizer.from_file(qwen35_tokenizer_dir / "tokenizer.json")
+    assert assets.require_tokenizer().encode("Hello, 世界") == reference.encode("Hello, 世界")
+    assert assets.chat_template is not None and assets.chat_template.source == chat_template()
+    assert (assets.generation.top_k, assets.generation.temperature) == (20, 0.7)
+    assert main(["tokenize", str(path), "Hello"]) == 0
+    assert [int(t) for t in capsys.readouterr().out.split()] == reference.encode("Hello")
+    if hasattr(runtime, "Model"):  # the native runtime (issue 4) runs it
+        llm = load(path, context=64)
+        result = llm.generate([1, 2, 3], max_tokens=4, **GREEDY)
+        assert len(result.tokens) == 4 and all(t < 512 for t in result.tokens)
+    else:
+        with pytest.raises(QwenEdgeError, match="no native runtime"):
+            load(path)
