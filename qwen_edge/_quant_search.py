@@ -1,0 +1,151 @@
+"""Scale searches of the 4-bit quantizers, in numba when installed and in numpy otherwise.
+
+Both backends evaluate the same expressions in the same order (float64 sums taken sequentially
+over the 32 columns of a block, round-half-away-from-zero) so they return identical scales;
+`tests/test_quant.py` checks it. The numpy form is vectorised over all blocks, with a Python
+loop over candidates and columns only.
+
+Inputs are blocks x [rows, nb, 32] float32; outputs are float32 [rows, nb].
+
+* `symmetric_scales`: x ~ d * l, l in [-nmax, nmax - 1]. Candidates map the block's signed
+  extreme to -(nmax + 0.1 i) for i in -9..9 (the negative side has the extra level); each
+  candidate's codes get their least-squares scale; the best is then refined by re-rounding and
+  re-solving until it stops improving (at most `REFINE` rounds).
+* `affine_scales`: x ~ s * l - m, l in [0, nmax], m >= 0 (the block minimum clamped to <= 0, as
+  llama.cpp's k-quants do). Candidates stretch the range to nmax + (-1 + 0.1 i), i in 0..20;
+  each candidate's codes get the joint least-squares (s, m); then the same refinement.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+SYM_STEPS = tuple(range(-9, 10))
+AFF_STEPS = tuple(range(21))
+REFINE = 3
+
+
+def _use_numba() -> bool:
+    if os.environ.get("QWEN_EDGE_NO_NUMBA") == "1":
+        return False
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def symmetric_scales(x: np.ndarray, nmax: int, backend: str | None = None) -> np.ndarray:
+    if (backend or ("numba" if _use_numba() else "numpy")) == "numba":
+        return _numba_kernels()[0](np.ascontiguousarray(x, np.float32), nmax)
+    return _symmetric_numpy(x, nmax)
+
+
+def affine_scales(
+    x: np.ndarray, nmax: int, backend: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    if (backend or ("numba" if _use_numba() else "numpy")) == "numba":
+        return _numba_kernels()[1](np.ascontiguousarray(x, np.float32), nmax)
+    return _affine_numpy(x, nmax)
+
+
+# --- numpy --------------------------------------------------------------------------------------
+def _round(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def _colsum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis in index order (the order the numba loops use)."""
+    s = np.zeros(a.shape[:-1], np.float64)
+    for j in range(a.shape[-1]):
+        s += a[..., j]
+    return s
+
+
+def _symmetric_numpy(x: np.ndarray, nmax: int) -> np.ndarray:
+    x = x.astype(np.float64)
+    idx = np.abs(x).argmax(axis=-1)
+    vmax = np.take_along_axis(x, idx[..., None], axis=-1)[..., 0]
+    safe = np.where(vmax != 0, vmax, 1.0)
+    best_scale = np.zeros(vmax.shape)
+    best = np.full(vmax.shape, -1.0)  # sumlx^2 / suml2: larger is better
+    for i in SYM_STEPS:
+        iscale = -(nmax + 0.1 * i) / safe
+        lv = np.clip(_round(iscale[..., None] * x), -nmax, nmax - 1)
+        sumlx, suml2 = _colsum(lv * x), _colsum(lv * lv)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(suml2 > 0, sumlx * sumlx / np.where(suml2 > 0, suml2, 1), -1.0)
+            better = score > best
+            best = np.where(better, score, best)
+            best_scale = np.where(better, sumlx / np.where(suml2 > 0, suml2, 1), best_scale)
+    for _ in range(REFINE):
+        inv = np.where(best_scale != 0, 1.0 / np.where(best_scale != 0, best_scale, 1), 0.0)
+        lv = np.clip(_round(inv[..., None] * x), -nmax, nmax - 1)
+        sumlx, suml2 = _colsum(lv * x), _colsum(lv * lv)
+        score = np.where(suml2 > 0, sumlx * sumlx / np.where(suml2 > 0, suml2, 1), -1.0)
+        better = score > best
+        best = np.where(better, score, best)
+        best_scale = np.where(better, sumlx / np.where(suml2 > 0, suml2, 1), best_scale)
+    return np.where(vmax != 0, best_scale, 0.0).astype(np.float32)
+
+
+def _affine_fit(x: np.ndarray, lv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares (s, mn) for x ~ s l + mn with mn <= 0, and the squared error."""
+    n = float(x.shape[-1])
+    sl, sl2, sxl, sx = _colsum(lv), _colsum(lv * lv), _colsum(x * lv), _colsum(x)
+    det = n * sl2 - sl * sl
+    ok = det > 0
+    safe = np.where(ok, det, 1.0)
+    s = (n * sxl - sx * sl) / safe
+    mn = (sl2 * sx - sl * sxl) / safe
+    pos = mn > 0
+    s = np.where(pos, np.where(sl2 > 0, sxl / np.where(sl2 > 0, sl2, 1.0), 0.0), s)
+    mn = np.where(pos, 0.0, mn)
+    err = _colsum(np.square(s[..., None] * lv + mn[..., None] - x))
+    return s, mn, np.where(ok, err, np.inf)
+
+
+def _affine_numpy(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    x = x.astype(np.float64)
+    lo = np.minimum(x.min(axis=-1), 0.0)
+    hi = x.max(axis=-1)
+    flat = hi <= lo
+    rng = np.where(flat, 1.0, hi - lo)
+    best_s = np.zeros(lo.shape)
+    best_m = lo.copy()
+    best_err = np.full(lo.shape, np.inf)
+    for i in (None, *AFF_STEPS):
+        iscale = (nmax if i is None else (-1.0 + 0.1 * i + nmax)) / rng
+        lv = np.clip(_round(iscale[..., None] * (x - lo[..., None])), 0, nmax)
+        if i is None:  # plain min/max rounding
+            s, mn = 1.0 / iscale, lo
+            err = _colsum(np.square(s[..., None] * lv + mn[..., None] - x))
+        else:
+            s, mn, err = _affine_fit(x, lv)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s, best_m = np.where(better, s, best_s), np.where(better, mn, best_m)
+    for _ in range(REFINE):
+        inv = np.where(best_s > 0, 1.0 / np.where(best_s > 0, best_s, 1.0), 0.0)
+        lv = np.clip(_round(inv[..., None] * (x - best_m[..., None])), 0, nmax)
+        s, mn, err = _affine_fit(x, lv)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_s, best_m = np.where(better, s, best_s), np.where(better, mn, best_m)
+    best_s = np.where(flat, 0.0, best_s)
+    best_m = np.where(flat, lo, best_m)
+    return best_s.astype(np.float32), (-best_m).astype(np.float32)
+
+
+# --- numba --------------------------------------------------------------------------------------
+def _numba_kernels() -> tuple:
+    from . import _quant_numba as nb
+
+    sym_steps = np.array(SYM_STEPS, np.float64)
+    aff_steps = np.array(AFF_STEPS, np.float64)
+    return (
+        lambda x, nmax: nb.sym_all(x, nmax, sym_steps, REFINE),
+        lambda x, nmax: nb.aff_all(x, nmax, aff_steps, REFINE),
+    )
