@@ -135,10 +135,15 @@ class TokenizerBackend(Protocol):
     """Encodes ordinary text (no added tokens) and names token ids."""
 
     name: str
+    vocab_size: int  # ordinary (BPE) tokens, without the added ones
 
     def encode_ordinary(self, text: str) -> list[int]: ...
 
     def id_to_token(self, token_id: int) -> str | None: ...
+
+    def added_tokens(self) -> list[tuple[str, int, bool]]:
+        """(content, id, special) of every added token."""
+        ...
 
 
 class PythonBPE:
@@ -162,6 +167,14 @@ class PythonBPE:
         self._split = stdlib_pattern(_split_regex(spec.get("pre_tokenizer")))
         self._byte_chars = byte_to_char()
         self._cache: dict[str, list[int]] = {}
+        self.vocab_size = max(self.vocab.values(), default=-1) + 1
+        self._added = [
+            (str(e["content"]), int(e["id"]), bool(e.get("special")))
+            for e in spec.get("added_tokens") or []
+        ]
+
+    def added_tokens(self) -> list[tuple[str, int, bool]]:
+        return list(self._added)
 
     def encode_ordinary(self, text: str) -> list[int]:
         if self._nfc:
@@ -247,27 +260,48 @@ class PythonBPE:
 
 
 class HFBackend:
-    """The `tokenizers` library on the same `tokenizer.json`, with its added tokens removed."""
+    """The `tokenizers` library on a `tokenizer.json`.
+
+    Ordinary text goes through the normalizer, pre-tokenizer and BPE model directly, so added
+    tokens are never matched there (this class matches them itself, when allowed).
+    """
 
     name = "tokenizers"
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, text: str):
         from .errors import require
 
         tokenizers = require("tokenizers", "tokenizer")
-        plain = dict(spec, added_tokens=[], post_processor=None)
-        _check_normalizer(spec.get("normalizer"))
-        _split_regex(spec.get("pre_tokenizer"))
         try:
-            self._tok = tokenizers.Tokenizer.from_str(json.dumps(plain))
+            self._tok = tokenizers.Tokenizer.from_str(text)
         except Exception as e:  # tokenizers raises plain Exception subclasses
-            raise TokenizerError(f"tokenizer.json rejected by tokenizers: {e}") from e
+            raise TokenizerError(f"not a valid tokenizer.json (tokenizers: {e})") from e
+        self._normalizer = self._tok.normalizer
+        self._pre_tokenizer = self._tok.pre_tokenizer
+        self._model = self._tok.model
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=False))
 
     def encode_ordinary(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        if self._normalizer is not None:
+            text = self._normalizer.normalize_str(text)
+        pieces = (
+            [p for p, _ in self._pre_tokenizer.pre_tokenize_str(text)]
+            if self._pre_tokenizer is not None
+            else [text]
+        )
+        tokenize = self._model.tokenize
+        return [t.id for piece in pieces for t in tokenize(piece)]
 
     def id_to_token(self, token_id: int) -> str | None:
+        if token_id >= self.vocab_size:
+            return None  # added tokens are not byte-level; the Tokenizer names them
         return self._tok.id_to_token(token_id)
+
+    def added_tokens(self) -> list[tuple[str, int, bool]]:
+        return [
+            (t.content, int(i), bool(t.special))
+            for i, t in sorted(self._tok.get_added_tokens_decoder().items())
+        ]
 
 
 def _check_normalizer(normalizer: dict[str, Any] | None) -> bool:
@@ -298,6 +332,18 @@ def _split_regex(pre_tokenizer: dict[str, Any] | None) -> str:
 
 
 # --- the tokenizer ------------------------------------------------------------------------------
+def _resolve(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend != "auto":
+        return backend
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return "python"
+    return "tokenizers"
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer with added (special) tokens.
 
@@ -307,29 +353,23 @@ class Tokenizer:
     """
 
     def __init__(self, spec: dict[str, Any], backend: str = "auto"):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
-        if backend == "auto":
+        if _resolve(backend) == "tokenizers":
+            self._setup(HFBackend(json.dumps(spec)))
+        else:
             try:
-                import tokenizers  # noqa: F401
+                self._setup(PythonBPE(spec))
+            except (KeyError, TypeError, AttributeError, ValueError) as e:
+                if isinstance(e, TokenizerError):
+                    raise
+                raise TokenizerError(f"not a valid tokenizer.json ({type(e).__name__}: {e})") from e
 
-                backend = "tokenizers"
-            except ImportError:
-                backend = "python"
-        self.backend: TokenizerBackend = (
-            HFBackend(spec) if backend == "tokenizers" else PythonBPE(spec)
-        )
+    def _setup(self, backend: TokenizerBackend) -> None:
+        self.backend = backend
         # content -> id of every added token, and the ids of control ("special") tokens
-        self.added_tokens: dict[str, int] = {}
-        self.special_ids: frozenset[int] = frozenset()
-        special = set()
-        for entry in spec.get("added_tokens") or []:
-            self.added_tokens[entry["content"]] = int(entry["id"])
-            if entry.get("special"):
-                special.add(int(entry["id"]))
-        self.special_ids = frozenset(special)
-        vocab = spec["model"]["vocab"]
-        self.vocab_size = max([*vocab.values(), *self.added_tokens.values()]) + 1
+        added = backend.added_tokens()
+        self.added_tokens: dict[str, int] = {content: i for content, i, _ in added}
+        self.special_ids: frozenset[int] = frozenset(i for _, i, special in added if special)
+        self.vocab_size = max([backend.vocab_size - 1, *self.added_tokens.values()]) + 1
         self._added_by_id = {i: t for t, i in self.added_tokens.items()}
         by_length = sorted(self.added_tokens, key=len, reverse=True)
         self._added_re = re.compile("|".join(map(re.escape, by_length)) or "(?!)")
@@ -350,13 +390,23 @@ class Tokenizer:
     @classmethod
     def from_json(cls, data: str | bytes, backend: str = "auto") -> Tokenizer:
         """Parses `tokenizer.json` text (e.g. the blob a model file embeds)."""
+        if _resolve(backend) == "tokenizers":
+            # Straight from the text: parsing 10 MB of JSON in Python as well would double the
+            # load time.
+            try:
+                text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+            except UnicodeDecodeError as e:
+                raise TokenizerError(f"not a valid tokenizer.json (not UTF-8: {e})") from e
+            tok = cls.__new__(cls)
+            tok._setup(HFBackend(text))
+            return tok
         try:
             spec = json.loads(data)
-            return cls(spec, backend)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            if isinstance(e, TokenizerError):
-                raise
-            raise TokenizerError(f"not a valid tokenizer.json ({type(e).__name__}: {e})") from e
+        except ValueError as e:
+            raise TokenizerError(f"not a valid tokenizer.json ({e})") from e
+        if not isinstance(spec, dict):
+            raise TokenizerError("not a valid tokenizer.json (not a JSON object)")
+        return cls(spec, "python")
 
     @property
     def backend_name(self) -> str:
