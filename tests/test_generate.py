@@ -314,7 +314,8 @@ def test_model_file_carries_tokenizer_template_and_defaults(
     from qwen_edge.generate import load_assets
     from qwen_edge.tokenizer import Tokenizer
 
-    config = ModelConfig.from_hf(presets.hf_config("tiny", vocab_size=512))
+    # A small vocabulary keeps the file small (the tokenizer is only read, not run on it).
+    config = ModelConfig.from_hf(presets.hf_config("tiny", vocab_size=512, eos_token_id=511))
     rng = np.random.default_rng(0)
     tensors = [
         (modelfile.TensorSpec(name, "f32", shape), rng.standard_normal(shape).astype(np.float32))
