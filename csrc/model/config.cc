@@ -30,6 +30,20 @@ double get_positive(const Json& c, const char* key, double fallback, const std::
 
 ModelConfig ModelConfig::from_json(const Json& c, const std::string& where) {
     QE_CHECK(c.is_object(), where, ": 'config' must be an object");
+    // Every key changes the math, so an unknown one (a typo, a newer exporter) is an error
+    // rather than a silently used default (qwen_edge.config.ModelConfig.from_dict agrees).
+    static const char* const kKnown[] = {
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim", "linear_num_key_heads",
+        "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+        "linear_conv_kernel_dim", "layer_types", "rms_norm_eps", "rope_theta",
+        "partial_rotary_factor", "tie_word_embeddings", "max_position_embeddings",
+        "eos_token_id", "mtp_num_hidden_layers"};
+    for (const auto& [key, value] : c.as_object()) {
+        bool known = false;
+        for (const char* k : kKnown) known = known || key == k;
+        QE_CHECK(known, where, ": config has an unknown field '", key, "'");
+    }
     ModelConfig m;
     m.vocab_size = get_dim(c, "vocab_size", where);
     m.n_embd = get_dim(c, "hidden_size", where);
@@ -66,8 +80,8 @@ ModelConfig ModelConfig::from_json(const Json& c, const std::string& where) {
     if (const Json* eos = c.find("eos_token_id")) {
         QE_CHECK(eos->is_array(), where, ": config 'eos_token_id' must be a list");
         for (const Json& e : eos->as_array()) {
-            QE_CHECK(e.is_integer() && e.as_int() >= 0 && e.as_int() < m.vocab_size, where,
-                     ": config 'eos_token_id' entries must be token ids");
+            QE_CHECK(e.is_integer() && e.as_int() >= 0, where,
+                     ": config 'eos_token_id' entries must be non-negative integers");
             m.eos_token_ids.push_back(e.as_int());
         }
     }

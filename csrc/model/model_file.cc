@@ -150,6 +150,17 @@ void ModelFile::validate(bool verify) {
                  ", found ", json_type_name(v->type()));
         return *v;
     };
+    // Optional fields the runtime itself does not use are still type-checked, so both readers
+    // (this one and qwen_edge/modelfile.py) accept exactly the same files.
+    const std::pair<const char*, Json::Type> optional[] = {{"generation", Json::Type::kObject},
+                                                           {"chat_template", Json::Type::kString},
+                                                           {"special_tokens", Json::Type::kObject},
+                                                           {"source", Json::Type::kObject}};
+    for (const auto& [key, type] : optional) {
+        const Json* v = header_.find(key);
+        QE_CHECK(v == nullptr || v->type() == type, f, ": header '", key, "': expected ",
+                 json_type_name(type), ", found ", json_type_name(v->type()));
+    }
     const Json& arch = require("arch", Json::Type::kString);
     QE_CHECK(arch.as_string() == "qwen3_5", f, ": header 'arch': expected 'qwen3_5', found '",
              arch.as_string(), "'");

@@ -251,7 +251,7 @@ QE_TEST(model_file_corruption_classes) {
             "\"name\": \"nor.weight\" ");
     rewrite("bad config", "num_attention_heads (2) is not a multiple", "\"num_key_value_heads\": 1",
             "\"num_key_value_heads\": 3");
-    rewrite("eos", "eos_token_id", "\"eos_token_id\": [63]", "\"eos_token_id\": [64]");
+    rewrite("eos", "eos_token_id", "\"eos_token_id\": [63]", "\"eos_token_id\": [-1]");
     for (const Case& c : cases) {
         const std::string err = open_error(c.bytes, c.verify);
         if (!contains(err, c.message)) {
