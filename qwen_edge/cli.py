@@ -207,30 +207,36 @@ def _stream_to(out: Any, responses: Any) -> Any:
 
 
 # --- run ----------------------------------------------------------------------------------------
+def _read_text(arg: str, what: str) -> str:
+    # "-" reads stdin as bytes, so invalid UTF-8 is a clear error rather than a traceback.
+    if arg != "-":
+        return _check_utf8(arg, what)
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QwenEdgeError(f"{what} (stdin) is not valid UTF-8 at byte {e.start}") from e
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    prompt = _check_utf8(prompt, "the prompt")
+    prompt = _read_text(args.prompt, "the prompt")
     overrides = _overrides(args)
     llm = _load(args)
+    stream = not args.json
     if args.chat:
         messages = [{"role": "user", "content": prompt}]
         if args.system:
             messages.insert(0, {"role": "system", "content": args.system})
-        result = llm.chat(messages, enable_thinking=args.think or None, **overrides)
-        if args.json:
-            print(json.dumps(_run_json(result), ensure_ascii=False))
-            return 0
-        print(result.text)
-    elif args.json:
-        result = llm.generate(prompt, allowed_special=args.special, **overrides)
-        print(json.dumps(_run_json(result), ensure_ascii=False))
-        return 0
+        out = llm.chat(messages, stream=stream, enable_thinking=args.think or None, **overrides)
     else:
-        responses = llm.generate(prompt, stream=True, allowed_special=args.special, **overrides)
-        result = _stream_to(sys.stdout, responses)
-        print()
+        out = llm.generate(prompt, stream=stream, allowed_special=args.special, **overrides)
+    if args.json:
+        print(json.dumps(_run_json(out), ensure_ascii=False))
+        return 0
+    last = _stream_to(sys.stdout, out)
+    print()
     if args.verbose:
-        print(_stats_line(result.stats, result.finish_reason), file=sys.stderr)
+        print(_stats_line(last.stats, last.finish_reason), file=sys.stderr)
     return 0
 
 
@@ -329,8 +335,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     from .generate import load_assets
 
     tokenizer = load_assets(args.model, args.tokenizer_backend).require_tokenizer()
-    text = sys.stdin.read() if args.text == "-" else args.text
-    text = _check_utf8(text, "the input")
+    text = _read_text(args.text, "the input")
     if args.detokenize:
         try:
             ids = [int(t) for t in text.replace(",", " ").split()]

@@ -155,6 +155,8 @@ def test_run_errors(
         assert message in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing"), "-p", "x"]) == 1
     assert "does not exist" in capsys.readouterr().err
+    proc = run_cli("run", ckpt, "-p", "-", input=b"caf\xe9 au lait")
+    assert proc.returncode == 1 and b"(stdin) is not valid UTF-8 at byte 3" in proc.stderr
 
 
 def test_tokenize(tiny_chat_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:

