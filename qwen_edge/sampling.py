@@ -107,6 +107,9 @@ class Sampler:
         self._bias = np.fromiter(params.logit_bias.values(), np.float32, len(params.logit_bias))
         self._seen: set[int] = {int(t) for t in prompt if 0 <= int(t) < vocab_size}
         self._counts: dict[int, int] = {}
+        # Scratch reused every step: a fresh 1 MB array costs an mmap and page faults each time.
+        self._x = np.empty(vocab_size, np.float32)  # processed logits
+        self._scratch = _Scratch(vocab_size)
 
     def accept(self, token: int) -> None:
         """Records a generated token for the penalties."""
@@ -130,11 +133,12 @@ class Sampler:
         x, top = self._process(raw)
         token = int(np.argmax(x)) if self.params.greedy else self._draw(x, top)
         self.accept(token)
-        return token, (_logprob(raw, token) if self.logprobs else None)
+        return token, (_logprob(raw, token, self._scratch.a) if self.logprobs else None)
 
     def _process(self, raw: np.ndarray) -> tuple[np.ndarray, float]:
         p = self.params
-        x = raw.astype(np.float32, copy=True)
+        x = self._x
+        np.copyto(x, raw)
         if self._bias_ids.size:
             x[self._bias_ids] += self._bias
         if p.repetition_penalty != 1.0 and self._seen:
@@ -163,7 +167,7 @@ class Sampler:
             ids = ids[np.isfinite(x[ids])]
             total = float(np.sum(_weights(x[ids], top, t)))
         elif p.top_p < 1.0:
-            w_all = _weights(x, top, t)
+            w_all = _weights(x, top, t, out=self._scratch.w)
             total = float(np.sum(w_all, dtype=np.float64))
         if p.min_p > 0.0:
             # p_i >= min_p * p_max  <=>  x_i >= top + t * log(min_p): a cut on logits, and a
@@ -172,18 +176,21 @@ class Sampler:
             ids = np.flatnonzero(x >= cut) if ids is None else ids[x[ids] >= cut]
         if p.top_p < 1.0:
             if ids is None and w_all is not None:
-                cut, ids = _top_p_search(x, top, t, p.top_p * total, w_all)
+                cut, ids = _top_p_search(x, top, t, p.top_p * total, w_all, self._scratch)
                 if np.isfinite(cut):  # a flat distribution: most of the vocabulary stays
-                    kept = np.where(x > cut, w_all, np.float32(0))
+                    s = self._scratch
+                    np.greater(x, cut, out=s.mask)
+                    kept = np.multiply(w_all, s.mask, out=s.a)
                     kept[ids] = w_all[ids]
                     return _draw_all(kept, self.rng)
             else:
                 ids = _top_p_ids(x, ids, top, t, p.top_p * total)
         if ids is None or ids.size > _LARGE:
             # Many candidates: a two-level draw over the vocabulary, the others weighted 0.
-            w = _weights(x, top, t) if w_all is None else w_all
+            w = _weights(x, top, t, out=self._scratch.w) if w_all is None else w_all
             if ids is not None:
-                kept = np.zeros_like(w)
+                kept = self._scratch.a
+                kept.fill(0.0)
                 kept[ids] = w[ids]
                 w = kept
             return _draw_all(w, self.rng)
@@ -192,13 +199,26 @@ class Sampler:
         return int(ids[min(i, ids.size - 1)])
 
 
+class _Scratch:
+    """Reusable [vocab] buffers of a Sampler."""
+
+    def __init__(self, n: int):
+        self.w = np.empty(n, np.float32)  # weights of the whole vocabulary
+        self.a = np.empty(n, np.float32)  # anything else float
+        self.mask = np.empty(n, bool)
+
+
 _BLOCK = 256  # block length of the two-level searches over the whole vocabulary
 _LARGE = 16_384  # candidate sets above this are drawn from with the two-level search
 
 
-def _weights(v: np.ndarray, top: float, temperature: float) -> np.ndarray:
-    # Unnormalized probabilities exp((v - top) / T), float32, -inf -> 0.
-    return np.exp((v - np.float32(top)) * np.float32(1.0 / temperature))
+def _weights(
+    v: np.ndarray, top: float, temperature: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    # Unnormalized probabilities exp((v - top) / T), float32, -inf -> 0; into `out` if given.
+    out = np.subtract(v, np.float32(top), out=out, dtype=np.float32)
+    np.multiply(out, np.float32(1.0 / temperature), out=out)
+    return np.exp(out, out=out)
 
 
 def _blocks(v: np.ndarray, fill: float) -> np.ndarray:
@@ -235,7 +255,12 @@ def _top_p_ids(
 
 
 def _top_p_search(
-    x: np.ndarray, top: float, temperature: float, mass: float, w: np.ndarray | None
+    x: np.ndarray,
+    top: float,
+    temperature: float,
+    mass: float,
+    w: np.ndarray | None,
+    scratch: _Scratch | None = None,
 ) -> tuple[float, np.ndarray]:
     """Top-p over all of x as (cut, ids): it keeps `ids` and every id with x > cut (+inf: none).
 
@@ -254,6 +279,12 @@ def _top_p_search(
     if head_mass >= mass:
         return np.inf, _top_p_cut(x, head, top, temperature, mass, 0.0)
     w = _weights(x, top, temperature) if w is None else w
+    s = scratch or _Scratch(x.size)
+
+    def mass_where(compare: np.ufunc, c: float) -> float:
+        compare(x, np.float32(c), out=s.mask)
+        return float(np.sum(np.multiply(w, s.mask, out=s.a), dtype=np.float64))
+
     rest = sample[sample < head_cut]
     est = head_mass + np.cumsum(_weights(rest, top, temperature), dtype=np.float64) * stride
     k = int(np.searchsorted(est, mass))
@@ -261,8 +292,8 @@ def _top_p_search(
     while True:
         hi = float(rest[k - margin]) if k >= margin else head_cut
         lo = float(rest[k + margin]) if k + margin < rest.size else -np.inf
-        above = float(np.sum(w[x > hi], dtype=np.float64))
-        down_to = float(np.sum(w[x >= lo], dtype=np.float64))
+        above = mass_where(np.greater, hi)
+        down_to = mass_where(np.greater_equal, lo)
         if above < mass <= down_to or (hi == head_cut and lo == -np.inf):
             break
         margin *= 4
@@ -297,7 +328,8 @@ def _draw_all(w: np.ndarray, rng: np.random.Generator) -> int:
     return b * _BLOCK + i
 
 
-def _logprob(logits: np.ndarray, token: int) -> float:
+def _logprob(logits: np.ndarray, token: int, scratch: np.ndarray | None = None) -> float:
     top = float(np.max(logits))
-    lse = top + float(np.log(np.sum(np.exp(logits - np.float32(top)))))
+    e = np.subtract(logits, np.float32(top), out=scratch, dtype=np.float32)
+    lse = top + float(np.log(np.sum(np.exp(e, out=e), dtype=np.float64)))
     return float(logits[token]) - lse
