@@ -6,9 +6,15 @@ transformers (`generation/utils.py` `_get_logits_processor`), with OpenAI's pres
 frequency penalties and logit bias in front: bias → repetition penalty → presence/frequency
 penalties → suppressed ids → temperature → top-k → top-p → min-p → draw.
 
-The vocabulary has 248,320 entries, so nothing here sorts it: top-k uses `argpartition` (linear),
-and top-p without top-k partitions a pool that is grown until it holds the needed mass. Only
-the few candidates left are sorted. `tools/bench_sampling.py` measures the time per step.
+The vocabulary has 248,320 entries, so nothing here sorts it: top-k runs `argpartition` on the
+few logits above a bound taken from block maxima, min-p is a cut on the logits, and top-p
+without top-k brackets the crossing logit. Only the few candidates left are sorted.
+
+Time per step (`tools/bench_sampling.py`, 2-core x86-64 development machine under heavy load,
+CPU time, 248,320 logits): greedy 0.1-0.2 ms; the Qwen3.5 recommended settings (top-k 20 with
+top-p and presence penalty) 0.4-0.7 ms, plus 0.4 ms with logprobs. Against the native runtime's
+20-40 ms per token that is 1-3.5 %, under the 5 % at which STYLE moves a sampler to C++. Top-p
+without top-k costs 3-6 ms (a dozen passes over the vocabulary): the one setting that would.
 """
 
 from __future__ import annotations
