@@ -212,3 +212,21 @@ def test_cli_board_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["board"] == "x86-gateway" and report["board_threads"] == 4
     assert main(["info", "--board", "pi9"]) == 1
     assert "unknown board 'pi9'" in capsys.readouterr().err
+
+
+def test_run_and_chat_take_the_board() -> None:
+    from qwen_edge.cli import build_parser
+
+    for argv in (
+        ["run", "m.qe", "-p", "hi", "--board", "rpi4"],
+        ["chat", "m.qe", "--board", "rpi4"],
+    ):
+        args = build_parser().parse_args(argv)
+        assert args.threads is None and args.context is None
+        boards.apply_board(args, ram=4.0, set_affinity=False)
+        assert (args.threads, args.context) == (4, 8192)
+    args = build_parser().parse_args(
+        ["run", "m.qe", "-p", "hi", "--board", "rpi4", "--threads", "2"]
+    )
+    boards.apply_board(args, ram=4.0, set_affinity=False)
+    assert args.threads == 2  # the user's value wins
