@@ -504,6 +504,26 @@ def cmd_boards(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve --------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .generate import load
+    from .server import serve
+
+    apply_board(args)  # --board: threads, context and cores where the user gave none
+    llm = load(args.model, threads=args.threads, context=args.context)
+    name = args.model_name or Path(args.model).stem
+    server = serve(llm, args.host, args.port, name)
+    host, port = server.server_address[:2]
+    print(f"serving {name} on http://{host}:{port}/v1 (OpenAI API; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 # --- main ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -559,6 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON with ids and token texts")
     p.add_argument("--tokenizer-backend", choices=["auto", "tokenizers", "python"], default="auto")
     p.set_defaults(func=cmd_tokenize)
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    p.add_argument("model", help="model file (.qe) or checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", help="the model id clients see (default: the file name)")
+    p.add_argument("--threads", type=int, help="native worker threads (default: all cores)")
+    p.add_argument("--context", type=int, help="context length in tokens")
+    add_board_argument(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("boards", help="list the board profiles, or show one")
     p.add_argument("name", nargs="?", help="a board name (see the list)")
