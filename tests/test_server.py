@@ -138,7 +138,9 @@ def test_http_level_errors(server: tuple[str, int]) -> None:
     for head, code in ((b"Content-Length: 5242880\r\n", b" 413 "), (b"", b" 411 ")):
         with socket.create_connection(server, timeout=30) as s:
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
-            reply = s.recv(4096)
+            reply = b""
+            while chunk := s.recv(4096):  # the server closes: the body stays unread
+                reply += chunk
         assert code in reply.split(b"\r\n")[0] and b'"invalid_request_error"' in reply
 
 
@@ -157,7 +159,11 @@ def test_disconnect_mid_stream_leaves_the_model_usable(running: Server) -> None:
     with socket.create_connection(server, timeout=30) as s:
         head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
         s.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        assert b"data: " in s.recv(4096)
+        received = b""
+        while b"data: " not in received:  # the first event has arrived: now walk away
+            chunk = s.recv(4096)
+            assert chunk, "the server closed before the first event"
+            received += chunk
     # the next requests run normally, after the worker stopped the abandoned generation
     for _ in range(2):
         status, out = request(server, "POST", "/v1/chat/completions", CHAT)
