@@ -8,13 +8,13 @@
 namespace qe {
 namespace {
 
-#define QE_TABLE_SLOTS(X)                                                                          \
-    X(gemv_f32)                                                                                    \
-    X(gemm_f32)                                                                                    \
-    X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32) X(cvt_f32_f16) X(quantize_q8a)         \
-        X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm) X(rms_norm_gated) X(l2_norm) X(rope) \
-            X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu) X(delta_rule) X(attention_f16)    \
-                X(attention_f32)
+// clang-format off
+#define QE_TABLE_SLOTS(X)                                                                        \
+    X(gemv_f32) X(gemm_f32) X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32)              \
+    X(cvt_f32_f16) X(quantize_q8a) X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm)         \
+    X(rms_norm_gated) X(l2_norm) X(rope) X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu)    \
+    X(delta_rule) X(attention_f16) X(attention_f32)
+// clang-format on
 
 #define QE_COUNT_SLOT(name) +1
 static_assert(0 QE_TABLE_SLOTS(QE_COUNT_SLOT) == kKernelSlots, "QE_TABLE_SLOTS vs kKernelSlots");
@@ -79,11 +79,32 @@ KernelTable make_amx() {
 #endif
 
 #if defined(__aarch64__)
+// Best first: usmmla prefill, sdot, baseline NEON. The i8mm file is compiled with +dotprod too
+// and that table decodes with the sdot kernel, so it requires both features.
 KernelTable make_neon() {
     KernelTable t = make_ref();
     t.tag = "neon";
     t.required = kFeatureNeon;
-    t.gemv_f32 = neon::gemv_f32;
+#define QE_SET_NEON(name) t.name = neon::name;
+    QE_TABLE_SLOTS(QE_SET_NEON)
+#undef QE_SET_NEON
+    return t;
+}
+
+KernelTable make_neon_dotprod() {
+    KernelTable t = make_neon();
+    t.tag = "neon_dotprod";
+    t.required = kFeatureNeon | kFeatureNeonDotprod;
+    t.gemv_q8a = neon_dotprod::gemv_q8a;
+    t.gemm_q8a = neon_dotprod::gemm_q8a;
+    return t;
+}
+
+KernelTable make_neon_i8mm() {
+    KernelTable t = make_neon_dotprod();
+    t.tag = "neon_i8mm";
+    t.required = kFeatureNeon | kFeatureNeonDotprod | kFeatureNeonI8mm;
+    t.gemm_q8a = neon_i8mm::gemm_q8a;
     return t;
 }
 #endif
@@ -117,6 +138,8 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable avx2 = make_avx2();
 #endif
 #if defined(__aarch64__)
+    static const KernelTable neon_i8mm = make_neon_i8mm();
+    static const KernelTable neon_dotprod = make_neon_dotprod();
     static const KernelTable neon = make_neon();
 #endif
     static const KernelTable ref = make_ref();
@@ -125,7 +148,7 @@ const std::vector<const KernelTable*>& compiled_tables() {
         &amx, &avx512_vnni, &avx_vnni, &avx2,
 #endif
 #if defined(__aarch64__)
-        &neon,
+        &neon_i8mm, &neon_dotprod, &neon,
 #endif
         &ref,
     };

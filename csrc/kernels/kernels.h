@@ -236,7 +236,22 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
 }  // namespace amx
 #endif
 #if defined(__aarch64__)
+// kernels/arm/: neon implements every family; neon_dotprod specializes the quantized products,
+// neon_i8mm the prefill product; each borrows the rest from the next table (dispatch.cc).
 QE_DECLARE_GEMV_F32(neon)
+QE_DECLARE_FLOAT_GEMM(neon)
+QE_DECLARE_CONVERSIONS(neon)
+QE_DECLARE_QUANTIZED(neon)
+QE_DECLARE_VECTOR(neon)
+namespace neon_dotprod {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end);
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end);
+}  // namespace neon_dotprod
+namespace neon_i8mm {
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end);
+}  // namespace neon_i8mm
 #endif
 
 #undef QE_DECLARE_GEMV_F32
