@@ -79,3 +79,22 @@ def tiny_chat_checkpoint(
         layout="text",
         extra_files=files,
     )
+
+
+def _compiled_isas() -> list[str]:
+    try:
+        from qwen_edge.runtime import core
+
+        return list(core().compiled_isas())
+    except Exception:  # no native core in this installation: the kernel tests skip
+        return []
+
+
+@pytest.fixture(params=_compiled_isas())
+def isa(request: pytest.FixtureRequest) -> str:
+    """Every kernel table compiled in; those this CPU cannot run are skipped, visibly."""
+    from qwen_edge.runtime import core
+
+    if request.param not in core().available_isas():
+        pytest.skip(f"kernel table '{request.param}': unsupported CPU feature on this machine")
+    return str(request.param)
