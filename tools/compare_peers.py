@@ -7,12 +7,12 @@ machine-wide slowdown hits all of them alike. Prompts are the same random token 
 every engine. The machine's streaming read bandwidth is measured at the start and the end.
 
     # the peers' model files (once): see `prepare --help`
-    python tools/compare_peers.py prepare --checkpoint /work/models/0.8b --out /work/models/peers-k/0.8b
+    python tools/compare_peers.py prepare --checkpoint CKPT --out PEERS --llama-src SRC --ort
     # the comparison
     python tools/compare_peers.py run --threads 1,2 --repetitions 3 \\
-        --qwen-edge q4=/work/models/0.8b-q4.qe --qwen-edge q8=/work/models/0.8b-q8.qe \\
-        --llama q4=/work/models/peers-k/0.8b/Q4_0.gguf --llama q8=/work/models/peers-k/0.8b/Q8_0.gguf \\
-        --ort q4=/work/models/peers-k/0.8b/ort-int4 --json out.json --markdown out.md
+        --qwen-edge q4=0.8b-q4.qe --qwen-edge q8=0.8b-q8.qe \\
+        --llama q4=PEERS/Q4_0.gguf --llama q8=PEERS/Q8_0.gguf \\
+        --ort q4=PEERS/ort-int4 --json out.json --markdown out.md
 
 Each `--<engine> GROUP=PATH` puts a model in a comparison group (e.g. q4: qwen-edge q4 vs
 llama.cpp Q4_0 vs onnxruntime int4). `--llama-site DIR` runs llama.cpp from another install
@@ -79,9 +79,14 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     llm = llama_cpp.Llama(
-        model_path=a.model, n_threads=a.threads, n_threads_batch=a.threads,
-        n_ctx=a.prompt + a.decode + 64, n_batch=512, logits_all=False, verbose=False,
-    )  # fmt: skip
+        model_path=a.model,
+        n_threads=a.threads,
+        n_threads_batch=a.threads,
+        n_ctx=a.prompt + a.decode + 64,
+        n_batch=512,
+        logits_all=False,
+        verbose=False,
+    )
     load_s = time.perf_counter() - start
     long, short = _prompts(a.seed, min(llm.n_vocab(), 248000), a.prompt, a.decode_prompt)
     start = time.perf_counter()
@@ -99,8 +104,12 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
     for _ in range(a.decode):
         llm.eval([int(np.argmax(last_logits()))])
     decode_s = time.perf_counter() - start
-    return {"isa": llama_cpp.llama_print_system_info().decode()[:200], "load_s": load_s,
-            "ttft_s": ttft, "decode_s": decode_s}  # fmt: skip
+    return {
+        "isa": llama_cpp.llama_print_system_info().decode()[:200],
+        "load_s": load_s,
+        "ttft_s": ttft,
+        "decode_s": decode_s,
+    }
 
 
 def worker_ort(a: argparse.Namespace) -> dict[str, Any]:
@@ -136,8 +145,12 @@ def worker_ort(a: argparse.Namespace) -> dict[str, Any]:
     for _ in range(a.decode):
         g.generate_next_token()
     decode_s = time.perf_counter() - start
-    return {"isa": "onnxruntime-genai " + og.__version__, "load_s": load_s, "ttft_s": ttft,
-            "decode_s": decode_s}  # fmt: skip
+    return {
+        "isa": "onnxruntime-genai " + og.__version__,
+        "load_s": load_s,
+        "ttft_s": ttft,
+        "decode_s": decode_s,
+    }
 
 
 WORKERS = {"qwen-edge": worker_qwen_edge, "llama": worker_llama, "ort": worker_ort}
@@ -153,13 +166,28 @@ def model_bytes(path: str) -> int:
     return p.stat().st_size
 
 
-def run_worker(engine: str, model: str, threads: int, a: argparse.Namespace, seed: int,
-               llama_site: str | None) -> dict[str, Any]:  # fmt: skip
+def run_worker(
+    engine: str, model: str, threads: int, a: argparse.Namespace, seed: int, llama_site: str | None
+) -> dict[str, Any]:
     cmd = [
-        sys.executable, __file__, "worker", "--engine", engine, "--model", model,
-        "--threads", str(threads), "--prompt", str(a.prompt), "--decode", str(a.decode),
-        "--decode-prompt", str(a.decode_prompt), "--seed", str(seed),
-    ]  # fmt: skip
+        sys.executable,
+        __file__,
+        "worker",
+        "--engine",
+        engine,
+        "--model",
+        model,
+        "--threads",
+        str(threads),
+        "--prompt",
+        str(a.prompt),
+        "--decode",
+        str(a.decode),
+        "--decode-prompt",
+        str(a.decode_prompt),
+        "--seed",
+        str(seed),
+    ]
     if engine == "qwen-edge" and a.isa:
         cmd += ["--isa", a.isa]
     env = dict(os.environ)
@@ -207,9 +235,12 @@ def cmd_run(a: argparse.Namespace) -> int:
                     if group not in models:
                         continue
                     r = run_worker(engine, models[group], n, a, a.seed + rep, a.llama_site)
-                    print(f"rep {rep} {group} {engine} threads {n}: "
-                          f"prefill {a.prompt / r['ttft_s']:.1f} tok/s, "
-                          f"decode {a.decode / r['decode_s']:.1f} tok/s", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"rep {rep} {group} {engine} threads {n}: "
+                        f"prefill {a.prompt / r['ttft_s']:.1f} tok/s, "
+                        f"decode {a.decode / r['decode_s']:.1f} tok/s",
+                        file=sys.stderr,
+                    )
                     if rep >= a.warmup:
                         results.setdefault((group, engine, n), []).append(r)
     bandwidth_end = {str(n): read_bandwidth_subprocess(n) for n in threads}
@@ -222,19 +253,26 @@ def cmd_run(a: argparse.Namespace) -> int:
         prefill = [a.prompt / r["ttft_s"] for r in reps]
         per_token = reps[0].get("decode_bytes_per_token") or size
         bw = (bandwidth_start[str(n)] + bandwidth_end[str(n)]) / 2
-        rows.append({
-            "group": group, "engine": ENGINE_NAMES[engine], "threads": n, "model": path,
-            "file_bytes": size, "isa": reps[0].get("isa", ""),
-            "prefill_tok_s": summarize(prefill), "decode_tok_s": summarize(decode),
-            "ttft_s": summarize([r["ttft_s"] for r in reps]),
-            "load_s": summarize([r["load_s"] for r in reps]),
-            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in reps),
-            "state_bytes": reps[0].get("state_bytes"),
-            "decode_bytes_per_token": per_token,
-            "decode_bandwidth_gbs": per_token * float(np.mean(decode)) / 1e9,
-            "read_bandwidth_gbs": bw,
-            "per_repetition": reps,
-        })  # fmt: skip
+        rows.append(
+            {
+                "group": group,
+                "engine": ENGINE_NAMES[engine],
+                "threads": n,
+                "model": path,
+                "file_bytes": size,
+                "isa": reps[0].get("isa", ""),
+                "prefill_tok_s": summarize(prefill),
+                "decode_tok_s": summarize(decode),
+                "ttft_s": summarize([r["ttft_s"] for r in reps]),
+                "load_s": summarize([r["load_s"] for r in reps]),
+                "peak_rss_bytes": max(r["peak_rss_bytes"] for r in reps),
+                "state_bytes": reps[0].get("state_bytes"),
+                "decode_bytes_per_token": per_token,
+                "decode_bandwidth_gbs": per_token * float(np.mean(decode)) / 1e9,
+                "read_bandwidth_gbs": bw,
+                "per_repetition": reps,
+            }
+        )
     record = {
         "schema": "qwen-edge-compare/1",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -298,11 +336,26 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     if not bf16.exists():
         converter = Path(a.llama_src) / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(converter.parent / "gguf-py") + os.pathsep + env.get("PYTHONPATH", "")
-        subprocess.run([sys.executable, str(converter), a.checkpoint, "--no-mtp", "--outtype",
-                        "bf16", "--outfile", str(bf16)], check=True, env=env)  # fmt: skip
-    for name, ftype in (("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
-                        ("Q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0)):  # fmt: skip
+        gguf_py = str(converter.parent / "gguf-py")
+        env["PYTHONPATH"] = gguf_py + os.pathsep + env.get("PYTHONPATH", "")
+        subprocess.run(
+            [
+                sys.executable,
+                str(converter),
+                a.checkpoint,
+                "--no-mtp",
+                "--outtype",
+                "bf16",
+                "--outfile",
+                str(bf16),
+            ],
+            check=True,
+            env=env,
+        )
+    for name, ftype in (
+        ("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
+        ("Q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
+    ):
         dst = out / f"{name}.gguf"
         if dst.exists():
             continue
@@ -315,9 +368,24 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     ort = out / "ort-int4"
     if a.ort and not ort.exists():
         cache = out / "ort-cache"
-        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
-                        a.checkpoint, "-o", str(ort), "-p", "int4", "-e", "cpu", "-c",
-                        str(cache)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxruntime_genai.models.builder",
+                "-i",
+                a.checkpoint,
+                "-o",
+                str(ort),
+                "-p",
+                "int4",
+                "-e",
+                "cpu",
+                "-c",
+                str(cache),
+            ],
+            check=True,
+        )
         # onnxruntime-genai 0.18 with onnxruntime 1.32 fails to load the LM head it shares with
         # the MTP head ("GetMemoryInfo for CPU should not be used"); decoding needs neither.
         cfg_path = ort / "genai_config.json"
