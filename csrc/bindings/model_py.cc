@@ -12,6 +12,7 @@
 #include "bindings/bindings.h"
 #include "common.h"
 #include "model/qwen35.h"
+#include "runtime/membench.h"
 
 namespace py = pybind11;
 
@@ -84,6 +85,14 @@ using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 }  // namespace
 
 void bind_model(py::module_& m) {
+    m.def(
+        "read_bandwidth",
+        [](uint64_t bytes, int threads, int repetitions) {
+            py::gil_scoped_release release;
+            return qe::read_bandwidth_gbs(bytes, threads, repetitions);
+        },
+        py::arg("bytes"), py::arg("threads") = 1, py::arg("repetitions") = 3,
+        "Streaming read bandwidth in GB/s: `threads` threads each read their part of a buffer.");
     py::class_<qe::State>(m, "State", "Caches and position of one sequence (see runtime.py).")
         .def_property_readonly("position", &qe::State::position)
         .def_property_readonly("context", &qe::State::context)
