@@ -5,10 +5,6 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 #elif defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #elif defined(__aarch64__) && defined(__APPLE__)
@@ -23,16 +19,6 @@ uint64_t read_xcr0() {
     uint32_t lo = 0, hi = 0;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return (uint64_t(hi) << 32) | lo;
-}
-
-// Linux hands out the 8 KiB AMX tile state only to processes that ask for it first.
-bool amx_permitted() {
-#if defined(__linux__)
-    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-#else
-    return false;
-#endif
 }
 
 CpuInfo detect() {
@@ -59,7 +45,6 @@ CpuInfo detect() {
     const bool avx2 = b & (1u << 5);
     const bool avx512f = b & (1u << 16), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
     const bool avx512vnni = c & (1u << 11);
-    const bool amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
     __get_cpuid_count(7, 1, &a, &b, &c, &d);
     const bool avxvnni = a & (1u << 4);
 
@@ -69,10 +54,6 @@ CpuInfo detect() {
         if (os_avx512 && avx512f && avx512bw && avx512vl) {
             info.features |= kFeatureAvx512;
             if (avx512vnni) info.features |= kFeatureAvx512Vnni;
-            if (avx512vnni && amx_tile && amx_int8 && (xcr0 & 0x60000) == 0x60000 &&
-                amx_permitted()) {
-                info.features |= kFeatureAmxInt8;
-            }
         }
     }
     return info;
@@ -124,7 +105,6 @@ std::vector<std::string> feature_names(uint32_t features) {
         {kFeatureAvxVnni, "avx_vnni"},
         {kFeatureAvx512, "avx512"},
         {kFeatureAvx512Vnni, "avx512_vnni"},
-        {kFeatureAmxInt8, "amx_int8"},
         {kFeatureNeon, "neon"},
         {kFeatureNeonDotprod, "dotprod"},
         {kFeatureNeonI8mm, "i8mm"},

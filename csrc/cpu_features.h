@@ -18,9 +18,6 @@ enum CpuFeature : uint32_t {
     kFeatureAvxVnni = 1u << 1,
     kFeatureAvx512 = 1u << 2,  // F + BW + VL
     kFeatureAvx512Vnni = 1u << 3,
-    // AMX-TILE + AMX-INT8, with the OS saving tile state (XCR0 bits 17-18) and, on Linux, this
-    // process granted permission to use it (arch_prctl ARCH_REQ_XCOMP_PERM, asked at detection)
-    kFeatureAmxInt8 = 1u << 4,
     // aarch64
     kFeatureNeon = 1u << 8,
     kFeatureNeonDotprod = 1u << 9,  // sdot/udot (ARMv8.2 DotProd)

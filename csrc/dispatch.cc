@@ -67,15 +67,6 @@ KernelTable make_avx512_vnni() {
     t.delta_rule = avx512_vnni::delta_rule;
     return t;
 }
-
-// AMX-INT8 (tdpbsud on 16-token tiles): the prefill product; everything else as avx512_vnni.
-KernelTable make_amx() {
-    KernelTable t = make_avx512_vnni();
-    t.tag = "amx";
-    t.required = kFeatureAvx2 | kFeatureAvx512 | kFeatureAvx512Vnni | kFeatureAmxInt8;
-    t.gemm_q8a = amx::gemm_q8a;
-    return t;
-}
 #endif
 
 #if defined(__aarch64__)
@@ -132,7 +123,6 @@ const char* kernel_slot_name(int i) {
 const std::vector<const KernelTable*>& compiled_tables() {
     // Best first: the first table whose features the CPU has wins.
 #if defined(__x86_64__) || defined(_M_X64)
-    static const KernelTable amx = make_amx();
     static const KernelTable avx512_vnni = make_avx512_vnni();
     static const KernelTable avx_vnni = make_avx_vnni();
     static const KernelTable avx2 = make_avx2();
@@ -145,7 +135,7 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable ref = make_ref();
     static const std::vector<const KernelTable*> tables = {
 #if defined(__x86_64__) || defined(_M_X64)
-        &amx, &avx512_vnni, &avx_vnni, &avx2,
+        &avx512_vnni, &avx_vnni, &avx2,
 #endif
 #if defined(__aarch64__)
         &neon_i8mm, &neon_dotprod, &neon,

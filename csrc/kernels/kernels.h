@@ -210,8 +210,7 @@ QE_DECLARE_VECTOR(ref)
 
 #if defined(__x86_64__) || defined(_M_X64)
 // avx2 (+FMA, F16C): every family. avx_vnni: the integer products; avx512_vnni: the integer
-// products and the delta rule; amx: the prefill product (gemm_q8a); the rest comes from the
-// table each is based on (see dispatch.cc).
+// products and the delta rule; the rest comes from the table each is based on (dispatch.cc).
 QE_DECLARE_GEMV_F32(avx2)
 QE_DECLARE_FLOAT_GEMM(avx2)
 QE_DECLARE_CONVERSIONS(avx2)
@@ -230,10 +229,6 @@ void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begi
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end);
 }  // namespace avx512_vnni
-namespace amx {
-void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
-              int64_t g_begin, int64_t g_end);
-}  // namespace amx
 #endif
 #if defined(__aarch64__)
 // kernels/arm/: neon implements every family; neon_dotprod specializes the quantized products,

@@ -2,8 +2,8 @@
 // AVX-512 helpers of the W4A8/W8A8 products over two row groups (16 rows in one vector: lanes
 // 0-7 group g, lanes 8-15 group g + 1): their block factors and the float combination per
 // block, which repeats ref::row_dot operation by operation (separately rounded products, no
-// FMA) so results are ref's bits. Shared by the avx512_vnni and amx tables; `static inline`,
-// so each translation unit keeps its own copy (STYLE.md §5).
+// FMA) so results are ref's bits. `static inline`, so each translation unit that includes it
+// keeps its own copy (STYLE.md §5).
 #pragma once
 
 #include <immintrin.h>
