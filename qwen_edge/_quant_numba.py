@@ -60,12 +60,8 @@ def sym_all(x, nmax, steps, refine):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def aff_err(x, lvs, s, mn):  # type: ignore[no-untyped-def]
-    e = 0.0
-    for j in range(x.shape[0]):
-        d = s * lvs[j] + mn - float(x[j])
-        e += d * d
-    return e
+def aff_err(n, sl, sl2, sxl, sx, sx2, s, mn):
+    return s * s * sl2 + 2.0 * s * mn * sl + n * mn * mn - 2.0 * s * sxl - 2.0 * mn * sx + sx2
 
 
 @numba.njit(cache=True, nogil=True)
@@ -79,6 +75,9 @@ def aff_block(x, nmax, steps, refine, lvs):  # type: ignore[no-untyped-def]
     if hi <= lo:
         return 0.0, lo
     rng = hi - lo
+    sx2 = 0.0
+    for j in range(n):
+        sx2 += float(x[j]) * float(x[j])
     best_s, best_m, best_err = 0.0, lo, np.inf
     nsteps = steps.shape[0]
     for t in range(1 + nsteps + refine):
@@ -100,7 +99,7 @@ def aff_block(x, nmax, steps, refine, lvs):  # type: ignore[no-untyped-def]
             sx += xv
         if t == 0:
             s, mn = 1.0 / iscale, lo
-            err = aff_err(x, lvs, s, mn)
+            err = aff_err(n, sl, sl2, sxl, sx, sx2, s, mn)
         else:
             det = n * sl2 - sl * sl
             if det > 0:
@@ -109,7 +108,7 @@ def aff_block(x, nmax, steps, refine, lvs):  # type: ignore[no-untyped-def]
                 if mn > 0:
                     s = sxl / sl2 if sl2 > 0 else 0.0
                     mn = 0.0
-                err = aff_err(x, lvs, s, mn)
+                err = aff_err(n, sl, sl2, sxl, sx, sx2, s, mn)
             else:
                 s, mn, err = 0.0, 0.0, np.inf
         if err < best_err:
