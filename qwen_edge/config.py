@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,12 @@ class ModelConfig:
                 f"config: partial_rotary_factor {self.partial_rotary_factor} x head_dim "
                 f"{self.head_dim} gives {rot} rotary dims; need an even number in 2..head_dim"
             )
-        if not self.rms_norm_eps > 0 or not self.rope_theta > 0:
-            raise ConfigError("config: rms_norm_eps and rope_theta must be positive")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"config: {name} must be a positive finite number, found {value!r}"
+                )
 
     # --- (de)serialization ---
     @classmethod

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import itertools
 import json
+import math
 import mmap
 import os
 import shutil
@@ -466,7 +467,9 @@ class ModelFile:
         if crc32(raw) != hcrc:
             self._fail("header crc32", f"{hcrc:#010x}", f"{crc32(raw):#010x}", "corrupt header")
         try:
-            header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            header = json.loads(
+                raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+            )
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             self._fail("header", "UTF-8 JSON", f"invalid data ({e})")
         if not isinstance(header, dict):
@@ -674,6 +677,13 @@ class ModelFile:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999: the native reader rejects it as out of range
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 def _json_type(v: Any) -> str:

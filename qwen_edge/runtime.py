@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import QwenEdgeError
+from .errors import ModelFileError, QwenEdgeError
 
 try:
     from . import _core
@@ -34,3 +34,18 @@ def cpu_report() -> dict[str, Any]:
         "available_isas": c.available_isas(),
         "selected_isa": c.selected_isa(),
     }
+
+
+def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
+    """Validates a model file with the native reader (the one the runtime loads with).
+
+    Returns:
+        {"header": the JSON header text (bytes), "file_size": int, "tensors": [entries]}.
+
+    Raises:
+        ModelFileError: the file is missing, truncated, corrupt or unsupported.
+    """
+    try:
+        return core().open_model_file(str(path), verify)  # type: ignore[no-any-return]
+    except RuntimeError as e:
+        raise ModelFileError(str(e)) from None

@@ -47,3 +47,18 @@ def test_gemv_f32(isa: str, rows: int, k: int) -> None:
 def test_gemv_f32_rejects_bad_shapes() -> None:
     with pytest.raises(RuntimeError, match="w has 3 columns, x has 4"):
         _core.gemv_f32(np.zeros((2, 3), np.float32), np.zeros(4, np.float32))
+
+
+def test_native_model_file_reader_rejects_garbage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from qwen_edge.errors import ModelFileError
+    from qwen_edge.runtime import check_model_file
+
+    path = tmp_path / "model.qe"
+    with pytest.raises(ModelFileError, match="cannot open"):
+        check_model_file(path)
+    path.write_bytes(b"QWENEDGE" + bytes(10))
+    with pytest.raises(ModelFileError, match="expected at least 64 bytes, found 18"):
+        check_model_file(path)
+    path.write_bytes(b"GGUF" + bytes(100))
+    with pytest.raises(ModelFileError, match="not a qwen-edge model file"):
+        check_model_file(path)

@@ -9,6 +9,7 @@
 #include "common.h"
 #include "cpu_features.h"
 #include "dispatch.h"
+#include "model/model_file.h"
 #include "quant/formats.h"
 
 namespace py = pybind11;
@@ -118,6 +119,30 @@ uint64_t packed_size(const std::string& format, int64_t rows, int64_t k) {
     return layout.total_bytes;
 }
 
+// Opens and validates a model file natively; returns its header text and tensor table.
+py::dict open_model_file(const std::string& path, bool verify) {
+    std::unique_ptr<qe::ModelFile> file;
+    {
+        py::gil_scoped_release release;
+        file = qe::ModelFile::open(path, verify);
+    }
+    py::list tensors;
+    for (const auto& t : file->tensors()) {
+        py::dict d;
+        d["name"] = t.name;
+        d["format"] = qe::format_name(t.format);
+        d["shape"] = t.shape;
+        d["offset"] = t.offset;
+        d["size"] = t.size;
+        tensors.append(d);
+    }
+    py::dict out;
+    out["header"] = py::bytes(file->header_text());
+    out["file_size"] = file->file_size();
+    out["tensors"] = tensors;
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -167,6 +192,8 @@ PYBIND11_MODULE(_core, m) {
           "x [m, k] @ W.T for a packed W given as bytes, activations as q8a (test surface).");
     m.def("dequantize", &dequantize, py::arg("format"), py::arg("data"), py::arg("rows"),
           py::arg("k"), py::arg("isa") = "", "A packed matrix as float32 [rows, k].");
+    m.def("open_model_file", &open_model_file, py::arg("path"), py::arg("verify") = false,
+          "Validates a model file with the native reader: {header, file_size, tensors}.");
     m.def("packed_size", &packed_size, py::arg("format"), py::arg("rows"), py::arg("k"),
           "Bytes of a packed [rows, k] tensor in `format`.");
 }

@@ -16,10 +16,12 @@ QE_TEST(dispatch_reports_tables) {
     std::printf("  cpu: %s %s [%s]\n", cpu.arch.c_str(), cpu.vendor.c_str(), features.c_str());
     const auto& compiled = qe::compiled_tables();
     EXPECT_TRUE(!compiled.empty());
+    for (const auto* t : compiled) std::printf("  compiled table: %s\n", t->tag);
     EXPECT_TRUE(std::string(compiled.back()->tag) == "ref");
     for (const auto* t : qe::supported_tables()) {
         std::printf("  supported table: %s\n", t->tag);
-        EXPECT_TRUE(t->gemv_f32 != nullptr);
+        EXPECT_TRUE(t->gemv_f32 && t->quantize_q8a && t->gemv_q8a && t->gemm_q8a &&
+                    t->dequantize_row);
     }
     // With nothing forced, the best supported table wins.
     EXPECT_TRUE(std::string(qe::select_table("", cpu).tag) == qe::supported_tables().front()->tag ||
