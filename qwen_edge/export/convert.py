@@ -1,7 +1,8 @@
 """Hugging Face checkpoint -> qwen-edge model file: recipes, per-tensor formats, streaming export.
 
-`export()` reads one tensor at a time from the checkpoint's memory maps (large matrices in
-chunks of rows), quantizes it, and streams it into `modelfile.ModelFileWriter`, so peak memory
+`export()` reads one tensor at a time from the checkpoint files (large matrices in chunks of
+rows, with pread rather than a memory map so read pages do not pile up in the resident set),
+quantizes it, and streams it into `modelfile.ModelFileWriter`, so peak memory
 is about one quantized tensor plus a chunk, not the checkpoint. The tokenizer, chat template,
 generation defaults and special tokens travel in the same file.
 
@@ -13,10 +14,10 @@ the checkpoint stores them in bf16, which is then lossless).
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__, quant
-from ..errors import ConfigError, QwenEdgeError
+from ..errors import CheckpointError, ConfigError, QwenEdgeError
 from ..modelfile import ModelFileWriter, TensorSpec
 from .hf import Checkpoint
 from .safetensors_io import TensorInfo, to_float32
@@ -251,15 +252,28 @@ class ExportSummary:
 
 
 class _RowReader:
-    """A checkpoint matrix read as float32 in row chunks, straight from the memory map."""
+    """A checkpoint tensor read as float32 in row chunks with pread: no memory map, so the
+    pages read do not stay in this process's resident set (only the page cache)."""
 
-    def __init__(self, ckpt: Checkpoint, info: TensorInfo):
-        self.raw = ckpt.files[info.path.name].read_raw(info.name)
-        self.dtype = info.dtype
+    def __init__(self, info: TensorInfo):
+        self.info = info
         self.shape = info.shape
+        self.row_bytes = (info.end - info.start) // max(info.shape[0], 1) if info.shape else 0
+        self._dtype = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[info.dtype]
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return to_float32(self.raw[rows], self.dtype)
+        n_rows = self.shape[0] if self.shape else 1
+        r0, r1, _ = rows.indices(n_rows)
+        count = max(r1 - r0, 0)
+        if not self.shape:
+            count, r0 = 1, 0
+        nbytes = count * self.row_bytes if self.shape else self.info.end - self.info.start
+        with open(self.info.path, "rb") as f:
+            buf = os.pread(f.fileno(), nbytes, self.info.start + r0 * self.row_bytes)
+        if len(buf) != nbytes:
+            raise CheckpointError(f"{self.info.path}: short read of tensor '{self.info.name}'")
+        raw = np.frombuffer(buf, dtype=self._dtype).reshape((count, *self.shape[1:]))
+        return to_float32(raw if self.shape else raw.reshape(()), self.info.dtype)
 
 
 def _mtp_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
@@ -345,13 +359,7 @@ def export(
         for i, spec in enumerate(specs):
             if progress is not None:
                 progress(spec.name, i, len(specs))
-            info = infos[spec.name]
-            src = _RowReader(ckpt, info)
-            writer.write_tensor(spec.name, _encode(spec.format, src))
-            del src
-            # Unmap after each tensor so pages read from the checkpoint leave the RSS.
-            with contextlib.suppress(BufferError):
-                ckpt.files[info.path.name].close()
+            writer.write_tensor(spec.name, _encode(spec.format, _RowReader(infos[spec.name])))
         for name, data in side.blobs.items():
             writer.write_blob(name, data)
     counts: dict[str, int] = {}
