@@ -1,7 +1,7 @@
 """Scale searches of the 4-bit quantizers, in numba when installed and in numpy otherwise.
 
 Both backends evaluate the same expressions in the same order (float64 sums taken sequentially
-over the 32 columns of a block, round-half-away-from-zero) so they return identical scales;
+over the 32 columns of a block, rounding floor(v + 0.5)) so they return identical scales;
 `tests/test_quant.py` checks it. The numpy form is vectorised over all blocks, with a Python
 loop over candidates and columns only.
 
@@ -53,7 +53,8 @@ def affine_scales(
 
 # --- numpy --------------------------------------------------------------------------------------
 def _round(v: np.ndarray) -> np.ndarray:
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+    """Round half up, floor(v + 0.5): branch-free, so the numba loops vectorise."""
+    return np.floor(v + 0.5)
 
 
 def _colsum(a: np.ndarray) -> np.ndarray:
@@ -158,6 +159,6 @@ def _numba_kernels() -> tuple:
     sym_steps = np.array(SYM_STEPS, np.float64)
     aff_steps = np.array(AFF_STEPS, np.float64)
     return (
-        lambda x, nmax: nb.sym_all(x, nmax, sym_steps, REFINE),
-        lambda x, nmax: nb.aff_all(x, nmax, aff_steps, REFINE),
+        lambda x, nmax: nb.sym_all(x, float(nmax), sym_steps, REFINE),
+        lambda x, nmax: nb.aff_all(x, float(nmax), aff_steps, REFINE),
     )
