@@ -225,6 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.reference,
         tokens=args.tokens,
         ctx=args.ctx,
+        act_q8=args.act_q8,
         progress=None if args.json else _progress_bar("evaluating"),
     )
     d = report.to_dict()
@@ -287,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="the checkpoint folder it came from")
     p.add_argument("--tokens", type=int, help="use only the first N tokens of the text")
     p.add_argument("--ctx", type=int, default=512, help="window length (default 512)")
+    p.add_argument(
+        "--act-q8", action="store_true",
+        help="also round the inputs of integer matrices through q8a, as the native kernels do",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_eval)
     return parser

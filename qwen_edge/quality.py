@@ -6,8 +6,9 @@ Qwen3.5 tokenizer by `tools/make_eval_tokens.py`): with the checkpoint's weights
 model file's dequantized weights. Both see the same windows of token ids, each from a fresh
 state. `tools/eval_peers.py` reuses `reference_logprobs` and `compare` for other engines.
 
-This measures weight quantization only: activations stay fp32 in the reference, so the native
-runtime (which quantizes activations to q8a) may differ slightly from these numbers.
+By default this measures weight quantization only (activations stay fp32). With
+`act_q8=True` the inputs of every packed-format matrix are also rounded through q8a, as the
+native integer kernels do, which is what llama.cpp's integer kernels do too.
 """
 
 from __future__ import annotations
@@ -135,6 +136,43 @@ def reference_fn(model: Any) -> LogitsFn:
     return lambda ids: model.forward(ids, model.new_state(), all_logits=True)
 
 
+class _Q8aInputs:
+    """`x @ w.T` with x rounded through q8a first (the runtime's integer kernels)."""
+
+    __array_ufunc__ = None  # make numpy defer `x @ self` to __rmatmul__
+
+    def __init__(self, w: np.ndarray):
+        self.w_t = w.T
+
+    @property
+    def T(self) -> _Q8aInputs:
+        return self
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        from .quant import fake_quantize_q8a
+
+        return fake_quantize_q8a(np.ascontiguousarray(x, dtype=np.float32)) @ self.w_t
+
+
+def with_q8a_inputs(model: Any, packed: Iterable[str]) -> Any:
+    """Makes a ReferenceModel quantize the inputs of the named matrices to q8a."""
+    for name in packed:
+        if model.lm_head is model.w[name]:
+            model.lm_head = _Q8aInputs(model.lm_head)
+        if name != "embed_tokens.weight":  # the lookup stays a lookup
+            model.w[name] = _Q8aInputs(model.w[name])
+    return model
+
+
+def packed_tensors(path: str | Path) -> list[str]:
+    """Names of the tensors a model file stores in a packed (integer) format."""
+    from .modelfile import ModelFile
+    from .quant import is_packed
+
+    with ModelFile(path) as mf:
+        return [n for n, e in mf.tensors.items() if is_packed(e.format)]
+
+
 def model_file_weights(path: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """Config and dequantized float32 text weights of a model file."""
     from .modelfile import ModelFile
@@ -151,6 +189,7 @@ def evaluate(
     *,
     tokens: int | None = None,
     ctx: int = DEFAULT_CTX,
+    act_q8: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> QualityReport:
     """Compares a model file with its fp32 checkpoint on the shipped evaluation text.
@@ -160,6 +199,7 @@ def evaluate(
         reference: the checkpoint folder it was exported from.
         tokens: use only the first `tokens` ids of the text.
         ctx: window length (each window starts from a fresh state).
+        act_q8: round the inputs of packed matrices through q8a, as the native kernels do.
         progress: called as (stage, window index, windows).
 
     Raises:
@@ -195,4 +235,6 @@ def evaluate(
     del ref
     model = ReferenceModel(config, weights, context=ctx)
     del weights
+    if act_q8:
+        with_q8a_inputs(model, packed_tensors(model_file))
     return compare(cached, reference_fn(model), wins, stage("model file"))

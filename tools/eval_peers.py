@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctx", type=int, default=quality.DEFAULT_CTX)
     p.add_argument("--variant", action="append", default=[], help="NAME=RECIPE[:GLOB=FMT,...]")
     p.add_argument("--no-llama", action="store_true", help="only the qwen-edge files")
+    p.add_argument(
+        "--act-q8", action="store_true",
+        help="qwen-edge rows also round matrix inputs through q8a (as the native kernels do)",
+    )  # fmt: skip
+    p.add_argument("--only", action="append", help="score only these labels (repeatable)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -151,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in LLAMA_TYPES:
             candidates.append((f"llama.cpp {kind}", "gguf", quantize_gguf(bf16, kind)))
 
+    if args.only:
+        candidates = [c for c in candidates if c[0] in args.only]
     wins = quality.windows(quality.eval_tokens(args.tokens), args.ctx)
     log(f"fp32 reference on {len(wins)} windows of {args.ctx} tokens")
     ref = ReferenceModel.from_checkpoint(ckpt, context=args.ctx)
@@ -169,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 config, weights, size = variant_weights(ckpt, *path)
             model = ReferenceModel(config, weights, context=args.ctx)
             del weights
+            if args.act_q8:
+                base = path if kind == "qe" else path[0]
+                quality.with_q8a_inputs(model, quality.packed_tensors(base))
+                label += " +q8a"
             fn = quality.reference_fn(model)
         else:
             fn = llama_fn(path, args.ctx)

@@ -194,8 +194,11 @@ def test_cli_export_and_eval(
     assert 0 < reports["q8"]["mean_kl"] < reports["q4"]["mean_kl"]
     assert reports["q8"]["top1"] > reports["q4"]["top1"] - 0.2
 
-    argv = ["eval", str(files["q8"]), "--reference", str(small_checkpoint), "--tokens", "24"]
-    assert main(argv) == 0
+    argv = ["eval", str(files["q8"]), "--reference", str(small_checkpoint)]
+    assert main([*argv, "--tokens", "48", "--ctx", "24", "--act-q8", "--json"]) == 0
+    with_act = json.loads(capsys.readouterr().out)  # activations rounded too: another result
+    assert with_act["mean_kl"] != reports["q8"]["mean_kl"] and np.isfinite(with_act["mean_kl"])
+    assert main([*argv, "--tokens", "24"]) == 0
     assert "mean KL" in capsys.readouterr().out
 
 
@@ -215,3 +218,14 @@ def test_cli_errors(small_checkpoint: Path, tmp_path: Path, capsys: pytest.Captu
     bad.write_bytes(b"not a model file" * 8)
     assert main(["eval", str(bad), "--reference", str(small_checkpoint)]) == 1
     assert "magic" in capsys.readouterr().err
+
+
+def test_q8a_inputs_wrapper() -> None:
+    from qwen_edge.quality import _Q8aInputs
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 64)).astype(np.float32)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    got = x @ _Q8aInputs(w).T
+    assert np.array_equal(got, quant.fake_quantize_q8a(x) @ w.T)
+    assert not np.array_equal(got, x @ w.T)
