@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--only", action="append", help="score only these labels (repeatable)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--ref-cache", type=Path, help="reuse/save the fp32 log-probs (.npy)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(args.checkpoint)
@@ -149,20 +150,27 @@ def main(argv: list[str] | None = None) -> int:
             s = convert.export(ckpt, path, recipe)
             log(f"  {s.file_bytes / 1e6:.1f} MB in {s.seconds:.0f} s")
         candidates.append((f"qwen-edge {recipe}", "qe", path))
-    for name, recipe, ovs in map(parse_variant, args.variant):
-        candidates.append((f"qwen-edge {name}", "variant", (files[recipe], recipe, ovs)))
     if not args.no_llama:
         bf16 = make_gguf(args.checkpoint, args.work, args.llama_src)
         for kind in LLAMA_TYPES:
             candidates.append((f"llama.cpp {kind}", "gguf", quantize_gguf(bf16, kind)))
+    for name, recipe, ovs in map(parse_variant, args.variant):
+        candidates.append((f"qwen-edge {name}", "variant", (files[recipe], recipe, ovs)))
 
     if args.only:
         candidates = [c for c in candidates if c[0] in args.only]
     wins = quality.windows(quality.eval_tokens(args.tokens), args.ctx)
-    log(f"fp32 reference on {len(wins)} windows of {args.ctx} tokens")
-    ref = ReferenceModel.from_checkpoint(ckpt, context=args.ctx)
-    cached = list(quality.reference_logprobs(quality.reference_fn(ref), wins))
-    del ref
+    if args.ref_cache and args.ref_cache.exists():
+        stacked = np.load(args.ref_cache, mmap_mode="r")
+        cached = [np.asarray(a) for a in np.split(stacked, len(wins))]
+        assert sum(len(w) - 1 for w in wins) == stacked.shape[0], "stale --ref-cache"
+    else:
+        log(f"fp32 reference on {len(wins)} windows of {args.ctx} tokens")
+        ref = ReferenceModel.from_checkpoint(ckpt, context=args.ctx)
+        cached = list(quality.reference_logprobs(quality.reference_fn(ref), wins))
+        del ref
+        if args.ref_cache:
+            np.save(args.ref_cache, np.concatenate(cached))
 
     results = []
     for label, kind, path in candidates:
