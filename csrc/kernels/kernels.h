@@ -56,9 +56,51 @@ void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t row
 }
 #endif
 #if defined(__aarch64__)
+// kernels/arm/: neon implements every family; neon_dotprod specializes the quantized products,
+// neon_i8mm the prefill product; each borrows the rest from the next table (dispatch.cc).
+QE_DECLARE_KERNELS(neon)
+// Families arriving with issue 4's native runtime (signatures as on its branch); the NEON
+// versions are built now and take their table slots when the families land in dispatch.cc.
 namespace neon {
-void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k);
-}
+void gemm_f32(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+              int64_t ldy, int64_t rows, int64_t k);
+void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+              int64_t ldy, int64_t rows, int64_t k);
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+               int64_t ldy, int64_t rows, int64_t k);
+void cvt_f16_f32(const uint16_t* in, float* out, int64_t n);
+void cvt_bf16_f32(const uint16_t* in, float* out, int64_t n);
+void cvt_f32_f16(const float* in, uint16_t* out, int64_t n);
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t n, float eps);
+void rms_norm_gated(const float* x, const float* w, const float* z, float* y, int64_t rows,
+                    int64_t n, float eps);
+void l2_norm(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, float eps,
+             float scale);
+void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,
+          int64_t half);
+void softmax(float* x, int64_t n);
+void silu_mul(const float* a, const float* b, float* out, int64_t n);
+void sigmoid_mul(const float* x, const float* g, float* out, int64_t n);
+void conv1d_silu(const float* w, float* state, const float* x, int64_t ldx, float* y,
+                 int64_t ldy, int64_t t, int64_t c, int64_t kw);
+void delta_rule(float* s, const float* q, const float* k, const float* v, int64_t ldu,
+                const float* decay, const float* beta, int64_t ldg, float* o, int64_t ldo,
+                int64_t t, int64_t dk, int64_t dv);
+void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
+                   const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
+                   float* out, int64_t ldo);
+void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
+                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo);
+}  // namespace neon
+namespace neon_dotprod {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end);
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end);
+}  // namespace neon_dotprod
+namespace neon_i8mm {
+void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
+              int64_t g_begin, int64_t g_end);
+}  // namespace neon_i8mm
 #endif
 
 #undef QE_DECLARE_KERNELS

@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: Apache-2.0
+// Helpers shared by the aarch64 kernel files: loading scale records, the per-block float
+// combination of every packed format, and storing a row group. Baseline ARMv8.0 intrinsics only.
+//
+// Everything here is `QE_NEON_INLINE` or in an anonymous namespace (internal linkage): each kernel
+// file gets its own copy compiled with its own -march, so a copy built with +dotprod can never be
+// the one the linker hands to a baseline caller (that would be SIGILL on a Cortex-A72).
+//
+// The float combination reproduces `ref` (kernels/ref/matmul_ref.cc) operation for operation:
+// each lane is one row, products are separately rounded (vmulq, never vfmaq; the build also
+// passes -ffp-contract=off) and summed in the same order, so every table returns ref's bits.
+#pragma once
+
+#include <arm_neon.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/kernels.h"
+
+// Forced inlining for the per-block helpers: they pass int32x4_t arrays by reference, which
+// spill to the stack whenever GCC decides to outline one (measured: +25% instructions).
+#define QE_NEON_INLINE static inline __attribute__((always_inline))
+
+namespace qe {
+namespace {
+
+// 8 IEEE halves -> two float32x4 (rows 0-3, rows 4-7). fcvtl is ARMv8.0 (exact widening);
+// no fp16 arithmetic is used anywhere.
+QE_NEON_INLINE float32x4x2_t load_f16x8(const uint8_t* p) {
+    uint16x8_t h;
+    std::memcpy(&h, p, sizeof h);
+    const float16x8_t f = vreinterpretq_f16_u16(h);
+    return {{vcvt_f32_f16(vget_low_f16(f)), vcvt_high_f32_f16(f)}};
+}
+
+// 8 bytes -> two float32x4 of their unsigned values (q4k sub-scales and minimums).
+QE_NEON_INLINE float32x4x2_t load_u8x8_f32(const uint8_t* p) {
+    const uint16x8_t w = vmovl_u8(vld1_u8(p));
+    return {{vcvtq_f32_u32(vmovl_u16(vget_low_u16(w))), vcvtq_f32_u32(vmovl_high_u16(w))}};
+}
+
+// Float accumulators of one row group (8 rows in two vectors): acc for every format, accm for
+// the q4k minimum term that ref keeps apart until the row factors are applied.
+struct GroupAcc {
+    float32x4_t acc[2];
+    float32x4_t accm[2];
+};
+
+QE_NEON_INLINE void group_acc_zero(GroupAcc& a) {
+    a.acc[0] = a.acc[1] = a.accm[0] = a.accm[1] = vdupq_n_f32(0.0f);
+}
+
+// Adds one block: dot[h] = exact integer dot products sum_j code[r, j] * xq[j] of rows 4h..4h+3
+// (codes as stored: q - 0 for q8g32 after the 0x80 flip, 0..15 for the 4-bit formats).
+// srec = the block's scale record. Mirrors ref's row_dot lane by lane.
+template <WeightFormat F>
+QE_NEON_INLINE void combine_block(GroupAcc& a, const uint8_t* srec, float xd, int32_t xsum,
+                                 int32x4_t dot0, int32x4_t dot1) {
+    const int32x4_t dot[2] = {dot0, dot1};
+    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
+        const float32x4x2_t s = load_f16x8(srec);
+        const int32x4_t zero = vdupq_n_s32(F == WeightFormat::kQ4g32 ? 8 * xsum : 0);
+        for (int h = 0; h < 2; ++h) {
+            const float32x4_t sd = vmulq_n_f32(s.val[h], xd);
+            a.acc[h] = vaddq_f32(a.acc[h], vmulq_f32(sd, vcvtq_f32_s32(vsubq_s32(dot[h], zero))));
+        }
+    } else if constexpr (F == WeightFormat::kQ4ag32) {
+        const float32x4x2_t s = load_f16x8(srec), m = load_f16x8(srec + 16);
+        const float32x4_t fsum = vdupq_n_f32(float(xsum));
+        for (int h = 0; h < 2; ++h) {
+            const float32x4_t t1 = vmulq_f32(vmulq_n_f32(s.val[h], xd), vcvtq_f32_s32(dot[h]));
+            const float32x4_t t2 = vmulq_f32(vmulq_n_f32(m.val[h], xd), fsum);
+            a.acc[h] = vaddq_f32(a.acc[h], vaddq_f32(t1, t2));
+        }
+    } else {  // q4k: integer sub-scales now, per-row factors in finish_group
+        const float32x4x2_t sc = load_u8x8_f32(srec), mn = load_u8x8_f32(srec + 8);
+        const float32x4_t fsum = vdupq_n_f32(float(xsum));
+        for (int h = 0; h < 2; ++h) {
+            a.acc[h] = vaddq_f32(a.acc[h],
+                                 vmulq_f32(vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h])));
+            a.accm[h] = vaddq_f32(a.accm[h], vmulq_f32(vmulq_n_f32(mn.val[h], xd), fsum));
+        }
+    }
+}
+
+// Writes the rows of group g that exist (r < w.rows) to y[8g + i]; padding rows get 0, as ref.
+template <WeightFormat F>
+QE_NEON_INLINE void finish_group(const PackedMatrix& w, int64_t g, const GroupAcc& a, float* y) {
+    float32x4_t out[2] = {a.acc[0], a.acc[1]};
+    if constexpr (F == WeightFormat::kQ4k) {
+        const float* rp = w.row_params + g * 16;  // d[8], m[8]
+        for (int h = 0; h < 2; ++h) {
+            out[h] = vsubq_f32(vmulq_f32(vld1q_f32(rp + 4 * h), a.acc[h]),
+                               vmulq_f32(vld1q_f32(rp + 8 + 4 * h), a.accm[h]));
+        }
+    }
+    float* yg = y + g * kRowPack;
+    const int64_t valid = w.rows - g * kRowPack;
+    if (valid >= kRowPack) {
+        vst1q_f32(yg, out[0]);
+        vst1q_f32(yg + 4, out[1]);
+    } else {
+        float tmp[kRowPack];
+        vst1q_f32(tmp, out[0]);
+        vst1q_f32(tmp + 4, out[1]);
+        for (int i = 0; i < kRowPack; ++i) yg[i] = i < valid ? tmp[i] : 0.0f;
+    }
+}
+
+// exp(x) for float lanes, about 2 ulp on [-87, 88]: x = n ln2 + r with |r| <= ln2/2
+// (Cody-Waite split of ln2), a degree-6 polynomial for e^r, 2^n built in the exponent field
+// (as two factors so n = 128 does not overflow before the product). Saturates to +inf above
+// 88.72 and to 0 below -87.34; NaN stays NaN. The same constants as the x86 kernels.
+QE_NEON_INLINE float32x4_t exp_f32x4(float32x4_t x) {
+    const float32x4_t hi = vdupq_n_f32(88.7228391f), lo = vdupq_n_f32(-87.3365448f);
+    const uint32x4_t big = vcgtq_f32(x, hi), tiny = vcltq_f32(x, lo);
+    const float32x4_t xc = vminq_f32(vmaxq_f32(x, lo), hi);
+    const float32x4_t n = vrndnq_f32(vmulq_n_f32(xc, 1.44269504f));
+    float32x4_t r = vfmsq_f32(xc, n, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(r, p, vmulq_f32(r, r));
+    p = vaddq_f32(p, vdupq_n_f32(1.0f));
+    const int32x4_t ni = vcvtnq_s32_f32(n);
+    const int32x4_t n1 = vshrq_n_s32(ni, 1), n2 = vsubq_s32(ni, n1);
+    const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n1, vdupq_n_s32(127)), 23));
+    const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(n2, vdupq_n_s32(127)), 23));
+    float32x4_t y = vmulq_f32(vmulq_f32(p, s1), s2);
+    y = vbslq_f32(big, vdupq_n_f32(__builtin_inff()), y);
+    y = vbslq_f32(tiny, vdupq_n_f32(0.0f), y);
+    return vbslq_f32(vceqq_f32(x, x), y, x);  // NaN in, NaN out
+}
+
+// 1 / (1 + exp(-x)) with a true division: saturates cleanly to 0 and 1.
+QE_NEON_INLINE float32x4_t sigmoid_f32x4(float32x4_t x) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    return vdivq_f32(one, vaddq_f32(one, exp_f32x4(vnegq_f32(x))));
+}
+
+// Scalar exp with the same polynomial, for the tails of vector loops (lane 0 of the vector op).
+QE_NEON_INLINE float exp_f32(float x) { return vgetq_lane_f32(exp_f32x4(vdupq_n_f32(x)), 0); }
+QE_NEON_INLINE float sigmoid_f32(float x) {
+    return vgetq_lane_f32(sigmoid_f32x4(vdupq_n_f32(x)), 0);
+}
+
+// Calls fn(std::integral_constant<WeightFormat, F>{}) with the matrix format as a compile-time
+// constant, so each kernel is instantiated once per format with no per-block branching.
+template <WeightFormat F>
+using FormatTag = std::integral_constant<WeightFormat, F>;
+
+template <typename Fn>
+QE_NEON_INLINE void with_format(WeightFormat f, Fn&& fn) {
+    switch (f) {
+        case WeightFormat::kQ8g32: fn(FormatTag<WeightFormat::kQ8g32>{}); break;
+        case WeightFormat::kQ4g32: fn(FormatTag<WeightFormat::kQ4g32>{}); break;
+        case WeightFormat::kQ4ag32: fn(FormatTag<WeightFormat::kQ4ag32>{}); break;
+        case WeightFormat::kQ4k: fn(FormatTag<WeightFormat::kQ4k>{}); break;
+        default: break;  // not a packed format: the op layer never calls with one
+    }
+}
+
+// The loop nest of every gemm: row groups in chunks whose weights fit in L1 (~16 KB), and
+// within a chunk, tiles of up to 4 tokens, each tile run over the chunk's groups. A tile's
+// activations (4 x K x 1.25 bytes) stay in L1 across the chunk, the chunk's weights across all
+// tiles, so neither streams from DRAM more than once per chunk. tile(NT, t, g) computes tokens
+// [t, t + NT) of group g, NT a std::integral_constant<int, 1..4>.
+template <typename Tile>
+QE_NEON_INLINE void gemm_loop(const PackedMatrix& w, int64_t m, int64_t g_begin, int64_t g_end,
+                             Tile&& tile) {
+    const int64_t group_bytes =
+        w.blocks * (quant_record_bytes(w.format) + scale_record_bytes(w.format));
+    const int64_t chunk = group_bytes >= 16384 ? 1 : 16384 / group_bytes;
+    for (int64_t gc = g_begin; gc < g_end; gc += chunk) {
+        const int64_t ge = gc + chunk < g_end ? gc + chunk : g_end;
+        int64_t t = 0;
+        for (; t + 4 <= m; t += 4) {
+            for (int64_t g = gc; g < ge; ++g) tile(std::integral_constant<int, 4>{}, t, g);
+        }
+        for (int64_t g = gc; g < ge; ++g) {
+            switch (m - t) {
+                case 3: tile(std::integral_constant<int, 3>{}, t, g); break;
+                case 2: tile(std::integral_constant<int, 2>{}, t, g); break;
+                case 1: tile(std::integral_constant<int, 1>{}, t, g); break;
+                default: break;
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace qe
