@@ -206,10 +206,12 @@ def evaluate(
         QwenEdgeError: the model file and the checkpoint describe different models.
     """
     from .export.hf import Checkpoint
+    from .modelfile import ModelFile
     from .reference import ReferenceModel
 
     ckpt = Checkpoint(reference)
-    config, weights = model_file_weights(model_file)
+    with ModelFile(model_file) as mf:
+        config = mf.config
     if config != ckpt.config:
         raise QwenEdgeError(
             f"{model_file} and {reference} hold different model configurations; "
@@ -232,7 +234,8 @@ def evaluate(
         if progress is not None:
             progress("fp32 reference", i, len(wins))
         cached.append(lp)
-    del ref
+    del ref  # one float32 model in memory at a time
+    config, weights = model_file_weights(model_file)
     model = ReferenceModel(config, weights, context=ctx)
     del weights
     if act_q8:
