@@ -1,6 +1,10 @@
 """numba forms of the scale searches in `_quant_search` (same expressions, same order).
 
-Imported only when numba is installed; compiled functions are cached on disk by numba.
+Each row's blocks are processed together, the block index innermost: a block's sums still
+run over its 32 columns in index order (so results equal the numpy form bit for bit), while
+the loop over blocks has no dependency and vectorises (rounding is floor(v + 0.5), clipping
+is min/max, both branch-free). Imported only when numba is installed; compiled functions are
+cached on disk by numba.
 """
 # mypy: ignore-errors
 
@@ -10,122 +14,135 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True, nogil=True)
-def rnd(v: float) -> float:
-    a = np.floor(abs(v) + 0.5)
-    return a if v >= 0 else -a
-
-
-@numba.njit(cache=True, nogil=True)
-def clip(v: float, lo: float, hi: float) -> float:
-    return lo if v < lo else (hi if v > hi else v)
-
-
-@numba.njit(cache=True, nogil=True)
-def sym_block(x, nmax, steps, refine):  # type: ignore[no-untyped-def]
-    n = x.shape[0]
-    vmax, amax = 0.0, -1.0
-    for j in range(n):
-        if abs(x[j]) > amax:
-            amax, vmax = abs(x[j]), float(x[j])
-    if vmax == 0.0:
-        return 0.0
-    best, best_scale = -1.0, 0.0
-    for t in range(steps.shape[0] + refine):
-        if t < steps.shape[0]:
-            iscale = -(nmax + 0.1 * steps[t]) / vmax
-        else:
-            iscale = 1.0 / best_scale if best_scale != 0.0 else 0.0
-        sumlx, suml2 = 0.0, 0.0
-        for j in range(n):
-            xv = float(x[j])
-            lv = clip(rnd(iscale * xv), -nmax, nmax - 1)
-            sumlx += lv * xv
-            suml2 += lv * lv
-        if suml2 > 0:
-            score = sumlx * sumlx / suml2
-            if score > best:
-                best, best_scale = score, sumlx / suml2
-    return best_scale
-
-
 @numba.njit(cache=True, parallel=True, nogil=True)
-def sym_all(x, nmax, steps, refine):  # type: ignore[no-untyped-def]
-    rows, nb = x.shape[0], x.shape[1]
+def sym_all(x, nmax, steps, refine):
+    rows, nb, n = x.shape
     out = np.empty((rows, nb), np.float32)
+    nsteps = steps.shape[0]
     for r in numba.prange(rows):
+        xt = np.empty((n, nb))
         for b in range(nb):
-            out[r, b] = sym_block(x[r, b], float(nmax), steps, refine)
+            for j in range(n):
+                xt[j, b] = x[r, b, j]
+        vmax = np.zeros(nb)
+        amax = np.full(nb, -1.0)
+        for j in range(n):
+            for b in range(nb):
+                a = abs(xt[j, b])
+                if a > amax[b]:
+                    amax[b] = a
+                    vmax[b] = xt[j, b]
+        best = np.full(nb, -1.0)
+        best_scale = np.zeros(nb)
+        iscale = np.empty(nb)
+        sumlx = np.empty(nb)
+        suml2 = np.empty(nb)
+        for t in range(nsteps + refine):
+            for b in range(nb):
+                if t < nsteps:
+                    iscale[b] = -(nmax + 0.1 * steps[t]) / vmax[b] if vmax[b] != 0.0 else 0.0
+                else:
+                    iscale[b] = 1.0 / best_scale[b] if best_scale[b] != 0.0 else 0.0
+                sumlx[b] = 0.0
+                suml2[b] = 0.0
+            for j in range(n):
+                for b in range(nb):
+                    xv = xt[j, b]
+                    lv = min(max(np.floor(iscale[b] * xv + 0.5), -nmax), nmax - 1.0)
+                    sumlx[b] += lv * xv
+                    suml2[b] += lv * lv
+            for b in range(nb):
+                if suml2[b] > 0:
+                    score = sumlx[b] * sumlx[b] / suml2[b]
+                    if score > best[b]:
+                        best[b] = score
+                        best_scale[b] = sumlx[b] / suml2[b]
+        for b in range(nb):
+            out[r, b] = best_scale[b] if vmax[b] != 0.0 else 0.0
     return out
 
 
-@numba.njit(cache=True, nogil=True)
-def aff_err(x, lvs, s, mn):  # type: ignore[no-untyped-def]
-    e = 0.0
-    for j in range(x.shape[0]):
-        d = s * lvs[j] + mn - float(x[j])
-        e += d * d
-    return e
-
-
-@numba.njit(cache=True, nogil=True)
-def aff_block(x, nmax, steps, refine, lvs):  # type: ignore[no-untyped-def]
-    n = x.shape[0]
-    lo, hi = 0.0, float(x[0])
-    lo = min(lo, float(x[0]))
-    for j in range(1, n):
-        lo = min(lo, float(x[j]))
-        hi = max(hi, float(x[j]))
-    if hi <= lo:
-        return 0.0, lo
-    rng = hi - lo
-    best_s, best_m, best_err = 0.0, lo, np.inf
-    nsteps = steps.shape[0]
-    for t in range(1 + nsteps + refine):
-        if t == 0:
-            iscale, base = nmax / rng, lo
-        elif t <= nsteps:
-            iscale, base = (-1.0 + 0.1 * steps[t - 1] + nmax) / rng, lo
-        else:
-            iscale = 1.0 / best_s if best_s > 0 else 0.0
-            base = best_m
-        sl, sl2, sxl, sx = 0.0, 0.0, 0.0, 0.0
-        for j in range(n):
-            xv = float(x[j])
-            lv = clip(rnd(iscale * (xv - base)), 0.0, nmax)
-            lvs[j] = lv
-            sl += lv
-            sl2 += lv * lv
-            sxl += xv * lv
-            sx += xv
-        if t == 0:
-            s, mn = 1.0 / iscale, lo
-            err = aff_err(x, lvs, s, mn)
-        else:
-            det = n * sl2 - sl * sl
-            if det > 0:
-                s = (n * sxl - sx * sl) / det
-                mn = (sl2 * sx - sl * sxl) / det
-                if mn > 0:
-                    s = sxl / sl2 if sl2 > 0 else 0.0
-                    mn = 0.0
-                err = aff_err(x, lvs, s, mn)
-            else:
-                s, mn, err = 0.0, 0.0, np.inf
-        if err < best_err:
-            best_err, best_s, best_m = err, s, mn
-    return best_s, best_m
-
-
 @numba.njit(cache=True, parallel=True, nogil=True)
-def aff_all(x, nmax, steps, refine):  # type: ignore[no-untyped-def]
+def aff_all(x, nmax, steps, refine):
     rows, nb, n = x.shape
     s_out = np.empty((rows, nb), np.float32)
     m_out = np.empty((rows, nb), np.float32)
+    nsteps = steps.shape[0]
+    fn = float(n)
     for r in numba.prange(rows):
-        lvs = np.empty(n, np.float64)
+        xt = np.empty((n, nb))
         for b in range(nb):
-            s, mn = aff_block(x[r, b], float(nmax), steps, refine, lvs)
-            s_out[r, b] = s
-            m_out[r, b] = -mn
+            for j in range(n):
+                xt[j, b] = x[r, b, j]
+        lo = np.zeros(nb)
+        hi = np.full(nb, -np.inf)
+        sx = np.zeros(nb)
+        sx2 = np.zeros(nb)
+        for j in range(n):
+            for b in range(nb):
+                xv = xt[j, b]
+                lo[b] = min(lo[b], xv)
+                hi[b] = max(hi[b], xv)
+                sx[b] += xv
+                sx2[b] += xv * xv
+        rng = np.empty(nb)
+        for b in range(nb):
+            rng[b] = hi[b] - lo[b] if hi[b] > lo[b] else 1.0
+        best_s = np.zeros(nb)
+        best_m = lo.copy()
+        best_err = np.full(nb, np.inf)
+        iscale = np.empty(nb)
+        base = np.empty(nb)
+        sl = np.empty(nb)
+        sl2 = np.empty(nb)
+        sxl = np.empty(nb)
+        for t in range(1 + nsteps + refine):
+            for b in range(nb):
+                if t == 0:
+                    iscale[b] = nmax / rng[b]
+                    base[b] = lo[b]
+                elif t <= nsteps:
+                    iscale[b] = (-1.0 + 0.1 * steps[t - 1] + nmax) / rng[b]
+                    base[b] = lo[b]
+                else:
+                    iscale[b] = 1.0 / best_s[b] if best_s[b] > 0 else 0.0
+                    base[b] = best_m[b]
+                sl[b] = 0.0
+                sl2[b] = 0.0
+                sxl[b] = 0.0
+            for j in range(n):
+                for b in range(nb):
+                    xv = xt[j, b]
+                    lv = min(max(np.floor(iscale[b] * (xv - base[b]) + 0.5), 0.0), nmax)
+                    sl[b] += lv
+                    sl2[b] += lv * lv
+                    sxl[b] += xv * lv
+            for b in range(nb):
+                if t == 0:
+                    s = 1.0 / iscale[b]
+                    mn = lo[b]
+                    ok = True
+                else:
+                    det = fn * sl2[b] - sl[b] * sl[b]
+                    ok = det > 0
+                    s, mn = 0.0, 0.0
+                    if ok:
+                        s = (fn * sxl[b] - sx[b] * sl[b]) / det
+                        mn = (sl2[b] * sx[b] - sl[b] * sxl[b]) / det
+                        if mn > 0:
+                            s = sxl[b] / sl2[b] if sl2[b] > 0 else 0.0
+                            mn = 0.0
+                if ok:
+                    err = (
+                        s * s * sl2[b] + 2.0 * s * mn * sl[b] + fn * mn * mn
+                        - 2.0 * s * sxl[b] - 2.0 * mn * sx[b] + sx2[b]
+                    )  # fmt: skip
+                    if err < best_err[b]:
+                        best_err[b] = err
+                        best_s[b] = s
+                        best_m[b] = mn
+        for b in range(nb):
+            flat = not hi[b] > lo[b]
+            s_out[r, b] = 0.0 if flat else best_s[b]
+            m_out[r, b] = -(lo[b] if flat else best_m[b])
     return s_out, m_out

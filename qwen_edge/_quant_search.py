@@ -1,7 +1,7 @@
 """Scale searches of the 4-bit quantizers, in numba when installed and in numpy otherwise.
 
 Both backends evaluate the same expressions in the same order (float64 sums taken sequentially
-over the 32 columns of a block, round-half-away-from-zero) so they return identical scales;
+over the 32 columns of a block, rounding floor(v + 0.5)) so they return identical scales;
 `tests/test_quant.py` checks it. The numpy form is vectorised over all blocks, with a Python
 loop over candidates and columns only.
 
@@ -53,7 +53,8 @@ def affine_scales(
 
 # --- numpy --------------------------------------------------------------------------------------
 def _round(v: np.ndarray) -> np.ndarray:
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+    """Round half up, floor(v + 0.5): branch-free, so the numba loops vectorise."""
+    return np.floor(v + 0.5)
 
 
 def _colsum(a: np.ndarray) -> np.ndarray:
@@ -91,10 +92,20 @@ def _symmetric_numpy(x: np.ndarray, nmax: int) -> np.ndarray:
     return np.where(vmax != 0, best_scale, 0.0).astype(np.float32)
 
 
-def _affine_fit(x: np.ndarray, lv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _affine_err(
+    n: float, sums: tuple, sx2: np.ndarray, s: np.ndarray, mn: np.ndarray
+) -> np.ndarray:
+    """Sum of (s l + mn - x)^2 from the block sums (the same closed form as the numba code)."""
+    sl, sl2, sxl, sx = sums
+    return s * s * sl2 + 2.0 * s * mn * sl + n * mn * mn - 2.0 * s * sxl - 2.0 * mn * sx + sx2
+
+
+def _affine_fit(
+    x: np.ndarray, lv: np.ndarray, sx2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares (s, mn) for x ~ s l + mn with mn <= 0, and the squared error."""
     n = float(x.shape[-1])
-    sl, sl2, sxl, sx = _colsum(lv), _colsum(lv * lv), _colsum(x * lv), _colsum(x)
+    sums = sl, sl2, sxl, sx = _colsum(lv), _colsum(lv * lv), _colsum(x * lv), _colsum(x)
     det = n * sl2 - sl * sl
     ok = det > 0
     safe = np.where(ok, det, 1.0)
@@ -103,8 +114,7 @@ def _affine_fit(x: np.ndarray, lv: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     pos = mn > 0
     s = np.where(pos, np.where(sl2 > 0, sxl / np.where(sl2 > 0, sl2, 1.0), 0.0), s)
     mn = np.where(pos, 0.0, mn)
-    err = _colsum(np.square(s[..., None] * lv + mn[..., None] - x))
-    return s, mn, np.where(ok, err, np.inf)
+    return s, mn, np.where(ok, _affine_err(n, sums, sx2, s, mn), np.inf)
 
 
 def _affine_numpy(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,21 +126,24 @@ def _affine_numpy(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     best_s = np.zeros(lo.shape)
     best_m = lo.copy()
     best_err = np.full(lo.shape, np.inf)
+    sx2 = _colsum(x * x)
+    n = float(x.shape[-1])
     for i in (None, *AFF_STEPS):
         iscale = (nmax if i is None else (-1.0 + 0.1 * i + nmax)) / rng
         lv = np.clip(_round(iscale[..., None] * (x - lo[..., None])), 0, nmax)
         if i is None:  # plain min/max rounding
             s, mn = 1.0 / iscale, lo
-            err = _colsum(np.square(s[..., None] * lv + mn[..., None] - x))
+            sums = (_colsum(lv), _colsum(lv * lv), _colsum(x * lv), _colsum(x))
+            err = _affine_err(n, sums, sx2, s, mn)
         else:
-            s, mn, err = _affine_fit(x, lv)
+            s, mn, err = _affine_fit(x, lv, sx2)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_s, best_m = np.where(better, s, best_s), np.where(better, mn, best_m)
     for _ in range(REFINE):
         inv = np.where(best_s > 0, 1.0 / np.where(best_s > 0, best_s, 1.0), 0.0)
         lv = np.clip(_round(inv[..., None] * (x - best_m[..., None])), 0, nmax)
-        s, mn, err = _affine_fit(x, lv)
+        s, mn, err = _affine_fit(x, lv, sx2)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_s, best_m = np.where(better, s, best_s), np.where(better, mn, best_m)
@@ -146,6 +159,6 @@ def _numba_kernels() -> tuple:
     sym_steps = np.array(SYM_STEPS, np.float64)
     aff_steps = np.array(AFF_STEPS, np.float64)
     return (
-        lambda x, nmax: nb.sym_all(x, nmax, sym_steps, REFINE),
-        lambda x, nmax: nb.aff_all(x, nmax, aff_steps, REFINE),
+        lambda x, nmax: nb.sym_all(x, float(nmax), sym_steps, REFINE),
+        lambda x, nmax: nb.aff_all(x, float(nmax), aff_steps, REFINE),
     )

@@ -524,6 +524,99 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export -------------------------------------------------------------------------------------
+def _progress_bar(total_label: str) -> Any:
+    """A (name, index, total) callback: tqdm when installed, else a line every ~10 %."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    state: dict[str, Any] = {"bar": None, "shown": -1}
+
+    def update(name: str, index: int, total: int) -> None:
+        if tqdm is not None:
+            if state["bar"] is None:
+                state["bar"] = tqdm(total=total, desc=total_label, unit="tensor", leave=False)
+            state["bar"].set_postfix_str(name[-40:], refresh=False)
+            state["bar"].n = index
+            state["bar"].refresh()
+            if index + 1 == total:
+                state["bar"].close()
+            return
+        step = index * 10 // max(total, 1)
+        if step != state["shown"]:
+            state["shown"] = step
+            print(f"  {total_label}: {index}/{total} {name}", file=sys.stderr, flush=True)
+
+    return update
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export.convert import export, parse_overrides
+
+    overrides = parse_overrides(args.override)
+    out = Path(args.output)
+    print(f"exporting {args.checkpoint} -> {out} (recipe {args.quant})", file=sys.stderr)
+    summary = export(
+        args.checkpoint,
+        out,
+        args.quant,
+        overrides,
+        keep_mtp=args.mtp,
+        progress=_progress_bar("quantizing"),
+    )
+    report = {
+        "path": str(summary.path),
+        "recipe": summary.recipe,
+        "file_bytes": summary.file_bytes,
+        "parameters": summary.parameters,
+        "bits_per_weight": round(summary.bits_per_weight, 4),
+        "seconds": round(summary.seconds, 1),
+        "formats": summary.formats,
+        "mtp": summary.mtp,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    fmts = ", ".join(
+        f"{f} x{n} ({summary.format_parameters[f] / 1e6:.1f}M params)"
+        for f, n in sorted(summary.formats.items())
+    )
+    print(f"wrote {out}")
+    print(f"  size          {_fmt_bytes(summary.file_bytes)}")
+    bpw = summary.bits_per_weight
+    print(f"  weights       {summary.parameters:,} parameters, {bpw:.3f} bits/weight")
+    print(f"  formats       {fmts}")
+    print(f"  MTP head      {'kept' if summary.mtp else 'not stored (use --mtp to keep it)'}")
+    print(f"  time          {summary.seconds:.1f} s")
+    return 0
+
+
+# --- eval ---------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .quality import evaluate
+
+    report = evaluate(
+        args.model,
+        args.reference,
+        tokens=args.tokens,
+        ctx=args.ctx,
+        act_q8=args.act_q8,
+        progress=None if args.json else _progress_bar("evaluating"),
+    )
+    d = report.to_dict()
+    if args.json:
+        print(json.dumps({"model": args.model, "reference": args.reference, **d}, indent=2))
+        return 0
+    print(f"{args.model} vs fp32 {args.reference}, {report.tokens} positions")
+    print(f"  mean KL       {report.mean_kl:.6f} nats")
+    print(f"  p99 KL        {report.p99_kl:.6f} nats")
+    print(f"  top-1 agree   {100 * report.top1:.2f} %")
+    ppl = f"{report.ppl_model:.4g} vs {report.ppl_ref:.4g} (ratio {report.ppl_ratio:.5f})"
+    print(f"  perplexity    {ppl}")
+    return 0
+
+
 # --- bench --------------------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
@@ -574,6 +667,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_board_argument(p)
     p.set_defaults(func=cmd_demo)
+
+    from .export.convert import RECIPES
+
+    p = sub.add_parser("export", help="convert a Hugging Face checkpoint into one model file")
+    p.add_argument("checkpoint", help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.qe)")
+    p.add_argument(
+        "--quant", choices=list(RECIPES), default="q4",
+        help="recipe: " + "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()),
+    )  # fmt: skip
+    p.add_argument(
+        "--override", action="append", metavar="GLOB=FORMAT",
+        help="store the tensors matching GLOB in FORMAT (repeatable; last match wins), "
+        "e.g. 'layers.*.mlp.down_proj.weight=q8g32'",
+    )  # fmt: skip
+    p.add_argument("--mtp", action="store_true", help="also store the MTP head's tensors")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="KL divergence / top-1 / perplexity of a model file vs fp32")
+    p.add_argument("model", help="model file (.qe)")
+    p.add_argument("--reference", required=True, help="the checkpoint folder it came from")
+    p.add_argument("--tokens", type=int, help="use only the first N tokens of the text")
+    p.add_argument("--ctx", type=int, default=512, help="window length (default 512)")
+    p.add_argument(
+        "--act-q8", action="store_true",
+        help="also round the inputs of integer matrices through q8a, as the native kernels do",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="continue a prompt (or answer it with --chat)")
     _add_model_args(p)

