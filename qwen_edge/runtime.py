@@ -103,11 +103,18 @@ class State:
         return State(self._native.copy(), self._model)
 
     def restore(self, snapshot: State) -> None:
-        """Makes this state equal to `snapshot` (a copy of a state of the same model)."""
-        self._native.copy_from(snapshot._native)
+        """Makes this state equal to `snapshot` (a copy of a state of the same model).
+
+        Raises:
+            ValueError: the snapshot belongs to another model or context length.
+        """
+        try:
+            self._native.copy_from(snapshot._native)
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
 
     def reset(self) -> None:
-        """Back to position 0 (the caches are cleared)."""
+        """Back to position 0, as a fresh state (recurrent and conv states zeroed)."""
         self._native.reset()
 
 

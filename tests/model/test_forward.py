@@ -190,6 +190,19 @@ def test_bad_inputs(small: tuple) -> None:
         native(config, wrong)
 
 
+def test_restore_and_reset(small: tuple) -> None:
+    config, weights = small
+    tensors = {n: ("f32", w.shape, w) for n, w in weights.items()}
+    model = native(config, tensors, context=32)
+    state = model.new_state()
+    first = model.forward([5, 6, 7], state)
+    state.reset()
+    assert state.position == 0
+    np.testing.assert_array_equal(model.forward([5, 6, 7], state), first)
+    with pytest.raises(ValueError, match="cannot be copied"):
+        state.restore(native(config, tensors, context=16).new_state())
+
+
 def test_state_is_independent_of_the_model_object(small: tuple) -> None:
     """A state outlives nothing it needs: deleting the Python model keeps states valid."""
     config, weights = small
