@@ -112,13 +112,13 @@ void bind_model(py::module_& m) {
             "load",
             [](const std::string& path, int threads, const std::string& isa, bool pin, int spin_us,
                bool verify) {
-                std::unique_ptr<qe::Qwen35Model> m;
+                std::unique_ptr<qe::Qwen35Model> model;
                 {
                     py::gil_scoped_release release;
-                    m = qe::Qwen35Model::load(path, PyModel::options(threads, isa, pin, spin_us),
-                                              verify);
+                    model = qe::Qwen35Model::load(
+                        path, PyModel::options(threads, isa, pin, spin_us), verify);
                 }
-                return std::make_unique<PyModel>(std::move(m));
+                return std::make_unique<PyModel>(std::move(model));
             },
             py::arg("path"), py::arg("threads") = 1, py::arg("isa") = "", py::arg("pin") = false,
             py::arg("spin_us") = 100, py::arg("verify") = false,
