@@ -2,10 +2,11 @@
 // Native timing driver for profiling the forward pass without Python (perf record, callgrind):
 //   qe_bench MODEL.qe [threads] [isa] [prompt_tokens] [decode_tokens] [prefill_repetitions]
 //   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
-// Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s, or one packed product's best time over the
-// repetitions (single thread, random codes) in GOPS. Not a benchmark of record: `qwen-edge
-// bench` is (JSON, repetitions, peers); this exists so profiles have symbols and no
-// interpreter, and so kernel variants can be compared on a busy machine (best of many).
+// Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s,
+// or one packed product's best time over the repetitions (single thread, random codes) in GOPS. Not
+// a benchmark of record: `qwen-edge bench` is (JSON, repetitions, peers); this exists so profiles
+// have symbols and no interpreter, and so kernel variants can be compared on a busy machine (best
+// of many).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -70,7 +71,8 @@ int bench_gemm(int argc, char** argv) {
 int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--gemm") return bench_gemm(argc, argv);
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s MODEL.qe [threads] [isa] [prompt] [decode] [reps]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s MODEL.qe [threads] [isa] [prompt] [decode] [reps]\n",
+                     argv[0]);
         return 2;
     }
     using Clock = std::chrono::steady_clock;

@@ -57,10 +57,12 @@ template <WeightFormat F>
 static inline void combine(Acc& a, __m256i dot, const Scales& sc, const BlockQ8A& x) {
     const __m256 xd = _mm256_set1_ps(x.d);
     if constexpr (F == WeightFormat::kQ8g32) {
-        a.acc = _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(dot)));
+        a.acc =
+            _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(dot)));
     } else if constexpr (F == WeightFormat::kQ4g32) {
         const __m256i d8 = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum));
-        a.acc = _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(d8)));
+        a.acc =
+            _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(d8)));
     } else {
         // float(sum) from a broadcast load and vcvtdq2ps: cvtsi2ss + a register broadcast
         // cost more uops per token and block.
