@@ -56,7 +56,10 @@ static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const Block
     if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
         a.acc = _mm512_add_ps(a.acc, t1);
     } else {
-        const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(sc.b, xd), _mm512_set1_ps(float(x.sum)));
+        // float(sum) converted in the vector unit from a broadcast load (vcvtdq2ps m32bcst):
+        // the scalar cvtsi2ss + register broadcast cost two more uops per token and block.
+        const __m512 fsum = _mm512_cvtepi32_ps(_mm512_set1_epi32(x.sum));
+        const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(sc.b, xd), fsum);
         if constexpr (F == WeightFormat::kQ4ag32) {
             a.acc = _mm512_add_ps(a.acc, _mm512_add_ps(t1, t2));
         } else {
