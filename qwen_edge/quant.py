@@ -215,7 +215,11 @@ def _interleave_codes(fmt: str, codes: np.ndarray, groups: int, blocks: int) -> 
         h = (codes >> 4).reshape(groups, ROW_PACK, blocks, 2, 4, STEP_K).transpose(0, 2, 3, 1, 5, 4)
         h = np.ascontiguousarray(h)
         hi = h[..., 0] | (h[..., 1] << 2) | (h[..., 2] << 4) | (h[..., 3] << 6)
-        return np.concatenate([lo, hi.reshape(groups, blocks, 64)], axis=2).astype(np.uint8).reshape(-1)
+        return (
+            np.concatenate([lo, hi.reshape(groups, blocks, 64)], axis=2)
+            .astype(np.uint8)
+            .reshape(-1)
+        )
     # [g, row, b, chunk, half, 4] -> [g, b, chunk, row, 4, half]; low nibble = even step
     c = codes.reshape(groups, ROW_PACK, blocks, 4, 2, STEP_K).transpose(0, 2, 3, 1, 5, 4)
     c = np.ascontiguousarray(c)
@@ -265,9 +269,11 @@ def pack(q: Quantized) -> np.ndarray:
         sbytes = np.ascontiguousarray(np.concatenate([d, m], axis=2)).reshape(-1).view(np.uint8)
     elif fmt == "q6k":  # i8 sc[8]; row params float32 d[8]
         assert q.row_d is not None
-        sbytes = np.ascontiguousarray(
-            _group_records(_pad_rows(q.d.astype(np.int8), rp), lay.groups)
-        ).reshape(-1).view(np.uint8)
+        sbytes = (
+            np.ascontiguousarray(_group_records(_pad_rows(q.d.astype(np.int8), rp), lay.groups))
+            .reshape(-1)
+            .view(np.uint8)
+        )
         params = _pad_rows(q.row_d.astype("<f4"), rp).reshape(-1).view(np.uint8)
         out[lay.row_params_offset : lay.row_params_offset + params.size] = params
     else:  # q4k: u8 sc[8], u8 mn[8]
