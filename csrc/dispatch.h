@@ -44,10 +44,11 @@ struct KernelTable {
     DeltaRuleFn delta_rule;
     AttentionF16Fn attention_f16;
     AttentionF32Fn attention_f32;
+    AttentionQ8Fn attention_q8;
 };
 
 // Number of function slots in a KernelTable and a view of them (for the completeness test).
-constexpr int kKernelSlots = 22;
+constexpr int kKernelSlots = 23;
 // Slot i of a table as an untyped pointer (nullptr if unset) and its family name.
 const void* kernel_slot(const KernelTable& t, int i);
 const char* kernel_slot_name(int i);

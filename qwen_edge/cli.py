@@ -132,10 +132,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 # --- shared by run, chat, tokenize, demo -------------------------------------------------------
+def _add_kv_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kv-cache",
+        choices=["f16", "f32", "q8"],
+        default="f16",
+        help="KV cache type of the native runtime (q8: int8, for long contexts; default f16)",
+    )
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file (.qe) or Hugging Face checkpoint folder")
     p.add_argument("--threads", type=int, help="worker threads of the native runtime")
     p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
+    _add_kv_cache_arg(p)
     add_board_argument(p)
     p.add_argument(
         "--backend",
@@ -201,6 +211,7 @@ def _load(args: argparse.Namespace) -> Any:
         args.model,
         threads=args.threads,
         context=args.context,
+        kv_cache=args.kv_cache,
         backend=args.backend,
         tokenizer_backend=args.tokenizer_backend,
     )
@@ -510,7 +521,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     apply_board(args)  # --board: threads, context and cores where the user gave none
-    llm = load(args.model, threads=args.threads, context=args.context)
+    llm = load(args.model, threads=args.threads, context=args.context, kv_cache=args.kv_cache)
     name = args.model_name or Path(args.model).stem
     server = serve(llm, args.host, args.port, name)
     host, port = server.server_address[:2]
@@ -734,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="the model id clients see (default: the file name)")
     p.add_argument("--threads", type=int, help="native worker threads (default: all cores)")
     p.add_argument("--context", type=int, help="context length in tokens")
+    _add_kv_cache_arg(p)
     add_board_argument(p)
     p.set_defaults(func=cmd_serve)
 

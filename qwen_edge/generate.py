@@ -781,6 +781,7 @@ def load(
     *,
     threads: int | None = None,
     context: int | None = None,
+    kv_cache: str = "f16",
     backend: str = "auto",
     tokenizer_backend: str = "auto",
 ) -> LLM:
@@ -791,6 +792,8 @@ def load(
             (numpy reference backend: exact but slow, for tests and small models).
         threads: worker threads of the native runtime (default: all cores).
         context: the most tokens a generation may hold (default: the model's maximum).
+        kv_cache: the native runtime's KV cache: "f16" (default), "f32", or "q8" (int8, 0.6x
+            the memory of f16, for long contexts).
         backend: "auto" (by path), "native" or "reference".
         tokenizer_backend: "auto", "tokenizers" or "python" (see `qwen_edge.tokenizer`).
 
@@ -817,7 +820,7 @@ def load(
     elif path.is_file():
         if backend == "reference":
             raise QwenEdgeError(f"{path}: the reference backend loads checkpoint folders only")
-        model, assets = _load_model_file(path, threads, context, tokenizer_backend)
+        model, assets = _load_model_file(path, threads, context, kv_cache, tokenizer_backend)
     else:
         raise QwenEdgeError(
             f"{path} does not exist (expected a .qe model file or a checkpoint folder)"
@@ -868,7 +871,7 @@ def _model_file_assets(path: Path, tokenizer_backend: str) -> ModelAssets:
 
 
 def _load_model_file(
-    path: Path, threads: int | None, context: int | None, tokenizer_backend: str
+    path: Path, threads: int | None, context: int | None, kv_cache: str, tokenizer_backend: str
 ) -> tuple[Backend, ModelAssets]:
     from . import runtime
 
@@ -878,4 +881,5 @@ def _load_model_file(
             "checkpoint folder with the reference backend"
         )
     assets = _model_file_assets(path, tokenizer_backend)
-    return runtime.Model.load(path, threads=threads, context=context), assets
+    model = runtime.Model.load(path, threads=threads, context=context, kv_cache=kv_cache)
+    return model, assets

@@ -60,6 +60,7 @@ def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
 # --- the model ----------------------------------------------------------------------------------
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
 DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
+KV_CACHE_TYPES = ("f16", "f32", "q8")
 
 
 def _default_threads() -> int:
@@ -134,6 +135,10 @@ class Model:
         kv_cache: str,
         batch: int,
     ):
+        if kv_cache not in KV_CACHE_TYPES:
+            raise ValueError(
+                f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, not {kv_cache!r}"
+            )
         self._native = native
         self.config = config
         self.header = header
@@ -199,7 +204,8 @@ class Model:
                 use).
             context: tokens a new state holds (default 4096, at most the model's limit).
             isa: kernel table tag (default: QWEN_EDGE_ISA, else the best for this CPU).
-            kv_cache: "f16" (default) or "f32" keys and values.
+            kv_cache: "f16" (default), "f32", or "q8" keys and values (int8 in blocks of 32
+                with a float scale: 1.25 bytes per element, for long contexts).
             batch: tokens per native pass of a long prompt (scratch is sized by it).
             pin: pin thread i to the i-th allowed CPU.
             spin_us: how long idle workers spin before sleeping.

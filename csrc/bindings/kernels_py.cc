@@ -241,6 +241,28 @@ void bind_kernels(py::module_& m) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",
         "softmax(scale q k^T) v over one KV head; k, v as uint16 (f16 cache) or float32.");
+    m.def(
+        "attention_q8",
+        [](const F32& q, const F32& k, const F32& v, float scale, const std::string& isa) {
+            QE_CHECK(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && k.shape(1) == q.shape(1) &&
+                         v.shape(1) == q.shape(1) && k.shape(0) == v.shape(0) &&
+                         k.shape(0) >= 1 && q.shape(1) % qe::kBlockK == 0,
+                     "attention_q8: expected q [n_q, d], k and v [n, d], n >= 1, d % 32 == 0");
+            const int64_t n_q = q.shape(0), d = q.shape(1), n = k.shape(0);
+            // The cache as the model writes it: each row through quantize_q8a (exact on
+            // every table, so ref's does).
+            std::vector<qe::BlockQ8A> kq(n * d / qe::kBlockK), vq(kq.size());
+            qe::ref::quantize_q8a(k.data(), kq.data(), n * d);
+            qe::ref::quantize_q8a(v.data(), vq.data(), n * d);
+            py::array_t<float> out({n_q, d});
+            std::vector<float> scratch(n_q * n);
+            table(isa).attention_q8(q.data(), d, n_q, kq.data(), vq.data(), n, d, scale,
+                                    scratch.data(), out.mutable_data(), d);
+            return out;
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",
+        "attention over an int8 (q8a) KV head: k, v [n, d] float32 are quantized row by row "
+        "as the model's cache stores them.");
 }
 
 }  // namespace qe_py

@@ -20,9 +20,14 @@ namespace qe_py {
 namespace {
 
 qe::KvType kv_type(const std::string& name) {
-    QE_CHECK(name == "f16" || name == "f32", "kv cache type must be 'f16' or 'f32', got '", name,
-             "'");
-    return name == "f16" ? qe::KvType::kF16 : qe::KvType::kF32;
+    if (name == "f16") return qe::KvType::kF16;
+    if (name == "f32") return qe::KvType::kF32;
+    QE_CHECK(name == "q8", "kv cache type must be 'f16', 'f32' or 'q8', got '", name, "'");
+    return qe::KvType::kQ8;
+}
+
+const char* kv_name(qe::KvType t) {
+    return t == qe::KvType::kF16 ? "f16" : t == qe::KvType::kF32 ? "f32" : "q8";
 }
 
 class PyModel {
@@ -98,7 +103,7 @@ void bind_model(py::module_& m) {
         .def_property_readonly("context", &qe::State::context)
         .def_property_readonly(
             "kv_type",
-            [](const qe::State& s) { return s.kv_type() == qe::KvType::kF16 ? "f16" : "f32"; })
+            [](const qe::State& s) { return kv_name(s.kv_type()); })
         .def_property_readonly("cache_bytes", &qe::State::cache_bytes)
         .def("copy", [](const qe::State& s) { return std::make_unique<qe::State>(s); })
         .def("copy_from", &qe::State::copy_from, py::arg("other"))
@@ -112,13 +117,13 @@ void bind_model(py::module_& m) {
             "load",
             [](const std::string& path, int threads, const std::string& isa, bool pin, int spin_us,
                bool verify) {
-                std::unique_ptr<qe::Qwen35Model> m;
+                std::unique_ptr<qe::Qwen35Model> model;
                 {
                     py::gil_scoped_release release;
-                    m = qe::Qwen35Model::load(path, PyModel::options(threads, isa, pin, spin_us),
-                                              verify);
+                    model = qe::Qwen35Model::load(
+                        path, PyModel::options(threads, isa, pin, spin_us), verify);
                 }
-                return std::make_unique<PyModel>(std::move(m));
+                return std::make_unique<PyModel>(std::move(model));
             },
             py::arg("path"), py::arg("threads") = 1, py::arg("isa") = "", py::arg("pin") = false,
             py::arg("spin_us") = 100, py::arg("verify") = false,

@@ -145,6 +145,13 @@ using AttentionF16Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const 
 using AttentionF32Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const float* k,
                                 const float* v, int64_t n, int64_t d, float scale, float* scratch,
                                 float* out, int64_t ldo);
+// The same over an int8 cache (the long-context option): each key and value row is d / 32 q8a
+// blocks (d a multiple of 32), element e of row j worth k[j*d/32 + e/32].d * q[e % 32] (the
+// cache is written with quantize_q8a). Reordered + approx exp, like attention_f32 on the
+// dequantized rows.
+using AttentionQ8Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k,
+                               const BlockQ8A* v, int64_t n, int64_t d, float scale,
+                               float* scratch, float* out, int64_t ldo);
 
 // Declares every family in the namespace of an ISA tag (each table implements them all or
 // borrows the next-best implementation in dispatch.cc).
@@ -199,6 +206,9 @@ using AttentionF32Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const 
     void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v, \
                        int64_t n, int64_t d, float scale, float* scratch, float* out,            \
                        int64_t ldo);                                                             \
+    void attention_q8(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k,               \
+                      const BlockQ8A* v, int64_t n, int64_t d, float scale, float* scratch,      \
+                      float* out, int64_t ldo);                                                  \
     }
 
 // ref: every family.

@@ -308,10 +308,25 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
     // Per token: split q and gate, q/k norms, RoPE with the token's position (cos/sin rows
     // from the state's table), then append keys and values to the cache.
     const int64_t half = c.rotary_dim() / 2;
-    const bool f16 = state.kv_type_ == KvType::kF16;
-    void* kcache = state.keys(L.index);
-    void* vcache = state.values(L.index);
+    const KvType kv_type = state.kv_type_;
+    const int64_t kv_row = int64_t(kv_row_bytes(kv_type, hd));
+    char* kcache = static_cast<char*>(state.keys(L.index));
+    char* vcache = static_cast<char*>(state.values(L.index));
     const float* rope_table = s.rope.as<float>();  // filled by run_batch
+    // One key or value vector into its cache row, in the cache's element type.
+    auto store_kv = [&](const float* src, char* dst) {
+        switch (kv_type) {
+            case KvType::kF16:
+                kt_.cvt_f32_f16(src, reinterpret_cast<uint16_t*>(dst), hd);
+                break;
+            case KvType::kF32:
+                std::memcpy(dst, src, size_t(hd) * sizeof(float));
+                break;
+            case KvType::kQ8:
+                kt_.quantize_q8a(src, reinterpret_cast<BlockQ8A*>(dst), hd);
+                break;
+        }
+    };
     for_tokens(n, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
             for (int64_t hh = 0; hh < nh; ++hh) {
@@ -328,14 +343,9 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
             kt_.rope(q + t * nh * hd, nh, hd, cos_t, sin_t, half);
             kt_.rope(kt, nkv, hd, cos_t, sin_t, half);
             for (int64_t j = 0; j < nkv; ++j) {
-                const int64_t row = (j * ctx + p0 + t) * hd;
-                if (f16) {
-                    kt_.cvt_f32_f16(kt + j * hd, static_cast<uint16_t*>(kcache) + row, hd);
-                    kt_.cvt_f32_f16(vt + j * hd, static_cast<uint16_t*>(vcache) + row, hd);
-                } else {
-                    std::memcpy(static_cast<float*>(kcache) + row, kt + j * hd, hd * sizeof(float));
-                    std::memcpy(static_cast<float*>(vcache) + row, vt + j * hd, hd * sizeof(float));
-                }
+                const int64_t at = (j * ctx + p0 + t) * kv_row;
+                store_kv(kt + j * hd, kcache + at);
+                store_kv(vt + j * hd, vcache + at);
             }
         }
     });
@@ -350,14 +360,25 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
             const int64_t t = i / nkv, j = i % nkv;
             const float* qi = q + (t * nh + j * group) * hd;
             float* oi = heads + (t * nh + j * group) * hd;
-            if (f16) {
-                const uint16_t* kc = static_cast<const uint16_t*>(kcache) + j * ctx * hd;
-                const uint16_t* vc = static_cast<const uint16_t*>(vcache) + j * ctx * hd;
-                kt_.attention_f16(qi, hd, group, kc, vc, p0 + t + 1, hd, scale, scratch, oi, hd);
-            } else {
-                const float* kc = static_cast<const float*>(kcache) + j * ctx * hd;
-                const float* vc = static_cast<const float*>(vcache) + j * ctx * hd;
-                kt_.attention_f32(qi, hd, group, kc, vc, p0 + t + 1, hd, scale, scratch, oi, hd);
+            const char* kc = kcache + j * ctx * kv_row;
+            const char* vc = vcache + j * ctx * kv_row;
+            const int64_t len = p0 + t + 1;
+            switch (kv_type) {
+                case KvType::kF16:
+                    kt_.attention_f16(qi, hd, group, reinterpret_cast<const uint16_t*>(kc),
+                                      reinterpret_cast<const uint16_t*>(vc), len, hd, scale,
+                                      scratch, oi, hd);
+                    break;
+                case KvType::kF32:
+                    kt_.attention_f32(qi, hd, group, reinterpret_cast<const float*>(kc),
+                                      reinterpret_cast<const float*>(vc), len, hd, scale, scratch,
+                                      oi, hd);
+                    break;
+                case KvType::kQ8:
+                    kt_.attention_q8(qi, hd, group, reinterpret_cast<const BlockQ8A*>(kc),
+                                     reinterpret_cast<const BlockQ8A*>(vc), len, hd, scale,
+                                     scratch, oi, hd);
+                    break;
             }
         }
     });

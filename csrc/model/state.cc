@@ -29,8 +29,10 @@ State::State(const ModelConfig& config, int64_t context, int64_t batch, KvType k
     QE_CHECK(context >= 1 && context <= config.max_position, "context must be in 1..",
              config.max_position, " (the model's max_position_embeddings), got ", context);
     QE_CHECK(batch >= 1 && batch <= 4096, "batch must be in 1..4096, got ", batch);
-    const size_t elem = kv_type == KvType::kF16 ? 2 : 4;
-    const size_t kv_bytes = bytes_of(config.n_head_kv, context, config.head_dim, elem);
+    QE_CHECK(kv_type != KvType::kQ8 || config.head_dim % kBlockK == 0,
+             "an int8 KV cache needs head_dim divisible by ", kBlockK, ", got ", config.head_dim);
+    const size_t kv_bytes =
+        bytes_of(config.n_head_kv, context, kv_row_bytes(kv_type, config.head_dim));
     for (int64_t i = 0; i < count_layers(config, LayerType::kFull); ++i) {
         kv_.emplace_back(kv_bytes);
         kv_.emplace_back(kv_bytes);
@@ -89,8 +91,7 @@ void State::copy_from(const State& other) {
              "states of different models or sizes cannot be copied into each other");
     position_ = other.position_;
     // Only the filled part of each head's KV rows.
-    const size_t elem = kv_type_ == KvType::kF16 ? 2 : 4;
-    const size_t row = size_t(config_.head_dim) * elem;
+    const size_t row = kv_row_bytes(kv_type_, config_.head_dim);
     for (size_t i = 0; i < kv_.size(); ++i) {
         for (int64_t h = 0; h < config_.n_head_kv; ++h) {
             const size_t off = size_t(h) * size_t(context_) * row;

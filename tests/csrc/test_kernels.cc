@@ -380,6 +380,16 @@ QE_TEST(attention_matches_ref) {
             ref().attention_f32(q.data(), d, n_q, k.data(), v.data(), n, d, 0.2f, scratch.data(),
                                 orf.data(), d);
             expect_close(o, orf, 1e-5, 1e-5, "attention_f32", t->tag);
+            if (d % qe::kBlockK == 0) {  // the int8 cache: rows of q8a blocks
+                std::vector<qe::BlockQ8A> k8(n * d / qe::kBlockK), v8(k8.size());
+                ref().quantize_q8a(k.data(), k8.data(), n * d);
+                ref().quantize_q8a(v.data(), v8.data(), n * d);
+                t->attention_q8(q.data(), d, n_q, k8.data(), v8.data(), n, d, 0.2f,
+                                scratch.data(), o.data(), d);
+                ref().attention_q8(q.data(), d, n_q, k8.data(), v8.data(), n, d, 0.2f,
+                                   scratch.data(), orf.data(), d);
+                expect_close(o, orf, 1e-5, 1e-5, "attention_q8", t->tag);
+            }
         }
     }
 }

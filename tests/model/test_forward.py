@@ -4,7 +4,9 @@ Measures and tolerances (measured when these tests were written, on this repo's 
 * Float weights (f32/f16/bf16 as stored in the checkpoint) with an f32 KV cache against the
   transformers goldens: max |diff| / logit range < 2e-5, the tolerance of the reference itself
   (tests/test_reference.py); measured <= 2.7e-6. The f16 KV cache rounds keys and values to 11
-  significant bits: < 2e-3 (measured <= 4.8e-4), and the same greedy tokens.
+  significant bits: < 2e-3 (measured <= 4.8e-4), and the same greedy tokens. The int8 (q8)
+  KV cache rounds them to 8 bits per block of 32: < 3e-2 (measured <= 1.7e-2), and the same
+  greedy tokens.
 * Packed weights (W4A8/W8A8) against the reference on the same dequantized weights, with the
   reference quantizing activations to q8a exactly like the kernels: the only differences are
   float rounding orders, which occasionally flip one activation's rounding; NMSE < 1e-3
@@ -42,6 +44,7 @@ ISAS = core().available_isas()
 BEST = ISAS[0]
 GOLDEN_TOL = 2e-5
 GOLDEN_TOL_F16_KV = 2e-3
+GOLDEN_TOL_Q8_KV = 3e-2
 PACKED_NMSE = 1e-3
 
 
@@ -51,16 +54,20 @@ def small() -> tuple:
     return config, random_weights(config)
 
 
-@pytest.mark.parametrize("kv", ["f32", "f16"])
+@pytest.mark.parametrize("kv", ["f32", "f16", "q8"])
 @pytest.mark.parametrize("golden", GOLDEN_DIRS, ids=lambda p: p.name)
 def test_goldens_of_transformers(golden: Path, kv: str) -> None:
     g = np.load(golden / "golden.npz")
     config, tensors, _ = checkpoint_tensors(golden)
     model = native(config, tensors, kv_cache=kv, threads=2)
+    if kv == "q8" and config.head_dim % 32:
+        with pytest.raises(ValueError, match="int8 KV cache needs head_dim divisible by 32"):
+            model.new_state()
+        return
     state = model.new_state()
     prompt = model.forward(g["prompt"], state, all_logits=True)
     decode = np.stack([model.forward([int(t)], state) for t in g["decode_tokens"]])
-    tol = GOLDEN_TOL if kv == "f32" else GOLDEN_TOL_F16_KV
+    tol = {"f32": GOLDEN_TOL, "f16": GOLDEN_TOL_F16_KV, "q8": GOLDEN_TOL_Q8_KV}[kv]
     assert rel_err(prompt, g["prompt_logits"]) < tol
     assert rel_err(decode, g["decode_logits"]) < tol
     greedy = np.concatenate([prompt[-1:], decode[:-1]]).argmax(axis=1)
@@ -128,6 +135,42 @@ def test_invariants_are_bitwise(small: tuple, isa: str, fmt: str) -> None:
     state.restore(fresh)
     assert state.position == 30
     np.testing.assert_array_equal(model.forward(ids[30:], state, all_logits=True), whole[30:])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_q8_kv_cache(small: tuple, isa: str) -> None:
+    """The int8 KV cache keeps the bitwise invariants, and holds 1.25 bytes per element."""
+    config, weights = small
+    tensors, _, _ = quantized_tensors(weights, "q4k")
+    ids = np.random.default_rng(4).integers(0, config.vocab_size, 40)
+    models = {
+        t: native(config, tensors, isa=isa, threads=t, kv_cache="q8", batch=16) for t in (1, 3)
+    }
+    whole = models[1].logits(ids)
+    np.testing.assert_array_equal(models[3].logits(ids), whole)
+    model = models[3]
+    state = model.new_state()
+    steps = np.stack([model.forward([int(t)], state) for t in ids])
+    np.testing.assert_array_equal(steps, whole)
+    state = model.new_state()
+    model.forward(ids[:25], state)
+    snapshot = state.copy()
+    assert snapshot.kv_type == "q8"
+    np.testing.assert_array_equal(model.forward(ids[25:], snapshot, all_logits=True), whole[25:])
+    # The int8 cache differs from the f16 one (it is really used), but only a little.
+    f16 = native(config, tensors, isa=isa, threads=1, kv_cache="f16", batch=16).logits(ids)
+    assert 0 < nmse(whole, f16) < PACKED_NMSE
+    # Cache size: KV rows are head_dim / 32 blocks of 40 bytes instead of 2 * head_dim bytes.
+    ctx = 64
+    n_full = config.layer_types.count("full_attention")
+    kv_elems = 2 * n_full * config.num_key_value_heads * ctx * config.head_dim
+    sizes = {
+        kv: native(config, tensors, kv_cache=kv, context=ctx).new_state().cache_bytes
+        for kv in ("f16", "q8")
+    }
+    assert sizes["f16"] - sizes["q8"] == kv_elems * (2 - 1.25)
+    with pytest.raises(ValueError, match="kv_cache must be one of"):
+        native(config, tensors, kv_cache="q4")
 
 
 def test_tables_agree(small: tuple) -> None:

@@ -5,17 +5,32 @@
 // (ARMv8.0); no fp16 arithmetic, so long contexts cannot overflow a half-precision sum.
 #include <arm_neon.h>
 
+#include <cstring>
+
 #include "kernels/arm/neon_util.h"
 
 namespace qe::neon {
 namespace {
 
-QE_NEON_INLINE float32x4_t load4(const float* p) { return vld1q_f32(p); }
-QE_NEON_INLINE float32x4_t load4(const uint16_t* p) {
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+// Elements i..i+3 (or i) of a cache laid out row after row (i = j * d + e); a q8 row's 4
+// elements never straddle a 32-wide block (d and i are multiples of 4).
+QE_NEON_INLINE float32x4_t load4(const float* c, int64_t i) { return vld1q_f32(c + i); }
+QE_NEON_INLINE float32x4_t load4(const uint16_t* c, int64_t i) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(c + i)));
 }
-QE_NEON_INLINE float widen(float v) { return v; }
-QE_NEON_INLINE float widen(uint16_t h) { return f16_to_f32(h); }
+QE_NEON_INLINE float32x4_t load4(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    int32_t word;
+    std::memcpy(&word, b.q + i % kBlockK, 4);
+    const int16x4_t w16 = vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(word))));
+    return vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(w16)), b.d);
+}
+QE_NEON_INLINE float widen(const float* c, int64_t i) { return c[i]; }
+QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) { return f16_to_f32(c[i]); }
+QE_NEON_INLINE float widen(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    return b.d * float(b.q[i % kBlockK]);
+}
 
 template <typename T>
 void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n,
@@ -25,24 +40,24 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
         const float* qi = q + i * ldq;
         float* p = scratch + i * n;
         for (int64_t j = 0; j < n; ++j) {
-            const T* kj = k + j * d;
+            const int64_t kj = j * d;
             float32x4_t acc = vdupq_n_f32(0.0f);
             int64_t e = 0;
-            for (; e < d4; e += 4) acc = vfmaq_f32(acc, vld1q_f32(qi + e), load4(kj + e));
+            for (; e < d4; e += 4) acc = vfmaq_f32(acc, vld1q_f32(qi + e), load4(k, kj + e));
             float dot = vaddvq_f32(acc);
-            for (; e < d; ++e) dot += qi[e] * widen(kj[e]);
+            for (; e < d; ++e) dot += qi[e] * widen(k, kj + e);
             p[j] = dot * scale;
         }
         softmax(p, n);
         float* oi = out + i * ldo;
         for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
         for (int64_t j = 0; j < n; ++j) {
-            const T* vj = v + j * d;
+            const int64_t vj = j * d;
             const float pj = p[j];
             int64_t e = 0;
             for (; e < d4; e += 4)
-                vst1q_f32(oi + e, vfmaq_n_f32(vld1q_f32(oi + e), load4(vj + e), pj));
-            for (; e < d; ++e) oi[e] += pj * widen(vj[e]);
+                vst1q_f32(oi + e, vfmaq_n_f32(vld1q_f32(oi + e), load4(v, vj + e), pj));
+            for (; e < d; ++e) oi[e] += pj * widen(v, vj + e);
         }
     }
 }
@@ -57,6 +72,11 @@ void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
 
 void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
                    int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+}
+
+void attention_q8(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k, const BlockQ8A* v,
+                  int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
     attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
 }
 

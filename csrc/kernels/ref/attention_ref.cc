@@ -8,11 +8,16 @@
 namespace qe::ref {
 namespace {
 
-inline float widen(float v) {
-    return v;
+// Element i of a cache laid out row after row (i = j * d + e), as float.
+inline float at(const float* c, int64_t i) {
+    return c[i];
 }
-inline float widen(uint16_t h) {
-    return f16_to_f32(h);
+inline float at(const uint16_t* c, int64_t i) {
+    return f16_to_f32(c[i]);
+}
+inline float at(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    return b.d * float(b.q[i % kBlockK]);
 }
 
 template <typename T>
@@ -23,14 +28,14 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
         float* p = scratch + i * n;
         for (int64_t j = 0; j < n; ++j) {
             float dot = 0.0f;
-            for (int64_t e = 0; e < d; ++e) dot += qi[e] * widen(k[j * d + e]);
+            for (int64_t e = 0; e < d; ++e) dot += qi[e] * at(k, j * d + e);
             p[j] = dot * scale;
         }
         softmax(p, n);
         float* oi = out + i * ldo;
         for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
         for (int64_t j = 0; j < n; ++j) {
-            for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * widen(v[j * d + e]);
+            for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * at(v, j * d + e);
         }
     }
 }
@@ -44,6 +49,11 @@ void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k, 
 
 void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
                    int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+}
+
+void attention_q8(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k, const BlockQ8A* v,
+                  int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
     attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// AVX2 + FMA + F16C attention over one KV head. Up to 4 query heads (a GQA group) share every
+// AVX2 + FMA + F16C attention over one KV head (f16, f32 or q8 cache). Up to 4 query heads (a GQA group) share every
 // key and value load: scores are 4 dot products per key row, the output accumulates 4 x 16
 // columns per value row in registers. Compiled with -mavx2 -mfma -mf16c (per file).
 #include <immintrin.h>
@@ -10,17 +10,28 @@
 namespace qe::avx2 {
 namespace {
 
-static inline __m256 load8(const float* p) {
-    return _mm256_loadu_ps(p);
+// Elements i..i+7 (or i) of a cache laid out row after row (i = j * d + e). A q8 row's 8
+// elements never straddle a block: d and i are multiples of 8 and blocks are 32 wide.
+static inline __m256 load8(const float* c, int64_t i) {
+    return _mm256_loadu_ps(c + i);
 }
-static inline __m256 load8(const uint16_t* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+static inline __m256 load8(const uint16_t* c, int64_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
 }
-static inline float load1(const float* p) {
-    return *p;
+static inline __m256 load8(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.q + i % kBlockK));
+    return _mm256_mul_ps(_mm256_set1_ps(b.d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
 }
-static inline float load1(const uint16_t* p) {
-    return f16_to_f32(*p);
+static inline float load1(const float* c, int64_t i) {
+    return c[i];
+}
+static inline float load1(const uint16_t* c, int64_t i) {
+    return f16_to_f32(c[i]);
+}
+static inline float load1(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    return b.d * float(b.q[i % kBlockK]);
 }
 
 template <int Q, typename T>
@@ -28,17 +39,17 @@ static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t 
                    float scale, float* scratch, float* out, int64_t ldo) {
     const int64_t d8 = d & ~int64_t{7};
     for (int64_t j = 0; j < n; ++j) {
-        const T* kj = k + j * d;
+        const int64_t kj = j * d;
         __m256 acc[Q];
         for (int i = 0; i < Q; ++i) acc[i] = _mm256_setzero_ps();
         for (int64_t e = 0; e < d8; e += 8) {
-            const __m256 kv = load8(kj + e);
+            const __m256 kv = load8(k, kj + e);
             for (int i = 0; i < Q; ++i)
                 acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * ldq + e), kv, acc[i]);
         }
         for (int i = 0; i < Q; ++i) {
             float dot = x86::hsum(acc[i]);
-            for (int64_t e = d8; e < d; ++e) dot += q[i * ldq + e] * load1(kj + e);
+            for (int64_t e = d8; e < d; ++e) dot += q[i * ldq + e] * load1(k, kj + e);
             scratch[i * n + j] = dot * scale;
         }
     }
@@ -48,7 +59,7 @@ static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t 
         __m256 o0[Q], o1[Q];
         for (int i = 0; i < Q; ++i) o0[i] = o1[i] = _mm256_setzero_ps();
         for (int64_t j = 0; j < n; ++j) {
-            const __m256 v0 = load8(v + j * d + e0), v1 = load8(v + j * d + e0 + 8);
+            const __m256 v0 = load8(v, j * d + e0), v1 = load8(v, j * d + e0 + 8);
             for (int i = 0; i < Q; ++i) {
                 const __m256 p = _mm256_broadcast_ss(scratch + i * n + j);
                 o0[i] = _mm256_fmadd_ps(p, v0, o0[i]);
@@ -64,7 +75,7 @@ static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t 
         __m256 o0[Q];
         for (int i = 0; i < Q; ++i) o0[i] = _mm256_setzero_ps();
         for (int64_t j = 0; j < n; ++j) {
-            const __m256 v0 = load8(v + j * d + e0);
+            const __m256 v0 = load8(v, j * d + e0);
             for (int i = 0; i < Q; ++i)
                 o0[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(scratch + i * n + j), v0, o0[i]);
         }
@@ -73,7 +84,7 @@ static void attend(const float* q, int64_t ldq, const T* k, const T* v, int64_t 
     for (; e0 < d; ++e0) {
         for (int i = 0; i < Q; ++i) {
             float acc = 0.0f;
-            for (int64_t j = 0; j < n; ++j) acc += scratch[i * n + j] * load1(v + j * d + e0);
+            for (int64_t j = 0; j < n; ++j) acc += scratch[i * n + j] * load1(v, j * d + e0);
             out[i * ldo + e0] = acc;
         }
     }
@@ -112,6 +123,11 @@ void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k, 
 
 void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
                    int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+}
+
+void attention_q8(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k, const BlockQ8A* v,
+                  int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
     attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
 }
 
