@@ -1,4 +1,4 @@
-"""Scale searches of the 4-bit quantizers, in numba when installed and in numpy otherwise.
+"""Scale searches of the 4- and 6-bit quantizers, in numba when installed and in numpy otherwise.
 
 Both backends evaluate the same expressions in the same order (float64 sums taken sequentially
 over the 32 columns of a block, rounding floor(v + 0.5)) so they return identical scales;

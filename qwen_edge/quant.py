@@ -33,13 +33,13 @@ BLOCK_K = 32  # columns per quantization block
 ROW_PACK = 8  # rows interleaved in one row group
 STEP_K = 4  # consecutive columns of one row kept together (one int32 lane)
 SECTION_ALIGN = 64
-ROW_PARAM_BYTES = 64  # q4k: float32 d[8], m[8] per row group
+ROW_PARAM_BYTES = {"q4k": 64, "q6k": 32}  # per row group: float32 d[8] (and m[8] for q4k)
 
 PLAIN_FORMATS = {"f32": 4, "f16": 2, "bf16": 2}  # name -> bytes per element
-PACKED_FORMATS = ("q8g32", "q4g32", "q4ag32", "q4k")
+PACKED_FORMATS = ("q8g32", "q4g32", "q4ag32", "q4k", "q6k")
 FORMATS = (*PLAIN_FORMATS, *PACKED_FORMATS)
-_QUANT_RECORD = {"q8g32": 256, "q4g32": 128, "q4ag32": 128, "q4k": 128}
-_SCALE_RECORD = {"q8g32": 16, "q4g32": 16, "q4ag32": 32, "q4k": 16}
+_QUANT_RECORD = {"q8g32": 256, "q4g32": 128, "q4ag32": 128, "q4k": 128, "q6k": 192}
+_SCALE_RECORD = {"q8g32": 16, "q4g32": 16, "q4ag32": 32, "q4k": 16, "q6k": 8}
 F16_MAX = 65504.0
 
 
@@ -70,7 +70,7 @@ class PackedLayout:
     groups: int  # row groups of 8
     blocks: int  # blocks of 32 columns
     scales_offset: int
-    row_params_offset: int  # q4k only (0 otherwise)
+    row_params_offset: int  # q4k and q6k only (0 otherwise)
     total_bytes: int
 
 
@@ -93,9 +93,9 @@ def packed_layout(fmt: str, rows: int, k: int) -> PackedLayout:
     scales_offset = _align(records * _QUANT_RECORD[fmt])
     end = scales_offset + _align(records * _SCALE_RECORD[fmt])
     row_params_offset = 0
-    if fmt == "q4k":
+    if fmt in ROW_PARAM_BYTES:
         row_params_offset = end
-        end += _align(groups * ROW_PARAM_BYTES)
+        end += _align(groups * ROW_PARAM_BYTES[fmt])
     return PackedLayout(fmt, rows, k, groups, blocks, scales_offset, row_params_offset, end)
 
 
@@ -175,10 +175,12 @@ def decode_plain(fmt: str, data: Any, shape: tuple[int, ...]) -> np.ndarray:
 class Quantized:
     """Codes and scales of a packed matrix before interleaving.
 
-    codes: [rows, k] uint8 (q8g32: the offset-binary byte q + 128; 4-bit formats: 0..15).
-    d: [rows, nb] float16 scales (q8g32, q4g32, q4ag32) or uint8 sub-scales `sc` (q4k).
+    codes: [rows, k] uint8 (q8g32: the offset-binary byte q + 128; 4-bit formats: 0..15;
+        q6k: q + 32, 0..63).
+    d: [rows, nb] float16 scales (q8g32, q4g32, q4ag32), uint8 sub-scales `sc` (q4k) or
+        int8 sub-scales `sc` (q6k).
     m: [rows, nb] float16 minimums (q4ag32) or uint8 sub-mins `mn` (q4k); None otherwise.
-    row_d, row_m: [rows] float32 row factors D, M (q4k only).
+    row_d: [rows] float32 row factor D (q4k, q6k); row_m: [rows] float32 M (q4k only).
     """
 
     fmt: str
@@ -206,6 +208,18 @@ def _interleave_codes(fmt: str, codes: np.ndarray, groups: int, blocks: int) -> 
         # [g, row, b, step, 4] -> [g, b, step, row, 4]
         c = codes.reshape(groups, ROW_PACK, blocks, 8, STEP_K).transpose(0, 2, 3, 1, 4)
         return np.ascontiguousarray(c).reshape(-1)
+    if fmt == "q6k":
+        # The 4-bit record of the low nibbles (128 B), then the high 2 bits (64 B):
+        # [g, row, b, half, t, 4] -> [g, b, half, row, 4, t]; bits 2t..2t+1 = step 4 half + t.
+        lo = _interleave_codes("q4k", codes & 0x0F, groups, blocks).reshape(groups, blocks, 128)
+        h = (codes >> 4).reshape(groups, ROW_PACK, blocks, 2, 4, STEP_K).transpose(0, 2, 3, 1, 5, 4)
+        h = np.ascontiguousarray(h)
+        hi = h[..., 0] | (h[..., 1] << 2) | (h[..., 2] << 4) | (h[..., 3] << 6)
+        return (
+            np.concatenate([lo, hi.reshape(groups, blocks, 64)], axis=2)
+            .astype(np.uint8)
+            .reshape(-1)
+        )
     # [g, row, b, chunk, half, 4] -> [g, b, chunk, row, 4, half]; low nibble = even step
     c = codes.reshape(groups, ROW_PACK, blocks, 4, 2, STEP_K).transpose(0, 2, 3, 1, 5, 4)
     c = np.ascontiguousarray(c)
@@ -217,6 +231,13 @@ def _deinterleave_codes(fmt: str, rec: np.ndarray, groups: int, blocks: int) -> 
     if fmt == "q8g32":
         c = rec.reshape(groups, blocks, 8, ROW_PACK, STEP_K).transpose(0, 3, 1, 2, 4)
         return c.reshape(groups * ROW_PACK, blocks * BLOCK_K)
+    if fmt == "q6k":
+        r = rec.reshape(groups, blocks, 192)
+        lo = _deinterleave_codes("q4k", np.ascontiguousarray(r[..., :128]), groups, blocks)
+        hb = r[..., 128:].reshape(groups, blocks, 2, ROW_PACK, STEP_K)
+        h = np.stack([(hb >> (2 * t)) & 3 for t in range(4)], axis=-1)  # [g, b, half, row, 4, t]
+        h = h.transpose(0, 3, 1, 2, 5, 4).reshape(groups * ROW_PACK, blocks * BLOCK_K)
+        return (lo | (h << 4)).astype(np.uint8)
     b = rec.reshape(groups, blocks, 4, ROW_PACK, STEP_K)
     c = np.stack([b & 0x0F, b >> 4], axis=-1)  # [g, b, chunk, row, 4, half]
     c = c.transpose(0, 3, 1, 2, 5, 4)  # [g, row, b, chunk, half, 4]
@@ -246,6 +267,15 @@ def pack(q: Quantized) -> np.ndarray:
         d = _group_records(_pad_rows(q.d.astype("<f2"), rp), lay.groups)
         m = _group_records(_pad_rows(q.m.astype("<f2"), rp), lay.groups)
         sbytes = np.ascontiguousarray(np.concatenate([d, m], axis=2)).reshape(-1).view(np.uint8)
+    elif fmt == "q6k":  # i8 sc[8]; row params float32 d[8]
+        assert q.row_d is not None
+        sbytes = (
+            np.ascontiguousarray(_group_records(_pad_rows(q.d.astype(np.int8), rp), lay.groups))
+            .reshape(-1)
+            .view(np.uint8)
+        )
+        params = _pad_rows(q.row_d.astype("<f4"), rp).reshape(-1).view(np.uint8)
+        out[lay.row_params_offset : lay.row_params_offset + params.size] = params
     else:  # q4k: u8 sc[8], u8 mn[8]
         assert q.m is not None and q.row_d is not None and q.row_m is not None
         sc = _group_records(_pad_rows(q.d.astype(np.uint8), rp), lay.groups)
@@ -278,8 +308,11 @@ def unpack(fmt: str, data: Any, rows: int, k: int) -> Quantized:
     if fmt == "q4ag32":
         s = sraw.view("<f2").reshape(lay.groups, lay.blocks, 16)
         return Quantized(fmt, codes, rows_of(s[..., :8]), rows_of(s[..., 8:]))
+    p = raw[lay.row_params_offset : lay.row_params_offset + lay.groups * ROW_PARAM_BYTES[fmt]]
+    if fmt == "q6k":
+        sc = rows_of(sraw.view(np.int8).reshape(lay.groups, lay.blocks, 8))
+        return Quantized(fmt, codes, sc, None, p.view("<f4")[:rows])
     s = sraw.reshape(lay.groups, lay.blocks, 16)
-    p = raw[lay.row_params_offset : lay.row_params_offset + lay.groups * ROW_PARAM_BYTES]
     p = p.view("<f4").reshape(lay.groups, 16)
     return Quantized(
         fmt,
@@ -304,6 +337,10 @@ def dequantize_quantized(q: Quantized) -> np.ndarray:
     elif q.fmt == "q4ag32":
         assert q.m is not None
         v = q.d.astype(f32)[..., None] * codes.astype(f32) + q.m.astype(f32)[..., None]
+    elif q.fmt == "q6k":  # D * sc * (q - 32), products left to right
+        assert q.row_d is not None
+        scale = q.row_d.astype(f32)[:, None] * q.d.astype(f32)
+        v = scale[..., None] * (codes.astype(f32) - f32(32))
     else:  # D * sc * q - M * mn, products left to right
         assert q.m is not None and q.row_d is not None and q.row_m is not None
         scale = q.row_d.astype(f32)[:, None] * q.d.astype(f32)
@@ -439,11 +476,25 @@ def quantize_q4k(w: np.ndarray) -> Quantized:
     return Quantized("q4k", q.astype(np.uint8).reshape(w.shape), sc, mn, row_d, row_m)
 
 
+def quantize_q6k(w: np.ndarray) -> Quantized:
+    """6-bit k-quant (levels -32..31): a signed scale searched per block, quantized to an int8
+    sub-scale against a per-row float32 factor D = max|scale| / 127, then codes refitted to the
+    quantized scales."""
+    x = _as_blocks(w)
+    scale = _search.symmetric_scales(x, nmax=32)  # signed: the extreme maps to the -32 side
+    row_d = (np.abs(scale).max(axis=1) / np.float32(127)).astype(np.float32)
+    sc = _rtn_codes(scale[..., None], row_d[:, None], -127, 127)[..., 0].astype(np.int8)
+    qscale = (row_d[:, None] * sc.astype(np.float32)).astype(np.float32)
+    q = _rtn_codes(x, qscale, -32, 31)
+    return Quantized("q6k", (q + 32).astype(np.uint8).reshape(w.shape), sc, None, row_d)
+
+
 QUANTIZERS: dict[str, Callable[[np.ndarray], Quantized]] = {
     "q8g32": quantize_q8g32,
     "q4g32": quantize_q4g32,
     "q4ag32": quantize_q4ag32,
     "q4k": quantize_q4k,
+    "q6k": quantize_q6k,
 }
 _ROWS_PER_CHUNK = 4096  # bounds the quantizers' temporaries to a few tens of MB
 
@@ -482,8 +533,8 @@ def quantize(fmt: str, w: Any) -> np.ndarray:
         out[s0 : s0 + sub.groups * srec] = part[
             sub.scales_offset : sub.scales_offset + sub.groups * srec
         ]
-        if fmt == "q4k":
-            p0 = lay.row_params_offset + g0 * ROW_PARAM_BYTES
-            n = sub.groups * ROW_PARAM_BYTES
+        if fmt in ROW_PARAM_BYTES:
+            p0 = lay.row_params_offset + g0 * ROW_PARAM_BYTES[fmt]
+            n = sub.groups * ROW_PARAM_BYTES[fmt]
             out[p0 : p0 + n] = part[sub.row_params_offset : sub.row_params_offset + n]
     return out

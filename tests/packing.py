@@ -13,7 +13,7 @@ from qwen_edge import quant
 from qwen_edge.modelfile import TensorSpec
 from qwen_edge.modelfile import write_model_file as _write
 
-FORMATS = ("q8g32", "q4g32", "q4ag32", "q4k")
+FORMATS = quant.PACKED_FORMATS
 
 
 def random_quantized(
@@ -21,7 +21,12 @@ def random_quantized(
 ) -> quant.Quantized:
     """Random codes (all values) and plausible factors of a [rows, k] matrix."""
     nb = k // 32
-    codes = rng.integers(0, 256 if fmt == "q8g32" else 16, (rows, k)).astype(np.uint8)
+    hi = {"q8g32": 256, "q6k": 64}.get(fmt, 16)
+    codes = rng.integers(0, hi, (rows, k)).astype(np.uint8)
+    if fmt == "q6k":
+        sc = rng.integers(-128, 128, (rows, nb)).astype(np.int8)
+        rd = rng.normal(0, scale / 64 / 32, rows).astype(np.float32)
+        return quant.Quantized(fmt, codes, sc, None, rd)
     if fmt == "q4k":
         return quant.Quantized(
             fmt,

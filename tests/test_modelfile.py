@@ -28,6 +28,8 @@ def _format_for(name: str, shape: tuple[int, ...]) -> str:
         return "f32"
     if "embed" in name:
         return "q8g32"
+    if "down_proj" in name:
+        return "q6k"
     return ("q4k", "q4g32", "q4ag32", "f16", "bf16")[len(name) % 5]
 
 
@@ -222,6 +224,7 @@ def _tensor(h: dict[str, Any], name: str) -> dict[str, Any]:
 EMB = "embed_tokens.weight"
 UP = "layers.0.mlp.up_proj.weight"
 NORM = "norm.weight"
+DOWN = "layers.0.mlp.down_proj.weight"  # q6k
 
 FIELD_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("missing arch", lambda h: h.pop("arch"), ("header field 'arch'", "missing")),
@@ -269,6 +272,16 @@ FIELD_CASES: list[tuple[str, Any, tuple[str, ...]]] = [
         "byte count",
         lambda h: _tensor(h, UP).update(size=_tensor(h, UP)["size"] + 64),
         (f"tensor '{UP}' size",),
+    ),
+    (
+        "q6k byte count",
+        lambda h: _tensor(h, DOWN).update(size=_tensor(h, DOWN)["size"] - 64),
+        (f"tensor '{DOWN}' size", "q6k"),
+    ),
+    (
+        "q6k read as q4k",
+        lambda h: _tensor(h, DOWN).update(format="q4k"),
+        (f"tensor '{DOWN}' size", "q4k"),
     ),
     (
         "dtype mismatch",

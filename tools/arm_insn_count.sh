@@ -4,7 +4,7 @@
 # (tools/qemu_insn_count.c) for the host, cross-builds tests/csrc/bench/kernel_runner.cc, runs
 # each kernel with 1 and 3 repetitions and prints the difference / 2 = instructions per call,
 # normalized per 256 MACs (one row group x one 32-column block x one token).
-#   tools/arm_insn_count.sh [rows k m]     (default 64 1024 16)
+#   [QE_FORMATS="q4k q6k"] tools/arm_insn_count.sh [rows k m]     (default 64 1024 16, every format)
 # Counts executed instructions, not cycles: latency, dual issue and memory stalls are not in it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ blocks=$((k / 32))
 echo "rows=$rows k=$k; gemv: 1 token, gemm: m=$m tokens; instructions per call and per 256 MACs"
 printf '| %-7s | %-13s | %-10s | %12s | %9s |\n' format isa kernel "insns/call" "per 256"
 echo "|---------|---------------|------------|--------------|-----------|"
-for fmt in q4g32 q8g32 q4ag32 q4k; do
+for fmt in ${QE_FORMATS:-q4g32 q8g32 q4ag32 q4k q6k}; do
     for spec in "ref gemv 1" "neon gemv 1" "neon_dotprod gemv 1" "neon_i8mm gemv 1" \
         "ref gemm $m" "neon gemv_loop $m" "neon gemm $m" "neon_dotprod gemv_loop $m" \
         "neon_dotprod gemm $m" "neon_i8mm gemm $m"; do

@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, help="first N tokens of the eval text (default: all)")
     p.add_argument("--ctx", type=int, default=quality.DEFAULT_CTX)
     p.add_argument("--variant", action="append", default=[], help="NAME=RECIPE[:GLOB=FMT,...]")
+    p.add_argument(
+        "--recipes", default="q8,q4",
+        help="qwen-edge recipes to export (if missing) and score, comma-separated",
+    )  # fmt: skip
     p.add_argument("--no-llama", action="store_true", help="only the qwen-edge files")
     p.add_argument(
         "--act-q8", action="store_true",
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     candidates: list[tuple[str, str, Any]] = []  # (label, kind, path or variant spec)
     files = {}
-    for recipe in ("q8", "q4"):
+    for recipe in args.recipes.split(","):
         path = files[recipe] = args.work / f"{args.checkpoint.name}-{recipe}.qe"
         if not path.exists():
             log(f"export {recipe} -> {path.name}")

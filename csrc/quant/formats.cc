@@ -13,7 +13,7 @@ constexpr struct {
     {WeightFormat::kF32, "f32"},       {WeightFormat::kF16, "f16"},
     {WeightFormat::kBf16, "bf16"},     {WeightFormat::kQ8g32, "q8g32"},
     {WeightFormat::kQ4g32, "q4g32"},   {WeightFormat::kQ4ag32, "q4ag32"},
-    {WeightFormat::kQ4k, "q4k"},
+    {WeightFormat::kQ4k, "q4k"},       {WeightFormat::kQ6k, "q6k"},
 };
 
 uint64_t align_up(uint64_t n) { return (n + kSectionAlign - 1) / kSectionAlign * kSectionAlign; }
@@ -51,9 +51,9 @@ bool packed_layout(WeightFormat f, int64_t rows, int64_t k, PackedLayout* out) {
     uint64_t offset = align_up(records * quant_record_bytes(f));
     l.scales_offset = offset;
     offset += align_up(records * scale_record_bytes(f));
-    if (f == WeightFormat::kQ4k) {
+    if (row_param_bytes(f) != 0) {
         l.row_params_offset = offset;
-        offset += align_up(uint64_t(l.groups) * kRowParamBytes);
+        offset += align_up(uint64_t(l.groups) * row_param_bytes(f));
     }
     l.total_bytes = offset;
     *out = l;
@@ -81,7 +81,7 @@ PackedMatrix PackedMatrix::view(WeightFormat f, const PackedLayout& layout, cons
     m.blocks = layout.blocks;
     m.quants = data;
     m.scales = data + layout.scales_offset;
-    m.row_params = f == WeightFormat::kQ4k
+    m.row_params = row_param_bytes(f) != 0
                        ? reinterpret_cast<const float*>(data + layout.row_params_offset)
                        : nullptr;
     return m;

@@ -19,6 +19,7 @@ enum class WeightFormat : uint8_t {
     kQ4g32,   // 4-bit codes 0..15 meaning q - 8, f16 scale: 4.5 b/w
     kQ4ag32,  // 4-bit codes, f16 scale and f16 minimum: 5.0 b/w
     kQ4k,     // 4-bit codes, u8 scale and u8 min per block, f32 per-row factors: ~4.5 b/w
+    kQ6k,     // 6-bit codes 0..63 meaning q - 32, i8 scale per block, f32 per-row factor: ~6.25 b/w
 };
 
 constexpr int kBlockK = 32;     // columns per quantization block
@@ -34,12 +35,18 @@ inline bool is_quantized(WeightFormat f) { return f >= WeightFormat::kQ8g32; }
 
 // Bytes of one quant record (8 rows x 32 columns) and one scale record of a packed format.
 constexpr int64_t quant_record_bytes(WeightFormat f) {
-    return f == WeightFormat::kQ8g32 ? 256 : 128;
+    return f == WeightFormat::kQ8g32 ? 256 : f == WeightFormat::kQ6k ? 192 : 128;
 }
 constexpr int64_t scale_record_bytes(WeightFormat f) {
-    return f == WeightFormat::kQ4ag32 ? 32 : 16;
+    return f == WeightFormat::kQ4ag32 ? 32 : f == WeightFormat::kQ6k ? 8 : 16;
 }
-constexpr int64_t kRowParamBytes = 64;  // q4k: float d[8], float m[8] per row group
+// Bytes of one row-parameter record per row group: q4k float d[8], m[8]; q6k float d[8];
+// 0 for the formats without row factors.
+constexpr int64_t row_param_bytes(WeightFormat f) {
+    return f == WeightFormat::kQ4k ? 64 : f == WeightFormat::kQ6k ? 32 : 0;
+}
+// q6k quant record: the 4-bit record of the low nibbles, then the high 2 bits of every code.
+constexpr int64_t kQ6HighOffset = 128;
 
 // Where the sections of a packed [rows, k] tensor start, relative to the tensor, and its size.
 struct PackedLayout {
@@ -60,7 +67,8 @@ struct PackedMatrix {
     int64_t rows = 0, rows_padded = 0, k = 0, groups = 0, blocks = 0;
     const uint8_t* quants = nullptr;    // [groups][blocks] quant records
     const uint8_t* scales = nullptr;    // [groups][blocks] scale records
-    const float* row_params = nullptr;  // q4k: [groups] {d[8], m[8]}; else null
+    // q4k: [groups] {d[8], m[8]}; q6k: [groups] {d[8]}; else null
+    const float* row_params = nullptr;
 
     // A view of a tensor's bytes (which must hold layout.total_bytes).
     static PackedMatrix view(WeightFormat f, const PackedLayout& layout, const uint8_t* data);

@@ -43,7 +43,8 @@ _CHUNK_ROWS = 4096
 
 @dataclass(frozen=True)
 class Recipe:
-    """Formats of the matrices of a recipe: default, embedding, LM head, GDN a/b projections."""
+    """Formats of the matrices of a recipe: default, embedding, LM head, GDN a/b projections,
+    then (glob, format) pairs for named layer matrices, applied like `--override` (before it)."""
 
     name: str
     matrix: str
@@ -51,6 +52,7 @@ class Recipe:
     lm_head: str
     small_proj: str
     description: str
+    tensors: tuple[tuple[str, str], ...] = ()
 
 
 # q4 choices are measured on the 0.8B checkpoint: see docs/quality.md.
@@ -66,6 +68,20 @@ RECIPES: dict[str, Recipe] = {
         "q4k",
         "q8g32",
         "int4 k-quant matrices and embedding, int8 GDN gate projections",
+    ),
+    # At most llama.cpp Q4_K_M's size: the 6-bit budget goes to the tied embedding / LM head
+    # and the GDN qkv and output projections, the tensors that moved the KL most per byte.
+    "q4m": Recipe(
+        "q4m",
+        "q4k",
+        "q6k",
+        "q6k",
+        "q8g32",
+        "q4 with 6-bit embedding/LM head and GDN qkv/out projections (Q4_K_M-sized)",
+        (
+            ("layers.*.linear_attn.in_proj_qkv.weight", "q6k"),
+            ("layers.*.linear_attn.out_proj.weight", "q6k"),
+        ),
     ),
 }
 
@@ -133,6 +149,10 @@ def plan_formats(
             bf16_source = (source_dtypes or {}).get(name) == "BF16"
             fmt = "bf16" if bf16_source else "f16"
         formats[name] = fmt
+    for pattern, fmt in recipe.tensors:
+        for name in fnmatch.filter(shapes, pattern):
+            if quant.can_pack(shapes[name]) or not quant.is_packed(fmt):
+                formats[name] = fmt
     for pattern, fmt in overrides.items():
         hits = [n for n in shapes if fnmatch.fnmatchcase(n, pattern)]
         if not hits:

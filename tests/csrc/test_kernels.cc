@@ -96,10 +96,11 @@ struct RandomPacked {
         for (uint64_t i = 0; i < layout.scales_offset; ++i) bytes[i] = uint8_t(byte(rng()));
         const int64_t records = layout.groups * layout.blocks;
         uint8_t* s = bytes.data() + layout.scales_offset;
-        if (f == WeightFormat::kQ4k) {
-            for (int64_t i = 0; i < records * 16; ++i) s[i] = uint8_t(byte(rng()));
+        if (qe::row_param_bytes(f) != 0) {  // q4k, q6k: integer sub-scales, float row factors
+            for (int64_t i = 0; i < records * qe::scale_record_bytes(f); ++i)
+                s[i] = uint8_t(byte(rng()));
             float* rp = reinterpret_cast<float*>(bytes.data() + layout.row_params_offset);
-            for (int64_t i = 0; i < layout.groups * 16; ++i)
+            for (int64_t i = 0; i < layout.groups * qe::row_param_bytes(f) / 4; ++i)
                 rp[i] = std::fabs(normal(1)[0]) * 1e-3f;
         } else {
             const int n = f == WeightFormat::kQ4ag32 ? 16 : 8;
@@ -120,7 +121,7 @@ std::vector<BlockQ8A> quantize(const KernelTable& t, const std::vector<float>& x
 }
 
 const WeightFormat kPacked[] = {WeightFormat::kQ8g32, WeightFormat::kQ4g32, WeightFormat::kQ4ag32,
-                                WeightFormat::kQ4k};
+                                WeightFormat::kQ4k, WeightFormat::kQ6k};
 
 }  // namespace
 

@@ -22,7 +22,7 @@ using qe::PackedMatrix;
 using qe::WeightFormat;
 
 constexpr WeightFormat kFormats[] = {WeightFormat::kQ8g32, WeightFormat::kQ4g32,
-                                     WeightFormat::kQ4ag32, WeightFormat::kQ4k};
+                                     WeightFormat::kQ4ag32, WeightFormat::kQ4k, WeightFormat::kQ6k};
 
 // Scale magnitudes a test matrix is built with.
 enum class Scales { kTypical, kExtreme };
@@ -54,8 +54,8 @@ TestMatrix make_matrix(WeightFormat f, int64_t rows, int64_t k, uint32_t seed, S
     const bool extreme = scales == Scales::kExtreme;
     for (uint64_t i = 0; i < records * qe::scale_record_bytes(f); i += 2) {
         uint16_t h;
-        if (f == WeightFormat::kQ4k) {
-            h = uint16_t(rng());  // two u8 sub-scales / minimums
+        if (f == WeightFormat::kQ4k || f == WeightFormat::kQ6k) {
+            h = uint16_t(rng());  // two u8 sub-scales / minimums (q6k: two i8 sub-scales)
         } else if (extreme) {
             const int pick = rng() % 3;  // subnormal, tiny normal or near-max binade
             h = pick == 0 ? random_half(rng, 0, 0)
@@ -65,10 +65,11 @@ TestMatrix make_matrix(WeightFormat f, int64_t rows, int64_t k, uint32_t seed, S
         }
         std::memcpy(s + i, &h, 2);
     }
-    if (f == WeightFormat::kQ4k) {
+    if (qe::row_param_bytes(f) != 0) {
         float* rp = reinterpret_cast<float*>(m.bytes.data() + layout.row_params_offset);
         std::uniform_real_distribution<float> u(extreme ? 1e30f : 1e-4f, extreme ? 3e38f : 1e-2f);
-        for (int64_t i = 0; i < layout.groups * 16; ++i) rp[i] = u(rng) * (rng() & 1 ? 1 : -1);
+        for (int64_t i = 0; i < layout.groups * qe::row_param_bytes(f) / 4; ++i)
+            rp[i] = u(rng) * (rng() & 1 ? 1 : -1);
     }
     m.w = PackedMatrix::view(f, layout, m.bytes.data());
     return m;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// The whole forward pass natively, on a small random model built in memory (packed q4k/q8g32
+// The whole forward pass natively, on a small random model built in memory (packed q4k/q6k/q8g32
 // matrices and f32/f16/bf16 ones): every table this CPU supports against `ref` (NMSE bound),
 // and the invariants bit for bit: prompt at once == token by token, 1 == 2 == 3 threads,
 // snapshot/restore. Also the thread pool itself. Runs natively and under qemu (ARM tables).
@@ -52,7 +52,9 @@ struct RandomModel {
             const bool matrix = shape.size() == 2 && shape[1] % 32 == 0;
             std::vector<uint8_t> bytes;
             if (matrix && i % 3 != 0) {
-                view.format = i % 2 ? qe::WeightFormat::kQ4k : qe::WeightFormat::kQ8g32;
+                view.format = i % 5 == 1 ? qe::WeightFormat::kQ6k
+                              : i % 2    ? qe::WeightFormat::kQ4k
+                                         : qe::WeightFormat::kQ8g32;
                 qe::PackedLayout layout;
                 qe::packed_layout(view.format, shape[0], shape[1], &layout);
                 bytes.resize(layout.total_bytes);
@@ -64,6 +66,11 @@ struct RandomModel {
                         bytes[layout.scales_offset + r] = uint8_t(rng() % 64);
                     float* rp = reinterpret_cast<float*>(bytes.data() + layout.row_params_offset);
                     for (int64_t r = 0; r < layout.groups * 16; ++r) rp[r] = 0.02f * fan;
+                } else if (view.format == qe::WeightFormat::kQ6k) {
+                    for (int64_t r = 0; r < records * 8; ++r)
+                        bytes[layout.scales_offset + r] = uint8_t(rng() % 128 - 64);  // i8
+                    float* rp = reinterpret_cast<float*>(bytes.data() + layout.row_params_offset);
+                    for (int64_t r = 0; r < layout.groups * 8; ++r) rp[r] = 0.01f * fan;
                 } else {
                     std::vector<float> d(records * 8, fan / 64.0f);
                     std::vector<uint16_t> h(d.size());

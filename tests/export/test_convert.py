@@ -62,6 +62,18 @@ def test_plan_q4_recipe() -> None:
     assert formats["embed_tokens.weight"] == convert.RECIPES["q4"].embedding
 
 
+def test_plan_q4m_recipe() -> None:
+    shapes = Checkpoint(GOLDENS / "tied-gqa4").config.text_tensor_shapes()
+    q4, q4m = convert.plan_formats(shapes, "q4"), convert.plan_formats(shapes, "q4m")
+    six = {n for n, f in q4m.items() if f == "q6k"}
+    gdn = {n for n in shapes if n.endswith(("in_proj_qkv.weight", "linear_attn.out_proj.weight"))}
+    assert gdn and six == {"embed_tokens.weight", *gdn}
+    assert all(f == q4[n] for n, f in q4m.items() if n not in six)  # otherwise it is q4
+    # the recipe's own globs come before --override
+    ov = convert.plan_formats(shapes, "q4m", {"layers.*.linear_attn.*": "q4k"})
+    assert {n for n, f in ov.items() if f == "q6k"} == {"embed_tokens.weight"}
+
+
 def test_plan_falls_back_when_k_is_not_a_multiple_of_32() -> None:
     ckpt = Checkpoint(GOLDENS / "r3-dk-ne-dv-f32")  # hidden 24
     shapes = ckpt.config.text_tensor_shapes()
@@ -118,7 +130,7 @@ def test_export_every_recipe(recipe: str, small_checkpoint: Path, tmp_path: Path
                 rows, k = e.shape
                 native = core().dequantize(e.format, mf.raw(name), rows, k)
                 assert np.array_equal(native.view(np.uint32), mf.dequantize(name).view(np.uint32))
-    bpw = {"f32": 32, "bf16": 16, "f16": 16, "q8": 8.5, "q4": 4.5}[recipe]
+    bpw = {"f32": 32, "bf16": 16, "f16": 16, "q8": 8.5, "q4": 4.5, "q4m": 4.5}[recipe]
     assert bpw <= summary.bits_per_weight < bpw * 1.3 + 1
 
 

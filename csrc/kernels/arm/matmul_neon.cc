@@ -8,7 +8,8 @@
 // followed by sadalp (pairwise widening add into 32 bits): each step's 4 activation bytes are
 // broadcast to all four rows of the vector. 16-bit accumulation is exact because chains are
 // short enough: 4-bit codes 0..15 times |x| <= 127 over all 8 steps is at most 15240, int8
-// weights (-128..127 after the 0x80 flip) over 2 steps at most 32512 (< 32767). The
+// weights (-128..127 after the 0x80 flip) over 2 steps at most 32512 (< 32767), q6k levels
+// (-32..31) over all 8 steps at most 32512. The
 // precondition is the quantizer's output range, |x.q| <= 127.
 //
 // The integer part runs step-major over a tile of tokens: each step's two weight vectors meet
@@ -30,7 +31,7 @@ namespace qe::neon {
 namespace {
 
 template <WeightFormat F>
-constexpr int kChain = F == WeightFormat::kQ8g32 ? 2 : 8;
+constexpr int kChain = F == WeightFormat::kQ8g32 ? 2 : 8;  // q6k: 8 (see the file comment)
 
 // Weights of step s (columns 4s..4s+3) as signed bytes: ws[h] = rows 4h..4h+3.
 template <WeightFormat F>
@@ -38,6 +39,8 @@ QE_NEON_INLINE void step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) 
     for (int h = 0; h < 2; ++h) {
         if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
             ws[h] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
+        } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
+            ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
         } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
             const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
             ws[h] = vreinterpretq_s8_u8(s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f))
@@ -263,6 +266,11 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
 void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
     const int64_t g = r / kRowPack;
     const int rr = int(r % kRowPack);
+    if (w.format == WeightFormat::kQ6k) {
+        // One row per token (embedding lookup), off the hot path: q6k uses ref's loop.
+        ref::dequantize_row(w, r, out);
+        return;
+    }
     with_format(w.format, [&](auto fmt) {
         constexpr WeightFormat F = decltype(fmt)::value;
         const int64_t qbytes = quant_record_bytes(F), sbytes = scale_record_bytes(F);

@@ -10,8 +10,9 @@
 // chunk. A tile is 8 rows x 4 tokens (2 token pairs): per block 16 usmmla + 16 zips (weights) +
 // 8 paired 8-byte loads (activations) + 8 uzp to get back to rows-in-lanes for the float
 // combination, which is then ref's lane-wise arithmetic (bit-exact, neon_util.h).
-// Because usmmla takes unsigned weights, q8g32's offset-binary bytes go in as they are and the
-// 128 * sum(x) bias comes off the int32 result, exact.
+// Because usmmla takes unsigned weights, q8g32's offset-binary bytes (and q6k's unsigned 6-bit
+// codes) go in as they are and the 128 * sum(x) (32 * sum(x)) bias comes off the int32 result,
+// exact.
 //
 // gemv (decode): a 2x2 tile would waste half of every usmmla on one token, so this table decodes
 // with neon_dotprod's sdot kernel. A usdot decode kernel for q8g32 (unsigned weights as stored,
@@ -31,6 +32,9 @@ QE_NEON_INLINE void mmla_weights(const uint8_t* rec, int j, uint8x16_t (&op)[4])
         if constexpr (F == WeightFormat::kQ8g32) {
             a = vreinterpretq_u32_u8(vld1q_u8(rec + 64 * j + 16 * h));
             b = vreinterpretq_u32_u8(vld1q_u8(rec + 64 * j + 32 + 16 * h));
+        } else if constexpr (F == WeightFormat::kQ6k) {  // unsigned u6 = q + 32 (bias below)
+            a = vreinterpretq_u32_u8(q6_step_codes(rec, 2 * j, h));
+            b = vreinterpretq_u32_u8(q6_step_codes(rec, 2 * j + 1, h));
         } else {
             const uint8x16_t raw = vld1q_u8(rec + 32 * j + 16 * h);
             a = vreinterpretq_u32_u8(vandq_u8(raw, vdupq_n_u8(0x0f)));
@@ -72,8 +76,9 @@ QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const Bloc
                 const int t = 2 * p + e;
                 int32x4_t d0 = e == 0 ? vuzp1q_s32(c[p][0], c[p][1]) : vuzp2q_s32(c[p][0], c[p][1]);
                 int32x4_t d1 = e == 0 ? vuzp1q_s32(c[p][2], c[p][3]) : vuzp2q_s32(c[p][2], c[p][3]);
-                if constexpr (F == WeightFormat::kQ8g32) {
-                    const int32x4_t bias = vdupq_n_s32(128 * x[t][b].sum);
+                if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ6k) {
+                    const int32_t zero = F == WeightFormat::kQ8g32 ? 128 : 32;
+                    const int32x4_t bias = vdupq_n_s32(zero * x[t][b].sum);
                     d0 = vsubq_s32(d0, bias);
                     d1 = vsubq_s32(d1, bias);
                 }

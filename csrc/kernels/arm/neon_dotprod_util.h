@@ -23,6 +23,8 @@ QE_NEON_INLINE void sdot_step_weights(const uint8_t* rec, int s, int8x16_t (&ws)
     for (int h = 0; h < 2; ++h) {
         if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
             ws[h] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
+        } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
+            ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
         } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
             const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
             ws[h] = vreinterpretq_s8_u8(s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f))

@@ -40,6 +40,24 @@ QE_NEON_INLINE float32x4x2_t load_u8x8_f32(const uint8_t* p) {
     return {{vcvtq_f32_u32(vmovl_u16(vget_low_u16(w))), vcvtq_f32_u32(vmovl_high_u16(w))}};
 }
 
+// 8 bytes -> two float32x4 of their signed values (q6k sub-scales).
+QE_NEON_INLINE float32x4x2_t load_s8x8_f32(const uint8_t* p) {
+    const int16x8_t w = vmovl_s8(vreinterpret_s8_u8(vld1_u8(p)));
+    return {{vcvtq_f32_s32(vmovl_s16(vget_low_s16(w))), vcvtq_f32_s32(vmovl_high_s16(w))}};
+}
+
+// q6k: the unsigned 6-bit codes (0..63) of step s (columns 4s..4s+3) of rows 4h..4h+3: the low
+// nibble from the 4-bit part of the record, bits 4-5 from bits 2t..2t+1 (t = s % 4) of the
+// high part, moved into place by one variable shift (left by 4 - 2t, negative = right).
+QE_NEON_INLINE uint8x16_t q6_step_codes(const uint8_t* rec, int s, int h) {
+    const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
+    const uint8x16_t lo = s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f)) : vshrq_n_u8(raw, 4);
+    const uint8x16_t hraw = vld1q_u8(rec + kQ6HighOffset + 32 * (s / 4) + 16 * h);
+    const uint8x16_t hi = vandq_u8(vshlq_u8(hraw, vdupq_n_s8(int8_t(4 - 2 * (s % 4)))),
+                                   vdupq_n_u8(0x30));
+    return vorrq_u8(lo, hi);
+}
+
 // Float accumulators of one row group (8 rows in two vectors): acc for every format, accm for
 // the q4k minimum term that ref keeps apart until the row factors are applied.
 struct GroupAcc {
@@ -52,7 +70,8 @@ QE_NEON_INLINE void group_acc_zero(GroupAcc& a) {
 }
 
 // Adds one block: dot[h] = exact integer dot products sum_j code[r, j] * xq[j] of rows 4h..4h+3
-// (codes as stored: q - 0 for q8g32 after the 0x80 flip, 0..15 for the 4-bit formats).
+// (codes as stored: q - 0 for q8g32 after the 0x80 flip, 0..15 for the 4-bit formats, the signed
+// level u6 - 32 for q6k).
 // srec = the block's scale record. Mirrors ref's row_dot lane by lane.
 template <WeightFormat F>
 QE_NEON_INLINE void combine_block(GroupAcc& a, const uint8_t* srec, float xd, int32_t xsum,
@@ -64,6 +83,12 @@ QE_NEON_INLINE void combine_block(GroupAcc& a, const uint8_t* srec, float xd, in
         for (int h = 0; h < 2; ++h) {
             const float32x4_t sd = vmulq_n_f32(s.val[h], xd);
             a.acc[h] = vaddq_f32(a.acc[h], vmulq_f32(sd, vcvtq_f32_s32(vsubq_s32(dot[h], zero))));
+        }
+    } else if constexpr (F == WeightFormat::kQ6k) {  // integer sub-scale, row factor at the end
+        const float32x4x2_t sc = load_s8x8_f32(srec);
+        for (int h = 0; h < 2; ++h) {
+            a.acc[h] = vaddq_f32(a.acc[h],
+                                 vmulq_f32(vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h])));
         }
     } else if constexpr (F == WeightFormat::kQ4ag32) {
         const float32x4x2_t s = load_f16x8(srec), m = load_f16x8(srec + 16);
@@ -95,6 +120,9 @@ QE_NEON_INLINE void finish_group(const PackedMatrix& w, int64_t g, const GroupAc
             out[h] = vsubq_f32(vmulq_f32(vld1q_f32(rp + 4 * h), a.acc[h]),
                                vmulq_f32(vld1q_f32(rp + 8 + 4 * h), a.accm[h]));
         }
+    } else if constexpr (F == WeightFormat::kQ6k) {
+        const float* rp = w.row_params + g * 8;  // d[8]
+        for (int h = 0; h < 2; ++h) out[h] = vmulq_f32(vld1q_f32(rp + 4 * h), a.acc[h]);
     }
     float* yg = y + g * kRowPack;
     const int64_t valid = w.rows - g * kRowPack;
@@ -162,6 +190,7 @@ QE_NEON_INLINE void with_format(WeightFormat f, Fn&& fn) {
         case WeightFormat::kQ4g32: fn(FormatTag<WeightFormat::kQ4g32>{}); break;
         case WeightFormat::kQ4ag32: fn(FormatTag<WeightFormat::kQ4ag32>{}); break;
         case WeightFormat::kQ4k: fn(FormatTag<WeightFormat::kQ4k>{}); break;
+        case WeightFormat::kQ6k: fn(FormatTag<WeightFormat::kQ6k>{}); break;
         default: break;  // not a packed format: the op layer never calls with one
     }
 }

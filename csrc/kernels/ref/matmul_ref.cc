@@ -12,12 +12,16 @@
 namespace qe::ref {
 namespace {
 
-// Code of row r (0..7 within its group) at column j (0..31 within the block) of a quant record.
+// Code of row r (0..7 within its group) at column j (0..31 within the block) of a quant record:
+// the signed level for q8g32 (u8 - 128) and q6k (u6 - 32), the unsigned 4-bit code otherwise.
 inline int code(WeightFormat f, const uint8_t* rec, int r, int j) {
     const int step = j / kStepK, lane = r * kStepK + j % kStepK;
     if (f == WeightFormat::kQ8g32) return int(rec[step * 32 + lane]) - 128;
     const uint8_t byte = rec[(step / 2) * 32 + lane];
-    return (step % 2 == 0) ? (byte & 0x0f) : (byte >> 4);
+    const int low = (step % 2 == 0) ? (byte & 0x0f) : (byte >> 4);
+    if (f != WeightFormat::kQ6k) return low;
+    const uint8_t high = rec[kQ6HighOffset + (step / 4) * 32 + lane];
+    return (low | ((high >> (2 * (step % 4))) & 3) << 4) - 32;
 }
 
 inline uint16_t load_u16(const uint8_t* p) {
@@ -27,7 +31,7 @@ inline uint16_t load_u16(const uint8_t* p) {
 }
 
 // The float factors of row r in block b: value = a * code + c (exactly the documented formula
-// for all formats but q4k, whose row factors are applied after the sum over blocks).
+// for all formats but q4k and q6k, whose row factors are applied after the sum over blocks).
 struct BlockFactors {
     float scale, offset;
 };
@@ -39,6 +43,7 @@ inline BlockFactors block_factors(const PackedMatrix& w, int64_t g, int64_t b, i
         case WeightFormat::kQ4g32: return {f16_to_f32(load_u16(s + 2 * r)), 0.0f};
         case WeightFormat::kQ4ag32:
             return {f16_to_f32(load_u16(s + 2 * r)), f16_to_f32(load_u16(s + 16 + 2 * r))};
+        case WeightFormat::kQ6k: return {float(int8_t(s[r])), 0.0f};  // sc (integer)
         default: return {float(s[r]), float(s[8 + r])};  // q4k: sc, mn (integers)
     }
 }
@@ -53,7 +58,10 @@ float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
         for (int j = 0; j < kBlockK; ++j) dot += code(w.format, rec, rr, j) * x[b].q[j];
         const BlockFactors f = block_factors(w, g, b, rr);
         switch (w.format) {
-            case WeightFormat::kQ8g32: acc += f.scale * x[b].d * float(dot); break;
+            case WeightFormat::kQ8g32:
+            case WeightFormat::kQ6k:  // q6k: integer sub-scale now, row factor at the end
+                acc += f.scale * x[b].d * float(dot);
+                break;
             case WeightFormat::kQ4g32:
                 acc += f.scale * x[b].d * float(dot - 8 * x[b].sum);
                 break;
@@ -70,6 +78,7 @@ float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
         const float* rp = w.row_params + g * 16;
         return rp[rr] * acc - rp[8 + rr] * acc_min;
     }
+    if (w.format == WeightFormat::kQ6k) return w.row_params[g * 8 + rr] * acc;
     return acc;
 }
 
@@ -156,6 +165,7 @@ void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
                 case WeightFormat::kQ8g32: v = f.scale * float(q); break;
                 case WeightFormat::kQ4g32: v = f.scale * float(q - 8); break;
                 case WeightFormat::kQ4ag32: v = f.scale * float(q) + f.offset; break;
+                case WeightFormat::kQ6k: v = w.row_params[g * 8 + rr] * f.scale * float(q); break;
                 default: {
                     const float* rp = w.row_params + g * 16;
                     v = rp[rr] * f.scale * float(q) - rp[8 + rr] * f.offset;

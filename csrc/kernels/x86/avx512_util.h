@@ -27,6 +27,12 @@ static inline __m512 load_u8x16(const uint8_t* a, const uint8_t* b) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
 }
 
+static inline __m512 load_i8x16(const uint8_t* a, const uint8_t* b) {
+    const __m128i v = _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)),
+                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+
 struct Acc2 {
     __m512 acc = _mm512_setzero_ps();
     __m512 acc_min = _mm512_setzero_ps();
@@ -34,7 +40,7 @@ struct Acc2 {
 
 // A block's per-row factors of two groups, widened once and shared by every token of a tile.
 struct Scales2 {
-    __m512 a, b;  // q8g32/q4g32: d; q4ag32: d, m; q4k: sc, mn
+    __m512 a, b;  // q8g32/q4g32: d; q4ag32: d, m; q4k: sc, mn; q6k: sc
 };
 
 template <WeightFormat F>
@@ -43,6 +49,8 @@ static inline Scales2 load_scales(const uint8_t* s0, const uint8_t* s1) {
         return {load_half16(s0, s1), _mm512_setzero_ps()};
     } else if constexpr (F == WeightFormat::kQ4ag32) {
         return {load_half16(s0, s1), load_half16(s0 + 16, s1 + 16)};
+    } else if constexpr (F == WeightFormat::kQ6k) {
+        return {load_i8x16(s0, s1), _mm512_setzero_ps()};
     } else {
         return {load_u8x16(s0, s1), load_u8x16(s0 + 8, s1 + 8)};
     }
@@ -53,7 +61,8 @@ template <WeightFormat F>
 static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const BlockQ8A& x) {
     const __m512 xd = _mm512_set1_ps(x.d);
     const __m512 t1 = _mm512_mul_ps(_mm512_mul_ps(sc.a, xd), _mm512_cvtepi32_ps(dot));
-    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
+    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32 ||
+                  F == WeightFormat::kQ6k) {
         a.acc = _mm512_add_ps(a.acc, t1);
     } else {
         // float(sum) converted in the vector unit from a broadcast load (vcvtdq2ps m32bcst):
@@ -82,6 +91,9 @@ static inline __m512 finish2(const Acc2& a, const PackedMatrix& w, int64_t g) {
         const __m512 d = concat(_mm256_loadu_ps(rp), _mm256_loadu_ps(rp + 16));
         const __m512 m = concat(_mm256_loadu_ps(rp + 8), _mm256_loadu_ps(rp + 24));
         return _mm512_sub_ps(_mm512_mul_ps(d, a.acc), _mm512_mul_ps(m, a.acc_min));
+    } else if constexpr (F == WeightFormat::kQ6k) {
+        const float* rp = w.row_params + g * 8;  // group g: d[8], then group g + 1
+        return _mm512_mul_ps(_mm512_loadu_ps(rp), a.acc);
     } else {
         (void)w;
         (void)g;

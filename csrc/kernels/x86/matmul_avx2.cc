@@ -7,7 +7,8 @@
 // Integer dot without VNNI: pmaddubsw(u8, s8) sums two products into int16. For 4-bit codes
 // (<= 15) a pair is at most 15*127*2 = 3810, so the 8 steps of a block (30480) accumulate in
 // int16 before one pmaddwd widens them; q8g32 codes use the sign trick
-// (|q| * sign(x, q), at most 128*127*2 = 32512 per pair) and widen every step.
+// (|q| * sign(x, q), at most 128*127*2 = 32512 per pair) and widen every step; q6k codes are
+// used unsigned (<= 63: 16002 per pair, two steps fit int16) and widened every second step.
 #include <immintrin.h>
 
 #include <cstring>
@@ -59,6 +60,18 @@ static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
     }
     return acc;
+}
+
+// Unsigned 6-bit codes: sum u6 * x over two steps in int16, widen, then remove the offset 32.
+static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (int s = 0; s < 8; s += 2) {
+        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w[s], bcast_step(x.q, s)),
+                                           _mm256_maddubs_epi16(w[s + 1], bcast_step(x.q, s + 1)));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    return _mm256_sub_epi32(acc, _mm256_set1_epi32(32 * x.sum));
 }
 
 }  // namespace

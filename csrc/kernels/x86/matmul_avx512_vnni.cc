@@ -62,6 +62,9 @@ static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) {
 static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
     return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(128 * x.sum));
 }
+static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
+    return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(32 * x.sum));
+}
 
 }  // namespace
 
@@ -85,7 +88,8 @@ static inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
 }
 
-// 8 step vectors of two groups' codes. q4: low/high nibbles; q8g32: the unsigned bytes.
+// 8 step vectors of two groups' codes. q4: low/high nibbles; q8g32: the unsigned bytes; q6k:
+// the low nibbles with the high 2 bits ORed in (as ymm::unpack_q6 in matmul_q8a_x86.h).
 template <WeightFormat F>
 static inline void unpack2(const uint8_t* r0, const uint8_t* r1, __m512i* w) {
     if constexpr (F == WeightFormat::kQ8g32) {
@@ -97,6 +101,18 @@ static inline void unpack2(const uint8_t* r0, const uint8_t* r1, __m512i* w) {
             w[2 * c] = _mm512_and_si512(v, mask);
             w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
         }
+        if constexpr (F == WeightFormat::kQ6k) {
+            const __m512i hmask = _mm512_set1_epi8(0x30);
+            for (int h = 0; h < 2; ++h) {
+                const int64_t off = kQ6HighOffset + 32 * h;
+                const __m512i v = load_pair(r0 + off, r1 + off);
+                __m512i* wh = w + 4 * h;
+                wh[0] = _mm512_or_si512(wh[0], _mm512_and_si512(_mm512_slli_epi16(v, 4), hmask));
+                wh[1] = _mm512_or_si512(wh[1], _mm512_and_si512(_mm512_slli_epi16(v, 2), hmask));
+                wh[2] = _mm512_or_si512(wh[2], _mm512_and_si512(v, hmask));
+                wh[3] = _mm512_or_si512(wh[3], _mm512_and_si512(_mm512_srli_epi16(v, 2), hmask));
+            }
+        }
     }
 }
 
@@ -107,15 +123,17 @@ static inline __m512i bcast(const BlockQ8A& x, int s) {
     return _mm512_set1_epi32(v);
 }
 
-// The offset-code correction of a token's dot (q8g32: -128 * sum, q4g32: -8 * sum) seeds its
-// accumulator: the dot is exact integer arithmetic, so where the term enters does not matter,
-// and this saves the subtraction after the chain.
+// The offset-code correction of a token's dot (q8g32: -128 * sum, q4g32: -8 * sum, q6k:
+// -32 * sum) seeds its accumulator: the dot is exact integer arithmetic, so where the term
+// enters does not matter, and this saves the subtraction after the chain.
 template <WeightFormat F>
 static inline __m512i dot_seed(const BlockQ8A& x) {
     if constexpr (F == WeightFormat::kQ8g32) {
         return _mm512_set1_epi32(-128 * x.sum);
     } else if constexpr (F == WeightFormat::kQ4g32) {
         return _mm512_set1_epi32(-8 * x.sum);
+    } else if constexpr (F == WeightFormat::kQ6k) {
+        return _mm512_set1_epi32(-32 * x.sum);
     } else {
         return _mm512_setzero_si512();
     }
@@ -231,6 +249,9 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
             break;
         case WeightFormat::kQ4k:
             gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ6k:
+            gemm_format<WeightFormat::kQ6k>(w, x, m, y, ldy, g_begin, g_end);
             break;
         default:
             break;

@@ -2,8 +2,8 @@
 // AVX-VNNI (VEX vpdpbusd on 256-bit vectors) W4A8/W8A8 products, for CPUs with AVX-VNNI
 // (Alder Lake and later cores, Sapphire Rapids). One vpdpbusd does a step's 4 products per row
 // and accumulates them in int32, replacing pmaddubsw + pmaddwd + add of the avx2 variant;
-// q8g32 codes are used as unsigned bytes and the offset is removed with the block sum
-// (dot(u8, x) - 128 * sum x). Compiled with -mavx2 -mfma -mf16c -mavxvnni (per file).
+// q8g32 and q6k codes are used as unsigned bytes and the offset is removed with the block sum
+// (dot(u8, x) - 128 * sum x, dot(u6, x) - 32 * sum x). Compiled with -mavx2 -mfma -mf16c -mavxvnni (per file).
 #include <immintrin.h>
 
 #include <cstring>
@@ -50,6 +50,10 @@ static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) {
 
 static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
     return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(128 * x.sum));
+}
+
+static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
+    return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(32 * x.sum));
 }
 
 }  // namespace

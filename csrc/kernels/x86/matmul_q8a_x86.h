@@ -6,6 +6,7 @@
 //   unpack_q8(rec, w[8])   8 step vectors from a 256-byte q8g32 record (ISA-specific form)
 //   dot_q4(w, x)           int32 lane r = sum_k code[r, k] * x.q[k] over the 32 columns
 //   dot_q8(w, x)           int32 lane r = sum_k (u8[r, k] - 128) * x.q[k]
+//   dot_q6(w, x)           int32 lane r = sum_k (u6[r, k] - 32) * x.q[k], w from unpack_q6 below
 // so every function here exists once per ISA namespace (no cross-ISA inlining, STYLE.md §5).
 //
 // Layout (docs/weight-formats.md): one 32-byte load = the same 4 columns of the 8 rows of a
@@ -29,6 +30,28 @@ static inline __m256 load_u8x8(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
 }
 
+static inline __m256 load_i8x8(const uint8_t* p) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
+
+// q6k: 8 step vectors of unsigned 6-bit codes (0..63) from a 192-byte record: the 4-bit record
+// of the low nibbles, then two 32-byte vectors whose byte bits 2t..2t+1 are the high bits of
+// step 4h + t. The 16-bit shifts carry bits across bytes only into bits the 0x30 mask drops.
+static inline void unpack_q6(const uint8_t* rec, __m256i* w) {
+    unpack_q4(rec, w);
+    const __m256i mask = _mm256_set1_epi8(0x30);
+    for (int h = 0; h < 2; ++h) {
+        const __m256i v =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + kQ6HighOffset + 32 * h));
+        __m256i* wh = w + 4 * h;
+        wh[0] = _mm256_or_si256(wh[0], _mm256_and_si256(_mm256_slli_epi16(v, 4), mask));
+        wh[1] = _mm256_or_si256(wh[1], _mm256_and_si256(_mm256_slli_epi16(v, 2), mask));
+        wh[2] = _mm256_or_si256(wh[2], _mm256_and_si256(v, mask));
+        wh[3] = _mm256_or_si256(wh[3], _mm256_and_si256(_mm256_srli_epi16(v, 2), mask));
+    }
+}
+
 // Float state of one row group for one token: acc (and acc_min for q4k) per row lane.
 struct Acc {
     __m256 acc = _mm256_setzero_ps();
@@ -38,7 +61,7 @@ struct Acc {
 // A block's per-row factors, widened once per block and shared by every token of a gemm tile
 // (widening them per token cost 2-4 vector ops per token and block).
 struct Scales {
-    __m256 a, b;  // q8g32/q4g32: d; q4ag32: d, m; q4k: sc, mn
+    __m256 a, b;  // q8g32/q4g32: d; q4ag32: d, m; q4k: sc, mn; q6k: sc
 };
 
 template <WeightFormat F>
@@ -47,6 +70,8 @@ static inline Scales load_scales(const uint8_t* sc) {
         return {load_half8(sc), _mm256_setzero_ps()};
     } else if constexpr (F == WeightFormat::kQ4ag32) {
         return {load_half8(sc), load_half8(sc + 16)};
+    } else if constexpr (F == WeightFormat::kQ6k) {
+        return {load_i8x8(sc), _mm256_setzero_ps()};
     } else {
         return {load_u8x8(sc), load_u8x8(sc + 8)};
     }
@@ -57,6 +82,9 @@ template <WeightFormat F>
 static inline void combine(Acc& a, __m256i dot, const Scales& sc, const BlockQ8A& x) {
     const __m256 xd = _mm256_set1_ps(x.d);
     if constexpr (F == WeightFormat::kQ8g32) {
+        a.acc =
+            _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(dot)));
+    } else if constexpr (F == WeightFormat::kQ6k) {  // integer sub-scale, row factor at the end
         a.acc =
             _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(dot)));
     } else if constexpr (F == WeightFormat::kQ4g32) {
@@ -83,10 +111,12 @@ static inline void combine(Acc& a, __m256i dot, const uint8_t* sc, const BlockQ8
     combine<F>(a, dot, load_scales<F>(sc), x);
 }
 
-// The 8 rows' results of a row group (q4k: its row factors applied).
+// The 8 rows' results of a row group (q4k, q6k: their row factors applied).
 template <WeightFormat F>
 static inline __m256 finish(const Acc& a, const PackedMatrix& w, int64_t g) {
-    if constexpr (F == WeightFormat::kQ4k) {
+    if constexpr (F == WeightFormat::kQ6k) {
+        return _mm256_mul_ps(_mm256_loadu_ps(w.row_params + g * 8), a.acc);
+    } else if constexpr (F == WeightFormat::kQ4k) {
         const float* rp = w.row_params + g * 16;
         return _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(rp), a.acc),
                              _mm256_mul_ps(_mm256_loadu_ps(rp + 8), a.acc_min));
@@ -113,6 +143,8 @@ template <WeightFormat F>
 static inline __m256i block_dot(const __m256i* wv, const BlockQ8A& x) {
     if constexpr (F == WeightFormat::kQ8g32) {
         return dot_q8(wv, x);
+    } else if constexpr (F == WeightFormat::kQ6k) {
+        return dot_q6(wv, x);
     } else {
         return dot_q4(wv, x);
     }
@@ -122,6 +154,8 @@ template <WeightFormat F>
 static inline void unpack(const uint8_t* rec, __m256i* wv) {
     if constexpr (F == WeightFormat::kQ8g32) {
         unpack_q8(rec, wv);
+    } else if constexpr (F == WeightFormat::kQ6k) {
+        unpack_q6(rec, wv);
     } else {
         unpack_q4(rec, wv);
     }
@@ -211,6 +245,9 @@ void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begi
         case WeightFormat::kQ4k:
             gemv_format<WeightFormat::kQ4k>(w, x, y, g_begin, g_end);
             break;
+        case WeightFormat::kQ6k:
+            gemv_format<WeightFormat::kQ6k>(w, x, y, g_begin, g_end);
+            break;
         default:
             break;
     }
@@ -230,6 +267,9 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
             break;
         case WeightFormat::kQ4k:
             gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
+            break;
+        case WeightFormat::kQ6k:
+            gemm_format<WeightFormat::kQ6k>(w, x, m, y, ldy, g_begin, g_end);
             break;
         default:
             break;
