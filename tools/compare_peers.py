@@ -10,8 +10,8 @@ every engine. The machine's streaming read bandwidth is measured at the start an
     python tools/compare_peers.py prepare --checkpoint CKPT --out PEERS --llama-src SRC --ort
     # the comparison
     python tools/compare_peers.py run --threads 1,2 --repetitions 3 \\
-        --qwen-edge q4=0.8b-q4.qe --qwen-edge q8=0.8b-q8.qe \\
-        --llama q4=PEERS/Q4_0.gguf --llama q8=PEERS/Q8_0.gguf \\
+        --qwen-edge q4=0.8b-q4.qe --qwen-edge q8=0.8b-q8.qe --qwen-edge q4m=0.8b-q4m.qe \\
+        --llama q4=PEERS/Q4_0.gguf --llama q8=PEERS/Q8_0.gguf --llama q4m=PEERS/Q4_K_M.gguf \\
         --ort q4=PEERS/ort-int4 --json out.json --markdown out.md
 
 Each `--<engine> GROUP=PATH` puts a model in a comparison group (e.g. q4: qwen-edge q4 vs
@@ -326,8 +326,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 # --- preparing the peers' files -----------------------------------------------------------------
 def cmd_prepare(a: argparse.Namespace) -> int:
-    """GGUF bf16 -> Q4_0 / Q8_0 with llama-cpp-python's own converter and quantizer, and the
-    onnxruntime-genai int4 folder with its model builder (shared/notes/peers.md)."""
+    """GGUF bf16 -> Q4_0 / Q8_0 / Q4_K_M with llama-cpp-python's own converter and quantizer,
+    and the onnxruntime-genai int4 folder with its model builder (shared/notes/peers.md)."""
     import llama_cpp
 
     out = Path(a.out)
@@ -355,6 +355,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     for name, ftype in (
         ("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0),
         ("Q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
+        ("Q4_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M),  # the size class of our q4m
     ):
         dst = out / f"{name}.gguf"
         if dst.exists():
