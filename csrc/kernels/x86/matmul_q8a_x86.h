@@ -171,7 +171,9 @@ static void gemv_format(const PackedMatrix& w, const BlockQ8A* x, float* y, int6
         const uint8_t* sc = w.scales + g * nb * sbytes;
         Acc a;
         for (int64_t b = 0; b < nb; ++b) {
-            // The next group's same block, one group ahead (see matmul_avx512_vnni.cc).
+            // A group's records are only k/32 * 128 bytes (4 KiB for k = 1024 in q4): the
+            // hardware prefetchers would restart at every group, so the same block of the next
+            // group is requested one group ahead (into L2).
             const char* next = reinterpret_cast<const char*>(rec + (nb + b) * qbytes);
             for (int64_t line = 0; line < qbytes; line += 64)
                 _mm_prefetch(next + line, _MM_HINT_T1);
