@@ -22,48 +22,15 @@
 
 namespace qe::avx512_vnni {
 
-// 256-bit fallback for a single row group (the odd one out), same code as avx_vnni.
+// The 256-bit path (decode, and a trailing odd row group): the avx_vnni code on EVEX vpdpbusd.
 namespace ymm {
 namespace {
 
-static inline __m256i bcast_step(const int8_t* q, int s) {
-    int32_t v;
-    std::memcpy(&v, q + 4 * s, 4);
-    return _mm256_set1_epi32(v);
+static inline __m256i dpbusd(__m256i acc, __m256i w, __m256i x) {
+    return _mm256_dpbusd_epi32(acc, w, x);
 }
 
-static inline void unpack_q4(const uint8_t* rec, __m256i* w) {
-    const __m256i mask = _mm256_set1_epi8(0x0f);
-    for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
-        w[2 * c] = _mm256_and_si256(v, mask);
-        w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-    }
-}
-
-static inline void unpack_q8(const uint8_t* rec, __m256i* w) {
-    for (int s = 0; s < 8; ++s)
-        w[s] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s));
-}
-
-static inline __m256i dot_u8(const __m256i* w, const BlockQ8A& x) {
-    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-    for (int s = 0; s < 8; s += 2) {
-        a0 = _mm256_dpbusd_epi32(a0, w[s], bcast_step(x.q, s));
-        a1 = _mm256_dpbusd_epi32(a1, w[s + 1], bcast_step(x.q, s + 1));
-    }
-    return _mm256_add_epi32(a0, a1);
-}
-
-static inline __m256i dot_q4(const __m256i* w, const BlockQ8A& x) {
-    return dot_u8(w, x);
-}
-static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
-    return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(128 * x.sum));
-}
-static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
-    return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(32 * x.sum));
-}
+#include "kernels/x86/vnni256_core.h"
 
 }  // namespace
 
