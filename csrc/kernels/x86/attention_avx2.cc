@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // AVX2 + FMA + F16C attention over one KV head (f16, f32 or q8 cache). Up to 4 query heads (a
 // GQA group) share every key and value load: scores are 4 dot products per key row, the output
-// accumulates 4 x 16 columns per value row in registers. Compiled with -mavx2 -mfma -mf16c (per file).
+// accumulates 4 x 16 columns per value row in registers. Compiled with -mavx2 -mfma -mf16c
+// (per file).
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
