@@ -2,8 +2,10 @@
 // Native timing driver for profiling the forward pass without Python (perf record, callgrind):
 //   qe_bench MODEL.qe [threads] [isa] [prompt_tokens] [decode_tokens] [prefill_repetitions]
 //   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
+//   qe_bench --delta [isa] [repetitions]
 // Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s,
-// or one packed product's best time over the repetitions (single thread, random codes) in GOPS. Not
+// or one packed product's best time over the repetitions (single thread, random codes) in GOPS,
+// or the delta rule's best time per head and token on the 0.8B shape (128 tokens, 16 heads). Not
 // a benchmark of record: `qwen-edge bench` is (JSON, repetitions, peers); this exists so profiles
 // have symbols and no interpreter, and so kernel variants can be compared on a busy machine (best
 // of many).
@@ -66,10 +68,39 @@ int bench_gemm(int argc, char** argv) {
     return 0;
 }
 
+// The gated delta rule of one layer's batch: 16 value heads, dk = dv = 128, 128 tokens.
+int bench_delta(int argc, char** argv) {
+    const qe::KernelTable& kt = qe::select_table(argc > 2 ? argv[2] : "");
+    const int reps = argc > 3 ? std::atoi(argv[3]) : 10;
+    const int64_t t = 128, heads = 16, dk = 128, dv = 128;
+    const int64_t ldu = 3 * heads * dk;  // q | k | v of a token, as the model's conv output
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal;
+    std::vector<float> state(heads * dk * dv), u(t * ldu), o(t * heads * dv);
+    std::vector<float> decay(t * heads, 0.95f), beta(t * heads, 0.5f);
+    for (auto& v : u) v = 0.1f * normal(rng);
+    using Clock = std::chrono::steady_clock;
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = Clock::now();
+        for (int64_t m = 0; m < heads; ++m) {
+            kt.delta_rule(state.data() + m * dk * dv, u.data() + m * dk,
+                          u.data() + heads * dk + m * dk, u.data() + 2 * heads * dk + m * dv, ldu,
+                          decay.data() + m, beta.data() + m, heads, o.data() + m * dv,
+                          heads * dv, t, dk, dv);
+        }
+        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::printf("%s delta_rule dk=dv=%lld: %.2f us per head and token (best of %d)\n", kt.tag,
+                (long long)dk, best * 1e6 / double(t * heads), reps);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--gemm") return bench_gemm(argc, argv);
+    if (argc > 1 && std::string(argv[1]) == "--delta") return bench_delta(argc, argv);
     if (argc < 2) {
         std::fprintf(stderr, "usage: %s MODEL.qe [threads] [isa] [prompt] [decode] [reps]\n",
                      argv[0]);

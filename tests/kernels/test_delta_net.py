@@ -40,7 +40,8 @@ def test_conv1d_silu(isa: str, t: int, c: int, kw: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("t", "dk", "dv"), [(1, 4, 4), (3, 16, 8), (300, 32, 16), (40, 128, 128), (9, 13, 7)]
+    ("t", "dk", "dv"),
+    [(1, 4, 4), (3, 16, 8), (300, 32, 16), (40, 128, 128), (9, 13, 7), (6, 128, 96), (4, 160, 80)],
 )
 def test_delta_rule(isa: str, t: int, dk: int, dv: int) -> None:
     rng = np.random.default_rng(t + dk * 1000 + dv)
