@@ -7,8 +7,9 @@
 // the one the linker hands to a baseline caller (that would be SIGILL on a Cortex-A72).
 //
 // The float combination reproduces `ref` (kernels/ref/matmul_ref.cc) operation for operation:
-// each lane is one row, products are separately rounded (vmulq, never vfmaq; the build also
-// passes -ffp-contract=off) and summed in the same order, so every table returns ref's bits.
+// each lane is one row; per term the factor scale * activation scale is rounded (vmulq), then
+// one fused multiply-add (vfmaq) adds the term, in ref's order (the build passes
+// -ffp-contract=off, so no other product is fused), and every table returns ref's bits.
 #pragma once
 
 #include <arm_neon.h>
@@ -82,29 +83,26 @@ QE_NEON_INLINE void combine_block(GroupAcc& a, const uint8_t* srec, float xd, in
         const int32x4_t zero = vdupq_n_s32(F == WeightFormat::kQ4g32 ? 8 * xsum : 0);
         for (int h = 0; h < 2; ++h) {
             const float32x4_t sd = vmulq_n_f32(s.val[h], xd);
-            a.acc[h] = vaddq_f32(a.acc[h], vmulq_f32(sd, vcvtq_f32_s32(vsubq_s32(dot[h], zero))));
+            a.acc[h] = vfmaq_f32(a.acc[h], sd, vcvtq_f32_s32(vsubq_s32(dot[h], zero)));
         }
     } else if constexpr (F == WeightFormat::kQ6k) {  // integer sub-scale, row factor at the end
         const float32x4x2_t sc = load_s8x8_f32(srec);
         for (int h = 0; h < 2; ++h) {
-            a.acc[h] = vaddq_f32(a.acc[h],
-                                 vmulq_f32(vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h])));
+            a.acc[h] = vfmaq_f32(a.acc[h], vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h]));
         }
     } else if constexpr (F == WeightFormat::kQ4ag32) {
         const float32x4x2_t s = load_f16x8(srec), m = load_f16x8(srec + 16);
         const float32x4_t fsum = vdupq_n_f32(float(xsum));
         for (int h = 0; h < 2; ++h) {
-            const float32x4_t t1 = vmulq_f32(vmulq_n_f32(s.val[h], xd), vcvtq_f32_s32(dot[h]));
-            const float32x4_t t2 = vmulq_f32(vmulq_n_f32(m.val[h], xd), fsum);
-            a.acc[h] = vaddq_f32(a.acc[h], vaddq_f32(t1, t2));
+            a.acc[h] = vfmaq_f32(a.acc[h], vmulq_n_f32(s.val[h], xd), vcvtq_f32_s32(dot[h]));
+            a.acc[h] = vfmaq_f32(a.acc[h], vmulq_n_f32(m.val[h], xd), fsum);
         }
     } else {  // q4k: integer sub-scales now, per-row factors in finish_group
         const float32x4x2_t sc = load_u8x8_f32(srec), mn = load_u8x8_f32(srec + 8);
         const float32x4_t fsum = vdupq_n_f32(float(xsum));
         for (int h = 0; h < 2; ++h) {
-            a.acc[h] = vaddq_f32(a.acc[h],
-                                 vmulq_f32(vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h])));
-            a.accm[h] = vaddq_f32(a.accm[h], vmulq_f32(vmulq_n_f32(mn.val[h], xd), fsum));
+            a.acc[h] = vfmaq_f32(a.acc[h], vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h]));
+            a.accm[h] = vfmaq_f32(a.accm[h], vmulq_n_f32(mn.val[h], xd), fsum);
         }
     }
 }

@@ -57,20 +57,23 @@ float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
         int32_t dot = 0;
         for (int j = 0; j < kBlockK; ++j) dot += code(w.format, rec, rr, j) * x[b].q[j];
         const BlockFactors f = block_factors(w, g, b, rr);
+        // Per term: the factor (scale x activation scale) rounded, then one fused multiply-add.
+        const float xd = x[b].d;
         switch (w.format) {
             case WeightFormat::kQ8g32:
             case WeightFormat::kQ6k:  // q6k: integer sub-scale now, row factor at the end
-                acc += f.scale * x[b].d * float(dot);
+                acc = std::fma(f.scale * xd, float(dot), acc);
                 break;
             case WeightFormat::kQ4g32:
-                acc += f.scale * x[b].d * float(dot - 8 * x[b].sum);
+                acc = std::fma(f.scale * xd, float(dot - 8 * x[b].sum), acc);
                 break;
             case WeightFormat::kQ4ag32:
-                acc += f.scale * x[b].d * float(dot) + f.offset * x[b].d * float(x[b].sum);
+                acc = std::fma(f.scale * xd, float(dot), acc);
+                acc = std::fma(f.offset * xd, float(x[b].sum), acc);
                 break;
             default:  // q4k: integer sub-scales now, row factors at the end
-                acc += f.scale * x[b].d * float(dot);
-                acc_min += f.offset * x[b].d * float(x[b].sum);
+                acc = std::fma(f.scale * xd, float(dot), acc);
+                acc_min = std::fma(f.offset * xd, float(x[b].sum), acc_min);
                 break;
         }
     }

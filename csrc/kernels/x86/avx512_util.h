@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // AVX-512 helpers of the W4A8/W8A8 products over two row groups (16 rows in one vector: lanes
 // 0-7 group g, lanes 8-15 group g + 1): their block factors and the float combination per
-// block, which repeats ref::row_dot operation by operation (separately rounded products, no
-// FMA) so results are ref's bits. `static inline`, so each translation unit that includes it
-// keeps its own copy (STYLE.md §5).
+// block, which repeats ref::row_dot operation by operation (the rounded factor, then one fused
+// multiply-add per term) so results are ref's bits. `static inline`, so each translation unit
+// that includes it keeps its own copy (STYLE.md §5).
 #pragma once
 
 #include <immintrin.h>
@@ -60,20 +60,15 @@ static inline Scales2 load_scales(const uint8_t* s0, const uint8_t* s1) {
 template <WeightFormat F>
 static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const BlockQ8A& x) {
     const __m512 xd = _mm512_set1_ps(x.d);
-    const __m512 t1 = _mm512_mul_ps(_mm512_mul_ps(sc.a, xd), _mm512_cvtepi32_ps(dot));
-    if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32 ||
-                  F == WeightFormat::kQ6k) {
-        a.acc = _mm512_add_ps(a.acc, t1);
-    } else {
+    a.acc = _mm512_fmadd_ps(_mm512_mul_ps(sc.a, xd), _mm512_cvtepi32_ps(dot), a.acc);
+    if constexpr (F == WeightFormat::kQ4ag32 || F == WeightFormat::kQ4k) {
         // float(sum) converted in the vector unit from a broadcast load (vcvtdq2ps m32bcst):
         // the scalar cvtsi2ss + register broadcast cost two more uops per token and block.
         const __m512 fsum = _mm512_cvtepi32_ps(_mm512_set1_epi32(x.sum));
-        const __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(sc.b, xd), fsum);
         if constexpr (F == WeightFormat::kQ4ag32) {
-            a.acc = _mm512_add_ps(a.acc, _mm512_add_ps(t1, t2));
+            a.acc = _mm512_fmadd_ps(_mm512_mul_ps(sc.b, xd), fsum, a.acc);
         } else {
-            a.acc = _mm512_add_ps(a.acc, t1);
-            a.acc_min = _mm512_add_ps(a.acc_min, t2);
+            a.acc_min = _mm512_fmadd_ps(_mm512_mul_ps(sc.b, xd), fsum, a.acc_min);
         }
     }
 }

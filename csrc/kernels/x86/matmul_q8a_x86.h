@@ -12,7 +12,8 @@
 // Layout (docs/weight-formats.md): one 32-byte load = the same 4 columns of the 8 rows of a
 // row group, so int32 lane r accumulates row r, and the activations' 4 bytes of a step are
 // broadcast to every lane. The float combination per block repeats `ref` operation by
-// operation (separately rounded products, no FMA), which makes the result bit-exact.
+// operation (the rounded factor, then one fused multiply-add per term), which makes the result
+// bit-exact.
 //
 // gemm keeps one row group's unpacked block in registers and runs up to 8 tokens over it, so
 // weights are decoded once per 8 tokens; the row group's records (k/32 * 144 bytes) and the
@@ -81,27 +82,20 @@ static inline Scales load_scales(const uint8_t* sc) {
 template <WeightFormat F>
 static inline void combine(Acc& a, __m256i dot, const Scales& sc, const BlockQ8A& x) {
     const __m256 xd = _mm256_set1_ps(x.d);
-    if constexpr (F == WeightFormat::kQ8g32) {
-        a.acc =
-            _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(dot)));
-    } else if constexpr (F == WeightFormat::kQ6k) {  // integer sub-scale, row factor at the end
-        a.acc =
-            _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(dot)));
-    } else if constexpr (F == WeightFormat::kQ4g32) {
-        const __m256i d8 = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum));
-        a.acc =
-            _mm256_add_ps(a.acc, _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(d8)));
-    } else {
+    // q8g32, q6k (integer sub-scale, row factor at the end), q4ag32, q4k: the dot as it is;
+    // q4g32: minus the offset 8 * sum first.
+    const __m256i d = F == WeightFormat::kQ4g32
+                          ? _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum))
+                          : dot;
+    a.acc = _mm256_fmadd_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(d), a.acc);
+    if constexpr (F == WeightFormat::kQ4ag32 || F == WeightFormat::kQ4k) {
         // float(sum) from a broadcast load and vcvtdq2ps: cvtsi2ss + a register broadcast
         // cost more uops per token and block.
         const __m256 fsum = _mm256_cvtepi32_ps(_mm256_set1_epi32(x.sum));
-        const __m256 t1 = _mm256_mul_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(dot));
-        const __m256 t2 = _mm256_mul_ps(_mm256_mul_ps(sc.b, xd), fsum);
         if constexpr (F == WeightFormat::kQ4ag32) {
-            a.acc = _mm256_add_ps(a.acc, _mm256_add_ps(t1, t2));
-        } else {  // q4k: integer sub-scale and min now, the row factors after the last block
-            a.acc = _mm256_add_ps(a.acc, t1);
-            a.acc_min = _mm256_add_ps(a.acc_min, t2);
+            a.acc = _mm256_fmadd_ps(_mm256_mul_ps(sc.b, xd), fsum, a.acc);
+        } else {  // q4k: the min term apart until the row factors, after the last block
+            a.acc_min = _mm256_fmadd_ps(_mm256_mul_ps(sc.b, xd), fsum, a.acc_min);
         }
     }
 }
