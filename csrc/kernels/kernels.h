@@ -62,9 +62,10 @@ using QuantizeQ8aFn = void (*)(const float* x, BlockQ8A* out, int64_t k);
 // y[r] = sum_k W[r, k] * x[k] for r in [8*g_begin, min(8*g_end, w.rows)).
 // x: w.blocks blocks. y: indexed by row; padding rows (>= w.rows) are not written.
 // Exact: per block the integer dot is exact, and the float combination is evaluated with the
-// operations and order of `ref` (per term the rounded factor scale * activation scale, then one
-// fused multiply-add into the row's sum), so every ISA returns the bits of `ref`. Accumulation
-// over blocks is sequential in block order, per row.
+// operations and order of `ref` (per term one fused multiply-add into the row's sum: the
+// rounded factor scale * activation scale times the dot; a minimum times the block's scaled
+// sum d * float(sum), rounded once), so every ISA returns the bits of `ref`. Accumulation over
+// blocks is sequential in block order, per row.
 using GemvQ8aFn = void (*)(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
                            int64_t g_end);
 

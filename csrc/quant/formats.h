@@ -45,6 +45,11 @@ constexpr int64_t scale_record_bytes(WeightFormat f) {
 constexpr int64_t row_param_bytes(WeightFormat f) {
     return f == WeightFormat::kQ4k ? 64 : f == WeightFormat::kQ6k ? 32 : 0;
 }
+// Formats with a per-block minimum (q4ag32, q4k): in a product, its term is the minimum times
+// the activation block's scaled sum d * float(sum) (kernels.h).
+constexpr bool has_block_min(WeightFormat f) {
+    return f == WeightFormat::kQ4ag32 || f == WeightFormat::kQ4k;
+}
 // q6k quant record: the 4-bit record of the low nibbles, then the high 2 bits of every code.
 constexpr int64_t kQ6HighOffset = 128;
 

@@ -258,6 +258,15 @@ QE_TEST(gemv_gemm_q8a_match_ref_exactly) {
                 check_products(tm, 6, 1, tm.w.groups - 1, x, "inner groups");
             }
         }
+        // A prompt's worth of tokens at the MLP width: kernels that cut the tokens into chunks
+        // (avx512_vnni: 72 at this k) cross a chunk boundary, with 8-, 4- and 3-token tails.
+        const TestMatrix tm = make_matrix(f, 24, 3584 + 32, ++seed, Scales::kTypical);
+        const auto x = make_activations(83, 3584 + 32, ++seed, 1.0f);
+        check_products(tm, 83, 0, tm.w.groups, x, "83 tokens");
+        // k past what the x86 kernels' per-chunk buffer of block sums holds for 8 tokens
+        const TestMatrix wide = make_matrix(f, 9, 32768 + 64, ++seed, Scales::kTypical);
+        const auto xw = make_activations(9, 32768 + 64, ++seed, 1.0f);
+        check_products(wide, 9, 0, wide.w.groups, xw, "k = 32832");
     }
     report_compared("gemv_q8a + gemm_q8a");
 }

@@ -92,17 +92,17 @@ QE_NEON_INLINE void combine_block(GroupAcc& a, const uint8_t* srec, float xd, in
         }
     } else if constexpr (F == WeightFormat::kQ4ag32) {
         const float32x4x2_t s = load_f16x8(srec), m = load_f16x8(srec + 16);
-        const float32x4_t fsum = vdupq_n_f32(float(xsum));
+        const float xs = xd * float(xsum);  // the block's scaled sum, rounded as ref
         for (int h = 0; h < 2; ++h) {
             a.acc[h] = vfmaq_f32(a.acc[h], vmulq_n_f32(s.val[h], xd), vcvtq_f32_s32(dot[h]));
-            a.acc[h] = vfmaq_f32(a.acc[h], vmulq_n_f32(m.val[h], xd), fsum);
+            a.acc[h] = vfmaq_n_f32(a.acc[h], m.val[h], xs);
         }
     } else {  // q4k: integer sub-scales now, per-row factors in finish_group
         const float32x4x2_t sc = load_u8x8_f32(srec), mn = load_u8x8_f32(srec + 8);
-        const float32x4_t fsum = vdupq_n_f32(float(xsum));
+        const float xs = xd * float(xsum);
         for (int h = 0; h < 2; ++h) {
             a.acc[h] = vfmaq_f32(a.acc[h], vmulq_n_f32(sc.val[h], xd), vcvtq_f32_s32(dot[h]));
-            a.accm[h] = vfmaq_f32(a.accm[h], vmulq_n_f32(mn.val[h], xd), fsum);
+            a.accm[h] = vfmaq_n_f32(a.accm[h], mn.val[h], xs);
         }
     }
 }

@@ -57,8 +57,10 @@ float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
         int32_t dot = 0;
         for (int j = 0; j < kBlockK; ++j) dot += code(w.format, rec, rr, j) * x[b].q[j];
         const BlockFactors f = block_factors(w, g, b, rr);
-        // Per term: the factor (scale x activation scale) rounded, then one fused multiply-add.
+        // Per term: the factor rounded, then one fused multiply-add. The minimum terms take the
+        // block's scaled sum d * float(sum), rounded once, so kernels can share it across rows.
         const float xd = x[b].d;
+        const float xs = x[b].d * float(x[b].sum);
         switch (w.format) {
             case WeightFormat::kQ8g32:
             case WeightFormat::kQ6k:  // q6k: integer sub-scale now, row factor at the end
@@ -69,11 +71,11 @@ float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
                 break;
             case WeightFormat::kQ4ag32:
                 acc = std::fma(f.scale * xd, float(dot), acc);
-                acc = std::fma(f.offset * xd, float(x[b].sum), acc);
+                acc = std::fma(f.offset, xs, acc);
                 break;
             default:  // q4k: integer sub-scales now, row factors at the end
                 acc = std::fma(f.scale * xd, float(dot), acc);
-                acc_min = std::fma(f.offset * xd, float(x[b].sum), acc_min);
+                acc_min = std::fma(f.offset, xs, acc_min);
                 break;
         }
     }

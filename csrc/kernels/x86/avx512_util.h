@@ -57,21 +57,20 @@ static inline Scales2 load_scales(const uint8_t* s0, const uint8_t* s1) {
 }
 
 // One block of two groups for one token, as ref::row_dot (see matmul_q8a_x86.h::combine).
+// xs: the block's scaled sum x.d * float(x.sum), computed once per gemm (q4ag32, q4k only),
+// which a minimum term takes as a broadcast load.
 template <WeightFormat F>
-static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const BlockQ8A& x) {
+static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const BlockQ8A& x,
+                            const float& xs) {
     const __m512 xd = _mm512_set1_ps(x.d);
     a.acc = _mm512_fmadd_ps(_mm512_mul_ps(sc.a, xd), _mm512_cvtepi32_ps(dot), a.acc);
-    if constexpr (F == WeightFormat::kQ4ag32 || F == WeightFormat::kQ4k) {
-        // float(sum) converted in the vector unit from a broadcast load (vcvtdq2ps m32bcst):
-        // the scalar cvtsi2ss + register broadcast cost two more uops per token and block.
-        const __m512 fsum = _mm512_cvtepi32_ps(_mm512_set1_epi32(x.sum));
-        if constexpr (F == WeightFormat::kQ4ag32) {
-            a.acc = _mm512_fmadd_ps(_mm512_mul_ps(sc.b, xd), fsum, a.acc);
-        } else {
-            a.acc_min = _mm512_fmadd_ps(_mm512_mul_ps(sc.b, xd), fsum, a.acc_min);
-        }
+    if constexpr (F == WeightFormat::kQ4ag32) {
+        a.acc = _mm512_fmadd_ps(sc.b, _mm512_set1_ps(xs), a.acc);
+    } else if constexpr (F == WeightFormat::kQ4k) {
+        a.acc_min = _mm512_fmadd_ps(sc.b, _mm512_set1_ps(xs), a.acc_min);
     }
 }
+
 
 // [lo | hi] with AVX-512F only (insertf32x8 would need AVX-512DQ).
 static inline __m512 concat(__m256 lo, __m256 hi) {

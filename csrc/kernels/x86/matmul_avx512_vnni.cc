@@ -118,9 +118,11 @@ static inline __m512i dot2(const __m512i* w, const BlockQ8A& x) {
     return _mm512_add_epi32(a0, a1);
 }
 
+// T tokens (x, xs, y at the first) times row groups g, g + 1. xs: the tokens' scaled sums,
+// block b's at xs[b * lds + t] (read by q4ag32 and q4k only).
 template <WeightFormat F, int T>
-static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t ldy,
-                         int64_t g) {
+static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, const float* xs, int64_t lds,
+                         float* y, int64_t ldy, int64_t g) {
     constexpr int64_t qb = quant_record_bytes(F), sb = scale_record_bytes(F);
     const int64_t nb = w.blocks;
     const uint8_t* q0 = w.quants + g * nb * qb;
@@ -135,7 +137,7 @@ static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, float* y, int
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) {
             const BlockQ8A& xb = x[t * nb + b];
-            combine2<F>(a[t], dot2<F>(wv, xb), sc, xb);
+            combine2<F>(a[t], dot2<F>(wv, xb), sc, xb, xs[b * lds + t]);
         }
     }
     for (int t = 0; t < T; ++t) store16(y + t * ldy, finish2<F>(a[t], w, g), w, g);
@@ -152,29 +154,49 @@ static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, flo
         return;
     }
     const int64_t nb = w.blocks;
-    int64_t g = g_begin;
-    for (; g + 2 <= g_end; g += 2) {
-        int64_t t = 0;
-        for (; t + 8 <= m; t += 8) tile2<F, 8>(w, x + t * nb, y + t * ldy, ldy, g);
-        if (t + 4 <= m) {
-            tile2<F, 4>(w, x + t * nb, y + t * ldy, ldy, g);
-            t += 4;
-        }
-        switch (m - t) {
-            case 3:
-                tile2<F, 3>(w, x + t * nb, y + t * ldy, ldy, g);
-                break;
-            case 2:
-                tile2<F, 2>(w, x + t * nb, y + t * ldy, ldy, g);
-                break;
-            case 1:
-                tile2<F, 1>(w, x + t * nb, y + t * ldy, ldy, g);
-                break;
-            default:
-                break;
+    // q4ag32 and q4k take each block's scaled sum d * float(sum): computed here once for all
+    // row pairs instead of per pair and token (two of the ~17 vector ops per token and
+    // block). The sums of a chunk of tokens live on the stack, so weights are streamed once
+    // per chunk: 256 tokens for k = 1024, 72 for k = 3584.
+    alignas(64) float sums[has_block_min(F) ? ymm::kMaxSums : 1];
+    int64_t chunk = m;
+    if constexpr (has_block_min(F)) {
+        chunk = ymm::chunk_tokens(nb);
+        if (chunk == 0) {  // k > 32768: the 256-bit kernel, same bits
+            ymm::gemm_format<F>(w, x, m, y, ldy, g_begin, g_end);
+            return;
         }
     }
-    if (g < g_end) ymm::gemm_format<F>(w, x, m, y, ldy, g, g_end);
+    for (int64_t t0 = 0; t0 < m; t0 += chunk) {
+        const int64_t mc = m - t0 < chunk ? m - t0 : chunk;
+        const BlockQ8A* xc = x + t0 * nb;
+        float* yc = y + t0 * ldy;
+        if constexpr (has_block_min(F)) ymm::scaled_sums(xc, mc, nb, sums);
+        int64_t g = g_begin;
+        for (; g + 2 <= g_end; g += 2) {
+            int64_t t = 0;
+            for (; t + 8 <= mc; t += 8)
+                tile2<F, 8>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+            if (t + 4 <= mc) {
+                tile2<F, 4>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+                t += 4;
+            }
+            switch (mc - t) {
+                case 3:
+                    tile2<F, 3>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+                    break;
+                case 2:
+                    tile2<F, 2>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+                    break;
+                case 1:
+                    tile2<F, 1>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+                    break;
+                default:
+                    break;
+            }
+        }
+        if (g < g_end) ymm::gemm_format<F>(w, xc, mc, yc, ldy, g, g_end);
+    }
 }
 
 }  // namespace

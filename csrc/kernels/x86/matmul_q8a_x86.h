@@ -79,8 +79,10 @@ static inline Scales load_scales(const uint8_t* sc) {
 }
 
 // Adds one block's integer dot to the accumulators, exactly as ref::row_dot does per row.
+// xs: the block's scaled sum x.d * float(x.sum) (read by q4ag32 and q4k only).
 template <WeightFormat F>
-static inline void combine(Acc& a, __m256i dot, const Scales& sc, const BlockQ8A& x) {
+static inline void combine(Acc& a, __m256i dot, const Scales& sc, const BlockQ8A& x,
+                           const float& xs) {
     const __m256 xd = _mm256_set1_ps(x.d);
     // q8g32, q6k (integer sub-scale, row factor at the end), q4ag32, q4k: the dot as it is;
     // q4g32: minus the offset 8 * sum first.
@@ -88,21 +90,30 @@ static inline void combine(Acc& a, __m256i dot, const Scales& sc, const BlockQ8A
                           ? _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum))
                           : dot;
     a.acc = _mm256_fmadd_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(d), a.acc);
-    if constexpr (F == WeightFormat::kQ4ag32 || F == WeightFormat::kQ4k) {
-        // float(sum) from a broadcast load and vcvtdq2ps: cvtsi2ss + a register broadcast
-        // cost more uops per token and block.
-        const __m256 fsum = _mm256_cvtepi32_ps(_mm256_set1_epi32(x.sum));
-        if constexpr (F == WeightFormat::kQ4ag32) {
-            a.acc = _mm256_fmadd_ps(_mm256_mul_ps(sc.b, xd), fsum, a.acc);
-        } else {  // q4k: the min term apart until the row factors, after the last block
-            a.acc_min = _mm256_fmadd_ps(_mm256_mul_ps(sc.b, xd), fsum, a.acc_min);
-        }
+    if constexpr (F == WeightFormat::kQ4ag32) {
+        a.acc = _mm256_fmadd_ps(sc.b, _mm256_set1_ps(xs), a.acc);
+    } else if constexpr (F == WeightFormat::kQ4k) {  // the min term apart until the row factors
+        a.acc_min = _mm256_fmadd_ps(sc.b, _mm256_set1_ps(xs), a.acc_min);
     }
 }
 
-template <WeightFormat F>
-static inline void combine(Acc& a, __m256i dot, const uint8_t* sc, const BlockQ8A& x) {
-    combine<F>(a, dot, load_scales<F>(sc), x);
+// The scaled sums of q8a blocks, computed once per product for all row groups (formats with a
+// block minimum): kMaxSums of them on the stack, so a product runs in chunks of tokens.
+constexpr int64_t kMaxSums = 8192;
+
+// Sums of m tokens of nb blocks each, block-major: token t's block b at out[b * m + t], so a
+// tile's tokens are adjacent (one pointer for the tile instead of one per token).
+static inline void scaled_sums(const BlockQ8A* x, int64_t m, int64_t nb, float* out) {
+    for (int64_t t = 0; t < m; ++t) {
+        const BlockQ8A* xt = x + t * nb;
+        for (int64_t b = 0; b < nb; ++b) out[b * m + t] = xt[b].d * float(xt[b].sum);
+    }
+}
+
+// Tokens per chunk for blocks of nb per token: a multiple of 8 (whole tiles); 0 if fewer than
+// 8 tokens' sums fit (k > 32768).
+static inline int64_t chunk_tokens(int64_t nb) {
+    return kMaxSums / nb / 8 * 8;
 }
 
 // The 8 rows' results of a row group (q4k, q6k: their row factors applied).
@@ -176,15 +187,18 @@ static void gemv_format(const PackedMatrix& w, const BlockQ8A* x, float* y, int6
             }
             __m256i wv[8];
             unpack<F>(rec + b * qbytes, wv);
-            combine<F>(a, block_dot<F>(wv, x[b]), sc + b * sbytes, x[b]);
+            const float xs = has_block_min(F) ? x[b].d * float(x[b].sum) : 0.0f;
+            combine<F>(a, block_dot<F>(wv, x[b]), load_scales<F>(sc + b * sbytes), x[b], xs);
         }
         store_rows(y, finish<F>(a, w, g), w, g);
     }
 }
 
+// T tokens (x, xs, y at the first; token t's scaled sum of block b at xs[b * lds + t]) times
+// row group g.
 template <WeightFormat F, int T>
-static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t ldy,
-                             int64_t g) {
+static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, const float* xs,
+                             int64_t lds, float* y, int64_t ldy, int64_t g) {
     constexpr int64_t qbytes = quant_record_bytes(F), sbytes = scale_record_bytes(F);
     const int64_t nb = w.blocks;
     const uint8_t* rec = w.quants + g * nb * qbytes;
@@ -197,7 +211,7 @@ static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, float* y,
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
             const BlockQ8A& xb = x[t * nb + b];
-            combine<F>(a[t], block_dot<F>(wv, xb), scb, xb);
+            combine<F>(a[t], block_dot<F>(wv, xb), scb, xb, xs[b * lds + t]);
         }
     }
     for (int t = 0; t < T; ++t) store_rows(y + t * ldy, finish<F>(a[t], w, g), w, g);
@@ -207,22 +221,40 @@ template <WeightFormat F>
 static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
                         int64_t g_begin, int64_t g_end) {
     const int64_t nb = w.blocks;
-    for (int64_t g = g_begin; g < g_end; ++g) {
-        int64_t t = 0;
-        for (; t + 8 <= m; t += 8) gemm_tile<F, 8>(w, x + t * nb, y + t * ldy, ldy, g);
-        for (; t + 4 <= m; t += 4) gemm_tile<F, 4>(w, x + t * nb, y + t * ldy, ldy, g);
-        switch (m - t) {
-            case 3:
-                gemm_tile<F, 3>(w, x + t * nb, y + t * ldy, ldy, g);
-                break;
-            case 2:
-                gemm_tile<F, 2>(w, x + t * nb, y + t * ldy, ldy, g);
-                break;
-            case 1:
-                gemm_tile<F, 1>(w, x + t * nb, y + t * ldy, ldy, g);
-                break;
-            default:
-                break;
+    alignas(32) float sums[has_block_min(F) ? kMaxSums : 1];
+    int64_t chunk = m;
+    if constexpr (has_block_min(F)) {
+        chunk = chunk_tokens(nb);
+        if (chunk == 0) {  // no room for a tile's sums: token by token, the same arithmetic
+            for (int64_t t = 0; t < m; ++t)
+                gemv_format<F>(w, x + t * nb, y + t * ldy, g_begin, g_end);
+            return;
+        }
+    }
+    for (int64_t t0 = 0; t0 < m; t0 += chunk) {
+        const int64_t mc = m - t0 < chunk ? m - t0 : chunk;
+        const BlockQ8A* xc = x + t0 * nb;
+        float* yc = y + t0 * ldy;
+        if constexpr (has_block_min(F)) scaled_sums(xc, mc, nb, sums);
+        for (int64_t g = g_begin; g < g_end; ++g) {
+            int64_t t = 0;
+            for (; t + 8 <= mc; t += 8)
+                gemm_tile<F, 8>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+            for (; t + 4 <= mc; t += 4)
+                gemm_tile<F, 4>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+            switch (mc - t) {
+                case 3:
+                    gemm_tile<F, 3>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+                    break;
+                case 2:
+                    gemm_tile<F, 2>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+                    break;
+                case 1:
+                    gemm_tile<F, 1>(w, xc + t * nb, sums + t, mc, yc + t * ldy, ldy, g);
+                    break;
+                default:
+                    break;
+            }
         }
     }
 }
