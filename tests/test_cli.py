@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -189,6 +190,9 @@ class Terminal:
         pid, self.master = pty.fork()
         if pid == 0:  # the child: exec, never return into pytest
             try:
+                # As from an interactive shell: a runner started in the background (SIGINT
+                # ignored, and so inherited) must not take Ctrl-C away from the child.
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execv(args[0], args)
             finally:
                 os._exit(127)
@@ -226,12 +230,17 @@ class Terminal:
         os.write(self.master, data)
 
     def close(self, timeout: float = 30.0) -> int | None:
+        import select
+
         deadline = time.monotonic() + timeout
         while self.alive() and time.monotonic() < deadline:
-            try:
-                os.read(self.master, 4096)  # drain, so the child never blocks on output
-            except OSError:
-                time.sleep(0.05)
+            # drain, so the child never blocks on output; never block here ourselves, in case
+            # the child waits for input
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    os.read(self.master, 4096)
+                except OSError:
+                    time.sleep(0.05)
         if self.alive():
             os.kill(self.pid, 9)
             os.waitpid(self.pid, 0)
