@@ -1,8 +1,11 @@
-"""qwen-edge: an edge inference runtime for the Qwen3.5 small language models."""
+"""qwen-edge: an edge inference runtime for the Qwen3.5 small language models.
+
+The public face: re-exports only. The layers below it are described in docs/architecture.md.
+"""
 
 from __future__ import annotations
 
-from .config import ModelConfig
+from . import _deprecated
 from .errors import (
     ChatTemplateError,
     CheckpointError,
@@ -14,9 +17,13 @@ from .errors import (
     QwenEdgeError,
     TokenizerError,
 )
-from .generate import LLM, GenerationConfig, generate, load, stream_generate
+from .formats.config import ModelConfig
+from .generation.llm import LLM, load
+from .generation.loop import generate, stream_generate
+from .generation.settings import GenerationConfig, SamplingParams
+from .version import __version__
 
-__version__ = "0.1.0"
+_deprecated.install()  # the flat layout's import paths keep working, with a warning
 
 __all__ = [
     "LLM",
@@ -30,6 +37,7 @@ __all__ = [
     "ModelConfig",
     "ModelFileError",
     "QwenEdgeError",
+    "SamplingParams",
     "TokenizerError",
     "__version__",
     "generate",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen_edge import presets
-from qwen_edge.export.demo import write_random_checkpoint
+from qwen_edge.export import presets
+from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
 DATA = Path(__file__).parent / "data"
 GOLDEN_DIRS = sorted(p for p in (DATA / "goldens").iterdir() if (p / "golden.npz").is_file())
@@ -104,7 +104,7 @@ def tiny_chat_checkpoint(
 
 def _compiled_isas() -> list[str]:
     try:
-        from qwen_edge.runtime import core
+        from qwen_edge.backends.native import core
 
         return list(core().compiled_isas())
     except Exception:  # no native core in this installation: the kernel tests skip
@@ -114,7 +114,7 @@ def _compiled_isas() -> list[str]:
 @pytest.fixture(params=_compiled_isas())
 def isa(request: pytest.FixtureRequest) -> str:
     """Every kernel table compiled in; those this CPU cannot run are skipped, visibly."""
-    from qwen_edge.runtime import core
+    from qwen_edge.backends.native import core
 
     if request.param not in core().available_isas():
         pytest.skip(f"kernel table '{request.param}': unsupported CPU feature on this machine")

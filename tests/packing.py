@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from qwen_edge import quant
-from qwen_edge.modelfile import TensorSpec
-from qwen_edge.modelfile import write_model_file as _write
+from qwen_edge.formats import quant
+from qwen_edge.formats.model_file import TensorSpec
+from qwen_edge.formats.model_file import write_model_file as _write
 
 FORMATS = quant.PACKED_FORMATS
 

@@ -32,8 +32,8 @@ def write(out: Path) -> None:
     import importlib
 
     import qwen_edge
-    from qwen_edge import presets
-    from qwen_edge.export.demo import write_random_checkpoint
+    from qwen_edge.export import presets
+    from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
     export = importlib.import_module("qwen_edge.export.convert").export  # issue 3's exporter
     out.mkdir(parents=True, exist_ok=True)

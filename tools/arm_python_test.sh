@@ -112,7 +112,7 @@ echo "=== emulated CPython, -cpu cortex-a72 (baseline NEON)"
 # -P: the work tree (cwd) must not shadow the staged package on sys.path.
 emulate cortex-a72 "$py" -P - <<'EOF'
 import numpy as np
-from qwen_edge.runtime import core
+from qwen_edge.backends.native import core
 c = core()
 print("cpu", c.cpu_info(), "tables", c.available_isas())
 assert c.cpu_info()["arch"] == "aarch64"
@@ -126,22 +126,16 @@ print("neon matmul_q8a == ref on the emulated Cortex-A72")
 EOF
 
 echo "=== emulated CPython, -cpu max: pytest"
-tests=(tests/test_core.py tests/test_boards.py tests/test_quant.py)
-for t in tests/kernels; do [ -e "$t" ] && tests+=("$t"); done
+tests=(tests/backends/test_core.py tests/hardware/test_boards.py tests/formats/test_quant.py
+       tests/backends/kernels)
 # The sysroot has no torch: the x86 run is the one that must have the live reference.
 (export QWEN_EDGE_REQUIRE_REFERENCE=0; emulate max "$py" -P -m pytest -q -p no:cacheprovider "${tests[@]}")
 
 # --- 4. the whole model: the tiny model file's logits on each CPU against x86's ---------------
 fwd=build/arm-forward
-if [ -f csrc/model/qwen35.cc ] && [ -f qwen_edge/export/convert.py ]; then
-    echo "=== whole model: tiny q4 logits, x86 golden vs emulated aarch64"
-    PYTHONPATH= python3 tools/arm_forward_check.py write "$fwd"
-    for cpu in max cortex-a76 cortex-a72; do
-        echo "--- -cpu $cpu"
-        emulate "$cpu" "$py" -P tools/arm_forward_check.py check "$fwd"
-    done
-else
-    # Not a hidden skip: this tree has no native forward pass or exporter to compare yet.
-    echo "=== whole model: NOT RUN, this tree lacks csrc/model/qwen35.cc (native forward pass)" \
-        "or qwen_edge/export/convert.py (exporter)"
-fi
+echo "=== whole model: tiny q4 logits, x86 golden vs emulated aarch64"
+PYTHONPATH= python3 tools/arm_forward_check.py write "$fwd"
+for cpu in max cortex-a76 cortex-a72; do
+    echo "--- -cpu $cpu"
+    emulate "$cpu" "$py" -P tools/arm_forward_check.py check "$fwd"
+done

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Time per step of `qwen_edge.sampling.Sampler` on the 248,320-entry Qwen3.5 vocabulary.
+"""Time per step of `qwen_edge.generation.sampling.Sampler` on the 248,320-entry vocabulary.
 
-STYLE §7: a sampler moves to C++ only if it takes more than ~5 % of decode time; the native
+The house rule: a sampler moves to C++ only if it takes more than ~5 % of decode time; the native
 runtime aims at 20-40 ms per token on 0.8B, so the budget is ~1-2 ms per step. Logits are
 model-like (a few likely tokens over a flat tail) and, for the worst case of top-p without
 top-k, flat. Prints the median wall and CPU time per setting (CPU time is what other load on
@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from qwen_edge.sampling import Sampler, SamplingParams
+from qwen_edge.generation.sampling import Sampler
+from qwen_edge.generation.settings import SamplingParams
 
 VOCAB, VALID = 248_320, 248_077
 SETTINGS = {

@@ -17,8 +17,8 @@ every engine. The machine's streaming read bandwidth is measured at the start an
 Each `--<engine> GROUP=PATH` puts a model in a comparison group (e.g. q4: qwen-edge q4 vs
 llama.cpp Q4_0 vs onnxruntime int4). `--llama-site DIR` runs llama.cpp from another install
 (e.g. one built without AVX-512 for the AVX2-only comparison, with `--isa avx2` for ours).
-Needs the `peers` tools: llama-cpp-python built from source (flags: shared/notes/peers.md),
-onnxruntime-genai.
+Needs the `peers` tools: llama-cpp-python built from source (the flags are in
+docs/benchmarks.md, "Peers and how they were built"), onnxruntime-genai.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _prompts(seed: int, vocab: int, prompt: int, decode_prompt: int) -> tuple[li
 
 
 def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
-    from qwen_edge.runtime import Model
+    from qwen_edge.backends.native import Model
 
     start = time.perf_counter()
     model = Model.load(a.model, threads=a.threads, isa=a.isa, context=a.prompt + a.decode + 64)
@@ -217,7 +217,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 def cmd_run(a: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from qwen_edge.bench import read_bandwidth_subprocess
+    from qwen_edge.evaluation.bench import read_bandwidth_subprocess
 
     engines = {
         "qwen-edge": parse_models(a.qwen_edge),
@@ -327,7 +327,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 # --- preparing the peers' files -----------------------------------------------------------------
 def cmd_prepare(a: argparse.Namespace) -> int:
     """GGUF bf16 -> Q4_0 / Q8_0 / Q4_K_M with llama-cpp-python's own converter and quantizer,
-    and the onnxruntime-genai int4 folder with its model builder (shared/notes/peers.md)."""
+    and the onnxruntime-genai int4 folder with its model builder (docs/benchmarks.md)."""
     import llama_cpp
 
     out = Path(a.out)
@@ -395,7 +395,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         cfg["model"].pop("mtp", None)
         cfg_path.write_text(json.dumps(cfg, indent=2))
         tok_cfg = ort / "tokenizer_config.json"
-        if tok_cfg.exists():  # the builder rejects Qwen3_5Tokenizer (peers.md)
+        if tok_cfg.exists():  # the builder rejects Qwen3_5Tokenizer
             t = json.loads(tok_cfg.read_text())
             t["tokenizer_class"] = "Qwen2Tokenizer"
             tok_cfg.write_text(json.dumps(t, indent=2))

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Quality table: qwen-edge q8/q4 and llama.cpp Q8_0/Q4_0/Q4_K_M against the fp32 reference.
 
-One run, one set of token ids (the shipped eval text, `qwen_edge/data/eval_coriolanus.*`),
-one fp32 reference (the numpy reference model, proven equal to transformers). For every
-candidate it reports file size, bits/weight (8 x file bytes / text-model parameters), mean and
-p99 KL(P_fp32 || P_candidate), top-1 agreement and the perplexity ratio.
+One run, one set of token ids (the shipped eval text,
+`qwen_edge/evaluation/data/eval_coriolanus.*`), one fp32 reference (the numpy reference model,
+proven equal to transformers). For every candidate it reports file size, bits/weight (8 x file bytes
+/ text-model parameters), mean and p99 KL(P_fp32 || P_candidate), top-1 agreement and the perplexity
+ratio.
 
-llama.cpp comes from llama-cpp-python's PyPI sdist (see shared notes/peers.md for the build
-flags): its vendored `convert_hf_to_gguf.py` makes a bf16 GGUF (the checkpoint folder needs
+llama.cpp comes from llama-cpp-python's PyPI sdist (build flags: docs/benchmarks.md, "Peers
+and how they were built"): its vendored `convert_hf_to_gguf.py` makes a bf16 GGUF (the checkpoint folder needs
 the tokenizer files), `llama_cpp.llama_model_quantize` makes the quantized files, and logits
 come from `Llama(logits_all=True).eval(ids)` per window.
 
@@ -33,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from qwen_edge import quality
+from qwen_edge.backends.reference import ReferenceModel
+from qwen_edge.evaluation import quality
 from qwen_edge.export import convert
-from qwen_edge.export.hf import Checkpoint
-from qwen_edge.reference import ReferenceModel
+from qwen_edge.formats.checkpoint import Checkpoint
 
 LLAMA_TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
                "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # fmt: skip
@@ -100,8 +101,8 @@ def variant_weights(
     ckpt: Checkpoint, base: Path, recipe: str, overrides: dict[str, str]
 ) -> tuple[Any, dict[str, np.ndarray], int]:
     """Weights of `base` with the overridden tensors re-quantized, and the variant's file size."""
-    from qwen_edge import quant
-    from qwen_edge.modelfile import ModelFile
+    from qwen_edge.formats import quant
+    from qwen_edge.formats.model_file import ModelFile
 
     shapes = ckpt.config.text_tensor_shapes()
     dtypes = {n: ckpt.info(n).dtype for n in shapes}

@@ -24,10 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from qwen_edge import presets
-from qwen_edge.config import ModelConfig
-from qwen_edge.export.demo import FP32_TENSOR_SUFFIXES, mtp_tensor_shapes, random_tensor
-from qwen_edge.export.safetensors_io import float32_to_bf16, write_safetensors
+from qwen_edge.export import presets
+from qwen_edge.export.random_checkpoint import (
+    FP32_TENSOR_SUFFIXES,
+    mtp_tensor_shapes,
+    random_tensor,
+)
+from qwen_edge.formats.config import ModelConfig
+from qwen_edge.formats.safetensors import float32_to_bf16, write_safetensors
 
 TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
@@ -89,7 +93,7 @@ def add_mtp_shard(out: Path, hf_config: dict, seed: int, dtype: str) -> None:
     if index_path.exists():
         index = json.loads(index_path.read_text())
     else:  # save_pretrained wrote one file: describe it by an index, as the hub does
-        from qwen_edge.export.safetensors_io import SafetensorsFile
+        from qwen_edge.formats.safetensors import SafetensorsFile
 
         single = SafetensorsFile(out / "model.safetensors")
         index = {"metadata": {}, "weight_map": {n: "model.safetensors" for n in single.tensors}}

@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent / "qwen_edge" / "data"
+DATA = Path(__file__).resolve().parent.parent / "qwen_edge" / "evaluation" / "data"
 TEXT = DATA / "eval_coriolanus.txt"
 OUT = DATA / "eval_coriolanus.tokens.json"
 

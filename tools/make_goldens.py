@@ -81,7 +81,7 @@ VARIANTS: dict[str, tuple[dict, str, str, bool]] = {
 
 def variant_config(name: str) -> dict:
     """The hub-style wrapper config of a variant."""
-    from qwen_edge import presets
+    from qwen_edge.export import presets
 
     overrides = {**_BASE, **VARIANTS[name][0]}
     if "layer_types" in overrides:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qwen_edge.export.hf import Checkpoint
-from qwen_edge.modelfile import ModelFile
+from qwen_edge.formats.checkpoint import Checkpoint
+from qwen_edge.formats.model_file import ModelFile
 
 # GGUF tensor name -> qwen-edge (HF) name, for the tensors of Qwen3.5 0.8B/2B (nv == nk, so
 # llama.cpp keeps the value-head order).

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__, quant
 from ..errors import CheckpointError, ConfigError, QwenEdgeError
-from ..modelfile import ModelFileWriter, TensorSpec
-from .hf import Checkpoint
-from .safetensors_io import TensorInfo, to_float32
+from ..formats import quant
+from ..formats.checkpoint import Checkpoint
+from ..formats.model_file import ModelFileWriter, TensorSpec
+from ..formats.safetensors import TensorInfo, to_float32
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 

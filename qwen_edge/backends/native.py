@@ -1,0 +1,319 @@
+"""The native backend: the Python face of the C++ core, and the only importer of `_core`.
+
+`Model` maps a `.qe` model file (or tensors in memory) and runs the whole forward pass in C++;
+`State` is one sequence's caches. Both follow the `backends.Backend` protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ..errors import ContextLengthError, ModelFileError, QwenEdgeError
+from ..formats.config import ModelConfig
+
+try:
+    from .. import _core
+except ImportError as e:  # a source checkout without a build
+    _core = None
+    _IMPORT_ERROR: ImportError | None = e
+else:
+    _IMPORT_ERROR = None
+
+
+def available() -> bool:
+    """Whether this installation has the compiled native core."""
+    return _core is not None
+
+
+def core() -> Any:
+    """The compiled extension, or a clear error when this installation has none."""
+    if _core is None:
+        raise QwenEdgeError(
+            "qwen_edge._core, the native core, is not built in this installation "
+            f"({_IMPORT_ERROR}); install the package with `pip install .` from the source tree"
+        )
+    return _core
+
+
+def cpu_report() -> dict[str, Any]:
+    """The CPU features the core detected and the kernel tables it can run here."""
+    c = core()
+    return {
+        **c.cpu_info(),
+        "compiled_isas": c.compiled_isas(),
+        "available_isas": c.available_isas(),
+        "selected_isa": c.selected_isa(),
+    }
+
+
+def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
+    """Validates a model file with the native reader (the one the runtime loads with).
+
+    Returns:
+        {"header": the JSON header text (bytes), "file_size": int, "tensors": [entries]}.
+
+    Raises:
+        ModelFileError: the file is missing, truncated, corrupt or unsupported.
+    """
+    try:
+        return core().open_model_file(str(path), verify)  # type: ignore[no-any-return]
+    except RuntimeError as e:
+        raise ModelFileError(str(e)) from None
+
+
+# --- the model ----------------------------------------------------------------------------------
+DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
+DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
+KV_CACHE_TYPES = ("f16", "f32", "q8")
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class State:
+    """The caches and position of one sequence (KV cache, conv and recurrent states).
+
+    Made by `Model.new_state`; `copy()` snapshots it (the caches up to `position`), so a
+    prompt's state can be restored or branched.
+    """
+
+    def __init__(self, native: Any, model: Model):
+        self._native = native
+        self._model = model
+
+    @property
+    def position(self) -> int:
+        """Tokens this state has seen."""
+        return int(self._native.position)
+
+    @property
+    def context(self) -> int:
+        """Tokens this state can hold."""
+        return int(self._native.context)
+
+    @property
+    def kv_type(self) -> str:
+        return str(self._native.kv_type)
+
+    @property
+    def cache_bytes(self) -> int:
+        return int(self._native.cache_bytes)
+
+    def copy(self) -> State:
+        """An independent snapshot of this state."""
+        return State(self._native.copy(), self._model)
+
+    def restore(self, snapshot: State) -> None:
+        """Makes this state equal to `snapshot` (a copy of a state of the same model).
+
+        Raises:
+            ValueError: the snapshot belongs to another model or context length.
+        """
+        try:
+            self._native.copy_from(snapshot._native)
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
+    def reset(self) -> None:
+        """Back to position 0, as a fresh state (recurrent and conv states zeroed)."""
+        self._native.reset()
+
+
+class Model:
+    """The native Qwen3.5 forward pass: the same protocol as `reference.ReferenceModel`.
+
+    `new_state()` makes a state, `forward(tokens, state)` continues it and returns logits,
+    `logits(tokens)` runs a fresh state. Generation code can drive either class.
+    """
+
+    def __init__(
+        self,
+        native: Any,
+        config: ModelConfig,
+        header: dict[str, Any],
+        context: int | None,
+        kv_cache: str,
+        batch: int,
+    ):
+        if kv_cache not in KV_CACHE_TYPES:
+            raise ValueError(
+                f"kv_cache must be one of {', '.join(KV_CACHE_TYPES)}, not {kv_cache!r}"
+            )
+        self._native = native
+        self.config = config
+        self.header = header
+        self.context = int(context or min(DEFAULT_CONTEXT, config.max_position_embeddings))
+        self.kv_cache = kv_cache
+        self.batch = batch
+
+    # --- construction ---
+    @classmethod
+    def from_tensors(
+        cls,
+        config: ModelConfig,
+        tensors: dict[str, tuple[str, tuple[int, ...], Any]],
+        *,
+        threads: int | None = None,
+        context: int | None = None,
+        isa: str | None = None,
+        kv_cache: str = "f16",
+        batch: int = DEFAULT_BATCH,
+        pin: bool = False,
+        spin_us: int = 100,
+        header: dict[str, Any] | None = None,
+    ) -> Model:
+        """A model over tensors in memory: name -> (format, shape, buffer of the stored bytes).
+
+        Names and formats are those of the model file (docs/model-file.md); the buffers are
+        used in place and kept alive by the model.
+
+        Raises:
+            ModelFileError: a missing tensor or a wrong shape, format or byte size.
+        """
+        threads = threads or _default_threads()
+        try:
+            native = core().Model(
+                json.dumps(config.to_dict()), tensors, threads, isa or "", pin, spin_us
+            )
+        except RuntimeError as e:
+            raise _map_error(e, ModelFileError) from None
+        return cls(native, config, header or {}, context, kv_cache, batch)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        threads: int | None = None,
+        context: int | None = None,
+        isa: str | None = None,
+        *,
+        kv_cache: str = "f16",
+        batch: int = DEFAULT_BATCH,
+        pin: bool = False,
+        spin_us: int = 100,
+        verify: bool = False,
+    ) -> Model:
+        """Maps a model file (docs/model-file.md) and builds the native model on it.
+
+        Weights are used in place from the read-only mapping, so loading costs about the
+        header's validation. The GIL is released while the file is mapped and checked.
+
+        Args:
+            path: the `.qe` model file.
+            threads: worker threads including the caller (default: the CPUs this process may
+                use).
+            context: tokens a new state holds (default 4096, at most the model's limit).
+            isa: kernel table tag (default: QWEN_EDGE_ISA, else the best for this CPU).
+            kv_cache: "f16" (default), "f32", or "q8" keys and values (int8 in blocks of 32
+                with a float scale: 1.25 bytes per element, for long contexts).
+            batch: tokens per native pass of a long prompt (scratch is sized by it).
+            pin: pin thread i to the i-th allowed CPU.
+            spin_us: how long idle workers spin before sleeping.
+            verify: also check every tensor's CRC (reads the whole file).
+
+        Raises:
+            ModelFileError: the file is missing, corrupt, or describes an unsupported model.
+        """
+        threads = threads or _default_threads()
+        try:
+            native = core().Model.load(os.fspath(path), threads, isa or "", pin, spin_us, verify)
+        except RuntimeError as e:
+            raise _map_error(e, ModelFileError) from None
+        header = json.loads(bytes(native.header_text).decode("utf-8"))
+        config = ModelConfig.from_dict(header["config"])
+        return cls(native, config, header, context, kv_cache, batch)
+
+    # --- properties ---
+    @property
+    def isa(self) -> str:
+        """Tag of the kernel table in use (`avx512_vnni`, `avx2`, `ref`, ...)."""
+        return str(self._native.isa)
+
+    @property
+    def threads(self) -> int:
+        return int(self._native.threads)
+
+    @property
+    def file_size(self) -> int:
+        """Bytes of the model file (0 for a model built from tensors in memory)."""
+        return int(self._native.file_size)
+
+    @property
+    def decode_weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads."""
+        return int(self._native.decode_weight_bytes)
+
+    # --- the protocol ---
+    def new_state(self, context: int | None = None) -> State:
+        """A fresh state for `context` tokens (default: the model's context)."""
+        try:
+            native = self._native.new_state(context or self.context, self.batch, self.kv_cache)
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+        return State(native, self)
+
+    def forward(
+        self, tokens: Iterable[int] | np.ndarray, state: State, *, all_logits: bool = False
+    ) -> np.ndarray:
+        """Runs `tokens` after what `state` holds; the GIL is released meanwhile.
+
+        Returns:
+            float32 logits of the last position [vocab], or [len(tokens), vocab] when
+            `all_logits` is set.
+
+        Raises:
+            ContextLengthError: the tokens do not fit the state (the state is unchanged).
+            ValueError: no tokens, or an id outside the vocabulary.
+        """
+        ids = _token_array(tokens, self.config.vocab_size)
+        if state.position + ids.size > state.context:
+            raise ContextLengthError(
+                f"{state.position} + {ids.size} tokens exceed the context of {state.context} tokens"
+            )
+        vocab = self.config.vocab_size
+        out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)
+        try:
+            self._native.forward(ids, state._native, out, all_logits)
+        except RuntimeError as e:
+            raise _map_error(e, QwenEdgeError) from None
+        return out
+
+    def logits(self, tokens: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Logits [len(tokens), vocab] of every position from a fresh state."""
+        ids = _token_array(tokens, self.config.vocab_size)
+        return self.forward(ids, self.new_state(max(self.context, ids.size)), all_logits=True)
+
+
+def _token_array(tokens: Iterable[int] | np.ndarray, vocab: int) -> np.ndarray:
+    ids = np.asarray(tokens if isinstance(tokens, np.ndarray) else list(tokens))
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError("tokens must be a non-empty 1-D sequence of ids")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise ValueError(f"token ids must be in [0, {vocab})")
+    return np.ascontiguousarray(ids, dtype=np.int32)
+
+
+def _map_error(e: RuntimeError, kind: type[Exception]) -> Exception:
+    """A native error as the Python class it belongs to (`kind` for the generic qe::Error)."""
+    c = core()
+    if isinstance(e, c.ContextLengthError):
+        return ContextLengthError(str(e))
+    if isinstance(e, c.Error):
+        return kind(str(e))
+    return QwenEdgeError(str(e))
+
+
+def load(path: str | os.PathLike[str], **kwargs: Any) -> Model:
+    """`Model.load(path, **kwargs)`: the native model over a model file."""
+    return Model.load(path, **kwargs)

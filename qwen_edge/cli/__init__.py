@@ -1,0 +1,56 @@
+"""The `qwen-edge` command line: dispatch only.
+
+Each command is a module of this package with `HELP`, `add_arguments(parser)` and
+`run(args) -> exit code`; this file lists them and turns the project's errors into messages and
+exit codes. The command line is the only layer that prints for users, reads argv and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import QwenEdgeError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+# Command modules, in the order `qwen-edge --help` lists them (module name = command name).
+COMMANDS = (
+    "inspect", "info", "demo", "export", "eval", "run", "chat", "tokenize", "serve", "boards",
+    "bench",
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qwen-edge", description="Edge inference runtime for Qwen3.5 small language models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f".{name}", __name__)
+        p = sub.add_parser(name, help=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except QwenEdgeError as e:
+        print(f"qwen-edge: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("qwen-edge: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`qwen-edge run ... | head`): stop quietly, and keep Python from
+        # failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR

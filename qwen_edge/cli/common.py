@@ -1,0 +1,224 @@
+"""What several commands share: model and generation flags, board profiles, text input, output.
+
+The generation flags are derived from `generation.settings` (one definition for the command
+line, the server and the library), so a new sampling setting needs no change here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import QwenEdgeError
+from ..generation.settings import GenerationConfig, settings
+from ..hardware.boards import Board, board_defaults, list_boards, load_board, pin_to_cpus
+
+
+def default_cache() -> Path:
+    """Where commands keep what they build once (the demo model, the tokenizer files)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qwen-edge"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+# --- board profiles -----------------------------------------------------------------------------
+def add_board_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds `--board NAME`. Options a board can default (`--threads`, `--context`) must default
+    to None in that parser."""
+    parser.add_argument(
+        "--board",
+        metavar="NAME",
+        help=f"take defaults from a board profile ({', '.join(list_boards())}, or a JSON path)",
+    )
+
+
+def apply_board(
+    args: argparse.Namespace, ram: float | None = None, set_affinity: bool = True
+) -> Board | None:
+    """Applies `--board` if given: fills the options the user left unset and pins the process
+    to the board's cores.
+
+    Sets, where the attribute exists and is None: `threads`, `context`, `quant` (the recipe)
+    and `model_size`; always sets `args.board_cpus` (the chosen cores, or None).
+
+    Returns:
+        The board, or None without `--board`.
+
+    Raises:
+        ConfigError: unknown board or invalid profile.
+    """
+    name = getattr(args, "board", None)
+    if not name:
+        return None
+    board = load_board(name)
+    chosen = board_defaults(board, ram)
+    defaults = {
+        "threads": chosen.threads,
+        "context": chosen.context,
+        "quant": chosen.recipe,
+        "model_size": chosen.model,
+    }
+    for key, value in defaults.items():
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
+    args.board_cpus = chosen.cpus
+    if set_affinity:
+        pin_to_cpus(chosen.cpus)
+    return board
+
+
+# --- loading a model ----------------------------------------------------------------------------
+def add_kv_cache_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kv-cache",
+        choices=["f16", "f32", "q8"],
+        default="f16",
+        help="KV cache type of the native runtime (q8: int8, for long contexts; default f16)",
+    )
+
+
+def add_tokenizer_backend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tokenizer-backend",
+        choices=["auto", "tokenizers", "python"],
+        default="auto",
+        help="tokenizers (Rust) when installed, else the pure-Python BPE",
+    )
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and how to run it: path, threads, context, KV cache, board, backends."""
+    p.add_argument("model", help="model file (.qe) or Hugging Face checkpoint folder")
+    p.add_argument("--threads", type=int, help="worker threads of the native runtime")
+    p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
+    add_kv_cache_argument(p)
+    add_board_argument(p)
+    p.add_argument(
+        "--backend",
+        choices=["auto", "native", "reference"],
+        default="auto",
+        help="auto: native for model files, numpy reference for checkpoint folders",
+    )
+    add_tokenizer_backend_argument(p)
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """`qwen_edge.load` with the flags of `add_model_arguments` (and the board's defaults)."""
+    from ..generation.llm import load
+
+    apply_board(args)
+    return load(
+        args.model,
+        threads=args.threads,
+        context=args.context,
+        kv_cache=args.kv_cache,
+        backend=getattr(args, "backend", "auto"),
+        tokenizer_backend=getattr(args, "tokenizer_backend", "auto"),
+    )
+
+
+# --- generation settings ------------------------------------------------------------------------
+_TYPES = {"int": int, "float": float}
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per command-line setting of `GenerationConfig`, plus `--think` for chats."""
+    g = p.add_argument_group("generation (defaults: the model's generation_config.json)")
+    for s in settings():
+        if not s.cli:
+            continue
+        flags = ["-n"] if s.name == "max_tokens" else []
+        flags.append("--" + s.name.replace("_", "-"))
+        if s.kind == "bool":
+            g.add_argument(*flags, action="store_true", default=None, help=s.help)
+        elif s.kind == "strings":
+            g.add_argument(*flags, action="append", help=s.help)
+        else:
+            g.add_argument(*flags, type=_TYPES[s.kind], help=s.help)
+    g.add_argument("--think", action="store_true", help="chat: let the model reason first")
+
+
+def generation_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The generation settings given on the command line, checked before the model loads."""
+    out = {}
+    for s in settings():
+        value = getattr(args, s.name, None) if s.cli else None
+        if value is not None:
+            out[s.name] = tuple(value) if s.kind == "strings" else value
+    GenerationConfig().replace(**out)  # raises GenerationConfigError on a bad value
+    return out
+
+
+# --- text in, text out --------------------------------------------------------------------------
+def check_utf8(text: str, what: str) -> str:
+    """`text` if it is valid UTF-8 (argv and stdin carry invalid bytes as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QwenEdgeError(f"{what} is not valid UTF-8 (at character {e.start})") from e
+    return text
+
+
+def read_text(arg: str, what: str) -> str:
+    """The argument's text, or stdin's for "-" (read as bytes: invalid UTF-8 is a clear error)."""
+    if arg != "-":
+        return check_utf8(arg, what)
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QwenEdgeError(f"{what} (stdin) is not valid UTF-8 at byte {e.start}") from e
+
+
+def stats_line(stats: Any, finish_reason: str) -> str:
+    return (
+        f"[{stats.num_prompt_tokens} prompt tokens, {stats.num_generated_tokens} generated, "
+        f"{stats.generation_tokens_per_second:.1f} tok/s, "
+        f"first token after {stats.time_to_first_token:.2f} s, {finish_reason}]"
+    )
+
+
+def stream_to(out: Any, responses: Any) -> Any:
+    """Writes a response stream's text as it comes; returns the last response."""
+    last = None
+    for last in responses:
+        if last.text:
+            out.write(last.text)
+            out.flush()
+    return last
+
+
+def progress_bar(total_label: str) -> Any:
+    """A (name, index, total) callback: tqdm when installed, else a line every ~10 %."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    state: dict[str, Any] = {"bar": None, "shown": -1}
+
+    def update(name: str, index: int, total: int) -> None:
+        if tqdm is not None:
+            if state["bar"] is None:
+                state["bar"] = tqdm(total=total, desc=total_label, unit="tensor", leave=False)
+            state["bar"].set_postfix_str(name[-40:], refresh=False)
+            state["bar"].n = index
+            state["bar"].refresh()
+            if index + 1 == total:
+                state["bar"].close()
+            return
+        step = index * 10 // max(total, 1)
+        if step != state["shown"]:
+            state["shown"] = step
+            print(f"  {total_label}: {index}/{total} {name}", file=sys.stderr, flush=True)
+
+    return update

@@ -1,0 +1,1 @@
+"""Evaluation: how fast (`bench`) and how accurate (`quality`) a model file is."""

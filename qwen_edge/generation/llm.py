@@ -1,0 +1,384 @@
+"""The public face of generation: `load` a model and get an `LLM` that generates and chats.
+
+`load` picks the backend from the path (a `.qe` model file runs on the native runtime, a
+checkpoint folder on the numpy reference); the tokenizer, chat template and generation defaults
+come with the model (`ModelAssets`, read from the model file's header or the checkpoint's files).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import Backend
+from ..errors import CheckpointError, QwenEdgeError, TokenizerError
+from ..formats.model_file import ModelFile
+from .chat_template import IM_START, ChatTemplate, Message
+from .loop import (
+    GenerationResponse,
+    GenerationResult,
+    collect,
+    fit_prompt,
+    prefill,
+    stream_generate,
+)
+from .settings import GenerationConfig
+from .tokenizer import Tokenizer, load_tokenizer
+
+
+def require_tokenizer(tokenizer: Tokenizer | None, source: str) -> Tokenizer:
+    """`tokenizer`, or a TokenizerError saying the model at `source` has none."""
+    if tokenizer is None:
+        raise TokenizerError(
+            f"{source} has no tokenizer.json, so it takes and gives token ids only"
+        )
+    return tokenizer
+
+
+# --- what comes with a model --------------------------------------------------------------------
+@dataclass
+class ModelAssets:
+    """Everything besides the weights: tokenizer, chat template, generation defaults."""
+
+    tokenizer: Tokenizer | None
+    chat_template: ChatTemplate | None
+    generation: GenerationConfig
+    source: str
+
+    def require_tokenizer(self) -> Tokenizer:
+        """The tokenizer, or a TokenizerError saying the model has none."""
+        return require_tokenizer(self.tokenizer, self.source)
+
+    @classmethod
+    def from_parts(
+        cls,
+        source: str,
+        *,
+        tokenizer_json: str | bytes | None,
+        chat_template: str | None,
+        generation: Mapping[str, Any] | None,
+        tokenizer_backend: str = "auto",
+    ) -> ModelAssets:
+        """From the raw pieces, as a checkpoint folder or a model file holds them."""
+        tokenizer = (
+            Tokenizer.from_json(tokenizer_json, tokenizer_backend)
+            if tokenizer_json is not None
+            else None
+        )
+        template = ChatTemplate(chat_template) if chat_template else None
+        gen = GenerationConfig.from_hf(generation) if generation else GenerationConfig()
+        return cls(tokenizer, template, gen, source)
+
+    @classmethod
+    def from_checkpoint(cls, folder: str | Path, tokenizer_backend: str = "auto") -> ModelAssets:
+        """Reads `tokenizer.json`, `chat_template.jinja` (or the template in
+        `tokenizer_config.json`) and `generation_config.json` from a checkpoint folder; each
+        is optional."""
+        folder = Path(folder)
+
+        def read_json(name: str) -> Any:
+            path = folder / name
+            if not path.is_file():
+                return None
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+
+        tokenizer_path = folder / "tokenizer.json"
+        template = None
+        if (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        else:
+            tok_config = read_json("tokenizer_config.json") or {}
+            if isinstance(tok_config.get("chat_template"), str):
+                template = tok_config["chat_template"]
+        try:
+            return cls.from_parts(
+                str(folder),
+                tokenizer_json=tokenizer_path.read_bytes() if tokenizer_path.is_file() else None,
+                chat_template=template,
+                generation=read_json("generation_config.json"),
+                tokenizer_backend=tokenizer_backend,
+            )
+        except TokenizerError as e:
+            raise TokenizerError(f"{tokenizer_path}: {e}") from e
+
+
+# --- the public object --------------------------------------------------------------------------
+class LLM:
+    """A loaded model with its tokenizer, chat template and generation defaults.
+
+    Forwards the backend protocol (`new_state`, `forward`, `logits`), so tests and tools can use
+    it as a model, and adds text generation and chat.
+
+    Keeps one prompt-prefix snapshot: the state just before the last `<|im_start|>` of the
+    previous prompt, which is where a chat's next prompt stops sharing tokens with it (the
+    template re-renders the previous answer without its empty think block). A new prompt that
+    starts with those tokens continues a copy of that state instead of starting over.
+    """
+
+    def __init__(
+        self, model: Backend, assets: ModelAssets, *, load_time: tuple[float, float] = (0.0, 0.0)
+    ):
+        self.model = model
+        self.tokenizer = assets.tokenizer
+        self.chat_template = assets.chat_template
+        self.generation_config = assets.generation
+        self.source = assets.source
+        self.load_time = load_time
+        self._cache: tuple[list[int], Any] | None = None
+
+    # backend protocol
+    @property
+    def config(self) -> Any:
+        return getattr(self.model, "config", None)
+
+    @property
+    def context(self) -> int | None:
+        return getattr(self.model, "context", None)
+
+    def new_state(self) -> Any:
+        return self.model.new_state()
+
+    def forward(self, tokens: Sequence[int], state: Any, *, all_logits: bool = False) -> np.ndarray:
+        return self.model.forward(tokens, state, all_logits=all_logits)
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        return self.model.logits(tokens)
+
+    # text
+    def _need_tokenizer(self) -> Tokenizer:
+        return require_tokenizer(self.tokenizer, self.source)
+
+    def encode(self, text: str, *, allowed_special: bool = False) -> list[int]:
+        return self._need_tokenizer().encode(text, allowed_special=allowed_special)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        return self._need_tokenizer().decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        enable_thinking: bool | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """Prompt ids of a conversation (control-token text in user content stays text)."""
+        if self.chat_template is None:
+            raise QwenEdgeError(
+                f"{self.source} has no chat template; use generate() with a raw prompt"
+            )
+        return self.chat_template.encode(
+            self._need_tokenizer(),
+            messages,
+            tools=tools,
+            enable_thinking=enable_thinking,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    # generation
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        stream: bool = False,
+        config: GenerationConfig | None = None,
+        allowed_special: bool = False,
+        **overrides: Any,
+    ) -> GenerationResult | Iterator[GenerationResponse]:
+        """Continues `prompt` (text, encoded as ordinary text unless `allowed_special`, or ids).
+
+        Args:
+            prompt: the text or token ids to continue.
+            stream: return an iterator of `GenerationResponse` instead of the result.
+            config: settings instead of the model's defaults; `overrides` change single fields
+                (`max_tokens`, `temperature`, `stop`, `seed`, ...).
+
+        Returns:
+            A `GenerationResult`, or with `stream` an iterator of responses.
+
+        Raises:
+            ContextLengthError: the prompt does not fit the context.
+        """
+        if isinstance(prompt, str):
+            ids = self.encode(prompt, allowed_special=allowed_special)
+        else:
+            ids = [int(t) for t in prompt]
+        config = (config or self.generation_config).replace(**overrides)
+        responses = self._stream(ids, config)
+        return responses if stream else collect(responses, ids)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        stream: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        enable_thinking: bool | None = None,
+        config: GenerationConfig | None = None,
+        **overrides: Any,
+    ) -> GenerationResult | Iterator[GenerationResponse]:
+        """Answers a conversation as the assistant (the model's chat template).
+
+        Args:
+            messages: `{"role": "system"|"user"|"assistant"|"tool", "content": ...}` dicts.
+            stream: return an iterator of `GenerationResponse` instead of the result.
+            tools: JSON schemas of tools the model may call.
+            enable_thinking: True to let the model reason in a `<think>` block first; the small
+                Qwen3.5 models default to off.
+            config, overrides: as in `generate`.
+
+        Raises:
+            ChatTemplateError: invalid messages.
+            ContextLengthError: the conversation does not fit the context.
+        """
+        ids = self.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking)
+        config = (config or self.generation_config).replace(**overrides)
+        responses = self._stream(ids, config)
+        return responses if stream else collect(responses, ids)
+
+    def _stream(self, ids: list[int], config: GenerationConfig) -> Iterator[GenerationResponse]:
+        # Validate and fit eagerly (errors at the call, not at the first next()), then stream.
+        fitted = fit_prompt(ids, self.context, config.max_tokens, config.truncate)
+        return self._stream_fitted(fitted, config.replace(truncate=False))
+
+    def _stream_fitted(
+        self, ids: list[int], config: GenerationConfig
+    ) -> Iterator[GenerationResponse]:
+        start = time.perf_counter()
+        cached, state = 0, None
+        if self._cache is not None:
+            prefix, snapshot = self._cache
+            if len(prefix) < len(ids) and ids[: len(prefix)] == prefix:
+                cached, state = len(prefix), snapshot.copy()
+        reused = cached
+        if state is None:
+            state = self.model.new_state()
+        # Snapshot before the last <|im_start|> past the reused part (see the class docstring).
+        cut = max((i for i in range(cached, len(ids)) if ids[i] == IM_START), default=-1)
+        if cut > cached:
+            prefill(self.model, ids[cached:cut], state)
+            self._cache = (ids[:cut], state.copy())
+            cached = cut
+        yield from stream_generate(
+            self.model,
+            self.tokenizer,
+            ids,
+            config,
+            context=self.context,
+            state=state,
+            cached_tokens=cached,
+            reused_tokens=reused,
+            start_time=start,
+            load_time=self.load_time,
+        )
+
+    def __repr__(self) -> str:
+        backend = type(self.model).__name__
+        tok = self.tokenizer.backend_name if self.tokenizer else "none"
+        return f"LLM({self.source!r}, backend={backend}, tokenizer={tok})"
+
+
+def load(
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    context: int | None = None,
+    kv_cache: str = "f16",
+    backend: str = "auto",
+    tokenizer_backend: str = "auto",
+) -> LLM:
+    """Loads a model for generation.
+
+    Args:
+        path: a qwen-edge model file (`.qe`, native runtime) or a Hugging Face checkpoint folder
+            (numpy reference backend: exact but slow, for tests and small models).
+        threads: worker threads of the native runtime (default: all cores).
+        context: the most tokens a generation may hold (default: the model's maximum).
+        kv_cache: the native runtime's KV cache: "f16" (default), "f32", or "q8" (int8, 0.6x
+            the memory of f16, for long contexts).
+        backend: "auto" (by path), "native" or "reference".
+        tokenizer_backend: "auto", "tokenizers" or "python" (see `generation/tokenizer.py`).
+
+    Returns:
+        An `LLM`.
+
+    Raises:
+        QwenEdgeError (CheckpointError, ModelFileError, TokenizerError, ...): unreadable input.
+    """
+    if backend not in ("auto", "native", "reference"):
+        raise ValueError(f"backend must be 'auto', 'native' or 'reference', not {backend!r}")
+    path = Path(path)
+    start = time.perf_counter()
+    if path.is_dir():
+        if backend == "native":
+            raise QwenEdgeError(
+                f"{path} is a checkpoint folder; the native runtime runs model files: "
+                "convert it with `qwen-edge export` first, or use backend='reference'"
+            )
+        from ..backends.reference import ReferenceModel
+
+        assets = ModelAssets.from_checkpoint(path, tokenizer_backend)
+        model: Backend = ReferenceModel.from_checkpoint(path, context=context)
+    elif path.is_file():
+        if backend == "reference":
+            raise QwenEdgeError(f"{path}: the reference backend loads checkpoint folders only")
+        model, assets = _load_model_file(path, threads, context, kv_cache, tokenizer_backend)
+    else:
+        raise QwenEdgeError(
+            f"{path} does not exist (expected a .qe model file or a checkpoint folder)"
+        )
+    return LLM(model, assets, load_time=(start, time.perf_counter()))
+
+
+def load_assets(path: str | Path, tokenizer_backend: str = "auto") -> ModelAssets:
+    """The tokenizer, chat template and generation defaults of a model, without its weights.
+
+    Args:
+        path: a model file, a checkpoint folder, or a `tokenizer.json` file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return ModelAssets.from_checkpoint(path, tokenizer_backend)
+    if path.is_file() and path.suffix == ".json":
+        return ModelAssets(
+            load_tokenizer(path, tokenizer_backend), None, GenerationConfig(), str(path)
+        )
+    if path.is_file():
+        return _model_file_assets(path, tokenizer_backend)
+    raise QwenEdgeError(
+        f"{path} does not exist (expected a model file, checkpoint folder or tokenizer.json)"
+    )
+
+
+def _model_file_assets(path: Path, tokenizer_backend: str) -> ModelAssets:
+    # The model file (docs/model-file.md) embeds tokenizer.json as a blob and the chat template
+    # and generation defaults in its header: ModelAssets.from_parts takes exactly those.
+    with ModelFile(path) as mf:
+        header = mf.header
+        tokenizer_json = mf.blob("tokenizer.json") if "tokenizer.json" in mf.blobs else None
+    return ModelAssets.from_parts(
+        str(path),
+        tokenizer_json=tokenizer_json,
+        chat_template=header.get("chat_template"),
+        generation=header.get("generation"),
+        tokenizer_backend=tokenizer_backend,
+    )
+
+
+def _load_model_file(
+    path: Path, threads: int | None, context: int | None, kv_cache: str, tokenizer_backend: str
+) -> tuple[Backend, ModelAssets]:
+    from ..backends.native import Model
+
+    assets = _model_file_assets(path, tokenizer_backend)
+    model = Model.load(path, threads=threads, context=context, kv_cache=kv_cache)
+    return model, assets

@@ -1,0 +1,208 @@
+"""What a generation can be asked for: `SamplingParams` inside `GenerationConfig`, written once.
+
+Every setting is declared here, with its help text and where it may be set from (`cli`: a
+command-line flag; `api`: a field of the HTTP API). The command line (`cli/common.py`) and the
+server (`serving/openai_api.py`) derive their flags and request fields from `settings()`, so a
+new setting is one line here and appears in both, validated by the same `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import GenerationConfigError
+from .chat_template import END_OF_TEXT, IM_END
+
+DEFAULT_STOP_TOKENS = (IM_END, END_OF_TEXT)
+
+
+def _setting(default: Any, kind: str, help: str, *, cli: bool = True, api: bool = True) -> Any:
+    """A dataclass field carrying how the command line and the server expose it.
+
+    kind: "int", "float", "bool", "strings" (one or more strings) or "bias" (id -> number).
+    """
+    meta = {"kind": kind, "help": help, "cli": cli, "api": api}
+    if isinstance(default, (dict, tuple)) and not default:
+        return field(default_factory=type(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One user-facing setting: its name, kind, help and default."""
+
+    name: str
+    kind: str
+    help: str
+    default: Any
+    cli: bool
+    api: bool
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token (applied in this order by `sampling.Sampler`).
+
+    Attributes:
+        temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+        top_k: keep the k most likely tokens (0: off).
+        top_p: keep the most likely tokens whose mass reaches top_p (1: off).
+        min_p: drop tokens below min_p times the top token's probability (0: off).
+        repetition_penalty: divide positive / multiply negative logits of every token already
+            in the prompt or output (1: off), as transformers does.
+        presence_penalty: subtract from the logit of every token already generated (0: off).
+        frequency_penalty: subtract this times the token's count in the output (0: off).
+        logit_bias: token id -> value added to its logit (OpenAI's `logit_bias`).
+        seed: seed of the random generator; None draws fresh entropy.
+    """
+
+    temperature: float = _setting(1.0, "float", "0 = greedy")
+    top_k: int = _setting(0, "int", "keep the k most likely tokens (0 = off)")
+    top_p: float = _setting(1.0, "float", "keep the smallest set of tokens with this mass")
+    min_p: float = _setting(0.0, "float", "drop tokens under min-p x the top probability")
+    repetition_penalty: float = _setting(1.0, "float", "penalise tokens already seen (1 = off)")
+    presence_penalty: float = _setting(0.0, "float", "subtract from generated tokens' logits")
+    frequency_penalty: float = _setting(0.0, "float", "subtract this x each token's count")
+    logit_bias: Mapping[int, float] = _setting(
+        {}, "bias", "token id -> value added to its logit", cli=False
+    )
+    seed: int | None = _setting(None, "int", "makes sampling reproducible")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 turns it off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 turns it off)"),
+            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GenerationConfigError(f"{message}, got {self!r}")
+        for k, v in self.logit_bias.items():
+            if not isinstance(k, (int, np.integer)) or not np.isfinite(v):
+                raise GenerationConfigError(
+                    f"logit_bias must map token ids to numbers: {k!r}: {v!r}"
+                )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+# The Qwen3.5 cards' non-thinking "general" settings (docs/model.md §7.3).
+QWEN35_SAMPLING = SamplingParams(temperature=0.7, top_k=20, top_p=0.8, presence_penalty=1.5)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling and stopping settings of one generation.
+
+    The defaults are the Qwen3.5 cards' non-thinking settings; a model's
+    `generation_config.json` overrides them (`from_hf`), and call arguments override both
+    (`replace`, which takes sampling fields by name too: `replace(temperature=0)`).
+
+    Attributes:
+        sampling: how tokens are picked (`SamplingParams`).
+        max_tokens: most tokens to generate.
+        stop: stop strings; the text ends before the first one found.
+        stop_token_ids: tokens that end the generation (not part of the text).
+        truncate: if the prompt does not fit the context, drop its oldest tokens instead of
+            raising ContextLengthError.
+        skip_special_tokens: leave control tokens (`<|im_start|>` ...) out of the text.
+        logprobs: report each token's log-probability (costs a pass over the vocabulary).
+    """
+
+    sampling: SamplingParams = QWEN35_SAMPLING
+    max_tokens: int = _setting(512, "int", "most tokens to generate")
+    stop: tuple[str, ...] = _setting((), "strings", "stop string (repeatable)")
+    stop_token_ids: tuple[int, ...] = field(default=DEFAULT_STOP_TOKENS)
+    truncate: bool = _setting(False, "bool", "drop the oldest prompt tokens to fit", api=False)
+    skip_special_tokens: bool = True
+    logprobs: bool = _setting(False, "bool", "report each token's log-probability", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 0:
+            raise GenerationConfigError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+
+    def replace(self, **overrides: Any) -> GenerationConfig:
+        """A copy with the given fields changed, sampling fields included; None values are
+        ignored (handy for CLIs).
+
+        Raises:
+            GenerationConfigError: an unknown field or a value out of range.
+        """
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        own = {f.name for f in dataclasses.fields(self)}
+        sampling_names = {f.name for f in dataclasses.fields(SamplingParams)}
+        unknown = sorted(set(overrides) - own - sampling_names)
+        if unknown:
+            raise GenerationConfigError(f"unknown generation settings: {', '.join(unknown)}")
+        sampling = {k: overrides.pop(k) for k in list(overrides) if k in sampling_names}
+        if sampling:
+            overrides["sampling"] = dataclasses.replace(
+                overrides.get("sampling", self.sampling), **sampling
+            )
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_hf(
+        cls, config: Mapping[str, Any], base: GenerationConfig | None = None
+    ) -> GenerationConfig:
+        """Reads a Hugging Face `generation_config.json` dict (unknown keys are ignored).
+
+        `do_sample: false` means greedy; `eos_token_id` adds stop tokens to the default two;
+        `max_new_tokens` sets `max_tokens`.
+        """
+        base = base or cls()
+        values: dict[str, Any] = {}
+        for key in (
+            "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+            "frequency_penalty",
+        ):  # fmt: skip
+            if isinstance(config.get(key), (int, float)):
+                values[key] = float(config[key])
+        if isinstance(config.get("top_k"), int):
+            values["top_k"] = int(config["top_k"])
+        if isinstance(config.get("max_new_tokens"), int):
+            values["max_tokens"] = int(config["max_new_tokens"])
+        if config.get("do_sample") is False:
+            values["temperature"] = 0.0
+        eos = config.get("eos_token_id")
+        eos_ids = [eos] if isinstance(eos, int) else [e for e in (eos or []) if isinstance(e, int)]
+        values["stop_token_ids"] = tuple(dict.fromkeys([*base.stop_token_ids, *eos_ids]))
+        try:
+            return base.replace(**values)
+        except GenerationConfigError as e:
+            raise GenerationConfigError(f"generation_config.json: {e}") from e
+
+
+def settings() -> list[Setting]:
+    """Every user-facing setting of `GenerationConfig`, sampling fields included, in order."""
+    out = []
+    for cls, default in ((SamplingParams, QWEN35_SAMPLING), (GenerationConfig, None)):
+        for f in dataclasses.fields(cls):
+            if "kind" in f.metadata:
+                value = getattr(default, f.name) if default is not None else _default(f)
+                out.append(Setting(f.name, **{k: f.metadata[k] for k in _META}, default=value))
+    return out
+
+
+_META = ("kind", "help", "cli", "api")
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]

@@ -1,0 +1,398 @@
+"""Board profiles: per-device defaults (threads, cores, model size, recipe, context, power sensor).
+
+Profiles are data, one JSON file per board in `boards/` (installed as `qwen_edge/boards/`).
+JSON rather than TOML because `tomllib` exists only from Python 3.11 and JetPack 6 ships 3.10;
+the stdlib reads JSON everywhere and the profiles need no comments beyond their `notes` fields.
+
+Commands take a profile with `--board NAME` (or a path to a JSON file); `board_defaults` gives
+what it chooses on this machine (the command line fills every option the user left unset) and
+`pin_to_cpus` restricts the process to the profile's cores, so the native thread pool (created
+later) inherits that affinity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+SCHEMA = 1
+ARCHES = ("aarch64", "x86_64")
+# Feature names as `_core.cpu_info()` reports them; ISA tags as the kernel tables are named.
+FEATURES = ("neon", "dotprod", "i8mm", "fp16", "avx2", "avx_vnni", "avx512", "avx512_vnni")
+ISAS = ("best", "ref", "neon", "neon_dotprod", "neon_i8mm", "avx2", "avx_vnni", "avx512_vnni")
+MODELS = ("0.8b", "2b", "4b", "9b")
+RECIPES = ("f32", "bf16", "f16", "q8", "q4")
+POWER_KINDS = ("none", "command", "hwmon", "battery", "rapl")
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+# Installed wheel: qwen_edge/boards/; source checkout or editable install: <repo>/boards/.
+BOARD_DIRS = (_PACKAGE / "boards", _PACKAGE.parent / "boards")
+
+
+@dataclass(frozen=True)
+class MemoryTier:
+    """Defaults for boards with at least `min_ram_gb` of RAM."""
+
+    min_ram_gb: float
+    model: str
+    recipe: str
+    context: int
+
+
+@dataclass(frozen=True)
+class PowerSensor:
+    """Where a board reports its power draw; `kind` selects the other fields' meaning."""
+
+    kind: str
+    notes: str = ""
+    command: tuple[str, ...] = ()  # kind "command": argv, parsed by `parser`
+    parser: str = ""
+    glob: str = ""  # kind "hwmon": hwmon directory pattern and the channel label
+    label: str = ""
+    current: str = ""  # kind "battery": sysfs files in µA and µV
+    voltage: str = ""
+    path: str = ""  # kind "rapl": cumulative energy counter in µJ
+
+
+@dataclass(frozen=True)
+class Board:
+    """One board profile (see `boards/README.md` for the meaning of each field)."""
+
+    name: str
+    description: str
+    arch: str
+    cores: str
+    features: tuple[str, ...]
+    expected_isa: str
+    cpus: tuple[int, ...] | str | None  # explicit list, "big", or None (all)
+    threads: int  # 0 = one per selected core
+    memory: tuple[MemoryTier, ...]
+    power: PowerSensor
+    cmake_args: tuple[str, ...]
+    build_notes: str
+    path: Path
+
+    def tier(self, ram_gb: float | None) -> MemoryTier:
+        """The defaults for `ram_gb` of RAM (the smallest tier when unknown)."""
+        if ram_gb is None:
+            return self.memory[0]
+        fitting = [t for t in self.memory if t.min_ram_gb <= ram_gb]
+        return fitting[-1] if fitting else self.memory[0]
+
+    def resolve_cpus(self, sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int] | None:
+        """The cores to run on here: the profile's list (cores this machine lacks are dropped),
+        the big cores for "big", or None for all."""
+        if self.cpus is None:
+            return None
+        if self.cpus == "big":
+            return big_cores(sysfs)
+        online = _online_cpus()
+        chosen = [c for c in self.cpus if online is None or c in online]
+        return chosen or None
+
+    def resolve_threads(self, cpus: Sequence[int] | None) -> int:
+        """Worker threads: the profile's count, or one per selected core when it says 0."""
+        if self.threads > 0:
+            return self.threads
+        if cpus:
+            return len(cpus)
+        return os.cpu_count() or 1
+
+
+# --- loading and validation ---------------------------------------------------------------------
+def list_boards() -> list[str]:
+    """Names of the bundled profiles."""
+    for d in BOARD_DIRS:
+        if d.is_dir():
+            return sorted(p.stem for p in d.glob("*.json"))
+    return []
+
+
+def _find(name: str) -> Path:
+    if name.endswith(".json") or os.sep in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"board profile {path} does not exist")
+        return path
+    for d in BOARD_DIRS:
+        path = d / f"{name}.json"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"unknown board '{name}'; known boards: {', '.join(list_boards()) or '(none found)'} "
+        "(or give the path of a JSON profile)"
+    )
+
+
+def load_board(name: str) -> Board:
+    """Loads and validates a bundled profile by name, or a profile file by path.
+
+    Raises:
+        ConfigError: unknown board, unreadable JSON, or a field that is missing or invalid
+            (the message names the file and the field).
+    """
+    path = _find(name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"board profile {path}: cannot read JSON ({e})") from None
+    return _parse(data, path)
+
+
+def _parse(data: Any, path: Path) -> Board:
+    def fail(field: str, why: str) -> ConfigError:
+        return ConfigError(f"board profile {path}: field '{field}' {why}")
+
+    def get(obj: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+        field = f"{where}{key}"
+        if not isinstance(obj, dict) or key not in obj:
+            raise fail(field, "is missing")
+        value = obj[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise fail(field, f"has the wrong type ({type(value).__name__})")
+        return value
+
+    def choice(value: str, allowed: Sequence[str], field: str) -> str:
+        if value not in allowed:
+            raise fail(field, f"is '{value}', expected one of {', '.join(allowed)}")
+        return value
+
+    if get(data, "schema", int) != SCHEMA:
+        raise fail("schema", f"is {data['schema']}, this qwen-edge reads schema {SCHEMA}")
+    name = get(data, "name", str)
+    if name != path.stem:
+        raise fail("name", f"is '{name}' but the file is {path.name}")
+    arch = choice(get(data, "arch", str), ARCHES, "arch")
+    cpu = get(data, "cpu", dict)
+    features = tuple(get(cpu, "features", list, "cpu."))
+    for f in features:
+        choice(f, FEATURES, "cpu.features")
+    expected_isa = choice(get(cpu, "expected_isa", str, "cpu."), ISAS, "cpu.expected_isa")
+
+    cpus: tuple[int, ...] | str | None
+    raw_cpus = data.get("cpus", None)
+    if raw_cpus is None or raw_cpus == "big":
+        cpus = raw_cpus
+    elif (
+        isinstance(raw_cpus, list)
+        and raw_cpus
+        and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in raw_cpus)
+    ):
+        cpus = tuple(raw_cpus)
+    else:
+        raise fail("cpus", 'must be a list of core numbers, "big" or null')
+    threads = get(data, "threads", int)
+    if threads < 0:
+        raise fail("threads", "must be >= 0 (0 = one per selected core)")
+
+    tiers = []
+    for i, t in enumerate(get(data, "memory", list)):
+        where = f"memory[{i}]."
+        tier = MemoryTier(
+            min_ram_gb=float(get(t, "min_ram_gb", (int, float), where)),
+            model=choice(get(t, "model", str, where), MODELS, where + "model"),
+            recipe=choice(get(t, "recipe", str, where), RECIPES, where + "recipe"),
+            context=get(t, "context", int, where),
+        )
+        if tier.context < 256:
+            raise fail(where + "context", "must be at least 256")
+        if tiers and tier.min_ram_gb <= tiers[-1].min_ram_gb:
+            raise fail(where + "min_ram_gb", "must increase from one tier to the next")
+        tiers.append(tier)
+    if not tiers or tiers[0].min_ram_gb != 0:
+        raise fail("memory", "needs at least one tier, the first with min_ram_gb 0")
+
+    p = get(data, "power", dict)
+    kind = choice(get(p, "kind", str, "power."), POWER_KINDS, "power.kind")
+    needed = {
+        "command": ("command", "parser"),
+        "hwmon": ("glob", "label"),
+        "battery": ("current", "voltage"),
+        "rapl": ("path",),
+        "none": (),
+    }[kind]
+    fields: dict[str, Any] = {"kind": kind, "notes": p.get("notes", "")}
+    for key in needed:
+        value = get(p, key, list if key == "command" else str, "power.")
+        fields[key] = tuple(value) if key == "command" else value
+    if kind == "command" and fields["parser"] not in _COMMAND_PARSERS:
+        raise fail("power.parser", f"must be one of {', '.join(_COMMAND_PARSERS)}")
+
+    build = get(data, "build", dict)
+    cmake_args = get(build, "cmake_args", list, "build.")
+    if not all(isinstance(a, str) for a in cmake_args):
+        raise fail("build.cmake_args", "must be a list of strings")
+    if any(re.match(r"-D?CMAKE_CXX_FLAGS|-march|-mcpu", a) for a in cmake_args):
+        raise fail(
+            "build.cmake_args", "must not set global CPU flags (kernels dispatch at run time)"
+        )
+
+    return Board(
+        name=name,
+        description=get(data, "description", str),
+        arch=arch,
+        cores=get(cpu, "cores", str, "cpu."),
+        features=features,
+        expected_isa=expected_isa,
+        cpus=cpus,
+        threads=threads,
+        memory=tuple(tiers),
+        power=PowerSensor(**fields),
+        cmake_args=tuple(cmake_args),
+        build_notes=build.get("notes", ""),
+        path=path,
+    )
+
+
+# --- this machine -------------------------------------------------------------------------------
+def ram_gb(meminfo: Path = Path("/proc/meminfo")) -> float | None:
+    """Total RAM in GB (10^9 bytes) from /proc/meminfo, None where it is unavailable."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _online_cpus() -> set[int] | None:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return None
+
+
+def big_cores(sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int] | None:
+    """The cores above the slowest cluster of a big.LITTLE CPU (all cores if they are alike).
+
+    Uses `cpu_capacity` (arm64 kernels) or else `cpufreq/cpuinfo_max_freq`; None when neither
+    is readable (the caller then uses every core).
+    """
+    values: dict[int, int] = {}
+    for d in sysfs.glob("cpu[0-9]*"):
+        for rel in ("cpu_capacity", "cpufreq/cpuinfo_max_freq"):
+            try:
+                values[int(d.name[3:])] = int((d / rel).read_text().strip())
+                break
+            except (OSError, ValueError):
+                continue
+    if not values:
+        return None
+    low = min(values.values())
+    big = sorted(c for c, v in values.items() if v > low)
+    return big or sorted(values)
+
+
+# --- power --------------------------------------------------------------------------------------
+def _parse_pi5_pmic(text: str) -> float:
+    # Lines like "  VDD_CORE_A current(7)=2.13417000A" and "  VDD_CORE_V volt(15)=0.7800V":
+    # a rail's power is its _A current times its _V voltage.
+    amps, volts = {}, {}
+    for m in re.finditer(r"(\w+)_([AV])\s+\w+\(\d+\)=([\d.]+)[AV]", text):
+        (amps if m.group(2) == "A" else volts)[m.group(1)] = float(m.group(3))
+    rails = amps.keys() & volts.keys()
+    if not rails:
+        raise ValueError("no rail with both a current and a voltage")
+    return sum(amps[r] * volts[r] for r in rails)
+
+
+_COMMAND_PARSERS: dict[str, Callable[[str], float]] = {"pi5_pmic": _parse_pi5_pmic}
+
+
+def read_power_watts(sensor: PowerSensor, run: Callable[..., str] | None = None) -> float | None:
+    """The board's power draw now, in watts; None if the sensor is absent or unreadable.
+
+    For kind "rapl" (a cumulative counter) use `read_energy_joules` twice instead.
+    """
+    try:
+        if sensor.kind == "command":
+            run = run or (
+                lambda argv: (
+                    subprocess.run(
+                        argv, capture_output=True, text=True, timeout=5, check=True
+                    ).stdout
+                )
+            )
+            return _COMMAND_PARSERS[sensor.parser](run(list(sensor.command)))
+        if sensor.kind == "hwmon":
+            for d in sorted(glob.glob(sensor.glob)):
+                for label in sorted(Path(d).glob("in*_label")):
+                    if label.read_text().strip() == sensor.label:
+                        i = label.name[2:].split("_")[0]
+                        mv = float((Path(d) / f"in{i}_input").read_text())
+                        ma = float((Path(d) / f"curr{i}_input").read_text())
+                        return mv * ma / 1e6
+            return None
+        if sensor.kind == "battery":
+            ua = float(Path(sensor.current).read_text())
+            uv = float(Path(sensor.voltage).read_text())
+            return abs(ua) * uv / 1e12
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return None
+
+
+def read_energy_joules(sensor: PowerSensor) -> float | None:
+    """Cumulative energy of a "rapl" sensor in joules (None otherwise or if unreadable)."""
+    if sensor.kind != "rapl":
+        return None
+    try:
+        return int(Path(sensor.path).read_text()) / 1e6
+    except (OSError, ValueError):
+        return None
+
+
+# --- applying a profile ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class BoardDefaults:
+    """What a profile chooses on this machine: threads, cores, context, recipe, model size."""
+
+    threads: int
+    cpus: list[int] | None
+    context: int
+    recipe: str
+    model: str
+
+
+def board_defaults(board: Board, ram: float | None = None) -> BoardDefaults:
+    """The profile's choices for this machine's RAM (read from /proc/meminfo when None)."""
+    tier = board.tier(ram if ram is not None else ram_gb())
+    cpus = board.resolve_cpus()
+    return BoardDefaults(board.resolve_threads(cpus), cpus, tier.context, tier.recipe, tier.model)
+
+
+def pin_to_cpus(cpus: Sequence[int] | None) -> None:
+    """Restricts this process to `cpus`, so the native thread pool (made later) inherits it."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        # A container may hide some cores: then run where the OS lets us.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
+
+
+def check_board(board: Board, cpu: dict[str, Any], available_isas: Sequence[str]) -> list[str]:
+    """Differences between a profile and this machine's CPU report, as readable warnings."""
+    warnings = []
+    if cpu.get("arch") != board.arch:
+        warnings.append(
+            f"this CPU is {cpu.get('arch')}, the {board.name} profile expects {board.arch}"
+        )
+        return warnings
+    missing = [f for f in board.features if f not in cpu.get("features", [])]
+    if missing:
+        warnings.append(f"CPU features missing for {board.name}: {', '.join(missing)}")
+    if board.expected_isa not in ("best", *available_isas):
+        warnings.append(
+            f"the {board.name} profile expects kernel table '{board.expected_isa}', "
+            f"available here: {', '.join(available_isas)}"
+        )
+    return warnings

@@ -1,0 +1,66 @@
+"""`qwen-edge bench`: the JSON record's schema on a tiny model (never its timings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import packing
+
+from qwen_edge.cli import main
+from qwen_edge.evaluation import bench
+from qwen_edge.export import presets
+from qwen_edge.export.random_checkpoint import random_tensor
+from qwen_edge.formats.config import ModelConfig
+
+
+def tiny_model_file(path: Path) -> Path:
+    config = ModelConfig.from_hf(presets.hf_config("tiny", vocab_size=512, eos_token_id=0))
+    tensors = {}
+    for name, shape in config.text_tensor_shapes().items():
+        w = random_tensor(name, shape, 0)
+        if w.ndim == 2 and shape[1] % 32 == 0:
+            tensors[name] = ("q4g32", shape, packing.quantize("q4g32", w)[0])
+        else:
+            tensors[name] = ("f32", shape, np.ascontiguousarray(w))
+    return packing.write_model_file(path, config, tensors)
+
+
+def test_record_schema(tmp_path: Path) -> None:
+    path = tiny_model_file(tmp_path / "tiny.qe")
+    cfg = bench.BenchConfig(
+        threads=(1, 2), prompt=8, decode=4, decode_prompt=2, repetitions=2, warmup=0,
+        measure_bandwidth=False,
+    )  # fmt: skip
+    record = bench.run(path, cfg)
+    assert record["schema"] == bench.SCHEMA and record["engine"] == "qwen-edge"
+    assert record["model"]["file_bytes"] == path.stat().st_size
+    assert len(record["model"]["sha256"]) == 64
+    assert record["peak_rss_bytes"] > 0
+    assert [r["threads"] for r in record["runs"]] == [1, 2]
+    for r in record["runs"]:
+        assert r["isa"]
+        for key in ("load_s", "prefill_tok_s", "ttft_s", "decode_tok_s", "decode_bandwidth_gbs"):
+            assert len(r[key]) == 2 and all(v > 0 for v in r[key])
+            assert r[key + "_mean"] > 0 and r[key + "_std"] >= 0
+        assert r["decode_bytes_per_token"] > 0 and r["state_bytes"] > 0
+    json.dumps(record)  # serializable
+    assert "decode tok/s" in bench.format_table(record)
+
+
+def test_cli_writes_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    path = tiny_model_file(tmp_path / "tiny.qe")
+    out = tmp_path / "bench.json"
+    argv = [
+        "bench", str(path), "--threads", "1", "--prompt", "4", "--decode", "2",
+        "--repetitions", "1", "--warmup", "0", "--no-bandwidth", "--json", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads(out.read_text())
+    assert record["runs"][0]["threads"] == 1
+    assert "decode tok/s" in capsys.readouterr().out
+
+
+def test_read_bandwidth_is_positive() -> None:
+    assert bench.read_bandwidth_gbs(2, size_bytes=8 << 20, repetitions=1) > 0

@@ -1,0 +1,233 @@
+"""Board profiles: every bundled profile validates, defaults apply, sensors parse, `--board`."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from qwen_edge.cli import main
+from qwen_edge.cli.common import apply_board
+from qwen_edge.errors import ConfigError
+from qwen_edge.hardware import boards
+
+BOARDS = ["android-termux", "jetson-orin-nano", "rpi4", "rpi5", "x86-gateway"]
+
+
+def test_every_profile_loads() -> None:
+    assert boards.list_boards() == BOARDS
+    for name in BOARDS:
+        b = boards.load_board(name)
+        assert b.name == name and b.memory[0].min_ram_gb == 0
+        # A profile's kernel table must be one its features allow.
+        if b.expected_isa == "neon_dotprod":
+            assert "dotprod" in b.features
+        if b.arch == "aarch64":
+            assert "neon" in b.features
+
+
+def test_tiers_follow_ram() -> None:
+    b = boards.load_board("rpi5")
+    assert b.tier(None) == b.memory[0]
+    assert b.tier(1.9).model == "0.8b"
+    assert (b.tier(3.9).model, b.tier(3.9).context) == ("2b", 8192)
+    assert b.tier(7.8).context == 32768
+    assert b.tier(16.7).recipe == "q8"
+
+
+def _profile(tmp_path: Path, **changes: object) -> Path:
+    data = json.loads(boards.load_board("rpi5").path.read_text())
+    data = copy.deepcopy(data)
+    data["name"] = "custom"
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        obj = data
+        for p in parents:
+            obj = obj[p]
+        if value is None:
+            del obj[key]
+        else:
+            obj[key] = value
+    path = tmp_path / "custom.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_profile_file_by_path(tmp_path: Path) -> None:
+    b = boards.load_board(str(_profile(tmp_path, threads=2)))
+    assert b.name == "custom" and b.threads == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"threads": None}, "field 'threads' is missing"),
+        ({"threads": "4"}, "field 'threads' has the wrong type"),
+        ({"threads": -1}, "field 'threads' must be >= 0"),
+        ({"schema": 2}, "this qwen-edge reads schema 1"),
+        ({"arch": "riscv64"}, "field 'arch' is 'riscv64'"),
+        ({"cpu__features": ["neon", "sve9"]}, "field 'cpu.features' is 'sve9'"),
+        ({"cpus": [0, -1]}, "field 'cpus' must be a list"),
+        ({"memory": []}, "field 'memory' needs at least one tier"),
+        (
+            {"memory": [{"min_ram_gb": 0, "model": "0.8b", "recipe": "q3", "context": 4096}]},
+            "field 'memory[0].recipe' is 'q3'",
+        ),
+        (
+            {
+                "memory": [
+                    {"min_ram_gb": 0, "model": "0.8b", "recipe": "q4", "context": 4096},
+                    {"min_ram_gb": 0, "model": "2b", "recipe": "q4", "context": 4096},
+                ]
+            },
+            "'memory[1].min_ram_gb' must increase",
+        ),
+        ({"power__kind": "hwmon"}, "field 'power.glob' is missing"),
+        ({"power__parser": "nope"}, "field 'power.parser' must be one of"),
+        ({"build__cmake_args": ["-DCMAKE_CXX_FLAGS=-march=native"]}, "global CPU flags"),
+    ],
+)
+def test_invalid_profiles_name_the_field(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        boards.load_board(str(_profile(tmp_path, **change)))
+
+
+def test_name_must_match_file_and_unknown_board(tmp_path: Path) -> None:
+    path = _profile(tmp_path)
+    path.rename(tmp_path / "other.json")
+    with pytest.raises(ConfigError, match="is 'custom' but the file is other.json"):
+        boards.load_board(str(tmp_path / "other.json"))
+    with pytest.raises(ConfigError, match="unknown board 'pi9'; known boards: android-termux"):
+        boards.load_board("pi9")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read JSON"):
+        boards.load_board(str(tmp_path / "bad.json"))
+
+
+def _cpu_tree(root: Path, values: list[int], file: str) -> Path:
+    for i, v in enumerate(values):
+        d = root / f"cpu{i}" / Path(file).parent
+        d.mkdir(parents=True, exist_ok=True)
+        (root / f"cpu{i}" / file).write_text(f"{v}\n")
+    (root / "cpufreq").mkdir(exist_ok=True)  # not a cpuN directory: ignored
+    return root
+
+
+def test_big_cores(tmp_path: Path) -> None:
+    # A phone: 4 LITTLE, 3 big, 1 prime by capacity; by max frequency; and a uniform CPU.
+    caps = _cpu_tree(tmp_path / "a", [160, 160, 160, 160, 750, 750, 750, 1024], "cpu_capacity")
+    assert boards.big_cores(caps) == [4, 5, 6, 7]
+    freqs = [1_800_000] * 2 + [2_400_000] * 6
+    assert boards.big_cores(_cpu_tree(tmp_path / "b", freqs, "cpufreq/cpuinfo_max_freq")) == [
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]
+    assert boards.big_cores(_cpu_tree(tmp_path / "c", [1024] * 4, "cpu_capacity")) == [0, 1, 2, 3]
+    assert boards.big_cores(tmp_path / "missing") is None
+
+
+PI5_PMIC = """\
+     3V7_WL_SW_A current(0)=0.00390372A
+       3V3_SYS_A current(1)=0.06245952A
+      VDD_CORE_A current(7)=2.10000000A
+     3V7_WL_SW_V volt(8)=3.71964000V
+       3V3_SYS_V volt(9)=3.31096000V
+      VDD_CORE_V volt(15)=0.80000000V
+         EXT5V_V volt(24)=5.13712000V
+"""
+
+
+def test_power_sensors(tmp_path: Path) -> None:
+    pi5 = boards.load_board("rpi5").power
+    want = 0.00390372 * 3.71964 + 0.06245952 * 3.31096 + 2.1 * 0.8
+    assert boards.read_power_watts(pi5, run=lambda argv: PI5_PMIC) == pytest.approx(want)
+    assert boards.read_power_watts(pi5, run=lambda argv: "garbage") is None
+
+    def missing(argv: list[str]) -> str:
+        raise FileNotFoundError(argv[0])
+
+    assert boards.read_power_watts(pi5, run=missing) is None
+
+    hw = tmp_path / "hwmon" / "hwmon3"
+    hw.mkdir(parents=True)
+    for i, (label, mv, ma) in enumerate([("VDD_IN", 5000, 1200), ("VDD_SOC", 5000, 300)], 1):
+        (hw / f"in{i}_label").write_text(label + "\n")
+        (hw / f"in{i}_input").write_text(f"{mv}\n")
+        (hw / f"curr{i}_input").write_text(f"{ma}\n")
+    jetson = boards.PowerSensor(
+        kind="hwmon", glob=str(tmp_path / "hwmon" / "hwmon*"), label="VDD_IN"
+    )
+    assert boards.read_power_watts(jetson) == pytest.approx(6.0)
+    assert (
+        boards.read_power_watts(boards.PowerSensor(kind="hwmon", glob="/nonexistent*", label="x"))
+        is None
+    )
+
+    (tmp_path / "current_now").write_text("-850000\n")
+    (tmp_path / "voltage_now").write_text("3900000\n")
+    phone = boards.PowerSensor(
+        kind="battery", current=str(tmp_path / "current_now"), voltage=str(tmp_path / "voltage_now")
+    )
+    assert boards.read_power_watts(phone) == pytest.approx(0.85 * 3.9)
+
+    (tmp_path / "energy_uj").write_text("123456789\n")
+    rapl = boards.PowerSensor(kind="rapl", path=str(tmp_path / "energy_uj"))
+    assert boards.read_energy_joules(rapl) == pytest.approx(123.456789)
+    assert boards.read_power_watts(rapl) is None
+    assert boards.read_power_watts(boards.load_board("rpi4").power) is None
+
+
+def test_apply_board_fills_only_unset_options() -> None:
+    args = argparse.Namespace(board="rpi5", threads=None, context=1024, quant=None)
+    b = apply_board(args, ram=8.0, set_affinity=False)
+    assert b is not None and b.name == "rpi5"
+    assert args.context == 1024  # given by the user: kept
+    assert args.quant == "q4" and args.threads == 4
+    assert not hasattr(args, "model_size")  # not an option of this command: not added
+    assert apply_board(argparse.Namespace(board=None)) is None
+
+    phone = argparse.Namespace(board="android-termux", threads=None)
+    apply_board(phone, ram=12.0, set_affinity=False)
+    # threads 0 in the profile: one per selected (big) core, or per core where sysfs is silent.
+    assert phone.threads == (len(phone.board_cpus) if phone.board_cpus else os.cpu_count())
+
+
+def test_cli_board_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["boards"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in BOARDS)
+    assert main(["boards", "jetson-orin-nano"]) == 0
+    assert "VDD_IN" in capsys.readouterr().out
+    assert main(["info", "--json", "--board", "x86-gateway"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["board"] == "x86-gateway" and report["board_threads"] == 4
+    assert main(["info", "--board", "pi9"]) == 1
+    assert "unknown board 'pi9'" in capsys.readouterr().err
+
+
+def test_run_and_chat_take_the_board() -> None:
+    from qwen_edge.cli import build_parser
+
+    for argv in (
+        ["run", "m.qe", "-p", "hi", "--board", "rpi4"],
+        ["chat", "m.qe", "--board", "rpi4"],
+    ):
+        args = build_parser().parse_args(argv)
+        assert args.threads is None and args.context is None
+        apply_board(args, ram=4.0, set_affinity=False)
+        assert (args.threads, args.context) == (4, 8192)
+    args = build_parser().parse_args(
+        ["run", "m.qe", "-p", "hi", "--board", "rpi4", "--threads", "2"]
+    )
+    apply_board(args, ram=4.0, set_affinity=False)
+    assert args.threads == 2  # the user's value wins
