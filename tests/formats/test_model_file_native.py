@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_modelfile import FIELD_CASES, _mutated, _parts, _rebuild, good, tensors  # noqa: F401
+from test_model_file import FIELD_CASES, _mutated, _parts, _rebuild, good, tensors  # noqa: F401
 
 from qwen_edge.backends.native import check_model_file
 from qwen_edge.errors import ModelFileError
