@@ -15,6 +15,7 @@ from .errors import (
     MissingDependencyError,
     ModelFileError,
     QwenEdgeError,
+    SensorError,
     TokenizerError,
 )
 from .formats.config import ModelConfig
@@ -37,6 +38,7 @@ __all__ = [
     "ModelConfig",
     "ModelFileError",
     "QwenEdgeError",
+    "SensorError",
     "SamplingParams",
     "TokenizerError",
     "__version__",

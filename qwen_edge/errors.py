@@ -28,6 +28,11 @@ class ContextLengthError(QwenEdgeError):
     """A prompt or generation that does not fit the model state's context length."""
 
 
+class SensorError(QwenEdgeError):
+    """A power or thermal sensor that is missing, unreadable or reports nonsense; the message
+    says how to make it readable."""
+
+
 class MissingDependencyError(QwenEdgeError):
     """An optional dependency is needed for this feature; the message names the pip extra."""
 

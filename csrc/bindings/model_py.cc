@@ -140,6 +140,11 @@ void bind_model(py::module_& m) {
                                })
         .def_property_readonly("isa", [](PyModel& p) { return p.model().kernels().tag; })
         .def_property_readonly("threads", [](PyModel& p) { return p.model().threads(); })
+        .def_property_readonly("active_threads",
+                               [](PyModel& p) { return p.model().active_threads(); })
+        .def(
+            "set_active_threads", [](PyModel& p, int n) { p.model().set_active_threads(n); },
+            py::arg("n"), "Threads the next forward passes use, clamped to 1..threads.")
         .def_property_readonly("vocab_size",
                                [](PyModel& p) { return p.model().config().vocab_size; })
         .def_property_readonly("decode_weight_bytes",

@@ -59,6 +59,10 @@ public:
     const ModelConfig& config() const { return config_; }
     const KernelTable& kernels() const { return kt_; }
     int threads() const { return pool_.size(); }
+    // Threads the next forward passes use (1..threads()); the power governor lowers it. States
+    // stay valid: their per-thread scratch is sized for threads().
+    int active_threads() const { return pool_.active(); }
+    void set_active_threads(int n) { pool_.set_active(n); }
 
     // A new zeroed state for `context` tokens (>= 1) processing at most `batch` tokens per pass.
     std::unique_ptr<State> new_state(int64_t context, int64_t batch = 128,

@@ -49,6 +49,7 @@ ThreadPool::ThreadPool(const Options& options)
     : n_threads_(options.threads), spin_us_(options.spin_us < 0 ? 0 : options.spin_us) {
     QE_CHECK(options.threads >= 1 && options.threads <= 1024, "threads must be in 1..1024, got ",
              options.threads);
+    active_.store(n_threads_);
     claimed_ = std::make_unique<std::atomic<uint64_t>[]>(n_threads_);
     for (int i = 0; i < n_threads_; ++i) claimed_[i].store(0);
     if (options.pin) pin_current_thread(0);
@@ -68,7 +69,17 @@ ThreadPool::~ThreadPool() {
         generation_.fetch_add(1);
     }
     wake_.notify_all();
+    parked_.notify_all();
     for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::set_active(int n) {
+    n = n < 1 ? 1 : n > n_threads_ ? n_threads_ : n;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        active_.store(n);
+    }
+    parked_.notify_all();
 }
 
 bool ThreadPool::claim(int i, uint64_t gen) {
@@ -79,9 +90,10 @@ bool ThreadPool::claim(int i, uint64_t gen) {
     return false;
 }
 
-void ThreadPool::dispatch(JobFn fn, void* ctx) {
+void ThreadPool::dispatch(JobFn fn, void* ctx, int n_active) {
     job_fn_ = fn;
     job_ctx_ = ctx;
+    job_threads_ = n_active;
     const uint64_t gen = generation_.fetch_add(1, std::memory_order_seq_cst) + 1;  // publishes
     // A worker that is about to sleep increments sleepers_ before re-checking the generation
     // under the mutex, so either it sees the new job or we see it and wake it.
@@ -92,11 +104,12 @@ void ThreadPool::dispatch(JobFn fn, void* ctx) {
         wake_.notify_all();
     }
     claim(0, gen);
-    fn(ctx, 0, n_threads_);
+    fn(ctx, 0, n_active);
     // Shares no worker has started: run them here rather than wait for a thread the OS may
-    // not schedule soon.
+    // not schedule soon. The shares of inactive threads are claimed too (and not run), so no
+    // late worker can take a share of a job that has already returned.
     for (int i = 1; i < n_threads_; ++i) {
-        if (claim(i, gen)) fn(ctx, i, n_threads_);
+        if (claim(i, gen) && i < n_active) fn(ctx, i, n_active);
     }
     // Every share is claimed now; wait for those in progress (normally already done).
     for (int spins = 0; running_.load(std::memory_order_seq_cst) != 0; ++spins) {
@@ -112,6 +125,16 @@ void ThreadPool::worker_main(int thread) {
     using Clock = std::chrono::steady_clock;
     uint64_t seen = 0;
     for (;;) {
+        if (thread >= active_.load(std::memory_order_acquire)) {
+            // Inactive: sleep until set_active includes us; jobs meanwhile are not ours.
+            std::unique_lock<std::mutex> lock(mutex_);
+            while (thread >= active_.load(std::memory_order_seq_cst) && !stop_.load()) {
+                parked_.wait(lock);
+            }
+            if (stop_.load(std::memory_order_acquire)) return;
+            seen = generation_.load(std::memory_order_seq_cst);
+            continue;
+        }
         // Wait for a new generation: spin briefly, then sleep.
         uint64_t gen = generation_.load(std::memory_order_acquire);
         if (gen == seen && spin_us_ > 0) {
@@ -132,7 +155,7 @@ void ThreadPool::worker_main(int thread) {
         // Registered before claiming: whenever our claim can still succeed, the caller (which
         // claims every free share before waiting) sees us running and waits.
         running_.fetch_add(1, std::memory_order_seq_cst);
-        if (claim(thread, gen)) job_fn_(job_ctx_, thread, n_threads_);
+        if (claim(thread, gen) && thread < job_threads_) job_fn_(job_ctx_, thread, job_threads_);
         running_.fetch_sub(1, std::memory_order_seq_cst);
     }
 }

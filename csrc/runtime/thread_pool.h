@@ -10,6 +10,10 @@
 // job they may spin for `spin_us` microseconds first, because the next job of the same forward
 // pass usually follows within microseconds and a futex wake-up costs more than that.
 //
+// `set_active(n)` lets only the first n threads work (the power governor lowers it to save
+// energy): later jobs are split n ways, and the other workers sleep on their own condition
+// variable, so they neither spin nor wake per job until they are active again.
+//
 // Each thread's share of a job is claimed before it runs (a per-share generation stamp). When
 // the caller has finished its own share it claims and runs every share no worker has started,
 // so it never waits for a worker the OS has not scheduled yet (a busy machine, a big.LITTLE
@@ -43,17 +47,23 @@ public:
 
     int size() const { return n_threads_; }
 
+    // Threads that take part in the next jobs (1..size()).
+    int active() const { return active_.load(std::memory_order_relaxed); }
+    // Sets the active threads, clamped to 1..size(); takes effect from the next job.
+    void set_active(int n);
+
     // Calls fn(thread, size()) on every thread, the caller being thread 0; returns when all
     // calls have returned. fn must not throw. Not reentrant: one job at a time per pool.
     template <typename Fn>
     void run(Fn&& fn) {
-        if (n_threads_ == 1) {
+        const int n = active();
+        if (n == 1) {
             fn(0, 1);
             return;
         }
         using F = std::remove_reference_t<Fn>;
         dispatch([](void* ctx, int thread, int n) { (*static_cast<F*>(ctx))(thread, n); },
-                 const_cast<void*>(static_cast<const void*>(&fn)));
+                 const_cast<void*>(static_cast<const void*>(&fn)), n);
     }
 
     // Calls fn(begin, end, thread) on pieces covering [0, n), handed out `chunk` items at a time
@@ -63,7 +73,7 @@ public:
     void for_each(int64_t n, int64_t chunk, Fn&& fn) {
         if (n <= 0) return;
         if (chunk < 1) chunk = 1;
-        if (n_threads_ == 1 || n <= chunk) {
+        if (active() == 1 || n <= chunk) {
             fn(int64_t{0}, n, 0);
             return;
         }
@@ -86,7 +96,7 @@ public:
 
 private:
     using JobFn = void (*)(void* ctx, int thread, int n_threads);
-    void dispatch(JobFn fn, void* ctx);
+    void dispatch(JobFn fn, void* ctx, int n_active);
     void worker_main(int thread);
 
     int n_threads_;
@@ -99,6 +109,7 @@ private:
     // The current job; published by incrementing generation_.
     JobFn job_fn_ = nullptr;
     void* job_ctx_ = nullptr;
+    int job_threads_ = 1;  // threads the current job is split over
     std::atomic<uint64_t> generation_{0};
     std::unique_ptr<std::atomic<uint64_t>[]> claimed_;  // [threads] generation a share was taken
     std::atomic<int> running_{0};                       // workers inside a share of the current job
@@ -106,6 +117,8 @@ private:
     std::atomic<bool> stop_{false};
     std::mutex mutex_;
     std::condition_variable wake_;
+    std::atomic<int> active_{1};
+    std::condition_variable parked_;  // workers at or above active_ wait here
 };
 
 }  // namespace qe

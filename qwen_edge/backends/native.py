@@ -240,7 +240,18 @@ class Model:
 
     @property
     def threads(self) -> int:
+        """Threads the forward passes use now (see `set_threads`)."""
+        return int(self._native.active_threads)
+
+    @property
+    def max_threads(self) -> int:
+        """Threads of the pool, the most `set_threads` allows."""
         return int(self._native.threads)
+
+    def set_threads(self, n: int) -> None:
+        """Runs the next forward passes on `n` threads (clamped to 1..max_threads); the others
+        sleep. Results do not depend on it. The power governor turns this knob."""
+        self._native.set_active_threads(int(n))
 
     @property
     def file_size(self) -> int:

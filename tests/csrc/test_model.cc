@@ -178,6 +178,46 @@ QE_TEST(thread_pool_runs_every_item_once) {
     }
 }
 
+QE_TEST(thread_pool_active_threads_change_between_jobs) {
+    // The power governor lowers and raises the active threads between forward passes: every
+    // job is split over exactly the active ones, and parked workers come back.
+    for (int spin : {0, 50}) {
+        qe::ThreadPool pool({4, false, spin});
+        for (int active : {4, 1, 2, 0, 9, 3, 4}) {
+            pool.set_active(active);
+            const int want = active < 1 ? 1 : active > 4 ? 4 : active;
+            EXPECT_TRUE(pool.active() == want);
+            for (int rep = 0; rep < 20; ++rep) {
+                std::atomic<int> calls{0};
+                pool.run([&](int thread, int n) {
+                    EXPECT_TRUE(n == want && thread >= 0 && thread < n);
+                    calls++;
+                });
+                EXPECT_TRUE(calls == want);
+                std::atomic<int> items{0};
+                pool.for_each(100, 3, [&](int64_t a, int64_t b, int thread) {
+                    EXPECT_TRUE(thread < want);
+                    items += int(b - a);
+                });
+                EXPECT_TRUE(items == 100);
+            }
+        }
+    }
+}
+
+QE_TEST(forward_is_bitwise_equal_after_set_active_threads) {
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(21);
+    auto ref = rm.build("ref", 1);
+    const auto whole = all_logits(*ref, ids, 8);
+    auto m = rm.build("ref", 3);
+    for (int active : {1, 2, 3}) {
+        m->set_active_threads(active);
+        EXPECT_TRUE(m->active_threads() == active && m->threads() == 3);
+        EXPECT_TRUE(all_logits(*m, ids, 5) == whole);
+    }
+}
+
 QE_TEST(forward_tables_agree_with_ref) {
     const RandomModel& rm = random_model();
     const auto ids = prompt(20);
