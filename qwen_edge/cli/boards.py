@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     )
     for t in board.memory:
         print(f"  RAM >= {t.min_ram_gb:>4g} GB  {t.model} {t.recipe}, context {t.context}")
-    print(f"  power        {board.power.kind}: {board.power.notes}")
+    print(f"  power        {board.power} ({board.power.notes})")
     print(f"  build        {board.build_notes}")
     return 0

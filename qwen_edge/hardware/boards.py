@@ -13,17 +13,17 @@ later) inherits that affinity.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import re
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SensorError
+from .power import KINDS as POWER_KINDS
+from .power import SensorSpec, parse_sensor_spec
 
 SCHEMA = 1
 ARCHES = ("aarch64", "x86_64")
@@ -32,7 +32,6 @@ FEATURES = ("neon", "dotprod", "i8mm", "fp16", "avx2", "avx_vnni", "avx512", "av
 ISAS = ("best", "ref", "neon", "neon_dotprod", "neon_i8mm", "avx2", "avx_vnni", "avx512_vnni")
 MODELS = ("0.8b", "2b", "4b", "9b")
 RECIPES = ("f32", "bf16", "f16", "q8", "q4")
-POWER_KINDS = ("none", "command", "hwmon", "battery", "rapl")
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 # Installed wheel: qwen_edge/boards/; source checkout or editable install: <repo>/boards/.
@@ -50,21 +49,6 @@ class MemoryTier:
 
 
 @dataclass(frozen=True)
-class PowerSensor:
-    """Where a board reports its power draw; `kind` selects the other fields' meaning."""
-
-    kind: str
-    notes: str = ""
-    command: tuple[str, ...] = ()  # kind "command": argv, parsed by `parser`
-    parser: str = ""
-    glob: str = ""  # kind "hwmon": hwmon directory pattern and the channel label
-    label: str = ""
-    current: str = ""  # kind "battery": sysfs files in µA and µV
-    voltage: str = ""
-    path: str = ""  # kind "rapl": cumulative energy counter in µJ
-
-
-@dataclass(frozen=True)
 class Board:
     """One board profile (see `boards/README.md` for the meaning of each field)."""
 
@@ -77,7 +61,7 @@ class Board:
     cpus: tuple[int, ...] | str | None  # explicit list, "big", or None (all)
     threads: int  # 0 = one per selected core
     memory: tuple[MemoryTier, ...]
-    power: PowerSensor
+    power: SensorSpec
     cmake_args: tuple[str, ...]
     build_notes: str
     path: Path
@@ -214,19 +198,16 @@ def _parse(data: Any, path: Path) -> Board:
 
     p = get(data, "power", dict)
     kind = choice(get(p, "kind", str, "power."), POWER_KINDS, "power.kind")
-    needed = {
-        "command": ("command", "parser"),
-        "hwmon": ("glob", "label"),
-        "battery": ("current", "voltage"),
-        "rapl": ("path",),
-        "none": (),
-    }[kind]
-    fields: dict[str, Any] = {"kind": kind, "notes": p.get("notes", "")}
-    for key in needed:
-        value = get(p, key, list if key == "command" else str, "power.")
-        fields[key] = tuple(value) if key == "command" else value
-    if kind == "command" and fields["parser"] not in _COMMAND_PARSERS:
-        raise fail("power.parser", f"must be one of {', '.join(_COMMAND_PARSERS)}")
+    where = ""
+    if kind in ("rapl", "hwmon", "battery", "csv"):
+        where = get(p, "path", str, "power.")
+    elif kind == "command":
+        where = get(p, "command", str, "power.")
+    try:
+        spec = parse_sensor_spec(f"{kind}:{where}" if where else kind)
+    except SensorError as e:
+        raise fail("power", str(e)) from None
+    power = SensorSpec(kind, spec.where, p.get("label", ""), 0.0, p.get("notes", ""))
 
     build = get(data, "build", dict)
     cmake_args = get(build, "cmake_args", list, "build.")
@@ -247,7 +228,7 @@ def _parse(data: Any, path: Path) -> Board:
         cpus=cpus,
         threads=threads,
         memory=tuple(tiers),
-        power=PowerSensor(**fields),
+        power=power,
         cmake_args=tuple(cmake_args),
         build_notes=build.get("notes", ""),
         path=path,
@@ -291,65 +272,6 @@ def big_cores(sysfs: Path = Path("/sys/devices/system/cpu")) -> list[int] | None
     low = min(values.values())
     big = sorted(c for c, v in values.items() if v > low)
     return big or sorted(values)
-
-
-# --- power --------------------------------------------------------------------------------------
-def _parse_pi5_pmic(text: str) -> float:
-    # Lines like "  VDD_CORE_A current(7)=2.13417000A" and "  VDD_CORE_V volt(15)=0.7800V":
-    # a rail's power is its _A current times its _V voltage.
-    amps, volts = {}, {}
-    for m in re.finditer(r"(\w+)_([AV])\s+\w+\(\d+\)=([\d.]+)[AV]", text):
-        (amps if m.group(2) == "A" else volts)[m.group(1)] = float(m.group(3))
-    rails = amps.keys() & volts.keys()
-    if not rails:
-        raise ValueError("no rail with both a current and a voltage")
-    return sum(amps[r] * volts[r] for r in rails)
-
-
-_COMMAND_PARSERS: dict[str, Callable[[str], float]] = {"pi5_pmic": _parse_pi5_pmic}
-
-
-def read_power_watts(sensor: PowerSensor, run: Callable[..., str] | None = None) -> float | None:
-    """The board's power draw now, in watts; None if the sensor is absent or unreadable.
-
-    For kind "rapl" (a cumulative counter) use `read_energy_joules` twice instead.
-    """
-    try:
-        if sensor.kind == "command":
-            run = run or (
-                lambda argv: (
-                    subprocess.run(
-                        argv, capture_output=True, text=True, timeout=5, check=True
-                    ).stdout
-                )
-            )
-            return _COMMAND_PARSERS[sensor.parser](run(list(sensor.command)))
-        if sensor.kind == "hwmon":
-            for d in sorted(glob.glob(sensor.glob)):
-                for label in sorted(Path(d).glob("in*_label")):
-                    if label.read_text().strip() == sensor.label:
-                        i = label.name[2:].split("_")[0]
-                        mv = float((Path(d) / f"in{i}_input").read_text())
-                        ma = float((Path(d) / f"curr{i}_input").read_text())
-                        return mv * ma / 1e6
-            return None
-        if sensor.kind == "battery":
-            ua = float(Path(sensor.current).read_text())
-            uv = float(Path(sensor.voltage).read_text())
-            return abs(ua) * uv / 1e12
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None
-    return None
-
-
-def read_energy_joules(sensor: PowerSensor) -> float | None:
-    """Cumulative energy of a "rapl" sensor in joules (None otherwise or if unreadable)."""
-    if sensor.kind != "rapl":
-        return None
-    try:
-        return int(Path(sensor.path).read_text()) / 1e6
-    except (OSError, ValueError):
-        return None
 
 
 # --- applying a profile ---------------------------------------------------------------------

@@ -22,9 +22,11 @@ How it decides (a model-based feedback controller):
   used in it (the window's power is idle plus each point's power above idle times its share of
   the window: a normalised least-mean-squares step; a single unknown point is solved exactly);
 * it explores an untried neighbour (one thread more or less, one clock level up or down) of
-  the points in use when a prediction (a measured neighbour's numbers scaled: power with threads
-  and clock², speed linearly) says the hull would gain more than 1 %; an explored point runs
-  with pauses sized by that prediction, so exploring keeps to the budget;
+  the best mix's points when a prediction says the hull would gain, or lose less than 1 %: from
+  two measured thread counts at that clock, power linear in threads and time per token linear
+  in 1/threads; from one, its numbers scaled (power with threads and clock², speed linearly).
+  An explored point is mixed with a point of the best mix (or pauses) in the shares that put
+  the predicted mean at the target, so exploring keeps to the budget;
 * a 1-s window over the budget cuts the time at the higher point at once.
 """
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MIN_DUTY = 0.02  # never pause for more than ~50x the compute time
 IDLE = None  # the "point" of pausing, in a mix
+STEP = 0.5  # how much of a window's error corrects known estimates (smooths sensor noise)
 
 
 @dataclass(frozen=True, order=True)
@@ -159,7 +162,7 @@ class Governor:
         max_threads: int = 1,
         set_threads: Callable[[int], None] | None = None,
         cpufreq: CpuFreq | None = None,
-        control_period: float = 0.5,
+        control_period: float = 0.3,
         margin: float = 0.025,
     ):
         if budget_w is None and tokens_per_s is None:
@@ -193,7 +196,8 @@ class Governor:
         self.lo: Point | None = IDLE
         self.hi = start
         self.alpha = 0.5 if budget_w is not None else 1.0
-        self._shares = {True: 0.0, False: 0.0}  # time at hi, time at lo (or pausing)
+        self._debt = 0.0  # seconds at hi minus alpha times all seconds (error diffusion)
+        self._mixed_at = self.clock.now()  # when the current two points were chosen
         self.started = self.clock.now()
         self._last_control = self.started
         self._t0 = self.started
@@ -209,8 +213,7 @@ class Governor:
         if self.lo is IDLE or self.lo == self.hi:
             point = self.hi
         else:
-            on_hi, on_lo = self._shares[True], self._shares[False]
-            point = self.hi if on_hi <= self.alpha * (on_hi + on_lo) else self.lo
+            point = self.hi if self._debt <= 0 else self.lo
         if point != self.point:
             self._apply(point)
         self._t0 = self.clock.now()
@@ -220,7 +223,7 @@ class Governor:
         t1 = self.clock.now()
         dt = max(t1 - self._t0, 1e-9)
         self._busy.append((self._t0, t1, self.point))
-        self._shares[self.point == self.hi] += dt
+        self._debt += dt * ((self.point == self.hi) - self.alpha)
         if n_tokens == 1:
             self.decode_tokens += 1
             self.stats[self.point].update_speed(dt)
@@ -234,7 +237,7 @@ class Governor:
             pause = max(pause, self._due - t1)
         if pause > 0:
             self.clock.sleep(pause)
-            self._shares[False] += pause
+            self._debt -= pause * self.alpha
         if self.clock.now() - self._last_control >= self.control_period:
             self._control(self.clock.now())
 
@@ -249,9 +252,13 @@ class Governor:
         self.point = point
 
     def _set_mix(self, lo: Point | None, hi: Point, alpha: float) -> None:
-        # The shares restart each period: a deficit of the last period must not come back as
-        # a burst of the higher point (that would swing the 1-s power).
-        self._shares = {True: 0.0, False: 0.0}
+        # A debt from before is kept to about a step, so that it cannot come back as a burst of
+        # one point (which would swing the 1-s power), nor bias the shares.
+        if (lo, hi) != (self.lo, self.hi):
+            self._debt = 0.0
+            self._mixed_at = self.clock.now()
+        else:
+            self._debt = float(np.clip(self._debt, -0.05, 0.05))
         self.lo, self.hi = lo, hi
         self.alpha = float(np.clip(alpha, MIN_DUTY, 1.0))
 
@@ -282,7 +289,7 @@ class Governor:
         for p, f in share.items():
             busy = self.stats[p].busy_w
             assert busy is not None
-            self.stats[p].busy_w = max(self.idle_w, busy + error * f / norm)
+            self.stats[p].busy_w = max(self.idle_w, busy + STEP * error * f / norm)
 
     def _curve(self, extra: Point | None = None) -> dict[Point | None, tuple[float, float]]:
         """(power, tokens/s) of idle, of every known point, and of `extra` as predicted."""
@@ -299,10 +306,24 @@ class Governor:
         return curve
 
     def _predict(self, p: Point) -> tuple[float, float] | None:
-        """(busy watts, tokens/s) at p scaled from the nearest known point."""
+        """(busy watts, tokens/s) at p: from the two nearest known thread counts at its clock
+        (power linear in threads, seconds per token linear in 1/threads: a fixed part and
+        Amdahl's law), else the nearest known point scaled (power with threads and clock²,
+        speed linearly)."""
         known = [q for q in self.points if self.stats[q].known]
         if not known:
             return None
+        same = sorted((q for q in known if q.khz == p.khz), key=lambda q: abs(q.threads - p.threads))
+        if len(same) >= 2:
+            (n1, d1, t1), (n2, d2, t2) = (
+                (q.threads, (self.stats[q].busy_w or 0) - self.idle_w, self.stats[q].token_s or 0)
+                for q in same[:2]
+            )
+            dynamic = d1 + (d2 - d1) / (n2 - n1) * (p.threads - n1)
+            b = (t1 - t2) / (1 / n1 - 1 / n2)
+            token_s = t1 + b * (1 / p.threads - 1 / n1)
+            if dynamic > 0 and token_s > 0:
+                return self.idle_w + dynamic, 1 / token_s
         q = min(known, key=lambda q: self._distance(p, q))
         busy, token_s = self.stats[q].busy_w, self.stats[q].token_s
         assert busy is not None and token_s is not None
@@ -352,12 +373,24 @@ class Governor:
             target = max(w for w, _ in curve.values())
         return target
 
-    def _value(self, curve: dict[Point | None, tuple[float, float]]) -> float:
-        """What a curve is worth: tokens/s at the budget, or minus the power for the rate."""
+    def _value(self, curve: dict[Point | None, tuple[float, float]]) -> tuple[bool, float]:
+        """What a curve is worth, to compare (higher is better): tokens/s at the budget; for a
+        target rate, whether it reaches the rate, then minus its power for it (or its top rate).
+        """
         if self.tokens_per_s is not None:
-            return -self._power_for_rate(curve, self.tokens_per_s)
+            power = self._power_for_rate(curve, self.tokens_per_s)
+            if power == float("inf"):
+                return False, max(r for _, r in curve.values())
+            return True, -power
         assert self.target_w is not None
-        return self._best_mix(curve, self.target_w)[3]
+        return True, self._best_mix(curve, self.target_w)[3]
+
+    @staticmethod
+    def _gain(new: tuple[bool, float], old: tuple[bool, float]) -> float:
+        """How much better `new` is, relative to `old` (1.0 for reaching an unreached rate)."""
+        if new[0] != old[0]:
+            return 1.0 if new[0] else -1.0
+        return (new[1] - old[1]) / max(abs(old[1]), 1e-9)
 
     def _control(self, now: float) -> None:
         self._last_control = now
@@ -365,7 +398,8 @@ class Governor:
         if not self.monitor.ok or len(trace) < 2:
             return
         w1 = trace.times[-1]
-        w0 = max(trace.times[0], w1 - self.control_period)
+        # A sensor that averages, or lags, still shows the previous mix for about a sample.
+        w0 = max(trace.times[0], w1 - self.control_period, self._mixed_at + self.monitor.period)
         if w1 - w0 < 0.5 * self.control_period:
             return
         self._estimate(w0, w1)
@@ -375,24 +409,31 @@ class Governor:
         curve = self._curve()
         if len(curve) == 1:  # nothing known yet: keep measuring the starting point
             return
-        # Explore a neighbour of the points in use if its prediction lifts the curve.
-        value = self._value(curve)
-        for base in (self.hi, self.lo):
-            if base is IDLE:
-                continue
-            for q in self.points:
-                if self._distance(base, q) != 1 or self.stats[q].known:
-                    continue
-                gain = self._value(self._curve(q)) - value
-                if gain > 0.01 * abs(value) + 1e-9:
-                    predicted = self._predict(q)
-                    assert predicted is not None
-                    duty = 1.0
-                    if self.target_w is not None:
-                        duty = (self.target_w - self.idle_w) / max(predicted[0] - self.idle_w, 1e-6)
-                    self._set_mix(IDLE, q, min(duty, 1.0))
-                    return
         lo, hi, alpha, _ = self._best_mix(curve, self._target(curve))
+        # Explore the neighbour of the best mix's points whose prediction lifts the curve most
+        # (or about keeps it: a prediction only extrapolates, the measurement decides).
+        value = self._value(curve)
+        gains = {
+            q: self._gain(self._value(self._curve(q)), value)
+            for base in (hi, lo)
+            if base is not IDLE
+            for q in self.points
+            if self._distance(base, q) == 1 and not self.stats[q].known
+        }
+        q = max(gains, key=lambda q: gains[q], default=None)
+        if q is not None and gains[q] > -0.01:
+            # Mixed with a point of the best mix so that, as predicted, the mean stays at the
+            # target: the budget holds while exploring, and the window has one unknown.
+            predicted = self._predict(q)
+            assert predicted is not None
+            target, p_q = self._target(curve), predicted[0]
+            if p_q >= target or hi is IDLE or curve[hi][0] <= p_q:
+                partner = lo if lo is not None and curve[lo][0] < min(p_q, target) else IDLE
+                p_lo = curve[partner][0]
+                self._set_mix(partner, q, (target - p_lo) / max(p_q - p_lo, 1e-6))
+            else:
+                self._set_mix(q, hi, (target - p_q) / (curve[hi][0] - p_q))
+            return
         if hi is IDLE:
             hi, alpha = min((p for p in curve if p is not IDLE), key=lambda p: curve[p][0]), MIN_DUTY
         assert hi is not None

@@ -366,8 +366,12 @@ class CsvSensor(Sensor):
     def __init__(self, spec: SensorSpec):
         super().__init__(spec)
         self.path = Path(spec.where)
-        if not self.path.is_file():
-            raise SensorError(f"meter log {self.path} does not exist (start the meter first)")
+        try:
+            self.path.open("rb").close()
+        except OSError as e:
+            raise SensorError(
+                f"cannot read meter log {self.path}: {e.strerror or e} (start the meter first)"
+            ) from None
         self._offset = 0
         self._partial = ""
 
@@ -419,9 +423,7 @@ def open_sensor(spec: SensorSpec | str) -> Sensor:
             "or command:CMD for a command that prints watts)"
         )
     sensor = _SENSORS[spec.kind](spec)
-    if sensor.timed:
-        sensor.read_rows()
-    else:
+    if not sensor.timed:  # a log's rows are left for the monitor
         sensor.read()
     return sensor
 

@@ -1,6 +1,6 @@
 """A simulated board whose power follows the load: the ground truth for energy and the governor.
 
-`SimBoard` draws `idle_w` plus `thread_w` per busy thread (scaled by the clock cap to the power
+`SimBoard` draws `idle_w`, plus `uncore_w` while any thread runs, plus `thread_w` per busy thread (scaled by the clock cap to the power
 `clock_power_exp`) and keeps the exact integral; `SimModel` is a backend (the `Backend`
 protocol plus `set_threads`) whose forward passes take simulated time that shrinks with threads
 by Amdahl's law and with the clock (a `memory_bound` share does not). Time is a `SimClock`:
@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import os
+
 import numpy as np
+
+from .power import PowerMonitor, open_sensor
 
 EPOCH = 1_800_000_000.0  # the simulated wall clock's Unix time at 0
 
@@ -77,6 +81,7 @@ class SimBoard:
     cores: int = 4
     idle_w: float = 2.0
     thread_w: float = 1.5
+    uncore_w: float = 0.0  # drawn while any thread runs (caches, memory controller)
     token_s: float = 0.04  # one decode token, one thread, top clock
     prefill_token_s: float = 0.004  # one prompt token, one thread, top clock
     serial: float = 0.15  # Amdahl's serial fraction
@@ -104,12 +109,29 @@ class SimBoard:
         (self.policy / "scaling_available_frequencies").write_text(
             " ".join(map(str, self.khz_levels)) + "\n"
         )
+        (self.hwmon / "in1_input").write_text("5000\n")  # mV: a 5 V input
+        (self.hwmon / "in2_input").write_text("5000\n")
+        (self.hwmon / "curr2_input").write_text("100\n")
+        # Kept open: the counter is rewritten at every change (a sysfs file is always current).
+        self._files = {
+            name: os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            for name, path in (("rapl", self.rapl / "energy_uj"),
+                               ("hwmon", self.hwmon / "curr1_input"))
+        }  # fmt: skip
         self.energy_j = 0.0
         self._tick_start = (0.0, 0.0)  # (time, energy) at the last tick
         self.clock.on_advance(self._integrate)
         self.clock._on_tick.insert(0, self._write_hwmon)  # before any monitor samples
         self._write_rapl()
         self._write_hwmon(self.clock.t)
+
+    def monitor(self, kind: str = "rapl") -> PowerMonitor:
+        """A power monitor on this board's RAPL counter or its hwmon channel, sampled at the
+        clock's ticks through the real sensor code."""
+        spec = f"rapl:{self.rapl}" if kind == "rapl" else f"hwmon:{self.hwmon},label=VDD_IN"
+        monitor = PowerMonitor(open_sensor(spec), self.clock.period, self.clock)
+        self.clock.on_tick(lambda t: monitor.sample())
+        return monitor
 
     # --- physics ---
     @property
@@ -118,7 +140,8 @@ class SimBoard:
 
     def busy_power(self, threads: int, khz: int | None = None) -> float:
         f = (khz or self.khz) / self.khz_levels[-1]
-        return self.idle_w + threads * self.thread_w * f**self.clock_power_exp
+        uncore = self.uncore_w if threads else 0.0
+        return self.idle_w + uncore + threads * self.thread_w * f**self.clock_power_exp
 
     def power(self) -> float:
         return self.busy_power(self.busy_threads) if self.busy_threads else self.idle_w
@@ -147,37 +170,59 @@ class SimBoard:
             self.segments.append((t0, t1, w))
         self._write_rapl()
 
+    def _write(self, name: str, text: str) -> None:
+        data = text.encode()
+        os.pwrite(self._files[name], data, 0)
+        os.ftruncate(self._files[name], len(data))
+
+    def close(self) -> None:
+        for fd in self._files.values():
+            os.close(fd)
+        self._files = {}
+
     def _write_rapl(self) -> None:  # a counter is current whenever it is read
-        uj = int(self.energy_j * 1e6) % self.rapl_range_uj
-        (self.rapl / "energy_uj").write_text(f"{uj}\n")
+        if self._files:
+            self._write("rapl", f"{int(self.energy_j * 1e6) % self.rapl_range_uj}\n")
 
     def _write_hwmon(self, t: float) -> None:  # an averaging monitor: the last tick's mean
         t0, e0 = self._tick_start
         avg = (self.energy_j - e0) / (t - t0) if t > t0 else self.idle_w
-        (self.hwmon / "in1_input").write_text("5000\n")  # mV
-        (self.hwmon / "curr1_input").write_text(f"{avg / 5 * 1000:.3f}\n")  # mA
-        (self.hwmon / "in2_input").write_text("5000\n")
-        (self.hwmon / "curr2_input").write_text("100\n")
+        if self._files:
+            self._write("hwmon", f"{avg / 5 * 1000:.3f}\n")  # mA at 5 V
         self._tick_start = (t, self.energy_j)
 
     # --- truth ---
+    def _cumulative(self, times: np.ndarray) -> np.ndarray:
+        edges = [self.segments[0][0]] + [b for _, b, _ in self.segments]
+        joules = np.concatenate([[0.0], np.cumsum([(b - a) * w for a, b, w in self.segments])])
+        return np.interp(times, edges, joules)
+
     def true_energy(self, t0: float, t1: float) -> float:
         """Exact joules between t0 and t1."""
-        return sum(w * max(0.0, min(b, t1) - max(a, t0)) for a, b, w in self.segments)
+        e = self._cumulative(np.array([t0, t1]))
+        return float(e[1] - e[0])
 
     def true_windows(self, t0: float, t1: float, size: float = 1.0, step: float = 0.1) -> np.ndarray:
+        """Exact mean power of every `size`-second window in [t0, t1], one per `step`."""
         ends = np.arange(t0 + size, t1 + 1e-9, step)
-        return np.array([self.true_energy(e - size, e) / size for e in ends])
+        return (self._cumulative(ends) - self._cumulative(ends - size)) / size
 
-    def best_rate_under(self, budget_w: float, max_threads: int | None = None) -> float:
-        """The most decode tokens/s any (threads, clock, duty) reaches with mean power at the
-        budget: the yardstick of the governor's throughput."""
+    def best_rate_under(self, budget_w: float) -> float:
+        """The most decode tokens/s at a mean power of `budget_w`: the best time-sharing of
+        two settings (threads, clock cap; idle counts, at zero tokens), which no policy beats.
+        The yardstick of the governor's throughput."""
+        curve = [(self.idle_w, 0.0)] + [
+            (self.busy_power(n, k), 1 / self.seconds(self.token_s, n, k))
+            for n in range(1, self.cores + 1)
+            for k in self.khz_levels
+        ]
         best = 0.0
-        for n in range(1, (max_threads or self.cores) + 1):
-            for khz in self.khz_levels:
-                dynamic = self.busy_power(n, khz) - self.idle_w
-                duty = min(1.0, (budget_w - self.idle_w) / dynamic)
-                best = max(best, duty / self.seconds(self.token_s, n, khz))
+        for p_hi, r_hi in curve:
+            if p_hi <= budget_w:
+                best = max(best, r_hi)
+            for p_lo, r_lo in curve:
+                if p_lo <= budget_w < p_hi:
+                    best = max(best, r_lo + (budget_w - p_lo) / (p_hi - p_lo) * (r_hi - r_lo))
         return best
 
 
