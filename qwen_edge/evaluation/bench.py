@@ -16,6 +16,13 @@ warm-up, then repetitions of each test, with random token ids so tokenization is
 Peak RSS is the process's high-water mark (`ru_maxrss`; the bandwidth test runs in a child
 process so it does not count), so run one model per process for a clean figure
 (tools/compare_peers.py does). Timings are wall clock; nothing here is a test.
+
+With a power sensor (`Power`: a sampling monitor and the idle power measured before the run),
+each phase of each repetition also gets its energy: the sensor's trace is marked at the phase's
+ends, and its joules are split per token, in total and above idle (`phase_energy`). With a
+budget or a target rate, a governed decode then runs for `budget_seconds` under the governor
+(`governed_decode`): how well the budget held over 1-s windows, and the throughput it kept
+against the unconstrained decode. The fields are documented in docs/energy.md.
 """
 
 from __future__ import annotations
@@ -29,11 +36,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..generation.pacing import PacedModel
+from ..hardware import thermal
+from ..hardware.governor import CpuFreq, Governor
+from ..hardware.power import Clock, PowerMonitor, RealClock
 
 SCHEMA = "qwen-edge-bench/1"
 
@@ -51,6 +64,10 @@ class BenchConfig:
     isa: str | None = None
     seed: int = 0
     measure_bandwidth: bool = True
+    budget_w: float | None = None  # a governed decode under this budget ...
+    tokens_per_s: float | None = None  # ... or at this rate
+    budget_seconds: float = 30.0  # how long the governed decode runs
+    min_phase_seconds: float = 3.0  # with power: phases repeat until they last this long
 
 
 @dataclass
@@ -66,6 +83,7 @@ class RunResult:
     decode_bandwidth_gbs: list[float] = field(default_factory=list)
     decode_bytes_per_token: int = 0
     state_bytes: int = 0
+    power: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # phase -> per rep
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -148,34 +166,90 @@ def git_commit() -> str | None:
         return None
 
 
-def _greedy_decode(model: Any, state: Any, logits: np.ndarray, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        logits = model.forward([int(np.argmax(logits))], state)
-    return time.perf_counter() - start
+@dataclass
+class Power:
+    """What the benchmarks measure power with: a started monitor and the idle power."""
+
+    monitor: PowerMonitor
+    idle_w: float
+    cpufreq: CpuFreq | None = None  # clock caps the governor may turn (None: not writable)
+
+    @property
+    def clock(self) -> Clock:
+        return self.monitor.clock
 
 
-def bench_threads(path: Path, threads: int, cfg: BenchConfig) -> RunResult:
-    """All repetitions for one thread count (after `cfg.warmup` unrecorded ones)."""
+def phase_energy(power: Power, t0: float, t1: float, tokens: int) -> dict[str, float]:
+    """Watts, joules per token and tokens per joule of [t0, t1], in total and above idle."""
+    seconds = t1 - t0
+    joules = power.monitor.trace.energy(t0, t1)
+    above = joules - power.idle_w * seconds
+    return {
+        "start": t0,
+        "seconds": seconds,
+        "tokens": tokens,
+        "watts": joules / seconds if seconds > 0 else 0.0,
+        "joules": joules,
+        "j_per_token": joules / tokens,
+        "tokens_per_j": tokens / joules if joules > 0 else 0.0,
+        "j_per_token_above_idle": above / tokens,
+        "tokens_per_j_above_idle": tokens / above if above > 0 else 0.0,
+    }
+
+
+Loader = Callable[..., Any]  # (path, threads=, context=, isa=) -> a model with .forward
+
+
+def _native_loader(path: Path, threads: int, context: int, isa: str | None) -> Any:
     from ..backends.native import Model
 
+    return Model.load(path, threads=threads, context=context, isa=isa)
+
+
+def bench_threads(
+    path: Path,
+    threads: int,
+    cfg: BenchConfig,
+    power: Power | None = None,
+    load: Loader = _native_loader,
+) -> RunResult:
+    """All repetitions for one thread count (after `cfg.warmup` unrecorded ones); with
+    `power`, the energy of each phase too."""
+    clock: Clock = power.clock if power is not None else RealClock()
     rng = np.random.default_rng(cfg.seed)
     result = RunResult(threads=threads)
     context = max(cfg.prompt, cfg.decode_prompt + cfg.decode) + 1
+    if power is not None:
+        context = max(context, cfg.decode_prompt + 4096)  # room to decode min_phase_seconds
     for rep in range(cfg.warmup + cfg.repetitions):
-        start = time.perf_counter()
-        model = Model.load(path, threads=threads, context=context, isa=cfg.isa)
-        load_s = time.perf_counter() - start
+        start = clock.now()
+        model = load(path, threads=threads, context=context, isa=cfg.isa)
+        load_s = clock.now() - start
         vocab = model.config.vocab_size
         prompt = rng.integers(0, vocab, cfg.prompt)
-        state = model.new_state()
-        start = time.perf_counter()
-        model.forward(prompt, state)
-        ttft = time.perf_counter() - start
+        # With power, a phase repeats (prefill) or goes on (decode) until it lasts at least
+        # `min_phase_seconds`: a 10 Hz sensor misplaces up to a sample at each end.
+        min_s = cfg.min_phase_seconds if power is not None else 0.0
+        mark = power.monitor.mark if power is not None else clock.now
+        start = mark()
+        model.forward(prompt, model.new_state())
+        ttft = clock.now() - start
+        prefilled = cfg.prompt
+        while clock.now() - start < min_s:
+            model.forward(prompt, model.new_state())
+            prefilled += cfg.prompt
+        phases = {"prefill": (start, mark(), prefilled)}
 
         state = model.new_state()
         logits = model.forward(rng.integers(0, vocab, cfg.decode_prompt), state)
-        decode_s = _greedy_decode(model, state, logits, cfg.decode)
+        start = mark()
+        steps = 0
+        while steps < cfg.decode or (clock.now() - start < min_s and state.position < context):
+            logits = model.forward([int(np.argmax(logits))], state)
+            steps += 1
+        end = mark()
+        decode_s = (end - start) * cfg.decode / steps
+        phases["decode"] = (start, end, steps)
         if rep < cfg.warmup:
             continue
         decode_tok_s = cfg.decode / decode_s
@@ -187,17 +261,61 @@ def bench_threads(path: Path, threads: int, cfg: BenchConfig) -> RunResult:
         result.decode_bytes_per_token = model.decode_weight_bytes
         result.decode_bandwidth_gbs.append(model.decode_weight_bytes * decode_tok_s / 1e9)
         result.state_bytes = state.cache_bytes
+        if power is not None:
+            for name, (t0, t1, n) in phases.items():
+                result.power.setdefault(name, []).append(phase_energy(power, t0, t1, n))
         del model, state
     return result
 
 
-def run(path: str | Path, cfg: BenchConfig) -> dict[str, Any]:
-    """Benchmarks a model file; returns the JSON record (see `SCHEMA`)."""
-    from ..backends.native import check_model_file, cpu_report
+def governed_decode(
+    path: Path, cfg: BenchConfig, power: Power, threads: int, load: Loader = _native_loader
+) -> dict[str, Any]:
+    """Greedy decoding for `cfg.budget_seconds` under a governor holding `cfg.budget_w` and/or
+    `cfg.tokens_per_s`, on a model of `threads` threads (the most the governor may use).
 
+    Returns:
+        The governor's report (docs/energy.md) with the decode rate, the energy per token and
+        the power trace of the run (seconds from its start, watts).
+    """
+    clock = power.clock
+    context = max(cfg.decode_prompt + 256, 1024)
+    model = load(path, threads=threads, context=context, isa=cfg.isa)
+    governor = Governor(
+        power.monitor,
+        idle_w=power.idle_w,
+        budget_w=cfg.budget_w,
+        tokens_per_s=cfg.tokens_per_s,
+        max_threads=getattr(model, "max_threads", threads),
+        set_threads=getattr(model, "set_threads", None),
+        cpufreq=power.cpufreq,
+    )
+    paced = PacedModel(model, governor)
+    rng = np.random.default_rng(cfg.seed)
+    vocab = model.config.vocab_size
+    start = power.monitor.mark()
+    tokens = 0
+    try:
+        while clock.now() - start < cfg.budget_seconds:
+            state = paced.new_state()
+            logits = paced.forward(rng.integers(0, vocab, cfg.decode_prompt), state)
+            while state.position < context and clock.now() - start < cfg.budget_seconds:
+                logits = paced.forward([int(np.argmax(logits))], state)
+                tokens += 1
+    finally:
+        report = governor.finish()
+    end = power.monitor.mark()
+    report["tokens_per_s"] = tokens / (end - start)
+    report["energy"] = phase_energy(power, start, end, max(tokens, 1))
+    report["trace"] = power.monitor.trace.since(start).downsample(t0=start)
+    return report
+
+
+def run(
+    path: str | Path, cfg: BenchConfig, power: Power | None = None, load: Loader = _native_loader
+) -> dict[str, Any]:
+    """Benchmarks a model file; returns the JSON record (see `SCHEMA`, docs/energy.md)."""
     path = Path(path)
-    info = check_model_file(str(path))
-    header = json.loads(bytes(info["header"]).decode("utf-8"))
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "engine": "qwen-edge",
@@ -207,26 +325,38 @@ def run(path: str | Path, cfg: BenchConfig) -> dict[str, Any]:
             "machine": platform.machine(),
             "python": platform.python_version(),
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            **cpu_report(),
         },
         "board": None,
-        "model": {
-            "path": str(path),
-            "file_bytes": path.stat().st_size,
-            "sha256": file_digest(path),
-            "recipe": header.get("quant", {}).get("recipe"),
-            "bits_per_weight": header.get("quant", {}).get("bits_per_weight"),
-        },
+        "model": {"path": str(path)},
         "config": asdict(cfg),
         "runs": [],
         "memory_bandwidth_gbs": {},
     }
+    if load is _native_loader:
+        from ..backends.native import check_model_file, cpu_report
+
+        info = check_model_file(str(path))
+        header = json.loads(bytes(info["header"]).decode("utf-8"))
+        record["host"].update(cpu_report())
+        record["model"].update({
+            "file_bytes": path.stat().st_size,
+            "sha256": file_digest(path),
+            "recipe": header.get("quant", {}).get("recipe"),
+            "bits_per_weight": header.get("quant", {}).get("bits_per_weight"),
+        })  # fmt: skip
     if cfg.measure_bandwidth:
         for n in sorted(set(cfg.threads)):
             record["memory_bandwidth_gbs"][str(n)] = read_bandwidth_subprocess(n)
+    if power is not None:
+        record["power"] = {
+            "sensor": str(power.monitor.sensor.spec),
+            "period_s": power.monitor.period,
+            "idle_w": power.idle_w,
+            "board_start": thermal.snapshot(),
+        }
     record["rss_before_load_bytes"] = current_rss_bytes()
     for n in cfg.threads:
-        r = bench_threads(path, n, cfg)
+        r = bench_threads(path, n, cfg, power, load)
         run_record = asdict(r)
         for key in ("load_s", "prefill_tok_s", "ttft_s", "decode_tok_s", "decode_bandwidth_gbs"):
             m, s = mean_std(getattr(r, key))
@@ -236,7 +366,29 @@ def run(path: str | Path, cfg: BenchConfig) -> dict[str, Any]:
         run_record["decode_bandwidth_fraction"] = (
             run_record["decode_bandwidth_gbs_mean"] / bw if bw else None
         )
+        for phase, reps in r.power.items():
+            run_record["power"][phase] = {
+                "mean": {k: mean_std([x[k] for x in reps])[0] for k in reps[0]},
+                "repetitions": reps,
+            }
         record["runs"].append(run_record)
+    if power is not None and (cfg.budget_w is not None or cfg.tokens_per_s is not None):
+        governed = governed_decode(path, cfg, power, max(cfg.threads), load)
+        fastest = max(r["decode_tok_s_mean"] for r in record["runs"])
+        governed["unconstrained_tokens_per_s"] = fastest
+        governed["throughput_kept"] = governed["tokens_per_s"] / fastest if fastest else None
+        record["governed"] = governed
+    if power is not None:
+        end = thermal.snapshot()
+        record["power"]["board_end"] = end
+        record["power"]["throttled"] = thermal.throttled_during(
+            record["power"]["board_start"], end
+        )
+        record["power"]["max_temperature_c"] = max(
+            [*record["power"]["board_start"]["temperatures_c"].values(),
+             *end["temperatures_c"].values()], default=None,
+        )  # fmt: skip
+        record["power"]["sensor_error"] = power.monitor.error
     record["peak_rss_bytes"] = peak_rss_bytes()
     return record
 
@@ -245,7 +397,7 @@ def format_table(record: dict[str, Any]) -> str:
     """Human-readable summary of a record."""
     m = record["model"]
     lines = [
-        f"model {m['path']} ({m['file_bytes'] / 1e6:.1f} MB, recipe {m['recipe']})",
+        f"model {m['path']} ({m.get('file_bytes', 0) / 1e6:.1f} MB, recipe {m.get('recipe')})",
         f"{'threads':>7} {'isa':>12} {'load s':>8} {'prefill tok/s':>14} {'ttft s':>8} "
         f"{'decode tok/s':>13} {'decode GB/s':>12} {'of peak':>8}",
     ]
@@ -262,7 +414,55 @@ def format_table(record: dict[str, Any]) -> str:
     lines.append(
         f"read bandwidth: {bw or 'not measured'}; peak RSS {record['peak_rss_bytes'] / 1e6:.0f} MB"
     )
+    if "power" in record:
+        lines += format_power(record)
     return "\n".join(lines)
+
+
+def format_power(record: dict[str, Any]) -> list[str]:
+    """The energy lines of a record with power (per phase, and the governed decode)."""
+    p = record["power"]
+    lines = [
+        f"power: sensor {p['sensor']}, idle {p['idle_w']:.2f} W"
+        + (f", max {p['max_temperature_c']:.0f} °C" if p.get("max_temperature_c") else "")
+        + (", THROTTLED" if p.get("throttled") else "")
+        + (f"; {p['sensor_error']}" if p.get("sensor_error") else ""),
+        f"{'threads':>7} {'phase':>8} {'watts':>7} {'J/token':>9} {'tokens/J':>9} "
+        f"{'J/tok above idle':>17}",
+    ]
+    for r in record["runs"]:
+        for phase, values in r["power"].items():
+            v = values["mean"]
+            lines.append(
+                f"{r['threads']:>7} {phase:>8} {v['watts']:>7.2f} {v['j_per_token']:>9.4f} "
+                f"{v['tokens_per_j']:>9.2f} {v['j_per_token_above_idle']:>17.4f}"
+            )
+    g = record.get("governed")
+    if g:
+        lines.append(format_governed(g))
+    return lines
+
+
+def format_governed(g: dict[str, Any]) -> str:
+    """One line: how a governed run held its budget or rate."""
+    goal = f"budget {g['budget_w']:g} W" if g.get("budget_w") else ""
+    if g.get("target_tokens_per_s"):
+        goal += (", " if goal else "") + f"target {g['target_tokens_per_s']:g} tok/s"
+    w = g.get("power_1s_w") or {}
+    held = (
+        f"1-s power mean {w['mean']:.2f} W, p95 {w['p95']:.2f} W"
+        + (f", {w['under_budget']:.0%} of windows under budget" if "under_budget" in w else "")
+        if w
+        else "no 1-s windows"
+    )
+    kept = g.get("throughput_kept")
+    return (
+        f"governed ({goal}): {g['tokens_per_s']:.1f} tok/s"
+        + (f" ({kept:.0%} of unconstrained)" if kept else "")
+        + f", {g['energy']['j_per_token']:.4f} J/token; {held}"
+        + (f"; {g['strategy']}" if g.get("strategy") else "")
+        + "".join(f"; warning: {x}" for x in g.get("warnings", []))
+    )
 
 
 def write_json(record: dict[str, Any], path: str | Path) -> None:

@@ -45,7 +45,8 @@ from ..errors import SensorError
 log = logging.getLogger(__name__)
 
 KINDS = ("none", "rapl", "hwmon", "battery", "pmic", "command", "csv")
-DEFAULT_PERIOD = 0.1  # seconds between samples: 10 Hz
+DEFAULT_PERIOD = 0.1  # seconds between samples: 10 Hz for commands and logs
+FILE_PERIOD = 0.02  # 50 Hz for sysfs files, which cost microseconds to read
 RAPL_DEFAULT_RANGE_UJ = 2**32  # when max_energy_range_uj cannot be read
 RAPL_HINT = (
     "RAPL energy counters are readable by root only since Linux 5.10. Run as root, or make them "
@@ -405,6 +406,13 @@ _SENSORS: dict[str, type[Sensor]] = {
     "command": CommandSensor,
     "csv": CsvSensor,
 }
+
+
+def default_period(kind: str) -> float:
+    """Seconds between samples for a sensor kind: 50 Hz for sysfs files (an instantaneous
+    reading must be sampled fast while the governor switches settings every few tens of
+    milliseconds), 10 Hz for commands and meter logs."""
+    return FILE_PERIOD if kind in ("rapl", "hwmon", "battery") else DEFAULT_PERIOD
 
 
 def open_sensor(spec: SensorSpec | str) -> Sensor:

@@ -4,10 +4,10 @@
 `clock_power_exp`) and keeps the exact integral; `SimModel` is a backend (the `Backend`
 protocol plus `set_threads`) whose forward passes take simulated time that shrinks with threads
 by Amdahl's law and with the clock (a `memory_bound` share does not). Time is a `SimClock`:
-nothing sleeps, and at every sampling tick the board writes its sensor files (a RAPL counter
-that wraps at `rapl_range_uj`, an INA3221-like hwmon channel that averages over the tick) into
-a fake sysfs tree under `root`, then the power monitor samples them through the real sensor
-code. The cpufreq cap is read back from the same tree, so the governor's `CpuFreq` turns it.
+nothing sleeps, and whenever its power or energy changes the board rewrites its sensor files
+(a RAPL counter that wraps at `rapl_range_uj`; an INA3221-like hwmon channel, mV and mA of the
+power now) in a fake sysfs tree under `root`, which the power monitor samples at every tick
+through the real sensor code. The cpufreq cap is read back from the same tree, so the governor's `CpuFreq` turns it.
 
 Used by the tests (deterministic energy accounting and governor goals) and to make the example
 report of docs/energy.md without hardware (`tools/energy_example.py`).
@@ -119,11 +119,8 @@ class SimBoard:
                                ("hwmon", self.hwmon / "curr1_input"))
         }  # fmt: skip
         self.energy_j = 0.0
-        self._tick_start = (0.0, 0.0)  # (time, energy) at the last tick
         self.clock.on_advance(self._integrate)
-        self.clock._on_tick.insert(0, self._write_hwmon)  # before any monitor samples
-        self._write_rapl()
-        self._write_hwmon(self.clock.t)
+        self._write_sensors()
 
     def monitor(self, kind: str = "rapl") -> PowerMonitor:
         """A power monitor on this board's RAPL counter or its hwmon channel, sampled at the
@@ -156,10 +153,12 @@ class SimBoard:
         """Runs `work_s` of work on `threads` threads: time passes at their power."""
         dt = self.seconds(work_s, threads)
         self.busy_threads = threads
+        self._write_sensors()
         try:
             self.clock.advance(dt)
         finally:
             self.busy_threads = 0
+            self._write_sensors()
 
     def _integrate(self, t0: float, t1: float) -> None:
         w = self.power()
@@ -168,7 +167,7 @@ class SimBoard:
             self.segments[-1] = (self.segments[-1][0], t1, w)
         else:
             self.segments.append((t0, t1, w))
-        self._write_rapl()
+        self._write_sensors()
 
     def _write(self, name: str, text: str) -> None:
         data = text.encode()
@@ -180,16 +179,11 @@ class SimBoard:
             os.close(fd)
         self._files = {}
 
-    def _write_rapl(self) -> None:  # a counter is current whenever it is read
+    def _write_sensors(self) -> None:  # sysfs files are current whenever they are read
         if self._files:
             self._write("rapl", f"{int(self.energy_j * 1e6) % self.rapl_range_uj}\n")
+            self._write("hwmon", f"{self.power() / 5 * 1000:.3f}\n")  # mA at 5 V
 
-    def _write_hwmon(self, t: float) -> None:  # an averaging monitor: the last tick's mean
-        t0, e0 = self._tick_start
-        avg = (self.energy_j - e0) / (t - t0) if t > t0 else self.idle_w
-        if self._files:
-            self._write("hwmon", f"{avg / 5 * 1000:.3f}\n")  # mA at 5 V
-        self._tick_start = (t, self.energy_j)
 
     # --- truth ---
     def _cumulative(self, times: np.ndarray) -> np.ndarray:

@@ -17,14 +17,17 @@ from qwen_edge.errors import ConfigError
 from qwen_edge.generation.loop import stream_generate
 from qwen_edge.generation.pacing import PacedModel
 from qwen_edge.generation.settings import GenerationConfig
+from qwen_edge.hardware import power
 from qwen_edge.hardware.governor import CpuFreq, Governor
-from qwen_edge.hardware.simulated import SimBoard, SimModel
+from qwen_edge.hardware.simulated import SimBoard, SimClock, SimModel
 
 GREEDY = GenerationConfig().replace(temperature=0.0)
 
 
 def rig(tmp_path: Path, sensor: str = "rapl", clocks: bool = False, **board: object):
-    sim = SimBoard(tmp_path / "sys", **board)  # type: ignore[arg-type]
+    # Sampled as `--power-sensor` samples files: at 50 Hz (power.default_period).
+    clock = SimClock(power.default_period(sensor))
+    sim = SimBoard(tmp_path / "sys", clock, **board)  # type: ignore[arg-type]
     if not clocks:
         sim.khz_levels = sim.khz_levels[-1:]
     monitor = sim.monitor(sensor)
