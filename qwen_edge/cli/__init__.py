@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130
 # Command modules, in the order `qwen-edge --help` lists them (module name = command name).
 COMMANDS = (
     "inspect", "info", "demo", "export", "eval", "run", "chat", "tokenize", "serve", "boards",
-    "bench",
+    "bench", "report",
 )  # fmt: skip
 
 

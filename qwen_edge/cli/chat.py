@@ -10,9 +10,14 @@ from ..errors import QwenEdgeError
 from .common import (
     add_generation_arguments,
     add_model_arguments,
+    add_power_arguments,
+    apply_board,
     check_utf8,
+    finish_power,
     generation_overrides,
+    govern,
     load_model,
+    open_power,
     stats_line,
 )
 
@@ -25,13 +30,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--system", help="system prompt")
     add_generation_arguments(p)
+    add_power_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = generation_overrides(args)
+    power = open_power(args, apply_board(args, set_affinity=False))
     llm = load_model(args)
     if llm.chat_template is None:
         raise QwenEdgeError(f"{args.model} has no chat template; use `qwen-edge run`")
+    governor = govern(llm, power, args)
+    try:
+        return _chat(args, llm, overrides)
+    finally:
+        finish_power(governor, power)
+
+
+def _chat(args: argparse.Namespace, llm: Any, overrides: dict[str, Any]) -> int:
     system = args.system
     think = bool(args.think)
     history: list[dict[str, Any]] = []

@@ -222,3 +222,92 @@ def progress_bar(total_label: str) -> Any:
             print(f"  {total_label}: {index}/{total} {name}", file=sys.stderr, flush=True)
 
     return update
+
+
+# --- power --------------------------------------------------------------------------------------
+def add_power_arguments(p: argparse.ArgumentParser, governed: bool = True) -> None:
+    """`--power-sensor`, `--idle-seconds`, `--power-period`, and with `governed` the goals
+    `--power-budget` and `--tokens-per-second` (docs/energy.md)."""
+    g = p.add_argument_group("power (docs/energy.md)")
+    g.add_argument(
+        "--power-sensor",
+        metavar="KIND:WHERE",
+        help="rapl:DIR, hwmon:DIR[,label=NAME], battery:DIR, pmic, command:CMD, csv:FILE "
+        "(default: the --board profile's sensor)",
+    )
+    if governed:
+        g.add_argument(
+            "--power-budget",
+            type=float,
+            metavar="W",
+            help="keep the mean power under W watts (threads, pauses, CPU clock caps)",
+        )
+        g.add_argument(
+            "--tokens-per-second",
+            type=float,
+            metavar="R",
+            help="decode at R tokens/s with the least energy this board allows",
+        )
+    g.add_argument(
+        "--idle-seconds", type=float, default=3.0, help="idle baseline before the run (s)"
+    )
+    g.add_argument(
+        "--power-period", type=float, help="seconds between sensor samples (default 0.02-0.1)"
+    )
+
+
+def open_power(args: argparse.Namespace, board: Board | None, measure: bool = False) -> Any:
+    """The power setup the flags ask for (a started monitor, the idle power measured, the
+    writable clock caps), or None when neither `measure` nor a budget or rate is given.
+
+    Raises:
+        SensorError: no sensor given or named by the board, or one that cannot be read.
+    """
+    from ..errors import SensorError
+    from ..evaluation.bench import Power
+    from ..hardware.governor import CpuFreq
+    from ..hardware.power import PowerMonitor, default_period, open_sensor
+
+    governed = getattr(args, "power_budget", None) or getattr(args, "tokens_per_s", None)
+    governed = governed or getattr(args, "tokens_per_second", None)
+    if not (measure or governed):
+        return None
+    spec = args.power_sensor or (board.power if board is not None else None)
+    if spec is None:
+        raise SensorError(
+            "measuring power needs a sensor: --power-sensor KIND:WHERE, or --board NAME for "
+            "the board's own (see docs/energy.md)"
+        )
+    sensor = open_sensor(spec)
+    period = args.power_period or default_period(sensor.spec.kind)
+    monitor = PowerMonitor(sensor, period).start()
+    print(f"power: {sensor.spec}; idle baseline for {args.idle_seconds:g} s", file=sys.stderr)
+    idle = monitor.idle_baseline(args.idle_seconds)
+    cpufreq = CpuFreq.open() if governed else None
+    return Power(monitor, idle, cpufreq)
+
+
+def govern(llm: Any, power: Any, args: argparse.Namespace) -> Any:
+    """Puts `llm`'s model under a governor for the flags' budget or rate; returns it (None
+    without a power setup)."""
+    if power is None:
+        return None
+    from ..evaluation.bench import make_governor
+    from ..generation.pacing import PacedModel
+
+    governor = make_governor(power, llm.model, args.power_budget, args.tokens_per_second)
+    llm.model = PacedModel(llm.model, governor)
+    return governor
+
+
+def finish_power(governor: Any, power: Any) -> dict[str, Any] | None:
+    """Stops the sensor and prints how the budget held (stderr); returns the report."""
+    if power is None:
+        return None
+    from ..evaluation.bench import finish_governed, format_governed
+
+    report = finish_governed(governor, power) if governor is not None else None
+    power.monitor.stop()
+    if report is not None:
+        print(format_governed(report), file=sys.stderr)
+    return report

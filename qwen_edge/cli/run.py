@@ -10,8 +10,13 @@ from typing import Any
 from .common import (
     add_generation_arguments,
     add_model_arguments,
+    add_power_arguments,
+    apply_board,
+    finish_power,
     generation_overrides,
+    govern,
     load_model,
+    open_power,
     read_text,
     stats_line,
     stream_to,
@@ -31,24 +36,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object with timings")
     p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
     add_generation_arguments(p)
+    add_power_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     prompt = read_text(args.prompt, "the prompt")
     overrides = generation_overrides(args)
+    power = open_power(args, apply_board(args, set_affinity=False))
     llm = load_model(args)
+    governor = govern(llm, power, args)
     stream = not args.json
-    if args.chat:
-        messages = [{"role": "user", "content": prompt}]
-        if args.system:
-            messages.insert(0, {"role": "system", "content": args.system})
-        out = llm.chat(messages, stream=stream, enable_thinking=args.think or None, **overrides)
-    else:
-        out = llm.generate(prompt, stream=stream, allowed_special=args.special, **overrides)
+    try:
+        if args.chat:
+            messages = [{"role": "user", "content": prompt}]
+            if args.system:
+                messages.insert(0, {"role": "system", "content": args.system})
+            out = llm.chat(messages, stream=stream, enable_thinking=args.think or None, **overrides)
+        else:
+            out = llm.generate(prompt, stream=stream, allowed_special=args.special, **overrides)
+        last = out if args.json else stream_to(sys.stdout, out)
+    finally:
+        report = finish_power(governor, power)  # restores CPU clock caps even on an error
     if args.json:
-        print(json.dumps(_run_json(out), ensure_ascii=False))
+        record = _run_json(out)
+        if report is not None:
+            record["power"] = report
+        print(json.dumps(record, ensure_ascii=False))
         return 0
-    last = stream_to(sys.stdout, out)
     print()
     if args.verbose:
         print(stats_line(last.stats, last.finish_reason), file=sys.stderr)

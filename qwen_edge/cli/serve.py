@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_board_argument, add_kv_cache_argument, apply_board
+from .common import (
+    add_board_argument,
+    add_kv_cache_argument,
+    add_power_arguments,
+    apply_board,
+    finish_power,
+    govern,
+    open_power,
+)
 
 HELP = "serve a model over an OpenAI-compatible HTTP API"
 
@@ -19,14 +27,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, help="context length in tokens")
     add_kv_cache_argument(p)
     add_board_argument(p)
+    add_power_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..generation.llm import load
     from ..serving.server import serve
 
-    apply_board(args)  # --board: threads, context and cores where the user gave none
+    board = apply_board(args)  # --board: threads, context and cores where the user gave none
+    power = open_power(args, board)
     llm = load(args.model, threads=args.threads, context=args.context, kv_cache=args.kv_cache)
+    # The one worker runs every request's forward passes, so the governor paces them all.
+    governor = govern(llm, power, args)
     name = args.model_name or Path(args.model).stem
     server = serve(llm, args.host, args.port, name)
     host, port = server.server_address[:2]
@@ -37,4 +49,5 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         server.server_close()
+        finish_power(governor, power)
     return 0

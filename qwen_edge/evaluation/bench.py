@@ -281,31 +281,44 @@ def governed_decode(
     clock = power.clock
     context = max(cfg.decode_prompt + 256, 1024)
     model = load(path, threads=threads, context=context, isa=cfg.isa)
-    governor = Governor(
-        power.monitor,
-        idle_w=power.idle_w,
-        budget_w=cfg.budget_w,
-        tokens_per_s=cfg.tokens_per_s,
-        max_threads=getattr(model, "max_threads", threads),
-        set_threads=getattr(model, "set_threads", None),
-        cpufreq=power.cpufreq,
-    )
+    governor = make_governor(power, model, cfg.budget_w, cfg.tokens_per_s)
     paced = PacedModel(model, governor)
     rng = np.random.default_rng(cfg.seed)
     vocab = model.config.vocab_size
-    start = power.monitor.mark()
-    tokens = 0
+    start = governor.started
     try:
         while clock.now() - start < cfg.budget_seconds:
             state = paced.new_state()
             logits = paced.forward(rng.integers(0, vocab, cfg.decode_prompt), state)
             while state.position < context and clock.now() - start < cfg.budget_seconds:
                 logits = paced.forward([int(np.argmax(logits))], state)
-                tokens += 1
     finally:
-        report = governor.finish()
-    end = power.monitor.mark()
-    report["tokens_per_s"] = tokens / (end - start)
+        report = finish_governed(governor, power)
+    return report
+
+
+def make_governor(
+    power: Power, model: Any, budget_w: float | None, tokens_per_s: float | None
+) -> Governor:
+    """A governor for `model` (its `set_threads` and `max_threads` where it has them)."""
+    return Governor(
+        power.monitor,
+        idle_w=power.idle_w,
+        budget_w=budget_w,
+        tokens_per_s=tokens_per_s,
+        max_threads=getattr(model, "max_threads", getattr(model, "threads", 1)),
+        set_threads=getattr(model, "set_threads", None),
+        cpufreq=power.cpufreq,
+    )
+
+
+def finish_governed(governor: Governor, power: Power) -> dict[str, Any]:
+    """Ends a governed run: the governor's report with the decode rate, the energy per token
+    and the power trace of the run (seconds from its start, watts)."""
+    report = governor.finish()
+    start, end = governor.started, power.monitor.mark()
+    tokens = governor.decode_tokens
+    report["tokens_per_s"] = tokens / (end - start) if end > start else 0.0
     report["energy"] = phase_energy(power, start, end, max(tokens, 1))
     report["trace"] = power.monitor.trace.since(start).downsample(t0=start)
     return report

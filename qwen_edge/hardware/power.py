@@ -497,15 +497,18 @@ class PowerTrace:
         return PowerTrace(self.times[i:], self.watts[i:], self.joules[i:])
 
     def downsample(self, points: int = 600, t0: float | None = None) -> list[list[float]]:
-        """[[t - t0, watts], ...], at most about `points` rows (for JSON records and plots)."""
+        """[[t - t0, watts], ...] with at most about `points` rows (for JSON records and
+        plots); each row's power is the mean over the samples it stands for."""
         if not self.times:
             return []
         base = self.times[0] if t0 is None else t0
         stride = max(1, math.ceil(len(self.times) / points))
-        return [
-            [round(self.times[i] - base, 4), round(self.watts[i], 4)]
-            for i in range(0, len(self.times), stride)
-        ]
+        rows = [[round(self.times[0] - base, 4), round(self.watts[0], 4)]]
+        for i in range(stride, len(self.times), stride):
+            j = i - stride
+            watts = (self.joules[i] - self.joules[j]) / (self.times[i] - self.times[j])
+            rows.append([round(self.times[i] - base, 4), round(watts, 4)])
+        return rows
 
 
 # --- the monitor --------------------------------------------------------------------------------
