@@ -110,5 +110,3 @@ def run(args: argparse.Namespace) -> int:
             bench.write_json(record, args.json)
             print(f"wrote {args.json}")
     return 0
-
-

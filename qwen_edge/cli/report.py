@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     written = report.write_report(rows, args.out, args.png_dir, args.title)
     if not written["plots"]:
         print("note: no plots (matplotlib missing: pip install 'qwen-edge[report]')")
-    print(f"wrote {written['html']} ({len(rows)} rows" + (
-        f", {len(written['pngs'])} PNGs in {args.png_dir})" if args.png_dir else ")"))
+    print(
+        f"wrote {written['html']} ({len(rows)} rows"
+        + (f", {len(written['pngs'])} PNGs in {args.png_dir})" if args.png_dir else ")")
+    )
     return 0

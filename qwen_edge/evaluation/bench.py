@@ -272,25 +272,26 @@ def governed_decode(
     path: Path, cfg: BenchConfig, power: Power, threads: int, load: Loader = _native_loader
 ) -> dict[str, Any]:
     """Greedy decoding for `cfg.budget_seconds` under a governor holding `cfg.budget_w` and/or
-    `cfg.tokens_per_s`, on a model of `threads` threads (the most the governor may use).
+    `cfg.tokens_per_s`, on a model of `threads` threads (the most the governor may use), after
+    a `cfg.decode_prompt`-token prompt (prefilled before the governed run; when the context
+    fills, decoding starts again from it).
 
     Returns:
-        The governor's report (docs/energy.md) with the decode rate, the energy per token and
-        the power trace of the run (seconds from its start, watts).
+        `finish_governed`'s report.
     """
     clock = power.clock
-    context = max(cfg.decode_prompt + 256, 1024)
+    context = cfg.decode_prompt + max(cfg.decode, 1024)
     model = load(path, threads=threads, context=context, isa=cfg.isa)
+    rng = np.random.default_rng(cfg.seed)
+    prompt_state = model.new_state()
+    prompt_logits = model.forward(rng.integers(0, model.config.vocab_size, cfg.decode_prompt),
+                                  prompt_state)  # fmt: skip
     governor = make_governor(power, model, cfg.budget_w, cfg.tokens_per_s)
     paced = PacedModel(model, governor)
-    rng = np.random.default_rng(cfg.seed)
-    vocab = model.config.vocab_size
-    start = governor.started
     try:
-        while clock.now() - start < cfg.budget_seconds:
-            state = paced.new_state()
-            logits = paced.forward(rng.integers(0, vocab, cfg.decode_prompt), state)
-            while state.position < context and clock.now() - start < cfg.budget_seconds:
+        while clock.now() - governor.started < cfg.budget_seconds:
+            state, logits = prompt_state.copy(), prompt_logits
+            while state.position < context and clock.now() - governor.started < cfg.budget_seconds:
                 logits = paced.forward([int(np.argmax(logits))], state)
     finally:
         report = finish_governed(governor, power)
@@ -394,9 +395,7 @@ def run(
     if power is not None:
         end = thermal.snapshot()
         record["power"]["board_end"] = end
-        record["power"]["throttled"] = thermal.throttled_during(
-            record["power"]["board_start"], end
-        )
+        record["power"]["throttled"] = thermal.throttled_during(record["power"]["board_start"], end)
         record["power"]["max_temperature_c"] = max(
             [*record["power"]["board_start"]["temperatures_c"].values(),
              *end["temperatures_c"].values()], default=None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ class SweepConfig:
     threads: tuple[int, ...] = (1, 2)
     contexts: tuple[int, ...] = (16,)  # tokens already in the context when decoding
     budgets: tuple[float, ...] = ()
-    bench: BenchConfig = BenchConfig(repetitions=1, warmup=1, measure_bandwidth=False)
+    bench: BenchConfig = field(
+        default_factory=lambda: BenchConfig(repetitions=1, warmup=1, measure_bandwidth=False)
+    )
 
 
 def base_row(engine: str, model: str, recipe: str | None, power: Power | None) -> dict[str, Any]:

@@ -246,9 +246,12 @@ class Governor:
         if self.set_threads is not None:
             self.set_threads(point.threads)
         first = not hasattr(self, "point")
-        if self.cpufreq is not None and point.khz is not None:
-            if first or point.khz != self.point.khz:
-                self.cpufreq.set(point.khz)
+        if (
+            self.cpufreq is not None
+            and point.khz is not None
+            and (first or point.khz != self.point.khz)
+        ):
+            self.cpufreq.set(point.khz)
         self.point = point
 
     def _set_mix(self, lo: Point | None, hi: Point, alpha: float) -> None:
@@ -313,7 +316,9 @@ class Governor:
         known = [q for q in self.points if self.stats[q].known]
         if not known:
             return None
-        same = sorted((q for q in known if q.khz == p.khz), key=lambda q: abs(q.threads - p.threads))
+        same = sorted(
+            (q for q in known if q.khz == p.khz), key=lambda q: abs(q.threads - p.threads)
+        )
         if len(same) >= 2:
             (n1, d1, t1), (n2, d2, t2) = (
                 (q.threads, (self.stats[q].busy_w or 0) - self.idle_w, self.stats[q].token_s or 0)
@@ -435,7 +440,10 @@ class Governor:
                 self._set_mix(q, hi, (target - p_q) / (curve[hi][0] - p_q))
             return
         if hi is IDLE:
-            hi, alpha = min((p for p in curve if p is not IDLE), key=lambda p: curve[p][0]), MIN_DUTY
+            hi, alpha = (
+                min((p for p in curve if p is not IDLE), key=lambda p: curve[p][0]),
+                MIN_DUTY,
+            )
         assert hi is not None
         if self.budget_w is not None and w1 - 1.0 >= trace.times[0]:
             last = trace.mean_watts(w1 - 1.0, w1)

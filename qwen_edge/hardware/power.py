@@ -1,16 +1,19 @@
 """Power sensors and the sampling monitor: where every watt qwen-edge reports comes from.
 
-A sensor is named by a spec `KIND[:WHERE][,label=NAME][,offset=SECONDS]` (`--power-sensor`, or
-a board profile's `power` section), so a test or a container can point it at any folder:
+A sensor is named by a spec `KIND[:WHERE][,option=VALUE]` (`--power-sensor`, or a board
+profile's `power` section), so a test or a container can point it at any folder:
 
-| kind | WHERE | reads |
-|---|---|---|
-| `rapl` | a powercap zone folder (`/sys/class/powercap/intel-rapl:0`) | `energy_uj`, a µJ counter that wraps at `max_energy_range_uj` |
-| `hwmon` | a hwmon folder or glob (Jetson: `.../ina3221/1-0040/hwmon/hwmon*`), `label=VDD_IN` | `power<i>_input` (µW), or `in<i>_input` (mV) × `curr<i>_input` (mA) of the labelled channel |
-| `battery` | a power_supply folder (`/sys/class/power_supply/battery`) | `power_now` (µW) or `current_now` (µA) × `voltage_now` (µV), discharging only |
-| `pmic` | (none) | the Raspberry Pi 5 PMIC: `vcgencmd pmic_read_adc`, V × I summed over the rails |
-| `command` | a shell command | the first number it prints, in watts |
-| `csv` | a meter's log file, `offset=` its clock's lead over ours | lines `timestamp,watts` (Unix seconds or ISO 8601), aligned by time |
+* `rapl:DIR` — a powercap zone folder (`/sys/class/powercap/intel-rapl:0`): `energy_uj`, a µJ
+  counter that wraps at `max_energy_range_uj`;
+* `hwmon:DIR[,label=NAME]` — a hwmon folder or glob (Jetson: `.../ina3221/1-0040/hwmon/hwmon*`,
+  `label=VDD_IN`): `power<i>_input` (µW), or `in<i>_input` (mV) × `curr<i>_input` (mA), of the
+  labelled channel;
+* `battery:DIR` — a power_supply folder (`/sys/class/power_supply/battery`): `power_now` (µW) or
+  `current_now` (µA) × `voltage_now` (µV), while discharging;
+* `pmic` — the Raspberry Pi 5 PMIC: `vcgencmd pmic_read_adc`, V × I summed over the rails;
+* `command:CMD` — a command that prints the power: the first number it prints, in watts;
+* `csv:FILE[,offset=SECONDS]` — a meter's log of `timestamp,watts` lines (Unix seconds or ISO
+  8601; `offset`: how far the meter's clock is ahead of ours), aligned by time.
 
 Sensors give either power (watts now) or energy (a cumulative counter in joules, which is
 exact between two reads). `PowerMonitor` samples one at a fixed period (10 Hz by default) in a
@@ -49,8 +52,9 @@ DEFAULT_PERIOD = 0.1  # seconds between samples: 10 Hz for commands and logs
 FILE_PERIOD = 0.02  # 50 Hz for sysfs files, which cost microseconds to read
 RAPL_DEFAULT_RANGE_UJ = 2**32  # when max_energy_range_uj cannot be read
 RAPL_HINT = (
-    "RAPL energy counters are readable by root only since Linux 5.10. Run as root, or make them "
-    "readable until the next boot with `sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj`, "
+    "RAPL energy counters are readable by root only since Linux 5.10. Run as root, or make "
+    "them readable until the next boot with "
+    "`sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj`, "
     "or for good with a udev rule in /etc/udev/rules.d/99-rapl.rules: "
     'ACTION=="add", SUBSYSTEM=="powercap", RUN+="/bin/chmod a+r /sys%p/energy_uj"'
 )
@@ -489,7 +493,9 @@ class PowerTrace:
         if t1 - t0 < size:
             return np.zeros(0)
         ends = np.arange(t0 + size, t1 + 1e-9, step)
-        e = np.interp(ends, self.times, self.joules) - np.interp(ends - size, self.times, self.joules)
+        e = np.interp(ends, self.times, self.joules) - np.interp(
+            ends - size, self.times, self.joules
+        )
         return e / size
 
     def since(self, t0: float) -> PowerTrace:
@@ -584,9 +590,10 @@ class PowerMonitor:
         return t
 
     def mark(self) -> float:
-        """A sample now (for a timed log: the time now); returns that time."""
-        self.sample()
-        return self.clock.now()
+        """A sample now; returns its time (for a meter's log, or after a failure: the time now,
+        which the log's rows will cover later)."""
+        t = self.sample()
+        return self.clock.now() if t is None or self.sensor.timed else t
 
     def start(self) -> PowerMonitor:
         """Starts sampling in a background thread (real clock)."""

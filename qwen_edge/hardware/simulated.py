@@ -1,13 +1,15 @@
 """A simulated board whose power follows the load: the ground truth for energy and the governor.
 
-`SimBoard` draws `idle_w`, plus `uncore_w` while any thread runs, plus `thread_w` per busy thread (scaled by the clock cap to the power
-`clock_power_exp`) and keeps the exact integral; `SimModel` is a backend (the `Backend`
-protocol plus `set_threads`) whose forward passes take simulated time that shrinks with threads
-by Amdahl's law and with the clock (a `memory_bound` share does not). Time is a `SimClock`:
+`SimBoard` draws `idle_w`, plus `uncore_w` while any thread runs, plus `thread_w` per busy
+thread (scaled by the clock cap to the power `clock_power_exp`), and keeps the exact integral.
+`SimModel` is a backend (the `Backend` protocol plus `set_threads`) whose forward passes take
+simulated time that shrinks with threads by Amdahl's law and with the clock (a `memory_bound`
+share does not). Time is a `SimClock`:
 nothing sleeps, and whenever its power or energy changes the board rewrites its sensor files
 (a RAPL counter that wraps at `rapl_range_uj`; an INA3221-like hwmon channel, mV and mA of the
 power now) in a fake sysfs tree under `root`, which the power monitor samples at every tick
-through the real sensor code. The cpufreq cap is read back from the same tree, so the governor's `CpuFreq` turns it.
+through the real sensor code. The cpufreq cap is read back from the same tree, so the
+governor's `CpuFreq` turns it.
 
 Used by the tests (deterministic energy accounting and governor goals) and to make the example
 report of docs/energy.md without hardware (`tools/energy_example.py`).
@@ -15,12 +17,11 @@ report of docs/energy.md without hardware (`tools/energy_example.py`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import os
 
 import numpy as np
 
@@ -184,7 +185,6 @@ class SimBoard:
             self._write("rapl", f"{int(self.energy_j * 1e6) % self.rapl_range_uj}\n")
             self._write("hwmon", f"{self.power() / 5 * 1000:.3f}\n")  # mA at 5 V
 
-
     # --- truth ---
     def _cumulative(self, times: np.ndarray) -> np.ndarray:
         edges = [self.segments[0][0]] + [b for _, b, _ in self.segments]
@@ -196,7 +196,9 @@ class SimBoard:
         e = self._cumulative(np.array([t0, t1]))
         return float(e[1] - e[0])
 
-    def true_windows(self, t0: float, t1: float, size: float = 1.0, step: float = 0.1) -> np.ndarray:
+    def true_windows(
+        self, t0: float, t1: float, size: float = 1.0, step: float = 0.1
+    ) -> np.ndarray:
         """Exact mean power of every `size`-second window in [t0, t1], one per `step`."""
         ends = np.arange(t0 + size, t1 + 1e-9, step)
         return (self._cumulative(ends) - self._cumulative(ends - size)) / size

@@ -64,7 +64,7 @@ def test_energy_per_token_matches_the_truth(tmp_path: Path, sensor: str) -> None
 
 
 def test_governed_decode_in_the_record(tmp_path: Path) -> None:
-    board, power, load = sim_power(tmp_path, "rapl")
+    _, power, load = sim_power(tmp_path, "rapl")
     cfg = bench.BenchConfig(
         threads=(4,), prompt=64, decode=64, repetitions=1, warmup=0, measure_bandwidth=False,
         budget_w=5.0, budget_seconds=10.0,
@@ -73,7 +73,9 @@ def test_governed_decode_in_the_record(tmp_path: Path) -> None:
     g = record["governed"]
     assert g["budget_w"] == 5.0 and g["power_1s_w"]["p95"] <= 5.0
     assert 0 < g["throughput_kept"] < 1  # under the budget it is slower than unconstrained
-    assert g["tokens_per_s"] == pytest.approx(g["throughput_kept"] * g["unconstrained_tokens_per_s"])
+    assert g["tokens_per_s"] == pytest.approx(
+        g["throughput_kept"] * g["unconstrained_tokens_per_s"]
+    )
     assert g["trace"][0][0] == pytest.approx(0.0, abs=0.11) and len(g["trace"]) > 50
     assert {"hi", "lo", "hi_share"} <= set(g["mix"]) and g["points"]
     assert "governed (budget 5 W)" in bench.format_table(record)

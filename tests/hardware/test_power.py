@@ -154,7 +154,7 @@ def test_pmic_through_a_fake_vcgencmd(fake_path: Path) -> None:
     (fake_path / "pmic.txt").write_text(PI5_PMIC)
     fake_command(fake_path, "vcgencmd", f'[ "$1" = pmic_read_adc ] && cat {fake_path}/pmic.txt\n')
     assert open_sensor("pmic").read() == pytest.approx(PI5_WATTS)
-    (fake_path / "pmic.txt").write_text("error=1 error_msg=\"Command not registered\"\n")
+    (fake_path / "pmic.txt").write_text('error=1 error_msg="Command not registered"\n')
     with pytest.raises(SensorError, match="no rail with both"):
         power.PmicSensor(parse_sensor_spec("pmic")).read()
 
