@@ -7,9 +7,9 @@ proven equal to transformers). For every candidate it reports file size, bits/we
 / text-model parameters), mean and p99 KL(P_fp32 || P_candidate), top-1 agreement and the perplexity
 ratio.
 
-llama.cpp comes from llama-cpp-python's PyPI sdist (build flags: docs/benchmarks.md, "Peers
-and how they were built"): its vendored `convert_hf_to_gguf.py` makes a bf16 GGUF (the checkpoint folder needs
-the tokenizer files), `llama_cpp.llama_model_quantize` makes the quantized files, and logits
+llama.cpp comes from llama-cpp-python's PyPI sdist (build flags: docs/benchmarks.md, "Peers and how
+they were built"): its vendored `convert_hf_to_gguf.py` makes a bf16 GGUF (the checkpoint folder
+needs the tokenizer files), `llama_cpp.llama_model_quantize` makes the quantized files, and logits
 come from `Llama(logits_all=True).eval(ids)` per window.
 
     python tools/eval_peers.py models/0.8b --work models/peers \\

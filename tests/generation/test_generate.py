@@ -300,7 +300,6 @@ def test_stats_are_frozen(llm: LLM) -> None:
 def test_model_file_carries_tokenizer_template_and_defaults(
     tmp_path: Path, qwen35_tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from qwen_edge.backends import native as runtime
     from qwen_edge.cli import main
     from qwen_edge.export import presets
     from qwen_edge.export.tokenizer_files import chat_template
@@ -335,10 +334,6 @@ def test_model_file_carries_tokenizer_template_and_defaults(
     assert (assets.generation.sampling.top_k, assets.generation.sampling.temperature) == (20, 0.7)
     assert main(["tokenize", str(path), "Hello"]) == 0
     assert [int(t) for t in capsys.readouterr().out.split()] == reference.encode("Hello")
-    if hasattr(runtime, "Model"):  # the native runtime (issue 4) runs it
-        llm = load(path, context=64)
-        result = llm.generate([1, 2, 3], max_tokens=4, **GREEDY)
-        assert len(result.tokens) == 4 and all(t < 512 for t in result.tokens)
-    else:
-        with pytest.raises(QwenEdgeError, match="no native runtime"):
-            load(path)
+    llm = load(path, context=64)  # the native runtime runs it
+    result = llm.generate([1, 2, 3], max_tokens=4, **GREEDY)
+    assert len(result.tokens) == 4 and all(t < 512 for t in result.tokens)

@@ -1,4 +1,5 @@
-"""Every kernel table sets every slot (no null function pointers), and names match the stub."""
+"""Every kernel table sets every slot (no null function pointers), and the slots are exactly
+the kernel families of csrc/kernels/kernels.h."""
 
 from __future__ import annotations
 
