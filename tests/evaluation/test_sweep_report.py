@@ -3,6 +3,7 @@ headless Chromium (Debian's `chromium`, which .ci/run installs) and checked as a
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,6 +67,8 @@ def test_sweep_rows(rows: list[dict]) -> None:
 def _render(html: Path, png: Path, size: tuple[int, int]) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
+        if os.environ.get("QWEN_EDGE_REQUIRE_CHROMIUM"):
+            pytest.fail("QWEN_EDGE_REQUIRE_CHROMIUM is set but chromium is not on PATH")
         pytest.skip("chromium is not installed (Debian: apt-get install chromium; .ci/run does)")
     subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
