@@ -56,14 +56,14 @@ public:
     // calls have returned. fn must not throw. Not reentrant: one job at a time per pool.
     template <typename Fn>
     void run(Fn&& fn) {
-        const int n = active();
-        if (n == 1) {
+        const int n_active = active();
+        if (n_active == 1) {
             fn(0, 1);
             return;
         }
         using F = std::remove_reference_t<Fn>;
         dispatch([](void* ctx, int thread, int n) { (*static_cast<F*>(ctx))(thread, n); },
-                 const_cast<void*>(static_cast<const void*>(&fn)), n);
+                 const_cast<void*>(static_cast<const void*>(&fn)), n_active);
     }
 
     // Calls fn(begin, end, thread) on pieces covering [0, n), handed out `chunk` items at a time

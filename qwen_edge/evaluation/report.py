@@ -48,6 +48,7 @@ def plot_rate_vs_power(rows: Sequence[dict[str, Any]]) -> bytes | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    contexts = len({r.get("context") for r in points})
     for i, label in enumerate(sorted({_label(r) for r in points})):
         group = [r for r in points if _label(r) == label]
         ax.scatter(
@@ -59,6 +60,7 @@ def plot_rate_vs_power(rows: Sequence[dict[str, Any]]) -> bytes | None:
         )
         for r in group:
             text = f"{r['threads']}t" + (f" ≤{r['budget_w']:g}W" if r.get("budget_w") else "")
+            text += f" ctx {r['context']}" if contexts > 1 else ""
             ax.annotate(text, (r["decode"]["watts"], r["decode_tok_s"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.set_xlabel("decode power (W)")
