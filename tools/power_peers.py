@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from compare_peers import parse_models  # tools/ is this script's first path entry
 
 ENGINE_NAMES = {"qwen-edge": "qwen-edge", "llama": "llama.cpp"}
 
@@ -111,16 +112,6 @@ def run_worker(engine: str, model: str, threads: int, a: argparse.Namespace) -> 
 
 
 # --- the comparison -----------------------------------------------------------------------------
-def parse_models(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        group, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"expected GROUP=PATH, got {item!r}")
-        out[group] = path
-    return out
-
-
 def cmd_run(a: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from qwen_edge.errors import QwenEdgeError
