@@ -268,8 +268,7 @@ def open_power(args: argparse.Namespace, board: Board | None, measure: bool = Fa
     from ..hardware.governor import CpuFreq
     from ..hardware.power import PowerMonitor, default_period, open_sensor
 
-    governed = getattr(args, "power_budget", None) or getattr(args, "tokens_per_s", None)
-    governed = governed or getattr(args, "tokens_per_second", None)
+    governed = getattr(args, "power_budget", None) or getattr(args, "tokens_per_second", None)
     if not (measure or governed):
         return None
     spec = args.power_sensor or (board.power if board is not None else None)

@@ -66,7 +66,7 @@ class PointStats:
 
     busy_w: float | None = None  # board power while computing
     token_s: float | None = None  # seconds per decode token while computing
-    seconds: float = 0.0  # time spent at this point (computing and pausing)
+    busy_s: float = 0.0  # time spent computing at this point
 
     def update_speed(self, token_s: float) -> None:
         self.token_s = token_s if self.token_s is None else 0.8 * self.token_s + 0.2 * token_s
@@ -204,8 +204,7 @@ class Governor:
         self._due: float | None = None
         self._busy: deque[tuple[float, float, Point]] = deque(maxlen=8192)
         self.decode_tokens = 0
-        self.seconds: dict[Point, float] = {}
-        self._apply(start)
+        self._apply(start, first=True)
 
     # --- the pacing hooks ---
     def before_forward(self, n_tokens: int) -> None:
@@ -223,6 +222,7 @@ class Governor:
         t1 = self.clock.now()
         dt = max(t1 - self._t0, 1e-9)
         self._busy.append((self._t0, t1, self.point))
+        self.stats[self.point].busy_s += t1 - self._t0
         self._debt += dt * ((self.point == self.hi) - self.alpha)
         if n_tokens == 1:
             self.decode_tokens += 1
@@ -242,15 +242,11 @@ class Governor:
             self._control(self.clock.now())
 
     # --- knobs ---
-    def _apply(self, point: Point) -> None:
+    def _apply(self, point: Point, first: bool = False) -> None:
         if self.set_threads is not None:
             self.set_threads(point.threads)
-        first = not hasattr(self, "point")
-        if (
-            self.cpufreq is not None
-            and point.khz is not None
-            and (first or point.khz != self.point.khz)
-        ):
+        changed = first or point.khz != self.point.khz
+        if self.cpufreq is not None and point.khz is not None and changed:
             self.cpufreq.set(point.khz)
         self.point = point
 
@@ -277,7 +273,7 @@ class Governor:
         above = self.monitor.trace.mean_watts(w0, w1) - self.idle_w
         unknown = [p for p in share if self.stats[p].busy_w is None]
         known = sum(
-            f * (self.stats[p].busy_w or 0.0) - f * self.idle_w
+            f * ((self.stats[p].busy_w or 0.0) - self.idle_w)
             for p, f in share.items()
             if p not in unknown
         )
@@ -485,9 +481,6 @@ class Governor:
             }
             if self.budget_w is not None:
                 out["power_1s_w"]["under_budget"] = float(np.mean(windows <= self.budget_w))
-        seconds: dict[Point, float] = {}
-        for a, b, p in self._busy:
-            seconds[p] = seconds.get(p, 0.0) + b - a
         out["points"] = [
             {
                 **_point_dict(p),
@@ -496,7 +489,7 @@ class Governor:
                 "j_per_token_above_idle": (s.busy_w - self.idle_w) * s.token_s
                 if s.busy_w is not None and s.token_s
                 else None,
-                "busy_seconds": seconds.get(p, 0.0),
+                "busy_seconds": s.busy_s,
             }
             for p, s in self.stats.items()
             if s.busy_w is not None or s.token_s is not None

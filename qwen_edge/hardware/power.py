@@ -470,16 +470,22 @@ class PowerTrace:
         self.joules.append(j)
 
     def __len__(self) -> int:
-        return len(self.times)
+        return len(self.joules)  # appended last: every list has at least this many
+
+    def _arrays(self) -> tuple[list[float], list[float]]:
+        # A sampling thread may be appending: read the prefix all three lists have.
+        n = len(self.joules)
+        return self.times[:n], self.joules[:n]
 
     def covers(self, t0: float, t1: float) -> bool:
         return bool(self.times) and self.times[0] <= t0 + 1e-9 and t1 <= self.times[-1] + 1e-9
 
     def energy(self, t0: float, t1: float) -> float:
         """Joules between t0 and t1 (linear between samples; clamped to the trace)."""
-        if len(self.times) < 2:
+        times, joules = self._arrays()
+        if len(times) < 2:
             return 0.0
-        e = np.interp([t0, t1], self.times, self.joules)
+        e = np.interp([t0, t1], times, joules)
         return float(e[1] - e[0])
 
     def mean_watts(self, t0: float, t1: float) -> float:
@@ -489,28 +495,29 @@ class PowerTrace:
         self, t0: float, t1: float, size: float = 1.0, step: float = DEFAULT_PERIOD
     ) -> np.ndarray:
         """Average power of every `size`-second window inside [t0, t1], one per `step`."""
-        t1 = min(t1, self.times[-1]) if self.times else t0
+        times, joules = self._arrays()
+        t1 = min(t1, times[-1]) if times else t0
         if t1 - t0 < size:
             return np.zeros(0)
         ends = np.arange(t0 + size, t1 + 1e-9, step)
-        e = np.interp(ends, self.times, self.joules) - np.interp(
-            ends - size, self.times, self.joules
-        )
+        e = np.interp(ends, times, joules) - np.interp(ends - size, times, joules)
         return e / size
 
     def since(self, t0: float) -> PowerTrace:
-        i = int(np.searchsorted(self.times, t0))
-        return PowerTrace(self.times[i:], self.watts[i:], self.joules[i:])
+        n = len(self)
+        i = int(np.searchsorted(self.times[:n], t0))
+        return PowerTrace(self.times[i:n], self.watts[i:n], self.joules[i:n])
 
     def downsample(self, points: int = 600, t0: float | None = None) -> list[list[float]]:
         """[[t - t0, watts], ...] with at most about `points` rows (for JSON records and
         plots); each row's power is the mean over the samples it stands for."""
-        if not self.times:
+        n = len(self)
+        if not n:
             return []
         base = self.times[0] if t0 is None else t0
-        stride = max(1, math.ceil(len(self.times) / points))
+        stride = max(1, math.ceil(n / points))
         rows = [[round(self.times[0] - base, 4), round(self.watts[0], 4)]]
-        for i in range(stride, len(self.times), stride):
+        for i in range(stride, n, stride):
             j = i - stride
             watts = (self.joules[i] - self.joules[j]) / (self.times[i] - self.times[j])
             rows.append([round(self.times[i] - base, 4), round(watts, 4)])
