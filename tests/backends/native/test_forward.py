@@ -137,6 +137,23 @@ def test_invariants_are_bitwise(small: tuple, isa: str, fmt: str) -> None:
     np.testing.assert_array_equal(model.forward(ids[30:], state, all_logits=True), whole[30:])
 
 
+def test_set_threads_between_steps_is_bitwise(small: tuple) -> None:
+    """The power governor changes the active threads between forward passes of one state."""
+    config, weights = small
+    tensors, _, _ = quantized_tensors(weights, "q4g32")
+    ids = np.random.default_rng(5).integers(0, config.vocab_size, 24)
+    model = native(config, tensors, threads=3, batch=16)
+    whole = model.logits(ids)
+    state = model.new_state()
+    steps = []
+    for i, t in enumerate(ids):
+        model.set_threads([1, 3, 2, 0, 7][i % 5])  # out-of-range counts are clamped
+        assert model.threads == min(max([1, 3, 2, 0, 7][i % 5], 1), 3)
+        steps.append(model.forward([int(t)], state))
+    np.testing.assert_array_equal(np.stack(steps), whole)
+    assert model.max_threads == 3
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_q8_kv_cache(small: tuple, isa: str) -> None:
     """The int8 KV cache keeps the bitwise invariants, and holds 1.25 bytes per element."""
