@@ -70,14 +70,15 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
+    too_deep = APIError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
-    except RecursionError:
-        body = None  # nested deeper than Python's own limit: reported below
+    except RecursionError:  # deeper than Python's own limit
+        raise too_deep from None
     except (UnicodeDecodeError, ValueError) as e:
         raise APIError(400, f"request body is not valid JSON: {e}") from None
-    if body is None or _too_deep(body, MAX_JSON_DEPTH):
-        raise APIError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise too_deep
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object")
     return body
