@@ -177,6 +177,12 @@ def one_request(port: int, workload: str) -> tuple[float, str | None]:
     return time.perf_counter() - t0, None
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server so far (other load on the machine barely moves it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_memory(pid: int) -> tuple[float, int]:
     status = Path(f"/proc/{pid}/status").read_text()
     peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
@@ -204,10 +210,12 @@ def measure(stack: str, model: str, workload: str, total: int, port: int) -> dic
 
         sampler = threading.Thread(target=sample)
         sampler.start()
+        cpu0 = server_cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(50) as pool:
             results = list(pool.map(lambda _: one_request(port, workload), range(total)))
         elapsed = time.perf_counter() - t0
+        cpu = server_cpu_seconds(proc.pid) - cpu0
         stop.set()
         sampler.join()
         peak_rss, _ = server_memory(proc.pid)
@@ -228,6 +236,7 @@ def measure(stack: str, model: str, workload: str, total: int, port: int) -> dic
         "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1)
         if latencies
         else None,
+        "server_cpu_ms_per_request": round(1000 * cpu / total, 2),
         "errors": len(errors),
         "error_kinds": sorted(set(errors)),
         "idle_rss_mb": round(idle_rss, 1),
@@ -242,13 +251,13 @@ def main() -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="a model file for the stream-model workload")
-    p.add_argument("--rounds", type=int, default=2, help="alternations of the two stacks")
+    p.add_argument("--rounds", type=int, default=4, help="alternations of the two stacks")
     p.add_argument("--port", type=int, default=18431)
     p.add_argument("--out", type=Path, help="write the results as JSON")
     args = p.parse_args()
-    workloads = [("models", "stub", 2000), ("stream-stub", "stub", 1000)]
+    workloads = [("models", "stub", 1000), ("stream-stub", "stub", 500)]
     if args.model:
-        workloads.append(("stream-model", args.model, 100))
+        workloads.append(("stream-model", args.model, 50))
     rows = []
     for workload, model, total in workloads:
         for r in range(args.rounds):
@@ -269,12 +278,20 @@ def main() -> int:
     }  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"\n{'workload':14} {'stack':7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} "
-          f"{'peak RSS MB':>11} {'threads':>7}")  # fmt: skip
-    for row in rows:
-        print(f"{row['workload']:14} {row['stack']:7} {row['requests_per_s']:7} "
-              f"{row['p50_ms']!s:>8} {row['p95_ms']!s:>8} {row['errors']:6} "
-              f"{row['peak_rss_mb']:11} {row['peak_threads']:7}")  # fmt: skip
+    print(f"\nmedians over {args.rounds} rounds:")
+    print(f"{'workload':14} {'stack':7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'CPU ms/req':>10} {'errors':>6} {'peak RSS MB':>11} {'threads':>7}")  # fmt: skip
+    for workload, _, _ in workloads:
+        for stack in ("stdlib", "asgi"):
+            mine = [r for r in rows if r["workload"] == workload and r["stack"] == stack]
+
+            def med(key: str, mine: list[dict[str, Any]] = mine) -> Any:
+                return statistics.median(r[key] for r in mine)
+
+            errors = sum(r["errors"] for r in mine)
+            print(f"{workload:14} {stack:7} {med('requests_per_s'):7} {med('p50_ms'):8} "
+                  f"{med('p95_ms'):8} {med('server_cpu_ms_per_request'):10} {errors:6} "
+                  f"{med('peak_rss_mb'):11} {med('peak_threads'):7}")  # fmt: skip
     return 0
 
 

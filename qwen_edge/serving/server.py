@@ -19,7 +19,6 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -51,6 +50,78 @@ class _DeadlineReader(io.RawIOBase):
         return self.sock.recv_into(buffer)
 
 
+class DisconnectWatcher:
+    """One thread watching the sockets of running generations: the end of the stream or a reset
+    means the client went away (its request's `disconnect()` cancels the generation); data
+    means a pipelined request, not a disconnect, and ends that socket's watch."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._lock = threading.Lock()
+        self._changes: list[tuple[socket.socket, Request | None]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="qwen-edge-watch", daemon=True)
+        self._thread.start()
+
+    def add(self, sock: socket.socket, request: Request) -> None:
+        self._change(sock, request)
+
+    def remove(self, sock: socket.socket) -> None:
+        self._change(sock, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._wake()
+        self._thread.join()
+
+    def _change(self, sock: socket.socket, request: Request | None) -> None:
+        with self._lock:  # applied by the watching thread, which owns the selector
+            self._changes.append((sock, request))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _run(self) -> None:
+        watched: dict[socket.socket, Request] = {}
+        while True:
+            with self._lock:
+                changes, self._changes, closed = self._changes, [], self._closed
+            if closed:
+                break
+            for sock, request in changes:
+                if request is not None and sock not in watched:
+                    with contextlib.suppress(OSError, ValueError):
+                        self._selector.register(sock, selectors.EVENT_READ)
+                        watched[sock] = request
+                elif request is None and sock in watched:
+                    del watched[sock]
+                    with contextlib.suppress(OSError, ValueError, KeyError):
+                        self._selector.unregister(sock)
+            for key, _ in self._selector.select():
+                sock = key.fileobj
+                if sock is self._wake_r:
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                    continue
+                request = watched.pop(sock)  # type: ignore[call-overload]
+                self._selector.unregister(sock)
+                try:
+                    gone = not sock.recv(1, socket.MSG_PEEK)  # type: ignore[union-attr]
+                except OSError:  # reset
+                    gone = True
+                if gone:
+                    request.disconnect()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
 class Server(ThreadingHTTPServer):
     """The HTTP transport of an `App`.
 
@@ -79,6 +150,7 @@ class Server(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._connections: dict[Handler, bool] = {}  # handler -> busy with a request
         super().__init__(address, Handler)
+        self.watcher = DisconnectWatcher()
 
     # compatibility with the single-worker server: tests and tools reach the worker here
     @property
@@ -140,6 +212,7 @@ class Server(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        self.watcher.close()
         self.app.worker.close()
 
 
@@ -209,8 +282,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send(app.error(request, e))
             return
         watch = self.command == "POST"  # generations: a client that leaves cancels its own
-        with self._watch(request) if watch else contextlib.nullcontext():
+        if watch:
+            self.server.watcher.add(self.connection, request)
+        try:
             self._send(app.handle(request), request)
+        finally:
+            if watch:
+                self.server.watcher.remove(self.connection)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
@@ -260,34 +338,6 @@ class Handler(BaseHTTPRequestHandler):
                 request.disconnect()
         finally:
             response.stream.close()  # type: ignore[attr-defined]
-
-    @contextlib.contextmanager
-    def _watch(self, request: Request) -> Iterator[None]:
-        """Watches the socket while a generation runs: end of stream or a reset means the
-        client went away (data means a pipelined request: the watch stops)."""
-        done = threading.Event()
-
-        def watch() -> None:
-            with selectors.DefaultSelector() as selector:
-                try:
-                    selector.register(self.connection, selectors.EVENT_READ)
-                    while not done.is_set():
-                        if not selector.select(0.25):
-                            continue
-                        if self.connection.recv(1, socket.MSG_PEEK):
-                            return  # a pipelined request, not a disconnect
-                        break  # readable with nothing to read: the client closed
-                except (OSError, ValueError):
-                    pass  # reset, or closed: gone too
-            if not done.is_set():
-                request.disconnect()
-
-        thread = threading.Thread(target=watch, name="qwen-edge-watch", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
 
 
 def serve(
