@@ -223,7 +223,7 @@ class App:
         with self._idle:
             while self._flights and (left := deadline - time.monotonic()) > 0:
                 self._idle.wait(left)
-        return clean and not flights
+        return clean
 
     # --- generation ------------------------------------------------------------------------------
     def _generate(self, request: Request, job: Job) -> Response:

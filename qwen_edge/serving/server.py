@@ -149,6 +149,7 @@ class Server(ThreadingHTTPServer):
         self.max_connections = max_connections
         self._lock = threading.Lock()
         self._connections: dict[Handler, bool] = {}  # handler -> busy with a request
+        self._open = 0  # connections accepted and not yet closed
         super().__init__(address, Handler)
         self.watcher = DisconnectWatcher()
 
@@ -157,9 +158,14 @@ class Server(ThreadingHTTPServer):
     def worker(self) -> Any:
         return self.app.worker
 
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self._lock:
-            full = len(self._connections) >= self.max_connections
+        with self._lock:  # counted here, in the accepting thread, so a burst cannot overshoot
+            full = self._open >= self.max_connections
+            self._open += not full
         if not full:
             super().process_request(request, client_address)
             return
@@ -173,6 +179,13 @@ class Server(ThreadingHTTPServer):
             request.settimeout(1.0)
             request.sendall(head.encode() + data)
         self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._open -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended by an error", client_address, exc_info=True)

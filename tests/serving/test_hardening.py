@@ -191,13 +191,13 @@ def test_connections_over_the_cap_get_503(make_server: Callable[..., Server]) ->
     srv = make_server(max_connections=2, read_timeout=5.0)
     addr = srv.server_address[:2]
     held = [socket.create_connection(addr, timeout=30) for _ in range(2)]
-    wait_for(lambda: len(srv._connections) == 2, "two connections to be served")
+    wait_for(lambda: srv.open_connections == 2, "two connections to be served")
     with socket.create_connection(addr, timeout=30) as s:
         reply = read_all(s)
     assert reply.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in reply
     for s in held:
         s.close()
-    wait_for(lambda: not srv._connections, "the held connections to close")
+    wait_for(lambda: srv.open_connections == 0, "the held connections to close")
     assert request(addr, "GET", "/health")[0] == 200
 
 
