@@ -286,7 +286,7 @@ def main() -> int:
             mine = [r for r in rows if r["workload"] == workload and r["stack"] == stack]
 
             def med(key: str, mine: list[dict[str, Any]] = mine) -> Any:
-                return statistics.median(r[key] for r in mine)
+                return round(statistics.median(r[key] for r in mine), 1)
 
             errors = sum(r["errors"] for r in mine)
             print(f"{workload:14} {stack:7} {med('requests_per_s'):7} {med('p50_ms'):8} "

@@ -321,13 +321,13 @@ class Handler(BaseHTTPRequestHandler):
         except TimeoutError:
             raise APIError(408, "the request body did not arrive in time") from None
         finally:
-            self.reader.deadline = None  # from here on only writes, with the plain timeout
-            self.connection.settimeout(self.server.read_timeout)
+            self.reader.deadline = None
         if len(raw) != n:
             raise APIError(400, "request body shorter than its Content-Length")
         return raw
 
     def _send(self, response: Response, request: Request | None = None) -> None:
+        self.connection.settimeout(self.server.read_timeout)  # each write's limit
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
