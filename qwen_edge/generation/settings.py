@@ -74,6 +74,14 @@ class Setting:
     api: bool
 
 
+_INTS = (int, np.integer)
+_NUMBERS = (*_INTS, float, np.floating)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
 def _check_fields(obj: Any) -> None:
     """Checks the type, finiteness and range of every numeric setting of a dataclass."""
     for f in dataclasses.fields(obj):
@@ -81,16 +89,12 @@ def _check_fields(obj: Any) -> None:
         value = getattr(obj, f.name)
         if bounds is None or value is None:
             continue
-        ints = (int, np.integer)
-        types = ints if kind == "int" else (*ints, float, np.floating)
-        if isinstance(value, bool) or not isinstance(value, types):
+        if not _is(value, _INTS if kind == "int" else _NUMBERS):
             what = "an integer" if kind == "int" else "a number"
             raise GenerationConfigError(f"{f.name} must be {what}, got {value!r}", f.name)
         # Huge ints are compared exactly (no float conversion); NaN fails every comparison.
         if value not in bounds:
-            raise GenerationConfigError(
-                f"{f.name} must be in {bounds} ({f.metadata['help']}), got {value!r}", f.name
-            )
+            raise GenerationConfigError(f"{f.name} must be in {bounds}, got {value!r}", f.name)
 
 
 @dataclass(frozen=True)
@@ -135,10 +139,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         _check_fields(self)
         for k, v in self.logit_bias.items():
-            number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
-                v, bool
-            )
-            if not isinstance(k, (int, np.integer)) or k < 0 or not number or v not in LOGIT_BIAS:
+            if not _is(k, _INTS) or k < 0 or not _is(v, _NUMBERS) or v not in LOGIT_BIAS:
                 raise GenerationConfigError(
                     f"logit_bias must map token ids to numbers in {LOGIT_BIAS}: {k!r}: {v!r}",
                     "logit_bias",

@@ -311,10 +311,9 @@ class Handler(BaseHTTPRequestHandler):
             if self.command == "POST":
                 raise APIError(411, "a Content-Length header is required")
             return b""
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise APIError(400, "invalid Content-Length")
-        n = int(length)
-        if n > MAX_BODY_BYTES:
+        if len(length) > 18 or (n := int(length)) > MAX_BODY_BYTES:
             raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes")
         try:
             raw = self.rfile.read(n)

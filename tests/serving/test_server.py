@@ -187,7 +187,10 @@ def test_http_level_errors(server: Addr) -> None:
     for head, code in [
         (b"Content-Length: 5242880\r\n", b" 413 "), (b"", b" 411 "),
         (b"Transfer-Encoding: chunked\r\n", b" 411 "), (b"Content-Length: -5\r\n", b" 400 "),
-        (b"Content-Length: 12abc\r\n", b" 400 "), (b"X: " + b"y" * 70_000 + b"\r\n", b" 431 "),
+        (b"Content-Length: 12abc\r\n", b" 400 "),
+        ("Content-Length: \u00b2\r\n".encode("latin-1"), b" 400 "),  # a digit, but not ASCII
+        (b"Content-Length: " + b"9" * 5000 + b"\r\n", b" 413 "),
+        (b"X: " + b"y" * 70_000 + b"\r\n", b" 431 "),
     ]:  # fmt: skip
         with socket.create_connection(server, timeout=30) as s:
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
