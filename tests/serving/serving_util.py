@@ -1,4 +1,5 @@
-"""Helpers of the serving tests: a small HTTP client, SSE parsing, request bodies."""
+"""Helpers of the serving tests (their fixtures are in tests/conftest.py): a small HTTP client,
+SSE parsing, request bodies."""
 
 from __future__ import annotations
 
