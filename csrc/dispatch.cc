@@ -135,10 +135,10 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable ref = make_ref();
     static const std::vector<const KernelTable*> tables = {
 #if defined(__x86_64__) || defined(_M_X64)
-        &avx512_vnni, &avx_vnni, &avx2,
+        &avx512_vnni, &avx_vnni,     &avx2,
 #endif
 #if defined(__aarch64__)
-        &neon_i8mm, &neon_dotprod, &neon,
+        &neon_i8mm,   &neon_dotprod, &neon,
 #endif
         &ref,
     };

@@ -152,8 +152,8 @@ using AttentionF32Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const 
 // cache is written with quantize_q8a). Reordered + approx exp, like attention_f32 on the
 // dequantized rows.
 using AttentionQ8Fn = void (*)(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k,
-                               const BlockQ8A* v, int64_t n, int64_t d, float scale,
-                               float* scratch, float* out, int64_t ldo);
+                               const BlockQ8A* v, int64_t n, int64_t d, float scale, float* scratch,
+                               float* out, int64_t ldo);
 
 // Declares every family in the namespace of an ISA tag (each table implements them all or
 // borrows the next-best implementation in dispatch.cc).

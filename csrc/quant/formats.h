@@ -22,16 +22,18 @@ enum class WeightFormat : uint8_t {
     kQ6k,     // 6-bit codes 0..63 meaning q - 32, i8 scale per block, f32 per-row factor: ~6.25 b/w
 };
 
-constexpr int kBlockK = 32;     // columns per quantization block
-constexpr int kRowPack = 8;     // rows interleaved in one row group
-constexpr int kStepK = 4;       // consecutive columns of one row kept together (one int32 lane)
+constexpr int kBlockK = 32;  // columns per quantization block
+constexpr int kRowPack = 8;  // rows interleaved in one row group
+constexpr int kStepK = 4;    // consecutive columns of one row kept together (one int32 lane)
 constexpr int kSectionAlign = 64;
 
 // Format name as used in the model file, Python and benchmark JSON ("q4k", "f16", ...).
 const char* format_name(WeightFormat f);
 // Parses a format name; false if unknown.
 bool parse_format(const std::string& name, WeightFormat* out);
-inline bool is_quantized(WeightFormat f) { return f >= WeightFormat::kQ8g32; }
+inline bool is_quantized(WeightFormat f) {
+    return f >= WeightFormat::kQ8g32;
+}
 
 // Bytes of one quant record (8 rows x 32 columns) and one scale record of a packed format.
 constexpr int64_t quant_record_bytes(WeightFormat f) {
@@ -70,8 +72,8 @@ bool plain_bytes(WeightFormat f, uint64_t numel, uint64_t* out);
 struct PackedMatrix {
     WeightFormat format = WeightFormat::kQ4g32;
     int64_t rows = 0, rows_padded = 0, k = 0, groups = 0, blocks = 0;
-    const uint8_t* quants = nullptr;    // [groups][blocks] quant records
-    const uint8_t* scales = nullptr;    // [groups][blocks] scale records
+    const uint8_t* quants = nullptr;  // [groups][blocks] quant records
+    const uint8_t* scales = nullptr;  // [groups][blocks] scale records
     // q4k: [groups] {d[8], m[8]}; q6k: [groups] {d[8]}; else null
     const float* row_params = nullptr;
 

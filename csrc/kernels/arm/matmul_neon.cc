@@ -38,7 +38,8 @@ template <WeightFormat F>
 QE_NEON_INLINE void step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) {
     for (int h = 0; h < 2; ++h) {
         if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
-            ws[h] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
+            ws[h] =
+                vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
         } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
             ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
         } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
@@ -53,8 +54,8 @@ QE_NEON_INLINE void step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) 
 // activation bytes (lane S % 4 of its x vectors, broadcast by dup), into 16-bit chains that are
 // widened into c32 every L steps (see the file comment for the bounds).
 template <WeightFormat F, int NT, int S>
-QE_NEON_INLINE void tile_step(const uint8_t* rec, const int32x4_t (&xv)[NT][2], int16x8_t (&c16)[NT][2][2],
-                      int32x4_t (&c32)[NT][2][2]) {
+QE_NEON_INLINE void tile_step(const uint8_t* rec, const int32x4_t (&xv)[NT][2],
+                              int16x8_t (&c16)[NT][2][2], int32x4_t (&c32)[NT][2][2]) {
     constexpr int L = kChain<F>;
     int8x16_t ws[2];
     step_weights<F>(rec, S, ws);
@@ -83,7 +84,7 @@ QE_NEON_INLINE void tile_step(const uint8_t* rec, const int32x4_t (&xv)[NT][2], 
 // vector is live at a time.
 template <WeightFormat F, int NT, int... S>
 QE_NEON_INLINE void dot_block_tile(const uint8_t* rec, const BlockQ8A* const* x, int64_t b,
-                           int32x4_t (&d)[NT][2], std::integer_sequence<int, S...>) {
+                                   int32x4_t (&d)[NT][2], std::integer_sequence<int, S...>) {
     int32x4_t xv[NT][2];
     for (int t = 0; t < NT; ++t) {
         xv[t][0] = vreinterpretq_s32_s8(vld1q_s8(x[t][b].q));
@@ -99,7 +100,7 @@ QE_NEON_INLINE void dot_block_tile(const uint8_t* rec, const BlockQ8A* const* x,
 
 template <WeightFormat F, int NT>
 QE_NEON_INLINE void dot_block_tile(const uint8_t* rec, const BlockQ8A* const* x, int64_t b,
-                           int32x4_t (&d)[NT][2]) {
+                                   int32x4_t (&d)[NT][2]) {
     dot_block_tile<F, NT>(rec, x, b, d, std::make_integer_sequence<int, 8>{});
 }
 
@@ -138,7 +139,7 @@ QE_NEON_INLINE void group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A*
 
 template <WeightFormat F>
 QE_NEON_INLINE void gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
-                 int64_t g_begin, int64_t g_end) {
+                         int64_t g_begin, int64_t g_end) {
     gemm_loop(w, m, g_begin, g_end, [&](auto nt, int64_t t, int64_t g) {
         constexpr int NT = decltype(nt)::value;
         const BlockQ8A* xt[NT];
@@ -174,8 +175,8 @@ struct Bf16W {
 // is one 4-lane FMA chain over k, a horizontal add and an in-order tail, whatever NT is, so
 // results do not depend on how the caller splits tokens.
 template <typename W, int NT>
-QE_NEON_INLINE void gemm_float_tile(const typename W::T* wr, const float* x, int64_t ldx,
-                                    float* y, int64_t ldy, int64_t k) {
+QE_NEON_INLINE void gemm_float_tile(const typename W::T* wr, const float* x, int64_t ldx, float* y,
+                                    int64_t ldy, int64_t k) {
     float32x4_t acc[NT];
     for (auto& a : acc) a = vdupq_n_f32(0.0f);
     int64_t i = 0;
@@ -198,10 +199,18 @@ void gemm_float(const typename W::T* w, int64_t ldw, const float* x, int64_t ldx
         float* yt = y + t * ldy;
         for (int64_t r = 0; r < rows; ++r) {
             switch (m - t >= 4 ? 4 : m - t) {
-                case 4: gemm_float_tile<W, 4>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
-                case 3: gemm_float_tile<W, 3>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
-                case 2: gemm_float_tile<W, 2>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
-                default: gemm_float_tile<W, 1>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
+                case 4:
+                    gemm_float_tile<W, 4>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
+                case 3:
+                    gemm_float_tile<W, 3>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
+                case 2:
+                    gemm_float_tile<W, 2>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
+                default:
+                    gemm_float_tile<W, 1>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
             }
         }
     }
@@ -219,8 +228,8 @@ void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64
     gemm_float<F16W>(w, ldw, x, ldx, m, y, ldy, rows, k);
 }
 
-void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
-               float* y, int64_t ldy, int64_t rows, int64_t k) {
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+               int64_t ldy, int64_t rows, int64_t k) {
     gemm_float<Bf16W>(w, ldw, x, ldx, m, y, ldy, rows, k);
 }
 
@@ -253,14 +262,15 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     }
 }
 
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
-    with_format(w.format, [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, 1, y, 0, g_begin, g_end); });
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
+    with_format(w.format,
+                [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, 1, y, 0, g_begin, g_end); });
 }
 
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end) {
-    with_format(w.format, [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, m, y, ldy, g_begin, g_end); });
+    with_format(w.format,
+                [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, m, y, ldy, g_begin, g_end); });
 }
 
 void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {

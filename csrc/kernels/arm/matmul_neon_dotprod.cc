@@ -9,8 +9,7 @@
 
 namespace qe::neon_dotprod {
 
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
     with_format(w.format,
                 [&](auto fmt) { sdot_gemm<decltype(fmt)::value>(w, x, 1, y, 0, g_begin, g_end); });
 }

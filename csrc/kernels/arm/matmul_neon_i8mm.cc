@@ -48,8 +48,8 @@ QE_NEON_INLINE void mmla_weights(const uint8_t* rec, int j, uint8x16_t (&op)[4])
 // Rows of group g times NT (1..4) token rows: tokens go in pairs; an odd last token is paired
 // with itself and the duplicate result dropped.
 template <WeightFormat F, int NT>
-QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A* const (&x)[NT],
-                            GroupAcc (&acc)[NT]) {
+QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g,
+                                    const BlockQ8A* const (&x)[NT], GroupAcc (&acc)[NT]) {
     constexpr int NP = (NT + 1) / 2;
     const BlockQ8A* xp[2 * NP];
     for (int i = 0; i < 2 * NP; ++i) xp[i] = x[i < NT ? i : NT - 1];
@@ -66,8 +66,8 @@ QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const Bloc
             uint8x16_t op[4];
             mmla_weights<F>(rec, j, op);
             for (int p = 0; p < NP; ++p) {
-                const int8x16_t xo =
-                    vcombine_s8(vld1_s8(xp[2 * p][b].q + 8 * j), vld1_s8(xp[2 * p + 1][b].q + 8 * j));
+                const int8x16_t xo = vcombine_s8(vld1_s8(xp[2 * p][b].q + 8 * j),
+                                                 vld1_s8(xp[2 * p + 1][b].q + 8 * j));
                 for (int rp = 0; rp < 4; ++rp) c[p][rp] = vusmmlaq_s32(c[p][rp], op[rp], xo);
             }
         }
@@ -89,8 +89,8 @@ QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const Bloc
 }
 
 template <WeightFormat F>
-QE_NEON_INLINE void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
-                      int64_t g_begin, int64_t g_end) {
+QE_NEON_INLINE void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
+                              int64_t ldy, int64_t g_begin, int64_t g_end) {
     gemm_loop(w, m, g_begin, g_end, [&](auto nt, int64_t t, int64_t g) {
         constexpr int NT = decltype(nt)::value;
         const BlockQ8A* xt[NT];

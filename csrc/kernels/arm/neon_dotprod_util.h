@@ -22,7 +22,8 @@ template <WeightFormat F>
 QE_NEON_INLINE void sdot_step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) {
     for (int h = 0; h < 2; ++h) {
         if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
-            ws[h] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
+            ws[h] =
+                vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
         } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
             ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
         } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
@@ -36,7 +37,7 @@ QE_NEON_INLINE void sdot_step_weights(const uint8_t* rec, int s, int8x16_t (&ws)
 // Step S for NT tokens: acc[t][h] (rows 4h..4h+3 of token t) += step weights . x_t[4S..4S+3].
 template <WeightFormat F, int NT, int S>
 QE_NEON_INLINE void sdot_tile_step(const uint8_t* rec, const int8x16_t (&xv)[NT][2],
-                                  int32x4_t (&acc)[NT][2]) {
+                                   int32x4_t (&acc)[NT][2]) {
     int8x16_t ws[2];
     sdot_step_weights<F>(rec, S, ws);
     for (int t = 0; t < NT; ++t) {
@@ -53,7 +54,7 @@ QE_NEON_INLINE void sdot_tile_step(const uint8_t* rec, const int8x16_t (&xv)[NT]
 // One sdot chain per (token, half): 2 * NT independent chains hide the sdot latency.
 template <WeightFormat F, int NT, int... S>
 QE_NEON_INLINE void sdot_block_tile(const uint8_t* rec, const BlockQ8A* const* x, int64_t b,
-                                   int32x4_t (&d)[NT][2], std::integer_sequence<int, S...>) {
+                                    int32x4_t (&d)[NT][2], std::integer_sequence<int, S...>) {
     int8x16_t xv[NT][2];
     for (int t = 0; t < NT; ++t) {
         xv[t][0] = vld1q_s8(x[t][b].q);
@@ -64,8 +65,8 @@ QE_NEON_INLINE void sdot_block_tile(const uint8_t* rec, const BlockQ8A* const* x
 
 // Rows of group g times NT token rows x[t] (each w.blocks blocks), accumulated in acc[t].
 template <WeightFormat F, int NT>
-QE_NEON_INLINE void sdot_group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A* const (&x)[NT],
-                                   GroupAcc (&acc)[NT]) {
+QE_NEON_INLINE void sdot_group_tile(const PackedMatrix& w, int64_t g,
+                                    const BlockQ8A* const (&x)[NT], GroupAcc (&acc)[NT]) {
     const int64_t qbytes = quant_record_bytes(F), sbytes = scale_record_bytes(F);
     const uint8_t* rec = w.quants + g * w.blocks * qbytes;
     const uint8_t* srec = w.scales + g * w.blocks * sbytes;
@@ -81,7 +82,7 @@ QE_NEON_INLINE void sdot_group_tile(const PackedMatrix& w, int64_t g, const Bloc
 // Y[t, 8g + i] for t < m over the row groups [g_begin, g_end) (see gemm_loop for the order).
 template <WeightFormat F>
 QE_NEON_INLINE void sdot_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
-                             int64_t ldy, int64_t g_begin, int64_t g_end) {
+                              int64_t ldy, int64_t g_begin, int64_t g_end) {
     gemm_loop(w, m, g_begin, g_end, [&](auto nt, int64_t t, int64_t g) {
         constexpr int NT = decltype(nt)::value;
         const BlockQ8A* xt[NT];

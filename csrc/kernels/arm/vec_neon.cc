@@ -114,8 +114,7 @@ void l2_norm(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, floa
     }
 }
 
-void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,
-          int64_t half) {
+void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin, int64_t half) {
     for (int64_t h = 0; h < n_heads; ++h) {
         float* xh = x + h * ld;
         int64_t f = 0;

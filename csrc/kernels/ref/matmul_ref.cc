@@ -40,11 +40,14 @@ inline BlockFactors block_factors(const PackedMatrix& w, int64_t g, int64_t b, i
     const uint8_t* s = w.scales + (g * w.blocks + b) * scale_record_bytes(w.format);
     switch (w.format) {
         case WeightFormat::kQ8g32:
-        case WeightFormat::kQ4g32: return {f16_to_f32(load_u16(s + 2 * r)), 0.0f};
+        case WeightFormat::kQ4g32:
+            return {f16_to_f32(load_u16(s + 2 * r)), 0.0f};
         case WeightFormat::kQ4ag32:
             return {f16_to_f32(load_u16(s + 2 * r)), f16_to_f32(load_u16(s + 16 + 2 * r))};
-        case WeightFormat::kQ6k: return {float(int8_t(s[r])), 0.0f};  // sc (integer)
-        default: return {float(s[r]), float(s[8 + r])};  // q4k: sc, mn (integers)
+        case WeightFormat::kQ6k:
+            return {float(int8_t(s[r])), 0.0f};  // sc (integer)
+        default:
+            return {float(s[r]), float(s[8 + r])};  // q4k: sc, mn (integers)
     }
 }
 
@@ -117,8 +120,8 @@ void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64
     gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, f16_to_f32);
 }
 
-void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
-               float* y, int64_t ldy, int64_t rows, int64_t k) {
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+               int64_t ldy, int64_t rows, int64_t k) {
     gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, bf16_to_f32);
 }
 
@@ -142,8 +145,7 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     }
 }
 
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
     for (int64_t g = g_begin; g < g_end; ++g) {
         for (int rr = 0; rr < kRowPack && g * kRowPack + rr < w.rows; ++rr) {
             y[g * kRowPack + rr] = row_dot(w, x, g, rr);
@@ -167,10 +169,18 @@ void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
             const int q = code(w.format, rec, rr, j);
             float v;
             switch (w.format) {
-                case WeightFormat::kQ8g32: v = f.scale * float(q); break;
-                case WeightFormat::kQ4g32: v = f.scale * float(q - 8); break;
-                case WeightFormat::kQ4ag32: v = f.scale * float(q) + f.offset; break;
-                case WeightFormat::kQ6k: v = w.row_params[g * 8 + rr] * f.scale * float(q); break;
+                case WeightFormat::kQ8g32:
+                    v = f.scale * float(q);
+                    break;
+                case WeightFormat::kQ4g32:
+                    v = f.scale * float(q - 8);
+                    break;
+                case WeightFormat::kQ4ag32:
+                    v = f.scale * float(q) + f.offset;
+                    break;
+                case WeightFormat::kQ6k:
+                    v = w.row_params[g * 8 + rr] * f.scale * float(q);
+                    break;
                 default: {
                     const float* rp = w.row_params + g * 16;
                     v = rp[rr] * f.scale * float(q) - rp[8 + rr] * f.offset;

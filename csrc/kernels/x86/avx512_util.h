@@ -71,7 +71,6 @@ static inline void combine2(Acc2& a, __m512i dot, const Scales2& sc, const Block
     }
 }
 
-
 // [lo | hi] with AVX-512F only (insertf32x8 would need AVX-512DQ).
 static inline __m512 concat(__m256 lo, __m256 hi) {
     return _mm512_castpd_ps(

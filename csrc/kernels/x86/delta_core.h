@@ -121,8 +121,8 @@ void delta_rule(float* s, const float* q, const float* k, const float* v, int64_
             for (int64_t i = 0; i < dk; ++i) std::memcpy(tile + i * ld, s + i * dv + j0, kRowBytes);
         }
         for (int64_t tok = 0; tok < t; ++tok) {
-            delta_step(tile, ld, q + tok * ldu, k + tok * ldu, v + tok * ldu + j0,
-                       decay[tok * ldg], beta[tok * ldg], o + tok * ldo + j0, dk);
+            delta_step(tile, ld, q + tok * ldu, k + tok * ldu, v + tok * ldu + j0, decay[tok * ldg],
+                       beta[tok * ldg], o + tok * ldo + j0, dk);
         }
         if (copy) {
             for (int64_t i = 0; i < dk; ++i) std::memcpy(s + i * dv + j0, tile + i * ld, kRowBytes);

@@ -86,9 +86,8 @@ static inline void combine(Acc& a, __m256i dot, const Scales& sc, const BlockQ8A
     const __m256 xd = _mm256_set1_ps(x.d);
     // q8g32, q6k (integer sub-scale, row factor at the end), q4ag32, q4k: the dot as it is;
     // q4g32: minus the offset 8 * sum first.
-    const __m256i d = F == WeightFormat::kQ4g32
-                          ? _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum))
-                          : dot;
+    const __m256i d =
+        F == WeightFormat::kQ4g32 ? _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * x.sum)) : dot;
     a.acc = _mm256_fmadd_ps(_mm256_mul_ps(sc.a, xd), _mm256_cvtepi32_ps(d), a.acc);
     if constexpr (F == WeightFormat::kQ4ag32) {
         a.acc = _mm256_fmadd_ps(sc.b, _mm256_set1_ps(xs), a.acc);
@@ -197,8 +196,8 @@ static void gemv_format(const PackedMatrix& w, const BlockQ8A* x, float* y, int6
 // T tokens (x, xs, y at the first; token t's scaled sum of block b at xs[b * lds + t]) times
 // row group g.
 template <WeightFormat F, int T>
-static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, const float* xs,
-                             int64_t lds, float* y, int64_t ldy, int64_t g) {
+static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, const float* xs, int64_t lds,
+                             float* y, int64_t ldy, int64_t g) {
     constexpr int64_t qbytes = quant_record_bytes(F), sbytes = scale_record_bytes(F);
     const int64_t nb = w.blocks;
     const uint8_t* rec = w.quants + g * nb * qbytes;
