@@ -17,6 +17,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
 
 // Forced inlining for the per-block helpers: they pass int32x4_t arrays by reference, which
@@ -176,34 +177,6 @@ QE_NEON_INLINE float exp_f32(float x) {
 }
 QE_NEON_INLINE float sigmoid_f32(float x) {
     return vgetq_lane_f32(sigmoid_f32x4(vdupq_n_f32(x)), 0);
-}
-
-// Calls fn(std::integral_constant<WeightFormat, F>{}) with the matrix format as a compile-time
-// constant, so each kernel is instantiated once per format with no per-block branching.
-template <WeightFormat F>
-using FormatTag = std::integral_constant<WeightFormat, F>;
-
-template <typename Fn>
-QE_NEON_INLINE void with_format(WeightFormat f, Fn&& fn) {
-    switch (f) {
-        case WeightFormat::kQ8g32:
-            fn(FormatTag<WeightFormat::kQ8g32>{});
-            break;
-        case WeightFormat::kQ4g32:
-            fn(FormatTag<WeightFormat::kQ4g32>{});
-            break;
-        case WeightFormat::kQ4ag32:
-            fn(FormatTag<WeightFormat::kQ4ag32>{});
-            break;
-        case WeightFormat::kQ4k:
-            fn(FormatTag<WeightFormat::kQ4k>{});
-            break;
-        case WeightFormat::kQ6k:
-            fn(FormatTag<WeightFormat::kQ6k>{});
-            break;
-        default:
-            break;  // not a packed format: the op layer never calls with one
-    }
 }
 
 // The loop nest of every gemm: row groups in chunks whose weights fit in L1 (~16 KB), and

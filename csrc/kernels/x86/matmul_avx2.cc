@@ -13,6 +13,7 @@
 
 #include <cstring>
 
+#include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
 #include "kernels/x86/avx2_util.h"
 

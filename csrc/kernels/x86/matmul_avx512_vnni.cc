@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
 #include "kernels/x86/avx512_util.h"
 
@@ -207,25 +208,9 @@ void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begi
 
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end) {
-    switch (w.format) {
-        case WeightFormat::kQ8g32:
-            gemm_format<WeightFormat::kQ8g32>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4g32:
-            gemm_format<WeightFormat::kQ4g32>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4ag32:
-            gemm_format<WeightFormat::kQ4ag32>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4k:
-            gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ6k:
-            gemm_format<WeightFormat::kQ6k>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        default:
-            break;
-    }
+    with_format(w.format, [&](auto fmt) QE_ALWAYS_INLINE {
+        gemm_format<decltype(fmt)::value>(w, x, m, y, ldy, g_begin, g_end);
+    });
 }
 
 }  // namespace qe::avx512_vnni

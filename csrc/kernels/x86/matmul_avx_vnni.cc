@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
 
 namespace qe::avx_vnni {

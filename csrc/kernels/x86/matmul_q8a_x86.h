@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The W4A8/W8A8 products on 256-bit vectors, shared by the avx2 and avx_vnni tables. This file
 // is included INSIDE the ISA namespace of a translation unit compiled with that ISA's flags
-// (matmul_avx2.cc, matmul_avx_vnni.cc), after it defined the integer core:
+// (matmul_avx2.cc, matmul_avx_vnni.cc; kernels/format_dispatch.h included first), after it
+// defined the integer core:
 //   unpack_q4(rec, w[8])   8 step vectors of 4-bit codes (u8 0..15) from a 128-byte record
 //   unpack_q8(rec, w[8])   8 step vectors from a 256-byte q8g32 record (ISA-specific form)
 //   dot_q4(w, x)           int32 lane r = sum_k code[r, k] * x.q[k] over the 32 columns
@@ -259,46 +260,14 @@ static void gemm_format(const PackedMatrix& w, const BlockQ8A* x, int64_t m, flo
 }
 
 void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
-    switch (w.format) {
-        case WeightFormat::kQ8g32:
-            gemv_format<WeightFormat::kQ8g32>(w, x, y, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4g32:
-            gemv_format<WeightFormat::kQ4g32>(w, x, y, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4ag32:
-            gemv_format<WeightFormat::kQ4ag32>(w, x, y, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4k:
-            gemv_format<WeightFormat::kQ4k>(w, x, y, g_begin, g_end);
-            break;
-        case WeightFormat::kQ6k:
-            gemv_format<WeightFormat::kQ6k>(w, x, y, g_begin, g_end);
-            break;
-        default:
-            break;
-    }
+    with_format(w.format, [&](auto fmt) QE_ALWAYS_INLINE {
+        gemv_format<decltype(fmt)::value>(w, x, y, g_begin, g_end);
+    });
 }
 
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end) {
-    switch (w.format) {
-        case WeightFormat::kQ8g32:
-            gemm_format<WeightFormat::kQ8g32>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4g32:
-            gemm_format<WeightFormat::kQ4g32>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4ag32:
-            gemm_format<WeightFormat::kQ4ag32>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ4k:
-            gemm_format<WeightFormat::kQ4k>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        case WeightFormat::kQ6k:
-            gemm_format<WeightFormat::kQ6k>(w, x, m, y, ldy, g_begin, g_end);
-            break;
-        default:
-            break;
-    }
+    with_format(w.format, [&](auto fmt) QE_ALWAYS_INLINE {
+        gemm_format<decltype(fmt)::value>(w, x, m, y, ldy, g_begin, g_end);
+    });
 }
