@@ -17,29 +17,12 @@
 namespace qe {
 namespace {
 
-// Weights of step s (columns 4s..4s+3) as signed bytes: ws[h] = rows 4h..4h+3.
-template <WeightFormat F>
-QE_NEON_INLINE void sdot_step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) {
-    for (int h = 0; h < 2; ++h) {
-        if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
-            ws[h] =
-                vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
-        } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
-            ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
-        } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
-            const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
-            ws[h] = vreinterpretq_s8_u8(s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f))
-                                                   : vshrq_n_u8(raw, 4));
-        }
-    }
-}
-
 // Step S for NT tokens: acc[t][h] (rows 4h..4h+3 of token t) += step weights . x_t[4S..4S+3].
 template <WeightFormat F, int NT, int S>
 QE_NEON_INLINE void sdot_tile_step(const uint8_t* rec, const int8x16_t (&xv)[NT][2],
                                    int32x4_t (&acc)[NT][2]) {
     int8x16_t ws[2];
-    sdot_step_weights<F>(rec, S, ws);
+    step_weights<F>(rec, S, ws);
     for (int t = 0; t < NT; ++t) {
         for (int h = 0; h < 2; ++h) {
             const int32x4_t a = S == 0 ? vdupq_n_s32(0) : acc[t][h];

@@ -60,6 +60,24 @@ QE_NEON_INLINE uint8x16_t q6_step_codes(const uint8_t* rec, int s, int h) {
     return vorrq_u8(lo, hi);
 }
 
+// Weights of step s (columns 4s..4s+3) as signed bytes, ws[h] = rows 4h..4h+3: the operand of
+// the baseline smull/smlal products (matmul_neon.cc) and of sdot (neon_dotprod_util.h).
+template <WeightFormat F>
+QE_NEON_INLINE void step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) {
+    for (int h = 0; h < 2; ++h) {
+        if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
+            ws[h] =
+                vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
+        } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
+            ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
+        } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
+            const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
+            ws[h] = vreinterpretq_s8_u8(s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f))
+                                                   : vshrq_n_u8(raw, 4));
+        }
+    }
+}
+
 // Float accumulators of one row group (8 rows in two vectors): acc for every format, accm for
 // the q4k minimum term that ref keeps apart until the row factors are applied.
 struct GroupAcc {
