@@ -7,7 +7,7 @@
 
 #include <cstring>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 namespace {

@@ -12,7 +12,7 @@
 
 #include <cmath>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 

@@ -16,7 +16,7 @@
 // every token of the tile while live, one broadcast activation vector at a time, so the 16-bit
 // chains of 4 tokens fit the 32 vector registers (q8g32 and q4k go 2 tokens at a time: more
 // chains or accumulators). Rows of a group are SIMD lanes, so the float combination per block
-// is ref's lane-wise arithmetic and every output equals ref bit for bit (neon_util.h).
+// is ref's lane-wise arithmetic and every output equals ref bit for bit (neon_inl.h).
 // Measured under qemu (tools/arm_insn_count.sh): q4g32 gemm 80.5 instructions per 256 MACs
 // against 92.5 for one gemv per token.
 #include <arm_neon.h>
@@ -25,7 +25,7 @@
 #include <cstring>
 #include <utility>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 namespace {

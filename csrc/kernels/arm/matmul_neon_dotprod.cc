@@ -3,9 +3,9 @@
 // Cortex-A55): 16 lane-indexed sdot per block and row group, the 4-bit codes unpacked with one
 // and + one ushr per 32 bytes, the int8 codes flipped from offset binary with one eor per 16
 // bytes. gemm reuses each block's unpacked weights for a tile of 4 tokens
-// (kernels/arm/neon_dotprod_util.h). Outputs equal ref bit for bit (see neon_util.h).
+// (kernels/arm/neon_dotprod_inl.h). Outputs equal ref bit for bit (see neon_inl.h).
 // Quantization and dequantization are not on the hot path of sdot: this table uses neon's.
-#include "kernels/arm/neon_dotprod_util.h"
+#include "kernels/arm/neon_dotprod_inl.h"
 
 namespace qe::neon_dotprod {
 

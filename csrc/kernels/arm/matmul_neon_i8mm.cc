@@ -9,7 +9,7 @@
 // rows {0,1} and {2,3}; for 4-bit records the two steps are the low and high nibbles of one
 // chunk. A tile is 8 rows x 4 tokens (2 token pairs): per block 16 usmmla + 16 zips (weights) +
 // 8 paired 8-byte loads (activations) + 8 uzp to get back to rows-in-lanes for the float
-// combination, which is then ref's lane-wise arithmetic (bit-exact, neon_util.h).
+// combination, which is then ref's lane-wise arithmetic (bit-exact, neon_inl.h).
 // Because usmmla takes unsigned weights, q8g32's offset-binary bytes (and q6k's unsigned 6-bit
 // codes) go in as they are and the 128 * sum(x) (32 * sum(x)) bias comes off the int32 result,
 // exact.
@@ -18,7 +18,7 @@
 // with neon_dotprod's sdot kernel. A usdot decode kernel for q8g32 (unsigned weights as stored,
 // no eor flip) was measured and dropped: 63.1 against sdot's 62.0 instructions per block
 // (tools/arm_insn_count.sh, docs/arm-performance.md).
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon_i8mm {
 namespace {

@@ -4,12 +4,12 @@
 // 4 lanes at a time, with scalar tails that use the same per-element arithmetic (so results do
 // not depend on where a tail starts). Precision contracts in kernels/kernels.h: conversions and
 // RoPE are exact (fcvtl/fcvtn round like ref; separately rounded products), sums are reordered,
-// exp-based functions use exp_f32x4 (about 2 ulp, neon_util.h).
+// exp-based functions use exp_f32x4 (about 2 ulp, neon_inl.h).
 #include <arm_neon.h>
 
 #include <cmath>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 namespace {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// AVX-512 gated delta rule: delta_core.h on 16-lane vectors, tiles of 4 vectors (64 columns).
+// AVX-512 gated delta rule: delta_rule_inl.h on 16-lane vectors, tiles of 4 vectors (64 columns).
 // Compiled with the avx512_vnni table's flags (per file); it needs only AVX-512F.
 #include <immintrin.h>
 
@@ -36,6 +36,6 @@ static inline Vec vfmadd(Vec a, Vec b, Vec c) {
     return _mm512_fmadd_ps(a, b, c);
 }
 
-#include "kernels/x86/delta_core.h"
+#include "kernels/x86/delta_rule_inl.h"
 
 }  // namespace qe::avx512_vnni

@@ -15,7 +15,7 @@
 
 #include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
-#include "kernels/x86/avx2_util.h"
+#include "kernels/x86/avx2_inl.h"
 
 namespace qe::avx2 {
 namespace {
@@ -77,7 +77,7 @@ static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
 
 }  // namespace
 
-#include "kernels/x86/matmul_q8a_x86.h"
+#include "kernels/x86/matmul_q8a_ymm_inl.h"
 
 // ---- activation quantization -------------------------------------------------------------------
 

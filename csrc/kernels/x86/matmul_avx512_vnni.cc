@@ -3,7 +3,7 @@
 // rows of group g, lanes 8-15 those of group g + 1: the same step of both groups is one
 // 64-byte vector built from two 32-byte loads, the activations' 4 bytes are broadcast to all
 // 16 lanes, and one vpdpbusd does 64 multiply-adds: the prefill product. Decode (one token)
-// and a trailing odd group use the 256-bit VNNI code (EVEX vpdpbusd) from matmul_q8a_x86.h.
+// and a trailing odd group use the 256-bit VNNI code (EVEX vpdpbusd) from matmul_q8a_ymm_inl.h.
 // The float combination repeats `ref` op by op, so results are ref's bits.
 // Compiled with -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni (per file).
 #include <immintrin.h>
@@ -12,7 +12,7 @@
 
 #include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
-#include "kernels/x86/avx512_util.h"
+#include "kernels/x86/avx512_inl.h"
 
 // GCC 12's own AVX-512 intrinsics (_mm512_undefined_*, used inside zext/insert/cvtph) trip
 // -W(maybe-)uninitialized when inlined (GCC bug 105593): a false positive in the compiler headers.
@@ -31,11 +31,11 @@ static inline __m256i dpbusd(__m256i acc, __m256i w, __m256i x) {
     return _mm256_dpbusd_epi32(acc, w, x);
 }
 
-#include "kernels/x86/vnni256_core.h"
+#include "kernels/x86/matmul_vnni_ymm_inl.h"
 
 }  // namespace
 
-#include "kernels/x86/matmul_q8a_x86.h"
+#include "kernels/x86/matmul_q8a_ymm_inl.h"
 
 }  // namespace ymm
 
@@ -56,7 +56,7 @@ static inline __m512i load_pair(const uint8_t* a, const uint8_t* b) {
 }
 
 // 8 step vectors of two groups' codes. q4: low/high nibbles; q8g32: the unsigned bytes; q6k:
-// the low nibbles with the high 2 bits ORed in (as ymm::unpack_q6 in matmul_q8a_x86.h).
+// the low nibbles with the high 2 bits ORed in (as ymm::unpack_q6 in matmul_q8a_ymm_inl.h).
 template <WeightFormat F>
 static inline void unpack2(const uint8_t* r0, const uint8_t* r1, __m512i* w) {
     if constexpr (F == WeightFormat::kQ8g32) {

@@ -7,7 +7,7 @@
 #include <cmath>
 
 #include "kernels/kernels.h"
-#include "kernels/x86/avx2_util.h"
+#include "kernels/x86/avx2_inl.h"
 
 namespace qe::avx2 {
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // sdot building blocks shared by the neon_dotprod and neon_i8mm kernel files (both compiled with
-// +dotprod; never include this from a baseline file). Internal linkage only, like neon_util.h.
+// +dotprod; never include this from a baseline file). Internal linkage only, like neon_inl.h.
 //
 // One quant record step is 4 columns x 8 rows = two 16-byte vectors (rows 0-3, rows 4-7), and
 // one lane-indexed sdot multiplies a vector by the step's 4 activation bytes picked from a
@@ -12,7 +12,7 @@
 
 #include <utility>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe {
 namespace {

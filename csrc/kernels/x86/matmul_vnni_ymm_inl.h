@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The integer core of the 256-bit VNNI products, shared by the avx_vnni table (VEX vpdpbusd)
-// and the 256-bit path of the avx512_vnni table (EVEX vpdpbusd): the core matmul_q8a_x86.h
+// and the 256-bit path of the avx512_vnni table (EVEX vpdpbusd): the core matmul_q8a_ymm_inl.h
 // expects (unpack_q4, unpack_q8, dot_q4, dot_q8, dot_q6). Included INSIDE the ISA namespace of
 // a translation unit compiled with that ISA's flags (which includes <immintrin.h> and
 // <cstring> first), after it defined

@@ -56,7 +56,7 @@ static inline Scales2 load_scales(const uint8_t* s0, const uint8_t* s1) {
     }
 }
 
-// One block of two groups for one token, as ref::row_dot (see matmul_q8a_x86.h::combine).
+// One block of two groups for one token, as ref::row_dot (see matmul_q8a_ymm_inl.h::combine).
 // xs: the block's scaled sum x.d * float(x.sum), computed once per gemm (q4ag32, q4k only),
 // which a minimum term takes as a broadcast load.
 template <WeightFormat F>
