@@ -20,23 +20,12 @@
 namespace qe::avx2 {
 namespace {
 
-static inline __m256i bcast_step(const int8_t* q, int s) {
-    int32_t v;
-    std::memcpy(&v, q + 4 * s, 4);
-    return _mm256_set1_epi32(v);
-}
+#define QE_Q8A_ROWS 8
+#include "kernels/x86/matmul_q8a_inl.h"
 
-static inline void unpack_q4(const uint8_t* rec, __m256i* w) {
-    const __m256i mask = _mm256_set1_epi8(0x0f);
-    for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
-        w[2 * c] = _mm256_and_si256(v, mask);
-        w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-    }
-}
-
-// q8g32 as signed q = u8 - 128 (xor 0x80), ready for the sign trick.
-static inline void unpack_q8(const uint8_t* rec, __m256i* w) {
+// The integer core matmul_q8a_ymm_inl.h expects. q8g32 as signed q = u8 - 128 (xor 0x80), ready for
+// the sign trick.
+static inline void unpack_q8(__m256i* w, const uint8_t* rec) {
     const __m256i flip = _mm256_set1_epi8(char(0x80));
     for (int s = 0; s < 8; ++s) {
         w[s] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s)),
