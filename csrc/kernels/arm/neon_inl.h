@@ -61,7 +61,7 @@ QE_NEON_INLINE uint8x16_t q6_step_codes(const uint8_t* rec, int s, int h) {
 }
 
 // Weights of step s (columns 4s..4s+3) as signed bytes, ws[h] = rows 4h..4h+3: the operand of
-// the baseline smull/smlal products (matmul_neon.cc) and of sdot (neon_dotprod_inl.h).
+// the baseline smull/smlal products (matmul_neon.cc) and of sdot (matmul_neon_dotprod.cc).
 template <WeightFormat F>
 QE_NEON_INLINE void step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) {
     for (int h = 0; h < 2; ++h) {
