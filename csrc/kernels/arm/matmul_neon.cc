@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Baseline ARMv8.0 NEON quantized kernels (Cortex-A72 / Raspberry Pi 4 and every aarch64 core):
-// activation quantization, the W4A8/W8A8 products and row dequantization.
+// Baseline ARMv8.0 NEON matrix products (Cortex-A72 / Raspberry Pi 4 and every aarch64 core):
+// activation quantization, the W4A8/W8A8 products, row dequantization and the float-weight
+// products.
 //
 // Weights stream in the packed layout of docs/weight-formats.md: a quant record holds 8 steps of
 // 4 columns x 8 rows, so one 16-byte load = 4 rows x 4 columns (rows 0-3, then rows 4-7).
@@ -200,6 +201,22 @@ void gemm_float(const typename W::T* w, int64_t ldw, const float* x, int64_t ldx
 }
 
 }  // namespace
+
+void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k) {
+    const int64_t k8 = k & ~int64_t{7};
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* wr = w + r * ldw;
+        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+        int64_t i = 0;
+        for (; i < k8; i += 8) {
+            acc0 = vfmaq_f32(acc0, vld1q_f32(wr + i), vld1q_f32(x + i));
+            acc1 = vfmaq_f32(acc1, vld1q_f32(wr + i + 4), vld1q_f32(x + i + 4));
+        }
+        float acc = vaddvq_f32(vaddq_f32(acc0, acc1));
+        for (; i < k; ++i) acc += wr[i] * x[i];
+        y[r] = acc;
+    }
+}
 
 void gemm_f32(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
               int64_t ldy, int64_t rows, int64_t k) {

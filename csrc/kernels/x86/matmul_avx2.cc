@@ -116,6 +116,23 @@ void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
 
 // ---- float weights -----------------------------------------------------------------------------
 
+void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k) {
+    const int64_t k16 = k & ~int64_t{15};
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* wr = w + r * ldw;
+        // Two accumulators hide the FMA latency on one row; rows are independent streams.
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i < k16; i += 16) {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i), _mm256_loadu_ps(x + i), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+        }
+        float acc = x86::hsum(_mm256_add_ps(acc0, acc1));
+        for (; i < k; ++i) acc += wr[i] * x[i];
+        y[r] = acc;
+    }
+}
+
 namespace {
 
 static inline __m256 load8(const float* p) {
