@@ -11,6 +11,19 @@
 
 namespace qe {
 
+// Format names, the strings of the model file, Python and bench JSON (format_name; they are part
+// of the file format and never change), read letter by letter:
+//   f32 f16 bf16   plain floats
+//   q<bits>        integer codes of that many bits, with a float scale
+//   a              (in a weight format, after the bits) asymmetric: each block also has a
+//                  minimum, value = d * code + m (q4ag32); without it, symmetric codes around a
+//                  fixed zero point (q8g32: 128, q4g32: 8, q6k: 32)
+//   g<N>           one scale per group of N columns along k (g32: per 32-column block)
+//   k              k-quant layout (after llama.cpp's Q4_K/Q6_K): integer sub-scales per block
+//                  and float factors per row; q4k also has a minimum (d * sc * q - m * mn)
+// The activation format q8a (BlockQ8A below) is not a weight format and its `a` is another
+// word: activation. Its blocks are symmetric int8 (d * q, no minimum), made at run time and
+// never stored.
 enum class WeightFormat : uint8_t {
     kF32,
     kF16,
@@ -81,7 +94,8 @@ struct PackedMatrix {
     static PackedMatrix view(WeightFormat f, const PackedLayout& layout, const uint8_t* data);
 };
 
-// One block of 32 quantized activations (runtime only): x ~= d * q, sum = sum of q.
+// q8a: one block of 32 quantized activations (runtime only; `a` = activation, not asymmetric):
+// x ~= d * q, symmetric, and sum = sum of q.
 struct BlockQ8A {
     float d;
     int32_t sum;
