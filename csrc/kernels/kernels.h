@@ -106,7 +106,7 @@ using CvtF32ToF16Fn = void(const float* in, uint16_t* out, int64_t n);
 using RmsNormFn = void(const float* x, const float* w, float* y, int64_t rows, int64_t n,
                        float eps);
 
-// rms_norm_gated, the GDN output norm (spec §3.3):
+// rms_norm_gated, the GDN output norm (docs/model.md §4.4):
 // y = w * (x / sqrt(mean x^2 + eps)) * silu(z), per row.
 //   x, z, y [rows, n] (y may alias x or z);  w [n]. Reordered + approx (silu).
 using RmsNormGatedFn = void(const float* x, const float* w, const float* z, float* y, int64_t rows,
@@ -136,7 +136,7 @@ using SigmoidMulFn = void(const float* x, const float* g, float* out, int64_t n)
 // ==== delta: Gated DeltaNet (delta_<tag>.cc) ==================================================
 
 // conv1d_silu: causal depthwise conv1d with SiLU over t tokens of c channels, kernel width kw
-// (spec §3.7.2): y[s, ch] = silu(sum_j w[j, ch] * in[s - kw + 1 + j, ch]), where
+// (docs/model.md §4.8 step 2): y[s, ch] = silu(sum_j w[j, ch] * in[s - kw + 1 + j, ch]), where
 // `in` is the kw - 1 rows of `state` followed by the t rows of x; afterwards state holds the
 // last kw - 1 input rows.
 //   w [kw, c] (tap-major: the file's [c, 1, kw] transposed at load) and state [kw - 1, c],
@@ -147,8 +147,8 @@ using SigmoidMulFn = void(const float* x, const float* g, float* out, int64_t n)
 using Conv1dSiluFn = void(const float* w, float* state, int64_t ldc, const float* x, int64_t ldx,
                           float* y, int64_t ldy, int64_t t, int64_t c, int64_t kw);
 
-// delta_rule: the gated delta rule of one value head over t tokens (spec §3.7 item 7, the
-// recurrence):
+// delta_rule: the gated delta rule of one value head over t tokens (docs/model.md §4.8 step 7,
+// the recurrence):
 //   S = decay[s] * S;  e = S^T k;  delta = beta[s] * (v - e);  S += k delta^T;  o = S^T q
 //   s [dk, dv] fp32, updated in place;  q, k: token s at q + s * ldu, k + s * ldu ([dk],
 //   l2-normalized, q scaled by 1/sqrt(dk));  v: token s at v + s * ldu ([dv]);
