@@ -13,10 +13,12 @@
 #define QE_RESTRICT __restrict__
 #define QE_LIKELY(x) __builtin_expect(!!(x), 1)
 #define QE_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define QE_ALWAYS_INLINE __attribute__((always_inline))
 #else
 #define QE_RESTRICT
 #define QE_LIKELY(x) (x)
 #define QE_UNLIKELY(x) (x)
+#define QE_ALWAYS_INLINE
 #endif
 
 namespace qe {
@@ -46,8 +48,8 @@ template <typename... Args>
 }  // namespace detail
 
 // Checks a condition that depends on input (files, arguments); throws qe::Error with a message.
-#define QE_CHECK(cond, ...)                                              \
-    do {                                                                 \
+#define QE_CHECK(cond, ...)                                                            \
+    do {                                                                               \
         if (QE_UNLIKELY(!(cond))) ::qe::detail::fail(__FILE__, __LINE__, __VA_ARGS__); \
     } while (0)
 

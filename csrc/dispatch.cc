@@ -10,10 +10,12 @@ namespace {
 
 // clang-format off
 #define QE_TABLE_SLOTS(X)                                                                        \
-    X(gemv_f32) X(gemm_f32) X(gemm_f16) X(gemm_bf16) X(cvt_f16_f32) X(cvt_bf16_f32)              \
-    X(cvt_f32_f16) X(quantize_q8a) X(gemv_q8a) X(gemm_q8a) X(dequantize_row) X(rms_norm)         \
-    X(rms_norm_gated) X(l2_norm) X(rope) X(softmax) X(silu_mul) X(sigmoid_mul) X(conv1d_silu)    \
-    X(delta_rule) X(attention_f16) X(attention_f32) X(attention_q8)
+    X(gemv_f32) X(gemm_f32) X(gemm_f16) X(gemm_bf16) X(quantize_q8a) X(gemv_q8a) X(gemm_q8a)     \
+    X(dequantize_row)                                                                            \
+    X(cvt_f16_f32) X(cvt_bf16_f32) X(cvt_f32_f16) X(rms_norm) X(rms_norm_gated) X(l2_norm)       \
+    X(rope) X(softmax) X(silu_mul) X(sigmoid_mul)                                                \
+    X(conv1d_silu) X(delta_rule)                                                                 \
+    X(attention_f16) X(attention_f32) X(attention_q8)
 // clang-format on
 
 #define QE_COUNT_SLOT(name) +1
@@ -135,10 +137,10 @@ const std::vector<const KernelTable*>& compiled_tables() {
     static const KernelTable ref = make_ref();
     static const std::vector<const KernelTable*> tables = {
 #if defined(__x86_64__) || defined(_M_X64)
-        &avx512_vnni, &avx_vnni, &avx2,
+        &avx512_vnni, &avx_vnni,     &avx2,
 #endif
 #if defined(__aarch64__)
-        &neon_i8mm, &neon_dotprod, &neon,
+        &neon_i8mm,   &neon_dotprod, &neon,
 #endif
         &ref,
     };

@@ -13,43 +13,43 @@
 
 namespace qe {
 
-// Slot order follows kernels/kernels.h; every slot of every table is set (a test checks).
+// Slots by family in the order of kernels/kernels.h; every slot of every table is set (a test
+// checks).
 struct KernelTable {
     const char* tag;    // ISA tag: "ref", "avx2", "avx_vnni", "avx512_vnni", "neon", ...
     uint32_t required;  // CpuFeature bits the CPU must have
-    // float weight products
-    GemvF32Fn gemv_f32;
-    GemmF32Fn gemm_f32;
-    GemmHalfFn gemm_f16;
-    GemmHalfFn gemm_bf16;
-    // conversions
-    CvtHalfToF32Fn cvt_f16_f32;
-    CvtHalfToF32Fn cvt_bf16_f32;
-    CvtF32ToF16Fn cvt_f32_f16;
-    // quantized products
-    QuantizeQ8aFn quantize_q8a;
-    GemvQ8aFn gemv_q8a;
-    GemmQ8aFn gemm_q8a;
-    DequantizeRowFn dequantize_row;
-    // normalization and elementwise
-    RmsNormFn rms_norm;
-    RmsNormGatedFn rms_norm_gated;
-    L2NormFn l2_norm;
-    RopeFn rope;
-    SoftmaxFn softmax;
-    SiluMulFn silu_mul;
-    SigmoidMulFn sigmoid_mul;
-    // Gated DeltaNet and attention
-    Conv1dSiluFn conv1d_silu;
-    DeltaRuleFn delta_rule;
-    AttentionF16Fn attention_f16;
-    AttentionF32Fn attention_f32;
-    AttentionQ8Fn attention_q8;
+    // matmul
+    GemvF32Fn* gemv_f32;
+    GemmF32Fn* gemm_f32;
+    GemmHalfFn* gemm_f16;
+    GemmHalfFn* gemm_bf16;
+    QuantizeQ8aFn* quantize_q8a;
+    GemvQ8aFn* gemv_q8a;
+    GemmQ8aFn* gemm_q8a;
+    DequantizeRowFn* dequantize_row;
+    // vec
+    CvtHalfToF32Fn* cvt_f16_f32;
+    CvtHalfToF32Fn* cvt_bf16_f32;
+    CvtF32ToF16Fn* cvt_f32_f16;
+    RmsNormFn* rms_norm;
+    RmsNormGatedFn* rms_norm_gated;
+    L2NormFn* l2_norm;
+    RopeFn* rope;
+    SoftmaxFn* softmax;
+    SiluMulFn* silu_mul;
+    SigmoidMulFn* sigmoid_mul;
+    // delta
+    Conv1dSiluFn* conv1d_silu;
+    DeltaRuleFn* delta_rule;
+    // attention
+    AttentionF16Fn* attention_f16;
+    AttentionF32Fn* attention_f32;
+    AttentionQ8Fn* attention_q8;
 };
 
 // Number of function slots in a KernelTable and a view of them (for the completeness test).
 constexpr int kKernelSlots = 23;
-// Slot i of a table as an untyped pointer (nullptr if unset) and its family name.
+// Slot i of a table as an untyped pointer (nullptr if unset) and its kernel name.
 const void* kernel_slot(const KernelTable& t, int i);
 const char* kernel_slot_name(int i);
 

@@ -59,4 +59,8 @@ class ChatTemplateError(QwenEdgeError, ValueError):
 
 
 class GenerationConfigError(QwenEdgeError, ValueError):
-    """Sampling or generation settings out of range."""
+    """Sampling or generation settings out of range; `field` names the setting at fault."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field

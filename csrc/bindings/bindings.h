@@ -8,7 +8,7 @@ namespace qe_py {
 
 // Every kernel family callable on one kernel table by tag (the Python test surface).
 void bind_kernels(pybind11::module_& m);
-// The model and its state (used by qwen_edge/runtime.py).
+// The model and its state (used by qwen_edge/backends/native.py).
 void bind_model(pybind11::module_& m);
 
 }  // namespace qe_py

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// _core.Model and _core.State: the Qwen3.5 forward pass for qwen_edge/runtime.py. Weights come
+// _core.Model and _core.State: the Qwen3.5 forward pass for qwen_edge/backends/native.py. Weights come
 // in without copies (buffers the model keeps alive); forward releases the GIL and writes the
 // logits into an array the caller allocated.
 #include <pybind11/numpy.h>
@@ -98,7 +98,7 @@ void bind_model(py::module_& m) {
         },
         py::arg("bytes"), py::arg("threads") = 1, py::arg("repetitions") = 3,
         "Streaming read bandwidth in GB/s: `threads` threads each read their part of a buffer.");
-    py::class_<qe::State>(m, "State", "Caches and position of one sequence (see runtime.py).")
+    py::class_<qe::State>(m, "State", "Caches and position of one sequence (see qwen_edge/backends/native.py).")
         .def_property_readonly("position", &qe::State::position)
         .def_property_readonly("context", &qe::State::context)
         .def_property_readonly(

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// qwen_edge._core: the thin pybind11 layer over the native core. Private: qwen_edge/runtime.py
+// qwen_edge._core: the thin pybind11 layer over the native core. Private: qwen_edge/backends/native.py
 // is its only importer. Arrays come in through the buffer protocol without copies; qe::Error
-// becomes _core.Error (a RuntimeError), which runtime.py maps to qwen_edge.errors.
+// becomes _core.Error (a RuntimeError), which backends/native.py maps to qwen_edge.errors.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

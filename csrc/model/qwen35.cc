@@ -13,7 +13,7 @@ namespace qe {
 
 namespace {
 
-constexpr float kL2NormEps = 1e-6f;  // the q/k l2-norm epsilon is fixed (spec §3.7 item 5)
+constexpr float kL2NormEps = 1e-6f;  // the q/k l2-norm epsilon is fixed (docs/model.md §4.8 step 5)
 
 std::string shape_str(const std::vector<int64_t>& shape) {
     std::string s = "[";
@@ -155,7 +155,8 @@ Qwen35Model::Qwen35Model(const ModelConfig& config, const TensorMap& tensors,
         layers_.push_back(std::move(L));
     }
 
-    // inv_freq[f] = 1 / theta^(2f / n_rot) in float32, as transformers computes it (spec §3.6).
+    // inv_freq[f] = 1 / theta^(2f / n_rot) in float32, as transformers computes it
+    // (docs/model.md §4.7).
     const int64_t half = c.rotary_dim() / 2;
     inv_freq_.resize(half);
     eps_ = float(c.rms_norm_eps);
@@ -412,7 +413,7 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
                         c1 - c0, c.conv_kernel);
     });
 
-    // Gates in float32 (spec §3.7 item 4, §8.3): beta = sigmoid(b), g = -exp(A_log) *
+    // Gates in float32 (docs/model.md §4.8 step 4, §8): beta = sigmoid(b), g = -exp(A_log) *
     // softplus(a + dt_bias) with PyTorch's threshold 20; the delta rule takes exp(g).
     const float q_scale = 1.0f / std::sqrt(float(dk));
     for_tokens(n, [&](int64_t t0, int64_t t1) {
@@ -431,7 +432,7 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
         }
     });
 
-    // Value head m reads q/k head m / r (grouped, spec §3.7 item 6).
+    // Value head m reads q/k head m / r (grouped, docs/model.md §4.8 step 6).
     const int64_t r = nv / nk;
     float* rec = state.recurrent(L.index);
     pool_.for_each(nv, 1, [&](int64_t m0, int64_t m1, int) {

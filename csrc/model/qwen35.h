@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// The Qwen3.5 text decoder (spec §3): embedding, 3:1 gated DeltaNet / gated full-attention
+// The Qwen3.5 text decoder (docs/model.md §4): embedding, 3:1 gated DeltaNet / gated full-attention
 // layers with SwiGLU MLPs, final norm, tied or separate LM head. Weights are used in place
 // (usually from the model file's read-only mmap); only small vectors are converted at load:
 // zero-centred norm weights become 1 + w, A_log becomes -exp(A_log), the conv taps are
-// transposed to [kernel, channels], all as float32 (spec §8).
+// transposed to [kernel, channels], all as float32 (docs/model.md §8).
 //
 // One forward pass handles a batch of tokens (a prompt, or one token when decoding) and
 // continues a State. Batches longer than the state's batch size are split; the math is the

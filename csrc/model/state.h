@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The inference state of one sequence: every full-attention layer's KV cache, every gated
-// DeltaNet layer's conv state and recurrent state (fp32, spec §8.1), the position, and the
+// DeltaNet layer's conv state and recurrent state (fp32, docs/model.md §6), the position, and the
 // scratch arena the forward pass works in. Sized once at creation for a context length and a
 // largest token batch, so a decode step allocates nothing. Copying a state copies the caches
 // up to the current position (snapshot / restore for prompt caching and speculation); scratch

@@ -36,7 +36,7 @@ void run_units(const KernelTable& kt, const Matrix& w, const float* x, int64_t l
         case WeightFormat::kF16:
         case WeightFormat::kBf16: {
             const uint16_t* base = static_cast<const uint16_t*>(w.data) + r0 * w.k;
-            const GemmHalfFn fn = w.format == WeightFormat::kF16 ? kt.gemm_f16 : kt.gemm_bf16;
+            GemmHalfFn* const fn = w.format == WeightFormat::kF16 ? kt.gemm_f16 : kt.gemm_bf16;
             fn(base, w.k, x, ldx, m, y + r0, ldy, r1 - r0, w.k);
             break;
         }

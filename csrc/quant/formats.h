@@ -11,6 +11,19 @@
 
 namespace qe {
 
+// Format names, the strings of the model file, Python and bench JSON (format_name; they are part
+// of the file format and never change), read letter by letter:
+//   f32 f16 bf16   plain floats
+//   q<bits>        integer codes of that many bits, with a float scale
+//   a              (in a weight format, after the bits) asymmetric: each block also has a
+//                  minimum, value = d * code + m (q4ag32); without it, symmetric codes around a
+//                  fixed zero point (q8g32: 128, q4g32: 8, q6k: 32)
+//   g<N>           one scale per group of N columns along k (g32: per 32-column block)
+//   k              k-quant layout (after llama.cpp's Q4_K/Q6_K): integer sub-scales per block
+//                  and float factors per row; q4k also has a minimum (d * sc * q - m * mn)
+// The activation format q8a (BlockQ8A below) is not a weight format and its `a` is another
+// word: activation. Its blocks are symmetric int8 (d * q, no minimum), made at run time and
+// never stored.
 enum class WeightFormat : uint8_t {
     kF32,
     kF16,
@@ -22,16 +35,18 @@ enum class WeightFormat : uint8_t {
     kQ6k,     // 6-bit codes 0..63 meaning q - 32, i8 scale per block, f32 per-row factor: ~6.25 b/w
 };
 
-constexpr int kBlockK = 32;     // columns per quantization block
-constexpr int kRowPack = 8;     // rows interleaved in one row group
-constexpr int kStepK = 4;       // consecutive columns of one row kept together (one int32 lane)
+constexpr int kBlockK = 32;  // columns per quantization block
+constexpr int kRowPack = 8;  // rows interleaved in one row group
+constexpr int kStepK = 4;    // consecutive columns of one row kept together (one int32 lane)
 constexpr int kSectionAlign = 64;
 
 // Format name as used in the model file, Python and benchmark JSON ("q4k", "f16", ...).
 const char* format_name(WeightFormat f);
 // Parses a format name; false if unknown.
 bool parse_format(const std::string& name, WeightFormat* out);
-inline bool is_quantized(WeightFormat f) { return f >= WeightFormat::kQ8g32; }
+inline bool is_quantized(WeightFormat f) {
+    return f >= WeightFormat::kQ8g32;
+}
 
 // Bytes of one quant record (8 rows x 32 columns) and one scale record of a packed format.
 constexpr int64_t quant_record_bytes(WeightFormat f) {
@@ -70,8 +85,8 @@ bool plain_bytes(WeightFormat f, uint64_t numel, uint64_t* out);
 struct PackedMatrix {
     WeightFormat format = WeightFormat::kQ4g32;
     int64_t rows = 0, rows_padded = 0, k = 0, groups = 0, blocks = 0;
-    const uint8_t* quants = nullptr;    // [groups][blocks] quant records
-    const uint8_t* scales = nullptr;    // [groups][blocks] scale records
+    const uint8_t* quants = nullptr;  // [groups][blocks] quant records
+    const uint8_t* scales = nullptr;  // [groups][blocks] scale records
     // q4k: [groups] {d[8], m[8]}; q6k: [groups] {d[8]}; else null
     const float* row_params = nullptr;
 
@@ -79,7 +94,8 @@ struct PackedMatrix {
     static PackedMatrix view(WeightFormat f, const PackedLayout& layout, const uint8_t* data);
 };
 
-// One block of 32 quantized activations (runtime only): x ~= d * q, sum = sum of q.
+// q8a: one block of 32 quantized activations (runtime only; `a` = activation, not asymmetric):
+// x ~= d * q, symmetric, and sum = sum of q.
 struct BlockQ8A {
     float d;
     int32_t sum;

@@ -4,6 +4,11 @@ This is the Python source of truth of `docs/weight-formats.md` (the C++ mirror i
 `csrc/quant/formats.h` + `csrc/kernels/ref/matmul_ref.cc`; tests compare them byte for byte).
 The exporter calls `quantize(format, w)`; the model-file reader calls `dequantize` on request.
 
+Format names read letter by letter (as in `csrc/quant/formats.h`): `q<bits>` integer codes,
+`a` asymmetric (a per-block minimum: q4ag32), `g<N>` one scale per N columns, `k` the k-quant
+layout (integer sub-scales under per-row-group factors). The activation format `q8a` is the
+exception: its `a` means activation (symmetric int8 blocks of 32), not asymmetric.
+
 Packed formats store a matrix `W[R, K]` (K a multiple of 32) as rows padded to a multiple of 8,
 cut into row groups of 8 rows and blocks of 32 columns; codes of the 8 rows are interleaved so
 one SIMD load holds the same 4 columns of every row. Padding rows are zero bytes (code bytes

@@ -47,13 +47,32 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
+class _Trim:
+    """One field's text with the whitespace at both ends dropped, as it streams: leading
+    whitespace is skipped, trailing whitespace held until more text follows it."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.held = ""
+
+    def feed(self, text: str) -> str:
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        text = self.held + text
+        body = text.rstrip()
+        self.held = text[len(body) :]
+        return body
+
+
 class ChatOutputParser:
     """Turns the model's answer text, as it streams, into OpenAI message fields.
 
     With thinking on, text up to `</think>` is `reasoning_content`; then `content`; with tools,
     text from `<tool_call>` on is held back and parsed into `tool_calls` at the end. Text that
-    may be the start of a marker is held until the next piece decides. The streaming and the
-    non-streaming responses both come from this one parser, so they always agree.
+    may be the start of a marker is held until the next piece decides, and each field loses the
+    whitespace at its ends (trailing whitespace is held until more text follows). The streaming
+    and the non-streaming responses both come from this one parser, so their text is the same.
     """
 
     def __init__(self, thinking: bool, tools: bool):
@@ -61,10 +80,26 @@ class ChatOutputParser:
         self.tools = tools
         self.pending = ""
         self.tool_text = ""
-        self.content_started = not thinking  # newlines after </think> are not content
+        self.trims = {"reasoning_content": _Trim(), "content": _Trim()}
 
     def feed(self, text: str) -> list[tuple[str, str]]:
         """(field, text) pieces that can be sent now."""
+        return self._trimmed(self._split(text))
+
+    def finish(self) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+        """The held-back text and the parsed tool calls, at the end of the answer."""
+        out = [(self.phase if self.phase != "tools" else "content", self.pending)]
+        calls: list[dict[str, Any]] = []
+        if self.tool_text:
+            rest, calls = parse_tool_calls(self.tool_text)
+            out.append(("content", rest if calls else self.tool_text))
+        return self._trimmed(out), calls
+
+    def _trimmed(self, pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        out = [(f, self.trims[f].feed(t)) for f, t in pieces]
+        return [(f, t) for f, t in out if t]
+
+    def _split(self, text: str) -> list[tuple[str, str]]:
         self.pending += text
         out: list[tuple[str, str]] = []
         if self.phase == "reasoning_content":
@@ -73,14 +108,11 @@ class ChatOutputParser:
                 keep = _partial_suffix(self.pending, "</think>")
                 out.append(("reasoning_content", self.pending[: len(self.pending) - keep]))
                 self.pending = self.pending[len(self.pending) - keep :]
-                return [(f, t) for f, t in out if t]
+                return out
             out.append(("reasoning_content", self.pending[:i]))
             self.pending = self.pending[i + len("</think>") :]
             self.phase = "content"
         if self.phase == "content":
-            if not self.content_started:
-                self.pending = self.pending.lstrip("\n")
-                self.content_started = bool(self.pending)
             i = self.pending.find("<tool_call>") if self.tools else -1
             if i >= 0:
                 out.append(("content", self.pending[:i]))
@@ -92,13 +124,4 @@ class ChatOutputParser:
         if self.phase == "tools":
             self.tool_text += self.pending
             self.pending = ""
-        return [(f, t) for f, t in out if t]
-
-    def finish(self) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
-        """The held-back text and the parsed tool calls, at the end of the answer."""
-        out = [(self.phase if self.phase != "tools" else "content", self.pending)]
-        calls: list[dict[str, Any]] = []
-        if self.tool_text:
-            rest, calls = parse_tool_calls(self.tool_text)
-            out.append(("content", rest if calls else self.tool_text))
-        return [(f, t) for f, t in out if t], calls
+        return out

@@ -21,12 +21,41 @@ from .chat_template import END_OF_TEXT, IM_END
 DEFAULT_STOP_TOKENS = (IM_END, END_OF_TEXT)
 
 
-def _setting(default: Any, kind: str, help: str, *, cli: bool = True, api: bool = True) -> Any:
-    """A dataclass field carrying how the command line and the server expose it.
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting accepts: [lo, hi], or (lo, hi] when `lo_open`."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+    def __contains__(self, x: Any) -> bool:
+        return (self.lo < x if self.lo_open else self.lo <= x) and x <= self.hi
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo}, {self.hi}]"
+
+
+MAX_STOP_STRINGS = 16  # each token is checked against every stop string: keep that cheap
+MAX_STOP_CHARS = 1000
+LOGIT_BIAS = Bounds(-100, 100)  # OpenAI's range; -100 bans a token, 100 forces it
+
+
+def _setting(
+    default: Any,
+    kind: str,
+    help: str,
+    bounds: Bounds | None = None,
+    *,
+    cli: bool = True,
+    api: bool = True,
+) -> Any:
+    """A dataclass field carrying its range and how the command line and the server expose it.
 
     kind: "int", "float", "bool", "strings" (one or more strings) or "bias" (id -> number).
+    bounds: the range of an "int" or "float" setting (finite numbers only).
     """
-    meta = {"kind": kind, "help": help, "cli": cli, "api": api}
+    meta = {"kind": kind, "help": help, "bounds": bounds, "cli": cli, "api": api}
     if isinstance(default, (dict, tuple)) and not default:
         return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,9 +68,33 @@ class Setting:
     name: str
     kind: str
     help: str
+    bounds: Bounds | None
     default: Any
     cli: bool
     api: bool
+
+
+_INTS = (int, np.integer)
+_NUMBERS = (*_INTS, float, np.floating)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def _check_fields(obj: Any) -> None:
+    """Checks the type, finiteness and range of every numeric setting of a dataclass."""
+    for f in dataclasses.fields(obj):
+        kind, bounds = f.metadata.get("kind"), f.metadata.get("bounds")
+        value = getattr(obj, f.name)
+        if bounds is None or value is None:
+            continue
+        if not _is(value, _INTS if kind == "int" else _NUMBERS):
+            what = "an integer" if kind == "int" else "a number"
+            raise GenerationConfigError(f"{f.name} must be {what}, got {value!r}", f.name)
+        # Huge ints are compared exactly (no float conversion); NaN fails every comparison.
+        if value not in bounds:
+            raise GenerationConfigError(f"{f.name} must be in {bounds}, got {value!r}", f.name)
 
 
 @dataclass(frozen=True)
@@ -61,35 +114,35 @@ class SamplingParams:
         seed: seed of the random generator; None draws fresh entropy.
     """
 
-    temperature: float = _setting(1.0, "float", "0 = greedy")
-    top_k: int = _setting(0, "int", "keep the k most likely tokens (0 = off)")
-    top_p: float = _setting(1.0, "float", "keep the smallest set of tokens with this mass")
-    min_p: float = _setting(0.0, "float", "drop tokens under min-p x the top probability")
-    repetition_penalty: float = _setting(1.0, "float", "penalise tokens already seen (1 = off)")
-    presence_penalty: float = _setting(0.0, "float", "subtract from generated tokens' logits")
-    frequency_penalty: float = _setting(0.0, "float", "subtract this x each token's count")
+    temperature: float = _setting(1.0, "float", "0 = greedy", Bounds(0, 100))
+    top_k: int = _setting(0, "int", "keep the k most likely tokens (0 = off)", Bounds(0, 1_000_000))
+    top_p: float = _setting(
+        1.0, "float", "keep the smallest set of tokens with this mass", Bounds(0, 1, lo_open=True)
+    )
+    min_p: float = _setting(
+        0.0, "float", "drop tokens under min-p x the top probability", Bounds(0, 1)
+    )
+    repetition_penalty: float = _setting(
+        1.0, "float", "penalise tokens already seen (1 = off)", Bounds(0, 10, lo_open=True)
+    )
+    presence_penalty: float = _setting(
+        0.0, "float", "subtract from generated tokens' logits", Bounds(-2, 2)
+    )
+    frequency_penalty: float = _setting(
+        0.0, "float", "subtract this x each token's count", Bounds(-2, 2)
+    )
     logit_bias: Mapping[int, float] = _setting(
         {}, "bias", "token id -> value added to its logit", cli=False
     )
-    seed: int | None = _setting(None, "int", "makes sampling reproducible")
+    seed: int | None = _setting(None, "int", "makes sampling reproducible", Bounds(0, 2**64 - 1))
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (self.top_k >= 0, "top_k must be >= 0 (0 turns it off)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 turns it off)"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise GenerationConfigError(f"{message}, got {self!r}")
+        _check_fields(self)
         for k, v in self.logit_bias.items():
-            if not isinstance(k, (int, np.integer)) or not np.isfinite(v):
+            if not _is(k, _INTS) or k < 0 or not _is(v, _NUMBERS) or v not in LOGIT_BIAS:
                 raise GenerationConfigError(
-                    f"logit_bias must map token ids to numbers: {k!r}: {v!r}"
+                    f"logit_bias must map token ids to numbers in {LOGIT_BIAS}: {k!r}: {v!r}",
+                    "logit_bias",
                 )
 
     @property
@@ -121,7 +174,7 @@ class GenerationConfig:
     """
 
     sampling: SamplingParams = QWEN35_SAMPLING
-    max_tokens: int = _setting(512, "int", "most tokens to generate")
+    max_tokens: int = _setting(512, "int", "most tokens to generate", Bounds(0, 2**31 - 1))
     stop: tuple[str, ...] = _setting((), "strings", "stop string (repeatable)")
     stop_token_ids: tuple[int, ...] = field(default=DEFAULT_STOP_TOKENS)
     truncate: bool = _setting(False, "bool", "drop the oldest prompt tokens to fit", api=False)
@@ -129,11 +182,16 @@ class GenerationConfig:
     logprobs: bool = _setting(False, "bool", "report each token's log-probability", cli=False)
 
     def __post_init__(self) -> None:
-        if self.max_tokens < 0:
-            raise GenerationConfigError(f"max_tokens must be >= 0, got {self.max_tokens}")
+        _check_fields(self)
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
+        if len(self.stop) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise GenerationConfigError(
+                f"stop takes at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_CHARS}"
+                " characters",
+                "stop",
+            )
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
     def replace(self, **overrides: Any) -> GenerationConfig:
@@ -199,7 +257,7 @@ def settings() -> list[Setting]:
     return out
 
 
-_META = ("kind", "help", "cli", "api")
+_META = ("kind", "help", "bounds", "cli", "api")
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

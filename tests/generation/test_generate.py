@@ -240,6 +240,10 @@ def test_generation_config() -> None:
         GenerationConfig.from_hf({"top_p": 0.0})
     with pytest.raises(GenerationConfigError, match="max_tokens"):
         GenerationConfig(max_tokens=-1)
+    with pytest.raises(GenerationConfigError, match="max_tokens must be in"):
+        GenerationConfig(max_tokens=10**40)
+    with pytest.raises(GenerationConfigError, match="stop takes at most"):
+        GenerationConfig(stop=tuple(str(i) for i in range(17)))
 
 
 def test_model_defaults_come_from_generation_config(llm: LLM, tiny_chat_checkpoint: Path) -> None:

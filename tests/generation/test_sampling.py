@@ -169,11 +169,17 @@ def test_ids_without_a_token_are_never_drawn() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"temperature": -1}, {"top_k": -1}, {"top_p": 0}, {"top_p": 1.5}, {"min_p": 2},
-     {"repetition_penalty": 0}, {"presence_penalty": 3}, {"logit_bias": {1: float("nan")}}],
+     {"repetition_penalty": 0}, {"presence_penalty": 3}, {"logit_bias": {1: float("nan")}},
+     # not finite, absurdly large, or not a number at all
+     {"temperature": float("inf")}, {"temperature": 1e308}, {"top_p": float("nan")},
+     {"temperature": "hot"}, {"temperature": True}, {"top_k": 10**40}, {"top_k": 2.5},
+     {"repetition_penalty": 1e300}, {"seed": -1}, {"seed": 2**64}, {"logit_bias": {1: 101}},
+     {"logit_bias": {-1: 1}}, {"logit_bias": {1: "x"}}],
 )  # fmt: skip
 def test_bad_settings(kwargs: dict) -> None:
-    with pytest.raises(GenerationConfigError):
+    with pytest.raises(GenerationConfigError) as e:
         SamplingParams(**kwargs)
+    assert e.value.field == next(iter(kwargs))  # names the setting, for the API's `param`
 
 
 def test_bad_logits() -> None:

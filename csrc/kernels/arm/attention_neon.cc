@@ -7,14 +7,16 @@
 
 #include <cstring>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 namespace {
 
 // Elements i..i+3 (or i) of a cache laid out row after row (i = j * d + e); a q8 row's 4
 // elements never straddle a 32-wide block (d and i are multiples of 4).
-QE_NEON_INLINE float32x4_t load4(const float* c, int64_t i) { return vld1q_f32(c + i); }
+QE_NEON_INLINE float32x4_t load4(const float* c, int64_t i) {
+    return vld1q_f32(c + i);
+}
 QE_NEON_INLINE float32x4_t load4(const uint16_t* c, int64_t i) {
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(c + i)));
 }
@@ -25,8 +27,12 @@ QE_NEON_INLINE float32x4_t load4(const BlockQ8A* c, int64_t i) {
     const int16x4_t w16 = vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(word))));
     return vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(w16)), b.d);
 }
-QE_NEON_INLINE float widen(const float* c, int64_t i) { return c[i]; }
-QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) { return f16_to_f32(c[i]); }
+QE_NEON_INLINE float widen(const float* c, int64_t i) {
+    return c[i];
+}
+QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) {
+    return f16_to_f32(c[i]);
+}
 QE_NEON_INLINE float widen(const BlockQ8A* c, int64_t i) {
     const BlockQ8A& b = c[i / kBlockK];
     return b.d * float(b.q[i % kBlockK]);
@@ -64,9 +70,8 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
 
 }  // namespace
 
-void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
-                   const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
-                   float* out, int64_t ldo) {
+void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k, const uint16_t* v,
+                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
     attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
 }
 

@@ -12,12 +12,12 @@
 
 #include <cmath>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 
-void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int64_t ldx,
-                 float* y, int64_t ldy, int64_t t, int64_t c, int64_t kw) {
+void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int64_t ldx, float* y,
+                 int64_t ldy, int64_t t, int64_t c, int64_t kw) {
     const int64_t hist = kw - 1;  // rows of state
     auto input = [&](int64_t src, int64_t ch) -> const float* {
         return src < 0 ? state + (hist + src) * ldc + ch : x + src * ldx + ch;
@@ -28,7 +28,8 @@ void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int6
         for (; ch + 4 <= c; ch += 4) {
             float32x4_t acc = vdupq_n_f32(0.0f);
             for (int64_t j = 0; j < kw; ++j)
-                acc = vaddq_f32(acc, vmulq_f32(vld1q_f32(w + j * ldc + ch), vld1q_f32(input(s - hist + j, ch))));
+                acc = vaddq_f32(acc, vmulq_f32(vld1q_f32(w + j * ldc + ch),
+                                               vld1q_f32(input(s - hist + j, ch))));
             vst1q_f32(y + s * ldy + ch, vmulq_f32(acc, sigmoid_f32x4(acc)));
         }
         for (; ch < c; ++ch) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Baseline ARMv8.0 NEON quantized kernels (Cortex-A72 / Raspberry Pi 4 and every aarch64 core):
-// activation quantization, the W4A8/W8A8 products and row dequantization.
+// Baseline ARMv8.0 NEON matrix products (Cortex-A72 / Raspberry Pi 4 and every aarch64 core):
+// activation quantization, the W4A8/W8A8 products, row dequantization and the float-weight
+// products.
 //
 // Weights stream in the packed layout of docs/weight-formats.md: a quant record holds 8 steps of
 // 4 columns x 8 rows, so one 16-byte load = 4 rows x 4 columns (rows 0-3, then rows 4-7).
@@ -16,7 +17,7 @@
 // every token of the tile while live, one broadcast activation vector at a time, so the 16-bit
 // chains of 4 tokens fit the 32 vector registers (q8g32 and q4k go 2 tokens at a time: more
 // chains or accumulators). Rows of a group are SIMD lanes, so the float combination per block
-// is ref's lane-wise arithmetic and every output equals ref bit for bit (neon_util.h).
+// is ref's lane-wise arithmetic and every output equals ref bit for bit (neon_inl.h).
 // Measured under qemu (tools/arm_insn_count.sh): q4g32 gemm 80.5 instructions per 256 MACs
 // against 92.5 for one gemv per token.
 #include <arm_neon.h>
@@ -25,7 +26,7 @@
 #include <cstring>
 #include <utility>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 namespace {
@@ -33,28 +34,12 @@ namespace {
 template <WeightFormat F>
 constexpr int kChain = F == WeightFormat::kQ8g32 ? 2 : 8;  // q6k: 8 (see the file comment)
 
-// Weights of step s (columns 4s..4s+3) as signed bytes: ws[h] = rows 4h..4h+3.
-template <WeightFormat F>
-QE_NEON_INLINE void step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) {
-    for (int h = 0; h < 2; ++h) {
-        if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
-            ws[h] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
-        } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
-            ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
-        } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
-            const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
-            ws[h] = vreinterpretq_s8_u8(s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f))
-                                                   : vshrq_n_u8(raw, 4));
-        }
-    }
-}
-
 // Step S of a block for NT tokens: the step's two weight vectors times each token's 4
 // activation bytes (lane S % 4 of its x vectors, broadcast by dup), into 16-bit chains that are
 // widened into c32 every L steps (see the file comment for the bounds).
 template <WeightFormat F, int NT, int S>
-QE_NEON_INLINE void tile_step(const uint8_t* rec, const int32x4_t (&xv)[NT][2], int16x8_t (&c16)[NT][2][2],
-                      int32x4_t (&c32)[NT][2][2]) {
+QE_NEON_INLINE void tile_step(const uint8_t* rec, const int32x4_t (&xv)[NT][2],
+                              int16x8_t (&c16)[NT][2][2], int32x4_t (&c32)[NT][2][2]) {
     constexpr int L = kChain<F>;
     int8x16_t ws[2];
     step_weights<F>(rec, S, ws);
@@ -83,7 +68,7 @@ QE_NEON_INLINE void tile_step(const uint8_t* rec, const int32x4_t (&xv)[NT][2], 
 // vector is live at a time.
 template <WeightFormat F, int NT, int... S>
 QE_NEON_INLINE void dot_block_tile(const uint8_t* rec, const BlockQ8A* const* x, int64_t b,
-                           int32x4_t (&d)[NT][2], std::integer_sequence<int, S...>) {
+                                   int32x4_t (&d)[NT][2], std::integer_sequence<int, S...>) {
     int32x4_t xv[NT][2];
     for (int t = 0; t < NT; ++t) {
         xv[t][0] = vreinterpretq_s32_s8(vld1q_s8(x[t][b].q));
@@ -99,7 +84,7 @@ QE_NEON_INLINE void dot_block_tile(const uint8_t* rec, const BlockQ8A* const* x,
 
 template <WeightFormat F, int NT>
 QE_NEON_INLINE void dot_block_tile(const uint8_t* rec, const BlockQ8A* const* x, int64_t b,
-                           int32x4_t (&d)[NT][2]) {
+                                   int32x4_t (&d)[NT][2]) {
     dot_block_tile<F, NT>(rec, x, b, d, std::make_integer_sequence<int, 8>{});
 }
 
@@ -138,7 +123,7 @@ QE_NEON_INLINE void group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A*
 
 template <WeightFormat F>
 QE_NEON_INLINE void gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
-                 int64_t g_begin, int64_t g_end) {
+                         int64_t g_begin, int64_t g_end) {
     gemm_loop(w, m, g_begin, g_end, [&](auto nt, int64_t t, int64_t g) {
         constexpr int NT = decltype(nt)::value;
         const BlockQ8A* xt[NT];
@@ -174,8 +159,8 @@ struct Bf16W {
 // is one 4-lane FMA chain over k, a horizontal add and an in-order tail, whatever NT is, so
 // results do not depend on how the caller splits tokens.
 template <typename W, int NT>
-QE_NEON_INLINE void gemm_float_tile(const typename W::T* wr, const float* x, int64_t ldx,
-                                    float* y, int64_t ldy, int64_t k) {
+QE_NEON_INLINE void gemm_float_tile(const typename W::T* wr, const float* x, int64_t ldx, float* y,
+                                    int64_t ldy, int64_t k) {
     float32x4_t acc[NT];
     for (auto& a : acc) a = vdupq_n_f32(0.0f);
     int64_t i = 0;
@@ -198,16 +183,40 @@ void gemm_float(const typename W::T* w, int64_t ldw, const float* x, int64_t ldx
         float* yt = y + t * ldy;
         for (int64_t r = 0; r < rows; ++r) {
             switch (m - t >= 4 ? 4 : m - t) {
-                case 4: gemm_float_tile<W, 4>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
-                case 3: gemm_float_tile<W, 3>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
-                case 2: gemm_float_tile<W, 2>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
-                default: gemm_float_tile<W, 1>(w + r * ldw, xt, ldx, yt + r, ldy, k); break;
+                case 4:
+                    gemm_float_tile<W, 4>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
+                case 3:
+                    gemm_float_tile<W, 3>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
+                case 2:
+                    gemm_float_tile<W, 2>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
+                default:
+                    gemm_float_tile<W, 1>(w + r * ldw, xt, ldx, yt + r, ldy, k);
+                    break;
             }
         }
     }
 }
 
 }  // namespace
+
+void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k) {
+    const int64_t k8 = k & ~int64_t{7};
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* wr = w + r * ldw;
+        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+        int64_t i = 0;
+        for (; i < k8; i += 8) {
+            acc0 = vfmaq_f32(acc0, vld1q_f32(wr + i), vld1q_f32(x + i));
+            acc1 = vfmaq_f32(acc1, vld1q_f32(wr + i + 4), vld1q_f32(x + i + 4));
+        }
+        float acc = vaddvq_f32(vaddq_f32(acc0, acc1));
+        for (; i < k; ++i) acc += wr[i] * x[i];
+        y[r] = acc;
+    }
+}
 
 void gemm_f32(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
               int64_t ldy, int64_t rows, int64_t k) {
@@ -219,8 +228,8 @@ void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64
     gemm_float<F16W>(w, ldw, x, ldx, m, y, ldy, rows, k);
 }
 
-void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
-               float* y, int64_t ldy, int64_t rows, int64_t k) {
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+               int64_t ldy, int64_t rows, int64_t k) {
     gemm_float<Bf16W>(w, ldw, x, ldx, m, y, ldy, rows, k);
 }
 
@@ -253,14 +262,15 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     }
 }
 
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
-    with_format(w.format, [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, 1, y, 0, g_begin, g_end); });
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
+    with_format(w.format,
+                [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, 1, y, 0, g_begin, g_end); });
 }
 
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
               int64_t g_begin, int64_t g_end) {
-    with_format(w.format, [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, m, y, ldy, g_begin, g_end); });
+    with_format(w.format,
+                [&](auto fmt) { gemm<decltype(fmt)::value>(w, x, m, y, ldy, g_begin, g_end); });
 }
 
 void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {

@@ -9,7 +9,7 @@
 // rows {0,1} and {2,3}; for 4-bit records the two steps are the low and high nibbles of one
 // chunk. A tile is 8 rows x 4 tokens (2 token pairs): per block 16 usmmla + 16 zips (weights) +
 // 8 paired 8-byte loads (activations) + 8 uzp to get back to rows-in-lanes for the float
-// combination, which is then ref's lane-wise arithmetic (bit-exact, neon_util.h).
+// combination, which is then ref's lane-wise arithmetic (bit-exact, neon_inl.h).
 // Because usmmla takes unsigned weights, q8g32's offset-binary bytes (and q6k's unsigned 6-bit
 // codes) go in as they are and the 128 * sum(x) (32 * sum(x)) bias comes off the int32 result,
 // exact.
@@ -18,7 +18,7 @@
 // with neon_dotprod's sdot kernel. A usdot decode kernel for q8g32 (unsigned weights as stored,
 // no eor flip) was measured and dropped: 63.1 against sdot's 62.0 instructions per block
 // (tools/arm_insn_count.sh, docs/arm-performance.md).
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon_i8mm {
 namespace {
@@ -48,8 +48,8 @@ QE_NEON_INLINE void mmla_weights(const uint8_t* rec, int j, uint8x16_t (&op)[4])
 // Rows of group g times NT (1..4) token rows: tokens go in pairs; an odd last token is paired
 // with itself and the duplicate result dropped.
 template <WeightFormat F, int NT>
-QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A* const (&x)[NT],
-                            GroupAcc (&acc)[NT]) {
+QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g,
+                                    const BlockQ8A* const (&x)[NT], GroupAcc (&acc)[NT]) {
     constexpr int NP = (NT + 1) / 2;
     const BlockQ8A* xp[2 * NP];
     for (int i = 0; i < 2 * NP; ++i) xp[i] = x[i < NT ? i : NT - 1];
@@ -66,8 +66,8 @@ QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const Bloc
             uint8x16_t op[4];
             mmla_weights<F>(rec, j, op);
             for (int p = 0; p < NP; ++p) {
-                const int8x16_t xo =
-                    vcombine_s8(vld1_s8(xp[2 * p][b].q + 8 * j), vld1_s8(xp[2 * p + 1][b].q + 8 * j));
+                const int8x16_t xo = vcombine_s8(vld1_s8(xp[2 * p][b].q + 8 * j),
+                                                 vld1_s8(xp[2 * p + 1][b].q + 8 * j));
                 for (int rp = 0; rp < 4; ++rp) c[p][rp] = vusmmlaq_s32(c[p][rp], op[rp], xo);
             }
         }
@@ -89,8 +89,8 @@ QE_NEON_INLINE void mmla_group_tile(const PackedMatrix& w, int64_t g, const Bloc
 }
 
 template <WeightFormat F>
-QE_NEON_INLINE void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
-                      int64_t g_begin, int64_t g_end) {
+QE_NEON_INLINE void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
+                              int64_t ldy, int64_t g_begin, int64_t g_end) {
     gemm_loop(w, m, g_begin, g_end, [&](auto nt, int64_t t, int64_t g) {
         constexpr int NT = decltype(nt)::value;
         const BlockQ8A* xt[NT];

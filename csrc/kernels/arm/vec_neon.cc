@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
-// Baseline ARMv8.0 NEON float kernels: the f32 matrix-vector product, fp16/bf16 conversions,
-// the norms, RoPE, softmax and the gating products. Vectors run over the contiguous dimension,
-// 4 lanes at a time, with scalar tails that use the same per-element arithmetic (so results do
-// not depend on where a tail starts). Precision contracts in kernels/kernels.h: conversions and
-// RoPE are exact (fcvtl/fcvtn round like ref; separately rounded products), sums are reordered,
-// exp-based functions use exp_f32x4 (about 2 ulp, neon_util.h).
+// Baseline ARMv8.0 NEON float kernels: fp16/bf16 conversions, the norms, RoPE, softmax and the
+// gating products. Vectors run over the contiguous dimension, 4 lanes at a time, with scalar
+// tails that use the same per-element arithmetic (so results do not depend on where a tail
+// starts). Precision contracts in kernels/kernels.h: conversions and RoPE are exact
+// (fcvtl/fcvtn round like ref; separately rounded products), sums are reordered, exp-based
+// functions use exp_f32x4 (about 2 ulp, neon_inl.h).
 #include <arm_neon.h>
 
 #include <cmath>
 
-#include "kernels/arm/neon_util.h"
+#include "kernels/arm/neon_inl.h"
 
 namespace qe::neon {
 namespace {
@@ -29,22 +29,6 @@ QE_NEON_INLINE float sum_squares(const float* x, int64_t n) {
 }
 
 }  // namespace
-
-void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k) {
-    const int64_t k8 = k & ~int64_t{7};
-    for (int64_t r = 0; r < rows; ++r) {
-        const float* wr = w + r * ldw;
-        float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
-        int64_t i = 0;
-        for (; i < k8; i += 8) {
-            acc0 = vfmaq_f32(acc0, vld1q_f32(wr + i), vld1q_f32(x + i));
-            acc1 = vfmaq_f32(acc1, vld1q_f32(wr + i + 4), vld1q_f32(x + i + 4));
-        }
-        float acc = vaddvq_f32(vaddq_f32(acc0, acc1));
-        for (; i < k; ++i) acc += wr[i] * x[i];
-        y[r] = acc;
-    }
-}
 
 void cvt_f16_f32(const uint16_t* in, float* out, int64_t n) {
     int64_t i = 0;
@@ -114,8 +98,7 @@ void l2_norm(const float* x, float* y, int64_t rows, int64_t n, int64_t ld, floa
     }
 }
 
-void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin,
-          int64_t half) {
+void rope(float* x, int64_t n_heads, int64_t ld, const float* cos, const float* sin, int64_t half) {
     for (int64_t h = 0; h < n_heads; ++h) {
         float* xh = x + h * ld;
         int64_t f = 0;

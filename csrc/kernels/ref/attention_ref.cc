@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Scalar reference of softmax attention over one KV head (spec §3.6 item 5): scores, an fp32
-// softmax, and the probability-weighted sum of values, for an f16 or f32 KV cache.
+// Scalar reference of softmax attention over one KV head (docs/model.md §4.7 step 5): scores, an
+// fp32 softmax, and the probability-weighted sum of values, for an f16 or f32 KV cache.
 #include <cmath>
 
 #include "kernels/kernels.h"

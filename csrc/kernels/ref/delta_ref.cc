@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Scalar reference of the Gated DeltaNet kernels (spec §3.7): the causal depthwise conv1d with
-// its rolling state, and the gated delta rule evaluated literally as the per-token recurrence,
-// which the spec defines as the ground truth. All state and arithmetic in float32.
+// Scalar reference of the Gated DeltaNet kernels (docs/model.md §4.8): the causal depthwise conv1d
+// with its rolling state, and the gated delta rule evaluated literally as the per-token recurrence,
+// which docs/model.md §4.8 step 7 defines as the ground truth. All state and arithmetic in float32.
 #include <cmath>
 
 #include "kernels/kernels.h"

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
 
 namespace qe::ref {
@@ -36,32 +37,37 @@ struct BlockFactors {
     float scale, offset;
 };
 
-inline BlockFactors block_factors(const PackedMatrix& w, int64_t g, int64_t b, int r) {
-    const uint8_t* s = w.scales + (g * w.blocks + b) * scale_record_bytes(w.format);
-    switch (w.format) {
+inline BlockFactors block_factors(WeightFormat f, const PackedMatrix& w, int64_t g, int64_t b,
+                                  int r) {
+    const uint8_t* s = w.scales + (g * w.blocks + b) * scale_record_bytes(f);
+    switch (f) {
         case WeightFormat::kQ8g32:
-        case WeightFormat::kQ4g32: return {f16_to_f32(load_u16(s + 2 * r)), 0.0f};
+        case WeightFormat::kQ4g32:
+            return {f16_to_f32(load_u16(s + 2 * r)), 0.0f};
         case WeightFormat::kQ4ag32:
             return {f16_to_f32(load_u16(s + 2 * r)), f16_to_f32(load_u16(s + 16 + 2 * r))};
-        case WeightFormat::kQ6k: return {float(int8_t(s[r])), 0.0f};  // sc (integer)
-        default: return {float(s[r]), float(s[8 + r])};  // q4k: sc, mn (integers)
+        case WeightFormat::kQ6k:
+            return {float(int8_t(s[r])), 0.0f};  // sc (integer)
+        default:
+            return {float(s[r]), float(s[8 + r])};  // q4k: sc, mn (integers)
     }
 }
 
-// sum_k W[r, k] x[k] for one row (r = 8 g + rr) over all blocks.
+// sum_k W[r, k] x[k] for one row (r = 8 g + rr) over all blocks; F = w.format.
+template <WeightFormat F>
 float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
-    const int64_t qbytes = quant_record_bytes(w.format);
+    const int64_t qbytes = quant_record_bytes(F);
     float acc = 0.0f, acc_min = 0.0f;
     for (int64_t b = 0; b < w.blocks; ++b) {
         const uint8_t* rec = w.quants + (g * w.blocks + b) * qbytes;
         int32_t dot = 0;
-        for (int j = 0; j < kBlockK; ++j) dot += code(w.format, rec, rr, j) * x[b].q[j];
-        const BlockFactors f = block_factors(w, g, b, rr);
+        for (int j = 0; j < kBlockK; ++j) dot += code(F, rec, rr, j) * x[b].q[j];
+        const BlockFactors f = block_factors(F, w, g, b, rr);
         // Per term: the factor rounded, then one fused multiply-add. The minimum terms take the
         // block's scaled sum d * float(sum), rounded once, so kernels can share it across rows.
         const float xd = x[b].d;
         const float xs = x[b].d * float(x[b].sum);
-        switch (w.format) {
+        switch (F) {
             case WeightFormat::kQ8g32:
             case WeightFormat::kQ6k:  // q6k: integer sub-scale now, row factor at the end
                 acc = std::fma(f.scale * xd, float(dot), acc);
@@ -79,11 +85,11 @@ float row_dot(const PackedMatrix& w, const BlockQ8A* x, int64_t g, int rr) {
                 break;
         }
     }
-    if (w.format == WeightFormat::kQ4k) {
+    if (F == WeightFormat::kQ4k) {
         const float* rp = w.row_params + g * 16;
         return rp[rr] * acc - rp[8 + rr] * acc_min;
     }
-    if (w.format == WeightFormat::kQ6k) return w.row_params[g * 8 + rr] * acc;
+    if (F == WeightFormat::kQ6k) return w.row_params[g * 8 + rr] * acc;
     return acc;
 }
 
@@ -117,8 +123,8 @@ void gemm_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64
     gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, f16_to_f32);
 }
 
-void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m,
-               float* y, int64_t ldy, int64_t rows, int64_t k) {
+void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t m, float* y,
+               int64_t ldy, int64_t rows, int64_t k) {
     gemm_float(w, ldw, x, ldx, m, y, ldy, rows, k, bf16_to_f32);
 }
 
@@ -142,13 +148,14 @@ void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     }
 }
 
-void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin,
-              int64_t g_end) {
-    for (int64_t g = g_begin; g < g_end; ++g) {
-        for (int rr = 0; rr < kRowPack && g * kRowPack + rr < w.rows; ++rr) {
-            y[g * kRowPack + rr] = row_dot(w, x, g, rr);
+void gemv_q8a(const PackedMatrix& w, const BlockQ8A* x, float* y, int64_t g_begin, int64_t g_end) {
+    with_format(w.format, [&](auto fmt) {
+        for (int64_t g = g_begin; g < g_end; ++g) {
+            for (int rr = 0; rr < kRowPack && g * kRowPack + rr < w.rows; ++rr) {
+                y[g * kRowPack + rr] = row_dot<decltype(fmt)::value>(w, x, g, rr);
+            }
         }
-    }
+    });
 }
 
 void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
@@ -159,26 +166,37 @@ void gemm_q8a(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int
 void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
     const int64_t g = r / kRowPack;
     const int rr = int(r % kRowPack);
-    const int64_t qbytes = quant_record_bytes(w.format);
-    for (int64_t b = 0; b < w.blocks; ++b) {
-        const uint8_t* rec = w.quants + (g * w.blocks + b) * qbytes;
-        const BlockFactors f = block_factors(w, g, b, rr);
-        for (int j = 0; j < kBlockK; ++j) {
-            const int q = code(w.format, rec, rr, j);
-            float v;
-            switch (w.format) {
-                case WeightFormat::kQ8g32: v = f.scale * float(q); break;
-                case WeightFormat::kQ4g32: v = f.scale * float(q - 8); break;
-                case WeightFormat::kQ4ag32: v = f.scale * float(q) + f.offset; break;
-                case WeightFormat::kQ6k: v = w.row_params[g * 8 + rr] * f.scale * float(q); break;
-                default: {
-                    const float* rp = w.row_params + g * 16;
-                    v = rp[rr] * f.scale * float(q) - rp[8 + rr] * f.offset;
+    with_format(w.format, [&](auto fmt) {
+        constexpr WeightFormat F = decltype(fmt)::value;
+        const int64_t qbytes = quant_record_bytes(F);
+        for (int64_t b = 0; b < w.blocks; ++b) {
+            const uint8_t* rec = w.quants + (g * w.blocks + b) * qbytes;
+            const BlockFactors f = block_factors(F, w, g, b, rr);
+            for (int j = 0; j < kBlockK; ++j) {
+                const int q = code(F, rec, rr, j);
+                float v;
+                switch (F) {
+                    case WeightFormat::kQ8g32:
+                        v = f.scale * float(q);
+                        break;
+                    case WeightFormat::kQ4g32:
+                        v = f.scale * float(q - 8);
+                        break;
+                    case WeightFormat::kQ4ag32:
+                        v = f.scale * float(q) + f.offset;
+                        break;
+                    case WeightFormat::kQ6k:
+                        v = w.row_params[g * 8 + rr] * f.scale * float(q);
+                        break;
+                    default: {
+                        const float* rp = w.row_params + g * 16;
+                        v = rp[rr] * f.scale * float(q) - rp[8 + rr] * f.offset;
+                    }
                 }
+                out[b * kBlockK + j] = v;
             }
-            out[b * kBlockK + j] = v;
         }
-    }
+    });
 }
 
 }  // namespace qe::ref

@@ -6,7 +6,7 @@
 #include <immintrin.h>
 
 #include "kernels/kernels.h"
-#include "kernels/x86/avx2_util.h"
+#include "kernels/x86/avx2_inl.h"
 
 namespace qe::avx2 {
 namespace {

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // AVX2 + FMA Gated DeltaNet kernels: the causal conv1d with SiLU and the gated delta rule
-// (delta_core.h). Compiled with -mavx2 -mfma -mf16c (per file).
+// (delta_rule_inl.h). Compiled with -mavx2 -mfma -mf16c (per file).
 #include <immintrin.h>
 
 #include <cmath>
 #include <cstring>
 
 #include "kernels/kernels.h"
-#include "kernels/x86/avx2_util.h"
+#include "kernels/x86/avx2_inl.h"
 
 namespace qe::avx2 {
 
@@ -43,18 +43,8 @@ void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int6
     }
 }
 
-// The delta rule: delta_core.h on 8-lane vectors, tiles of 4 vectors (32 columns).
-using Vec = __m256;
-constexpr int kLanes = 8, kTileVecs = 4, kPartials = 4;
-static inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
-static inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-static inline Vec vset1(float x) { return _mm256_set1_ps(x); }
-static inline Vec vzero() { return _mm256_setzero_ps(); }
-static inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-static inline Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
-static inline Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
-static inline Vec vfmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-
-#include "kernels/x86/delta_core.h"
+// The delta rule: delta_rule_inl.h on 8-lane vectors, tiles of 4 vectors (32 columns).
+#define QE_DELTA_LANES 8
+#include "kernels/x86/delta_rule_inl.h"
 
 }  // namespace qe::avx2

@@ -13,29 +13,19 @@
 
 #include <cstring>
 
+#include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
-#include "kernels/x86/avx2_util.h"
+#include "kernels/x86/avx2_inl.h"
 
 namespace qe::avx2 {
 namespace {
 
-static inline __m256i bcast_step(const int8_t* q, int s) {
-    int32_t v;
-    std::memcpy(&v, q + 4 * s, 4);
-    return _mm256_set1_epi32(v);
-}
+#define QE_Q8A_ROWS 8
+#include "kernels/x86/matmul_q8a_inl.h"
 
-static inline void unpack_q4(const uint8_t* rec, __m256i* w) {
-    const __m256i mask = _mm256_set1_epi8(0x0f);
-    for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
-        w[2 * c] = _mm256_and_si256(v, mask);
-        w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-    }
-}
-
-// q8g32 as signed q = u8 - 128 (xor 0x80), ready for the sign trick.
-static inline void unpack_q8(const uint8_t* rec, __m256i* w) {
+// The integer core matmul_q8a_ymm_inl.h expects. q8g32 as signed q = u8 - 128 (xor 0x80), ready for
+// the sign trick.
+static inline void unpack_q8(__m256i* w, const uint8_t* rec) {
     const __m256i flip = _mm256_set1_epi8(char(0x80));
     for (int s = 0; s < 8; ++s) {
         w[s] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s)),
@@ -76,7 +66,7 @@ static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
 
 }  // namespace
 
-#include "kernels/x86/matmul_q8a_x86.h"
+#include "kernels/x86/matmul_q8a_ymm_inl.h"
 
 // ---- activation quantization -------------------------------------------------------------------
 
@@ -125,6 +115,23 @@ void dequantize_row(const PackedMatrix& w, int64_t r, float* out) {
 }
 
 // ---- float weights -----------------------------------------------------------------------------
+
+void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k) {
+    const int64_t k16 = k & ~int64_t{15};
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* wr = w + r * ldw;
+        // Two accumulators hide the FMA latency on one row; rows are independent streams.
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i < k16; i += 16) {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i), _mm256_loadu_ps(x + i), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
+        }
+        float acc = x86::hsum(_mm256_add_ps(acc0, acc1));
+        for (; i < k; ++i) acc += wr[i] * x[i];
+        y[r] = acc;
+    }
+}
 
 namespace {
 

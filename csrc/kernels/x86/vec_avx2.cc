@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// AVX2 + FMA + F16C vector kernels: gemv_f32, conversions, the RMSNorm variants, l2 norm,
-// RoPE, softmax and the SiLU/sigmoid gates. Compiled with -mavx2 -mfma -mf16c (per file,
+// AVX2 + FMA + F16C vector kernels: conversions, the RMSNorm variants, l2 norm, RoPE, softmax
+// and the SiLU/sigmoid gates. Compiled with -mavx2 -mfma -mf16c (per file,
 // CMakeLists.txt); only called through tables that require AVX2, FMA and F16C.
 #include <immintrin.h>
 
 #include <cmath>
 
 #include "kernels/kernels.h"
-#include "kernels/x86/avx2_util.h"
+#include "kernels/x86/avx2_inl.h"
 
 namespace qe::avx2 {
 
@@ -16,23 +16,6 @@ using x86::hsum;
 using x86::load_partial;
 using x86::sigmoid_ps;
 using x86::store_partial;
-
-void gemv_f32(const float* w, int64_t ldw, const float* x, float* y, int64_t rows, int64_t k) {
-    const int64_t k16 = k & ~int64_t{15};
-    for (int64_t r = 0; r < rows; ++r) {
-        const float* wr = w + r * ldw;
-        // Two accumulators hide the FMA latency on one row; rows are independent streams.
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i < k16; i += 16) {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i), _mm256_loadu_ps(x + i), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + i + 8), _mm256_loadu_ps(x + i + 8), acc1);
-        }
-        float acc = hsum(_mm256_add_ps(acc0, acc1));
-        for (; i < k; ++i) acc += wr[i] * x[i];
-        y[r] = acc;
-    }
-}
 
 // ---- conversions -------------------------------------------------------------------------------
 

@@ -1,12 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The gated delta rule on float vectors, shared by the avx2 (8 lanes) and avx512_vnni
 // (16 lanes) tables. Included INSIDE the ISA namespace of a translation unit compiled with that
-// ISA's flags (with <immintrin.h> and <cstring> included first), after it defined
-//   Vec, kLanes, kTileVecs, kPartials  the vector type, its lanes, vectors per column tile,
-//                                      chains per column sum (4)
-//   vload(p) vstore(p, v) vset1(x) vzero() vadd(a, b) vsub(a, b) vmul(a, b)
-//   vfmadd(a, b, c) = a * b + c (fused)
-// so each ISA keeps its own copy (STYLE.md §5).
+// ISA's flags (after <immintrin.h> and <cstring>), with QE_DELTA_LANES defined as 8 or 16,
+// which it undefines; so each ISA keeps its own copy (STYLE.md §5).
 //
 // Layout of the work: the state S [dk, dv] is cut into column tiles of kTileVecs vectors, and
 // a tile runs through all t tokens before the next one (the columns of S are independent).
@@ -23,6 +19,48 @@
 // o = S^T q. Each column's sum over dk runs as kPartials = 4 interleaved fused multiply-add
 // chains (row i into chain i % 4, added pairwise at the end), which hides the FMA latency. The
 // order depends on dk alone, so results do not depend on t (how a prompt is split).
+
+#if QE_DELTA_LANES == 8
+using Vec = __m256;
+#define QE_V(op) _mm256_##op
+#elif QE_DELTA_LANES == 16
+using Vec = __m512;
+#define QE_V(op) _mm512_##op
+#else
+#error "delta_rule_inl.h: define QE_DELTA_LANES as 8 or 16 before including it"
+#endif
+
+// kTileVecs: vectors per column tile; kPartials: chains per column sum.
+constexpr int kLanes = QE_DELTA_LANES, kTileVecs = 4, kPartials = 4;
+
+static inline Vec vload(const float* p) {
+    return QE_V(loadu_ps)(p);
+}
+static inline void vstore(float* p, Vec v) {
+    QE_V(storeu_ps)(p, v);
+}
+static inline Vec vset1(float x) {
+    return QE_V(set1_ps)(x);
+}
+static inline Vec vzero() {
+    return QE_V(setzero_ps)();
+}
+static inline Vec vadd(Vec a, Vec b) {
+    return QE_V(add_ps)(a, b);
+}
+static inline Vec vsub(Vec a, Vec b) {
+    return QE_V(sub_ps)(a, b);
+}
+static inline Vec vmul(Vec a, Vec b) {
+    return QE_V(mul_ps)(a, b);
+}
+// a * b + c, fused.
+static inline Vec vfmadd(Vec a, Vec b, Vec c) {
+    return QE_V(fmadd_ps)(a, b, c);
+}
+
+#undef QE_V
+#undef QE_DELTA_LANES
 
 // Largest dk that takes the tile copy (the buffer is on the stack); larger runs in place.
 constexpr int64_t kMaxTiledDk = 128;
@@ -121,8 +159,8 @@ void delta_rule(float* s, const float* q, const float* k, const float* v, int64_
             for (int64_t i = 0; i < dk; ++i) std::memcpy(tile + i * ld, s + i * dv + j0, kRowBytes);
         }
         for (int64_t tok = 0; tok < t; ++tok) {
-            delta_step(tile, ld, q + tok * ldu, k + tok * ldu, v + tok * ldu + j0,
-                       decay[tok * ldg], beta[tok * ldg], o + tok * ldo + j0, dk);
+            delta_step(tile, ld, q + tok * ldu, k + tok * ldu, v + tok * ldu + j0, decay[tok * ldg],
+                       beta[tok * ldg], o + tok * ldo + j0, dk);
         }
         if (copy) {
             for (int64_t i = 0; i < dk; ++i) std::memcpy(s + i * dv + j0, tile + i * ld, kRowBytes);

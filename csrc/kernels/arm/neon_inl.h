@@ -17,6 +17,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/format_dispatch.h"
 #include "kernels/kernels.h"
 
 // Forced inlining for the per-block helpers: they pass int32x4_t arrays by reference, which
@@ -54,9 +55,27 @@ QE_NEON_INLINE uint8x16_t q6_step_codes(const uint8_t* rec, int s, int h) {
     const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
     const uint8x16_t lo = s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f)) : vshrq_n_u8(raw, 4);
     const uint8x16_t hraw = vld1q_u8(rec + kQ6HighOffset + 32 * (s / 4) + 16 * h);
-    const uint8x16_t hi = vandq_u8(vshlq_u8(hraw, vdupq_n_s8(int8_t(4 - 2 * (s % 4)))),
-                                   vdupq_n_u8(0x30));
+    const uint8x16_t hi =
+        vandq_u8(vshlq_u8(hraw, vdupq_n_s8(int8_t(4 - 2 * (s % 4)))), vdupq_n_u8(0x30));
     return vorrq_u8(lo, hi);
+}
+
+// Weights of step s (columns 4s..4s+3) as signed bytes, ws[h] = rows 4h..4h+3: the operand of
+// the baseline smull/smlal products (matmul_neon.cc) and of sdot (matmul_neon_dotprod.cc).
+template <WeightFormat F>
+QE_NEON_INLINE void step_weights(const uint8_t* rec, int s, int8x16_t (&ws)[2]) {
+    for (int h = 0; h < 2; ++h) {
+        if constexpr (F == WeightFormat::kQ8g32) {  // offset binary u8 = q + 128 -> int8 q
+            ws[h] =
+                vreinterpretq_s8_u8(veorq_u8(vld1q_u8(rec + 32 * s + 16 * h), vdupq_n_u8(0x80)));
+        } else if constexpr (F == WeightFormat::kQ6k) {  // u6 = q + 32 -> int8 q in -32..31
+            ws[h] = vsubq_s8(vreinterpretq_s8_u8(q6_step_codes(rec, s, h)), vdupq_n_s8(32));
+        } else {  // chunk s/2: low nibbles = even step, high nibbles = odd step
+            const uint8x16_t raw = vld1q_u8(rec + 32 * (s / 2) + 16 * h);
+            ws[h] = vreinterpretq_s8_u8(s % 2 == 0 ? vandq_u8(raw, vdupq_n_u8(0x0f))
+                                                   : vshrq_n_u8(raw, 4));
+        }
+    }
 }
 
 // Float accumulators of one row group (8 rows in two vectors): acc for every format, accm for
@@ -76,7 +95,7 @@ QE_NEON_INLINE void group_acc_zero(GroupAcc& a) {
 // srec = the block's scale record. Mirrors ref's row_dot lane by lane.
 template <WeightFormat F>
 QE_NEON_INLINE void combine_block(GroupAcc& a, const uint8_t* srec, float xd, int32_t xsum,
-                                 int32x4_t dot0, int32x4_t dot1) {
+                                  int32x4_t dot0, int32x4_t dot1) {
     const int32x4_t dot[2] = {dot0, dot1};
     if constexpr (F == WeightFormat::kQ8g32 || F == WeightFormat::kQ4g32) {
         const float32x4x2_t s = load_f16x8(srec);
@@ -171,26 +190,11 @@ QE_NEON_INLINE float32x4_t sigmoid_f32x4(float32x4_t x) {
 }
 
 // Scalar exp with the same polynomial, for the tails of vector loops (lane 0 of the vector op).
-QE_NEON_INLINE float exp_f32(float x) { return vgetq_lane_f32(exp_f32x4(vdupq_n_f32(x)), 0); }
+QE_NEON_INLINE float exp_f32(float x) {
+    return vgetq_lane_f32(exp_f32x4(vdupq_n_f32(x)), 0);
+}
 QE_NEON_INLINE float sigmoid_f32(float x) {
     return vgetq_lane_f32(sigmoid_f32x4(vdupq_n_f32(x)), 0);
-}
-
-// Calls fn(std::integral_constant<WeightFormat, F>{}) with the matrix format as a compile-time
-// constant, so each kernel is instantiated once per format with no per-block branching.
-template <WeightFormat F>
-using FormatTag = std::integral_constant<WeightFormat, F>;
-
-template <typename Fn>
-QE_NEON_INLINE void with_format(WeightFormat f, Fn&& fn) {
-    switch (f) {
-        case WeightFormat::kQ8g32: fn(FormatTag<WeightFormat::kQ8g32>{}); break;
-        case WeightFormat::kQ4g32: fn(FormatTag<WeightFormat::kQ4g32>{}); break;
-        case WeightFormat::kQ4ag32: fn(FormatTag<WeightFormat::kQ4ag32>{}); break;
-        case WeightFormat::kQ4k: fn(FormatTag<WeightFormat::kQ4k>{}); break;
-        case WeightFormat::kQ6k: fn(FormatTag<WeightFormat::kQ6k>{}); break;
-        default: break;  // not a packed format: the op layer never calls with one
-    }
 }
 
 // The loop nest of every gemm: row groups in chunks whose weights fit in L1 (~16 KB), and
@@ -200,7 +204,7 @@ QE_NEON_INLINE void with_format(WeightFormat f, Fn&& fn) {
 // [t, t + NT) of group g, NT a std::integral_constant<int, 1..4>.
 template <typename Tile>
 QE_NEON_INLINE void gemm_loop(const PackedMatrix& w, int64_t m, int64_t g_begin, int64_t g_end,
-                             Tile&& tile) {
+                              Tile&& tile) {
     const int64_t group_bytes =
         w.blocks * (quant_record_bytes(w.format) + scale_record_bytes(w.format));
     const int64_t chunk = group_bytes >= 16384 ? 1 : 16384 / group_bytes;
@@ -212,10 +216,17 @@ QE_NEON_INLINE void gemm_loop(const PackedMatrix& w, int64_t m, int64_t g_begin,
         }
         for (int64_t g = gc; g < ge; ++g) {
             switch (m - t) {
-                case 3: tile(std::integral_constant<int, 3>{}, t, g); break;
-                case 2: tile(std::integral_constant<int, 2>{}, t, g); break;
-                case 1: tile(std::integral_constant<int, 1>{}, t, g); break;
-                default: break;
+                case 3:
+                    tile(std::integral_constant<int, 3>{}, t, g);
+                    break;
+                case 2:
+                    tile(std::integral_constant<int, 2>{}, t, g);
+                    break;
+                case 1:
+                    tile(std::integral_constant<int, 1>{}, t, g);
+                    break;
+                default:
+                    break;
             }
         }
     }

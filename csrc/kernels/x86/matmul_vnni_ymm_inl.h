@@ -1,33 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 // The integer core of the 256-bit VNNI products, shared by the avx_vnni table (VEX vpdpbusd)
-// and the 256-bit path of the avx512_vnni table (EVEX vpdpbusd): the core matmul_q8a_x86.h
-// expects (unpack_q4, unpack_q8, dot_q4, dot_q8, dot_q6). Included INSIDE the ISA namespace of
-// a translation unit compiled with that ISA's flags (which includes <immintrin.h> and
-// <cstring> first), after it defined
+// and the 256-bit path of the avx512_vnni table (EVEX vpdpbusd): matmul_q8a_inl.h for 8 rows,
+// then the core matmul_q8a_ymm_inl.h expects (unpack_q8, dot_q4, dot_q8, dot_q6). Included
+// INSIDE an anonymous namespace of a translation unit compiled with that ISA's flags (after
+// <immintrin.h>, <cstring> and kernels/format_dispatch.h), after it defined
 //   dpbusd(acc, w, x)   acc + per int32 lane the 4 products of unsigned w and signed x bytes
 // so each ISA keeps its own copy (STYLE.md §5). q8g32 and q6k codes are used as unsigned
 // bytes and the offset is removed with the block sum: dot(u8, x) - 128 * sum x,
 // dot(u6, x) - 32 * sum x.
 
-static inline __m256i bcast_step(const int8_t* q, int s) {
-    int32_t v;
-    std::memcpy(&v, q + 4 * s, 4);
-    return _mm256_set1_epi32(v);
-}
+#define QE_Q8A_ROWS 8
+#include "kernels/x86/matmul_q8a_inl.h"
 
-static inline void unpack_q4(const uint8_t* rec, __m256i* w) {
-    const __m256i mask = _mm256_set1_epi8(0x0f);
-    for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
-        w[2 * c] = _mm256_and_si256(v, mask);
-        w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-    }
-}
-
-static inline void unpack_q8(const uint8_t* rec, __m256i* w) {
-    for (int s = 0; s < 8; ++s) {
-        w[s] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * s));
-    }
+static inline void unpack_q8(__m256i* w, const uint8_t* rec) {
+    unpack_u8(w, rec);
 }
 
 // Two accumulation chains: vpdpbusd latency is 5 cycles, a block has 8 steps.
