@@ -88,7 +88,7 @@ class TrainPreset:
 
 PRESETS: dict[str, TrainPreset] = {
     # Real head sizes (attention 256, DeltaNet 128), 2 x (3 DeltaNet + 1 attention).
-    "small": TrainPreset(ModelShape(256, 768, 8, 2, 1, 256, 2, 2, 128), 256, 8, 3e-3),
+    "small": TrainPreset(ModelShape(256, 768, 8, 2, 1, 256, 2, 2, 128), 256, 4, 3e-3),
     # For tests: seconds per step on one core.
     "tiny": TrainPreset(ModelShape(64, 128, 4, 2, 1, 32, 2, 2, 16), 64, 8, 3e-3),
 }
@@ -296,7 +296,7 @@ def build_model(shape: ModelShape, vocab: int, seed: int):  # type: ignore[no-un
     config = transformers.Qwen3_5TextConfig(**cfg)
     config._attn_implementation = "sdpa"
     lm = transformers.Qwen3_5ForCausalLM(config)
-    return lm, MTPHead(config)
+    return lm, mtp_head(config)
 
 
 def _mtp_module_class():  # type: ignore[no-untyped-def]
@@ -332,7 +332,7 @@ def _mtp_module_class():  # type: ignore[no-untyped-def]
     return _MTPHead
 
 
-def MTPHead(config: Any):  # type: ignore[no-untyped-def]  # noqa: N802
+def mtp_head(config: Any):  # type: ignore[no-untyped-def]
     return _mtp_module_class()(config)
 
 
@@ -522,7 +522,18 @@ def lr_at(frac: float, peak: float, warmup: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Trained:
+    """What `train` leaves behind besides the folder: the torch modules (compact vocabulary, the
+    last row standing for every other id), the real id of each compact row, and the log."""
+
+    lm: Any
+    mtp: Any
+    used_ids: np.ndarray
+    log: dict[str, Any]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--config", choices=sorted(PRESETS), default="small")
@@ -545,9 +556,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json etc.")
     parser.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
-    parser.add_argument("--eval-every", type=float, default=0.1, help="share of the budget")
-    args = parser.parse_args(argv)
+    parser.add_argument("--eval-every", type=float, default=0.2, help="share of the budget")
+    return parser.parse_args(argv)
 
+
+def train(args: argparse.Namespace) -> Trained:
+    """Trains as `args` say and writes the checkpoint folder `args.output`."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -589,9 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus.update(
         chars=sum(len(d) for d in docs),
         documents=len(docs),
-        train_tokens=int(len(train_ids)),
-        heldout_tokens=int(len(held_ids)),
-        distinct_ids=int(len(used)),
+        train_tokens=len(train_ids),
+        heldout_tokens=len(held_ids),
+        distinct_ids=len(used),
     )
     print(
         f"corpus: {corpus['name']}: {corpus['chars'] / 1e6:.2f} M chars, "
@@ -737,6 +751,11 @@ def main(argv: list[str] | None = None) -> int:
         + (" with loss.png" if plotted else ""),
         flush=True,
     )
+    return Trained(lm, mtp, used, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(parse_args(argv))
     return 0
 
 
