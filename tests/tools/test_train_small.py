@@ -38,9 +38,9 @@ def trained(qwen35_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory
     tool = _tool()
     out = tmp_path_factory.mktemp("train") / "ckpt"
     args = tool.parse_args(
-        ["--config", "tiny", "--steps", "40", "--text", str(TEXT), "--heldout", "0.15",
-         "--tokenizer", str(qwen35_tokenizer_dir), "--eval-every", "0.5", "--threads", "2",
-         "-o", str(out)]
+        ["--config", "tiny", "--steps", "30", "--batch", "4", "--text", str(TEXT),
+         "--heldout", "0.15", "--tokenizer", str(qwen35_tokenizer_dir),
+         "--eval-every", "0.5", "--threads", "2", "-o", str(out)]
     )  # fmt: skip
     torch.manual_seed(0)
     return tool, out, tool.train(args)
