@@ -22,7 +22,7 @@ pytest.importorskip("safetensors", reason="needs safetensors")
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TEXT = REPO / "qwen_edge" / "data" / "eval_coriolanus.txt"
+TEXT = REPO / "qwen_edge" / "evaluation" / "data" / "eval_coriolanus.txt"
 
 
 def _tool():  # type: ignore[no-untyped-def]
