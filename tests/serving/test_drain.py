@@ -88,8 +88,12 @@ def ending(events: list[Any]) -> tuple[str, int]:
     return finishes[0], events[-1]["usage"]["completion_tokens"]
 
 
+PACED = ("--tokens-per-second", "40", "--power-sensor", "command:echo 5", "--idle-seconds", "0.1")
+
+
 def test_sigterm_drains(serve_process: Any) -> None:
-    proc, addr = serve_process("--drain-timeout", "4")
+    # paced to 40 tokens/s so that no machine finishes the long stream within the drain timeout
+    proc, addr = serve_process("--drain-timeout", "4", *PACED)
     short = Stream(addr, max_tokens=6)  # finishes within the drain timeout
     assert short.first.wait(60)
     long = Stream(addr, max_tokens=400)  # queued behind it; cut by the drain timeout
@@ -116,7 +120,7 @@ def test_sigterm_drains(serve_process: Any) -> None:
 
 
 def test_ctrl_c_ends_streams_at_once(serve_process: Any) -> None:
-    proc, addr = serve_process("--drain-timeout", "60")
+    proc, addr = serve_process("--drain-timeout", "60", *PACED)
     stream = Stream(addr, max_tokens=400)
     assert stream.first.wait(60)
     t0 = time.monotonic()
