@@ -124,14 +124,10 @@ QE_NEON_INLINE void group_tile(const PackedMatrix& w, int64_t g, const BlockQ8A*
 template <WeightFormat F>
 QE_NEON_INLINE void gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y, int64_t ldy,
                          int64_t g_begin, int64_t g_end) {
-    gemm_loop(w, m, g_begin, g_end, [&](auto nt, int64_t t, int64_t g) {
-        constexpr int NT = decltype(nt)::value;
-        const BlockQ8A* xt[NT];
-        for (int i = 0; i < NT; ++i) xt[i] = x + (t + i) * w.blocks;
-        GroupAcc acc[NT];
-        group_tile<F, NT>(w, g, xt, acc);
-        for (int i = 0; i < NT; ++i) finish_group<F>(w, g, acc[i], y + (t + i) * ldy);
-    });
+    gemm_loop<F>(w, x, m, y, ldy, g_begin, g_end,
+                 [&](auto nt, int64_t g, const auto& xt, auto& acc) {
+                     group_tile<F, decltype(nt)::value>(w, g, xt, acc);
+                 });
 }
 
 // Float weights widened exactly: f32 as is, IEEE half by fcvtl, bfloat16 by a 16-bit shift.

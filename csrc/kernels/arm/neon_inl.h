@@ -200,11 +200,20 @@ QE_NEON_INLINE float sigmoid_f32(float x) {
 // The loop nest of every gemm: row groups in chunks whose weights fit in L1 (~16 KB), and
 // within a chunk, tiles of up to 4 tokens, each tile run over the chunk's groups. A tile's
 // activations (4 x K x 1.25 bytes) stay in L1 across the chunk, the chunk's weights across all
-// tiles, so neither streams from DRAM more than once per chunk. tile(NT, t, g) computes tokens
-// [t, t + NT) of group g, NT a std::integral_constant<int, 1..4>.
-template <typename Tile>
-QE_NEON_INLINE void gemm_loop(const PackedMatrix& w, int64_t m, int64_t g_begin, int64_t g_end,
-                              Tile&& tile) {
+// tiles, so neither streams from DRAM more than once per chunk. group_tile(NT, g, x, acc)
+// accumulates group g's rows times the NT token rows x[i] into acc[i] (NT a
+// std::integral_constant<int, 1..4>); the loop turns each accumulator into Y[t + i, 8g..8g+8).
+template <WeightFormat F, typename GroupTile>
+QE_NEON_INLINE void gemm_loop(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
+                              int64_t ldy, int64_t g_begin, int64_t g_end, GroupTile&& group_tile) {
+    auto tile = [&](auto nt, int64_t t, int64_t g) {
+        constexpr int NT = decltype(nt)::value;
+        const BlockQ8A* xt[NT];
+        for (int i = 0; i < NT; ++i) xt[i] = x + (t + i) * w.blocks;
+        GroupAcc acc[NT];
+        group_tile(nt, g, xt, acc);
+        for (int i = 0; i < NT; ++i) finish_group<F>(w, g, acc[i], y + (t + i) * ldy);
+    };
     const int64_t group_bytes =
         w.blocks * (quant_record_bytes(w.format) + scale_record_bytes(w.format));
     const int64_t chunk = group_bytes >= 16384 ? 1 : 16384 / group_bytes;
