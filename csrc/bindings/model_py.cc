@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "bindings/bindings.h"
@@ -87,6 +88,13 @@ private:
 
 using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
+// The data of a caller-allocated float32 output array of exactly n elements.
+float* out_array(py::array_t<float>& a, int64_t n, const char* what) {
+    QE_CHECK(a.ndim() >= 1 && (a.flags() & py::array::c_style) && a.size() == n, what,
+             " must be a C-contiguous float32 array of ", n, " elements");
+    return a.mutable_data();
+}
+
 }  // namespace
 
 void bind_model(py::module_& m) {
@@ -107,7 +115,13 @@ void bind_model(py::module_& m) {
         .def_property_readonly("cache_bytes", &qe::State::cache_bytes)
         .def("copy", [](const qe::State& s) { return std::make_unique<qe::State>(s); })
         .def("copy_from", &qe::State::copy_from, py::arg("other"))
-        .def("reset", &qe::State::reset);
+        .def("reset", &qe::State::reset)
+        .def("enable_speculation", &qe::State::enable_speculation, py::arg("slots"))
+        .def_property_readonly("speculation_enabled", &qe::State::speculation_enabled)
+        .def_property_readonly("checkpoint_slots", &qe::State::checkpoint_slots)
+        .def("rollback", &qe::State::rollback, py::arg("n"))
+        .def_property_readonly("mtp_position", &qe::State::mtp_position)
+        .def("set_mtp_position", &qe::State::set_mtp_position, py::arg("position"));
 
     py::class_<PyModel>(m, "Model", "The Qwen3.5 forward pass over weights in memory.")
         .def(py::init<const std::string&, const py::dict&, int, const std::string&, bool, int>(),
@@ -158,7 +172,7 @@ void bind_model(py::module_& m) {
         .def(
             "forward",
             [](PyModel& p, const I32& tokens, qe::State& state, py::array_t<float> out,
-               bool all_logits) {
+               bool all_logits, std::optional<py::array_t<float>> hidden, bool checkpoint) {
                 QE_CHECK(tokens.ndim() == 1 && tokens.size() >= 1,
                          "forward: tokens must be a non-empty 1-D array");
                 const int64_t n = tokens.size(), v = p.model().config().vocab_size;
@@ -167,11 +181,44 @@ void bind_model(py::module_& m) {
                          "forward: out must be a C-contiguous float32 array of ",
                          all_logits ? n * v : v, " elements");
                 float* dst = out.mutable_data();
+                float* hid = hidden ? out_array(*hidden, n * p.model().config().n_embd,
+                                                "forward: hidden")
+                                    : nullptr;
                 py::gil_scoped_release release;
-                p.model().forward(tokens.data(), n, state, dst, all_logits);
+                p.model().forward(tokens.data(), n, state, dst, all_logits, hid, checkpoint);
             },
             py::arg("tokens"), py::arg("state"), py::arg("out"), py::arg("all_logits") = false,
-            "Runs tokens after the state; writes logits of the last position (or all) to out.");
+            py::arg("hidden") = py::none(), py::arg("checkpoint") = false,
+            "Runs tokens after the state; writes logits of the last position (or all) to out, "
+            "and every position's final-normed hidden state to `hidden` when given; "
+            "`checkpoint` lets State.rollback undo up to len(tokens) - 1 of them.")
+        .def_property_readonly("has_mtp", [](PyModel& p) { return p.model().has_mtp(); })
+        .def("draft_rows", [](PyModel& p, int64_t rows) { return p.model().draft_rows(rows); },
+             py::arg("rows"))
+        .def("mtp_weight_bytes",
+             [](PyModel& p, int64_t rows) { return p.model().mtp_weight_bytes(rows); },
+             py::arg("rows"))
+        .def(
+            "mtp_forward",
+            [](PyModel& p, const I32& tokens, py::array_t<float> hidden, qe::State& state,
+               py::array_t<float> logits, int64_t rows, py::array_t<float> hidden_out) {
+                QE_CHECK(tokens.ndim() == 1 && tokens.size() >= 1,
+                         "mtp_forward: tokens must be a non-empty 1-D array");
+                const int64_t n = tokens.size(), e = p.model().config().n_embd;
+                QE_CHECK(hidden.ndim() >= 1 && (hidden.flags() & py::array::c_style) &&
+                             hidden.size() == n * e,
+                         "mtp_forward: hidden must be a C-contiguous float32 array of ", n * e,
+                         " elements");
+                float* lg = out_array(logits, p.model().draft_rows(rows), "mtp_forward: logits");
+                float* ho = out_array(hidden_out, e, "mtp_forward: hidden_out");
+                const float* hin = hidden.data();
+                py::gil_scoped_release release;
+                p.model().mtp_forward(tokens.data(), hin, n, state, lg, rows, ho);
+            },
+            py::arg("tokens"), py::arg("hidden"), py::arg("state"), py::arg("logits"),
+            py::arg("rows"), py::arg("hidden_out"),
+            "The MTP head over (hidden[t], tokens[t]) pairs: the last pair's draft logits over "
+            "the first draft_rows(rows) LM-head rows, and its output hidden state.");
 }
 
 }  // namespace qe_py

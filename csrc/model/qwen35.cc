@@ -113,25 +113,32 @@ Qwen35Model::Qwen35Model(const ModelConfig& config, const TensorMap& tensors,
     lm_head_ = c.tie_word_embeddings ? embed_ : ld.matrix("lm_head.weight", c.vocab_size, E);
     final_norm_ = ld.norm_1p("norm.weight", E);
 
-    int64_t n_full = 0, n_lin = 0;
-    for (int64_t i = 0; i < c.n_layer; ++i) {
-        const std::string p = "layers." + std::to_string(i) + ".";
-        Layer L;
-        L.full = c.layer_types[i] == LayerType::kFull;
+    // The norms and MLP of a decoder layer, and a full-attention mixer.
+    auto load_common = [&](const std::string& p, Layer& L) {
         L.attn_norm = ld.norm_1p(p + "input_layernorm.weight", E);
         L.ffn_norm = ld.norm_1p(p + "post_attention_layernorm.weight", E);
         L.gate = ld.matrix(p + "mlp.gate_proj.weight", c.n_ff, E);
         L.up = ld.matrix(p + "mlp.up_proj.weight", c.n_ff, E);
         L.down = ld.matrix(p + "mlp.down_proj.weight", E, c.n_ff);
+    };
+    auto load_attention = [&](const std::string& p, Layer& L) {
+        const std::string a = p + "self_attn.";
+        const int64_t hd = c.head_dim;
+        L.wq = ld.matrix(a + "q_proj.weight", 2 * c.n_head * hd, E);
+        L.wk = ld.matrix(a + "k_proj.weight", c.n_head_kv * hd, E);
+        L.wv = ld.matrix(a + "v_proj.weight", c.n_head_kv * hd, E);
+        L.wo = ld.matrix(a + "o_proj.weight", E, c.n_head * hd);
+        L.q_norm = ld.norm_1p(a + "q_norm.weight", hd);
+        L.k_norm = ld.norm_1p(a + "k_norm.weight", hd);
+    };
+    int64_t n_full = 0, n_lin = 0;
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        Layer L;
+        L.full = c.layer_types[i] == LayerType::kFull;
+        load_common(p, L);
         if (L.full) {
-            const std::string a = p + "self_attn.";
-            const int64_t hd = c.head_dim;
-            L.wq = ld.matrix(a + "q_proj.weight", 2 * c.n_head * hd, E);
-            L.wk = ld.matrix(a + "k_proj.weight", c.n_head_kv * hd, E);
-            L.wv = ld.matrix(a + "v_proj.weight", c.n_head_kv * hd, E);
-            L.wo = ld.matrix(a + "o_proj.weight", E, c.n_head * hd);
-            L.q_norm = ld.norm_1p(a + "q_norm.weight", hd);
-            L.k_norm = ld.norm_1p(a + "k_norm.weight", hd);
+            load_attention(p, L);
             L.index = n_full++;
         } else {
             const std::string a = p + "linear_attn.";
@@ -153,6 +160,17 @@ Qwen35Model::Qwen35Model(const ModelConfig& config, const TensorMap& tensors,
             L.index = n_lin++;
         }
         layers_.push_back(std::move(L));
+    }
+    // The MTP head (docs/model.md §5): present when its fc is; then every tensor must be.
+    has_mtp_ = tensors.count("mtp.fc.weight") != 0;
+    if (has_mtp_) {
+        mtp_fc_ = ld.matrix("mtp.fc.weight", E, 2 * E);
+        mtp_norm_emb_ = ld.norm_1p("mtp.pre_fc_norm_embedding.weight", E);
+        mtp_norm_hidden_ = ld.norm_1p("mtp.pre_fc_norm_hidden.weight", E);
+        mtp_norm_ = ld.norm_1p("mtp.norm.weight", E);
+        mtp_layer_.full = true;
+        load_common("mtp.layers.0.", mtp_layer_);
+        load_attention("mtp.layers.0.", mtp_layer_);
     }
 
     // inv_freq[f] = 1 / theta^(2f / n_rot) in float32, as transformers computes it
@@ -198,10 +216,23 @@ uint64_t Qwen35Model::decode_weight_bytes() const {
     return n;
 }
 
+int64_t Qwen35Model::draft_rows(int64_t rows) const {
+    if (rows <= 0 || rows >= config_.vocab_size) return config_.vocab_size;
+    return std::min(config_.vocab_size, (rows + kRowPack - 1) / kRowPack * kRowPack);
+}
+
+uint64_t Qwen35Model::mtp_weight_bytes(int64_t rows) const {
+    if (!has_mtp_) return 0;
+    const Layer& L = mtp_layer_;
+    uint64_t n = mtp_fc_.bytes() + embed_.bytes() / uint64_t(config_.vocab_size);
+    for (const Matrix* m : {&L.gate, &L.up, &L.down, &L.wq, &L.wk, &L.wv, &L.wo}) n += m->bytes();
+    return n + lm_head_.bytes() / uint64_t(config_.vocab_size) * uint64_t(draft_rows(rows));
+}
+
 // ---- forward -----------------------------------------------------------------------------------
 
 void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float* logits,
-                          bool all_logits) {
+                          bool all_logits, float* hidden, bool checkpoint) {
     std::lock_guard<std::mutex> lock(mutex_);
     QE_CHECK(n >= 1, "forward: no tokens");
     QE_CHECK(state.config_.n_layer == config_.n_layer && state.config_.n_embd == config_.n_embd &&
@@ -216,6 +247,12 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
                                  " tokens exceed the context of " + std::to_string(state.context_) +
                                  " tokens");
     }
+    if (checkpoint) {
+        QE_CHECK(n - 1 <= state.slots_, "forward: a checkpointed forward of ", n,
+                 " tokens needs ", n - 1, " checkpoint slots, the state has ", state.slots_,
+                 " (State::enable_speculation)");
+    }
+    state.ckpt_tokens_ = 0;
     const int64_t batch = state.batch_;
     for (int64_t i = 0; i < n; i += batch) {
         const int64_t m = std::min(batch, n - i);
@@ -227,12 +264,30 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
                 out = logits;
             }
         }
-        run_batch(tokens + i, m, state, out, all_logits);
+        run_batch(tokens + i, m, state, out, all_logits,
+                  hidden ? hidden + i * config_.n_embd : nullptr, checkpoint);
+    }
+    if (checkpoint) state.ckpt_tokens_ = n;
+}
+
+void Qwen35Model::fill_rope(State& state, int64_t p0, int64_t n) const {
+    // RoPE cos/sin rows of the positions, [n, 2, half], shared by every attention layer:
+    // theta = float(p) * inv_freq[f] in float32 as transformers; cos/sin correctly rounded
+    // (via double).
+    const int64_t half = int64_t(inv_freq_.size());
+    float* rope = state.scratch_.rope.as<float>();
+    for (int64_t t = 0; t < n; ++t) {
+        const float pos = float(p0 + t);
+        for (int64_t f = 0; f < half; ++f) {
+            const float theta = pos * inv_freq_[f];
+            rope[t * 2 * half + f] = float(std::cos(double(theta)));
+            rope[t * 2 * half + half + f] = float(std::sin(double(theta)));
+        }
     }
 }
 
 void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, float* logits,
-                            bool all) {
+                            bool all, float* hidden, bool checkpoint) {
     const ModelConfig& c = config_;
     const int64_t E = c.n_embd;
     Scratch& s = state.scratch_;
@@ -243,19 +298,7 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
     for_tokens(n, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) embedding_row(kt_, embed_, tokens[t], h + t * E);
     });
-    // RoPE cos/sin rows of this batch's positions, [n, 2, half], shared by every attention
-    // layer: theta = float(p) * inv_freq[f] in float32 as transformers; cos/sin correctly
-    // rounded (via double).
-    const int64_t half = int64_t(inv_freq_.size());
-    float* rope = s.rope.as<float>();
-    for (int64_t t = 0; t < n; ++t) {
-        const float pos = float(state.position_ + t);
-        for (int64_t f = 0; f < half; ++f) {
-            const float theta = pos * inv_freq_[f];
-            rope[t * 2 * half + f] = float(std::cos(double(theta)));
-            rope[t * 2 * half + half + f] = float(std::sin(double(theta)));
-        }
-    }
+    fill_rope(state, state.position_, n);
     // h += mix, then x = rmsnorm(h) with the next norm's weight, per token.
     auto add_norm = [&](const float* w) {
         for_tokens(n, [&](int64_t t0, int64_t t1) {
@@ -269,15 +312,17 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
     for (size_t l = 0; l < layers_.size(); ++l) {
         const Layer& L = layers_[l];
         if (L.full) {
-            attention_block(L, x, n, state, mix);
+            attention_block(L, x, n, state, mix, state.keys(L.index), state.values(L.index),
+                            state.position_);
         } else {
-            delta_net_block(L, x, n, state, mix);
+            delta_net_block(L, x, n, state, mix, checkpoint);
         }
         add_norm(L.ffn_norm.data());
         mlp_block(L, x, n, state, mix);
         add_norm(l + 1 < layers_.size() ? layers_[l + 1].attn_norm.data() : final_norm_.data());
     }
     state.position_ += n;
+    if (hidden != nullptr) std::memcpy(hidden, x, size_t(n * E) * sizeof(float));
     if (logits == nullptr) return;
 
     // x holds the final norm of every token now.
@@ -290,11 +335,11 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
 }
 
 void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, State& state,
-                                  float* out) {
+                                  float* out, void* keys, void* values, int64_t p0) {
     const ModelConfig& c = config_;
     Scratch& s = state.scratch_;
     const int64_t E = c.n_embd, nh = c.n_head, nkv = c.n_head_kv, hd = c.head_dim;
-    const int64_t group = nh / nkv, p0 = state.position_, ctx = state.context_;
+    const int64_t group = nh / nkv, ctx = state.context_;
     float* proj = s.proj.as<float>();    // [n, nh, 2, hd]: per head q then gate
     float* kv = s.kv.as<float>();        // [n, 2, nkv, hd]: keys then values
     float* q = s.conv.as<float>();       // [n, nh, hd]
@@ -311,8 +356,8 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
     const int64_t half = c.rotary_dim() / 2;
     const KvType kv_type = state.kv_type_;
     const int64_t kv_row = int64_t(kv_row_bytes(kv_type, hd));
-    char* kcache = static_cast<char*>(state.keys(L.index));
-    char* vcache = static_cast<char*>(state.values(L.index));
+    char* kcache = static_cast<char*>(keys);
+    char* vcache = static_cast<char*>(values);
     const float* rope_table = s.rope.as<float>();  // filled by run_batch
     // One key or value vector into its cache row, in the cache's element type.
     auto store_kv = [&](const float* src, char* dst) {
@@ -391,7 +436,7 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
 }
 
 void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, State& state,
-                                  float* out) {
+                                  float* out, bool checkpoint) {
     const ModelConfig& c = config_;
     Scratch& s = state.scratch_;
     const int64_t E = c.n_embd, nk = c.n_k_head, nv = c.n_v_head;
@@ -408,9 +453,25 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
     linear(kt_, pool_, x, E, n, xq, {{&L.qkv, u, cd}, {&L.z, z, vd}, {&L.b, b, nv}, {&L.a, a, nv}});
     // Channels are independent: slices per thread for a prompt, one call for a decode step.
     float* conv_state = state.conv(L.index);
+    // Checkpointed: token by token (the same arithmetic), the conv state kept after each of the
+    // first n - 1 tokens in its slot.
+    const int64_t kw1 = c.conv_kernel - 1;
     pool_.for_each(cd, n == 1 ? cd : 256, [&](int64_t c0, int64_t c1, int) {
-        kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + c0, cd, conv + c0, cd, n,
-                        c1 - c0, c.conv_kernel);
+        if (!checkpoint) {
+            kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + c0, cd, conv + c0, cd,
+                            n, c1 - c0, c.conv_kernel);
+            return;
+        }
+        float* slots = state.ckpt_conv_[L.index].as<float>();
+        for (int64_t t = 0; t < n; ++t) {
+            kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + t * cd + c0, cd,
+                            conv + t * cd + c0, cd, 1, c1 - c0, c.conv_kernel);
+            if (t + 1 == n) break;
+            for (int64_t j = 0; j < kw1; ++j) {
+                std::memcpy(slots + (t * kw1 + j) * cd + c0, conv_state + j * cd + c0,
+                            size_t(c1 - c0) * sizeof(float));
+            }
+        }
     });
 
     // Gates in float32 (docs/model.md §4.8 step 4, §8): beta = sigmoid(b), g = -exp(A_log) *
@@ -435,12 +496,26 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
     // Value head m reads q/k head m / r (grouped, docs/model.md §4.8 step 6).
     const int64_t r = nv / nk;
     float* rec = state.recurrent(L.index);
+    QE_DCHECK(!checkpoint || state.slots_ >= n - 1);
     pool_.for_each(nv, 1, [&](int64_t m0, int64_t m1, int) {
         for (int64_t m = m0; m < m1; ++m) {
             const int64_t hk = m / r;
-            kt_.delta_rule(rec + m * dk * dv, conv + hk * dk, conv + kd + hk * dk,
-                           conv + 2 * kd + m * dv, cd, a + m, b + m, nv, heads + m * dv, vd, n, dk,
-                           dv);
+            if (!checkpoint) {
+                kt_.delta_rule(rec + m * dk * dv, conv + hk * dk, conv + kd + hk * dk,
+                               conv + 2 * kd + m * dv, cd, a + m, b + m, nv, heads + m * dv, vd,
+                               n, dk, dv);
+                continue;
+            }
+            float* slots = state.ckpt_recurrent_[L.index].as<float>();
+            for (int64_t t = 0; t < n; ++t) {
+                kt_.delta_rule(rec + m * dk * dv, conv + t * cd + hk * dk,
+                               conv + t * cd + kd + hk * dk, conv + t * cd + 2 * kd + m * dv, cd,
+                               a + t * nv + m, b + t * nv + m, nv, heads + t * vd + m * dv, vd, 1,
+                               dk, dv);
+                if (t + 1 == n) break;
+                std::memcpy(slots + (t * nv + m) * dk * dv, rec + m * dk * dv,
+                            size_t(dk * dv) * sizeof(float));
+            }
         }
     });
     for_tokens(n, [&](int64_t t0, int64_t t1) {
@@ -461,6 +536,92 @@ void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, State& st
         kt_.silu_mul(g + t0 * c.n_ff, up + t0 * c.n_ff, g + t0 * c.n_ff, (t1 - t0) * c.n_ff);
     });
     linear(kt_, pool_, g, c.n_ff, n, xq, {{&L.down, out, c.n_embd}});
+}
+
+// ---- the MTP head ------------------------------------------------------------------------------
+
+void Qwen35Model::mtp_forward(const int32_t* tokens, const float* hidden, int64_t n, State& state,
+                              float* logits, int64_t rows, float* hidden_out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const ModelConfig& c = config_;
+    const int64_t E = c.n_embd;
+    QE_CHECK(has_mtp_, "mtp_forward: the model has no MTP head (export with --mtp)");
+    QE_CHECK(state.speculation_enabled(),
+             "mtp_forward: the state has no MTP cache (State::enable_speculation)");
+    QE_CHECK(state.config_.n_layer == c.n_layer && state.config_.n_embd == E &&
+                 state.threads_ == pool_.size(),
+             "mtp_forward: the state was made by another model");
+    QE_CHECK(n >= 1, "mtp_forward: no tokens");
+    for (int64_t t = 0; t < n; ++t) {
+        QE_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab_size, "mtp_forward: token id ", tokens[t],
+                 " at index ", t, " is outside the vocabulary [0, ", c.vocab_size, ")");
+    }
+    if (state.mtp_position_ + n > state.context_) {
+        throw ContextLengthError("MTP head: " + std::to_string(state.mtp_position_) + " + " +
+                                 std::to_string(n) + " tokens exceed the context of " +
+                                 std::to_string(state.context_) + " tokens");
+    }
+    for (int64_t i = 0; i < n; i += state.batch_) {
+        const int64_t m = std::min(state.batch_, n - i);
+        const bool last = i + m == n;
+        mtp_batch(tokens + i, hidden + i * E, m, state, last ? logits : nullptr, rows,
+                  last ? hidden_out : nullptr);
+    }
+}
+
+void Qwen35Model::mtp_batch(const int32_t* tokens, const float* hidden, int64_t n, State& state,
+                            float* logits, int64_t rows, float* hidden_out) {
+    const ModelConfig& c = config_;
+    const int64_t E = c.n_embd;
+    Scratch& s = state.scratch_;
+    float* h = s.h.as<float>();
+    float* x = s.x.as<float>();
+    float* mix = s.mix.as<float>();
+    float* cat = s.mtp_in.as<float>();  // [n, 2E]: normed embedding, then normed hidden
+    BlockQ8A* xq = s.xq.as<BlockQ8A>();
+    const Layer& L = mtp_layer_;
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            embedding_row(kt_, embed_, tokens[t], h + t * E);
+            kt_.rms_norm(h + t * E, mtp_norm_emb_.data(), cat + t * 2 * E, 1, E, eps_);
+            kt_.rms_norm(hidden + t * E, mtp_norm_hidden_.data(), cat + t * 2 * E + E, 1, E,
+                         eps_);
+        }
+    });
+    linear(kt_, pool_, cat, 2 * E, n, xq, {{&mtp_fc_, h, E}});
+    // One decoder layer (docs/model.md §4.5) at the MTP cache's positions.
+    fill_rope(state, state.mtp_position_, n);
+    auto add_norm = [&](const float* w) {
+        for_tokens(n, [&](int64_t t0, int64_t t1) {
+            for (int64_t i = t0 * E; i < t1 * E; ++i) h[i] += mix[i];
+            kt_.rms_norm(h + t0 * E, w, x + t0 * E, t1 - t0, E, eps_);
+        });
+    };
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        kt_.rms_norm(h + t0 * E, L.attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
+    });
+    attention_block(L, x, n, state, mix, state.mtp_keys(), state.mtp_values(),
+                    state.mtp_position_);
+    add_norm(L.ffn_norm.data());
+    mlp_block(L, x, n, state, mix);
+    add_norm(mtp_norm_.data());
+    state.mtp_position_ += n;
+    const float* last = x + (n - 1) * E;
+    if (hidden_out != nullptr) std::memcpy(hidden_out, last, size_t(E) * sizeof(float));
+    if (logits == nullptr) return;
+    // The shared LM head, or its first rows: a prefix of the rows is a prefix of the packed
+    // row groups (and of a plain matrix), so the view needs no copy.
+    Matrix head = lm_head_;
+    const int64_t r = draft_rows(rows);
+    if (r < head.rows) {
+        head.rows = r;
+        if (head.quantized()) {
+            head.packed.rows = r;
+            head.packed.rows_padded = r;
+            head.packed.groups = r / kRowPack;
+        }
+    }
+    linear(kt_, pool_, last, E, 1, xq, {{&head, logits, r}});
 }
 
 }  // namespace qe

@@ -69,9 +69,29 @@ public:
                                      KvType kv = KvType::kF16) const;
 
     // Runs tokens[0, n) (ids < vocab_size) after what `state` holds. logits: float [vocab_size] for
-    // the last position, or [n, vocab_size] when all_logits; null computes no logits. Throws
-    // ContextLengthError (state unchanged) if the tokens do not fit. Serialized per model.
-    void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits);
+    // the last position, or [n, vocab_size] when all_logits; null computes no logits. hidden:
+    // null, or float [n, n_embd] for every token's final-normed hidden state (the MTP head's
+    // input). checkpoint: keep the DeltaNet states after each of the first n - 1 tokens, so
+    // State::rollback can undo up to n - 1 of them (needs State::enable_speculation with at
+    // least n - 1 slots). Throws ContextLengthError (state unchanged) if the tokens do not
+    // fit. Serialized per model.
+    void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits,
+                 float* hidden = nullptr, bool checkpoint = false);
+
+    // The MTP head (docs/model.md §5) over n pairs (hidden[t], tokens[t]) at the MTP cache's
+    // next positions: hidden [n, n_embd] final-normed hidden states (of the main model or of
+    // the head's previous step), tokens the ids that followed them. Appends to the state's MTP
+    // cache. logits: float [rows] of the last pair's draft over the first `rows` rows of the
+    // LM head (rows <= 0 or >= vocab_size: all; otherwise rounded up to a multiple of 8);
+    // hidden_out: null or float [n_embd], the last pair's normed output (the next step's
+    // hidden). Needs has_mtp() and State::enable_speculation.
+    void mtp_forward(const int32_t* tokens, const float* hidden, int64_t n, State& state,
+                     float* logits, int64_t rows, float* hidden_out);
+    bool has_mtp() const { return has_mtp_; }
+    // The LM-head rows a draft over `rows` rows computes (see mtp_forward).
+    int64_t draft_rows(int64_t rows) const;
+    // Bytes of weights one MTP draft step reads (the head's layer, fc, `rows` LM-head rows).
+    uint64_t mtp_weight_bytes(int64_t rows) const;
 
     // Bytes of weights one decode step reads (all layers and the LM head; one embedding row).
     uint64_t decode_weight_bytes() const;
@@ -93,9 +113,17 @@ private:
         int64_t index = 0;            // among the layers of its kind (state slot)
     };
 
-    void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all);
-    void attention_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
-    void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
+    void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all,
+                   float* hidden, bool checkpoint);
+    void mtp_batch(const int32_t* tokens, const float* hidden, int64_t n, State& state,
+                   float* logits, int64_t rows, float* hidden_out);
+    // Cos/sin rows of positions p0 .. p0 + n - 1 into the state's rope scratch.
+    void fill_rope(State& state, int64_t p0, int64_t n) const;
+    // Appends to the K/V caches `keys`/`values` at positions p0.. (layer.index is unused).
+    void attention_block(const Layer& layer, const float* x, int64_t n, State& state, float* out,
+                         void* keys, void* values, int64_t p0);
+    void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state, float* out,
+                         bool checkpoint);
     void mlp_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
     // fn(t0, t1) over the tokens [0, n): split over the threads for a prompt, inline for one
     // token (a decode step has nothing to share out but the matrix products).
@@ -117,6 +145,11 @@ private:
     std::vector<Layer> layers_;
     Matrix embed_, lm_head_;
     std::vector<float> final_norm_;  // [n_embd], 1 + w
+    // The MTP head (mtp.*), when the model file stores it.
+    bool has_mtp_ = false;
+    Layer mtp_layer_;
+    Matrix mtp_fc_;                                          // [n_embd, 2 * n_embd]
+    std::vector<float> mtp_norm_emb_, mtp_norm_hidden_, mtp_norm_;  // [n_embd], 1 + w
     std::vector<float> inv_freq_;    // [rotary_dim / 2]
     float eps_ = 1e-6f;              // rms_norm_eps
     std::mutex mutex_;

@@ -54,8 +54,9 @@ State::State(const State& other)
 void State::alloc_scratch(const ModelConfig& c, int threads) {
     const uint64_t b = uint64_t(batch_), f = sizeof(float);
     const uint64_t attn = bytes_of(c.n_head, c.head_dim);
-    const uint64_t widest =
-        std::max({uint64_t(c.n_embd), uint64_t(c.n_ff), uint64_t(c.value_dim()), attn});
+    // 2 * n_embd: the MTP head's fc input.
+    const uint64_t widest = std::max(
+        {2 * uint64_t(c.n_embd), uint64_t(c.n_ff), uint64_t(c.value_dim()), attn});
     const uint64_t proj = std::max(uint64_t(c.conv_dim()), 2 * attn);
     const uint64_t heads = std::max(uint64_t(c.value_dim()), attn);
     Scratch& s = scratch_;
@@ -78,6 +79,8 @@ void State::alloc_scratch(const ModelConfig& c, int threads) {
 
 void State::reset() {
     position_ = 0;
+    mtp_position_ = 0;
+    ckpt_tokens_ = 0;
     // The KV cache needs no clearing: positions >= position_ are never read.
     for (auto& b : conv_) std::memset(b.as<void>(), 0, b.size());
     for (auto& b : recurrent_) std::memset(b.as<void>(), 0, b.size());
@@ -90,6 +93,9 @@ void State::copy_from(const State& other) {
                  config_.head_dim == other.config_.head_dim,
              "states of different models or sizes cannot be copied into each other");
     position_ = other.position_;
+    ckpt_tokens_ = 0;
+    if (other.speculation_enabled()) enable_speculation(other.slots_);
+    mtp_position_ = speculation_enabled() ? other.mtp_position_ : 0;
     // Only the filled part of each head's KV rows.
     const size_t row = kv_row_bytes(kv_type_, config_.head_dim);
     for (size_t i = 0; i < kv_.size(); ++i) {
@@ -99,10 +105,62 @@ void State::copy_from(const State& other) {
                         size_t(position_) * row);
         }
     }
+    for (size_t i = 0; other.speculation_enabled() && i < mtp_kv_.size(); ++i) {
+        for (int64_t h = 0; h < config_.n_head_kv; ++h) {
+            const size_t off = size_t(h) * size_t(context_) * row;
+            std::memcpy(mtp_kv_[i].as<char>() + off, other.mtp_kv_[i].as<char>() + off,
+                        size_t(mtp_position_) * row);
+        }
+    }
     for (size_t i = 0; i < conv_.size(); ++i) {
         std::memcpy(conv_[i].as<void>(), other.conv_[i].as<void>(), conv_[i].size());
         std::memcpy(recurrent_[i].as<void>(), other.recurrent_[i].as<void>(), recurrent_[i].size());
     }
+}
+
+void State::enable_speculation(int64_t slots) {
+    QE_CHECK(slots >= 0 && slots < batch_, "speculation: checkpoint slots must be in 0..",
+             batch_ - 1, " (the state's batch - 1), got ", slots);
+    if (mtp_kv_.empty()) {
+        const size_t kv_bytes =
+            bytes_of(config_.n_head_kv, context_, kv_row_bytes(kv_type_, config_.head_dim));
+        mtp_kv_.emplace_back(kv_bytes);
+        mtp_kv_.emplace_back(kv_bytes);
+        scratch_.mtp_in = Buffer(bytes_of(batch_, 2 * config_.n_embd, sizeof(float)));
+        mtp_position_ = 0;
+    }
+    if (slots <= slots_) return;
+    ckpt_conv_.clear();
+    ckpt_recurrent_.clear();
+    for (size_t i = 0; i < conv_.size(); ++i) {
+        ckpt_conv_.emplace_back(bytes_of(slots, conv_[i].size()));
+        ckpt_recurrent_.emplace_back(bytes_of(slots, recurrent_[i].size()));
+    }
+    slots_ = slots;
+    ckpt_tokens_ = 0;
+}
+
+void State::rollback(int64_t n) {
+    if (n == 0) return;
+    QE_CHECK(n > 0 && n < ckpt_tokens_, "rollback: ", n,
+             " tokens is not covered by the last checkpointed forward (which can undo 0..",
+             ckpt_tokens_ > 0 ? ckpt_tokens_ - 1 : 0, ")");
+    const int64_t slot = ckpt_tokens_ - 1 - n;  // the state after the last kept token
+    for (size_t i = 0; i < conv_.size(); ++i) {
+        const size_t cb = conv_[i].size(), rb = recurrent_[i].size();
+        std::memcpy(conv_[i].as<void>(), ckpt_conv_[i].as<char>() + size_t(slot) * cb, cb);
+        std::memcpy(recurrent_[i].as<void>(), ckpt_recurrent_[i].as<char>() + size_t(slot) * rb,
+                    rb);
+    }
+    position_ -= n;
+    ckpt_tokens_ -= n;
+}
+
+void State::set_mtp_position(int64_t p) {
+    QE_CHECK(speculation_enabled(), "the state has no MTP cache (enable_speculation first)");
+    QE_CHECK(p >= 0 && p <= mtp_position_, "set_mtp_position: ", p, " is outside 0..",
+             mtp_position_, " (the MTP cache can only be truncated)");
+    mtp_position_ = p;
 }
 
 uint64_t State::cache_bytes() const {

@@ -45,6 +45,7 @@ struct Scratch {
     Buffer scores;  // [threads, n_head / n_head_kv, context] attention probabilities
     Buffer rope;    // [T, 2, rotary_dim / 2] cos then sin of each token's position
     Buffer logits;  // [vocab_size] last-position logits when the caller gives no buffer
+    Buffer mtp_in;  // [T, 2 * n_embd] the MTP head's concatenated input (enable_speculation)
 };
 
 class State {
@@ -61,8 +62,25 @@ public:
     void reset();
     // Copies the caches and position of `other` (same model and sizes) into this state.
     void copy_from(const State& other);
-    // Bytes of the caches (what a snapshot holds), excluding scratch.
+    // Bytes of the caches (what a snapshot holds), excluding scratch and checkpoints.
     uint64_t cache_bytes() const;
+
+    // Speculative decoding (docs/speculative.md). Allocates the MTP head's own KV cache (one
+    // full-attention layer over the same context) and `slots` checkpoints of every DeltaNet
+    // layer's conv and recurrent state, so a checkpointed forward of up to slots + 1 tokens
+    // can be rolled back. Idempotent for the same or fewer slots.
+    void enable_speculation(int64_t slots);
+    bool speculation_enabled() const { return !mtp_kv_.empty(); }
+    int64_t checkpoint_slots() const { return slots_; }
+    // Undoes the last n tokens of the last checkpointed forward (0 <= n < its tokens), as if
+    // they had never run: the KV caches truncate, the DeltaNet states come back from the
+    // checkpoint taken after the last kept token. Throws if no checkpoint covers them.
+    void rollback(int64_t n);
+    // Tokens the MTP head's cache holds (its positions 0..mtp_position - 1), and truncation.
+    int64_t mtp_position() const { return mtp_position_; }
+    void set_mtp_position(int64_t p);
+    void* mtp_keys() const { return mtp_kv_[0].as<void>(); }
+    void* mtp_values() const { return mtp_kv_[1].as<void>(); }
 
     // Per full-attention layer (index into the config's full layers): K and V caches,
     // [n_head_kv, context, head_dim], head_dim contiguous: kv_row_bytes(kv_type, head_dim) per
@@ -86,6 +104,12 @@ private:
     std::vector<Buffer> kv_;         // 2 per full-attention layer
     std::vector<Buffer> conv_;       // 1 per linear-attention layer
     std::vector<Buffer> recurrent_;  // 1 per linear-attention layer
+    // Speculation: the MTP head's K and V; per linear-attention layer [slots, conv state] and
+    // [slots, recurrent state], slot t = the state after token t of the last checkpointed
+    // forward, which ran `ckpt_tokens_` tokens (rollback lowers it; any other forward clears it).
+    std::vector<Buffer> mtp_kv_;
+    std::vector<Buffer> ckpt_conv_, ckpt_recurrent_;
+    int64_t slots_ = 0, ckpt_tokens_ = 0, mtp_position_ = 0;
     Scratch scratch_;
 };
 

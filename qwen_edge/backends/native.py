@@ -127,6 +127,43 @@ class State:
         """Back to position 0, as a fresh state (recurrent and conv states zeroed)."""
         self._native.reset()
 
+    # --- speculative decoding (docs/speculative.md) ---
+    def enable_speculation(self, slots: int) -> None:
+        """Allocates the MTP head's KV cache and `slots` DeltaNet checkpoints, so a
+        `forward(..., checkpoint=True)` of up to slots + 1 tokens can be rolled back."""
+        try:
+            self._native.enable_speculation(int(slots))
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
+    @property
+    def checkpoint_slots(self) -> int:
+        return int(self._native.checkpoint_slots)
+
+    def rollback(self, n: int) -> None:
+        """Undoes the last `n` tokens of the last checkpointed forward, exactly (as if they
+        had never run).
+
+        Raises:
+            ValueError: no checkpointed forward covers `n` tokens.
+        """
+        try:
+            self._native.rollback(int(n))
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
+    @property
+    def mtp_position(self) -> int:
+        """Pairs the MTP head's cache holds."""
+        return int(self._native.mtp_position)
+
+    def set_mtp_position(self, position: int) -> None:
+        """Truncates the MTP head's cache to `position` pairs."""
+        try:
+            self._native.set_mtp_position(int(position))
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
 
 class Model:
     """The native Qwen3.5 forward pass: the same protocol as `reference.ReferenceModel`.
@@ -273,9 +310,22 @@ class Model:
         return State(native, self)
 
     def forward(
-        self, tokens: Iterable[int] | np.ndarray, state: State, *, all_logits: bool = False
+        self,
+        tokens: Iterable[int] | np.ndarray,
+        state: State,
+        *,
+        all_logits: bool = False,
+        hidden: np.ndarray | None = None,
+        checkpoint: bool = False,
     ) -> np.ndarray:
         """Runs `tokens` after what `state` holds; the GIL is released meanwhile.
+
+        Args:
+            hidden: a C-contiguous float32 array of len(tokens) * hidden_size elements that
+                receives every position's final-normed hidden state (the MTP head's input).
+            checkpoint: keep the DeltaNet states after each token but the last, so
+                `state.rollback(n)` can undo up to len(tokens) - 1 of them (needs
+                `state.enable_speculation`).
 
         Returns:
             float32 logits of the last position [vocab], or [len(tokens), vocab] when
@@ -293,10 +343,57 @@ class Model:
         vocab = self.config.vocab_size
         out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)
         try:
-            self._native.forward(ids, state._native, out, all_logits)
+            self._native.forward(ids, state._native, out, all_logits, hidden, checkpoint)
         except RuntimeError as e:
             raise _map_error(e, QwenEdgeError) from None
         return out
+
+    # --- the MTP head (docs/model.md §5, docs/speculative.md) ---
+    @property
+    def has_mtp(self) -> bool:
+        """Whether the model file stores the MTP head (`qwen-edge export --mtp`)."""
+        return bool(self._native.has_mtp)
+
+    def draft_rows(self, rows: int | None) -> int:
+        """LM-head rows a draft over the first `rows` rows computes (None: all)."""
+        return int(self._native.draft_rows(int(rows or 0)))
+
+    def mtp_weight_bytes(self, rows: int | None = None) -> int:
+        """Bytes of weights one MTP draft step reads."""
+        return int(self._native.mtp_weight_bytes(int(rows or 0)))
+
+    def mtp_forward(
+        self,
+        tokens: Iterable[int] | np.ndarray,
+        hidden: np.ndarray,
+        state: State,
+        *,
+        rows: int | None = None,
+        logits: np.ndarray | None = None,
+        hidden_out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The MTP head over pairs (hidden[t], tokens[t]) at the MTP cache's next positions.
+
+        Args:
+            tokens: the ids that followed each hidden state.
+            hidden: float32 [len(tokens), hidden_size], final-normed hidden states.
+            rows: draft over the first `rows` rows of the LM head only (None: all).
+            logits, hidden_out: optional output arrays to reuse.
+
+        Returns:
+            (draft logits [draft_rows(rows)] of the last pair, its output hidden [hidden_size]).
+        """
+        ids = _token_array(tokens, self.config.vocab_size)
+        h = np.ascontiguousarray(hidden, dtype=np.float32)
+        if logits is None:
+            logits = np.empty(self.draft_rows(rows), np.float32)
+        if hidden_out is None:
+            hidden_out = np.empty(self.config.hidden_size, np.float32)
+        try:
+            self._native.mtp_forward(ids, h, state._native, logits, int(rows or 0), hidden_out)
+        except RuntimeError as e:
+            raise _map_error(e, QwenEdgeError) from None
+        return logits, hidden_out
 
     def logits(self, tokens: Iterable[int] | np.ndarray) -> np.ndarray:
         """Logits [len(tokens), vocab] of every position from a fresh state."""

@@ -24,6 +24,8 @@ from ..formats.config import LINEAR, ModelConfig
 F32 = np.float32
 GDN_CHUNK = 64  # chunk length of the chunked delta rule (§4.8), as transformers uses
 L2NORM_EPS = 1e-6  # the q/k l2-norm epsilon is fixed, not rms_norm_eps (§4.8 step 5)
+MTP_SLOT = -1  # ReferenceState key of the MTP head's KV cache
+MTP_LAYER = "mtp.layers.0."
 
 
 # --- elementwise pieces (§4.1) -----------------------------------------------------------------
@@ -93,6 +95,8 @@ class ReferenceState:
     # full-attention layers: post-norm, post-RoPE keys and raw values [T, n_kv, head_dim]
     keys: dict[int, np.ndarray] = field(default_factory=dict)
     values: dict[int, np.ndarray] = field(default_factory=dict)
+    # the MTP head's cache (§5) is keys[MTP_SLOT] / values[MTP_SLOT]; pairs it has seen
+    mtp_position: int = 0
 
     def copy(self) -> ReferenceState:
         return copy.deepcopy(self)
@@ -118,6 +122,11 @@ class ReferenceModel:
         if missing:
             raise ValueError(f"reference model: missing weights {missing[:5]}")
         self.w = {name: np.ascontiguousarray(weights[name], dtype=F32) for name in expected}
+        # The MTP head (§5), when the weights carry it (names as in the checkpoint: mtp.*).
+        for name, value in weights.items():
+            if name.startswith("mtp."):
+                self.w[name] = np.ascontiguousarray(value, dtype=F32)
+        self.has_mtp = "mtp.fc.weight" in self.w
         self.lm_head = self.w[
             "embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
         ]
@@ -129,7 +138,9 @@ class ReferenceModel:
         from ..formats.checkpoint import Checkpoint
 
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(str(checkpoint))
-        return cls(ckpt.config, dict(ckpt.iter_text()), context)
+        weights = dict(ckpt.iter_text())
+        weights.update({name: ckpt.read_any(name) for name in ckpt.groups.mtp})
+        return cls(ckpt.config, weights, context)
 
     def new_state(self) -> ReferenceState:
         c = self.config
@@ -139,7 +150,7 @@ class ReferenceModel:
             state.recurrent[i] = np.zeros(
                 (c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim), F32
             )
-        for i in c.full_layers:
+        for i in [*c.full_layers, MTP_SLOT]:
             state.keys[i] = np.zeros((0, c.num_key_value_heads, c.head_dim), F32)
             state.values[i] = np.zeros((0, c.num_key_value_heads, c.head_dim), F32)
         return state
@@ -157,6 +168,42 @@ class ReferenceModel:
         ids = self._check_tokens(tokens, state)
         logits = self._run(ids, state, chunked=True)
         return logits if all_logits else logits[-1]
+
+    def forward_hidden(self, tokens: Iterable[int], state: ReferenceState) -> Arrays:
+        """(logits [T, vocab], final-normed hidden states [T, H]) of every position."""
+        ids = self._check_tokens(tokens, state)
+        y = self._hidden(ids, state, chunked=True)
+        return (y @ self.lm_head.T).astype(F32), y
+
+    def mtp(self, hidden: np.ndarray, tokens: Iterable[int], state: ReferenceState) -> Arrays:
+        """The MTP head (§5) over pairs (hidden[t], tokens[t]) at the MTP cache's next positions.
+
+        hidden [T, H]: final-normed hidden states at positions p..p+T-1 (or the head's own
+        previous outputs); tokens: the ids that followed them. Returns (draft logits [T, vocab]
+        for the token after each token, the head's normed outputs [T, H]).
+        """
+        if not self.has_mtp:
+            raise ValueError("reference model: the weights have no MTP head (mtp.*)")
+        c, w = self.config, self.w
+        ids = self._check_tokens(tokens, None)
+        hidden = np.asarray(hidden, F32).reshape(ids.size, c.hidden_size)
+        e = w["embed_tokens.weight"][ids]
+        cat = np.concatenate(
+            [
+                rms_norm_1p(e, w["mtp.pre_fc_norm_embedding.weight"], c.rms_norm_eps),
+                rms_norm_1p(hidden, w["mtp.pre_fc_norm_hidden.weight"], c.rms_norm_eps),
+            ],
+            axis=-1,
+        )
+        h = cat @ w["mtp.fc.weight"].T
+        positions = np.arange(state.mtp_position, state.mtp_position + ids.size)
+        a = rms_norm_1p(h, w[MTP_LAYER + "input_layernorm.weight"], c.rms_norm_eps)
+        h = h + self._attention(MTP_SLOT, a, positions, state, prefix=MTP_LAYER)
+        f = rms_norm_1p(h, w[MTP_LAYER + "post_attention_layernorm.weight"], c.rms_norm_eps)
+        h = h + self._mlp(MTP_SLOT, f, prefix=MTP_LAYER)
+        state.mtp_position += ids.size
+        y = rms_norm_1p(h, w["mtp.norm.weight"], c.rms_norm_eps)
+        return (y @ self.lm_head.T).astype(F32), y
 
     def step(self, token: int, state: ReferenceState) -> np.ndarray:
         """Logits [vocab] for one token, using the delta-rule recurrence (the ground truth)."""
@@ -181,6 +228,10 @@ class ReferenceModel:
         return ids
 
     def _run(self, ids: np.ndarray, state: ReferenceState, chunked: bool) -> np.ndarray:
+        y = self._hidden(ids, state, chunked)
+        return (y @ self.lm_head.T).astype(F32)  # (§4.9)
+
+    def _hidden(self, ids: np.ndarray, state: ReferenceState, chunked: bool) -> np.ndarray:
         c, w = self.config, self.w
         positions = np.arange(state.position, state.position + ids.size)
         h = w["embed_tokens.weight"][ids]  # [T, H] (§4.2)
@@ -194,21 +245,26 @@ class ReferenceModel:
             f = rms_norm_1p(h, w[p + "post_attention_layernorm.weight"], c.rms_norm_eps)
             h = h + self._mlp(i, f)
         state.position += ids.size
-        y = rms_norm_1p(h, w["norm.weight"], c.rms_norm_eps)
-        return (y @ self.lm_head.T).astype(F32)  # (§4.9)
+        return rms_norm_1p(h, w["norm.weight"], c.rms_norm_eps)
 
-    def _mlp(self, i: int, x: np.ndarray) -> np.ndarray:
+    def _mlp(self, i: int, x: np.ndarray, prefix: str | None = None) -> np.ndarray:
         """SwiGLU: down(silu(gate x) * up x) (§4.6)."""
-        p = f"layers.{i}.mlp."
+        p = (prefix or f"layers.{i}.") + "mlp."
         gate = x @ self.w[p + "gate_proj.weight"].T
         up = x @ self.w[p + "up_proj.weight"].T
         return (silu(gate) * up) @ self.w[p + "down_proj.weight"].T
 
     def _attention(
-        self, i: int, x: np.ndarray, positions: np.ndarray, state: ReferenceState
+        self,
+        i: int,
+        x: np.ndarray,
+        positions: np.ndarray,
+        state: ReferenceState,
+        prefix: str | None = None,
     ) -> np.ndarray:
-        """Gated full attention with q/k norms, partial RoPE, GQA and the KV cache (§4.7)."""
-        c, p = self.config, f"layers.{i}.self_attn."
+        """Gated full attention with q/k norms, partial RoPE, GQA and the KV cache (§4.7);
+        layer i's weights and cache, or those under `prefix` with the cache of slot i."""
+        c, p = self.config, (prefix or f"layers.{i}.") + "self_attn."
         T, nh, nkv, hd = x.shape[0], c.num_attention_heads, c.num_key_value_heads, c.head_dim
         proj = (x @ self.w[p + "q_proj.weight"].T).reshape(T, nh, 2 * hd)
         q, gate = proj[..., :hd], proj[..., hd:]  # per head [q_h | gate_h] (§3.2)

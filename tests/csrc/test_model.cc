@@ -43,7 +43,21 @@ struct RandomModel {
         std::mt19937 rng(7);
         std::normal_distribution<float> normal;
         int i = 0;
+        // The text tensors, then the MTP head's (docs/model.md §5), named as in the file.
+        std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+        for (const auto& entry : config.text_tensor_shapes()) shapes.push_back(entry);
+        const int64_t H = config.n_embd;
+        shapes.push_back({"mtp.fc.weight", {H, 2 * H}});
+        for (const char* norm : {"mtp.pre_fc_norm_embedding.weight",
+                                 "mtp.pre_fc_norm_hidden.weight", "mtp.norm.weight"}) {
+            shapes.push_back({norm, {H}});
+        }
         for (const auto& [name, shape] : config.text_tensor_shapes()) {
+            if (name.rfind("layers.1.", 0) == 0) {  // layer 1 is a full-attention layer
+                shapes.push_back({"mtp.layers.0." + name.substr(9), shape});
+            }
+        }
+        for (const auto& [name, shape] : shapes) {
             ++i;
             qe::TensorView view;
             view.shape = shape;
@@ -108,11 +122,18 @@ struct RandomModel {
         }
     }
 
-    std::unique_ptr<qe::Qwen35Model> build(const std::string& isa, int threads) const {
+    std::unique_ptr<qe::Qwen35Model> build(const std::string& isa, int threads,
+                                           bool mtp = true) const {
         qe::ModelOptions o;
         o.isa = isa;
         o.threads = threads;
-        return std::make_unique<qe::Qwen35Model>(config, tensors, nullptr, o);
+        qe::TensorMap map = tensors;
+        if (!mtp) {
+            for (auto it = map.begin(); it != map.end();) {
+                it = it->first.rfind("mtp.", 0) == 0 ? map.erase(it) : std::next(it);
+            }
+        }
+        return std::make_unique<qe::Qwen35Model>(config, map, nullptr, o);
     }
 };
 
@@ -295,4 +316,148 @@ QE_TEST(forward_rejects_bad_input) {
         missing_error = std::string(e.what()).find("down_proj") != std::string::npos;
     }
     EXPECT_TRUE(missing_error);
+}
+
+// The caches of two states, byte for byte (KV rows up to the position, conv, recurrent).
+static bool same_caches(const qe::State& a, const qe::State& b, const qe::ModelConfig& c) {
+    if (a.position() != b.position()) return false;
+    const size_t row = qe::kv_row_bytes(a.kv_type(), c.head_dim);
+    int64_t n_full = 0, n_lin = 0;
+    for (auto t : c.layer_types) (t == qe::LayerType::kFull ? n_full : n_lin)++;
+    for (int64_t i = 0; i < n_full; ++i) {
+        for (int64_t h = 0; h < c.n_head_kv; ++h) {
+            const size_t off = size_t(h) * size_t(a.context()) * row;
+            const size_t len = size_t(a.position()) * row;
+            if (std::memcmp(static_cast<char*>(a.keys(i)) + off,
+                            static_cast<char*>(b.keys(i)) + off, len) != 0 ||
+                std::memcmp(static_cast<char*>(a.values(i)) + off,
+                            static_cast<char*>(b.values(i)) + off, len) != 0) {
+                return false;
+            }
+        }
+    }
+    const size_t conv = size_t((c.conv_kernel - 1) * c.conv_dim()) * 4;
+    const size_t rec = size_t(c.n_v_head * c.k_head_dim * c.v_head_dim) * 4;
+    for (int64_t i = 0; i < n_lin; ++i) {
+        if (std::memcmp(a.conv(i), b.conv(i), conv) != 0 ||
+            std::memcmp(a.recurrent(i), b.recurrent(i), rec) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+QE_TEST(rollback_equals_never_running_the_tokens) {
+    // A checkpointed forward of 6 tokens rolled back by r leaves the caches of the plain
+    // forward of 6 - r tokens, bit for bit, and the continuation's logits are the plain ones.
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(21);
+    for (const auto* t : qe::supported_tables()) {
+        auto m = rm.build(t->tag, 2);
+        const auto whole = all_logits(*m, ids, 8);
+        for (int r : {0, 1, 3, 5}) {
+            auto spec = m->new_state(64, 8);
+            spec->enable_speculation(7);
+            std::vector<float> out(300 * 21);
+            m->forward(ids.data(), 10, *spec, out.data(), false);
+            m->forward(ids.data() + 10, 6, *spec, out.data(), true, nullptr, true);
+            // the checkpointed forward's logits are the plain ones
+            EXPECT_TRUE(std::equal(out.begin(), out.begin() + 6 * 300, whole.begin() + 10 * 300));
+            spec->rollback(r);
+            EXPECT_TRUE(spec->position() == 16 - r);
+            auto plain = m->new_state(64, 8);
+            m->forward(ids.data(), 16 - r, *plain, out.data(), false);
+            EXPECT_TRUE(same_caches(*spec, *plain, rm.config));
+            const int64_t rest = 21 - (16 - r);
+            m->forward(ids.data() + 16 - r, rest, *spec, out.data(), true);
+            EXPECT_TRUE(std::equal(out.begin(), out.begin() + rest * 300,
+                                   whole.begin() + (16 - r) * 300));
+        }
+        // two rollbacks in a row add up; beyond the checkpoints is an error
+        auto s = m->new_state(64, 8);
+        s->enable_speculation(4);
+        std::vector<float> out(300 * 5);
+        m->forward(ids.data(), 5, *s, out.data(), true, nullptr, true);
+        s->rollback(1);
+        s->rollback(2);
+        auto plain = m->new_state(64, 8);
+        m->forward(ids.data(), 2, *plain, out.data(), false);
+        EXPECT_TRUE(same_caches(*s, *plain, rm.config));
+        bool refused = false;
+        try {
+            s->rollback(2);  // only 1 more token is covered
+        } catch (const qe::Error&) {
+            refused = true;
+        }
+        EXPECT_TRUE(refused && s->position() == 2);
+        refused = false;
+        try {
+            m->forward(ids.data(), 6, *s, out.data(), true, nullptr, true);  // 5 slots needed
+        } catch (const qe::Error&) {
+            refused = true;
+        }
+        EXPECT_TRUE(refused && s->position() == 2);
+    }
+}
+
+// Draft logits over all rows for every prefix of `ids` fed as pairs (hidden of t, ids[t + 1]).
+static std::vector<float> mtp_logits(qe::Qwen35Model& m, const std::vector<int32_t>& ids, int split) {
+    const int64_t E = m.config().n_embd, n = int64_t(ids.size()) - 1;
+    auto state = m.new_state(64, 8);
+    state->enable_speculation(2);
+    std::vector<float> hidden(ids.size() * E), out(ids.size() * 300), logits;
+    m.forward(ids.data(), int64_t(ids.size()), *state, out.data(), true, hidden.data());
+    std::vector<float> step(300), h(E);
+    for (int64_t t = 0; t < n;) {
+        const int64_t len = t == 0 ? split : 1;  // a batch of pairs, then one at a time
+        m.mtp_forward(ids.data() + t + 1, hidden.data() + t * E, len, *state, step.data(), 0,
+                      h.data());
+        t += len;
+        logits.insert(logits.end(), step.begin(), step.end());
+    }
+    EXPECT_TRUE(state->mtp_position() == n);
+    return logits;
+}
+
+QE_TEST(mtp_head_tables_agree_and_batches_are_bitwise) {
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(13);
+    auto ref = rm.build("ref", 1);
+    EXPECT_TRUE(ref->has_mtp() && !rm.build("ref", 1, false)->has_mtp());
+    const auto want = mtp_logits(*ref, ids, 1);
+    for (const auto* t : qe::supported_tables()) {
+        auto m = rm.build(t->tag, 2);
+        const auto got = mtp_logits(*m, ids, 1);
+        const double e = nmse(got, want);
+        std::printf("  table %s: mtp logits nmse vs ref %.3g\n", t->tag, e);
+        EXPECT_TRUE(e < 1e-5);
+        // 5 pairs in one call give the bits of the last of 5 single calls
+        const auto batched = mtp_logits(*m, ids, 5);
+        EXPECT_TRUE(std::equal(batched.begin(), batched.end(), got.begin() + 4 * 300));
+        // a draft over the first rows is a prefix of the full draft
+        const int64_t E = m->config().n_embd;
+        auto state = m->new_state(64, 8);
+        state->enable_speculation(1);
+        std::vector<float> hidden(ids.size() * E), out(300), full(300), part(300), h(E);
+        m->forward(ids.data(), 3, *state, out.data(), false, hidden.data());
+        auto copy = std::make_unique<qe::State>(*state);
+        m->mtp_forward(ids.data() + 1, hidden.data(), 2, *state, full.data(), 0, h.data());
+        EXPECT_TRUE(m->draft_rows(61) == 64);
+        m->mtp_forward(ids.data() + 1, hidden.data(), 2, *copy, part.data(), 61, h.data());
+        EXPECT_TRUE(std::equal(part.begin(), part.begin() + 64, full.begin()));
+        copy->set_mtp_position(1);
+        EXPECT_TRUE(copy->mtp_position() == 1);
+    }
+    // a model without the head refuses to draft
+    auto plain = rm.build("ref", 1, false);
+    auto state = plain->new_state(8, 4);
+    state->enable_speculation(1);
+    std::vector<float> h(64), out(300);
+    bool refused = false;
+    try {
+        plain->mtp_forward(ids.data(), h.data(), 1, *state, out.data(), 0, h.data());
+    } catch (const qe::Error&) {
+        refused = true;
+    }
+    EXPECT_TRUE(refused);
 }
