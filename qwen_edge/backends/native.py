@@ -317,6 +317,7 @@ class Model:
         all_logits: bool = False,
         hidden: np.ndarray | None = None,
         checkpoint: bool = False,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Runs `tokens` after what `state` holds; the GIL is released meanwhile.
 
@@ -326,6 +327,7 @@ class Model:
             checkpoint: keep the DeltaNet states after each token but the last, so
                 `state.rollback(n)` can undo up to len(tokens) - 1 of them (needs
                 `state.enable_speculation`).
+            out: a C-contiguous float32 array for the logits (reused instead of a new one).
 
         Returns:
             float32 logits of the last position [vocab], or [len(tokens), vocab] when
@@ -341,7 +343,8 @@ class Model:
                 f"{state.position} + {ids.size} tokens exceed the context of {state.context} tokens"
             )
         vocab = self.config.vocab_size
-        out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)
+        if out is None:
+            out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)
         try:
             self._native.forward(ids, state._native, out, all_logits, hidden, checkpoint)
         except RuntimeError as e:

@@ -8,7 +8,14 @@ import argparse
 import json
 
 from ..errors import QwenEdgeError
-from .common import add_board_argument, add_power_arguments, apply_board, open_power
+from .common import (
+    add_board_argument,
+    add_power_arguments,
+    add_speculative_arguments,
+    apply_board,
+    generation_overrides,
+    open_power,
+)
 
 HELP = "measure load, prefill, TTFT, decode, peak RSS and energy (JSON; --sweep: JSON lines)"
 
@@ -34,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isa", help="force a kernel table (default: the best for this CPU)")
     p.add_argument("--no-bandwidth", action="store_true", help="skip the memory read test")
     p.add_argument("--json", metavar="FILE", help="also write the JSON record ('-': print it)")
+    add_speculative_arguments(p)
     add_board_argument(p)
     p.add_argument("--power", action="store_true", help="measure energy per phase (a sensor)")
     add_power_arguments(p)
@@ -58,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     budgets = _numbers(args.budgets, float, "--budgets") if args.budgets else ()
     if len(args.models) > 1 and not args.sweep:
         raise QwenEdgeError("several models are compared with --sweep (one JSON line each)")
+    spec = generation_overrides(args)
     cfg = bench.BenchConfig(
+        speculative=spec.get("speculative"),
+        draft_tokens=spec.get("draft_tokens", bench.BenchConfig.draft_tokens),
         threads=threads,
         prompt=args.prompt,
         decode=args.decode,

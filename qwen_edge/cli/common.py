@@ -135,17 +135,33 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per command-line setting of `GenerationConfig`, plus `--think` for chats."""
     g = p.add_argument_group("generation (defaults: the model's generation_config.json)")
     for s in settings():
-        if not s.cli:
-            continue
-        flags = ["-n"] if s.name == "max_tokens" else []
-        flags.append("--" + s.name.replace("_", "-"))
-        if s.kind == "bool":
-            g.add_argument(*flags, action="store_true", default=None, help=s.help)
-        elif s.kind == "strings":
-            g.add_argument(*flags, action="append", help=s.help)
-        else:
-            g.add_argument(*flags, type=_TYPES[s.kind], help=s.help)
+        if s.cli:
+            _add_setting(g, s)
     g.add_argument("--think", action="store_true", help="chat: let the model reason first")
+
+
+SPECULATIVE_SETTINGS = ("speculative", "draft_tokens")
+
+
+def add_speculative_arguments(p: argparse.ArgumentParser) -> None:
+    """`--speculative` and `--draft-tokens`, from their settings (for `bench`)."""
+    g = p.add_argument_group("speculative decoding (docs/speculative.md)")
+    for s in settings():
+        if s.name in SPECULATIVE_SETTINGS:
+            _add_setting(g, s)
+
+
+def _add_setting(g: Any, s: Any) -> None:
+    flags = ["-n"] if s.name == "max_tokens" else []
+    flags.append("--" + s.name.replace("_", "-"))
+    if s.kind == "bool":
+        g.add_argument(*flags, action="store_true", default=None, help=s.help)
+    elif s.kind == "strings":
+        g.add_argument(*flags, action="append", help=s.help)
+    elif s.kind == "choice":
+        g.add_argument(*flags, choices=s.choices, help=s.help)
+    else:
+        g.add_argument(*flags, type=_TYPES[s.kind], help=s.help)
 
 
 def generation_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..generation.pacing import PacedModel
+from ..generation.speculative import SpeculativeStats, speculative_step, supports_speculation
 from ..hardware import thermal
 from ..hardware.governor import CpuFreq, Governor
 from ..hardware.power import Clock, PowerMonitor, RealClock
@@ -68,6 +69,8 @@ class BenchConfig:
     tokens_per_s: float | None = None  # ... or at this rate
     budget_seconds: float = 30.0  # how long the governed decode runs
     min_phase_seconds: float = 3.0  # with power: phases repeat until they last this long
+    speculative: str | None = None  # "mtp": decode with MTP drafts (docs/speculative.md)
+    draft_tokens: int = 2
 
 
 @dataclass
@@ -84,6 +87,7 @@ class RunResult:
     decode_bytes_per_token: int = 0
     state_bytes: int = 0
     power: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # phase -> per rep
+    speculative: list[dict[str, Any]] = field(default_factory=list)  # per rep, when it ran
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -200,6 +204,10 @@ def phase_energy(power: Power, t0: float, t1: float, tokens: int) -> dict[str, f
 Loader = Callable[..., Any]  # (path, threads=, context=, isa=) -> a model with .forward
 
 
+def _argmax(logits: np.ndarray) -> tuple[int, None]:
+    return int(np.argmax(logits)), None
+
+
 def _native_loader(path: Path, threads: int, context: int, isa: str | None) -> Any:
     from ..backends.native import Model
 
@@ -218,7 +226,8 @@ def bench_threads(
     clock: Clock = power.clock if power is not None else RealClock()
     rng = np.random.default_rng(cfg.seed)
     result = RunResult(threads=threads)
-    context = max(cfg.prompt, cfg.decode_prompt + cfg.decode) + 1
+    slack = cfg.draft_tokens + 1 if cfg.speculative else 0  # a round may run past the last step
+    context = max(cfg.prompt, cfg.decode_prompt + cfg.decode + slack) + 1
     if power is not None:
         context = max(context, cfg.decode_prompt + 4096)  # room to decode min_phase_seconds
     for rep in range(cfg.warmup + cfg.repetitions):
@@ -241,11 +250,27 @@ def bench_threads(
         phases = {"prefill": (start, mark(), prefilled)}
 
         state = model.new_state()
-        logits = model.forward(rng.integers(0, vocab, cfg.decode_prompt), state)
+        decode_prompt = rng.integers(0, vocab, cfg.decode_prompt)
+        spec = None
+        if cfg.speculative == "mtp" and supports_speculation(model):
+            spec = SpeculativeStats()
+            tokens = speculative_step(
+                model, [int(t) for t in decode_prompt], _argmax, state=state,
+                context=context - slack, draft_tokens=cfg.draft_tokens, stats=spec,
+            )  # fmt: skip
+            next(tokens)  # the prefill and the first token
+            advance: Callable[[], object] = lambda: next(tokens)  # noqa: E731
+        else:
+            box = [model.forward(decode_prompt, state)]
+            advance = lambda: box.__setitem__(  # noqa: E731
+                0, model.forward([int(np.argmax(box[0]))], state)
+            )
         start = mark()
         steps = 0
-        while steps < cfg.decode or (clock.now() - start < min_s and state.position < context):
-            logits = model.forward([int(np.argmax(logits))], state)
+        while steps < cfg.decode or (
+            clock.now() - start < min_s and state.position < context - slack
+        ):
+            advance()
             steps += 1
         end = mark()
         decode_s = (end - start) * cfg.decode / steps
@@ -261,6 +286,8 @@ def bench_threads(
         result.decode_bytes_per_token = model.decode_weight_bytes
         result.decode_bandwidth_gbs.append(model.decode_weight_bytes * decode_tok_s / 1e9)
         result.state_bytes = state.cache_bytes
+        if spec is not None:
+            result.speculative.append(spec.to_dict())
         if power is not None:
             for name, (t0, t1, n) in phases.items():
                 result.power.setdefault(name, []).append(phase_energy(power, t0, t1, n))
@@ -380,6 +407,13 @@ def run(
         run_record["decode_bandwidth_fraction"] = (
             run_record["decode_bandwidth_gbs_mean"] / bw if bw else None
         )
+        if r.speculative:
+            run_record["acceptance_rate_mean"] = mean_std(
+                [x["acceptance_rate"] for x in r.speculative]
+            )[0]
+            run_record["tokens_per_verify_mean"] = mean_std(
+                [x["tokens_per_verify"] for x in r.speculative]
+            )[0]
         for phase, reps in r.power.items():
             run_record["power"][phase] = {
                 "mean": {k: mean_std([x[k] for x in reps])[0] for k in reps[0]},
@@ -422,6 +456,13 @@ def format_table(record: dict[str, Any]) -> str:
             f"{r['decode_tok_s_mean']:>7.1f} ±{r['decode_tok_s_std']:<4.1f}"
             f"{r['decode_bandwidth_gbs_mean']:>12.1f} {'' if frac is None else f'{frac:>7.0%}'}"
         )
+    for r in record["runs"]:
+        if r.get("speculative"):
+            lines.append(
+                f"{r['threads']:>7} threads, speculative (MTP): acceptance "
+                f"{r['acceptance_rate_mean']:.0%}, {r['tokens_per_verify_mean']:.2f} tokens per "
+                "verification"
+            )
     bw = ", ".join(f"{k} thr {v:.1f} GB/s" for k, v in record["memory_bandwidth_gbs"].items())
     lines.append(
         f"read bandwidth: {bw or 'not measured'}; peak RSS {record['peak_rss_bytes'] / 1e6:.0f} MB"

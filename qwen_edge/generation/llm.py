@@ -29,6 +29,7 @@ from .loop import (
     stream_generate,
 )
 from .settings import GenerationConfig
+from .speculative import supports_speculation
 from .tokenizer import Tokenizer, load_tokenizer
 
 
@@ -255,6 +256,14 @@ class LLM:
     ) -> Iterator[GenerationResponse]:
         start = time.perf_counter()
         cached, state = 0, None
+        if config.speculative == "mtp" and supports_speculation(self.model):
+            # The MTP head needs a pair for every position, which a cached prefix lacks: the
+            # whole prompt runs from a fresh state (docs/speculative.md).
+            yield from stream_generate(
+                self.model, self.tokenizer, ids, config, context=self.context,
+                start_time=start, load_time=self.load_time,
+            )  # fmt: skip
+            return
         if self._cache is not None:
             prefix, snapshot = self._cache
             if len(prefix) < len(ids) and ids[: len(prefix)] == prefix:

@@ -29,6 +29,7 @@ from ..backends import Backend
 from ..errors import ContextLengthError, QwenEdgeError, TokenizerError
 from .sampling import Sampler
 from .settings import GenerationConfig
+from .speculative import SpeculativeStats, speculative_step, supports_speculation
 from .tokenizer import StopStrings, StreamingDetokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Stats:
     num_generated_tokens: int
     model_load_start: float = 0.0
     model_load_end: float = 0.0
+    speculative: dict[str, Any] | None = None  # SpeculativeStats.to_dict() when it ran
 
     @property
     def time_to_first_token(self) -> float:
@@ -86,6 +88,7 @@ class Stats:
             "sampling_time_s": self.sampling_time,
             "total_time_s": self.inference_end - self.inference_start,
             "load_time_s": self.model_load_end - self.model_load_start,
+            **({"speculative": self.speculative} if self.speculative is not None else {}),
         }
 
 
@@ -260,6 +263,7 @@ def stream_generate(
         raise ValueError("a continued state needs at least one new prompt token")
     sampler: Sampler | None = None
     timing = {"prompt_eval_end": 0.0, "first_token": 0.0, "sampling": 0.0}
+    spec_stats: SpeculativeStats | None = None
 
     def sample(logits: np.ndarray) -> tuple[int, float | None]:
         nonlocal sampler
@@ -289,6 +293,7 @@ def stream_generate(
             num_generated_tokens=n,
             model_load_start=load_time[0],
             model_load_end=load_time[1],
+            speculative=spec_stats.to_dict() if spec_stats is not None else None,
         )
 
     detok = (
@@ -305,14 +310,25 @@ def stream_generate(
         yield GenerationResponse("", None, None, "length", None, stats(0))
         return
     stop_ids = set(config.stop_token_ids)
-    steps = generate_step(
-        model,
-        todo,
-        sample,
-        state=state,
-        context=context,
-        on_prefill=lambda: timing.__setitem__("prompt_eval_end", time.perf_counter()),
-    )
+    on_prefill = lambda: timing.__setitem__("prompt_eval_end", time.perf_counter())  # noqa: E731
+    # Speculation gives the tokens of plain decoding; it runs where it can (a model with an
+    # MTP head, a fresh state), else plain decoding.
+    if config.speculative == "mtp" and supports_speculation(model, state):
+        spec_stats = SpeculativeStats()
+        steps = speculative_step(
+            model,
+            todo,
+            sample,
+            state=state,
+            context=context,
+            draft_tokens=config.draft_tokens,
+            on_prefill=on_prefill,
+            stats=spec_stats,
+        )
+    else:
+        steps = generate_step(
+            model, todo, sample, state=state, context=context, on_prefill=on_prefill
+        )
     n = 0
     try:
         for token, logprob in steps:

@@ -29,11 +29,14 @@ class PacedModel:
         self.model = model
         self.pacer = pacer
 
-    def forward(self, tokens: Sequence[int], state: Any, *, all_logits: bool = False) -> np.ndarray:
+    def forward(
+        self, tokens: Sequence[int], state: Any, *, all_logits: bool = False, **kw: Any
+    ) -> np.ndarray:
+        # kw: the native backend's speculation options (hidden, checkpoint, out)
         n = len(tokens)
         self.pacer.before_forward(n)
         try:
-            return self.model.forward(tokens, state, all_logits=all_logits)
+            return self.model.forward(tokens, state, all_logits=all_logits, **kw)
         finally:
             self.pacer.after_forward(n)
 

@@ -49,13 +49,16 @@ def _setting(
     *,
     cli: bool = True,
     api: bool = True,
+    choices: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field carrying its range and how the command line and the server expose it.
 
-    kind: "int", "float", "bool", "strings" (one or more strings) or "bias" (id -> number).
+    kind: "int", "float", "bool", "strings" (one or more strings), "bias" (id -> number) or
+        "choice" (one of `choices`, or None).
     bounds: the range of an "int" or "float" setting (finite numbers only).
     """
     meta = {"kind": kind, "help": help, "bounds": bounds, "cli": cli, "api": api}
+    meta["choices"] = choices
     if isinstance(default, (dict, tuple)) and not default:
         return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -72,6 +75,7 @@ class Setting:
     default: Any
     cli: bool
     api: bool
+    choices: tuple[str, ...] = ()
 
 
 _INTS = (int, np.integer)
@@ -87,6 +91,9 @@ def _check_fields(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         kind, bounds = f.metadata.get("kind"), f.metadata.get("bounds")
         value = getattr(obj, f.name)
+        if kind == "choice" and value is not None and value not in f.metadata["choices"]:
+            choices = ", ".join(f.metadata["choices"])
+            raise GenerationConfigError(f"{f.name} must be one of {choices}, got {value!r}", f.name)
         if bounds is None or value is None:
             continue
         if not _is(value, _INTS if kind == "int" else _NUMBERS):
@@ -171,6 +178,12 @@ class GenerationConfig:
             raising ContextLengthError.
         skip_special_tokens: leave control tokens (`<|im_start|>` ...) out of the text.
         logprobs: report each token's log-probability (costs a pass over the vocabulary).
+        speculative: "mtp" drafts tokens with the model's MTP head and verifies them in one
+            forward (docs/speculative.md): the same tokens, faster when drafts are accepted;
+            None (default) decodes token by token. Models without an MTP head and continued
+            states (the server's prefix cache) decode plainly.
+        draft_tokens: the most tokens the MTP head drafts per verification (the length adapts
+            to the acceptance).
     """
 
     sampling: SamplingParams = QWEN35_SAMPLING
@@ -180,6 +193,13 @@ class GenerationConfig:
     truncate: bool = _setting(False, "bool", "drop the oldest prompt tokens to fit", api=False)
     skip_special_tokens: bool = True
     logprobs: bool = _setting(False, "bool", "report each token's log-probability", cli=False)
+    speculative: str | None = _setting(
+        None, "choice", "draft with the model's MTP head, verify in one pass (same output)",
+        choices=("mtp",), api=False,
+    )  # fmt: skip
+    draft_tokens: int = _setting(
+        2, "int", "most tokens drafted per verification (--speculative)", Bounds(1, 16), api=False
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -257,7 +277,7 @@ def settings() -> list[Setting]:
     return out
 
 
-_META = ("kind", "help", "bounds", "cli", "api")
+_META = ("kind", "help", "bounds", "cli", "api", "choices")
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

@@ -116,6 +116,10 @@ def _generation_overrides(body: dict[str, Any], max_tokens_cap: int | None) -> d
             out[s.name] = _check_type(body, s.name, _JSON_TYPES[s.kind], what)
         elif s.kind == "bool":
             out[s.name] = _check_type(body, s.name, (bool,), "a boolean")
+        elif s.kind == "choice":
+            if value not in s.choices:
+                raise APIError(400, f"'{s.name}' must be one of {', '.join(s.choices)}", s.name)
+            out[s.name] = value
         elif s.kind == "strings":
             values = [value] if isinstance(value, str) else value
             if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):

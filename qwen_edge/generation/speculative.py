@@ -1,0 +1,194 @@
+"""Exact self-speculative decoding with the model's own MTP head (docs/speculative.md).
+
+One round: the MTP head (docs/model.md §5) drafts k tokens, one step each; the main model runs
+the pending token and the k drafts in one checkpointed forward (a small GEMM: the weights are
+read once for k + 1 tokens); the sampler picks each position's token in order and the round
+keeps the drafts while they equal its picks, plus the first pick that differs (or the one after
+the last draft). `State.rollback` then undoes the rejected drafts exactly: the KV caches
+truncate and the DeltaNet states come back from the checkpoint after the last kept token.
+
+Every emitted token is one sampler call on the logits plain decoding would have computed (the
+verification's rows are bitwise those of single steps), in the same order, so the output is
+that of plain decoding, token for token, for greedy and for random sampling alike (same seed,
+same tokens). For random sampling this is speculative sampling (Leviathan et al. 2023) with a
+deterministic draft q = one-hot(d): accepting d with probability min(1, p(d) / q(d)) = p(d) and
+otherwise drawing from max(0, p - q), renormalized, is the same as drawing x ~ p and keeping d
+when x == d, else emitting x.
+
+The draft length adapts to the acceptance: one more draft after a round that kept every
+draft, one fewer after a round that kept none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DRAFT_ROWS = 32768  # the draft's LM head: the first rows only (frequent ids come first in BPE)
+MAX_DRAFT_TOKENS = 16
+Sampler = Callable[[np.ndarray], tuple[int, "float | None"]]
+
+
+def supports_speculation(model: Any, state: Any = None) -> bool:
+    """Whether `model` can draft with an MTP head and roll its state back (native backend over
+    a model file exported with `--mtp`), and `state` (if given) is fresh: the head's cache
+    needs a pair for every earlier position, which a continued state does not carry."""
+    if not getattr(model, "has_mtp", False) or not hasattr(model, "mtp_forward"):
+        return False
+    return state is None or state.position == 0
+
+
+@dataclass
+class SpeculativeStats:
+    """Counters and times (perf_counter seconds) of one speculative generation."""
+
+    rounds: int = 0  # verify forwards
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # of those, kept
+    emitted: int = 0  # tokens yielded after the first
+    draft_time: float = 0.0  # MTP head: catch-up pairs and draft steps
+    verify_time: float = 0.0  # the checkpointed multi-token forwards
+    rollback_time: float = 0.0
+    sample_time: float = 0.0
+    draft_lengths: dict[int, int] = field(default_factory=dict)  # k -> rounds
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_verify(self) -> float:
+        return (self.accepted + self.rounds) / self.rounds if self.rounds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": "mtp",
+            "rounds": self.rounds,
+            "drafted_tokens": self.drafted,
+            "accepted_tokens": self.accepted,
+            "acceptance_rate": self.acceptance_rate,
+            "tokens_per_verify": self.tokens_per_verify,
+            "draft_time_s": self.draft_time,
+            "verify_time_s": self.verify_time,
+            "rollback_time_s": self.rollback_time,
+            "sample_time_s": self.sample_time,
+            "draft_lengths": {str(k): v for k, v in sorted(self.draft_lengths.items())},
+        }
+
+
+def speculative_step(
+    model: Any,
+    prompt: Sequence[int],
+    sampler: Sampler,
+    *,
+    state: Any = None,
+    context: int | None = None,
+    draft_tokens: int = 2,
+    draft_rows: int | None = DRAFT_ROWS,
+    adaptive: bool = True,
+    on_prefill: Callable[[], None] | None = None,
+    stats: SpeculativeStats | None = None,
+    chunk: int = 512,
+) -> Iterator[tuple[int, float | None]]:
+    """`loop.generate_step` with MTP drafts: yields the same (token, logprob) pairs.
+
+    Args:
+        model: a native model with an MTP head (`supports_speculation`).
+        prompt, sampler, state, context, on_prefill: as `generate_step`.
+        draft_tokens: the most drafts per round (the adaptive length starts there).
+        draft_rows: draft over the first rows of the LM head only (None: all rows).
+        adaptive: adapt the draft length to the acceptance (else always `draft_tokens`).
+        stats: filled with counts and times as the generation runs.
+    """
+    if not 1 <= draft_tokens <= MAX_DRAFT_TOKENS:
+        raise ValueError(f"draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {draft_tokens}")
+    st = stats if stats is not None else SpeculativeStats()
+    state = model.new_state() if state is None else state
+    if state.position != 0:
+        raise ValueError("speculative decoding starts from a fresh state")
+    state.enable_speculation(draft_tokens)
+    E = model.config.hidden_size
+    clock = time.perf_counter
+
+    # Prefill with every position's hidden state: the MTP head's cache needs a pair for each.
+    hidden = np.empty((len(prompt), E), np.float32)
+    logits = None
+    for start in range(0, len(prompt), chunk):
+        part = list(prompt[start : start + chunk])
+        logits = model.forward(part, state, hidden=hidden[start : start + len(part)])
+    assert logits is not None
+    if on_prefill is not None:
+        on_prefill()
+    # Pairs (y_t, token t + 1); the last one's token is sampled below.
+    pair_hidden, pair_tokens = hidden, list(prompt[1:])
+
+    t0 = clock()
+    token, logprob = sampler(logits)
+    st.sample_time += clock() - t0
+    yield token, logprob
+    k = draft_tokens
+    verify_hidden = np.empty((MAX_DRAFT_TOKENS + 1, E), np.float32)
+    # Reused: a fresh array of (k + 1) x vocab floats per round costs page faults.
+    verify_logits = np.empty((draft_tokens + 1, model.config.vocab_size), np.float32)
+    draft_logits = np.empty(model.draft_rows(draft_rows), np.float32)
+    h_out = np.empty(E, np.float32)
+    while True:
+        room = (context if context is not None else state.context) - state.position
+        if room < 1:
+            return
+        k_now = min(k, room - 1)
+        # Draft: the pairs the head has not seen (the last is the pending token's), then
+        # k_now - 1 steps on its own outputs.
+        t0 = clock()
+        pair_tokens.append(token)
+        model.mtp_forward(
+            pair_tokens, pair_hidden, state, rows=draft_rows, logits=draft_logits, hidden_out=h_out
+        )
+        drafts: list[int] = []
+        if k_now > 0:
+            drafts.append(int(np.argmax(draft_logits)))
+        while len(drafts) < k_now:
+            model.mtp_forward(
+                drafts[-1:], h_out, state, rows=draft_rows, logits=draft_logits, hidden_out=h_out
+            )
+            drafts.append(int(np.argmax(draft_logits)))
+        base = state.position
+        t1 = clock()
+        st.draft_time += t1 - t0
+        # Verify the pending token and the drafts in one forward.
+        n = 1 + len(drafts)
+        vh = verify_hidden[:n]
+        all_logits = model.forward(
+            [token, *drafts], state, all_logits=True, hidden=vh, checkpoint=True,
+            out=verify_logits[:n],
+        )  # fmt: skip
+        t2 = clock()
+        st.verify_time += t2 - t1
+        out: list[tuple[int, float | None]] = []
+        for i in range(n):
+            got = sampler(all_logits[i])
+            out.append(got)
+            if i == len(drafts) or got[0] != drafts[i]:
+                break
+        kept = len(out) - 1  # drafts kept
+        t3 = clock()
+        st.sample_time += t3 - t2
+        state.rollback(len(drafts) - kept)
+        state.set_mtp_position(base)  # the head's own chained steps are overwritten next round
+        st.rollback_time += clock() - t3
+        st.rounds += 1
+        st.drafted += len(drafts)
+        st.accepted += kept
+        st.emitted += len(out)
+        st.draft_lengths[len(drafts)] = st.draft_lengths.get(len(drafts), 0) + 1
+        if adaptive:
+            k = min(k + 1, draft_tokens) if kept == len(drafts) else max(1, k - 1)
+        pair_tokens = drafts[:kept]
+        pair_hidden = vh[: kept + 1].copy()
+        token = out[-1][0]
+        for got in out:
+            yield got

@@ -1,0 +1,191 @@
+"""Speculative decoding with the MTP head (docs/speculative.md): the tokens are those of plain
+decoding, bit for bit, whether the drafts are rejected (a random head), accepted (an oracle
+head that drafts the plain continuation) or a mix; penalties, context ends; the silent
+fallbacks; the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from qwen_edge.backends import native
+from qwen_edge.errors import GenerationConfigError
+from qwen_edge.export import presets
+from qwen_edge.export.convert import export
+from qwen_edge.export.random_checkpoint import write_random_checkpoint
+from qwen_edge.generation.loop import generate
+from qwen_edge.generation.settings import GenerationConfig, settings
+from qwen_edge.generation.speculative import SpeculativeStats, speculative_step
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built")
+
+GREEDY = GenerationConfig(max_tokens=40, stop_token_ids=()).replace(
+    temperature=0.0, presence_penalty=0.0
+)
+
+
+@pytest.fixture(scope="module")
+def small_mtp(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The tiny preset with a 1000-row vocabulary and its MTP head, exported per recipe."""
+    root = tmp_path_factory.mktemp("small-mtp")
+    ckpt = write_random_checkpoint(
+        root / "ckpt", presets.hf_config("tiny", vocab_size=1000, eos_token_id=999)
+    )
+    made: dict[str, Path] = {}
+
+    def get(recipe: str) -> Path:
+        if recipe not in made:
+            made[recipe] = root / f"{recipe}.qe"
+            export(ckpt, made[recipe], recipe, keep_mtp=True)
+        return made[recipe]
+
+    return get
+
+
+class OracleHead:
+    """A native model whose MTP drafts are the plain continuation `truth` where `right(pos)`
+    says so, and a wrong token elsewhere: exercises every accept / reject pattern."""
+
+    def __init__(self, model: native.Model, truth: list[int], right: Callable[[int], bool]):
+        self._m, self.truth, self.right = model, truth, right
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._m, name)
+
+    def mtp_forward(self, tokens: Any, hidden: Any, state: Any, **kw: Any) -> Any:
+        logits, y = self._m.mtp_forward(tokens, hidden, state, **kw)
+        at = state.mtp_position + 1  # the pair at t drafts token t + 2
+        want = self.truth[at] if at < len(self.truth) else 0
+        if not self.right(at):
+            want = (want + 1) % logits.shape[0]
+        logits[:] = 0.0
+        logits[want] = 1.0
+        return logits, y
+
+
+def prompt(n: int = 12) -> list[int]:
+    return [int(t) for t in np.random.default_rng(3).integers(0, 999, n)]
+
+
+@pytest.mark.parametrize("recipe", ["f32", "q4"])
+@pytest.mark.parametrize("draft_tokens", [1, 3])
+def test_greedy_output_is_plain_greedy(small_mtp: Callable, recipe: str, draft_tokens: int) -> None:
+    m = native.load(small_mtp(recipe), threads=2)
+    ids = prompt()
+    plain = generate(m, None, ids, GREEDY)
+    assert plain.stats.speculative is None
+    spec = generate(m, None, ids, GREEDY.replace(speculative="mtp", draft_tokens=draft_tokens))
+    assert spec.tokens == plain.tokens
+    s = spec.stats.speculative
+    assert s is not None and s["rounds"] >= 1 and s["drafted_tokens"] >= s["rounds"]
+    assert "speculative" in spec.stats.to_dict()
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [lambda p: True, lambda p: False, lambda p: p % 3 != 0, lambda p: (p * 7919) % 5 < 2],
+)
+def test_accepted_drafts_keep_the_plain_output(small_mtp: Callable, pattern: Callable) -> None:
+    m = native.load(small_mtp("q8"), threads=2)
+    ids = prompt()
+    plain = generate(m, None, ids, GREEDY)
+    oracle = OracleHead(m, ids + plain.tokens, pattern)
+    for k in (1, 2, 4):
+        spec = generate(oracle, None, ids, GREEDY.replace(speculative="mtp", draft_tokens=k))
+        assert spec.tokens == plain.tokens, k
+        s = spec.stats.speculative
+        assert s is not None
+        if pattern(0) and pattern(1) and pattern(2):  # always right
+            assert s["acceptance_rate"] == 1.0 and s["tokens_per_verify"] > 1.0
+    # every draft right: k + 1 tokens per verification once the length has grown
+    stats = SpeculativeStats()
+    steps = speculative_step(
+        OracleHead(m, ids + plain.tokens, lambda p: True),
+        ids,
+        lambda logits: (int(np.argmax(logits)), None),
+        draft_tokens=3,
+        stats=stats,
+    )
+    got = [t for _, t in zip(range(33), steps)]
+    assert [t for t, _ in got] == plain.tokens[:33]
+    assert stats.accepted == stats.drafted == 3 * stats.rounds and stats.rounds == 8
+
+
+def test_penalties_and_the_context_end(small_mtp: Callable) -> None:
+    m = native.load(small_mtp("q8"), threads=1, context=30)
+    ids = prompt(10)
+    cfg = GREEDY.replace(repetition_penalty=1.3, frequency_penalty=0.5, max_tokens=100)
+    plain = generate(m, None, ids, cfg)
+    assert plain.finish_reason == "length" and len(plain.tokens) == 30 - 10 + 1
+    oracle = OracleHead(m, ids + plain.tokens, lambda p: p % 4 != 1)
+    for model in (m, oracle):
+        spec = generate(model, None, ids, cfg.replace(speculative="mtp", draft_tokens=4))
+        assert spec.tokens == plain.tokens and spec.finish_reason == "length"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sampling_gives_the_plain_tokens_and_distribution(small_mtp: Callable, seed: int) -> None:
+    # Each emitted token is one sampler call on the plain path's logits, in order: with the same
+    # seed, the same tokens (so the same distribution), whatever the drafts.
+    m = native.load(small_mtp("q8"), threads=1)
+    ids = prompt()
+    cfg = GREEDY.replace(temperature=0.8, top_k=20, top_p=0.95, seed=seed, max_tokens=30)
+    plain = generate(m, None, ids, cfg)
+    for model in (m, OracleHead(m, ids + plain.tokens, lambda p: p % 3 != 2)):
+        spec = generate(model, None, ids, cfg.replace(speculative="mtp", draft_tokens=3))
+        assert spec.tokens == plain.tokens
+        assert spec.stats.speculative is not None
+
+
+def test_sampled_first_tokens_follow_the_model(small_mtp: Callable) -> None:
+    # Seeded statistics: the first two sampled tokens over 300 seeds, speculative against the
+    # model's own softmax at temperature 2 (a wide distribution), chi-square on the first token
+    # and the same empirical distribution as plain decoding for the pair.
+    m = native.load(small_mtp("q8"), threads=1)
+    ids = prompt(6)
+    cfg = GREEDY.replace(
+        temperature=2.0, top_k=0, top_p=1.0, max_tokens=2, speculative="mtp", draft_tokens=1
+    )
+    logits = m.forward(ids, m.new_state()) / 2.0
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    firsts, pairs, plain_pairs = [], [], []
+    for seed in range(300):
+        spec = generate(m, None, ids, cfg.replace(seed=seed))
+        plain = generate(m, None, ids, cfg.replace(seed=seed, speculative=None))
+        firsts.append(spec.tokens[0])
+        pairs.append(tuple(spec.tokens))
+        plain_pairs.append(tuple(plain.tokens))
+    assert pairs == plain_pairs
+    top = np.argsort(p)[::-1][:8]  # the likeliest tokens, the rest pooled
+    observed = np.array([sum(t == k for t in firsts) for k in top] + [0.0])
+    observed[-1] = len(firsts) - observed[:-1].sum()
+    expected = np.append(p[top], 1.0 - p[top].sum()) * len(firsts)
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    assert chi2 < 26.1, (chi2, observed, expected)  # 8 degrees of freedom, p = 0.001
+
+
+def test_falls_back_silently(small_mtp: Callable, tiny_model_file: Callable) -> None:
+    ids = prompt()
+    no_head = native.load(tiny_model_file("q8"), threads=1)
+    cfg = GREEDY.replace(speculative="mtp", max_tokens=5)
+    assert generate(no_head, None, ids, cfg).stats.speculative is None
+    m = native.load(small_mtp("q8"), threads=1)
+    state = m.new_state()
+    m.forward(ids[:4], state)  # a continued state: the head's cache lacks those pairs
+    got = generate(m, None, ids, cfg, state=state, cached_tokens=4)
+    assert got.stats.speculative is None
+
+
+def test_the_settings() -> None:
+    by_name = {s.name: s for s in settings()}
+    assert by_name["speculative"].kind == "choice" and by_name["speculative"].choices == ("mtp",)
+    assert by_name["draft_tokens"].default == 2
+    with pytest.raises(GenerationConfigError, match="speculative"):
+        GenerationConfig(speculative="eagle")
+    with pytest.raises(GenerationConfigError, match="draft_tokens"):
+        GenerationConfig(draft_tokens=0)
