@@ -15,8 +15,10 @@ deterministic draft q = one-hot(d): accepting d with probability min(1, p(d) / q
 otherwise drawing from max(0, p - q), renormalized, is the same as drawing x ~ p and keeping d
 when x == d, else emitting x.
 
-The draft length adapts to the acceptance: one more draft after a round that kept every
-draft, one fewer after a round that kept none.
+The draft length adapts (`DraftLength`): from the running acceptance at each draft depth and
+the measured time of rounds of each length, it picks the length with the most expected tokens
+per second, 0 included (a plain step; the head then catches up on the skipped positions in one
+batched call when drafting resumes, and a round of 1 draft probes now and then).
 """
 
 from __future__ import annotations
@@ -31,6 +33,60 @@ import numpy as np
 DRAFT_ROWS = 32768  # the draft's LM head: the first rows only (frequent ids come first in BPE)
 MAX_DRAFT_TOKENS = 16
 Sampler = Callable[[np.ndarray], tuple[int, "float | None"]]
+
+
+class DraftLength:
+    """Chooses each round's draft length k in 0..most from what the rounds so far measured.
+
+    Expected tokens of a round with k drafts: 1 + sum_j prod_(i <= j) p_i, where p_i is the
+    running (exponentially weighted) rate at which draft i was accepted when drafts 1..i-1
+    were. Time of such a round: the running mean of measured rounds of that length, or, for a
+    length not measured yet, a line through the measured ones (with one length measured, a
+    prior: each draft adds a quarter of a plain round). k = 0 is a plain step; after `probe`
+    rounds at 0, one round drafts 1 to keep p_1 current.
+    """
+
+    def __init__(self, most: int, start: int, probe: int = 8, decay: float = 0.9):
+        self.most, self.k, self.probe, self.decay = most, min(start, most), probe, decay
+        self.p = [0.5] * (most + 1)  # p[j]: acceptance of draft j given 1..j-1 accepted
+        self.t: dict[int, float] = {}  # k -> running mean seconds per round
+        self.idle = 0  # rounds at k = 0 since the last draft
+
+    def update(self, k: int, kept: int, seconds: float) -> None:
+        for j in range(1, min(k, kept + 1) + 1):  # drafts 1..kept+1 were judged
+            self.p[j] = self.decay * self.p[j] + (1 - self.decay) * (1.0 if j <= kept else 0.0)
+        old = self.t.get(k)
+        self.t[k] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self.idle = self.idle + 1 if k == 0 else 0
+
+    def expected_tokens(self, k: int) -> float:
+        total, run = 1.0, 1.0
+        for j in range(1, k + 1):
+            run *= self.p[j]
+            total += run
+        return total
+
+    def seconds(self, k: int) -> float:
+        if k in self.t:
+            return self.t[k]
+        known = sorted(self.t)
+        near = min(known, key=lambda q: abs(q - k))
+        if len(known) >= 2:
+            lo, hi = known[0], known[-1]
+            slope = max((self.t[hi] - self.t[lo]) / (hi - lo), 0.0)
+            guess = self.t[near] + slope * (k - near)
+        else:  # a prior: each draft adds a quarter of a plain round
+            guess = self.t[near] * (1 + 0.25 * k) / (1 + 0.25 * near)
+        return max(guess, 0.5 * min(self.t.values()))
+
+    def choose(self) -> int:
+        if self.t:
+            self.k = max(
+                range(self.most + 1), key=lambda k: self.expected_tokens(k) / self.seconds(k)
+            )
+        if self.k == 0 and self.idle >= self.probe:
+            return 1
+        return self.k
 
 
 def supports_speculation(model: Any, state: Any = None) -> bool:
@@ -130,40 +186,50 @@ def speculative_step(
     token, logprob = sampler(logits)
     st.sample_time += clock() - t0
     yield token, logprob
-    k = draft_tokens
+    lengths = DraftLength(draft_tokens, draft_tokens)
     verify_hidden = np.empty((MAX_DRAFT_TOKENS + 1, E), np.float32)
     # Reused: a fresh array of (k + 1) x vocab floats per round costs page faults.
     verify_logits = np.empty((draft_tokens + 1, model.config.vocab_size), np.float32)
     draft_logits = np.empty(model.draft_rows(draft_rows), np.float32)
     h_out = np.empty(E, np.float32)
+    # Pairs the head has not seen: hidden rows, and the token after each but the last (the
+    # pending token's, appended when the head runs).
+    pend_hidden: list[np.ndarray] = [pair_hidden]
     while True:
         room = (context if context is not None else state.context) - state.position
         if room < 1:
             return
-        k_now = min(k, room - 1)
-        # Draft: the pairs the head has not seen (the last is the pending token's), then
-        # k_now - 1 steps on its own outputs.
+        k_now = min(lengths.choose() if adaptive else draft_tokens, room - 1)
         t0 = clock()
-        pair_tokens.append(token)
-        model.mtp_forward(
-            pair_tokens, pair_hidden, state, rows=draft_rows, logits=draft_logits, hidden_out=h_out
-        )
         drafts: list[int] = []
-        if k_now > 0:
-            drafts.append(int(np.argmax(draft_logits)))
+        base = state.position
+        rows = sum(len(h) for h in pend_hidden)
+        if k_now > 0 or rows > 256:
+            # Draft: the pairs the head has not seen (the last is the pending token's), then
+            # k_now - 1 steps on its own outputs. (k_now = 0 with a long backlog: catch up.)
+            hid = pend_hidden[0] if len(pend_hidden) == 1 else np.concatenate(pend_hidden)
+            if k_now == 0:
+                model.mtp_forward(pair_tokens, hid[:-1], state, rows=8, hidden_out=h_out)
+                pend_hidden, pair_tokens = [hid[-1:]], []
+            else:
+                pair_tokens.append(token)
+                model.mtp_forward(
+                    pair_tokens, hid, state, rows=draft_rows, logits=draft_logits,
+                    hidden_out=h_out,
+                )  # fmt: skip
+                drafts.append(int(np.argmax(draft_logits)))
         while len(drafts) < k_now:
             model.mtp_forward(
                 drafts[-1:], h_out, state, rows=draft_rows, logits=draft_logits, hidden_out=h_out
             )
             drafts.append(int(np.argmax(draft_logits)))
-        base = state.position
         t1 = clock()
         st.draft_time += t1 - t0
         # Verify the pending token and the drafts in one forward.
         n = 1 + len(drafts)
         vh = verify_hidden[:n]
         all_logits = model.forward(
-            [token, *drafts], state, all_logits=True, hidden=vh, checkpoint=True,
+            [token, *drafts], state, all_logits=True, hidden=vh, checkpoint=n > 1,
             out=verify_logits[:n],
         )  # fmt: skip
         t2 = clock()
@@ -177,18 +243,22 @@ def speculative_step(
         kept = len(out) - 1  # drafts kept
         t3 = clock()
         st.sample_time += t3 - t2
-        state.rollback(len(drafts) - kept)
-        state.set_mtp_position(base)  # the head's own chained steps are overwritten next round
-        st.rollback_time += clock() - t3
+        if drafts:
+            state.rollback(len(drafts) - kept)
+            state.set_mtp_position(base)  # its chained steps are overwritten next round
+            pair_tokens = drafts[:kept]
+            pend_hidden = [vh[: kept + 1].copy()]
+        else:  # a plain step: the head catches up on it later
+            pair_tokens.append(token)
+            pend_hidden.append(vh[:1].copy())
+        t4 = clock()
+        st.rollback_time += t4 - t3
+        lengths.update(len(drafts), kept, t4 - t0)
         st.rounds += 1
         st.drafted += len(drafts)
         st.accepted += kept
         st.emitted += len(out)
         st.draft_lengths[len(drafts)] = st.draft_lengths.get(len(drafts), 0) + 1
-        if adaptive:
-            k = min(k + 1, draft_tokens) if kept == len(drafts) else max(1, k - 1)
-        pair_tokens = drafts[:kept]
-        pair_hidden = vh[: kept + 1].copy()
         token = out[-1][0]
         for got in out:
             yield got
