@@ -373,3 +373,38 @@ def test_output_pipe_closed_early(tiny_chat_checkpoint: Path) -> None:
     proc.stdout.close()  # like `| head -c 10`
     assert proc.wait(timeout=120) in (0, 1)
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_run_and_bench_speculative(
+    qwen35_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model file with the MTP head and the tokenizer: `--speculative mtp` gives the plain
+    # tokens (chat too, which bypasses the prefix cache) and reports its statistics.
+    from qwen_edge.export.random_checkpoint import write_random_checkpoint
+
+    files = {f.name: f.read_text("utf-8") for f in qwen35_tokenizer_dir.iterdir() if f.is_file()}
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", presets.hf_config("tiny"), extra_files=files)
+    model = tmp_path / "tiny-mtp.qe"
+    assert main(["export", str(ckpt), "-o", str(model), "--quant", "q8", "--mtp"]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--chat"]):
+        args = ["run", str(model), "-p", "Once upon a time", "-n", "9", "--temperature", "0",
+                "--json", *extra]  # fmt: skip
+        assert main(args) == 0
+        plain = json.loads(capsys.readouterr().out)
+        assert main([*args, "--speculative", "mtp", "--draft-tokens", "3"]) == 0
+        spec = json.loads(capsys.readouterr().out)
+        assert spec["tokens"] == plain["tokens"]
+        assert "speculative" not in plain["timings"]
+        assert spec["timings"]["speculative"]["rounds"] >= 1
+    with pytest.raises(SystemExit):  # argparse's choices
+        main(["run", str(model), "-p", "x", "--speculative", "eagle"])
+    capsys.readouterr()
+    out = tmp_path / "bench.json"
+    bench = ["bench", str(model), "--threads", "1", "--prompt", "8", "--decode", "6",
+             "--repetitions", "1", "--warmup", "0", "--no-bandwidth", "--json", str(out)]  # fmt: skip
+    assert main([*bench, "--speculative", "mtp", "--draft-tokens", "2"]) == 0
+    assert "acceptance" in capsys.readouterr().out
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["speculative"][0]["method"] == "mtp" and 0 <= run["acceptance_rate_mean"] <= 1
+    assert json.loads(out.read_text())["config"]["speculative"] == "mtp"
