@@ -40,7 +40,8 @@ class DraftLength:
 
     Expected tokens of a round with k drafts: 1 + sum_j prod_(i <= j) p_i, where p_i is the
     running (exponentially weighted) rate at which draft i was accepted when drafts 1..i-1
-    were. Time of such a round: the running mean of measured rounds of that length, or, for a
+    were. Time of such a round (CPU time of the process, robust to waiting for a core on a
+    shared machine): the running mean of measured rounds of that length, or, for a
     length not measured yet, a line through the measured ones (with one length measured, a
     prior: each draft adds a quarter of a plain round). k = 0 is a plain step; after `probe`
     rounds at 0, one round drafts 1 to keep p_1 current.
@@ -200,7 +201,7 @@ def speculative_step(
         if room < 1:
             return
         k_now = min(lengths.choose() if adaptive else draft_tokens, room - 1)
-        t0 = clock()
+        t0, cpu0 = clock(), time.process_time()
         drafts: list[int] = []
         base = state.position
         rows = sum(len(h) for h in pend_hidden)
@@ -253,7 +254,8 @@ def speculative_step(
             pend_hidden.append(vh[:1].copy())
         t4 = clock()
         st.rollback_time += t4 - t3
-        lengths.update(len(drafts), kept, t4 - t0)
+        # CPU time, not wall time: on a shared machine waiting for a core would decide.
+        lengths.update(len(drafts), kept, time.process_time() - cpu0)
         st.rounds += 1
         st.drafted += len(drafts)
         st.accepted += kept
