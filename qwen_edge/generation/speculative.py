@@ -44,11 +44,13 @@ class DraftLength:
     shared machine): the running mean of measured rounds of that length, or, for a
     length not measured yet, a line through the measured ones (with one length measured, a
     prior: each draft adds a quarter of a plain round). k = 0 is a plain step; after `probe`
-    rounds at 0, one round drafts 1 to keep p_1 current.
+    rounds at 0, one round drafts 1 to keep p_1 current, and every 2 * `probe` rounds one
+    round drafts one more than the best, so a length's time is re-measured.
     """
 
     def __init__(self, most: int, start: int, probe: int = 8, decay: float = 0.9):
         self.most, self.k, self.probe, self.decay = most, min(start, most), probe, decay
+        self.rounds = 0
         self.p = [0.5] * (most + 1)  # p[j]: acceptance of draft j given 1..j-1 accepted
         self.t: dict[int, float] = {}  # k -> running mean seconds per round
         self.idle = 0  # rounds at k = 0 since the last draft
@@ -81,12 +83,15 @@ class DraftLength:
         return max(guess, 0.5 * min(self.t.values()))
 
     def choose(self) -> int:
+        self.rounds += 1
         if self.t:
             self.k = max(
                 range(self.most + 1), key=lambda k: self.expected_tokens(k) / self.seconds(k)
             )
         if self.k == 0 and self.idle >= self.probe:
             return 1
+        if 0 < self.k < self.most and self.rounds % (2 * self.probe) == 0:
+            return self.k + 1  # re-measure the next length: one slow round must not stick
         return self.k
 
 
@@ -202,6 +207,7 @@ def speculative_step(
             return
         k_now = min(lengths.choose() if adaptive else draft_tokens, room - 1)
         t0, cpu0 = clock(), time.process_time()
+        backlog = 0.0
         drafts: list[int] = []
         base = state.position
         rows = sum(len(h) for h in pend_hidden)
@@ -214,10 +220,13 @@ def speculative_step(
                 pend_hidden, pair_tokens = [hid[-1:]], []
             else:
                 pair_tokens.append(token)
+                c0 = time.process_time()
                 model.mtp_forward(
                     pair_tokens, hid, state, rows=draft_rows, logits=draft_logits,
                     hidden_out=h_out,
                 )  # fmt: skip
+                if lengths.idle:  # the plain rounds' share of this call is theirs, not ours
+                    backlog = (time.process_time() - c0) * (len(hid) - 1) / len(hid)
                 drafts.append(int(np.argmax(draft_logits)))
         while len(drafts) < k_now:
             model.mtp_forward(
@@ -255,7 +264,7 @@ def speculative_step(
         t4 = clock()
         st.rollback_time += t4 - t3
         # CPU time, not wall time: on a shared machine waiting for a core would decide.
-        lengths.update(len(drafts), kept, time.process_time() - cpu0)
+        lengths.update(len(drafts), kept, time.process_time() - cpu0 - backlog)
         st.rounds += 1
         st.drafted += len(drafts)
         st.accepted += kept
