@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(
                     f"threads {n} {label:>22}: {row['tok_s_mean']:7.1f} tok/s "
-                    f"x{row['ratio_vs_plain']:.2f} (cpu x{row['cpu_ratio_vs_plain']:.2f})  identical {row['identical']}{extra}",
+                    f"x{row['ratio_vs_plain']:.2f} (cpu x{row['cpu_ratio_vs_plain']:.2f})  "
+                    f"identical {row['identical']}{extra}",
                     flush=True,
                 )
             record["runs"].append({

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,14 @@ def _argmax(logits: np.ndarray) -> tuple[int, None]:
     return int(np.argmax(logits)), None
 
 
+def _greedy_steps(model: Any, prompt: np.ndarray, state: Any) -> Iterator[None]:
+    """Prefills, then one greedy single-token forward per next()."""
+    logits = model.forward(prompt, state)
+    while True:
+        yield
+        logits = model.forward([int(np.argmax(logits))], state)
+
+
 def _native_loader(path: Path, threads: int, context: int, isa: str | None) -> Any:
     from ..backends.native import Model
 
@@ -258,19 +266,15 @@ def bench_threads(
                 model, [int(t) for t in decode_prompt], _argmax, state=state,
                 context=context - slack, draft_tokens=cfg.draft_tokens, stats=spec,
             )  # fmt: skip
-            next(tokens)  # the prefill and the first token
-            advance: Callable[[], object] = lambda: next(tokens)  # noqa: E731
         else:
-            box = [model.forward(decode_prompt, state)]
-            advance = lambda: box.__setitem__(  # noqa: E731
-                0, model.forward([int(np.argmax(box[0]))], state)
-            )
+            tokens = _greedy_steps(model, decode_prompt, state)
+        next(tokens)  # the prefill (and, speculating, the first token)
         start = mark()
         steps = 0
         while steps < cfg.decode or (
             clock.now() - start < min_s and state.position < context - slack
         ):
-            advance()
+            next(tokens)
             steps += 1
         end = mark()
         decode_s = (end - start) * cfg.decode / steps
@@ -291,7 +295,8 @@ def bench_threads(
         if power is not None:
             for name, (t0, t1, n) in phases.items():
                 result.power.setdefault(name, []).append(phase_energy(power, t0, t1, n))
-        del model, state
+        tokens.close()
+        del model, state, tokens
     return result
 
 

@@ -24,6 +24,7 @@ batched call when drafting resumes, and a round of 1 draft probes now and then).
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,8 @@ class DraftLength:
     length not measured yet, a line through the measured ones (with one length measured, a
     prior: each draft adds a quarter of a plain round). k = 0 is a plain step; after `probe`
     rounds at 0, one round drafts 1 to keep p_1 current, and every 2 * `probe` rounds one
-    round drafts one more than the best, so a length's time is re-measured.
+    round drafts one more than the best, so a length's time is re-measured. One instance lives
+    per model and `most`, across generations.
     """
 
     def __init__(self, most: int, start: int, probe: int = 8, decay: float = 0.9):
@@ -93,6 +95,19 @@ class DraftLength:
         if 0 < self.k < self.most and self.rounds % (2 * self.probe) == 0:
             return self.k + 1  # re-measure the next length: one slow round must not stick
         return self.k
+
+
+# What the rounds learnt (acceptance, costs) belongs to the model and machine: kept per model
+# and most-drafts setting, so a short generation does not spend itself relearning it.
+_LEARNT: weakref.WeakKeyDictionary[Any, dict[int, DraftLength]] = weakref.WeakKeyDictionary()
+
+
+def _lengths(model: Any, most: int) -> DraftLength:
+    try:
+        per_model = _LEARNT.setdefault(model, {})
+    except TypeError:  # not weakly referenceable
+        return DraftLength(most, most)
+    return per_model.setdefault(most, DraftLength(most, most))
 
 
 def supports_speculation(model: Any, state: Any = None) -> bool:
@@ -192,7 +207,7 @@ def speculative_step(
     token, logprob = sampler(logits)
     st.sample_time += clock() - t0
     yield token, logprob
-    lengths = DraftLength(draft_tokens, draft_tokens)
+    lengths = _lengths(model, draft_tokens)
     verify_hidden = np.empty((MAX_DRAFT_TOKENS + 1, E), np.float32)
     # Reused: a fresh array of (k + 1) x vocab floats per round costs page faults.
     verify_logits = np.empty((draft_tokens + 1, model.config.vocab_size), np.float32)

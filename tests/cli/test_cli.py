@@ -402,7 +402,8 @@ def test_run_and_bench_speculative(
     capsys.readouterr()
     out = tmp_path / "bench.json"
     bench = ["bench", str(model), "--threads", "1", "--prompt", "8", "--decode", "6",
-             "--repetitions", "1", "--warmup", "0", "--no-bandwidth", "--json", str(out)]  # fmt: skip
+             "--repetitions", "1", "--warmup", "0", "--no-bandwidth",
+             "--json", str(out)]  # fmt: skip
     assert main([*bench, "--speculative", "mtp", "--draft-tokens", "2"]) == 0
     assert "acceptance" in capsys.readouterr().out
     run = json.loads(out.read_text())["runs"][0]
