@@ -119,3 +119,31 @@ def test_load_generates_through_the_common_api(tiny_onnx: Callable[..., Path]) -
         want.append(int(np.argmax(logits)))
         logits = model.forward([want[-1]], state)
     assert out.tokens == want
+
+
+def test_eval_on_the_graph_equals_eval_of_the_model_file(
+    tiny_onnx: Callable[..., Path], tiny_model_file: Callable[[str], Path], tiny_checkpoint: Path
+) -> None:
+    from qwen_edge.evaluation.quality import evaluate
+
+    # the exact graph (f32 MatMulNBits) on onnxruntime vs the reference on the dequantized file
+    graph = evaluate(tiny_onnx("q4s", 0), tiny_checkpoint, tokens=96, ctx=48)
+    model_file = evaluate(tiny_model_file("q4s"), tiny_checkpoint, tokens=96, ctx=48)
+    assert graph.tokens == model_file.tokens == 94
+    assert graph.mean_kl == pytest.approx(model_file.mean_kl, rel=1e-3)
+    assert graph.top1 == model_file.top1
+
+
+def test_bench_dispatches_on_onnx(tiny_onnx: Callable[..., Path]) -> None:
+    from qwen_edge.evaluation import bench
+
+    path = tiny_onnx("q4s")
+    cfg = bench.BenchConfig(
+        threads=(1,), prompt=8, decode=4, decode_prompt=2, repetitions=1, warmup=0,
+        measure_bandwidth=False,
+    )  # fmt: skip
+    record = bench.run(path, cfg)
+    assert record["engine"].startswith("qwen-edge onnxruntime")
+    assert record["model"]["file_bytes"] == OnnxModel.load(path).file_size
+    run = record["runs"][0]
+    assert run["isa"] == "onnxruntime" and len(run["decode_tok_s"]) == 1
