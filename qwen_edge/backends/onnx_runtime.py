@@ -75,7 +75,7 @@ class OnnxModel:
         self.config = config
         self.header = header
         self.context = int(context or min(DEFAULT_CONTEXT, config.max_position_embeddings))
-        self.threads = threads
+        self.threads = threads  # fixed with the session: no set_threads for the governor
         self.isa = "onnxruntime"
         self._past = [i for i in session.get_inputs() if i.name not in _FIXED_INPUTS]
         self._outputs = ["logits"] + [_present_name(i.name) for i in self._past]
@@ -194,9 +194,6 @@ class OnnxModel:
     def decode_weight_bytes(self) -> int:
         """Bytes of weights a decode step reads: the external data (about all of it)."""
         return self.file_size
-
-    def set_threads(self, n: int) -> None:
-        """onnxruntime fixes its thread pool when the session is made; kept for the protocol."""
 
 
 def _present_name(past: str) -> str:
