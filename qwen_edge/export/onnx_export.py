@@ -353,6 +353,33 @@ class _Builder:
         _add_matrix(self.g, tensor, m)
         return _linear(self.g, x, tensor, m, name)
 
+    def lin_many(self, x: str, tensors: list[str], name: str) -> list[str]:
+        """x times several matrices of one input. Matrices of one MatMulNBits form (bits, zero
+        points or not) are stacked by rows into one operator, whose output is split: the same
+        codes and scales in fewer, larger calls (decode is a chain of small products)."""
+        ms = [self.src.matrix(t) for t in tensors]
+        forms = {(m.bits, m.zero_points is None) for m in ms}
+        if any(m.plain is not None for m in ms) or len(forms) != 1:
+            outs = []
+            for t, m in zip(tensors, ms, strict=True):
+                _add_matrix(self.g, t, m)
+                outs.append(_linear(self.g, x, t, m, f"{name}/{t.rsplit('.', 2)[-2]}"))
+            return outs
+        zps = [m.zero_points for m in ms]
+        fused = OnnxMatrix(
+            (sum(m.shape[0] for m in ms), ms[0].shape[1]),
+            ms[0].bits,
+            np.concatenate([m.packed for m in ms]),  # type: ignore[misc]
+            np.concatenate([m.scales for m in ms]),  # type: ignore[misc]
+            None if zps[0] is None else np.concatenate(zps),  # type: ignore[arg-type]
+        )
+        prefix = tensors[0].rsplit(".", 2)[0]
+        fname = prefix + "." + "+".join(t.rsplit(".", 2)[-2] for t in tensors) + ".weight"
+        _add_matrix(self.g, fname, fused)
+        y = _linear(self.g, x, fname, fused, name)
+        sizes = self.g.const([m.shape[0] for m in ms])
+        return list(self.g.op("Split", [y, sizes], f"{name}/split", n_out=len(ms), axis=-1))
+
     def norm_with_residual(self, sub_out: str, weight: str, name: str) -> str:
         """norm(residual + sub_out); the sum becomes the residual."""
         g = self.g
@@ -389,10 +416,8 @@ class _Builder:
         g, c, p, a = self.g, self.c, f"layers.{i}.linear_attn.", f"layers.{i}/linear_attn"
         nk, nv, dk, dv = (c.linear_num_key_heads, c.linear_num_value_heads,
                           c.linear_key_head_dim, c.linear_value_head_dim)  # fmt: skip
-        qkv = self.lin(x, p + "in_proj_qkv.weight", f"{a}/qkv")
-        z = self.lin(x, p + "in_proj_z.weight", f"{a}/z")
-        b = self.lin(x, p + "in_proj_b.weight", f"{a}/b")
-        av = self.lin(x, p + "in_proj_a.weight", f"{a}/a")
+        qkv, z = self.lin_many(x, [p + "in_proj_qkv.weight", p + "in_proj_z.weight"], f"{a}/qkvz")
+        b, av = self.lin_many(x, [p + "in_proj_b.weight", p + "in_proj_a.weight"], f"{a}/ba")
         qkv_t = g.op("Transpose", [qkv], f"{a}/qkv_t", perm=[0, 2, 1])  # [B, C, S]
         conv_b = g.init(p + "conv1d.bias", np.zeros(c.conv_dim, F32))
         state = ["batch_size", c.conv_dim, c.linear_conv_kernel_dim - 1]
@@ -435,12 +460,12 @@ class _Builder:
         """Gated full attention with q/k norms, partial RoPE and GQA (§4.7)."""
         g, c, p, a = self.g, self.c, f"layers.{i}.self_attn.", f"layers.{i}/attn"
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        proj = self.lin(x, p + "q_proj.weight", f"{a}/q")
+        proj, k, v = self.lin_many(
+            x, [p + "q_proj.weight", p + "k_proj.weight", p + "v_proj.weight"], f"{a}/qkv"
+        )
         proj = g.op("Reshape", [proj, g.const([0, 0, nh, 2 * hd])], f"{a}/q_heads")
         q, gate = g.op("Split", [proj, g.const([hd, hd])], f"{a}/q_gate", n_out=2, axis=-1)
-        k = self.lin(x, p + "k_proj.weight", f"{a}/k")
         k = g.op("Reshape", [k, g.const([0, 0, nkv, hd])], f"{a}/k_heads")
-        v = self.lin(x, p + "v_proj.weight", f"{a}/v")
         q = _rms_norm(g, q, self.w1p(p + "q_norm.weight"), self.eps, f"{a}/q_norm")
         k = _rms_norm(g, k, self.w1p(p + "k_norm.weight"), self.eps, f"{a}/k_norm")
         half = c.rotary_dim // 2
@@ -466,8 +491,7 @@ class _Builder:
     def mlp(self, i: int, x: str) -> str:
         """SwiGLU (§4.6)."""
         g, p, a = self.g, f"layers.{i}.mlp.", f"layers.{i}/mlp"
-        gate = self.lin(x, p + "gate_proj.weight", f"{a}/gate")
-        up = self.lin(x, p + "up_proj.weight", f"{a}/up")
+        gate, up = self.lin_many(x, [p + "gate_proj.weight", p + "up_proj.weight"], f"{a}/gate_up")
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{a}/sig")], f"{a}/silu")
         return self.lin(g.op("Mul", [act, up], f"{a}/prod"), p + "down_proj.weight", f"{a}/down")
 
