@@ -165,8 +165,9 @@ def main() -> None:
             r[key + "_ratio_to_first"] = r[key + "_mean"] / first[key + "_mean"]
         r["same_tokens_as_first"] = r["tokens"] == first["tokens"]
     for name, r in record["engines"].items():
+        ratio = r["decode_tok_s_ratio_to_first"]
         print(f"{name:24s} {r['file_bytes'] / 1e6:8.1f} MB  prefill {r['prefill_tok_s_mean']:7.1f}"
-              f"  decode {r['decode_tok_s_mean']:6.1f} tok/s  (x{r['decode_tok_s_ratio_to_first']:.2f})"
+              f"  decode {r['decode_tok_s_mean']:6.1f} tok/s  (x{ratio:.2f})"
               f"  same tokens: {r['same_tokens_as_first']}")  # fmt: skip
     if args.json:
         tmp = Path(args.json + ".tmp")
