@@ -220,7 +220,7 @@ def run_cached(engine: Engine, words: int, salt: int) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     rows = report["loads"]
-    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    engines = sorted({r["engine"] for r in rows}, key=lambda e: e != "qwen-edge")  # ours first
     levels = sorted({r["streams"] for r in rows})
 
     def best(engine: str, streams: int, key: str) -> float:
