@@ -259,8 +259,14 @@ def test_restore_and_reset(small: tuple) -> None:
     state.reset()
     assert state.position == 0
     np.testing.assert_array_equal(model.forward([5, 6, 7], state), first)
+    # a state of another context length restores when its position fits, else not
+    small_state = native(config, tensors, context=16).new_state()
+    model.forward(list(range(1, 21)), state)
     with pytest.raises(ValueError, match="cannot be copied"):
-        state.restore(native(config, tensors, context=16).new_state())
+        small_state.restore(state)  # 20 tokens do not fit 16
+    assert small_state.position == 0
+    state.restore(small_state)
+    assert state.position == 0 and state.context == 32
 
 
 def test_state_is_independent_of_the_model_object(small: tuple) -> None:
