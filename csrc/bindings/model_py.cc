@@ -171,7 +171,37 @@ void bind_model(py::module_& m) {
                 p.model().forward(tokens.data(), n, state, dst, all_logits);
             },
             py::arg("tokens"), py::arg("state"), py::arg("out"), py::arg("all_logits") = false,
-            "Runs tokens after the state; writes logits of the last position (or all) to out.");
+            "Runs tokens after the state; writes logits of the last position (or all) to out.")
+        .def(
+            "forward_multi",
+            [](PyModel& p, const py::list& tokens, const py::list& states, py::array_t<float> out,
+               const std::vector<bool>& want) {
+                const int64_t count = int64_t(tokens.size()), v = p.model().config().vocab_size;
+                QE_CHECK(count >= 1 && int64_t(states.size()) == count &&
+                             int64_t(want.size()) == count,
+                         "forward_multi: tokens, states and want must have one entry per sequence");
+                QE_CHECK(out.ndim() >= 1 && (out.flags() & py::array::c_style) &&
+                             out.size() == count * v,
+                         "forward_multi: out must be a C-contiguous float32 array of ", count * v,
+                         " elements");
+                std::vector<I32> arrays;  // keep the converted arrays alive during the step
+                std::vector<qe::SeqStep> steps(static_cast<size_t>(count));
+                float* dst = out.mutable_data();
+                for (int64_t i = 0; i < count; ++i) {
+                    arrays.push_back(tokens[size_t(i)].cast<I32>());
+                    const I32& a = arrays.back();
+                    QE_CHECK(a.ndim() == 1 && a.size() >= 1, "forward_multi: tokens of sequence ",
+                             i, " must be a non-empty 1-D array");
+                    steps[size_t(i)] = qe::SeqStep{a.data(), int64_t(a.size()),
+                                                   &states[size_t(i)].cast<qe::State&>(),
+                                                   want[size_t(i)] ? dst + i * v : nullptr};
+                }
+                py::gil_scoped_release release;
+                p.model().forward_multi(steps.data(), count);
+            },
+            py::arg("tokens"), py::arg("states"), py::arg("out"), py::arg("want"),
+            "One step over several sequences (each its tokens after its state); writes the last "
+            "position's logits of sequence i to out[i] where want[i].");
 }
 
 }  // namespace qe_py

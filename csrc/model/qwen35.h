@@ -8,6 +8,13 @@
 // One forward pass handles a batch of tokens (a prompt, or one token when decoding) and
 // continues a State. Batches longer than the state's batch size are split; the math is the
 // same either way (the delta rule runs token by token inside each batch).
+//
+// A multi-sequence step (forward_multi) runs several states at once, each with its own new
+// tokens (one when decoding, a chunk of a prompt when prefilling): the rows of every sequence
+// form one activation matrix, so each weight matrix is read once for all of them (the W4A8 /
+// W8A8 gemm), while the convolution, the delta rule and attention run per sequence on its own
+// state. Every per-row operation is the same whatever the rows around it, so each sequence gets
+// the bits it would get alone.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +41,15 @@ struct TensorView {
     uint64_t size = 0;
 };
 using TensorMap = std::map<std::string, TensorView>;
+
+// One sequence of a multi-sequence step: tokens[0, n) after what `state` holds; `logits`
+// receives the last position's float [vocab_size] logits, or is null for none.
+struct SeqStep {
+    const int32_t* tokens = nullptr;
+    int64_t n = 0;
+    State* state = nullptr;
+    float* logits = nullptr;
+};
 
 struct ModelOptions {
     int threads = 1;
@@ -73,6 +89,12 @@ public:
     // ContextLengthError (state unchanged) if the tokens do not fit. Serialized per model.
     void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits);
 
+    // One step over several sequences (distinct states, each n >= 1, at most 4096 rows in all):
+    // the result for each equals forward(tokens, n, state, logits, false) alone, bit for bit.
+    // Checks every sequence before running any (ContextLengthError or Error; no state
+    // changes). Serialized per model with forward.
+    void forward_multi(const SeqStep* seqs, int64_t count);
+
     // Bytes of weights one decode step reads (all layers and the LM head; one embedding row).
     uint64_t decode_weight_bytes() const;
 
@@ -93,10 +115,29 @@ private:
         int64_t index = 0;            // among the layers of its kind (state slot)
     };
 
+    // The rows [row0, row0 + n) of a pass belong to `state`, whose position was pos0.
+    struct Seg {
+        State* state;
+        int64_t row0, n, pos0;
+    };
+    // Rows of one pass: its sequences and, per row, the index of its sequence.
+    struct Rows {
+        const Seg* segs;
+        int64_t count;       // sequences
+        int64_t n;           // rows in all
+        const int32_t* seg;  // [n]
+    };
+
+    void check_tokens(const int32_t* tokens, int64_t n, const State& state) const;
+    // Runs the rows through every layer (scratch `s`, sized for rows.n) up to the final norm,
+    // left in s.x, and advances every state.
+    void run_rows(const int32_t* tokens, const Rows& rows, Scratch& s);
     void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all);
-    void attention_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
-    void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
-    void mlp_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
+    void attention_block(const Layer& layer, const float* x, const Rows& rows, Scratch& s,
+                         float* out);
+    void delta_net_block(const Layer& layer, const float* x, const Rows& rows, Scratch& s,
+                         float* out);
+    void mlp_block(const Layer& layer, const float* x, int64_t n, Scratch& s, float* out);
     // fn(t0, t1) over the tokens [0, n): split over the threads for a prompt, inline for one
     // token (a decode step has nothing to share out but the matrix products).
     template <typename Fn>
@@ -120,6 +161,11 @@ private:
     std::vector<float> inv_freq_;    // [rotary_dim / 2]
     float eps_ = 1e-6f;              // rms_norm_eps
     std::mutex mutex_;
+    // forward_multi's scratch, grown to the most rows a step has had, and its row index.
+    Scratch multi_;
+    Buffer multi_logits_;
+    std::vector<int32_t> multi_tokens_, multi_seg_, single_seg_;
+    std::vector<Seg> multi_segs_;
 };
 
 }  // namespace qe

@@ -52,14 +52,17 @@ State::State(const State& other)
 }
 
 void State::alloc_scratch(const ModelConfig& c, int threads) {
-    const uint64_t b = uint64_t(batch_), f = sizeof(float);
+    qe::alloc_scratch(scratch_, c, batch_, context_, threads);
+}
+
+void alloc_scratch(Scratch& s, const ModelConfig& c, int64_t batch, int64_t context, int threads) {
+    const uint64_t b = uint64_t(batch), f = sizeof(float);
     const uint64_t attn = bytes_of(c.n_head, c.head_dim);
     const uint64_t widest =
         std::max({uint64_t(c.n_embd), uint64_t(c.n_ff), uint64_t(c.value_dim()), attn});
     const uint64_t proj = std::max(uint64_t(c.conv_dim()), 2 * attn);
     const uint64_t heads = std::max(uint64_t(c.value_dim()), attn);
-    Scratch& s = scratch_;
-    s.batch = batch_;
+    s.batch = batch;
     s.h = Buffer(bytes_of(b, c.n_embd, f));
     s.x = Buffer(bytes_of(b, c.n_embd, f));
     s.mix = Buffer(bytes_of(b, c.n_embd, f));
@@ -71,7 +74,7 @@ void State::alloc_scratch(const ModelConfig& c, int threads) {
     s.heads = Buffer(bytes_of(b, heads, f));
     s.ab = Buffer(bytes_of(b, 2 * c.n_v_head, f));
     s.ff = Buffer(bytes_of(b, 2 * c.n_ff, f));
-    s.scores = Buffer(bytes_of(threads, c.n_head / c.n_head_kv, context_, f));
+    s.scores = Buffer(bytes_of(threads, c.n_head / c.n_head_kv, context, f));
     s.rope = Buffer(bytes_of(b, c.rotary_dim(), f));
     s.logits = Buffer(bytes_of(c.vocab_size, f));
 }
@@ -84,18 +87,18 @@ void State::reset() {
 }
 
 void State::copy_from(const State& other) {
-    QE_CHECK(context_ == other.context_ && kv_type_ == other.kv_type_ &&
+    QE_CHECK(other.position_ <= context_ && kv_type_ == other.kv_type_ &&
                  kv_.size() == other.kv_.size() && conv_.size() == other.conv_.size() &&
                  config_.n_head_kv == other.config_.n_head_kv &&
                  config_.head_dim == other.config_.head_dim,
              "states of different models or sizes cannot be copied into each other");
     position_ = other.position_;
-    // Only the filled part of each head's KV rows.
+    // Only the filled part of each head's KV rows (heads are context_ rows apart in each).
     const size_t row = kv_row_bytes(kv_type_, config_.head_dim);
     for (size_t i = 0; i < kv_.size(); ++i) {
         for (int64_t h = 0; h < config_.n_head_kv; ++h) {
-            const size_t off = size_t(h) * size_t(context_) * row;
-            std::memcpy(kv_[i].as<char>() + off, other.kv_[i].as<char>() + off,
+            std::memcpy(kv_[i].as<char>() + size_t(h) * size_t(context_) * row,
+                        other.kv_[i].as<char>() + size_t(h) * size_t(other.context_) * row,
                         size_t(position_) * row);
         }
     }

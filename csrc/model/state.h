@@ -47,6 +47,10 @@ struct Scratch {
     Buffer logits;  // [vocab_size] last-position logits when the caller gives no buffer
 };
 
+// Allocates `s` for passes of at most `batch` tokens over states of `context` tokens.
+void alloc_scratch(Scratch& s, const ModelConfig& config, int64_t batch, int64_t context,
+                   int threads);
+
 class State {
 public:
     // A zeroed state for `context` tokens; `batch` is the largest number of tokens one pass
@@ -59,7 +63,8 @@ public:
     int64_t context() const { return context_; }
     KvType kv_type() const { return kv_type_; }
     void reset();
-    // Copies the caches and position of `other` (same model and sizes) into this state.
+    // Copies the caches and position of `other` (same model and KV type; its position must fit
+    // this state's context, which may differ) into this state: a snapshot can be compact.
     void copy_from(const State& other);
     // Bytes of the caches (what a snapshot holds), excluding scratch.
     uint64_t cache_bytes() const;

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,11 +112,19 @@ class State:
         """An independent snapshot of this state."""
         return State(self._native.copy(), self._model)
 
+    def snapshot(self) -> State:
+        """A compact copy: a state whose context is just this state's position (the caches
+        a prompt prefix filled, nothing more), for keeping; `restore` it into a full state."""
+        native = self._model._native.new_state(max(1, self.position), 1, self.kv_type)
+        native.copy_from(self._native)
+        return State(native, self._model)
+
     def restore(self, snapshot: State) -> None:
-        """Makes this state equal to `snapshot` (a copy of a state of the same model).
+        """Makes this state equal to `snapshot` (a copy or `snapshot()` of a state of the same
+        model, whose position fits this state's context).
 
         Raises:
-            ValueError: the snapshot belongs to another model or context length.
+            ValueError: the snapshot belongs to another model or does not fit.
         """
         try:
             self._native.copy_from(snapshot._native)
@@ -294,6 +302,53 @@ class Model:
         out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)
         try:
             self._native.forward(ids, state._native, out, all_logits)
+        except RuntimeError as e:
+            raise _map_error(e, QwenEdgeError) from None
+        return out
+
+    def forward_batch(
+        self,
+        batch: Sequence[tuple[Iterable[int] | np.ndarray, State]],
+        *,
+        want: Sequence[bool] | None = None,
+    ) -> np.ndarray:
+        """One step over several sequences: each (tokens, state) continues its own state, one
+        token when decoding or a chunk of a prompt, and every weight matrix is read once for
+        all of them. Each sequence's result equals `forward(tokens, state)` alone, bit for bit.
+
+        Args:
+            batch: (tokens, state) per sequence; the states must be distinct.
+            want: per sequence, whether to compute its logits (default: all).
+
+        Returns:
+            float32 [len(batch), vocab]: row i holds the last position's logits of sequence i
+            (zeros where `want[i]` is false).
+
+        Raises:
+            ContextLengthError: a sequence's tokens do not fit its state (no state changes).
+            ValueError: an empty batch or token list, a bad id, a state given twice.
+        """
+        if not batch:
+            raise ValueError("forward_batch needs at least one sequence")
+        want = [True] * len(batch) if want is None else [bool(w) for w in want]
+        if len(want) != len(batch):
+            raise ValueError("want must have one entry per sequence")
+        vocab = self.config.vocab_size
+        arrays, states = [], []
+        for tokens, state in batch:
+            ids = _token_array(tokens, vocab)
+            if state.position + ids.size > state.context:
+                raise ContextLengthError(
+                    f"{state.position} + {ids.size} tokens exceed the context of "
+                    f"{state.context} tokens"
+                )
+            arrays.append(ids)
+            states.append(state._native)
+        if len({id(s) for s in states}) != len(states):
+            raise ValueError("forward_batch: a state appears twice in one step")
+        out = np.zeros((len(batch), vocab), np.float32)
+        try:
+            self._native.forward_multi(arrays, states, out, want)
         except RuntimeError as e:
             raise _map_error(e, QwenEdgeError) from None
         return out

@@ -264,6 +264,86 @@ QE_TEST(forward_invariants_are_bitwise) {
     }
 }
 
+// A multi-sequence step gives every sequence the bits of running it alone: sequences with
+// different histories, one prefilling a chunk while the others decode, in several steps; also
+// with a compact snapshot (a state of a smaller context) restored into a full one.
+QE_TEST(forward_multi_equals_one_by_one) {
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(40);
+    for (const auto* t : qe::supported_tables()) {
+        for (int threads : {1, 3}) {
+            auto m = rm.build(t->tag, threads);
+            // histories of 5, 0 and 12 tokens; the steps' token counts per sequence
+            const int64_t history[3] = {5, 0, 12};
+            const int64_t steps[3][3] = {{1, 7, 1}, {1, 1, 1}, {3, 1, 1}};
+            std::vector<std::unique_ptr<qe::State>> alone, multi;
+            for (int64_t h : history) {
+                alone.push_back(m->new_state(64, 4));
+                multi.push_back(m->new_state(64, 4));
+                if (h > 0) {
+                    m->forward(ids.data() + h, h, *alone.back(), nullptr, false);
+                    m->forward(ids.data() + h, h, *multi.back(), nullptr, false);
+                }
+            }
+            int64_t used[3] = {0, 0, 0};
+            for (const auto& step : steps) {
+                std::vector<float> want(3 * 300), got(3 * 300, -1.0f);
+                qe::SeqStep seqs[3];
+                for (int i = 0; i < 3; ++i) {
+                    const int32_t* tok = ids.data() + 20 + 3 * i + used[i];
+                    m->forward(tok, step[i], *alone[i], want.data() + i * 300, false);
+                    // the middle sequence asks for no logits on its first (prefill) step
+                    const bool none = i == 1 && used[i] == 0;
+                    seqs[i] = qe::SeqStep{tok, step[i], multi[i].get(),
+                                          none ? nullptr : got.data() + i * 300};
+                    if (none) std::fill(want.begin() + 300, want.begin() + 600, -1.0f);
+                    used[i] += step[i];
+                }
+                m->forward_multi(seqs, 3);
+                EXPECT_TRUE(got == want);
+            }
+            for (int i = 0; i < 3; ++i) {
+                EXPECT_TRUE(multi[i]->position() == alone[i]->position());
+                // a compact snapshot restores into a full state and continues identically
+                auto compact = m->new_state(multi[i]->position(), 1);
+                compact->copy_from(*multi[i]);
+                auto back = m->new_state(64, 4);
+                back->copy_from(*compact);
+                std::vector<float> a(300), b(300);
+                m->forward(ids.data() + 2, 1, *back, a.data(), false);
+                m->forward(ids.data() + 2, 1, *alone[i], b.data(), false);
+                EXPECT_TRUE(a == b);
+            }
+        }
+    }
+}
+
+QE_TEST(forward_multi_rejects_bad_input) {
+    const RandomModel& rm = random_model();
+    auto m = rm.build("ref", 1);
+    auto a = m->new_state(8, 4), b = m->new_state(8, 4);
+    const std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6};
+    m->forward(ids.data(), 6, *a, nullptr, false);
+    std::vector<float> out(600);
+    // a fits, b does not: neither changes
+    qe::SeqStep seqs[2] = {{ids.data(), 3, b.get(), out.data()}, {ids.data(), 3, a.get(), nullptr}};
+    bool context_error = false;
+    try {
+        m->forward_multi(seqs, 2);
+    } catch (const qe::ContextLengthError&) {
+        context_error = true;
+    }
+    EXPECT_TRUE(context_error && a->position() == 6 && b->position() == 0);
+    qe::SeqStep twice[2] = {{ids.data(), 1, b.get(), nullptr}, {ids.data(), 1, b.get(), nullptr}};
+    bool shared_error = false;
+    try {
+        m->forward_multi(twice, 2);
+    } catch (const qe::Error& e) {
+        shared_error = std::string(e.what()).find("share a state") != std::string::npos;
+    }
+    EXPECT_TRUE(shared_error && b->position() == 0);
+}
+
 QE_TEST(forward_rejects_bad_input) {
     const RandomModel& rm = random_model();
     auto m = rm.build("ref", 1);
