@@ -1,10 +1,13 @@
 """Quantization quality: KL divergence, top-1 agreement and perplexity against fp32 logits.
 
 `qwen-edge eval` runs the numpy reference model (`reference.ReferenceModel`, fp32) twice over a
-fixed text shipped with the package (`data/eval_coriolanus.txt`, tokenized once with the real
-Qwen3.5 tokenizer by `tools/make_eval_tokens.py`): with the checkpoint's weights and with the
-model file's dequantized weights. Both see the same windows of token ids, each from a fresh
-state. `tools/eval_peers.py` reuses `reference_logprobs` and `compare` for other engines.
+fixed text: with the checkpoint's weights and with the model file's dequantized weights. Both
+see the same windows of token ids, each from a fresh state. The text is the one shipped with
+the package (`data/eval_coriolanus.txt`, tokenized once with the real Qwen3.5 tokenizer by
+`tools/make_eval_tokens.py`) unless `text=` names another: a token file (JSON with an `ids`
+list, as `tools/train_small.py` writes for its held-out split) or plain UTF-8 text, which is
+tokenized with the checkpoint's tokenizer. `tools/eval_peers.py` reuses `reference_logprobs`
+and `compare` for other engines.
 
 By default this measures weight quantization only (activations stay fp32). With
 `act_q8=True` the inputs of every packed-format matrix are also rounded through q8a, as the
@@ -29,10 +32,85 @@ DEFAULT_CTX = 512
 _ROWS = 64  # rows of a [T, vocab] block processed at once (bounds float64 temporaries)
 
 
-def eval_tokens(limit: int | None = None) -> list[int]:
-    """The token ids of the shipped evaluation text (first `limit` of them)."""
-    doc = json.loads(EVAL_TOKENS.read_text(encoding="utf-8"))
-    ids = [int(i) for i in doc["ids"]]
+def read_token_file(path: str | Path) -> list[int]:
+    """The `ids` of a token file (JSON: `{"ids": [...], ...}`).
+
+    Raises:
+        QwenEdgeError: unreadable, not JSON, or without a non-empty list of integer ids.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise QwenEdgeError(f"{path}: cannot read the token file ({e.strerror})") from e
+    except ValueError as e:
+        raise QwenEdgeError(f"{path}: not a JSON token file ({e})") from e
+    ids = doc.get("ids") if isinstance(doc, dict) else None
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+    ):
+        raise QwenEdgeError(
+            f"{path}: a token file needs an 'ids' list of token ids (integers >= 0)"
+        )
+    return ids
+
+
+def is_token_file(path: str | Path) -> bool:
+    """Token files are JSON (`.json`); anything else is read as text."""
+    return Path(path).suffix.lower() == ".json"
+
+
+def text_tokens(path: str | Path, tokenizer_json: str | Path) -> list[int]:
+    """The token ids of a UTF-8 text file under the given `tokenizer.json` (no special tokens).
+
+    Raises:
+        QwenEdgeError: the file cannot be read or is not UTF-8 (TokenizerError for the
+            tokenizer's own problems).
+    """
+    from ..generation.tokenizer import Tokenizer
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise QwenEdgeError(f"{path}: cannot read the evaluation text ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise QwenEdgeError(f"{path}: the evaluation text is not UTF-8 ({e.reason})") from e
+    return Tokenizer.from_file(tokenizer_json).encode(text)
+
+
+def eval_tokens(
+    limit: int | None = None,
+    text: str | Path | None = None,
+    tokenizer_json: str | Path | None = None,
+) -> list[int]:
+    """The token ids to evaluate on (the first `limit` of them).
+
+    Args:
+        limit: keep only the first `limit` ids.
+        text: None for the shipped text, a token file (`.json`), or a UTF-8 text file.
+        tokenizer_json: the tokenizer for a text file (a checkpoint's `tokenizer.json`).
+
+    Raises:
+        QwenEdgeError: a text file without a tokenizer, or a bad file.
+    """
+    if text is None:
+        ids = read_token_file(EVAL_TOKENS)
+    elif is_token_file(text):
+        ids = read_token_file(text)
+    else:
+        if tokenizer_json is None or not Path(tokenizer_json).is_file():
+            raise QwenEdgeError(
+                f"{text}: a text file is tokenized with the checkpoint's tokenizer.json, "
+                f"which is missing ({tokenizer_json}); pass a token file (.json) instead"
+            )
+        ids = text_tokens(text, tokenizer_json)
+        if not ids:
+            raise QwenEdgeError(f"{text}: the evaluation text is empty")
+    if len(ids) < 2:
+        raise QwenEdgeError(f"{text or EVAL_TOKENS}: at least 2 tokens are needed to score one")
     return ids[:limit] if limit else ids
 
 
@@ -190,14 +268,17 @@ def evaluate(
     tokens: int | None = None,
     ctx: int = DEFAULT_CTX,
     act_q8: bool = False,
+    text: str | Path | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> QualityReport:
-    """Compares a model file with its fp32 checkpoint on the shipped evaluation text.
+    """Compares a model file with its fp32 checkpoint on an evaluation text.
 
     Args:
         model_file: the `.qe` file.
         reference: the checkpoint folder it was exported from.
         tokens: use only the first `tokens` ids of the text.
+        text: the text (`eval_tokens`): None for the shipped one, a token file (`.json`) or a
+            UTF-8 text file, tokenized with the checkpoint's `tokenizer.json`.
         ctx: window length (each window starts from a fresh state).
         act_q8: round the inputs of packed matrices through q8a, as the native kernels do.
         progress: called as (stage, window index, windows).
@@ -217,7 +298,7 @@ def evaluate(
             f"{model_file} and {reference} hold different model configurations; "
             "pass the checkpoint the file was exported from"
         )
-    ids = eval_tokens(tokens)
+    ids = eval_tokens(tokens, text, Path(reference) / "tokenizer.json")
     if max(ids) >= config.vocab_size:
         raise QwenEdgeError(
             f"{model_file}: the vocabulary has {config.vocab_size} tokens, but the evaluation text "
