@@ -150,21 +150,80 @@ class QualityReport:
         return {**asdict(self), "ppl_ratio": self.ppl_ratio}
 
 
+@dataclass(frozen=True)
+class VocabGroups:
+    """Token ids whose LM-head rows are identical, scored as one class each.
+
+    Identical rows give identical logits in every model made from the checkpoint (a quantizer
+    maps equal rows to equal bytes), so the full-vocabulary softmax, KL, argmax and target
+    log-probability follow exactly from one logit per group and the group's size. A checkpoint
+    trained on part of the vocabulary (tools/train_small.py writes one shared row at every id
+    its corpus lacks) has a few thousand groups instead of 248,320 ids, which makes scoring many
+    times cheaper; `compare` checks the premise on every window.
+    """
+
+    first: np.ndarray  # [G] the lowest id of each group
+    log_size: np.ndarray  # [G] float64, log of the group's size
+    group_of: np.ndarray  # [V] the group of every id
+
+    @classmethod
+    def of_rows(cls, w: np.ndarray) -> VocabGroups | None:
+        """Groups of the identical rows of `w` [V, H]; None when every row is distinct."""
+        w = np.ascontiguousarray(w)
+        seen: dict[bytes, int] = {}
+        group_of = np.empty(w.shape[0], np.int64)
+        for i, row in enumerate(w):
+            group_of[i] = seen.setdefault(row.tobytes(), len(seen))
+        if len(seen) == w.shape[0]:
+            return None
+        sizes = np.bincount(group_of, minlength=len(seen))
+        first = np.full(len(seen), w.shape[0], np.int64)
+        np.minimum.at(first, group_of, np.arange(w.shape[0]))
+        return cls(first, np.log(sizes.astype(np.float64)), group_of)
+
+    @property
+    def size(self) -> int:
+        return int(self.first.size)
+
+    def collapse(self, logits: np.ndarray) -> np.ndarray:
+        """[T, V] logits -> [T, G] class logits (float64): a group's logit plus log(size).
+
+        Raises:
+            QwenEdgeError: the logits of a group's ids differ (the engine broke the premise).
+        """
+        logits = np.asarray(logits)
+        rep = logits[:, self.first]
+        spread = float(np.abs(logits - rep[:, self.group_of]).max())
+        span = float(rep.max() - rep.min()) or 1.0
+        if spread > 1e-4 * span:
+            raise QwenEdgeError(
+                f"ids with identical LM-head rows got logits {spread:.3g} apart; "
+                "score this model without vocabulary groups"
+            )
+        return rep.astype(np.float64) + self.log_size
+
+
 class _Accumulator:
-    def __init__(self) -> None:
+    def __init__(self, groups: VocabGroups | None = None) -> None:
+        self.groups = groups
         self.kl: list[np.ndarray] = []
         self.top1: list[np.ndarray] = []
         self.nll_ref: list[np.ndarray] = []
         self.nll: list[np.ndarray] = []
 
     def add(self, ref_lp: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> None:
-        """ref_lp: reference log-probs [T, V] (float32); logits: the model's [T, V]."""
+        """ref_lp: reference log-probs [T, V] (float32); logits: the model's [T, V]. With
+        groups, both are per group ([T, G], the logits already collapsed): a group's log-prob
+        minus log(size) is each of its ids' log-prob."""
+        g = self.groups
         for r0 in range(0, ref_lp.shape[0], _ROWS):
             rl = ref_lp[r0 : r0 + _ROWS].astype(np.float64)
             ml = log_softmax(logits[r0 : r0 + _ROWS])
             self.kl.append(np.maximum(np.sum(np.exp(rl) * (rl - ml), axis=-1), 0.0))
-            self.top1.append(rl.argmax(axis=-1) == ml.argmax(axis=-1))
             t = targets[r0 : r0 + _ROWS]
+            if g is not None:  # per-id log-probs of the group representatives
+                rl, ml, t = rl - g.log_size, ml - g.log_size, g.group_of[t]
+            self.top1.append(rl.argmax(axis=-1) == ml.argmax(axis=-1))
             idx = np.arange(t.size)
             self.nll_ref.append(-rl[idx, t])
             self.nll.append(-ml[idx, t])
@@ -185,10 +244,14 @@ class _Accumulator:
 LogitsFn = Callable[[list[int]], np.ndarray]  # window ids -> logits [T, vocab]
 
 
-def reference_logprobs(fn: LogitsFn, wins: Iterable[list[int]]) -> Iterator[np.ndarray]:
-    """Reference log-probabilities [T-1, vocab] (float32) of every window but its last position."""
+def reference_logprobs(
+    fn: LogitsFn, wins: Iterable[list[int]], groups: VocabGroups | None = None
+) -> Iterator[np.ndarray]:
+    """Reference log-probabilities [T-1, vocab] (float32) of every window but its last position
+    ([T-1, groups] with `groups`)."""
     for w in wins:
-        yield log_softmax(np.asarray(fn(w))[:-1]).astype(np.float32)
+        logits = np.asarray(fn(w))[:-1]
+        yield log_softmax(logits if groups is None else groups.collapse(logits)).astype(np.float32)
 
 
 def compare(
@@ -196,13 +259,17 @@ def compare(
     fn: LogitsFn,
     wins: list[list[int]],
     progress: Callable[[int, int], None] | None = None,
+    groups: VocabGroups | None = None,
 ) -> QualityReport:
-    """Scores a model (`fn`) against cached reference log-probs, window by window."""
-    acc = _Accumulator()
+    """Scores a model (`fn`) against cached reference log-probs, window by window (made with
+    the same `groups`)."""
+    acc = _Accumulator(groups)
     for i, (lp, w) in enumerate(zip(ref_logprobs, wins, strict=True)):
         if progress is not None:
             progress(i, len(wins))
         logits = np.asarray(fn(w))[:-1]
+        if groups is not None:
+            logits = groups.collapse(logits)
         if logits.shape != lp.shape:
             raise QwenEdgeError(f"logits of shape {logits.shape}, expected {lp.shape}")
         acc.add(lp, logits, np.asarray(w[1:], dtype=np.int64))
@@ -310,8 +377,9 @@ def evaluate(
         return None if progress is None else (lambda i, n: progress(name, i, n))
 
     ref = ReferenceModel.from_checkpoint(ckpt, context=ctx)
+    groups = VocabGroups.of_rows(ref.lm_head)
     cached = []
-    for i, lp in enumerate(reference_logprobs(reference_fn(ref), wins)):
+    for i, lp in enumerate(reference_logprobs(reference_fn(ref), wins, groups)):
         if progress is not None:
             progress("fp32 reference", i, len(wins))
         cached.append(lp)
@@ -321,4 +389,4 @@ def evaluate(
     del weights
     if act_q8:
         with_q8a_inputs(model, packed_tensors(model_file))
-    return compare(cached, reference_fn(model), wins, stage("model file"))
+    return compare(cached, reference_fn(model), wins, stage("model file"), groups)
