@@ -304,6 +304,8 @@ def reference_cache(
     else:
         log(f"fp32 reference on {len(wins)} windows of {a.ctx} tokens -> {path.name}")
         ref = ReferenceModel.from_checkpoint(ckpt, context=a.ctx)
+        if groups is not None:
+            quality.restrict_lm_head(ref, groups)
         rows = sum(len(w) - 1 for w in wins)
         tmp = path.with_name(path.name + ".tmp.npy")
         cols = groups.size if groups is not None else ckpt.config.vocab_size
@@ -446,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             del weights
             if q8a:
                 quality.with_q8a_inputs(model, packed)
+            if groups is not None:
+                quality.restrict_lm_head(model, groups)
             fn = quality.reference_fn(model)
             report = quality.compare(cached, fn, wins, groups=groups).to_dict()
             del model

@@ -187,11 +187,14 @@ class VocabGroups:
 
     def collapse(self, logits: np.ndarray) -> np.ndarray:
         """[T, V] logits -> [T, G] class logits (float64): a group's logit plus log(size).
+        [T, G] logits (the representatives' only) are taken as they are.
 
         Raises:
             QwenEdgeError: the logits of a group's ids differ (the engine broke the premise).
         """
         logits = np.asarray(logits)
+        if logits.shape[-1] == self.size:  # already one logit per group (`restrict_lm_head`)
+            return logits.astype(np.float64) + self.log_size
         rep = logits[:, self.first]
         spread = float(np.abs(logits - rep[:, self.group_of]).max())
         span = float(rep.max() - rep.min()) or 1.0
@@ -309,6 +312,18 @@ def with_q8a_inputs(model: Any, packed: Iterable[str]) -> Any:
     return model
 
 
+def restrict_lm_head(model: Any, groups: VocabGroups) -> Any:
+    """Makes a ReferenceModel compute only the logits of the groups' representatives ([T, G]):
+    the rows of a group are equal, so their logits are too, and the LM head (the largest
+    matrix) shrinks to one row per group. Call after `with_q8a_inputs`."""
+    head = model.lm_head
+    if isinstance(head, _Q8aInputs):
+        head.w_t = np.ascontiguousarray(head.w_t[:, groups.first])
+    else:
+        model.lm_head = np.ascontiguousarray(head[groups.first])
+    return model
+
+
 def packed_tensors(path: str | Path) -> list[str]:
     """Names of the tensors a model file stores in a packed (integer) format."""
     from ..formats.model_file import ModelFile
@@ -378,6 +393,8 @@ def evaluate(
 
     ref = ReferenceModel.from_checkpoint(ckpt, context=ctx)
     groups = VocabGroups.of_rows(ref.lm_head)
+    if groups is not None:
+        restrict_lm_head(ref, groups)
     cached = []
     for i, lp in enumerate(reference_logprobs(reference_fn(ref), wins, groups)):
         if progress is not None:
@@ -389,4 +406,6 @@ def evaluate(
     del weights
     if act_q8:
         with_q8a_inputs(model, packed_tensors(model_file))
+    if groups is not None:
+        restrict_lm_head(model, groups)
     return compare(cached, reference_fn(model), wins, stage("model file"), groups)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,26 @@ def test_collapse_checks_the_premise() -> None:
     logits[1, 40] += 0.5  # an engine that gave one shared-row id another logit
     with pytest.raises(QwenEdgeError, match="identical LM-head rows"):
         groups.collapse(logits)
+
+
+@pytest.mark.parametrize("act_q8", [False, True])
+def test_restricted_lm_head(tiny_checkpoint: Path, act_q8: bool) -> None:
+    """A model whose LM head has repeated rows: computing one logit per group gives the same
+    class logits as the full head."""
+    from qwen_edge.backends.reference import ReferenceModel
+    from qwen_edge.formats.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(tiny_checkpoint)
+    weights = dict(ckpt.iter_text())
+    weights["embed_tokens.weight"][3000:] = weights["embed_tokens.weight"][2999]
+    models = [ReferenceModel(ckpt.config, weights, context=32) for _ in range(2)]
+    if act_q8:
+        for m in models:
+            quality.with_q8a_inputs(m, ["embed_tokens.weight", "layers.0.mlp.down_proj.weight"])
+    groups = quality.VocabGroups.of_rows(weights["embed_tokens.weight"])
+    assert groups is not None and groups.size == 3000
+    quality.restrict_lm_head(models[1], groups)
+    ids = [5, 17, 2999, 123, 7]
+    full, small = (m.forward(ids, m.new_state(), all_logits=True) for m in models)
+    assert small.shape == (5, 3000)
+    np.testing.assert_allclose(groups.collapse(small), groups.collapse(full), rtol=0, atol=1e-4)
