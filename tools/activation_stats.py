@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     wins = quality.windows(ids, a.ctx)
     model = ReferenceModel.from_checkpoint(ckpt, context=a.ctx)
     stats = activations.record_inputs(model)
+    groups = quality.VocabGroups.of_rows(model.w["embed_tokens.weight"])
+    if groups is not None and model.config.tie_word_embeddings:
+        # Only the LM head's input is recorded: its repeated rows need not be multiplied.
+        model.lm_head.w_t = model.lm_head.w_t[:, groups.first]
     start = time.perf_counter()
     for w in wins:
         model.forward(w, model.new_state(), all_logits=True)

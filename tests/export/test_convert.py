@@ -60,7 +60,7 @@ def test_plan_q4_recipe() -> None:
             assert fmt == "q8g32", name
         else:
             assert fmt == convert.RECIPES["q4"].matrix or name == "embed_tokens.weight"
-    assert formats["embed_tokens.weight"] == convert.RECIPES["q4"].embedding
+    assert formats["embed_tokens.weight"] == convert.RECIPES["q4"].embedding == "q6k"
 
 
 def test_plan_q4m_recipe() -> None:
@@ -160,7 +160,7 @@ def test_export_goldens_with_fallbacks(tmp_path: Path) -> None:
         out = tmp_path / f"{name}.qe"
         convert.export(GOLDENS / name, out, "q4")
         with ModelFile(out, verify=True) as mf:
-            assert {e.format for e in mf.tensors.values()} <= {"f32", "f16", "q4k", "q8g32"}
+            assert {e.format for e in mf.tensors.values()} <= {"f32", "f16", "q4k", "q6k", "q8g32"}
 
 
 def test_interrupted_export_leaves_nothing(small_checkpoint: Path, tmp_path: Path) -> None:
