@@ -201,8 +201,11 @@ uint64_t Qwen35Model::decode_weight_bytes() const {
 // ---- forward -----------------------------------------------------------------------------------
 
 void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float* logits,
-                          bool all_logits) {
+                          bool all_logits, const StopFn& stop) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping()) throw Interrupted("forward: the model is stopping");
+    QE_CHECK(!state.interrupted_,
+             "forward: this state was interrupted in the middle of a forward pass; reset it");
     QE_CHECK(n >= 1, "forward: no tokens");
     QE_CHECK(state.config_.n_layer == config_.n_layer && state.config_.n_embd == config_.n_embd &&
                  state.threads_ == pool_.size(),
@@ -227,12 +230,19 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
                 out = logits;
             }
         }
-        run_batch(tokens + i, m, state, out, all_logits);
+        run_batch(tokens + i, m, state, out, all_logits, stop);
+    }
+}
+
+void Qwen35Model::check_stop(State& state, const StopFn& stop) {
+    if (stopping() || (stop && stop())) {
+        state.interrupted_ = true;
+        throw Interrupted("forward: interrupted");
     }
 }
 
 void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, float* logits,
-                            bool all) {
+                            bool all, const StopFn& stop) {
     const ModelConfig& c = config_;
     const int64_t E = c.n_embd;
     Scratch& s = state.scratch_;
@@ -267,6 +277,9 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
         kt_.rms_norm(h + t0 * E, layers_[0].attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
     });
     for (size_t l = 0; l < layers_.size(); ++l) {
+        // Between layers, never inside one: the pool's workers are idle here, so stopping
+        // leaves no job half run.
+        check_stop(state, stop);
         const Layer& L = layers_[l];
         if (L.full) {
             attention_block(L, x, n, state, mix);

@@ -10,7 +10,9 @@
 // same either way (the delta rule runs token by token inside each batch).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -68,10 +70,21 @@ public:
     std::unique_ptr<State> new_state(int64_t context, int64_t batch = 128,
                                      KvType kv = KvType::kF16) const;
 
+    // Asked between layers whether to stop the pass (e.g. a signal is pending); empty: never.
+    using StopFn = std::function<bool()>;
+
     // Runs tokens[0, n) (ids < vocab_size) after what `state` holds. logits: float [vocab_size] for
     // the last position, or [n, vocab_size] when all_logits; null computes no logits. Throws
     // ContextLengthError (state unchanged) if the tokens do not fit. Serialized per model.
-    void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits);
+    // Throws Interrupted between two layers once `stop` returns true or stop_all() was called;
+    // the state is then marked interrupted, and a forward on it throws until it is reset.
+    void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits,
+                 const StopFn& stop = {});
+
+    // Makes every running and later forward pass throw Interrupted at its next layer boundary
+    // (for shutting down: the embedding process can then join its threads before the core goes).
+    void stop_all() { stopping_.store(true, std::memory_order_relaxed); }
+    bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
 
     // Bytes of weights one decode step reads (all layers and the LM head; one embedding row).
     uint64_t decode_weight_bytes() const;
@@ -93,7 +106,10 @@ private:
         int64_t index = 0;            // among the layers of its kind (state slot)
     };
 
-    void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all);
+    void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all,
+                   const StopFn& stop);
+    // Throws Interrupted (marking the state) if the pass should stop here.
+    void check_stop(State& state, const StopFn& stop);
     void attention_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
     void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
     void mlp_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
@@ -120,6 +136,7 @@ private:
     std::vector<float> inv_freq_;    // [rotary_dim / 2]
     float eps_ = 1e-6f;              // rms_norm_eps
     std::mutex mutex_;
+    std::atomic<bool> stopping_{false};
 };
 
 }  // namespace qe
