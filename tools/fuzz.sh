@@ -51,9 +51,13 @@ run() {  # target, seed dir, command...
     report "$target" "$log" "$found"
 }
 export ASAN_OPTIONS=detect_leaks=0
-run native_model_file "$out/seeds/model_file" "$out/native/fuzz_model_file"
-run native_json_config "$out/seeds/config" "$out/native/fuzz_json_config"
-for target in config model_file request chat tokenizer; do
-    run "$target" "$out/seeds/$target" python tests/fuzz/fuzz_python.py "$target"
+# QE_FUZZ_TARGETS picks some targets (e.g. to run the native and Python ones side by side).
+targets="${QE_FUZZ_TARGETS:-native_model_file native_json_config config model_file request chat tokenizer}"
+for target in $targets; do
+    case "$target" in
+    native_model_file) run "$target" "$out/seeds/model_file" "$out/native/fuzz_model_file" ;;
+    native_json_config) run "$target" "$out/seeds/config" "$out/native/fuzz_json_config" ;;
+    *) run "$target" "$out/seeds/$target" python tests/fuzz/fuzz_python.py "$target" ;;
+    esac
 done
 exit $status

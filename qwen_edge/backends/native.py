@@ -331,7 +331,7 @@ def _map_error(e: RuntimeError, kind: type[Exception]) -> Exception:
     if isinstance(e, c.ContextLengthError):
         return ContextLengthError(str(e))
     if isinstance(e, c.Interrupted):
-        return ModelStoppedError(f"{e}: the model was stopped (the process is exiting)")
+        return ModelStoppedError(f"{e}: the model was stopped (Model.stop(), or the exit)")
     if isinstance(e, c.Error):
         return kind(str(e))
     return QwenEdgeError(str(e))
