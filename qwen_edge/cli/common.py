@@ -98,16 +98,19 @@ def add_tokenizer_backend_argument(p: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The model and how to run it: path, threads, context, KV cache, board, backends."""
-    p.add_argument("model", help="model file (.qe) or Hugging Face checkpoint folder")
+    p.add_argument(
+        "model", help="model file (.qe), ONNX graph (.onnx) or Hugging Face checkpoint folder"
+    )
     p.add_argument("--threads", type=int, help="worker threads of the native runtime")
     p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
     add_kv_cache_argument(p)
     add_board_argument(p)
     p.add_argument(
         "--backend",
-        choices=["auto", "native", "reference"],
+        choices=["auto", "native", "onnxruntime", "reference"],
         default="auto",
-        help="auto: native for model files, numpy reference for checkpoint folders",
+        help="auto: native for .qe files, onnxruntime for .onnx graphs, numpy reference for "
+        "checkpoint folders",
     )
     add_tokenizer_backend_argument(p)
 

@@ -206,6 +206,17 @@ def _native_loader(path: Path, threads: int, context: int, isa: str | None) -> A
     return Model.load(path, threads=threads, context=context, isa=isa)
 
 
+def _onnx_loader(path: Path, threads: int, context: int, isa: str | None) -> Any:
+    from ..backends.onnx_runtime import OnnxModel
+
+    return OnnxModel.load(path, threads=threads, context=context)
+
+
+def loader_for(path: str | Path) -> Loader:
+    """The loader of a model path: onnxruntime for `.onnx` graphs, else the native runtime."""
+    return _onnx_loader if Path(path).suffix == ".onnx" else _native_loader
+
+
 def bench_threads(
     path: Path,
     threads: int,
@@ -326,10 +337,12 @@ def finish_governed(governor: Governor, power: Power) -> dict[str, Any]:
 
 
 def run(
-    path: str | Path, cfg: BenchConfig, power: Power | None = None, load: Loader = _native_loader
+    path: str | Path, cfg: BenchConfig, power: Power | None = None, load: Loader | None = None
 ) -> dict[str, Any]:
-    """Benchmarks a model file; returns the JSON record (see `SCHEMA`, docs/energy.md)."""
+    """Benchmarks a model file (`.qe` natively, `.onnx` on onnxruntime unless `load` says
+    otherwise); returns the JSON record (see `SCHEMA`, docs/energy.md)."""
     path = Path(path)
+    load = load or loader_for(path)
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "engine": "qwen-edge",
@@ -357,6 +370,15 @@ def run(
             "sha256": file_digest(path),
             "recipe": header.get("quant", {}).get("recipe"),
             "bits_per_weight": header.get("quant", {}).get("bits_per_weight"),
+        })  # fmt: skip
+    elif load is _onnx_loader:
+        import onnxruntime
+
+        data = path.with_name(path.name + ".data")
+        record["engine"] = f"qwen-edge onnxruntime {onnxruntime.__version__}"
+        record["model"].update({
+            "file_bytes": path.stat().st_size + (data.stat().st_size if data.is_file() else 0),
+            "sha256": file_digest(path),
         })  # fmt: skip
     if cfg.measure_bandwidth:
         for n in sorted(set(cfg.threads)):

@@ -194,8 +194,12 @@ def evaluate(
 ) -> QualityReport:
     """Compares a model file with its fp32 checkpoint on the shipped evaluation text.
 
+    A `.qe` file runs through the reference model with its dequantized weights; an `.onnx`
+    graph (ours, or onnxruntime-genai's) runs on onnxruntime itself, activations as it rounds
+    them (`act_q8` does not apply).
+
     Args:
-        model_file: the `.qe` file.
+        model_file: the `.qe` file or `.onnx` graph.
         reference: the checkpoint folder it was exported from.
         tokens: use only the first `tokens` ids of the text.
         ctx: window length (each window starts from a fresh state).
@@ -210,8 +214,15 @@ def evaluate(
     from ..formats.model_file import ModelFile
 
     ckpt = Checkpoint(reference)
-    with ModelFile(model_file) as mf:
-        config = mf.config
+    onnx_model = None
+    if Path(model_file).suffix == ".onnx":
+        from ..backends.onnx_runtime import OnnxModel
+
+        onnx_model = OnnxModel.load(model_file, context=ctx, config=ckpt.config)
+        config = onnx_model.config
+    else:
+        with ModelFile(model_file) as mf:
+            config = mf.config
     if config != ckpt.config:
         raise QwenEdgeError(
             f"{model_file} and {reference} hold different model configurations; "
@@ -235,6 +246,8 @@ def evaluate(
             progress("fp32 reference", i, len(wins))
         cached.append(lp)
     del ref  # one float32 model in memory at a time
+    if onnx_model is not None:
+        return compare(cached, reference_fn(onnx_model), wins, stage("onnx graph"))
     config, weights = model_file_weights(model_file)
     model = ReferenceModel(config, weights, context=ctx)
     del weights

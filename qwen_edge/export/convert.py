@@ -70,6 +70,17 @@ RECIPES: dict[str, Recipe] = {
         "q8g32",
         "int4 k-quant matrices and embedding, int8 GDN gate projections",
     ),
+    # Symmetric 4-bit blocks of 32 everywhere: exactly onnxruntime's MatMulNBits (its default
+    # zero point 8, f32 scales), so the ONNX export of q4s is as small and fast as that operator
+    # allows (docs/onnx.md); int8 GDN gate projections as in q4.
+    "q4s": Recipe(
+        "q4s",
+        "q4g32",
+        "q4g32",
+        "q4g32",
+        "q8g32",
+        "symmetric int4 blocks of 32 (onnxruntime's MatMulNBits form), int8 GDN gate projections",
+    ),
     # At most llama.cpp Q4_K_M's size: the 6-bit budget goes to the tied embedding / LM head
     # and the GDN qkv and output projections, the tensors that moved the KL most per byte.
     "q4m": Recipe(

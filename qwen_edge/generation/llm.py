@@ -1,8 +1,9 @@
 """The public face of generation: `load` a model and get an `LLM` that generates and chats.
 
-`load` picks the backend from the path (a `.qe` model file runs on the native runtime, a
-checkpoint folder on the numpy reference); the tokenizer, chat template and generation defaults
-come with the model (`ModelAssets`, read from the model file's header or the checkpoint's files).
+`load` picks the backend from the path (a `.qe` model file runs on the native runtime, an
+`.onnx` graph on onnxruntime, a checkpoint folder on the numpy reference); the tokenizer, chat
+template and generation defaults come with the model (`ModelAssets`, read from the model file's
+header, the graph's metadata and the tokenizer.json beside it, or the checkpoint's files).
 """
 
 from __future__ import annotations
@@ -287,6 +288,9 @@ class LLM:
         return f"LLM({self.source!r}, backend={backend}, tokenizer={tok})"
 
 
+BACKENDS = ("auto", "native", "onnxruntime", "reference")
+
+
 def load(
     path: str | Path,
     *,
@@ -305,7 +309,7 @@ def load(
         context: the most tokens a generation may hold (default: the model's maximum).
         kv_cache: the native runtime's KV cache: "f16" (default), "f32", or "q8" (int8, 0.6x
             the memory of f16, for long contexts).
-        backend: "auto" (by path), "native" or "reference".
+        backend: "auto" (by path), "native", "onnxruntime" or "reference".
         tokenizer_backend: "auto", "tokenizers" or "python" (see `generation/tokenizer.py`).
 
     Returns:
@@ -314,8 +318,8 @@ def load(
     Raises:
         QwenEdgeError (CheckpointError, ModelFileError, TokenizerError, ...): unreadable input.
     """
-    if backend not in ("auto", "native", "reference"):
-        raise ValueError(f"backend must be 'auto', 'native' or 'reference', not {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     for name, value in (("threads", threads), ("context", context)):
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**31
@@ -335,6 +339,10 @@ def load(
 
         assets = ModelAssets.from_checkpoint(path, tokenizer_backend)
         model: Backend = ReferenceModel.from_checkpoint(path, context=context)
+    elif path.is_file() and (path.suffix == ".onnx" or backend == "onnxruntime"):
+        if backend not in ("auto", "onnxruntime"):
+            raise QwenEdgeError(f"{path}: an ONNX graph runs on the onnxruntime backend")
+        model, assets = _load_onnx(path, threads, context, tokenizer_backend)
     elif path.is_file():
         if backend == "reference":
             raise QwenEdgeError(f"{path}: the reference backend loads checkpoint folders only")
@@ -365,6 +373,8 @@ def load_assets(path: str | Path, tokenizer_backend: str = "auto") -> ModelAsset
         return ModelAssets(
             load_tokenizer(path, tokenizer_backend), None, GenerationConfig(), str(path)
         )
+    if path.is_file() and path.suffix == ".onnx":
+        return _load_onnx(path, 1, None, tokenizer_backend)[1]
     if path.is_file():
         return _model_file_assets(path, tokenizer_backend)
     raise QwenEdgeError(
@@ -394,4 +404,23 @@ def _load_model_file(
 
     assets = _model_file_assets(path, tokenizer_backend)
     model = Model.load(path, threads=threads, context=context, kv_cache=kv_cache)
+    return model, assets
+
+
+def _load_onnx(
+    path: Path, threads: int | None, context: int | None, tokenizer_backend: str
+) -> tuple[Backend, ModelAssets]:
+    # The exporter keeps the model file's header in the graph's metadata and writes
+    # tokenizer.json beside the graph (docs/onnx.md).
+    from ..backends.onnx_runtime import OnnxModel
+
+    model = OnnxModel.load(path, threads=threads, context=context)
+    tokenizer = path.parent / "tokenizer.json"
+    assets = ModelAssets.from_parts(
+        str(path),
+        tokenizer_json=tokenizer.read_bytes() if tokenizer.is_file() else None,
+        chat_template=model.header.get("chat_template"),
+        generation=model.header.get("generation"),
+        tokenizer_backend=tokenizer_backend,
+    )
     return model, assets

@@ -130,7 +130,7 @@ def test_export_every_recipe(recipe: str, small_checkpoint: Path, tmp_path: Path
                 rows, k = e.shape
                 native = core().dequantize(e.format, mf.raw(name), rows, k)
                 assert np.array_equal(native.view(np.uint32), mf.dequantize(name).view(np.uint32))
-    bpw = {"f32": 32, "bf16": 16, "f16": 16, "q8": 8.5, "q4": 4.5, "q4m": 4.5}[recipe]
+    bpw = {"f32": 32, "bf16": 16, "f16": 16, "q8": 8.5, "q4": 4.5, "q4m": 4.5, "q4s": 4.5}[recipe]
     assert bpw <= summary.bits_per_weight < bpw * 1.3 + 1
 
 

@@ -92,7 +92,7 @@ template <WeightFormat F>
 QE_NEON_INLINE void mmla_gemm(const PackedMatrix& w, const BlockQ8A* x, int64_t m, float* y,
                               int64_t ldy, int64_t g_begin, int64_t g_end) {
     gemm_loop<F>(w, x, m, y, ldy, g_begin, g_end,
-                 [&](auto nt, int64_t g, const auto& xt, auto& acc) {
+                 [&](auto nt, int64_t g, const auto& xt, auto& acc) QE_LAMBDA_INLINE {
                      mmla_group_tile<F, decltype(nt)::value>(w, g, xt, acc);
                  });
 }

@@ -1,0 +1,148 @@
+"""ONNX export: the graph carries the model file's weights (bit for bit where MatMulNBits can
+hold them), passes onnx.checker, is written atomically, and onnxruntime-genai loads it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_edge.cli import main
+from qwen_edge.errors import ConfigError
+from qwen_edge.export import onnx_export
+from qwen_edge.formats import quant
+from qwen_edge.formats.model_file import ModelFile
+
+onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx (the test extra)")
+pytest.importorskip("onnxruntime", reason="running the graph needs onnxruntime (the test extra)")
+
+# q4ag32 and q4k keep their block minimum as a float zero point -m/d: one f32 rounding.
+ROUNDED_FORMATS = ("q4ag32", "q4k")
+
+
+@pytest.mark.parametrize("recipe", ["q4s", "q8", "q4", "q4m", "f16"])
+def test_weights_are_the_model_files(recipe: str, tiny_model_file: Callable[[str], Path]) -> None:
+    with ModelFile(tiny_model_file(recipe)) as mf:
+        for name, e in mf.tensors.items():
+            if len(e.shape) != 2:
+                continue
+            m = onnx_export.onnx_matrix(e.format, mf.raw(name), (e.shape[0], e.shape[1]))
+            got, want = onnx_export.dequantize_onnx(m), quant.dequantize(e.format, mf.raw(name),
+                                                                         e.shape)  # fmt: skip
+            if e.format in ROUNDED_FORMATS:
+                np.testing.assert_allclose(got, want, rtol=0, atol=4e-7 * np.abs(want).max())
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} ({e.format})")
+            if e.format in ("q4g32", "q8g32", "q6k"):  # MatMulNBits' default zero point
+                assert m.zero_points is None, name
+
+
+def test_odd_row_counts_and_zero_blocks() -> None:
+    rng = np.random.default_rng(3)
+    for fmt in quant.PACKED_FORMATS:
+        w = rng.standard_normal((13, 96)).astype(np.float32)
+        w[5] = 0.0  # an all-zero row: scale 0, no division by it
+        data = quant.quantize(fmt, w)
+        m = onnx_export.onnx_matrix(fmt, data, (13, 96))
+        assert m.packed is not None and m.packed.shape == (13, 3, 32 * m.bits // 8)
+        want = quant.dequantize(fmt, data, (13, 96))
+        got = onnx_export.dequantize_onnx(m)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=0, atol=4e-7 * np.abs(want).max() + 1e-30)
+
+
+def test_graph_passes_the_checker_and_uses_the_contrib_operators(
+    tiny_onnx: Callable[..., Path],
+) -> None:
+    path = tiny_onnx("q4s")
+    onnx.checker.check_model(str(path))
+    ops = set(onnx_export.iter_graph_ops(path))
+    contrib = [
+        "MatMulNBits", "CausalConvWithState", "LinearAttention", "LinearAttentionGate",
+        "GatedRMSNorm", "GroupQueryAttention", "SkipSimplifiedLayerNormalization",
+    ]  # fmt: skip
+    for op in contrib:
+        assert ("com.microsoft", op) in ops, op
+    model = onnx.load(str(path), load_external_data=False)
+    names = {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
+    assert {"past.0.conv", "past.0.recurrent", "present.0.conv", "present.0.recurrent",
+            "past_key_values.3.key", "present.3.value", "logits"} <= names  # fmt: skip
+    # the weights live in the external data file beside the graph, and nothing else is left
+    assert path.with_name("model.onnx.data").stat().st_size > path.stat().st_size
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    header = json.loads({p.key: p.value for p in model.metadata_props}["qwen_edge.header"])
+    assert header["onnx"]["recipe"] == "q4s" and header["config"]["num_hidden_layers"] == 4
+
+
+def test_from_checkpoint_equals_from_model_file(
+    tiny_checkpoint: Path, tiny_model_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "direct" / "m.onnx"
+    onnx_export.export_onnx(tiny_checkpoint, out, "q4s")
+    direct = onnx.load(str(out))
+    via_file = tmp_path / "file" / "m.onnx"
+    onnx_export.export_onnx(tiny_model_file("q4s"), via_file)
+    inits = onnx.load(str(via_file)).graph.initializer
+    other = {i.name: onnx.numpy_helper.to_array(i) for i in inits}
+    for init in direct.graph.initializer:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(init), other[init.name],
+                                      err_msg=init.name)  # fmt: skip
+
+
+def test_bad_output_and_options(tiny_checkpoint: Path, tmp_path: Path,
+                                tiny_model_file: Callable[[str], Path]) -> None:  # fmt: skip
+    with pytest.raises(ConfigError, match=r"\.onnx"):
+        onnx_export.export_onnx(tiny_checkpoint, tmp_path / "m.qe")
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        onnx_export.export_onnx(tiny_checkpoint, tmp_path / "m.onnx", "q3")
+    with pytest.raises(ConfigError, match="override"):
+        onnx_export.export_onnx(tiny_model_file("q4s"), tmp_path / "m.onnx",
+                                overrides={"norm.weight": "f16"})  # fmt: skip
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_writes_genai_files(tiny_checkpoint: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    out = tmp_path / "g" / "model.onnx"
+    assert main(["export", str(tiny_checkpoint), "-o", str(out), "--genai", "--genai-threads",
+                 "2", "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report["recipe"] == "q4s" and report["formats"] == {"q4g32": 26, "q8g32": 6}
+    cfg = json.loads((out.parent / "genai_config.json").read_text())
+    assert cfg["model"]["type"] == "qwen3_5_text"
+    assert cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 2
+    assert cfg["model"]["decoder"]["inputs"]["past_conv_names"] == "past.%d.conv"
+    tok = json.loads((out.parent / "tokenizer_config.json").read_text())
+    assert tok["tokenizer_class"] == "Qwen2Tokenizer"
+
+
+def test_onnxruntime_genai_generates_the_backends_greedy_tokens(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    from qwen_edge.backends.onnx_runtime import OnnxModel
+
+    out = tmp_path / "genai" / "model.onnx"
+    onnx_export.export_onnx(tiny_checkpoint, out, "q4s", genai=True, threads=1)
+    prompt = [11, 22, 33, 44, 55, 66, 77]
+    model = og.Model(str(out.parent))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 12, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt)
+    genai_tokens = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        genai_tokens.append(int(gen.get_next_tokens()[0]))
+
+    ours = OnnxModel.load(out, threads=1)
+    state = ours.new_state()
+    logits = ours.forward(prompt, state)
+    tokens = []
+    for _ in range(12):
+        tokens.append(int(np.argmax(logits)))
+        logits = ours.forward([tokens[-1]], state)
+    assert genai_tokens == tokens
