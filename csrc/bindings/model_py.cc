@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -81,9 +83,35 @@ public:
 
     qe::Qwen35Model& model() { return *model_; }
 
+    // Forward passes that have released the GIL and not yet taken it back; counted with the
+    // GIL held, so once stop() has run and this reads 0, no thread is inside the core or about
+    // to enter it (see qwen_edge/backends/native.py's shutdown).
+    std::atomic<int> running{0};
+
 private:
     std::unique_ptr<qe::Qwen35Model> model_;
 };
+
+// Whether this is the interpreter's main thread: the one Python runs signal handlers on.
+bool on_main_thread() {
+    static const unsigned long main_id =
+        py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    return PyThread_get_thread_ident() == main_id;
+}
+
+// Between layers on the main thread: runs pending signal handlers (Ctrl-C raises
+// KeyboardInterrupt, left set for the caller) at most every 50 ms, so a long prompt stops
+// promptly while a decode step, shorter than that, never takes the GIL back.
+qe::Qwen35Model::StopFn signal_check() {
+    using Clock = std::chrono::steady_clock;
+    return [next = Clock::now() + std::chrono::milliseconds(50)]() mutable {
+        const auto now = Clock::now();
+        if (now < next) return false;
+        next = now + std::chrono::milliseconds(50);
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    };
+}
 
 using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
@@ -138,6 +166,11 @@ void bind_model(py::module_& m) {
                                    const qe::ModelFile* f = p.model().file();
                                    return f ? f->file_size() : uint64_t{0};
                                })
+        .def(
+            "stop", [](PyModel& p) { p.model().stop_all(); },
+            "Makes running forward passes stop at their next layer and later ones raise at once.")
+        .def_property_readonly("running", [](PyModel& p) { return p.running.load(); },
+                               "Forward passes inside the core now.")
         .def_property_readonly("isa", [](PyModel& p) { return p.model().kernels().tag; })
         .def_property_readonly("threads", [](PyModel& p) { return p.model().threads(); })
         .def_property_readonly("active_threads",
@@ -167,8 +200,24 @@ void bind_model(py::module_& m) {
                          "forward: out must be a C-contiguous float32 array of ",
                          all_logits ? n * v : v, " elements");
                 float* dst = out.mutable_data();
-                py::gil_scoped_release release;
-                p.model().forward(tokens.data(), n, state, dst, all_logits);
+                // Checked with the GIL held: after stop() no new pass releases it, so none can
+                // need it back while the interpreter finalizes (which would abort the process).
+                if (p.model().stopping()) throw qe::Interrupted("forward: the model is stopping");
+                const qe::Qwen35Model::StopFn stop =
+                    on_main_thread() ? signal_check() : qe::Qwen35Model::StopFn();
+                p.running.fetch_add(1);
+                try {
+                    py::gil_scoped_release release;
+                    p.model().forward(tokens.data(), n, state, dst, all_logits, stop);
+                } catch (const qe::Interrupted&) {
+                    p.running.fetch_sub(1);
+                    if (PyErr_Occurred()) throw py::error_already_set();  // KeyboardInterrupt
+                    throw;
+                } catch (...) {
+                    p.running.fetch_sub(1);
+                    throw;
+                }
+                p.running.fetch_sub(1);
             },
             py::arg("tokens"), py::arg("state"), py::arg("out"), py::arg("all_logits") = false,
             "Runs tokens after the state; writes logits of the last position (or all) to out.")
@@ -196,8 +245,17 @@ void bind_model(py::module_& m) {
                                                    &states[size_t(i)].cast<qe::State&>(),
                                                    want[size_t(i)] ? dst + i * v : nullptr};
                 }
-                py::gil_scoped_release release;
-                p.model().forward_multi(steps.data(), count);
+                // As in forward: counted while the GIL is released, so shutdown can wait for it.
+                if (p.model().stopping()) throw qe::Interrupted("forward: the model is stopping");
+                p.running.fetch_add(1);
+                try {
+                    py::gil_scoped_release release;
+                    p.model().forward_multi(steps.data(), count);
+                } catch (...) {
+                    p.running.fetch_sub(1);
+                    throw;
+                }
+                p.running.fetch_sub(1);
             },
             py::arg("tokens"), py::arg("states"), py::arg("out"), py::arg("want"),
             "One step over several sequences (each its tokens after its state); writes the last "

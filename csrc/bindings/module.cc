@@ -154,6 +154,7 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<qe::Error>(m, "Error", PyExc_RuntimeError);
     // Registered after Error, so it is tried first.
     py::register_exception<qe::ContextLengthError>(m, "ContextLengthError", PyExc_RuntimeError);
+    py::register_exception<qe::Interrupted>(m, "Interrupted", PyExc_RuntimeError);
 
     m.def(
         "cpu_info",

@@ -201,6 +201,9 @@ uint64_t Qwen35Model::decode_weight_bytes() const {
 // ---- forward -----------------------------------------------------------------------------------
 
 void Qwen35Model::check_tokens(const int32_t* tokens, int64_t n, const State& state) const {
+    if (stopping()) throw Interrupted("forward: the model is stopping");
+    QE_CHECK(!state.interrupted_,
+             "forward: this state was interrupted in the middle of a forward pass; reset it");
     QE_CHECK(n >= 1, "forward: no tokens");
     QE_CHECK(state.config_.n_layer == config_.n_layer && state.config_.n_embd == config_.n_embd &&
                  state.threads_ == pool_.size(),
@@ -217,7 +220,7 @@ void Qwen35Model::check_tokens(const int32_t* tokens, int64_t n, const State& st
 }
 
 void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float* logits,
-                          bool all_logits) {
+                          bool all_logits, const StopFn& stop) {
     std::lock_guard<std::mutex> lock(mutex_);
     check_tokens(tokens, n, state);
     const int64_t batch = state.batch_;
@@ -231,7 +234,14 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
                 out = logits;
             }
         }
-        run_batch(tokens + i, m, state, out, all_logits);
+        run_batch(tokens + i, m, state, out, all_logits, stop);
+    }
+}
+
+void Qwen35Model::check_stop(const Rows& rows, const StopFn& stop) {
+    if (stopping() || (stop && stop())) {
+        for (int64_t i = 0; i < rows.count; ++i) rows.segs[i].state->interrupted_ = true;
+        throw Interrupted("forward: interrupted");
     }
 }
 
@@ -264,7 +274,7 @@ void Qwen35Model::forward_multi(const SeqStep* seqs, int64_t count) {
         wanted += q.logits != nullptr;
     }
     const Rows r{multi_segs_.data(), count, rows, multi_seg_.data()};
-    run_rows(multi_tokens_.data(), r, multi_);
+    run_rows(multi_tokens_.data(), r, multi_, {});
     if (wanted == 0) return;
 
     // The last row of every sequence that wants logits, gathered into h (free after the final
@@ -290,13 +300,13 @@ void Qwen35Model::forward_multi(const SeqStep* seqs, int64_t count) {
 }
 
 void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, float* logits,
-                            bool all) {
+                            bool all, const StopFn& stop) {
     const ModelConfig& c = config_;
     const int64_t E = c.n_embd;
     Scratch& s = state.scratch_;
     const Seg seg{&state, 0, n, state.position_};
     if (int64_t(single_seg_.size()) < n) single_seg_.assign(size_t(state.batch_), 0);
-    run_rows(tokens, Rows{&seg, 1, n, single_seg_.data()}, s);
+    run_rows(tokens, Rows{&seg, 1, n, single_seg_.data()}, s, stop);
     if (logits == nullptr) return;
 
     // x holds the final norm of every token now.
@@ -309,7 +319,8 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
     }
 }
 
-void Qwen35Model::run_rows(const int32_t* tokens, const Rows& rows, Scratch& s) {
+void Qwen35Model::run_rows(const int32_t* tokens, const Rows& rows, Scratch& s,
+                           const StopFn& stop) {
     const ModelConfig& c = config_;
     const int64_t E = c.n_embd, n = rows.n;
     float* h = s.h.as<float>();      // [n, E]
@@ -344,6 +355,9 @@ void Qwen35Model::run_rows(const int32_t* tokens, const Rows& rows, Scratch& s) 
         kt_.rms_norm(h + t0 * E, layers_[0].attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
     });
     for (size_t l = 0; l < layers_.size(); ++l) {
+        // Between layers, never inside one: the pool's workers are idle here, so stopping
+        // leaves no job half run.
+        check_stop(rows, stop);
         const Layer& L = layers_[l];
         if (L.full) {
             attention_block(L, x, rows, s, mix);

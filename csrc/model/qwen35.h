@@ -17,7 +17,9 @@
 // the bits it would get alone.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -84,10 +86,21 @@ public:
     std::unique_ptr<State> new_state(int64_t context, int64_t batch = 128,
                                      KvType kv = KvType::kF16) const;
 
+    // Asked between layers whether to stop the pass (e.g. a signal is pending); empty: never.
+    using StopFn = std::function<bool()>;
+
     // Runs tokens[0, n) (ids < vocab_size) after what `state` holds. logits: float [vocab_size] for
     // the last position, or [n, vocab_size] when all_logits; null computes no logits. Throws
     // ContextLengthError (state unchanged) if the tokens do not fit. Serialized per model.
-    void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits);
+    // Throws Interrupted between two layers once `stop` returns true or stop_all() was called;
+    // the state is then marked interrupted, and a forward on it throws until it is reset.
+    void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits,
+                 const StopFn& stop = {});
+
+    // Makes every running and later forward pass throw Interrupted at its next layer boundary
+    // (for shutting down: the embedding process can then join its threads before the core goes).
+    void stop_all() { stopping_.store(true, std::memory_order_relaxed); }
+    bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
 
     // One step over several sequences (distinct states, each n >= 1, at most 4096 rows in all):
     // the result for each equals forward(tokens, n, state, logits, false) alone, bit for bit.
@@ -131,8 +144,12 @@ private:
     void check_tokens(const int32_t* tokens, int64_t n, const State& state) const;
     // Runs the rows through every layer (scratch `s`, sized for rows.n) up to the final norm,
     // left in s.x, and advances every state.
-    void run_rows(const int32_t* tokens, const Rows& rows, Scratch& s);
-    void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all);
+    // Checks `stop` before every layer.
+    void run_rows(const int32_t* tokens, const Rows& rows, Scratch& s, const StopFn& stop);
+    void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all,
+                   const StopFn& stop);
+    // Throws Interrupted (marking every state of the rows) if the pass should stop here.
+    void check_stop(const Rows& rows, const StopFn& stop);
     void attention_block(const Layer& layer, const float* x, const Rows& rows, Scratch& s,
                          float* out);
     void delta_net_block(const Layer& layer, const float* x, const Rows& rows, Scratch& s,
@@ -166,6 +183,7 @@ private:
     Buffer multi_logits_;
     std::vector<int32_t> multi_tokens_, multi_seg_, single_seg_;
     std::vector<Seg> multi_segs_;
+    std::atomic<bool> stopping_{false};
 };
 
 }  // namespace qe

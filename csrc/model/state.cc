@@ -81,6 +81,7 @@ void alloc_scratch(Scratch& s, const ModelConfig& c, int64_t batch, int64_t cont
 
 void State::reset() {
     position_ = 0;
+    interrupted_ = false;
     // The KV cache needs no clearing: positions >= position_ are never read.
     for (auto& b : conv_) std::memset(b.as<void>(), 0, b.size());
     for (auto& b : recurrent_) std::memset(b.as<void>(), 0, b.size());
@@ -93,6 +94,7 @@ void State::copy_from(const State& other) {
                  config_.head_dim == other.config_.head_dim,
              "states of different models or sizes cannot be copied into each other");
     position_ = other.position_;
+    interrupted_ = other.interrupted_;
     // Only the filled part of each head's KV rows (heads are context_ rows apart in each).
     const size_t row = kv_row_bytes(kv_type_, config_.head_dim);
     for (size_t i = 0; i < kv_.size(); ++i) {

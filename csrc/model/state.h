@@ -63,6 +63,9 @@ public:
     int64_t context() const { return context_; }
     KvType kv_type() const { return kv_type_; }
     void reset();
+    // A forward pass stopped in the middle of this state (its caches are partly updated);
+    // cleared by reset() and copy_from().
+    bool interrupted() const { return interrupted_; }
     // Copies the caches and position of `other` (same model and KV type; its position must fit
     // this state's context, which may differ) into this state: a snapshot can be compact.
     void copy_from(const State& other);
@@ -86,6 +89,7 @@ private:
 
     ModelConfig config_;
     int64_t context_, batch_, position_ = 0;
+    bool interrupted_ = false;
     KvType kv_type_;
     int threads_;
     std::vector<Buffer> kv_;         // 2 per full-attention layer

@@ -6,14 +6,17 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import ContextLengthError, ModelFileError, QwenEdgeError
+from ..errors import ContextLengthError, ModelFileError, ModelStoppedError, QwenEdgeError
 from ..formats.config import ModelConfig
 
 try:
@@ -162,6 +165,7 @@ class Model:
         self.context = int(context or min(DEFAULT_CONTEXT, config.max_position_embeddings))
         self.kv_cache = kv_cache
         self.batch = batch
+        _MODELS.add(self)
 
     # --- construction ---
     @classmethod
@@ -260,6 +264,12 @@ class Model:
         """Runs the next forward passes on `n` threads (clamped to 1..max_threads); the others
         sleep. Results do not depend on it. The power governor turns this knob."""
         self._native.set_active_threads(int(n))
+
+    def stop(self) -> None:
+        """Ends the forward passes running on any thread at their next layer boundary (they
+        raise `ModelStoppedError`), and makes every later one raise at once. For shutting
+        down: the interpreter's exit does this for every model, then waits for them."""
+        self._native.stop()
 
     @property
     def file_size(self) -> int:
@@ -375,6 +385,8 @@ def _map_error(e: RuntimeError, kind: type[Exception]) -> Exception:
     c = core()
     if isinstance(e, c.ContextLengthError):
         return ContextLengthError(str(e))
+    if isinstance(e, c.Interrupted):
+        return ModelStoppedError(f"{e}: the model was stopped (Model.stop(), or the exit)")
     if isinstance(e, c.Error):
         return kind(str(e))
     return QwenEdgeError(str(e))
@@ -383,3 +395,26 @@ def _map_error(e: RuntimeError, kind: type[Exception]) -> Exception:
 def load(path: str | os.PathLike[str], **kwargs: Any) -> Model:
     """`Model.load(path, **kwargs)`: the native model over a model file."""
     return Model.load(path, **kwargs)
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+_MODELS: weakref.WeakSet[Model] = weakref.WeakSet()
+SHUTDOWN_WAIT = 30.0  # seconds the exit waits for forward passes to reach a layer boundary
+
+
+@atexit.register
+def _stop_models_at_exit() -> None:
+    """Stops every model's forward passes and waits until no thread is inside the core.
+
+    atexit runs before the interpreter finalizes, while daemon threads still run. A daemon
+    thread that took the GIL back after finalization began would be ended by the
+    interpreter (a forced unwind through C++, which aborts the process: "terminate called
+    without an active exception"), and one still computing while the models are freed would
+    use freed memory. Stopped passes end at their next layer boundary, a few milliseconds.
+    """
+    models = list(_MODELS)
+    for m in models:
+        m._native.stop()
+    deadline = time.monotonic() + SHUTDOWN_WAIT
+    while any(m._native.running for m in models) and time.monotonic() < deadline:
+        time.sleep(0.002)  # releases the GIL, so the passes can return

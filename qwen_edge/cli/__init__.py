@@ -10,13 +10,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from ..errors import QwenEdgeError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so cleanups run (an export removes its temporary
+    file) and the process ends with 143 rather than being killed mid-write."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
 
 # Command modules, in the order `qwen-edge --help` lists them (module name = command name).
 COMMANDS = (
@@ -41,8 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)  # `serve` installs its own
     try:
         return int(args.func(args))
+    except Terminated:
+        print("qwen-edge: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except QwenEdgeError as e:
         print(f"qwen-edge: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -54,3 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # failing again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend
-from ..errors import CheckpointError, QwenEdgeError, TokenizerError
+from ..errors import CheckpointError, GenerationConfigError, QwenEdgeError, TokenizerError
 from ..formats.model_file import ModelFile
 from .chat_template import IM_START, ChatTemplate, Message
 from .loop import (
@@ -346,6 +346,13 @@ def load(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    for name, value in (("threads", threads), ("context", context)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**31
+        ):
+            raise GenerationConfigError(
+                f"{name} must be an integer in 1..{2**31}, got {value!r}", name
+            )
     path = Path(path)
     start = time.perf_counter()
     if path.is_dir():
@@ -370,6 +377,12 @@ def load(
         raise QwenEdgeError(
             f"{path} does not exist (expected a .qe model file or a checkpoint folder)"
         )
+    limit = model.config.max_position_embeddings
+    if context is not None and context > limit:
+        raise GenerationConfigError(
+            f"context must be at most {limit} tokens (the model's max_position_embeddings), "
+            f"got {context}", "context",
+        )  # fmt: skip
     if cache_mb < 0:
         raise ValueError(f"cache_mb must be >= 0, not {cache_mb}")
     cache = PrefixCache(int(cache_mb * 2**20))

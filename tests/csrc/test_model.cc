@@ -376,3 +376,45 @@ QE_TEST(forward_rejects_bad_input) {
     }
     EXPECT_TRUE(missing_error);
 }
+
+QE_TEST(forward_stops_between_layers) {
+    const RandomModel& rm = random_model();
+    auto m = rm.build("ref", 2);
+    auto state = m->new_state(16, 4);
+    std::vector<float> out(300), want(300);
+    const std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6};
+    // Asked once per layer: stopping at the second call leaves a pass half done.
+    int calls = 0;
+    const qe::Qwen35Model::StopFn stop = [&calls] { return ++calls == 2; };
+    bool interrupted = false;
+    try {
+        m->forward(ids.data(), 6, *state, out.data(), false, stop);
+    } catch (const qe::Interrupted&) {
+        interrupted = true;
+    }
+    EXPECT_TRUE(interrupted && calls == 2 && state->interrupted());
+    bool refused = false;
+    try {
+        m->forward(ids.data(), 1, *state, out.data(), false);
+    } catch (const qe::Error& e) {
+        refused = std::string(e.what()).find("reset it") != std::string::npos;
+    }
+    EXPECT_TRUE(refused);
+    // After a reset the same tokens give what a fresh state gives.
+    state->reset();
+    EXPECT_TRUE(!state->interrupted());
+    m->forward(ids.data(), 6, *state, out.data(), false);
+    auto fresh = m->new_state(16, 4);
+    m->forward(ids.data(), 6, *fresh, want.data(), false);
+    EXPECT_TRUE(out == want);
+    // stop_all(): every later pass throws at once, the state untouched.
+    m->stop_all();
+    auto other = m->new_state(16, 4);
+    bool stopped = false;
+    try {
+        m->forward(ids.data(), 6, *other, out.data(), false);
+    } catch (const qe::Interrupted&) {
+        stopped = true;
+    }
+    EXPECT_TRUE(stopped && other->position() == 0 && !other->interrupted());
+}
