@@ -66,6 +66,28 @@ def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
         raise ModelFileError(str(e)) from None
 
 
+def quantizer(threads: int | None = None, isa: str = "") -> Any:
+    """The C++ export quantizer as a `formats.quant.NativeQuantizer`: byte for byte the numba/numpy
+    quantizers' output, on `threads` threads (default: every CPU this process may use). `isa`:
+    one of `quantizer_isas()` (default: the best).
+
+    Raises:
+        QwenEdgeError: this installation has no native core.
+    """
+    c = core()
+    n = threads or _default_threads()
+
+    def run(fmt: str, x: np.ndarray, rows: int, row0: int, out: np.ndarray) -> bool:
+        return bool(c.quantize_into(fmt, x, rows, row0, out, n, isa))
+
+    return run
+
+
+def quantizer_isas() -> list[str]:
+    """The native quantizer's variants on this build and CPU, best first ("avx2", "base")."""
+    return list(core().quantizer_isas())
+
+
 # --- the model ----------------------------------------------------------------------------------
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
 DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..export.convert import RECIPES
+from ..export.convert import QUANTIZERS, RECIPES
 from .common import fmt_bytes, progress_bar
 
 HELP = "convert a Hugging Face checkpoint into one model file"
@@ -26,6 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "e.g. 'layers.*.mlp.down_proj.weight=q8g32'",
     )  # fmt: skip
     p.add_argument("--mtp", action="store_true", help="also store the MTP head's tensors")
+    p.add_argument(
+        "--quantizer", choices=QUANTIZERS, default="auto",
+        help="who quantizes: the native core (multithreaded), python (numba/numpy), or auto "
+        "(native when built); the file is the same byte for byte",
+    )  # fmt: skip
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="threads of the native quantizer (default: every CPU this process may use)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -42,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         overrides,
         keep_mtp=args.mtp,
         progress=progress_bar("quantizing"),
+        quantizer=args.quantizer,
+        threads=args.threads,
     )
     report = {
         "path": str(summary.path),
@@ -50,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         "parameters": summary.parameters,
         "bits_per_weight": round(summary.bits_per_weight, 4),
         "seconds": round(summary.seconds, 1),
+        "quantizer": args.quantizer,
         "formats": summary.formats,
         "mtp": summary.mtp,
     }
