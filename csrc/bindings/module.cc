@@ -148,10 +148,10 @@ bool quantize_into(const std::string& format, const F32Array& x, int64_t rows, i
              info.size);
     uint8_t* dst = static_cast<uint8_t*>(info.ptr);
     if (!isa.empty()) {
-        int n = 0;
-        const char* const* isas = qe::quantizer_isas(&n);
-        QE_CHECK(std::find(isas, isas + n, isa) != isas + n, "quantizer isa '", isa,
-                 "' is not available here (", isas[0], n > 1 ? ", ..." : "", ")");
+        int n_isas = 0;
+        const char* const* isas = qe::quantizer_isas(&n_isas);
+        QE_CHECK(std::find(isas, isas + n_isas, isa) != isas + n_isas, "quantizer isa '", isa,
+                 "' is not available here (", isas[0], n_isas > 1 ? ", ..." : "", ")");
     }
     const int64_t g0 = row0 / qe::kRowPack;
     const int64_t g1 = (row0 + n + qe::kRowPack - 1) / qe::kRowPack;
