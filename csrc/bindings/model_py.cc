@@ -126,6 +126,17 @@ void bind_model(py::module_& m) {
         },
         py::arg("bytes"), py::arg("threads") = 1, py::arg("repetitions") = 3,
         "Streaming read bandwidth in GB/s: `threads` threads each read their part of a buffer.");
+    m.def(
+        "state_bytes_for",
+        [](const std::string& config_json, int64_t context, int64_t batch, const std::string& kv,
+           int threads) {
+            const qe::ModelConfig c =
+                qe::ModelConfig::from_json(qe::Json::parse(config_json), "model config");
+            return qe::State::bytes_for(c, context, batch, kv_type(kv), threads);
+        },
+        py::arg("config_json"), py::arg("context"), py::arg("batch") = 128,
+        py::arg("kv") = "f16", py::arg("threads") = 1,
+        "Bytes a state of a model with this config would allocate, without loading weights.");
     py::class_<qe::State>(m, "State", "Caches and position of one sequence (see qwen_edge/backends/native.py).")
         .def_property_readonly("position", &qe::State::position)
         .def_property_readonly("context", &qe::State::context)
@@ -133,6 +144,7 @@ void bind_model(py::module_& m) {
             "kv_type",
             [](const qe::State& s) { return kv_name(s.kv_type()); })
         .def_property_readonly("cache_bytes", &qe::State::cache_bytes)
+        .def_property_readonly("allocated_bytes", &qe::State::allocated_bytes)
         .def("copy", [](const qe::State& s) { return std::make_unique<qe::State>(s); })
         .def("copy_from", &qe::State::copy_from, py::arg("other"))
         .def("reset", &qe::State::reset);
@@ -188,6 +200,14 @@ void bind_model(py::module_& m) {
                 return p.model().new_state(context, batch, kv_type(kv));
             },
             py::arg("context"), py::arg("batch") = 128, py::arg("kv") = "f16")
+        .def(
+            "state_bytes",
+            [](PyModel& p, int64_t context, int64_t batch, const std::string& kv) {
+                return qe::State::bytes_for(p.model().config(), context, batch, kv_type(kv),
+                                            p.model().threads());
+            },
+            py::arg("context"), py::arg("batch") = 128, py::arg("kv") = "f16",
+            "Bytes new_state(context, batch, kv) would allocate (caches + scratch).")
         .def(
             "forward",
             [](PyModel& p, const I32& tokens, qe::State& state, py::array_t<float> out,

@@ -260,7 +260,11 @@ void Qwen35Model::forward_multi(const SeqStep* seqs, int64_t count) {
     }
     QE_CHECK(rows <= 4096, "forward_multi: ", rows, " tokens in one step (at most 4096)");
     const int64_t E = config_.n_embd, V = config_.vocab_size;
-    if (multi_.batch < rows) alloc_scratch(multi_, config_, rows, 1, pool_.size());
+    if (multi_.batch < rows) {
+        // Attention scores live in each state's own scratch, so context 1 here.
+        const StateSizes z = State::sizes_for(config_, 1, rows, KvType::kF16, pool_.size());
+        alloc_scratch(multi_, z, rows);
+    }
     multi_tokens_.resize(size_t(rows));
     multi_seg_.resize(size_t(rows));
     multi_segs_.clear();

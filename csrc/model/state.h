@@ -47,12 +47,33 @@ struct Scratch {
     Buffer logits;  // [vocab_size] last-position logits when the caller gives no buffer
 };
 
-// Allocates `s` for passes of at most `batch` tokens over states of `context` tokens.
-void alloc_scratch(Scratch& s, const ModelConfig& config, int64_t batch, int64_t context,
-                   int threads);
+// The sizes of every buffer of a state: what the constructor allocates, computable before it.
+struct StateSizes {
+    int64_t full_layers = 0, linear_layers = 0;
+    size_t kv = 0;         // one K (or V) cache of one full-attention layer
+    size_t conv = 0;       // one linear-attention layer's conv state
+    size_t recurrent = 0;  // one linear-attention layer's recurrent state
+    size_t h = 0, x = 0, mix = 0, xq = 0, proj = 0, conv_out = 0, gate = 0, kv_new = 0,
+           heads = 0, ab = 0, ff = 0, scores = 0, rope = 0, logits = 0;  // Scratch
+    uint64_t cache_bytes() const;
+    uint64_t scratch_bytes() const;
+    uint64_t total() const { return cache_bytes() + scratch_bytes(); }
+};
+
+// Allocates `s` with the scratch sizes of `z` for passes of at most `batch` tokens.
+void alloc_scratch(Scratch& s, const StateSizes& z, int64_t batch);
 
 class State {
 public:
+    // The buffer sizes of a state (throws qe::Error for arguments the constructor rejects).
+    static StateSizes sizes_for(const ModelConfig& config, int64_t context, int64_t batch,
+                                KvType kv_type, int threads);
+    // Bytes a state would allocate (caches + scratch), before allocating it.
+    static uint64_t bytes_for(const ModelConfig& config, int64_t context, int64_t batch,
+                              KvType kv_type, int threads) {
+        return sizes_for(config, context, batch, kv_type, threads).total();
+    }
+
     // A zeroed state for `context` tokens; `batch` is the largest number of tokens one pass
     // of the forward processes (longer inputs are split). `threads`: the model's pool size.
     State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type, int threads);
@@ -71,6 +92,8 @@ public:
     void copy_from(const State& other);
     // Bytes of the caches (what a snapshot holds), excluding scratch.
     uint64_t cache_bytes() const;
+    // Bytes of every buffer this state allocated: caches and scratch.
+    uint64_t allocated_bytes() const;
 
     // Per full-attention layer (index into the config's full layers): K and V caches,
     // [n_head_kv, context, head_dim], head_dim contiguous: kv_row_bytes(kv_type, head_dim) per
@@ -85,7 +108,6 @@ public:
 
 private:
     friend class Qwen35Model;
-    void alloc_scratch(const ModelConfig& config, int threads);
 
     ModelConfig config_;
     int64_t context_, batch_, position_ = 0;

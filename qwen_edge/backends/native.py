@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ContextLengthError, ModelFileError, ModelStoppedError, QwenEdgeError
 from ..formats.config import ModelConfig
+from ..hardware.boards import mem_available_bytes
 
 try:
     from .. import _core
@@ -69,6 +70,52 @@ def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
         raise ModelFileError(str(e)) from None
 
 
+def quantizer(threads: int | None = None, isa: str = "") -> Any:
+    """The C++ export quantizer as a `formats.quant.NativeQuantizer`: byte for byte the numba/numpy
+    quantizers' output, on `threads` threads (default: every CPU this process may use). `isa`:
+    one of `quantizer_isas()` (default: the best).
+
+    Raises:
+        QwenEdgeError: this installation has no native core.
+    """
+    c = core()
+    n = threads or _default_threads()
+
+    def run(fmt: str, x: np.ndarray, rows: int, row0: int, out: np.ndarray) -> bool:
+        return bool(c.quantize_into(fmt, x, rows, row0, out, n, isa))
+
+    return run
+
+
+def quantizer_isas() -> list[str]:
+    """The native quantizer's variants on this build and CPU, best first ("avx2", "base")."""
+    return list(core().quantizer_isas())
+
+
+def state_bytes_for(
+    config: ModelConfig,
+    context: int,
+    kv_cache: str = "f16",
+    batch: int | None = None,
+    threads: int = 1,
+) -> int:
+    """Bytes a state for `context` tokens takes in a model of `config` (caches and forward
+    scratch, `State::bytes_for`), without loading any weights: what `Model.state_bytes` says
+    for the loaded model.
+
+    Raises:
+        ValueError: a context outside 1..max_position_embeddings or a bad KV type.
+    """
+    try:
+        return int(
+            core().state_bytes_for(
+                json.dumps(config.to_dict()), context, batch or DEFAULT_BATCH, kv_cache, threads
+            )
+        )
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+
+
 # --- the model ----------------------------------------------------------------------------------
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
 DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
@@ -110,6 +157,11 @@ class State:
     @property
     def cache_bytes(self) -> int:
         return int(self._native.cache_bytes)
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes this state allocated: caches plus forward-pass scratch."""
+        return int(self._native.allocated_bytes)
 
     def copy(self) -> State:
         """An independent snapshot of this state."""
@@ -281,11 +333,53 @@ class Model:
         """Bytes of weights one decode step reads."""
         return int(self._native.decode_weight_bytes)
 
+    def state_bytes(self, context: int | None = None) -> int:
+        """Bytes a new state for `context` tokens allocates (default: the model's context):
+        the KV cache of the full-attention layers in this model's KV type, the DeltaNet conv
+        and recurrent states, and the scratch of a forward pass (`State::bytes_for`).
+
+        Raises:
+            ValueError: a context outside 1..max_position_embeddings.
+        """
+        try:
+            return int(self._native.state_bytes(context or self.context, self.batch, self.kv_cache))
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
+    def max_context_for(self, budget: int) -> int:
+        """The longest context whose state fits in `budget` bytes (0 if none does); the state
+        grows linearly with the context."""
+        top = self.config.max_position_embeddings
+        base, per = self.state_bytes(1), self.state_bytes(2) - self.state_bytes(1)
+        if base > budget:
+            return 0
+        n = top if per <= 0 else min(top, 1 + (budget - base) // per)
+        while n > 1 and self.state_bytes(n) > budget:  # the scratch may grow in steps
+            n -= 1
+        return int(n)
+
     # --- the protocol ---
     def new_state(self, context: int | None = None) -> State:
-        """A fresh state for `context` tokens (default: the model's context)."""
+        """A fresh state for `context` tokens (default: the model's context).
+
+        Raises:
+            ContextLengthError: the state would not fit the memory available now
+                (MemAvailable), which would otherwise end in the OOM killer.
+            ValueError: a context outside 1..max_position_embeddings.
+        """
+        context = context or self.context
+        need = self.state_bytes(context)
+        available = mem_available_bytes()
+        if available is not None and need > available:
+            fits = self.max_context_for(available)
+            raise ContextLengthError(
+                f"a state for {context} tokens needs {need / 2**20:.0f} MiB "
+                f"({self.kv_cache} KV cache) but only {available / 2**20:.0f} MiB of memory is "
+                f"available; use a smaller --context (at most {fits} tokens fit now)"
+                + ("" if self.kv_cache == "q8" else " or --kv-cache q8")
+            )
         try:
-            native = self._native.new_state(context or self.context, self.batch, self.kv_cache)
+            native = self._native.new_state(context, self.batch, self.kv_cache)
         except RuntimeError as e:
             raise _map_error(e, ValueError) from None
         return State(native, self)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import native as native_backend
 from ..errors import CheckpointError, ConfigError, QwenEdgeError
 from ..formats import quant
 from ..formats.checkpoint import Checkpoint
@@ -40,6 +41,9 @@ LM_HEAD = "lm_head.weight"
 # GDN gate projections: [n_v_heads, H], 16 rows in 0.8B/2B; their outputs feed exp/softplus.
 SMALL_PROJ = ("linear_attn.in_proj_a.weight", "linear_attn.in_proj_b.weight")
 _CHUNK_ROWS = 4096
+# Who quantizes packed tensors: "native" the C++ core (multithreaded), "python" the numba/numpy
+# reference (`formats.quant`), "auto" native when this installation has it. Same bytes either way.
+QUANTIZERS = ("auto", "native", "python")
 
 
 @dataclass(frozen=True)
@@ -314,11 +318,31 @@ def _mtp_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
     return dict(sorted(ckpt.groups.mtp.items()))
 
 
-def _encode(fmt: str, src: _RowReader) -> Iterator[np.ndarray]:
+def native_quantizer(
+    quantizer: str = "auto", threads: int | None = None
+) -> quant.NativeQuantizer | None:
+    """The native quantizer `quantizer` ("auto", "native", "python") asks for, or None for the
+    numba/numpy one.
+
+    Raises:
+        ConfigError: an unknown choice, or "native" without a native core.
+    """
+    if quantizer not in QUANTIZERS:
+        raise ConfigError(f"unknown quantizer '{quantizer}'; choose from {', '.join(QUANTIZERS)}")
+    if quantizer == "python" or (quantizer == "auto" and not native_backend.available()):
+        return None
+    if not native_backend.available():
+        raise ConfigError("the native quantizer needs the native core, which is not built here")
+    return native_backend.quantizer(threads)  # type: ignore[no-any-return]
+
+
+def _encode(
+    fmt: str, src: _RowReader, native: quant.NativeQuantizer | None = None
+) -> Iterator[np.ndarray]:
     """The stored bytes of one tensor, in pieces: plain formats row chunk by row chunk."""
     rows = src.shape[0] if len(src.shape) > 1 else 0
     if quant.is_packed(fmt):
-        yield quant.quantize(fmt, src)
+        yield quant.quantize(fmt, src, native)
     elif rows > _CHUNK_ROWS:
         for r0 in range(0, rows, _CHUNK_ROWS):
             yield quant.encode_plain(fmt, src[r0 : r0 + _CHUNK_ROWS])
@@ -334,6 +358,8 @@ def export(
     *,
     keep_mtp: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    quantizer: str = "auto",
+    threads: int | None = None,
 ) -> ExportSummary:
     """Exports a Qwen3.5 checkpoint folder to one model file.
 
@@ -344,6 +370,9 @@ def export(
         overrides: glob -> format, applied after the recipe.
         keep_mtp: also store the MTP head's tensors (matrices in the recipe's matrix format).
         progress: called as (tensor name, index, total) before each tensor.
+        quantizer: who quantizes packed tensors: "auto" (native when built), "native" or
+            "python" (numba/numpy); the file's bytes are the same.
+        threads: threads of the native quantizer (default: every CPU this process may use).
 
     Returns:
         An `ExportSummary`.
@@ -353,6 +382,7 @@ def export(
         ModelFileError: the file could not be written (full disk, ...); nothing is left behind.
     """
     start = time.perf_counter()
+    native = native_quantizer(quantizer, threads)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
     cfg = ckpt.config
     infos: dict[str, TensorInfo] = {n: ckpt.info(n) for n in cfg.text_tensor_shapes()}
@@ -393,7 +423,7 @@ def export(
         for i, spec in enumerate(specs):
             if progress is not None:
                 progress(spec.name, i, len(specs))
-            writer.write_tensor(spec.name, _encode(spec.format, _RowReader(infos[spec.name])))
+            writer.write_tensor(spec.name, _encode(spec.format, _RowReader(infos[spec.name]), native))
         for name, data in side.blobs.items():
             writer.write_blob(name, data)
     counts: dict[str, int] = {}
