@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-KILLS = int(os.environ.get("QWEN_EDGE_KILLS", "20"))
+KILLS = int(os.environ.get("QWEN_EDGE_KILLS", "10"))
 # What a crash looks like on stderr: a C++ terminate, glibc's abort, a sanitizer, a traceback.
 CRASH_MARKS = (
     "terminate called", "Aborted", "Fatal Python error", "Segmentation fault", "Traceback",
@@ -49,6 +49,9 @@ class Ended:
 
 def start(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    # Not the repository root: `python -m qwen_edge` there would import the source tree, which
+    # has no built core when the package was installed with `pip install .` (as CI does).
+    kwargs.setdefault("cwd", Path(__file__).resolve().parent)
     return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
         args, stdin=kwargs.pop("stdin", subprocess.DEVNULL), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, errors="replace", env=env, **kwargs,

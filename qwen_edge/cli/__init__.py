@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_cause(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated somewhere in e's chain of causes, if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (KeyboardInterrupt, Terminated)):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,7 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)  # `serve` installs its own
     try:
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except SystemError as e:
+            # A signal's exception raised inside a C callback (numba's first-call unpickling in
+            # the Python quantizer) comes back wrapped in SystemError: it is still that stop.
+            cause = _stop_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
     except Terminated:
         print("qwen-edge: terminated", file=sys.stderr)
         return EXIT_TERMINATED

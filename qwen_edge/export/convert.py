@@ -423,7 +423,9 @@ def export(
         for i, spec in enumerate(specs):
             if progress is not None:
                 progress(spec.name, i, len(specs))
-            writer.write_tensor(spec.name, _encode(spec.format, _RowReader(infos[spec.name]), native))
+            writer.write_tensor(
+                spec.name, _encode(spec.format, _RowReader(infos[spec.name]), native)
+            )
         for name, data in side.blobs.items():
             writer.write_blob(name, data)
     counts: dict[str, int] = {}

@@ -98,7 +98,12 @@ def test_sigkill_during_export_keeps_the_previous_file(
             out.write_bytes(previous)
             continue
         assert ended.code == -signal.SIGKILL, f"seed {seed} try {i}: " + ended.describe()
-        assert out.read_bytes() == previous, f"seed {seed} try {i}: the file changed"
+        if out.read_bytes() != previous:
+            # Killed after publishing (while it printed its summary): the file must then be
+            # that export's complete output.
+            with ModelFile(out, verify=True) as mf:
+                assert mf.header["quant"]["recipe"] == "q4", f"seed {seed} try {i}"
+            out.write_bytes(previous)
         left_behind += len(temporaries(tmp_path))
         removed = remove_stale_temporaries(out)  # what the next export does first
         assert temporaries(tmp_path) == [], removed

@@ -134,11 +134,11 @@ def fnv1a(data: bytes) -> int:
 
 GOLDEN_SHAPE = (11, 96)
 GOLDENS = {  # fnv1a-64 of quantize(fmt, golden_input(11, 96)); also in test_quantize.cc
-    "q8g32": 0x2455981fce8e2c86,
-    "q4g32": 0x97e81746f9da0289,
-    "q4ag32": 0x3ca714f141dc38bb,
-    "q4k": 0x9c176a115363e119,
-    "q6k": 0x2cf10f289af51432,
+    "q8g32": 0x2455981FCE8E2C86,
+    "q4g32": 0x97E81746F9DA0289,
+    "q4ag32": 0x3CA714F141DC38BB,
+    "q4k": 0x9C176A115363E119,
+    "q6k": 0x2CF10F289AF51432,
 }
 
 
