@@ -36,6 +36,13 @@ public:
     using Error::Error;
 };
 
+// A forward pass stopped between two layers because its caller asked (Ctrl-C, the interpreter
+// exiting). The state it ran on is left marked interrupted until it is reset or copied over.
+class Interrupted : public Error {
+public:
+    using Error::Error;
+};
+
 namespace detail {
 template <typename... Args>
 [[noreturn]] void fail(const char* file, int line, Args&&... args) {

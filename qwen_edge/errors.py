@@ -28,6 +28,10 @@ class ContextLengthError(QwenEdgeError):
     """A prompt or generation that does not fit the model state's context length."""
 
 
+class ModelStoppedError(QwenEdgeError):
+    """A forward pass of a model that was stopped (`Model.stop()`, or the interpreter exiting)."""
+
+
 class SensorError(QwenEdgeError):
     """A power or thermal sensor that is missing, unreadable or reports nonsense; the message
     says how to make it readable."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Which HTTP stack should `qwen-edge serve` run on? Measures the standard-library transport
-(`qwen_edge.serving.server`) against uvicorn + starlette driving the very same `App` and worker,
-under the same load, alternating the two in one run (the machine is shared and noisy).
+(`qwen_edge.serving.server`) against uvicorn + starlette driving the very same `App` and
+scheduler, under the same load, alternating the two in one run (the machine is shared and noisy).
 
 Workloads, each with 50 concurrent clients and a new connection per request:
 
@@ -9,7 +9,7 @@ Workloads, each with 50 concurrent clients and a new connection per request:
 * `stream-stub`: streamed chat answers of 16 tokens from a stub model that answers at once —
   the stack's cost per server-sent event, with the model out of the way;
 * `stream-model`: streamed chat answers of 8 tokens from a real model file (`--model`), one
-  generation at a time as the single-sequence worker runs them.
+  generation at a time (the scheduler with `max_batch=1`, as when the stack was chosen).
 
 For each: requests/s, p50/p95 latency, connection errors (resets, refusals), and the server's
 peak RSS and thread count. Writes JSON (`--out`) and prints a table.
@@ -54,6 +54,10 @@ class StubLLM:
 
     context = 4096
     tokenizer = None
+    model = None  # no forward passes: the scheduler's steps never run
+
+    def with_model(self, model: Any) -> StubLLM:
+        return self
 
     def __init__(self, n: int = 16):
         from qwen_edge.generation.settings import GenerationConfig
@@ -130,8 +134,8 @@ def asgi_app(app: Any) -> Any:
 
 def run_server(stack: str, model: str, port: int) -> None:
     from qwen_edge.serving.app import App
+    from qwen_edge.serving.scheduler import Scheduler
     from qwen_edge.serving.server import Server
-    from qwen_edge.serving.worker import Worker
 
     if model == "stub":
         llm: Any = StubLLM()
@@ -139,7 +143,9 @@ def run_server(stack: str, model: str, port: int) -> None:
         from qwen_edge.generation.llm import load
 
         llm = load(model, context=512, threads=1)
-    worker = Worker(llm, max_queue=1000)  # the load, not the queue bound, is measured
+    # one sequence at a time, as when the stacks were chosen; the load, not the queue bound, is
+    # measured
+    worker = Scheduler(llm, max_batch=1, max_queue=1000)
     app = App(worker, llm, "m")
     if stack == "stdlib":
         server = Server(("127.0.0.1", port), app, read_timeout=30, max_connections=256)

@@ -14,6 +14,13 @@ every engine. The machine's streaming read bandwidth is measured at the start an
         --llama q4=PEERS/Q4_0.gguf --llama q8=PEERS/Q8_0.gguf --llama q4m=PEERS/Q4_K_M.gguf \\
         --ort q4=PEERS/ort-int4 --json out.json --markdown out.md
 
+Export time, side by side (qwen-edge's native and numba quantizers against llama.cpp's
+convert_hf_to_gguf.py + llama_model_quantize, each in its own child process, engines
+alternating; CPU time and peak RSS per child from wait4):
+
+    python tools/compare_peers.py export --checkpoint CKPT --recipe q4 --llama-type Q4_K_M \
+        --llama-src SRC --peers-python /work/venvs/peers/bin/python --json export.json
+
 Each `--<engine> GROUP=PATH` puts a model in a comparison group (e.g. q4: qwen-edge q4 vs
 llama.cpp Q4_0 vs onnxruntime int4). `--llama-site DIR` runs llama.cpp from another install
 (e.g. one built without AVX-512 for the AVX2-only comparison, with `--isa avx2` for ours).
@@ -404,6 +411,107 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Runs cmd as a child; its wall time, CPU time (user + system) and peak RSS (wait4)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{err.decode()[-3000:]}")
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_bytes": usage.ru_maxrss * 1024,
+    }
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """Export time of both engines on one checkpoint, alternating, one child process each."""
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    converter = Path(a.llama_src) / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(converter.parent / "gguf-py") + os.pathsep + env.get("PYTHONPATH", "")
+    quantize = (
+        "import llama_cpp, sys\n"
+        "p = llama_cpp.llama_model_quantize_default_params()\n"
+        f"p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_{a.llama_type}\n"
+        f"p.nthread = {a.threads}\n"
+        "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))"
+    )
+    qe_out, bf16, gguf = work / "export.qe", work / "export-bf16.gguf", work / "export.gguf"
+    runs: dict[str, list[dict[str, float]]] = {}
+    sizes: dict[str, int] = {}
+    for rep in range(a.repetitions):
+        for engine in a.engines.split(","):
+            if engine in ("native", "python"):
+                cmd = [sys.executable, "-m", "qwen_edge", "export", a.checkpoint, "-o",
+                       str(qe_out), "--quant", a.recipe, "--quantizer", engine,
+                       "--threads", str(a.threads)]  # fmt: skip
+                env_qe = dict(os.environ, NUMBA_NUM_THREADS=str(a.threads))
+                r = timed(cmd, env_qe)
+                sizes[engine] = qe_out.stat().st_size
+                qe_out.unlink()
+            elif engine == "llama":
+                c = timed([a.peers_python, str(converter), a.checkpoint, "--no-mtp", "--outtype",
+                           "bf16", "--outfile", str(bf16)], env)  # fmt: skip
+                q = timed([a.peers_python, "-c", quantize, str(bf16), str(gguf)])
+                r = {
+                    "wall_s": c["wall_s"] + q["wall_s"],
+                    "cpu_s": c["cpu_s"] + q["cpu_s"],
+                    "peak_rss_bytes": max(c["peak_rss_bytes"], q["peak_rss_bytes"]),
+                    "convert_wall_s": c["wall_s"],
+                    "convert_cpu_s": c["cpu_s"],
+                    "quantize_wall_s": q["wall_s"],
+                    "quantize_cpu_s": q["cpu_s"],
+                }
+                sizes[engine] = gguf.stat().st_size
+                bf16.unlink()
+                gguf.unlink()
+            else:
+                raise SystemExit(f"unknown engine {engine!r} (native, python, llama)")
+            print(f"rep {rep} {engine}: {json.dumps(r)}", file=sys.stderr)
+            runs.setdefault(engine, []).append(r)
+    summary: dict[str, Any] = {}
+    for engine, rs in runs.items():
+        summary[engine] = {
+            "wall_s": summarize([r["wall_s"] for r in rs]),
+            "cpu_s": summarize([r["cpu_s"] for r in rs]),
+            "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs),
+            "file_bytes": sizes[engine],
+            "runs": rs,
+        }
+    if "llama" in summary:
+        ref = summary["llama"]
+        for engine in ("native", "python"):
+            if engine in summary:
+                summary[engine]["vs_llama"] = {
+                    k: summary[engine][k]["mean"] / ref[k]["mean"] for k in ("wall_s", "cpu_s")
+                }
+                summary[engine]["vs_llama"]["peak_rss"] = (
+                    summary[engine]["peak_rss_bytes"] / ref["peak_rss_bytes"]
+                )
+    record = {
+        "checkpoint": a.checkpoint,
+        "recipe": a.recipe,
+        "llama_type": a.llama_type,
+        "threads": a.threads,
+        "repetitions": a.repetitions,
+        "engines": summary,
+        "load_average": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(record, indent=2)
+    if a.json:
+        Path(a.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -431,6 +539,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llama-src", required=True, help="unpacked llama-cpp-python sdist")
     p.add_argument("--ort", action="store_true", help="also build the onnxruntime-genai int4 model")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("export", help="time the export of both engines side by side")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--recipe", default="q4", help="qwen-edge recipe (q4, q4m, q8)")
+    p.add_argument("--llama-type", default="Q4_K_M", help="llama.cpp ftype (Q4_K_M, Q4_0, Q8_0)")
+    p.add_argument("--llama-src", required=True, help="unpacked llama-cpp-python sdist")
+    p.add_argument("--peers-python", default=sys.executable, help="python with llama_cpp, torch")
+    p.add_argument("--engines", default="native,python,llama")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repetitions", type=int, default=1)
+    p.add_argument("--workdir", default="export-compare")
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("--engine", choices=sorted(WORKERS), required=True)

@@ -10,7 +10,12 @@ MTP head, which transformers does not model, in an extra shard listed by the ind
     python tools/make_checkpoint.py 0.8b --layout text -o models/0.8b-text
     python tools/make_checkpoint.py 2b -o models/2b
 
-Needs `pip install torch==2.13.0 transformers` (the `reference` extra).
+Needs `pip install torch==2.13.0 transformers` (the `reference` extra), which holds the whole
+model in memory (float32 while building: ~36 GB for the 9B). `--writer numpy` writes the same
+tensors without torch, made and written in chunks of rows into hub-style shards with an index,
+so 4B- and 9B-shaped checkpoints need only a few tens of MB of memory:
+
+    python tools/make_checkpoint.py 9b --writer numpy --shard-size 4GB -o models/9b
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from qwen_edge.export.random_checkpoint import (
     FP32_TENSOR_SUFFIXES,
     mtp_tensor_shapes,
     random_tensor,
+    write_random_checkpoint,
 )
 from qwen_edge.formats.config import ModelConfig
 from qwen_edge.formats.safetensors import float32_to_bf16, write_safetensors
@@ -102,6 +108,16 @@ def add_mtp_shard(out: Path, hf_config: dict, seed: int, dtype: str) -> None:
     index_path.write_text(json.dumps(index, indent=2) + "\n")
 
 
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '4GiB', '123' -> bytes (decimal units as transformers reads them)."""
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            return int(float(t[: -len(unit)]) * factor)
+    return int(t)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("preset", choices=presets.PRESET_NAMES)
@@ -111,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", default="5GB", help="max_shard_size for save_pretrained")
     parser.add_argument("--no-mtp", action="store_true", help="leave out the MTP head")
+    parser.add_argument(
+        "--writer",
+        choices=["transformers", "numpy"],
+        default="transformers",
+        help="transformers' save_pretrained (needs torch, holds the model in memory), or numpy "
+        "(no torch; tensors written in chunks of rows, so any size fits in little memory)",
+    )
     parser.add_argument(
         "--tokenizer",
         type=Path,
@@ -126,11 +149,22 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.output)
     start = time.perf_counter()
     hf_config = presets.hf_config(args.preset)
-    model = build_model(hf_config, args.layout, args.dtype, args.seed)
-    model.save_pretrained(args.output, max_shard_size=args.shard_size)
-    del model
-    if args.layout == "wrapper" and not args.no_mtp:
-        add_mtp_shard(args.output, hf_config, args.seed, args.dtype)
+    if args.writer == "numpy":
+        write_random_checkpoint(
+            args.output,
+            hf_config,
+            seed=args.seed,
+            layout=args.layout,
+            dtype=args.dtype,
+            with_mtp=not args.no_mtp,
+            shard_bytes=parse_size(args.shard_size),
+        )
+    else:
+        model = build_model(hf_config, args.layout, args.dtype, args.seed)
+        model.save_pretrained(args.output, max_shard_size=args.shard_size)
+        del model
+        if args.layout == "wrapper" and not args.no_mtp:
+            add_mtp_shard(args.output, hf_config, args.seed, args.dtype)
     if args.tokenizer:
         for f in args.tokenizer.iterdir():
             wanted = f.name.startswith("tokenizer") or f.suffix == ".jinja"

@@ -25,7 +25,9 @@ every other id.
 Output DIR is a hub-layout checkpoint (wrapper `config.json`, `model.language_model.*` and
 `mtp.*` tensors in `model.safetensors`, bf16 with `A_log` and the GDN norm in fp32; a tiny
 untrained vision tower so `Qwen3_5ForConditionalGeneration` loads it complete), the tokenizer
-files, `generation_config.json`, `train_log.json` and `loss.png` (with matplotlib).
+files, `generation_config.json`, `train_log.json`, `loss.png` (with matplotlib) and
+`heldout.tokens.json`, the held-out split's token ids (`qwen-edge eval --text`;
+`--write-heldout FILE` writes it alone, without training, for an earlier run's checkpoint).
 
     python tools/train_small.py --minutes 120 -o /work/models/trained
     python tools/train_small.py --config tiny --steps 40 --text some.txt -o /tmp/t
@@ -64,6 +66,7 @@ CORPUS_INFO = {
     "licence": "texts public domain (Project Gutenberg); package MIT",
 }
 REPO = Path(__file__).resolve().parent.parent
+HELDOUT_FILE = "heldout.tokens.json"  # written next to the checkpoint
 
 
 @dataclass(frozen=True)
@@ -541,6 +544,36 @@ def lr_at(frac: float, peak: float, warmup: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def corpus_split(
+    args: argparse.Namespace,
+) -> tuple[list[str], dict[str, Any], Path, np.ndarray, np.ndarray]:
+    """(documents, corpus info, tokenizer folder, training ids, held-out ids) as `args` say."""
+    if args.text:
+        docs = [p.read_text(encoding="utf-8") for p in args.text]
+        corpus = {"name": ", ".join(p.name for p in args.text), "package": None}
+    else:
+        docs, corpus = fetch_austen(args.cache_dir)
+    train_docs, held_docs = split_heldout(docs, args.heldout)
+    tok_dir = tokenizer_dir(args.tokenizer, args.cache_dir)
+    return docs, corpus, tok_dir, encode_docs(tok_dir, train_docs), encode_docs(tok_dir, held_docs)
+
+
+def write_heldout_tokens(
+    path: Path, held_ids: np.ndarray, corpus: dict[str, Any], share: float
+) -> None:
+    """The held-out split as a token file (`qwen-edge eval --text`, `tools/eval_peers.py`), so
+    the quality measurements score exactly the tokens the model never trained on."""
+    doc = {
+        "text": f"held-out split of {corpus['name']}",
+        "source": corpus.get("package") or corpus["name"],
+        "split": f"the last {share:g} of each document's paragraphs, each document followed "
+        "by <|endoftext|>",
+        "tokenizer": "the checkpoint's tokenizer.json",
+        "ids": [int(i) for i in held_ids],
+    }
+    path.write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
+
+
 @dataclass
 class Trained:
     """What `train` leaves behind besides the folder: the torch modules (compact vocabulary, the
@@ -554,7 +587,14 @@ class Trained:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-o", "--output", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("-o", "--output", type=Path, help="checkpoint folder")
+    parser.add_argument(
+        "--write-heldout",
+        type=Path,
+        metavar="FILE",
+        help="only write the held-out split's token file (as a run with the same corpus, "
+        "tokenizer and --heldout writes next to its checkpoint) and exit without training",
+    )
     parser.add_argument("--config", choices=sorted(PRESETS), default="small")
     parser.add_argument("--minutes", type=float, default=120.0, help="training time budget")
     parser.add_argument("--steps", type=int, help="a fixed number of steps instead of --minutes")
@@ -581,7 +621,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure the written checkpoint's held-out loss through transformers",
     )
     parser.add_argument("--eval-every", type=float, default=0.2, help="share of the budget")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output is None and args.write_heldout is None:
+        parser.error("-o/--output is required (unless --write-heldout)")
+    return args
 
 
 def train(args: argparse.Namespace) -> Trained:
@@ -609,15 +652,7 @@ def train(args: argparse.Namespace) -> Trained:
     peak_lr = args.lr or preset.lr
 
     # corpus -> ids -> compact ids
-    if args.text:
-        docs = [p.read_text(encoding="utf-8") for p in args.text]
-        corpus = {"name": ", ".join(p.name for p in args.text), "package": None}
-    else:
-        docs, corpus = fetch_austen(args.cache_dir)
-    train_docs, held_docs = split_heldout(docs, args.heldout)
-    tok_dir = tokenizer_dir(args.tokenizer, args.cache_dir)
-    train_ids = encode_docs(tok_dir, train_docs)
-    held_ids = encode_docs(tok_dir, held_docs)
+    docs, corpus, tok_dir, train_ids, held_ids = corpus_split(args)
     used = np.unique(np.concatenate([train_ids, held_ids]))
     vocab = len(used) + 1  # + the row standing for every other id
     n_other = FULL_VOCAB - len(used)
@@ -769,6 +804,7 @@ def train(args: argparse.Namespace) -> Trained:
         log["transformers_heldout_loss"] = transformers_heldout_loss(args.output, held_ids, seq_len)
         log["transformers_heldout_ppl"] = math.exp(log["transformers_heldout_loss"])
     (args.output / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    write_heldout_tokens(args.output / HELDOUT_FILE, held_ids, corpus, args.heldout)
     plotted = plot_losses(log, args.output / "loss.png")
     print(
         f"done: {step} steps, {tokens / 1e6:.2f} M tokens ({log['epochs']:.2f} epochs) in "
@@ -782,7 +818,13 @@ def train(args: argparse.Namespace) -> Trained:
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(parse_args(argv))
+    args = parse_args(argv)
+    if args.write_heldout is not None:
+        _, corpus, _, _, held_ids = corpus_split(args)
+        write_heldout_tokens(args.write_heldout, held_ids, corpus, args.heldout)
+        print(f"{len(held_ids):,} held-out tokens -> {args.write_heldout}")
+        return 0
+    train(args)
     return 0
 
 

@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -82,9 +84,35 @@ public:
 
     qe::Qwen35Model& model() { return *model_; }
 
+    // Forward passes that have released the GIL and not yet taken it back; counted with the
+    // GIL held, so once stop() has run and this reads 0, no thread is inside the core or about
+    // to enter it (see qwen_edge/backends/native.py's shutdown).
+    std::atomic<int> running{0};
+
 private:
     std::unique_ptr<qe::Qwen35Model> model_;
 };
+
+// Whether this is the interpreter's main thread: the one Python runs signal handlers on.
+bool on_main_thread() {
+    static const unsigned long main_id =
+        py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    return PyThread_get_thread_ident() == main_id;
+}
+
+// Between layers on the main thread: runs pending signal handlers (Ctrl-C raises
+// KeyboardInterrupt, left set for the caller) at most every 50 ms, so a long prompt stops
+// promptly while a decode step, shorter than that, never takes the GIL back.
+qe::Qwen35Model::StopFn signal_check() {
+    using Clock = std::chrono::steady_clock;
+    return [next = Clock::now() + std::chrono::milliseconds(50)]() mutable {
+        const auto now = Clock::now();
+        if (now < next) return false;
+        next = now + std::chrono::milliseconds(50);
+        py::gil_scoped_acquire gil;
+        return PyErr_CheckSignals() != 0;
+    };
+}
 
 using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
@@ -106,6 +134,17 @@ void bind_model(py::module_& m) {
         },
         py::arg("bytes"), py::arg("threads") = 1, py::arg("repetitions") = 3,
         "Streaming read bandwidth in GB/s: `threads` threads each read their part of a buffer.");
+    m.def(
+        "state_bytes_for",
+        [](const std::string& config_json, int64_t context, int64_t batch, const std::string& kv,
+           int threads) {
+            const qe::ModelConfig c =
+                qe::ModelConfig::from_json(qe::Json::parse(config_json), "model config");
+            return qe::State::bytes_for(c, context, batch, kv_type(kv), threads);
+        },
+        py::arg("config_json"), py::arg("context"), py::arg("batch") = 128,
+        py::arg("kv") = "f16", py::arg("threads") = 1,
+        "Bytes a state of a model with this config would allocate, without loading weights.");
     py::class_<qe::State>(m, "State", "Caches and position of one sequence (see qwen_edge/backends/native.py).")
         .def_property_readonly("position", &qe::State::position)
         .def_property_readonly("context", &qe::State::context)
@@ -113,6 +152,7 @@ void bind_model(py::module_& m) {
             "kv_type",
             [](const qe::State& s) { return kv_name(s.kv_type()); })
         .def_property_readonly("cache_bytes", &qe::State::cache_bytes)
+        .def_property_readonly("allocated_bytes", &qe::State::allocated_bytes)
         .def("copy", [](const qe::State& s) { return std::make_unique<qe::State>(s); })
         .def("copy_from", &qe::State::copy_from, py::arg("other"))
         .def("reset", &qe::State::reset)
@@ -152,6 +192,11 @@ void bind_model(py::module_& m) {
                                    const qe::ModelFile* f = p.model().file();
                                    return f ? f->file_size() : uint64_t{0};
                                })
+        .def(
+            "stop", [](PyModel& p) { p.model().stop_all(); },
+            "Makes running forward passes stop at their next layer and later ones raise at once.")
+        .def_property_readonly("running", [](PyModel& p) { return p.running.load(); },
+                               "Forward passes inside the core now.")
         .def_property_readonly("isa", [](PyModel& p) { return p.model().kernels().tag; })
         .def_property_readonly("threads", [](PyModel& p) { return p.model().threads(); })
         .def_property_readonly("active_threads",
@@ -170,6 +215,14 @@ void bind_model(py::module_& m) {
             },
             py::arg("context"), py::arg("batch") = 128, py::arg("kv") = "f16")
         .def(
+            "state_bytes",
+            [](PyModel& p, int64_t context, int64_t batch, const std::string& kv) {
+                return qe::State::bytes_for(p.model().config(), context, batch, kv_type(kv),
+                                            p.model().threads());
+            },
+            py::arg("context"), py::arg("batch") = 128, py::arg("kv") = "f16",
+            "Bytes new_state(context, batch, kv) would allocate (caches + scratch).")
+        .def(
             "forward",
             [](PyModel& p, const I32& tokens, qe::State& state, py::array_t<float> out,
                bool all_logits, std::optional<py::array_t<float>> hidden, bool checkpoint) {
@@ -181,17 +234,72 @@ void bind_model(py::module_& m) {
                          "forward: out must be a C-contiguous float32 array of ",
                          all_logits ? n * v : v, " elements");
                 float* dst = out.mutable_data();
+                // Checked with the GIL held: after stop() no new pass releases it, so none can
+                // need it back while the interpreter finalizes (which would abort the process).
+                if (p.model().stopping()) throw qe::Interrupted("forward: the model is stopping");
                 float* hid = hidden ? out_array(*hidden, n * p.model().config().n_embd,
                                                 "forward: hidden")
                                     : nullptr;
-                py::gil_scoped_release release;
-                p.model().forward(tokens.data(), n, state, dst, all_logits, hid, checkpoint);
+                const qe::Qwen35Model::StopFn stop =
+                    on_main_thread() ? signal_check() : qe::Qwen35Model::StopFn();
+                p.running.fetch_add(1);
+                try {
+                    py::gil_scoped_release release;
+                    p.model().forward(tokens.data(), n, state, dst, all_logits, stop, hid, checkpoint);
+                } catch (const qe::Interrupted&) {
+                    p.running.fetch_sub(1);
+                    if (PyErr_Occurred()) throw py::error_already_set();  // KeyboardInterrupt
+                    throw;
+                } catch (...) {
+                    p.running.fetch_sub(1);
+                    throw;
+                }
+                p.running.fetch_sub(1);
             },
             py::arg("tokens"), py::arg("state"), py::arg("out"), py::arg("all_logits") = false,
             py::arg("hidden") = py::none(), py::arg("checkpoint") = false,
             "Runs tokens after the state; writes logits of the last position (or all) to out, "
             "and every position's final-normed hidden state to `hidden` when given; "
             "`checkpoint` lets State.rollback undo up to len(tokens) - 1 of them.")
+        .def(
+            "forward_multi",
+            [](PyModel& p, const py::list& tokens, const py::list& states, py::array_t<float> out,
+               const std::vector<bool>& want) {
+                const int64_t count = int64_t(tokens.size()), v = p.model().config().vocab_size;
+                QE_CHECK(count >= 1 && int64_t(states.size()) == count &&
+                             int64_t(want.size()) == count,
+                         "forward_multi: tokens, states and want must have one entry per sequence");
+                QE_CHECK(out.ndim() >= 1 && (out.flags() & py::array::c_style) &&
+                             out.size() == count * v,
+                         "forward_multi: out must be a C-contiguous float32 array of ", count * v,
+                         " elements");
+                std::vector<I32> arrays;  // keep the converted arrays alive during the step
+                std::vector<qe::SeqStep> steps(static_cast<size_t>(count));
+                float* dst = out.mutable_data();
+                for (int64_t i = 0; i < count; ++i) {
+                    arrays.push_back(tokens[size_t(i)].cast<I32>());
+                    const I32& a = arrays.back();
+                    QE_CHECK(a.ndim() == 1 && a.size() >= 1, "forward_multi: tokens of sequence ",
+                             i, " must be a non-empty 1-D array");
+                    steps[size_t(i)] = qe::SeqStep{a.data(), int64_t(a.size()),
+                                                   &states[size_t(i)].cast<qe::State&>(),
+                                                   want[size_t(i)] ? dst + i * v : nullptr};
+                }
+                // As in forward: counted while the GIL is released, so shutdown can wait for it.
+                if (p.model().stopping()) throw qe::Interrupted("forward: the model is stopping");
+                p.running.fetch_add(1);
+                try {
+                    py::gil_scoped_release release;
+                    p.model().forward_multi(steps.data(), count);
+                } catch (...) {
+                    p.running.fetch_sub(1);
+                    throw;
+                }
+                p.running.fetch_sub(1);
+            },
+            py::arg("tokens"), py::arg("states"), py::arg("out"), py::arg("want"),
+            "One step over several sequences (each its tokens after its state); writes the last "
+            "position's logits of sequence i to out[i] where want[i].")
         .def_property_readonly("has_mtp", [](PyModel& p) { return p.model().has_mtp(); })
         .def("draft_rows", [](PyModel& p, int64_t rows) { return p.model().draft_rows(rows); },
              py::arg("rows"))
@@ -212,8 +320,17 @@ void bind_model(py::module_& m) {
                 float* lg = out_array(logits, p.model().draft_rows(rows), "mtp_forward: logits");
                 float* ho = out_array(hidden_out, e, "mtp_forward: hidden_out");
                 const float* hin = hidden.data();
-                py::gil_scoped_release release;
-                p.model().mtp_forward(tokens.data(), hin, n, state, lg, rows, ho);
+                // Counted as a running pass, as forward (it releases the GIL too).
+                if (p.model().stopping()) throw qe::Interrupted("forward: the model is stopping");
+                p.running.fetch_add(1);
+                try {
+                    py::gil_scoped_release release;
+                    p.model().mtp_forward(tokens.data(), hin, n, state, lg, rows, ho);
+                } catch (...) {
+                    p.running.fetch_sub(1);
+                    throw;
+                }
+                p.running.fetch_sub(1);
             },
             py::arg("tokens"), py::arg("hidden"), py::arg("state"), py::arg("logits"),
             py::arg("rows"), py::arg("hidden_out"),

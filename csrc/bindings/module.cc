@@ -2,6 +2,9 @@
 // qwen_edge._core: the thin pybind11 layer over the native core. Private: qwen_edge/backends/native.py
 // is its only importer. Arrays come in through the buffer protocol without copies; qe::Error
 // becomes _core.Error (a RuntimeError), which backends/native.py maps to qwen_edge.errors.
+#include <algorithm>
+#include <atomic>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,6 +15,8 @@
 #include "dispatch.h"
 #include "model/model_file.h"
 #include "quant/formats.h"
+#include "quant/quantize.h"
+#include "runtime/thread_pool.h"
 
 namespace py = pybind11;
 
@@ -120,6 +125,52 @@ uint64_t packed_size(const std::string& format, int64_t rows, int64_t k) {
     return layout.total_bytes;
 }
 
+// Quantizes float32 rows x [n, k], the rows [row0, row0 + n) of a packed [rows, k] tensor, into
+// `out` (the whole tensor's bytes, zero-filled; row0 a multiple of 8), on `threads` threads
+// that take row groups from a shared counter. False if x holds a NaN or an infinity.
+bool quantize_into(const std::string& format, const F32Array& x, int64_t rows, int64_t row0,
+                   py::buffer out, int threads, const std::string& isa) {
+    qe::WeightFormat f;
+    QE_CHECK(qe::parse_format(format, &f) && qe::is_quantized(f), "unknown packed format '",
+             format, "'");
+    QE_CHECK(x.ndim() == 2, "quantize_into: x must be [n, k]");
+    const int64_t n = x.shape(0), k = x.shape(1);
+    qe::PackedLayout lay;
+    QE_CHECK(qe::packed_layout(f, rows, k, &lay), "bad shape [", rows, ", ", k, "] for ", format,
+             " (k must be a positive multiple of 32)");
+    QE_CHECK(row0 >= 0 && row0 % qe::kRowPack == 0 && n >= 0 && row0 + n <= rows,
+             "quantize_into: rows [", row0, ", ", row0 + n, ") do not fit [0, ", rows,
+             ") at a multiple of 8");
+    py::buffer_info info = out.request(true);
+    QE_CHECK(info.itemsize == 1 && info.ndim == 1 && info.strides[0] == 1 &&
+                 uint64_t(info.size) == lay.total_bytes,
+             "quantize_into: out must be ", lay.total_bytes, " contiguous bytes, got ",
+             info.size);
+    uint8_t* dst = static_cast<uint8_t*>(info.ptr);
+    if (!isa.empty()) {
+        int n_isas = 0;
+        const char* const* isas = qe::quantizer_isas(&n_isas);
+        QE_CHECK(std::find(isas, isas + n_isas, isa) != isas + n_isas, "quantizer isa '", isa,
+                 "' is not available here (", isas[0], n_isas > 1 ? ", ..." : "", ")");
+    }
+    const int64_t g0 = row0 / qe::kRowPack;
+    const int64_t g1 = (row0 + n + qe::kRowPack - 1) / qe::kRowPack;
+    std::atomic<bool> finite{true};
+    {
+        py::gil_scoped_release release;
+        qe::ThreadPool::Options opts;
+        opts.threads = std::max(1, threads);
+        opts.spin_us = 0;
+        qe::ThreadPool pool(opts);
+        pool.for_each(g1 - g0, 4, [&](int64_t begin, int64_t end, int) {
+            if (!qe::quantize_row_groups(f, lay, x.data(), row0, n, g0 + begin, g0 + end, dst,
+                                         isa.c_str()))
+                finite.store(false, std::memory_order_relaxed);
+        });
+    }
+    return finite.load();
+}
+
 // Opens and validates a model file natively; returns its header text and tensor table.
 py::dict open_model_file(const std::string& path, bool verify) {
     std::unique_ptr<qe::ModelFile> file;
@@ -154,6 +205,7 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<qe::Error>(m, "Error", PyExc_RuntimeError);
     // Registered after Error, so it is tried first.
     py::register_exception<qe::ContextLengthError>(m, "ContextLengthError", PyExc_RuntimeError);
+    py::register_exception<qe::Interrupted>(m, "Interrupted", PyExc_RuntimeError);
 
     m.def(
         "cpu_info",
@@ -195,6 +247,19 @@ PYBIND11_MODULE(_core, m) {
           "x [m, k] @ W.T for a packed W given as bytes, activations as q8a (test surface).");
     m.def("dequantize", &dequantize, py::arg("format"), py::arg("data"), py::arg("rows"),
           py::arg("k"), py::arg("isa") = "", "A packed matrix as float32 [rows, k].");
+    m.def("quantize_into", &quantize_into, py::arg("format"), py::arg("x"), py::arg("rows"),
+          py::arg("row0"), py::arg("out"), py::arg("threads") = 1, py::arg("isa") = "",
+          "Quantizes rows [row0, row0 + len(x)) of a packed [rows, k] tensor into `out` (the "
+          "tensor's bytes) with the quantizer variant `isa` (default: the best); False if x "
+          "holds NaN or infinity.");
+    m.def(
+        "quantizer_isas",
+        [] {
+            int n = 0;
+            const char* const* isas = qe::quantizer_isas(&n);
+            return std::vector<std::string>(isas, isas + n);
+        },
+        "The export quantizer's variants this build and CPU run, best first.");
     m.def("open_model_file", &open_model_file, py::arg("path"), py::arg("verify") = false,
           "Validates a model file with the native reader: {header, file_size, tensors}.");
     m.def("packed_size", &packed_size, py::arg("format"), py::arg("rows"), py::arg("k"),

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "model/config.h"
 
+#include <cmath>
+
 #include "common.h"
 
 namespace qe {
@@ -9,6 +11,7 @@ namespace {
 // Upper bound for any single dimension: far above real models, low enough that products of a
 // few dims cannot overflow 64 bits.
 constexpr int64_t kMaxDim = int64_t{1} << 24;
+constexpr int64_t kMaxLayers = 4096;  // qwen_edge/formats/config.py MAX_LAYERS
 
 int64_t get_dim(const Json& c, const char* key, const std::string& where) {
     const Json* v = c.find(key);
@@ -21,8 +24,8 @@ int64_t get_dim(const Json& c, const char* key, const std::string& where) {
 double get_positive(const Json& c, const char* key, double fallback, const std::string& where) {
     const Json* v = c.find(key);
     if (v == nullptr) return fallback;
-    QE_CHECK(v->is_number() && v->as_double() > 0, where, ": config '", key,
-             "' must be a positive number");
+    QE_CHECK(v->is_number() && std::isfinite(v->as_double()) && v->as_double() > 0, where,
+             ": config '", key, "' must be a positive finite number");
     return v->as_double();
 }
 
@@ -49,6 +52,8 @@ ModelConfig ModelConfig::from_json(const Json& c, const std::string& where) {
     m.n_embd = get_dim(c, "hidden_size", where);
     m.n_ff = get_dim(c, "intermediate_size", where);
     m.n_layer = get_dim(c, "num_hidden_layers", where);
+    QE_CHECK(m.n_layer <= kMaxLayers, where, ": config 'num_hidden_layers' must be at most ",
+             kMaxLayers, ", got ", m.n_layer);
     m.n_head = get_dim(c, "num_attention_heads", where);
     m.n_head_kv = get_dim(c, "num_key_value_heads", where);
     m.head_dim = get_dim(c, "head_dim", where);
@@ -60,6 +65,10 @@ ModelConfig ModelConfig::from_json(const Json& c, const std::string& where) {
     m.rms_norm_eps = get_positive(c, "rms_norm_eps", 1e-6, where);
     m.rope_theta = get_positive(c, "rope_theta", 1e7, where);
     m.partial_rotary_factor = get_positive(c, "partial_rotary_factor", 0.25, where);
+    // Checked before rotary_dim() converts head_dim x factor to an integer (a float out of
+    // int64's range would be undefined behaviour).
+    QE_CHECK(m.partial_rotary_factor <= 1.0, where,
+             ": config 'partial_rotary_factor' must be in (0, 1], got ", m.partial_rotary_factor);
     m.max_position = get_dim(c, "max_position_embeddings", where);
     if (const Json* t = c.find("tie_word_embeddings")) {
         QE_CHECK(t->is_bool(), where, ": config 'tie_word_embeddings' must be a boolean");

@@ -231,9 +231,10 @@ uint64_t Qwen35Model::mtp_weight_bytes(int64_t rows) const {
 
 // ---- forward -----------------------------------------------------------------------------------
 
-void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float* logits,
-                          bool all_logits, float* hidden, bool checkpoint) {
-    std::lock_guard<std::mutex> lock(mutex_);
+void Qwen35Model::check_tokens(const int32_t* tokens, int64_t n, const State& state) const {
+    if (stopping()) throw Interrupted("forward: the model is stopping");
+    QE_CHECK(!state.interrupted_,
+             "forward: this state was interrupted in the middle of a forward pass; reset it");
     QE_CHECK(n >= 1, "forward: no tokens");
     QE_CHECK(state.config_.n_layer == config_.n_layer && state.config_.n_embd == config_.n_embd &&
                  state.threads_ == pool_.size(),
@@ -247,6 +248,12 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
                                  " tokens exceed the context of " + std::to_string(state.context_) +
                                  " tokens");
     }
+}
+
+void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float* logits,
+                          bool all_logits, const StopFn& stop, float* hidden, bool checkpoint) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_tokens(tokens, n, state);
     if (checkpoint) {
         QE_CHECK(n - 1 <= state.slots_, "forward: a checkpointed forward of ", n,
                  " tokens needs ", n - 1, " checkpoint slots, the state has ", state.slots_,
@@ -264,20 +271,21 @@ void Qwen35Model::forward(const int32_t* tokens, int64_t n, State& state, float*
                 out = logits;
             }
         }
-        run_batch(tokens + i, m, state, out, all_logits,
+        run_batch(tokens + i, m, state, out, all_logits, stop,
                   hidden ? hidden + i * config_.n_embd : nullptr, checkpoint);
     }
     if (checkpoint) state.ckpt_tokens_ = n;
 }
 
-void Qwen35Model::fill_rope(State& state, int64_t p0, int64_t n) const {
-    // RoPE cos/sin rows of the positions, [n, 2, half], shared by every attention layer:
-    // theta = float(p) * inv_freq[f] in float32 as transformers; cos/sin correctly rounded
-    // (via double).
+void Qwen35Model::fill_rope(const Rows& rows, Scratch& s) const {
+    // RoPE cos/sin rows of each token's position, [n, 2, half], shared by every attention
+    // layer: theta = float(p) * inv_freq[f] in float32 as transformers; cos/sin correctly
+    // rounded (via double).
     const int64_t half = int64_t(inv_freq_.size());
-    float* rope = state.scratch_.rope.as<float>();
-    for (int64_t t = 0; t < n; ++t) {
-        const float pos = float(p0 + t);
+    float* rope = s.rope.as<float>();
+    for (int64_t t = 0; t < rows.n; ++t) {
+        const Seg& g = rows.segs[rows.seg[t]];
+        const float pos = float(g.pos0 + t - g.row0);
         for (int64_t f = 0; f < half; ++f) {
             const float theta = pos * inv_freq_[f];
             rope[t * 2 * half + f] = float(std::cos(double(theta)));
@@ -286,11 +294,97 @@ void Qwen35Model::fill_rope(State& state, int64_t p0, int64_t n) const {
     }
 }
 
+void Qwen35Model::check_stop(const Rows& rows, const StopFn& stop) {
+    if (stopping() || (stop && stop())) {
+        for (int64_t i = 0; i < rows.count; ++i) rows.segs[i].state->interrupted_ = true;
+        throw Interrupted("forward: interrupted");
+    }
+}
+
+void Qwen35Model::forward_multi(const SeqStep* seqs, int64_t count) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    QE_CHECK(count >= 1, "forward_multi: no sequences");
+    int64_t rows = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        QE_CHECK(seqs[i].state != nullptr, "forward_multi: sequence ", i, " has no state");
+        for (int64_t j = 0; j < i; ++j) {
+            QE_CHECK(seqs[j].state != seqs[i].state, "forward_multi: sequences ", j, " and ", i,
+                     " share a state");
+        }
+        check_tokens(seqs[i].tokens, seqs[i].n, *seqs[i].state);
+        rows += seqs[i].n;
+    }
+    QE_CHECK(rows <= 4096, "forward_multi: ", rows, " tokens in one step (at most 4096)");
+    const int64_t E = config_.n_embd, V = config_.vocab_size;
+    if (multi_.batch < rows) {
+        // Attention scores live in each state's own scratch, so context 1 here.
+        const StateSizes z = State::sizes_for(config_, 1, rows, KvType::kF16, pool_.size());
+        alloc_scratch(multi_, z, rows);
+    }
+    multi_tokens_.resize(size_t(rows));
+    multi_seg_.resize(size_t(rows));
+    multi_segs_.clear();
+    int64_t row = 0, wanted = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        const SeqStep& q = seqs[i];
+        multi_segs_.push_back(Seg{q.state, row, q.n, q.state->position_, false});
+        q.state->ckpt_tokens_ = 0;  // its last checkpoints no longer match its caches
+        std::copy(q.tokens, q.tokens + q.n, multi_tokens_.begin() + row);
+        std::fill(multi_seg_.begin() + row, multi_seg_.begin() + row + q.n, int32_t(i));
+        row += q.n;
+        wanted += q.logits != nullptr;
+    }
+    const Rows r{multi_segs_.data(), count, rows, multi_seg_.data()};
+    run_rows(multi_tokens_.data(), r, multi_, {});
+    if (wanted == 0) return;
+
+    // The last row of every sequence that wants logits, gathered into h (free after the final
+    // norm), through the LM head at once, then out to each caller's buffer.
+    float* x = multi_.x.as<float>();
+    float* last = multi_.h.as<float>();
+    int64_t k = 0;
+    for (const Seg& g : multi_segs_) {
+        if (seqs[&g - multi_segs_.data()].logits == nullptr) continue;
+        std::memcpy(last + k * E, x + (g.row0 + g.n - 1) * E, size_t(E) * sizeof(float));
+        ++k;
+    }
+    const uint64_t bytes = uint64_t(wanted) * uint64_t(V) * sizeof(float);
+    if (multi_logits_.size() < bytes) multi_logits_ = Buffer(bytes);
+    float* out = multi_logits_.as<float>();
+    linear(kt_, pool_, last, E, wanted, multi_.xq.as<BlockQ8A>(), {{&lm_head_, out, V}});
+    k = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        if (seqs[i].logits == nullptr) continue;
+        std::memcpy(seqs[i].logits, out + k * V, size_t(V) * sizeof(float));
+        ++k;
+    }
+}
+
 void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, float* logits,
-                            bool all, float* hidden, bool checkpoint) {
+                            bool all, const StopFn& stop, float* hidden, bool checkpoint) {
     const ModelConfig& c = config_;
     const int64_t E = c.n_embd;
     Scratch& s = state.scratch_;
+    const Seg seg{&state, 0, n, state.position_, false};
+    if (int64_t(single_seg_.size()) < n) single_seg_.assign(size_t(state.batch_), 0);
+    run_rows(tokens, Rows{&seg, 1, n, single_seg_.data()}, s, stop, checkpoint);
+    if (hidden != nullptr) std::memcpy(hidden, s.x.as<float>(), size_t(n * E) * sizeof(float));
+    if (logits == nullptr) return;
+
+    // x holds the final norm of every token now.
+    const float* x = s.x.as<float>();
+    BlockQ8A* xq = s.xq.as<BlockQ8A>();
+    if (all) {
+        linear(kt_, pool_, x, E, n, xq, {{&lm_head_, logits, c.vocab_size}});
+    } else {
+        linear(kt_, pool_, x + (n - 1) * E, E, 1, xq, {{&lm_head_, logits, c.vocab_size}});
+    }
+}
+
+void Qwen35Model::run_rows(const int32_t* tokens, const Rows& rows, Scratch& s,
+                           const StopFn& stop, bool checkpoint) {
+    const ModelConfig& c = config_;
+    const int64_t E = c.n_embd, n = rows.n;
     float* h = s.h.as<float>();      // [n, E]
     float* x = s.x.as<float>();      // [n, E]
     float* mix = s.mix.as<float>();  // [n, E]
@@ -298,7 +392,7 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
     for_tokens(n, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) embedding_row(kt_, embed_, tokens[t], h + t * E);
     });
-    fill_rope(state, state.position_, n);
+    fill_rope(rows, s);
     // h += mix, then x = rmsnorm(h) with the next norm's weight, per token.
     auto add_norm = [&](const float* w) {
         for_tokens(n, [&](int64_t t0, int64_t t1) {
@@ -310,36 +404,27 @@ void Qwen35Model::run_batch(const int32_t* tokens, int64_t n, State& state, floa
         kt_.rms_norm(h + t0 * E, layers_[0].attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
     });
     for (size_t l = 0; l < layers_.size(); ++l) {
+        // Between layers, never inside one: the pool's workers are idle here, so stopping
+        // leaves no job half run.
+        check_stop(rows, stop);
         const Layer& L = layers_[l];
         if (L.full) {
-            attention_block(L, x, n, state, mix, state.keys(L.index), state.values(L.index),
-                            state.position_);
+            attention_block(L, x, rows, s, mix);
         } else {
-            delta_net_block(L, x, n, state, mix, checkpoint);
+            delta_net_block(L, x, rows, s, mix, checkpoint);
         }
         add_norm(L.ffn_norm.data());
-        mlp_block(L, x, n, state, mix);
+        mlp_block(L, x, n, s, mix);
         add_norm(l + 1 < layers_.size() ? layers_[l + 1].attn_norm.data() : final_norm_.data());
     }
-    state.position_ += n;
-    if (hidden != nullptr) std::memcpy(hidden, x, size_t(n * E) * sizeof(float));
-    if (logits == nullptr) return;
-
-    // x holds the final norm of every token now.
-    BlockQ8A* xq = s.xq.as<BlockQ8A>();
-    if (all) {
-        linear(kt_, pool_, x, E, n, xq, {{&lm_head_, logits, c.vocab_size}});
-    } else {
-        linear(kt_, pool_, x + (n - 1) * E, E, 1, xq, {{&lm_head_, logits, c.vocab_size}});
-    }
+    for (int64_t i = 0; i < rows.count; ++i) rows.segs[i].state->position_ += rows.segs[i].n;
 }
 
-void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, State& state,
-                                  float* out, void* keys, void* values, int64_t p0) {
+void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& rows, Scratch& s,
+                                  float* out) {
     const ModelConfig& c = config_;
-    Scratch& s = state.scratch_;
     const int64_t E = c.n_embd, nh = c.n_head, nkv = c.n_head_kv, hd = c.head_dim;
-    const int64_t group = nh / nkv, ctx = state.context_;
+    const int64_t group = nh / nkv, n = rows.n;
     float* proj = s.proj.as<float>();    // [n, nh, 2, hd]: per head q then gate
     float* kv = s.kv.as<float>();        // [n, 2, nkv, hd]: keys then values
     float* q = s.conv.as<float>();       // [n, nh, hd]
@@ -352,15 +437,18 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
             {&L.wk, kv, 2 * nkv * hd},
             {&L.wv, kv + nkv * hd, 2 * nkv * hd}});
     // Per token: split q and gate, q/k norms, RoPE with the token's position (cos/sin rows
-    // from the state's table), then append keys and values to the cache.
+    // from the pass's table), then append keys and values to its sequence's cache.
     const int64_t half = c.rotary_dim() / 2;
-    const KvType kv_type = state.kv_type_;
-    const int64_t kv_row = int64_t(kv_row_bytes(kv_type, hd));
-    char* kcache = static_cast<char*>(keys);
-    char* vcache = static_cast<char*>(values);
-    const float* rope_table = s.rope.as<float>();  // filled by run_batch
+    const float* rope_table = s.rope.as<float>();  // filled by fill_rope
+    // The layer's K/V cache of a segment's state, or the state's MTP slot (mtp_batch).
+    auto keys_of = [&](const Seg& g) {
+        return g.mtp ? g.state->mtp_keys() : g.state->keys(L.index);
+    };
+    auto values_of = [&](const Seg& g) {
+        return g.mtp ? g.state->mtp_values() : g.state->values(L.index);
+    };
     // One key or value vector into its cache row, in the cache's element type.
-    auto store_kv = [&](const float* src, char* dst) {
+    auto store_kv = [&](KvType kv_type, const float* src, char* dst) {
         switch (kv_type) {
             case KvType::kF16:
                 kt_.cvt_f32_f16(src, reinterpret_cast<uint16_t*>(dst), hd);
@@ -388,28 +476,37 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
             kt_.rms_norm(kt, L.k_norm.data(), kt, nkv, hd, eps_);
             kt_.rope(q + t * nh * hd, nh, hd, cos_t, sin_t, half);
             kt_.rope(kt, nkv, hd, cos_t, sin_t, half);
+            const Seg& g = rows.segs[rows.seg[t]];
+            const State& st = *g.state;
+            const int64_t kv_row = int64_t(kv_row_bytes(st.kv_type_, hd));
+            char* kcache = static_cast<char*>(keys_of(g));
+            char* vcache = static_cast<char*>(values_of(g));
             for (int64_t j = 0; j < nkv; ++j) {
-                const int64_t at = (j * ctx + p0 + t) * kv_row;
-                store_kv(kt + j * hd, kcache + at);
-                store_kv(vt + j * hd, vcache + at);
+                const int64_t at = (j * st.context_ + g.pos0 + t - g.row0) * kv_row;
+                store_kv(st.kv_type_, kt + j * hd, kcache + at);
+                store_kv(st.kv_type_, vt + j * hd, vcache + at);
             }
         }
     });
 
-    // Causal attention: token t sees positions [0, p0 + t]. One item = (token, kv head) with
-    // its `group` query heads, which read the same keys and values.
+    // Causal attention: a token at position p of its sequence sees that sequence's positions
+    // [0, p]. One item = (token, kv head) with its `group` query heads, which read the same keys
+    // and values; probabilities go to the thread's row of the sequence's own score scratch.
     const float scale = 1.0f / std::sqrt(float(hd));
-    float* scores = s.scores.as<float>();
     pool_.for_each(n * nkv, 1, [&](int64_t i0, int64_t i1, int thread) {
-        float* scratch = scores + int64_t(thread) * group * ctx;
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t t = i / nkv, j = i % nkv;
+            const Seg& g = rows.segs[rows.seg[t]];
+            State& st = *g.state;
+            const int64_t ctx = st.context_;
+            const int64_t kv_row = int64_t(kv_row_bytes(st.kv_type_, hd));
+            float* scratch = st.scratch_.scores.as<float>() + int64_t(thread) * group * ctx;
             const float* qi = q + (t * nh + j * group) * hd;
             float* oi = heads + (t * nh + j * group) * hd;
-            const char* kc = kcache + j * ctx * kv_row;
-            const char* vc = vcache + j * ctx * kv_row;
-            const int64_t len = p0 + t + 1;
-            switch (kv_type) {
+            const char* kc = static_cast<const char*>(keys_of(g)) + j * ctx * kv_row;
+            const char* vc = static_cast<const char*>(values_of(g)) + j * ctx * kv_row;
+            const int64_t len = g.pos0 + t - g.row0 + 1;
+            switch (st.kv_type_) {
                 case KvType::kF16:
                     kt_.attention_f16(qi, hd, group, reinterpret_cast<const uint16_t*>(kc),
                                       reinterpret_cast<const uint16_t*>(vc), len, hd, scale,
@@ -435,10 +532,12 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, int64_t n, Sta
     linear(kt_, pool_, heads, nh * hd, n, xq, {{&L.wo, out, E}});
 }
 
-void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, State& state,
+void Qwen35Model::delta_net_block(const Layer& L, const float* x, const Rows& rows, Scratch& s,
                                   float* out, bool checkpoint) {
     const ModelConfig& c = config_;
-    Scratch& s = state.scratch_;
+    const int64_t n = rows.n;
+    // Checkpoints are one sequence's (speculative decoding), never a multi-sequence step's.
+    QE_CHECK(!checkpoint || rows.count == 1, "forward: a checkpointed pass has one sequence");
     const int64_t E = c.n_embd, nk = c.n_k_head, nv = c.n_v_head;
     const int64_t dk = c.k_head_dim, dv = c.v_head_dim;
     const int64_t cd = c.conv_dim(), kd = c.key_dim(), vd = c.value_dim();
@@ -451,25 +550,33 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
     BlockQ8A* xq = s.xq.as<BlockQ8A>();
 
     linear(kt_, pool_, x, E, n, xq, {{&L.qkv, u, cd}, {&L.z, z, vd}, {&L.b, b, nv}, {&L.a, a, nv}});
-    // Channels are independent: slices per thread for a prompt, one call for a decode step.
-    float* conv_state = state.conv(L.index);
-    // Checkpointed: token by token (the same arithmetic), the conv state kept after each of the
-    // first n - 1 tokens in its slot.
+    // Per sequence, over its own conv state; channels are independent: slices for a prompt,
+    // one call per sequence when each decodes one token. Item = (sequence, channel slice).
+    // Checkpointed (one sequence): token by token (the same arithmetic), the conv state kept
+    // after each of the first n - 1 tokens in its slot.
     const int64_t kw1 = c.conv_kernel - 1;
-    pool_.for_each(cd, n == 1 ? cd : 256, [&](int64_t c0, int64_t c1, int) {
-        if (!checkpoint) {
-            kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + c0, cd, conv + c0, cd,
-                            n, c1 - c0, c.conv_kernel);
-            return;
-        }
-        float* slots = state.ckpt_conv_[L.index].as<float>();
-        for (int64_t t = 0; t < n; ++t) {
-            kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + t * cd + c0, cd,
-                            conv + t * cd + c0, cd, 1, c1 - c0, c.conv_kernel);
-            if (t + 1 == n) break;
-            for (int64_t j = 0; j < kw1; ++j) {
-                std::memcpy(slots + (t * kw1 + j) * cd + c0, conv_state + j * cd + c0,
-                            size_t(c1 - c0) * sizeof(float));
+    const int64_t width = n == rows.count ? cd : 256;
+    const int64_t slices = (cd + width - 1) / width;
+    pool_.for_each(rows.count * slices, 1, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const Seg& g = rows.segs[i / slices];
+            const int64_t c0 = (i % slices) * width, c1 = std::min(cd, c0 + width);
+            const int64_t at = g.row0 * cd + c0;
+            float* conv_state = g.state->conv(L.index);
+            if (!checkpoint) {
+                kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + at, cd, conv + at,
+                                cd, g.n, c1 - c0, c.conv_kernel);
+                continue;
+            }
+            float* slots = g.state->ckpt_conv_[L.index].as<float>();
+            for (int64_t t = 0; t < n; ++t) {
+                kt_.conv1d_silu(L.conv_w.data() + c0, conv_state + c0, cd, u + t * cd + c0, cd,
+                                conv + t * cd + c0, cd, 1, c1 - c0, c.conv_kernel);
+                if (t + 1 == n) break;
+                for (int64_t j = 0; j < kw1; ++j) {
+                    std::memcpy(slots + (t * kw1 + j) * cd + c0, conv_state + j * cd + c0,
+                                size_t(c1 - c0) * sizeof(float));
+                }
             }
         }
     });
@@ -493,20 +600,23 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
         }
     });
 
-    // Value head m reads q/k head m / r (grouped, docs/model.md §4.8 step 6).
+    // Value head m reads q/k head m / r (grouped, docs/model.md §4.8 step 6). Item = (sequence,
+    // value head) over that sequence's rows and recurrent state.
     const int64_t r = nv / nk;
-    float* rec = state.recurrent(L.index);
-    QE_DCHECK(!checkpoint || state.slots_ >= n - 1);
-    pool_.for_each(nv, 1, [&](int64_t m0, int64_t m1, int) {
-        for (int64_t m = m0; m < m1; ++m) {
-            const int64_t hk = m / r;
+    QE_DCHECK(!checkpoint || rows.segs[0].state->slots_ >= n - 1);
+    pool_.for_each(rows.count * nv, 1, [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; ++i) {
+            const Seg& g = rows.segs[i / nv];
+            const int64_t m = i % nv, hk = m / r;
+            float* rec = g.state->recurrent(L.index);
             if (!checkpoint) {
-                kt_.delta_rule(rec + m * dk * dv, conv + hk * dk, conv + kd + hk * dk,
-                               conv + 2 * kd + m * dv, cd, a + m, b + m, nv, heads + m * dv, vd,
-                               n, dk, dv);
+                const float* ct = conv + g.row0 * cd;
+                kt_.delta_rule(rec + m * dk * dv, ct + hk * dk, ct + kd + hk * dk,
+                               ct + 2 * kd + m * dv, cd, a + g.row0 * nv + m, b + g.row0 * nv + m,
+                               nv, heads + g.row0 * vd + m * dv, vd, g.n, dk, dv);
                 continue;
             }
-            float* slots = state.ckpt_recurrent_[L.index].as<float>();
+            float* slots = g.state->ckpt_recurrent_[L.index].as<float>();
             for (int64_t t = 0; t < n; ++t) {
                 kt_.delta_rule(rec + m * dk * dv, conv + t * cd + hk * dk,
                                conv + t * cd + kd + hk * dk, conv + t * cd + 2 * kd + m * dv, cd,
@@ -525,9 +635,8 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, int64_t n, Sta
     linear(kt_, pool_, heads, vd, n, xq, {{&L.out, out, E}});
 }
 
-void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, State& state, float* out) {
+void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, Scratch& s, float* out) {
     const ModelConfig& c = config_;
-    Scratch& s = state.scratch_;
     float* g = s.ff.as<float>();       // [n, n_ff]
     float* up = g + s.batch * c.n_ff;  // [n, n_ff]
     BlockQ8A* xq = s.xq.as<BlockQ8A>();
@@ -589,8 +698,11 @@ void Qwen35Model::mtp_batch(const int32_t* tokens, const float* hidden, int64_t 
         }
     });
     linear(kt_, pool_, cat, 2 * E, n, xq, {{&mtp_fc_, h, E}});
-    // One decoder layer (docs/model.md §4.5) at the MTP cache's positions.
-    fill_rope(state, state.mtp_position_, n);
+    // One decoder layer (docs/model.md §4.5) at the MTP cache's positions, in its K/V slot.
+    const Seg seg{&state, 0, n, state.mtp_position_, true};
+    if (int64_t(single_seg_.size()) < n) single_seg_.assign(size_t(state.batch_), 0);
+    const Rows one{&seg, 1, n, single_seg_.data()};
+    fill_rope(one, s);
     auto add_norm = [&](const float* w) {
         for_tokens(n, [&](int64_t t0, int64_t t1) {
             for (int64_t i = t0 * E; i < t1 * E; ++i) h[i] += mix[i];
@@ -600,10 +712,9 @@ void Qwen35Model::mtp_batch(const int32_t* tokens, const float* hidden, int64_t 
     for_tokens(n, [&](int64_t t0, int64_t t1) {
         kt_.rms_norm(h + t0 * E, L.attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
     });
-    attention_block(L, x, n, state, mix, state.mtp_keys(), state.mtp_values(),
-                    state.mtp_position_);
+    attention_block(L, x, one, s, mix);
     add_norm(L.ffn_norm.data());
-    mlp_block(L, x, n, state, mix);
+    mlp_block(L, x, n, s, mix);
     add_norm(mtp_norm_.data());
     state.mtp_position_ += n;
     const float* last = x + (n - 1) * E;

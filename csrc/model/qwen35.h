@@ -8,9 +8,18 @@
 // One forward pass handles a batch of tokens (a prompt, or one token when decoding) and
 // continues a State. Batches longer than the state's batch size are split; the math is the
 // same either way (the delta rule runs token by token inside each batch).
+//
+// A multi-sequence step (forward_multi) runs several states at once, each with its own new
+// tokens (one when decoding, a chunk of a prompt when prefilling): the rows of every sequence
+// form one activation matrix, so each weight matrix is read once for all of them (the W4A8 /
+// W8A8 gemm), while the convolution, the delta rule and attention run per sequence on its own
+// state. Every per-row operation is the same whatever the rows around it, so each sequence gets
+// the bits it would get alone.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,6 +43,15 @@ struct TensorView {
     uint64_t size = 0;
 };
 using TensorMap = std::map<std::string, TensorView>;
+
+// One sequence of a multi-sequence step: tokens[0, n) after what `state` holds; `logits`
+// receives the last position's float [vocab_size] logits, or is null for none.
+struct SeqStep {
+    const int32_t* tokens = nullptr;
+    int64_t n = 0;
+    State* state = nullptr;
+    float* logits = nullptr;
+};
 
 struct ModelOptions {
     int threads = 1;
@@ -68,15 +86,31 @@ public:
     std::unique_ptr<State> new_state(int64_t context, int64_t batch = 128,
                                      KvType kv = KvType::kF16) const;
 
+    // Asked between layers whether to stop the pass (e.g. a signal is pending); empty: never.
+    using StopFn = std::function<bool()>;
+
     // Runs tokens[0, n) (ids < vocab_size) after what `state` holds. logits: float [vocab_size] for
-    // the last position, or [n, vocab_size] when all_logits; null computes no logits. hidden:
-    // null, or float [n, n_embd] for every token's final-normed hidden state (the MTP head's
-    // input). checkpoint: keep the DeltaNet states after each of the first n - 1 tokens, so
-    // State::rollback can undo up to n - 1 of them (needs State::enable_speculation with at
-    // least n - 1 slots). Throws ContextLengthError (state unchanged) if the tokens do not
-    // fit. Serialized per model.
+    // the last position, or [n, vocab_size] when all_logits; null computes no logits. Throws
+    // ContextLengthError (state unchanged) if the tokens do not fit. Serialized per model.
+    // Throws Interrupted between two layers once `stop` returns true or stop_all() was called;
+    // the state is then marked interrupted, and a forward on it throws until it is reset.
+    // hidden: null, or float [n, n_embd] for every token's final-normed hidden state (the MTP
+    // head's input). checkpoint: keep the DeltaNet states after each of the first n - 1 tokens,
+    // so State::rollback can undo up to n - 1 of them (needs State::enable_speculation with at
+    // least n - 1 slots).
     void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits,
-                 float* hidden = nullptr, bool checkpoint = false);
+                 const StopFn& stop = {}, float* hidden = nullptr, bool checkpoint = false);
+
+    // Makes every running and later forward pass throw Interrupted at its next layer boundary
+    // (for shutting down: the embedding process can then join its threads before the core goes).
+    void stop_all() { stopping_.store(true, std::memory_order_relaxed); }
+    bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
+
+    // One step over several sequences (distinct states, each n >= 1, at most 4096 rows in all):
+    // the result for each equals forward(tokens, n, state, logits, false) alone, bit for bit.
+    // Checks every sequence before running any (ContextLengthError or Error; no state
+    // changes). Serialized per model with forward.
+    void forward_multi(const SeqStep* seqs, int64_t count);
 
     // The MTP head (docs/model.md §5) over n pairs (hidden[t], tokens[t]) at the MTP cache's
     // next positions: hidden [n, n_embd] final-normed hidden states (of the main model or of
@@ -113,18 +147,41 @@ private:
         int64_t index = 0;            // among the layers of its kind (state slot)
     };
 
+    // The rows [row0, row0 + n) of a pass belong to `state`, whose position was pos0 (of the
+    // MTP cache when mtp: its attention reads and appends the state's MTP K/V slot).
+    struct Seg {
+        State* state;
+        int64_t row0, n, pos0;
+        bool mtp = false;
+    };
+    // Rows of one pass: its sequences and, per row, the index of its sequence.
+    struct Rows {
+        const Seg* segs;
+        int64_t count;       // sequences
+        int64_t n;           // rows in all
+        const int32_t* seg;  // [n]
+    };
+
+    void check_tokens(const int32_t* tokens, int64_t n, const State& state) const;
+    // Runs the rows through every layer (scratch `s`, sized for rows.n) up to the final norm,
+    // left in s.x, and advances every state. Checks `stop` before every layer. checkpoint: keep
+    // the DeltaNet states after each row but the last (one sequence only; State::rollback).
+    void run_rows(const int32_t* tokens, const Rows& rows, Scratch& s, const StopFn& stop,
+                  bool checkpoint = false);
     void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all,
-                   float* hidden, bool checkpoint);
+                   const StopFn& stop, float* hidden, bool checkpoint);
     void mtp_batch(const int32_t* tokens, const float* hidden, int64_t n, State& state,
                    float* logits, int64_t rows, float* hidden_out);
-    // Cos/sin rows of positions p0 .. p0 + n - 1 into the state's rope scratch.
-    void fill_rope(State& state, int64_t p0, int64_t n) const;
-    // Appends to the K/V caches `keys`/`values` at positions p0.. (layer.index is unused).
-    void attention_block(const Layer& layer, const float* x, int64_t n, State& state, float* out,
-                         void* keys, void* values, int64_t p0);
-    void delta_net_block(const Layer& layer, const float* x, int64_t n, State& state, float* out,
-                         bool checkpoint);
-    void mlp_block(const Layer& layer, const float* x, int64_t n, State& state, float* out);
+    // Cos/sin rows of each row's position (its segment's pos0 onwards) into s.rope.
+    void fill_rope(const Rows& rows, Scratch& s) const;
+    // Throws Interrupted (marking every state of the rows) if the pass should stop here.
+    void check_stop(const Rows& rows, const StopFn& stop);
+    // Appends to each segment's K/V cache of `layer` (the MTP slot for an mtp segment).
+    void attention_block(const Layer& layer, const float* x, const Rows& rows, Scratch& s,
+                         float* out);
+    void delta_net_block(const Layer& layer, const float* x, const Rows& rows, Scratch& s,
+                         float* out, bool checkpoint);
+    void mlp_block(const Layer& layer, const float* x, int64_t n, Scratch& s, float* out);
     // fn(t0, t1) over the tokens [0, n): split over the threads for a prompt, inline for one
     // token (a decode step has nothing to share out but the matrix products).
     template <typename Fn>
@@ -153,6 +210,12 @@ private:
     std::vector<float> inv_freq_;    // [rotary_dim / 2]
     float eps_ = 1e-6f;              // rms_norm_eps
     std::mutex mutex_;
+    // forward_multi's scratch, grown to the most rows a step has had, and its row index.
+    Scratch multi_;
+    Buffer multi_logits_;
+    std::vector<int32_t> multi_tokens_, multi_seg_, single_seg_;
+    std::vector<Seg> multi_segs_;
+    std::atomic<bool> stopping_{false};
 };
 
 }  // namespace qe

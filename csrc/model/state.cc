@@ -24,26 +24,65 @@ size_t bytes_of(uint64_t a, uint64_t b, uint64_t c = 1, uint64_t d = 1) {
 
 }  // namespace
 
+StateSizes State::sizes_for(const ModelConfig& c, int64_t context, int64_t batch, KvType kv_type,
+                            int threads) {
+    QE_CHECK(context >= 1 && context <= c.max_position, "context must be in 1..",
+             c.max_position, " (the model's max_position_embeddings), got ", context);
+    QE_CHECK(batch >= 1 && batch <= 4096, "batch must be in 1..4096, got ", batch);
+    QE_CHECK(kv_type != KvType::kQ8 || c.head_dim % kBlockK == 0,
+             "an int8 KV cache needs head_dim divisible by ", kBlockK, ", got ", c.head_dim);
+    QE_CHECK(threads >= 1, "threads must be at least 1, got ", threads);
+    StateSizes z;
+    z.full_layers = count_layers(c, LayerType::kFull);
+    z.linear_layers = count_layers(c, LayerType::kLinear);
+    z.kv = bytes_of(c.n_head_kv, context, kv_row_bytes(kv_type, c.head_dim));
+    z.conv = bytes_of(c.conv_kernel - 1, c.conv_dim(), 4);
+    z.recurrent = bytes_of(c.n_v_head, c.k_head_dim, c.v_head_dim, 4);
+    const uint64_t b = uint64_t(batch), f = sizeof(float);
+    const uint64_t attn = bytes_of(c.n_head, c.head_dim);
+    // 2 * n_embd: the MTP head's fc input.
+    const uint64_t widest = std::max(
+        {2 * uint64_t(c.n_embd), uint64_t(c.n_ff), uint64_t(c.value_dim()), attn});
+    const uint64_t proj = std::max(uint64_t(c.conv_dim()), 2 * attn);
+    const uint64_t heads = std::max(uint64_t(c.value_dim()), attn);
+    z.h = bytes_of(b, c.n_embd, f);
+    z.x = bytes_of(b, c.n_embd, f);
+    z.mix = bytes_of(b, c.n_embd, f);
+    z.xq = bytes_of(b, (widest + kBlockK - 1) / kBlockK, sizeof(BlockQ8A));
+    z.proj = bytes_of(b, proj, f);
+    z.conv_out = bytes_of(b, std::max(uint64_t(c.conv_dim()), attn), f);
+    z.gate = bytes_of(b, heads, f);
+    z.kv_new = bytes_of(b, 2 * c.n_head_kv, c.head_dim, f);
+    z.heads = bytes_of(b, heads, f);
+    z.ab = bytes_of(b, 2 * c.n_v_head, f);
+    z.ff = bytes_of(b, 2 * c.n_ff, f);
+    z.scores = bytes_of(threads, c.n_head / c.n_head_kv, context, f);
+    z.rope = bytes_of(b, c.rotary_dim(), f);
+    z.logits = bytes_of(c.vocab_size, f);
+    return z;
+}
+
+uint64_t StateSizes::cache_bytes() const {
+    return 2 * uint64_t(full_layers) * kv + uint64_t(linear_layers) * (conv + recurrent);
+}
+
+uint64_t StateSizes::scratch_bytes() const {
+    return uint64_t(h) + x + mix + xq + proj + conv_out + gate + kv_new + heads + ab + ff +
+           scores + rope + logits;
+}
+
 State::State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type, int threads)
     : config_(config), context_(context), batch_(batch), kv_type_(kv_type), threads_(threads) {
-    QE_CHECK(context >= 1 && context <= config.max_position, "context must be in 1..",
-             config.max_position, " (the model's max_position_embeddings), got ", context);
-    QE_CHECK(batch >= 1 && batch <= 4096, "batch must be in 1..4096, got ", batch);
-    QE_CHECK(kv_type != KvType::kQ8 || config.head_dim % kBlockK == 0,
-             "an int8 KV cache needs head_dim divisible by ", kBlockK, ", got ", config.head_dim);
-    const size_t kv_bytes =
-        bytes_of(config.n_head_kv, context, kv_row_bytes(kv_type, config.head_dim));
-    for (int64_t i = 0; i < count_layers(config, LayerType::kFull); ++i) {
-        kv_.emplace_back(kv_bytes);
-        kv_.emplace_back(kv_bytes);
+    const StateSizes z = sizes_for(config, context, batch, kv_type, threads);
+    for (int64_t i = 0; i < z.full_layers; ++i) {
+        kv_.emplace_back(z.kv);
+        kv_.emplace_back(z.kv);
     }
-    const size_t conv_bytes = bytes_of(config.conv_kernel - 1, config.conv_dim(), 4);
-    const size_t rec_bytes = bytes_of(config.n_v_head, config.k_head_dim, config.v_head_dim, 4);
-    for (int64_t i = 0; i < count_layers(config, LayerType::kLinear); ++i) {
-        conv_.emplace_back(conv_bytes);
-        recurrent_.emplace_back(rec_bytes);
+    for (int64_t i = 0; i < z.linear_layers; ++i) {
+        conv_.emplace_back(z.conv);
+        recurrent_.emplace_back(z.recurrent);
     }
-    alloc_scratch(config, threads);
+    alloc_scratch(scratch_, z, batch_);
 }
 
 State::State(const State& other)
@@ -51,64 +90,60 @@ State::State(const State& other)
     copy_from(other);
 }
 
-void State::alloc_scratch(const ModelConfig& c, int threads) {
-    const uint64_t b = uint64_t(batch_), f = sizeof(float);
-    const uint64_t attn = bytes_of(c.n_head, c.head_dim);
-    // 2 * n_embd: the MTP head's fc input.
-    const uint64_t widest = std::max(
-        {2 * uint64_t(c.n_embd), uint64_t(c.n_ff), uint64_t(c.value_dim()), attn});
-    const uint64_t proj = std::max(uint64_t(c.conv_dim()), 2 * attn);
-    const uint64_t heads = std::max(uint64_t(c.value_dim()), attn);
-    Scratch& s = scratch_;
-    s.batch = batch_;
-    s.h = Buffer(bytes_of(b, c.n_embd, f));
-    s.x = Buffer(bytes_of(b, c.n_embd, f));
-    s.mix = Buffer(bytes_of(b, c.n_embd, f));
-    s.xq = Buffer(bytes_of(b, (widest + kBlockK - 1) / kBlockK, sizeof(BlockQ8A)));
-    s.proj = Buffer(bytes_of(b, proj, f));
-    s.conv = Buffer(bytes_of(b, std::max(uint64_t(c.conv_dim()), attn), f));
-    s.gate = Buffer(bytes_of(b, heads, f));
-    s.kv = Buffer(bytes_of(b, 2 * c.n_head_kv, c.head_dim, f));
-    s.heads = Buffer(bytes_of(b, heads, f));
-    s.ab = Buffer(bytes_of(b, 2 * c.n_v_head, f));
-    s.ff = Buffer(bytes_of(b, 2 * c.n_ff, f));
-    s.scores = Buffer(bytes_of(threads, c.n_head / c.n_head_kv, context_, f));
-    s.rope = Buffer(bytes_of(b, c.rotary_dim(), f));
-    s.logits = Buffer(bytes_of(c.vocab_size, f));
+void alloc_scratch(Scratch& s, const StateSizes& z, int64_t batch) {
+    s.batch = batch;
+    s.h = Buffer(z.h);
+    s.x = Buffer(z.x);
+    s.mix = Buffer(z.mix);
+    s.xq = Buffer(z.xq);
+    s.proj = Buffer(z.proj);
+    s.conv = Buffer(z.conv_out);
+    s.gate = Buffer(z.gate);
+    s.kv = Buffer(z.kv_new);
+    s.heads = Buffer(z.heads);
+    s.ab = Buffer(z.ab);
+    s.ff = Buffer(z.ff);
+    s.scores = Buffer(z.scores);
+    s.rope = Buffer(z.rope);
+    s.logits = Buffer(z.logits);
 }
 
 void State::reset() {
     position_ = 0;
     mtp_position_ = 0;
     ckpt_tokens_ = 0;
+    interrupted_ = false;
     // The KV cache needs no clearing: positions >= position_ are never read.
     for (auto& b : conv_) std::memset(b.as<void>(), 0, b.size());
     for (auto& b : recurrent_) std::memset(b.as<void>(), 0, b.size());
 }
 
 void State::copy_from(const State& other) {
-    QE_CHECK(context_ == other.context_ && kv_type_ == other.kv_type_ &&
+    QE_CHECK(other.position_ <= context_ && kv_type_ == other.kv_type_ &&
                  kv_.size() == other.kv_.size() && conv_.size() == other.conv_.size() &&
                  config_.n_head_kv == other.config_.n_head_kv &&
                  config_.head_dim == other.config_.head_dim,
              "states of different models or sizes cannot be copied into each other");
     position_ = other.position_;
+    QE_CHECK(!other.speculation_enabled() || other.mtp_position_ <= context_,
+             "states of different models or sizes cannot be copied into each other");
+    interrupted_ = other.interrupted_;
     ckpt_tokens_ = 0;
-    if (other.speculation_enabled()) enable_speculation(other.slots_);
+    if (other.speculation_enabled()) enable_speculation(std::min(other.slots_, batch_ - 1));
     mtp_position_ = speculation_enabled() ? other.mtp_position_ : 0;
-    // Only the filled part of each head's KV rows.
+    // Only the filled part of each head's KV rows (heads are context_ rows apart in each).
     const size_t row = kv_row_bytes(kv_type_, config_.head_dim);
     for (size_t i = 0; i < kv_.size(); ++i) {
         for (int64_t h = 0; h < config_.n_head_kv; ++h) {
-            const size_t off = size_t(h) * size_t(context_) * row;
-            std::memcpy(kv_[i].as<char>() + off, other.kv_[i].as<char>() + off,
+            std::memcpy(kv_[i].as<char>() + size_t(h) * size_t(context_) * row,
+                        other.kv_[i].as<char>() + size_t(h) * size_t(other.context_) * row,
                         size_t(position_) * row);
         }
     }
     for (size_t i = 0; other.speculation_enabled() && i < mtp_kv_.size(); ++i) {
         for (int64_t h = 0; h < config_.n_head_kv; ++h) {
-            const size_t off = size_t(h) * size_t(context_) * row;
-            std::memcpy(mtp_kv_[i].as<char>() + off, other.mtp_kv_[i].as<char>() + off,
+            std::memcpy(mtp_kv_[i].as<char>() + size_t(h) * size_t(context_) * row,
+                        other.mtp_kv_[i].as<char>() + size_t(h) * size_t(other.context_) * row,
                         size_t(mtp_position_) * row);
         }
     }
@@ -161,6 +196,15 @@ void State::set_mtp_position(int64_t p) {
     QE_CHECK(p >= 0 && p <= mtp_position_, "set_mtp_position: ", p, " is outside 0..",
              mtp_position_, " (the MTP cache can only be truncated)");
     mtp_position_ = p;
+}
+
+uint64_t State::allocated_bytes() const {
+    const Scratch& s = scratch_;
+    uint64_t n = cache_bytes();
+    for (const Buffer* b : {&s.h, &s.x, &s.mix, &s.xq, &s.proj, &s.conv, &s.gate, &s.kv, &s.heads,
+                            &s.ab, &s.ff, &s.scores, &s.rope, &s.logits})
+        n += b->size();
+    return n;
 }
 
 uint64_t State::cache_bytes() const {

@@ -48,8 +48,33 @@ struct Scratch {
     Buffer mtp_in;  // [T, 2 * n_embd] the MTP head's concatenated input (enable_speculation)
 };
 
+// The sizes of every buffer of a state: what the constructor allocates, computable before it.
+struct StateSizes {
+    int64_t full_layers = 0, linear_layers = 0;
+    size_t kv = 0;         // one K (or V) cache of one full-attention layer
+    size_t conv = 0;       // one linear-attention layer's conv state
+    size_t recurrent = 0;  // one linear-attention layer's recurrent state
+    size_t h = 0, x = 0, mix = 0, xq = 0, proj = 0, conv_out = 0, gate = 0, kv_new = 0,
+           heads = 0, ab = 0, ff = 0, scores = 0, rope = 0, logits = 0;  // Scratch
+    uint64_t cache_bytes() const;
+    uint64_t scratch_bytes() const;
+    uint64_t total() const { return cache_bytes() + scratch_bytes(); }
+};
+
+// Allocates `s` with the scratch sizes of `z` for passes of at most `batch` tokens.
+void alloc_scratch(Scratch& s, const StateSizes& z, int64_t batch);
+
 class State {
 public:
+    // The buffer sizes of a state (throws qe::Error for arguments the constructor rejects).
+    static StateSizes sizes_for(const ModelConfig& config, int64_t context, int64_t batch,
+                                KvType kv_type, int threads);
+    // Bytes a state would allocate (caches + scratch), before allocating it.
+    static uint64_t bytes_for(const ModelConfig& config, int64_t context, int64_t batch,
+                              KvType kv_type, int threads) {
+        return sizes_for(config, context, batch, kv_type, threads).total();
+    }
+
     // A zeroed state for `context` tokens; `batch` is the largest number of tokens one pass
     // of the forward processes (longer inputs are split). `threads`: the model's pool size.
     State(const ModelConfig& config, int64_t context, int64_t batch, KvType kv_type, int threads);
@@ -60,10 +85,17 @@ public:
     int64_t context() const { return context_; }
     KvType kv_type() const { return kv_type_; }
     void reset();
-    // Copies the caches and position of `other` (same model and sizes) into this state.
+    // A forward pass stopped in the middle of this state (its caches are partly updated);
+    // cleared by reset() and copy_from().
+    bool interrupted() const { return interrupted_; }
+    // Copies the caches and position of `other` (same model and KV type; its position must fit
+    // this state's context, which may differ) into this state: a snapshot can be compact.
     void copy_from(const State& other);
     // Bytes of the caches (what a snapshot holds), excluding scratch and checkpoints.
     uint64_t cache_bytes() const;
+    // Bytes of every buffer this state allocated: caches and scratch (not the speculation
+    // buffers of enable_speculation).
+    uint64_t allocated_bytes() const;
 
     // Speculative decoding (docs/speculative.md). Allocates the MTP head's own KV cache (one
     // full-attention layer over the same context) and `slots` checkpoints of every DeltaNet
@@ -95,10 +127,10 @@ public:
 
 private:
     friend class Qwen35Model;
-    void alloc_scratch(const ModelConfig& config, int threads);
 
     ModelConfig config_;
     int64_t context_, batch_, position_ = 0;
+    bool interrupted_ = false;
     KvType kv_type_;
     int threads_;
     std::vector<Buffer> kv_;         // 2 per full-attention layer

@@ -6,15 +6,19 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
-from collections.abc import Iterable
+import time
+import weakref
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import ContextLengthError, ModelFileError, QwenEdgeError
+from ..errors import ContextLengthError, ModelFileError, ModelStoppedError, QwenEdgeError
 from ..formats.config import ModelConfig
+from ..hardware.boards import mem_available_bytes
 
 try:
     from .. import _core
@@ -66,6 +70,52 @@ def check_model_file(path: str, verify: bool = False) -> dict[str, Any]:
         raise ModelFileError(str(e)) from None
 
 
+def quantizer(threads: int | None = None, isa: str = "") -> Any:
+    """The C++ export quantizer as a `formats.quant.NativeQuantizer`: byte for byte the numba/numpy
+    quantizers' output, on `threads` threads (default: every CPU this process may use). `isa`:
+    one of `quantizer_isas()` (default: the best).
+
+    Raises:
+        QwenEdgeError: this installation has no native core.
+    """
+    c = core()
+    n = threads or _default_threads()
+
+    def run(fmt: str, x: np.ndarray, rows: int, row0: int, out: np.ndarray) -> bool:
+        return bool(c.quantize_into(fmt, x, rows, row0, out, n, isa))
+
+    return run
+
+
+def quantizer_isas() -> list[str]:
+    """The native quantizer's variants on this build and CPU, best first ("avx2", "base")."""
+    return list(core().quantizer_isas())
+
+
+def state_bytes_for(
+    config: ModelConfig,
+    context: int,
+    kv_cache: str = "f16",
+    batch: int | None = None,
+    threads: int = 1,
+) -> int:
+    """Bytes a state for `context` tokens takes in a model of `config` (caches and forward
+    scratch, `State::bytes_for`), without loading any weights: what `Model.state_bytes` says
+    for the loaded model.
+
+    Raises:
+        ValueError: a context outside 1..max_position_embeddings or a bad KV type.
+    """
+    try:
+        return int(
+            core().state_bytes_for(
+                json.dumps(config.to_dict()), context, batch or DEFAULT_BATCH, kv_cache, threads
+            )
+        )
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+
+
 # --- the model ----------------------------------------------------------------------------------
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
 DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
@@ -108,15 +158,28 @@ class State:
     def cache_bytes(self) -> int:
         return int(self._native.cache_bytes)
 
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes this state allocated: caches plus forward-pass scratch."""
+        return int(self._native.allocated_bytes)
+
     def copy(self) -> State:
         """An independent snapshot of this state."""
         return State(self._native.copy(), self._model)
 
+    def snapshot(self) -> State:
+        """A compact copy: a state whose context is just this state's position (the caches
+        a prompt prefix filled, nothing more), for keeping; `restore` it into a full state."""
+        native = self._model._native.new_state(max(1, self.position), 1, self.kv_type)
+        native.copy_from(self._native)
+        return State(native, self._model)
+
     def restore(self, snapshot: State) -> None:
-        """Makes this state equal to `snapshot` (a copy of a state of the same model).
+        """Makes this state equal to `snapshot` (a copy or `snapshot()` of a state of the same
+        model, whose position fits this state's context).
 
         Raises:
-            ValueError: the snapshot belongs to another model or context length.
+            ValueError: the snapshot belongs to another model or does not fit.
         """
         try:
             self._native.copy_from(snapshot._native)
@@ -191,6 +254,7 @@ class Model:
         self.context = int(context or min(DEFAULT_CONTEXT, config.max_position_embeddings))
         self.kv_cache = kv_cache
         self.batch = batch
+        _MODELS.add(self)
 
     # --- construction ---
     @classmethod
@@ -290,6 +354,12 @@ class Model:
         sleep. Results do not depend on it. The power governor turns this knob."""
         self._native.set_active_threads(int(n))
 
+    def stop(self) -> None:
+        """Ends the forward passes running on any thread at their next layer boundary (they
+        raise `ModelStoppedError`), and makes every later one raise at once. For shutting
+        down: the interpreter's exit does this for every model, then waits for them."""
+        self._native.stop()
+
     @property
     def file_size(self) -> int:
         """Bytes of the model file (0 for a model built from tensors in memory)."""
@@ -300,11 +370,53 @@ class Model:
         """Bytes of weights one decode step reads."""
         return int(self._native.decode_weight_bytes)
 
+    def state_bytes(self, context: int | None = None) -> int:
+        """Bytes a new state for `context` tokens allocates (default: the model's context):
+        the KV cache of the full-attention layers in this model's KV type, the DeltaNet conv
+        and recurrent states, and the scratch of a forward pass (`State::bytes_for`).
+
+        Raises:
+            ValueError: a context outside 1..max_position_embeddings.
+        """
+        try:
+            return int(self._native.state_bytes(context or self.context, self.batch, self.kv_cache))
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
+    def max_context_for(self, budget: int) -> int:
+        """The longest context whose state fits in `budget` bytes (0 if none does); the state
+        grows linearly with the context."""
+        top = self.config.max_position_embeddings
+        base, per = self.state_bytes(1), self.state_bytes(2) - self.state_bytes(1)
+        if base > budget:
+            return 0
+        n = top if per <= 0 else min(top, 1 + (budget - base) // per)
+        while n > 1 and self.state_bytes(n) > budget:  # the scratch may grow in steps
+            n -= 1
+        return int(n)
+
     # --- the protocol ---
     def new_state(self, context: int | None = None) -> State:
-        """A fresh state for `context` tokens (default: the model's context)."""
+        """A fresh state for `context` tokens (default: the model's context).
+
+        Raises:
+            ContextLengthError: the state would not fit the memory available now
+                (MemAvailable), which would otherwise end in the OOM killer.
+            ValueError: a context outside 1..max_position_embeddings.
+        """
+        context = context or self.context
+        need = self.state_bytes(context)
+        available = mem_available_bytes()
+        if available is not None and need > available:
+            fits = self.max_context_for(available)
+            raise ContextLengthError(
+                f"a state for {context} tokens needs {need / 2**20:.0f} MiB "
+                f"({self.kv_cache} KV cache) but only {available / 2**20:.0f} MiB of memory is "
+                f"available; use a smaller --context (at most {fits} tokens fit now)"
+                + ("" if self.kv_cache == "q8" else " or --kv-cache q8")
+            )
         try:
-            native = self._native.new_state(context or self.context, self.batch, self.kv_cache)
+            native = self._native.new_state(context, self.batch, self.kv_cache)
         except RuntimeError as e:
             raise _map_error(e, ValueError) from None
         return State(native, self)
@@ -347,6 +459,53 @@ class Model:
             out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)
         try:
             self._native.forward(ids, state._native, out, all_logits, hidden, checkpoint)
+        except RuntimeError as e:
+            raise _map_error(e, QwenEdgeError) from None
+        return out
+
+    def forward_batch(
+        self,
+        batch: Sequence[tuple[Iterable[int] | np.ndarray, State]],
+        *,
+        want: Sequence[bool] | None = None,
+    ) -> np.ndarray:
+        """One step over several sequences: each (tokens, state) continues its own state, one
+        token when decoding or a chunk of a prompt, and every weight matrix is read once for
+        all of them. Each sequence's result equals `forward(tokens, state)` alone, bit for bit.
+
+        Args:
+            batch: (tokens, state) per sequence; the states must be distinct.
+            want: per sequence, whether to compute its logits (default: all).
+
+        Returns:
+            float32 [len(batch), vocab]: row i holds the last position's logits of sequence i
+            (zeros where `want[i]` is false).
+
+        Raises:
+            ContextLengthError: a sequence's tokens do not fit its state (no state changes).
+            ValueError: an empty batch or token list, a bad id, a state given twice.
+        """
+        if not batch:
+            raise ValueError("forward_batch needs at least one sequence")
+        want = [True] * len(batch) if want is None else [bool(w) for w in want]
+        if len(want) != len(batch):
+            raise ValueError("want must have one entry per sequence")
+        vocab = self.config.vocab_size
+        arrays, states = [], []
+        for tokens, state in batch:
+            ids = _token_array(tokens, vocab)
+            if state.position + ids.size > state.context:
+                raise ContextLengthError(
+                    f"{state.position} + {ids.size} tokens exceed the context of "
+                    f"{state.context} tokens"
+                )
+            arrays.append(ids)
+            states.append(state._native)
+        if len({id(s) for s in states}) != len(states):
+            raise ValueError("forward_batch: a state appears twice in one step")
+        out = np.zeros((len(batch), vocab), np.float32)
+        try:
+            self._native.forward_multi(arrays, states, out, want)
         except RuntimeError as e:
             raise _map_error(e, QwenEdgeError) from None
         return out
@@ -420,6 +579,8 @@ def _map_error(e: RuntimeError, kind: type[Exception]) -> Exception:
     c = core()
     if isinstance(e, c.ContextLengthError):
         return ContextLengthError(str(e))
+    if isinstance(e, c.Interrupted):
+        return ModelStoppedError(f"{e}: the model was stopped (Model.stop(), or the exit)")
     if isinstance(e, c.Error):
         return kind(str(e))
     return QwenEdgeError(str(e))
@@ -428,3 +589,26 @@ def _map_error(e: RuntimeError, kind: type[Exception]) -> Exception:
 def load(path: str | os.PathLike[str], **kwargs: Any) -> Model:
     """`Model.load(path, **kwargs)`: the native model over a model file."""
     return Model.load(path, **kwargs)
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+_MODELS: weakref.WeakSet[Model] = weakref.WeakSet()
+SHUTDOWN_WAIT = 30.0  # seconds the exit waits for forward passes to reach a layer boundary
+
+
+@atexit.register
+def _stop_models_at_exit() -> None:
+    """Stops every model's forward passes and waits until no thread is inside the core.
+
+    atexit runs before the interpreter finalizes, while daemon threads still run. A daemon
+    thread that took the GIL back after finalization began would be ended by the
+    interpreter (a forced unwind through C++, which aborts the process: "terminate called
+    without an active exception"), and one still computing while the models are freed would
+    use freed memory. Stopped passes end at their next layer boundary, a few milliseconds.
+    """
+    models = list(_MODELS)
+    for m in models:
+        m._native.stop()
+    deadline = time.monotonic() + SHUTDOWN_WAIT
+    while any(m._native.running for m in models) and time.monotonic() < deadline:
+        time.sleep(0.002)  # releases the GIL, so the passes can return

@@ -10,13 +10,26 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from ..errors import QwenEdgeError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so cleanups run (an export removes its temporary
+    file) and the process ends with 143 rather than being killed mid-write."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
 
 # Command modules, in the order `qwen-edge --help` lists them (module name = command name).
 COMMANDS = (
@@ -38,11 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_cause(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated somewhere in e's chain of causes, if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (KeyboardInterrupt, Terminated)):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)  # `serve` installs its own
     try:
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except SystemError as e:
+            # A signal's exception raised inside a C callback (numba's first-call unpickling in
+            # the Python quantizer) comes back wrapped in SystemError: it is still that stop.
+            cause = _stop_cause(e)
+            if cause is None:
+                raise
+            raise cause from None
+    except Terminated:
+        print("qwen-edge: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except QwenEdgeError as e:
         print(f"qwen-edge: error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -54,3 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # failing again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

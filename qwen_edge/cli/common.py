@@ -120,7 +120,7 @@ def load_model(args: argparse.Namespace) -> Any:
     from ..generation.llm import load
 
     apply_board(args)
-    return load(
+    llm = load(
         args.model,
         threads=args.threads,
         context=args.context,
@@ -128,6 +128,14 @@ def load_model(args: argparse.Namespace) -> Any:
         backend=getattr(args, "backend", "auto"),
         tokenizer_backend=getattr(args, "tokenizer_backend", "auto"),
     )
+    model = getattr(llm, "model", None)
+    if hasattr(model, "state_bytes"):  # the native backend: say what a state will take
+        print(
+            f"state: {model.state_bytes() / 2**20:.1f} MiB for {model.context} tokens "
+            f"({model.kv_cache} KV cache)",
+            file=sys.stderr,
+        )
+    return llm
 
 
 # --- generation settings ------------------------------------------------------------------------

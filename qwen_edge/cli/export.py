@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import QwenEdgeError
-from ..export.convert import RECIPES
+from ..export.convert import QUANTIZERS, RECIPES
 from .common import fmt_bytes, progress_bar
 
 HELP = "convert a Hugging Face checkpoint into one model file (.qe) or an ONNX graph (.onnx)"
@@ -44,6 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--genai-threads", type=int, default=0,
         help="onnx --genai: intra_op_num_threads in genai_config.json (default 0: all cores)",
     )  # fmt: skip
+    p.add_argument(
+        "--quantizer", choices=QUANTIZERS, default="auto",
+        help="who quantizes: the native core (multithreaded), python (numba/numpy), or auto "
+        "(native when built); the file is the same byte for byte",
+    )  # fmt: skip
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="threads of the native quantizer (default: every CPU this process may use)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -66,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         overrides,
         keep_mtp=args.mtp,
         progress=progress_bar("quantizing"),
+        quantizer=args.quantizer,
+        threads=args.threads,
     )
     report = {
         "path": str(summary.path),
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "parameters": summary.parameters,
         "bits_per_weight": round(summary.bits_per_weight, 4),
         "seconds": round(summary.seconds, 1),
+        "quantizer": args.quantizer,
         "formats": summary.formats,
         "mtp": summary.mtp,
     }

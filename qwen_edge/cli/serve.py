@@ -48,6 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="requests that may wait for the model; more are answered 429 (default 16)",
     )  # fmt: skip
     g.add_argument(
+        "--max-batch", type=int, default=4,
+        help="requests that generate together, one batched model step for all (default 4)",
+    )  # fmt: skip
+    g.add_argument(
+        "--prefill-chunk", type=int, default=32,
+        help="prompt tokens a joining request prefills per step while others decode (32)",
+    )  # fmt: skip
+    g.add_argument(
+        "--cache-mb", type=float, default=256.0,
+        help="megabytes of prompt-prefix snapshots (system prompts, chat histories) kept so "
+        "later requests skip their prefill; 0 disables (default 256)",
+    )  # fmt: skip
+    g.add_argument(
         "--max-tokens-cap", type=int,
         help="the most tokens one request may ask for (default: 4096, or the context if less)",
     )  # fmt: skip
@@ -85,6 +98,9 @@ def _check_limits(args: argparse.Namespace) -> None:
     checks = [
         (0 <= args.port <= 65535, "--port must be in [0, 65535]"),
         (args.max_queue >= 0, "--max-queue must be >= 0"),
+        (args.max_batch >= 1, "--max-batch must be >= 1"),
+        (args.prefill_chunk >= 1, "--prefill-chunk must be >= 1"),
+        (0 <= args.cache_mb < 1e7, "--cache-mb must be >= 0"),
         (args.max_tokens_cap is None or args.max_tokens_cap > 0, "--max-tokens-cap must be > 0"),
         (0 < args.read_timeout < 1e6, "--read-timeout must be a positive number of seconds"),
         (args.max_connections > 0, "--max-connections must be > 0"),
@@ -103,14 +119,19 @@ def run(args: argparse.Namespace) -> int:
     key = api_key(args)
     board = apply_board(args)  # --board: threads, context and cores where the user gave none
     power = open_power(args, board)
-    llm = load(args.model, threads=args.threads, context=args.context, kv_cache=args.kv_cache)
-    # The one worker runs every request's forward passes, so the governor paces them all.
+    llm = load(
+        args.model, threads=args.threads, context=args.context, kv_cache=args.kv_cache,
+        cache_mb=args.cache_mb,
+    )  # fmt: skip
+    # The scheduler runs every request's forward passes, so the governor paces them all (one
+    # batched step counts as one pass: docs/serving.md).
     governor = govern(llm, power, args)
     name = args.model_name or Path(args.model).stem
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         server = serve(
             llm, args.host, args.port, name, api_key=key, max_queue=args.max_queue,
+            max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
             max_tokens_cap=args.max_tokens_cap, read_timeout=args.read_timeout,
             max_connections=args.max_connections,
         )  # fmt: skip
@@ -119,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     stopper: list[threading.Thread] = []
 
     def on_signal(signum: int, frame: Any) -> None:
-        if stopper:  # a second signal: stop now (the worker is still joined on the way out)
+        if stopper:  # a second signal: stop now (the scheduler is still joined on the way out)
             raise KeyboardInterrupt
         timeout = args.drain_timeout if signum == signal.SIGTERM else 0.0
         thread = threading.Thread(target=server.drain_and_stop, args=(timeout,), daemon=True)
@@ -136,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         if stopper:
             stopper[0].join()
     finally:
-        server.server_close()  # stops the worker thread before the interpreter tears down
+        server.server_close()  # stops the scheduler's threads before the interpreter tears down
         finish_power(governor, power)
         for s, handler in previous.items():
             signal.signal(s, handler)

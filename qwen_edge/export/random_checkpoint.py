@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..formats.config import ModelConfig
-from ..formats.safetensors import float32_to_bf16, write_safetensors
+from ..formats.safetensors import DTYPE_SIZES, float32_to_bf16, write_safetensors
 
 STORAGE_DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 # docs/model.md §3.1: the hub stores these two kinds in float32 whatever the checkpoint dtype.
@@ -27,7 +27,25 @@ FP32_TENSOR_SUFFIXES = ("linear_attn.A_log", "linear_attn.norm.weight")
 
 def random_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
     """A float32 tensor for `name`, reproducible from (name, shape, seed) alone."""
+    return _random_rows(np.random.default_rng([seed, zlib.crc32(name.encode())]), name, shape)
+
+
+def random_tensor_chunks(
+    name: str, shape: tuple[int, ...], seed: int, chunk_rows: int = 4096
+) -> Iterator[np.ndarray]:
+    """`random_tensor(name, shape, seed)` in chunks of rows, equal to it value for value (the
+    generator draws the same stream in pieces), so a 9B embedding never sits in memory whole."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    if len(shape) < 2:
+        yield _random_rows(rng, name, shape)
+        return
+    for r0 in range(0, shape[0], chunk_rows):
+        yield _random_rows(rng, name, (min(chunk_rows, shape[0] - r0), *shape[1:]))
+
+
+def _random_rows(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The next `shape` values of tensor `name` from rng (whole tensors or row chunks: every
+    scale depends on the name and the row length only)."""
     module = name.rsplit(".", 2)[-2]  # e.g. "input_layernorm", "q_proj", "conv1d"
     if name.endswith("A_log"):
         # Decay rates from fast to slow forgetting: A in [0.05, 4].
@@ -83,8 +101,12 @@ def write_random_checkpoint(
     dtype: str = "bf16",
     with_mtp: bool = True,
     extra_files: dict[str, Any] | None = None,
+    shard_bytes: int | None = None,
 ) -> Path:
     """Writes `config.json` and `model.safetensors` of a random-weight checkpoint.
+
+    Tensors are made and written in chunks of rows, so memory stays at a few tens of MB
+    whatever the model's size (a 9B-shaped checkpoint included).
 
     Args:
         out_dir: folder to create (may exist).
@@ -95,6 +117,9 @@ def write_random_checkpoint(
         dtype: storage type of the matrices: "bf16" (as released), "f16" or "f32".
         with_mtp: add the MTP head's tensors (wrapper layout only, as on the hub).
         extra_files: more files to write into the folder, name -> JSON object or text.
+        shard_bytes: split the weights into shards of at most this many bytes (a tensor larger
+            than that gets a shard of its own), named and indexed as the hub does
+            (`model-00001-of-00004.safetensors` + `model.safetensors.index.json`).
 
     Returns:
         The checkpoint folder.
@@ -118,15 +143,43 @@ def write_random_checkpoint(
     if with_mtp and layout == "wrapper":
         names += [(n, n, s) for n, s in mtp_tensor_shapes(config).items()]
 
-    def arrays() -> Iterator[np.ndarray]:
-        for canonical, _, shape in names:
-            yield _storage(canonical, random_tensor(canonical, shape, seed), dtype)[1]
+    def chunks(canonical: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        for part in random_tensor_chunks(canonical, shape, seed):
+            yield _storage(canonical, part, dtype)[1]
 
     entries = [
         (stored, _storage(canonical, np.zeros(1, np.float32), dtype)[0], shape)
         for canonical, stored, shape in names
     ]
-    write_safetensors(out / "model.safetensors", entries, arrays(), {"format": "pt"})
+    shards: list[list[int]] = [[]]  # entry indices per shard
+    size = 0
+    for i, (_, st_dtype, shape) in enumerate(entries):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_SIZES[st_dtype]
+        if shard_bytes and shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(i)
+        size += nbytes
+    files = (
+        ["model.safetensors"]
+        if len(shards) == 1 and not shard_bytes
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    weight_map: dict[str, str] = {}
+    total = 0
+    for fname, idx in zip(files, shards, strict=True):
+        write_safetensors(
+            out / fname,
+            [entries[i] for i in idx],
+            (chunks(names[i][0], names[i][2]) for i in idx),
+            {"format": "pt"},
+        )
+        for i in idx:
+            weight_map[entries[i][0]] = fname
+            total += int(np.prod(entries[i][2], dtype=np.int64)) * DTYPE_SIZES[entries[i][1]]
+    if files != ["model.safetensors"]:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(file_config, indent=2) + "\n")
     for fname, content in (extra_files or {}).items():
         text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"

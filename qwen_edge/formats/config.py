@@ -16,6 +16,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
+# Bounds on any one dimension and on the layer count: far above real models, low enough that
+# products of a few dims cannot overflow 64 bits (csrc/model/config.cc has the same).
+MAX_DIM = 1 << 24
+MAX_LAYERS = 4096
 LINEAR = "linear_attention"
 FULL = "full_attention"
 
@@ -130,8 +134,44 @@ class ModelConfig:
         ]  # fmt: skip
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"config: {name} must be a positive integer, found {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_DIM:
+                raise ConfigError(
+                    f"config: {name} must be an integer in 1..{MAX_DIM}, found {value!r}"
+                )
+        for name, low in (("max_position_embeddings", 1), ("mtp_num_hidden_layers", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 2**31:
+                raise ConfigError(
+                    f"config: {name} must be an integer in {low}..{2**31}, found {value!r}"
+                )
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ConfigError("config: tie_word_embeddings must be a boolean")
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                   for e in self.eos_token_id):  # fmt: skip
+            raise ConfigError("config: eos_token_id entries must be non-negative integers")
+        if not all(isinstance(t, str) for t in self.layer_types):
+            raise ConfigError("config: layer_types entries must be strings")
+        for name in ("rms_norm_eps", "rope_theta", "partial_rotary_factor"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            ):
+                raise ConfigError(
+                    f"config: {name} must be a positive finite number, found {value!r}"
+                )
+        if self.partial_rotary_factor > 1:  # checked before rotary_dim converts it to an int
+            raise ConfigError(
+                "config: partial_rotary_factor must be in (0, 1], found "
+                f"{self.partial_rotary_factor}"
+            )
+        if self.num_hidden_layers > MAX_LAYERS:
+            raise ConfigError(
+                f"config: num_hidden_layers must be at most {MAX_LAYERS}, found "
+                f"{self.num_hidden_layers}"
+            )
         if len(self.layer_types) != self.num_hidden_layers:
             raise ConfigError(
                 f"config: layer_types has {len(self.layer_types)} entries, "
@@ -158,12 +198,6 @@ class ModelConfig:
                 f"config: partial_rotary_factor {self.partial_rotary_factor} x head_dim "
                 f"{self.head_dim} gives {rot} rotary dims; need an even number in 2..head_dim"
             )
-        for name in ("rms_norm_eps", "rope_theta"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(
-                    f"config: {name} must be a positive finite number, found {value!r}"
-                )
 
     # --- (de)serialization ---
     @classmethod
@@ -181,6 +215,8 @@ class ModelConfig:
             raise ConfigError(f"{source}: expected a JSON object")
         model_type = config.get("model_type")
         archs = config.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ConfigError(f"{source}: 'architectures' must be a list of class names")
         if model_type == WRAPPER_MODEL_TYPE or "text_config" in config:
             text = config.get("text_config")
             if not isinstance(text, dict):
@@ -206,7 +242,7 @@ class ModelConfig:
             return default
 
         _check_supported(text, source)
-        rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+        rope = _rope(text, source)
         rope_theta = rope.get("rope_theta", text.get("rope_theta", 1e7))
         partial = rope.get("partial_rotary_factor", text.get("partial_rotary_factor", 0.25))
         n_layers = get("num_hidden_layers")
@@ -214,7 +250,12 @@ class ModelConfig:
         if layer_types is None:
             # docs/model.md §2.3: every `full_attention_interval`-th layer is full attention.
             interval = text.get("full_attention_interval", 4)
-            if not isinstance(n_layers, int) or not isinstance(interval, int) or interval <= 0:
+            if (
+                not isinstance(n_layers, int)
+                or not 0 < n_layers <= MAX_LAYERS
+                or not isinstance(interval, int)
+                or interval <= 0
+            ):
                 raise ConfigError(f"{source}: bad num_hidden_layers / full_attention_interval")
             layer_types = [FULL if (i + 1) % interval == 0 else LINEAR for i in range(n_layers)]
         if not isinstance(layer_types, list):
@@ -241,14 +282,14 @@ class ModelConfig:
                 rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
                 rope_theta=float(rope_theta),
                 partial_rotary_factor=float(partial),
-                tie_word_embeddings=bool(tie),
+                tie_word_embeddings=tie,
                 max_position_embeddings=int(get("max_position_embeddings", 262144)),
                 eos_token_id=tuple(int(e) for e in eos_ids),
                 mtp_num_hidden_layers=int(get("mtp_num_hidden_layers", 0) or 0),
             )
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}".replace("config: ", "", 1)) from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ArithmeticError) as e:
             raise ConfigError(f"{source}: invalid value in text config: {e}") from None
 
     @classmethod
@@ -275,7 +316,7 @@ class ModelConfig:
                 d[key] = tuple(d[key])
         try:
             return cls(**d)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"config: {e}") from None
 
 
@@ -291,10 +332,17 @@ def _check_supported(text: dict[str, Any], source: str) -> None:
             raise ConfigError(
                 f"{source}: {key} = {found!r} is not supported (Qwen3.5 uses {want!r})"
             )
-    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    rope = _rope(text, source)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "mrope"):
         raise ConfigError(f"{source}: rope_type '{rope_type}' is not supported (only 'default')")
+
+
+def _rope(text: dict[str, Any], source: str) -> dict[str, Any]:
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{source}: rope_parameters must be an object")
+    return rope
 
 
 def read_json(path: Path) -> Any:

@@ -2,22 +2,26 @@
 
 `docs/model-file.md` defines every byte; this module follows it literally. The writer plans
 every offset up front (sizes follow from format and shape), reserves the header's space with
-the widest possible CRC values, streams tensors one at a time into `<file>.tmp`, then writes the
-final header (padded with spaces to the reserved length), fsyncs, renames and fsyncs the
-folder. The reader memory-maps the file, checks everything in the documented order and hands
-out zero-copy views; every problem raises `ModelFileError` naming the file, the field, what was
-expected and what was found.
+the widest possible CRC values, streams tensors one at a time into a temporary file of its own
+beside the destination, then writes the final header (padded with spaces to the reserved
+length), fsyncs, reads the file back against its CRCs, renames and fsyncs the folder. The
+reader memory-maps the file, checks everything in the documented order and hands out zero-copy
+views; every problem raises `ModelFileError` naming the file, the field, what was expected and
+what was found.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import json
 import math
 import mmap
 import os
+import re
+import secrets
 import shutil
 import struct
 import zlib
@@ -108,8 +112,15 @@ class ModelFileWriter:
 
     Use as a context manager; tensors and blobs must be written in the order they were declared
     (tensors first, then blobs). On leaving the block without error the file is finalised
-    (header with CRCs, fsync, rename over `path`, fsync of the folder); on any exception,
-    including KeyboardInterrupt, the temporary file is removed and `path` is left untouched.
+    (header with CRCs, fsync, a read-back against the CRCs, rename over `path`, fsync of the
+    folder); on any exception, including KeyboardInterrupt, the temporary file is removed and
+    `path` is left untouched.
+
+    The temporary file is `.<name>.<pid>.<random>.tmp` in the destination's folder, created
+    exclusively, so concurrent writers to one path never share it (the last rename wins, and
+    the published file is always one writer's complete output). A writer holds an exclusive
+    `flock` on it; temporary files of `path` left by killed writers (dead pid, no lock) are
+    removed when the next writer opens (`stale_removed` lists them).
 
     Args:
         path: destination file.
@@ -131,7 +142,8 @@ class ModelFileWriter:
         blobs: Iterable[tuple[str, int]] = (),
     ):
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.tmp_path = self.path  # set by open(): the writer's own temporary file
+        self.stale_removed: list[Path] = []
         self._header = dict(header)
         for key in ("tensors", "blobs"):
             if key in self._header:
@@ -205,8 +217,11 @@ class ModelFileWriter:
                 f"{self.file_size / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; free some space "
                 "or write elsewhere with -o"
             )
+        self.stale_removed = remove_stale_temporaries(self.path)
         try:
-            self._file = open(self.tmp_path, "wb")  # noqa: SIM115 (closed in commit/abort)
+            self.tmp_path, fd = _create_exclusive(self.path)
+            self._file = os.fdopen(fd, "wb")  # closed in commit/abort
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)  # held until closed: "alive"
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 # Reserve the blocks now so a full disk fails at once, not after minutes.
                 # Filesystems without fallocate raise EOPNOTSUPP/EINVAL: just write.
@@ -320,9 +335,10 @@ class ModelFileWriter:
             f.write(bytes(self.data_offset - PREAMBLE - len(header)))
             f.flush()
             os.fsync(f.fileno())
-            f.close()
-            self._file = None
+            self._read_back(header)
             os.replace(self.tmp_path, self.path)
+            f.close()  # after the rename: the lock marks the file as alive until then
+            self._file = None
             self._done = True
             _fsync_dir(self.path.parent)
         except OSError as e:
@@ -332,15 +348,92 @@ class ModelFileWriter:
             self.abort()
             raise
 
+    def _read_back(self, header: bytes) -> None:
+        """Reads the finished temporary file back and checks header and every CRC, so a file
+        that the disk or another process changed under us is never published."""
+        with open(self.tmp_path, "rb") as f:
+            f.seek(PREAMBLE)
+            if f.read(len(header)) != header:
+                raise ModelFileError(f"{self.tmp_path}: the header read back differs")
+            for e in [*self._tensors, *self._blobs]:
+                f.seek(self.data_offset + e.offset)
+                left, crc = e.size, 0
+                while left:
+                    piece = f.read(min(left, 16 << 20))
+                    if not piece:
+                        break
+                    crc = crc32(piece, crc)
+                    left -= len(piece)
+                if left or crc != e.crc32:
+                    raise ModelFileError(
+                        f"{self.tmp_path}: '{e.name}' read back with another CRC than written; "
+                        "the disk or another process changed the file, it was not published"
+                    )
+
     def abort(self) -> None:
         """Closes and removes the temporary file (the destination is untouched)."""
+        if not self._done and self.tmp_path != self.path:
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp_path.unlink()  # before closing: unlocked, it could look stale
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-        if not self._done:
-            with contextlib.suppress(FileNotFoundError):
-                self.tmp_path.unlink()
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Removes the temporary files that killed writers of `path` left behind.
+
+    A temporary file is stale when the process named in it is gone and no writer holds its
+    lock; a live writer's is never touched.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.tmp")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        candidate = path.parent / name
+        try:
+            with open(candidate, "rb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                candidate.unlink()
+        except OSError:  # locked (alive after all), or already gone
+            continue
+        removed.append(candidate)
+    return removed
+
+
+def _create_exclusive(path: Path) -> tuple[Path, int]:
+    """A new temporary file for `path` in its folder: `.<name>.<pid>.<random>.tmp`, created
+    exclusively with the mode a plain open() gives (the umask applies, unlike mkstemp's 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or a number no process has: leave it
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -166,10 +166,27 @@ def float32_to_bf16(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _write_chunks(
+    f: Any, name: str, dtype: str, shape: tuple[int, ...], chunks: Iterable[np.ndarray]
+) -> None:
+    """Writes one tensor given as row chunks, checking they add up to its shape."""
+    rows = 0
+    for part in chunks:
+        ok = part.itemsize == DTYPE_SIZES[dtype] and (
+            tuple(part.shape[1:]) == shape[1:] if shape else part.size == 1
+        )
+        if not ok:
+            raise ValueError(f"{name}: chunk {part.dtype}{part.shape} does not fit {dtype}{shape}")
+        f.write(np.ascontiguousarray(part).tobytes())
+        rows += part.shape[0] if shape and part.ndim else 1
+    if rows != (shape[0] if shape else 1):
+        raise ValueError(f"{name}: chunks hold {rows} rows for the shape {list(shape)}")
+
+
 def write_safetensors(
     path: str | Path,
     entries: list[tuple[str, str, tuple[int, ...]]],
-    arrays: Iterable[np.ndarray],
+    arrays: Iterable[np.ndarray | Iterable[np.ndarray]],
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Writes a safetensors file atomically (temporary file, fsync, rename), streaming tensors.
@@ -178,7 +195,9 @@ def write_safetensors(
         path: destination file.
         entries: (name, safetensors dtype, shape) of every tensor, in file order.
         arrays: the tensors in the same order, already in their storage type (bf16 as uint16);
-            produced lazily, so only one needs to be in memory at a time.
+            produced lazily, so only one needs to be in memory at a time. A tensor may also
+            come as an iterable of row chunks (arrays of its trailing shape), so not even one
+            tensor needs to be in memory whole.
         metadata: optional string map stored under `__metadata__`.
     """
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
@@ -201,11 +220,14 @@ def write_safetensors(
             f.write(blob)
             count = 0
             for (name, dtype, shape), arr in zip(entries, arrays, strict=False):
-                if tuple(arr.shape) != tuple(shape) or arr.itemsize != DTYPE_SIZES[dtype]:
-                    raise ValueError(
-                        f"{name}: array {arr.dtype}{arr.shape} does not match {dtype}{shape}"
-                    )
-                f.write(np.ascontiguousarray(arr).tobytes())
+                if isinstance(arr, np.ndarray):
+                    if tuple(arr.shape) != tuple(shape) or arr.itemsize != DTYPE_SIZES[dtype]:
+                        raise ValueError(
+                            f"{name}: array {arr.dtype}{arr.shape} does not match {dtype}{shape}"
+                        )
+                    f.write(np.ascontiguousarray(arr).tobytes())
+                else:
+                    _write_chunks(f, name, dtype, tuple(shape), arr)
                 count += 1
             if count != len(entries):
                 raise ValueError(f"{path}: got {count} arrays for {len(entries)} header entries")

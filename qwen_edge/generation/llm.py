@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend
-from ..errors import CheckpointError, QwenEdgeError, TokenizerError
+from ..errors import CheckpointError, GenerationConfigError, QwenEdgeError, TokenizerError
 from ..formats.model_file import ModelFile
 from .chat_template import IM_START, ChatTemplate, Message
 from .loop import (
@@ -29,6 +29,7 @@ from .loop import (
     prefill,
     stream_generate,
 )
+from .prefix_cache import DEFAULT_CACHE_MB, PrefixCache, restore_state, snapshot_state
 from .settings import GenerationConfig
 from .speculative import supports_speculation
 from .tokenizer import Tokenizer, load_tokenizer
@@ -120,14 +121,22 @@ class LLM:
     Forwards the backend protocol (`new_state`, `forward`, `logits`), so tests and tools can use
     it as a model, and adds text generation and chat.
 
-    Keeps one prompt-prefix snapshot: the state just before the last `<|im_start|>` of the
-    previous prompt, which is where a chat's next prompt stops sharing tokens with it (the
-    template re-renders the previous answer without its empty think block). A new prompt that
-    starts with those tokens continues a copy of that state instead of starting over.
+    Keeps prompt-prefix snapshots in a `PrefixCache` (generation/prefix_cache.py) at chat
+    boundaries: just before the second `<|im_start|>` of a prompt (after the system prompt and
+    tools, which other conversations share) and just before its last one (after the finished
+    turns: where a chat's next prompt stops sharing tokens with it, since the template
+    re-renders the previous answer without its empty think block). A new prompt continues a
+    copy of the longest cached prefix it starts with instead of starting over; the logits are
+    the same either way.
     """
 
     def __init__(
-        self, model: Backend, assets: ModelAssets, *, load_time: tuple[float, float] = (0.0, 0.0)
+        self,
+        model: Backend,
+        assets: ModelAssets,
+        *,
+        load_time: tuple[float, float] = (0.0, 0.0),
+        prefix_cache: PrefixCache | None = None,
     ):
         self.model = model
         self.tokenizer = assets.tokenizer
@@ -135,7 +144,16 @@ class LLM:
         self.generation_config = assets.generation
         self.source = assets.source
         self.load_time = load_time
-        self._cache: tuple[list[int], Any] | None = None
+        self.prefix_cache = PrefixCache() if prefix_cache is None else prefix_cache
+
+    @property
+    def assets(self) -> ModelAssets:
+        return ModelAssets(self.tokenizer, self.chat_template, self.generation_config, self.source)
+
+    def with_model(self, model: Backend) -> LLM:
+        """This LLM over another model object (a wrapper of its model: the serving scheduler's
+        batching proxy, a test's gate), sharing the tokenizer, defaults and prefix cache."""
+        return LLM(model, self.assets, load_time=self.load_time, prefix_cache=self.prefix_cache)
 
     # backend protocol
     @property
@@ -265,19 +283,18 @@ class LLM:
                 start_time=start, load_time=self.load_time,
             )  # fmt: skip
             return
-        if self._cache is not None:
-            prefix, snapshot = self._cache
-            if len(prefix) < len(ids) and ids[: len(prefix)] == prefix:
-                cached, state = len(prefix), snapshot.copy()
+        hit = self.prefix_cache.lookup(ids)
+        if hit is not None:
+            cached, state = hit[0], restore_state(self.model, hit[1])
         reused = cached
         if state is None:
             state = self.model.new_state()
-        # Snapshot before the last <|im_start|> past the reused part (see the class docstring).
-        cut = max((i for i in range(cached, len(ids)) if ids[i] == IM_START), default=-1)
-        if cut > cached:
-            prefill(self.model, ids[cached:cut], state)
-            self._cache = (ids[:cut], state.copy())
-            cached = cut
+        if self.prefix_cache.enabled:
+            for cut in chat_boundaries(ids):
+                if cut > cached:
+                    prefill(self.model, ids[cached:cut], state)
+                    self.prefix_cache.put(ids[:cut], snapshot_state(state))
+                    cached = cut
         yield from stream_generate(
             self.model,
             self.tokenizer,
@@ -297,6 +314,13 @@ class LLM:
         return f"LLM({self.source!r}, backend={backend}, tokenizer={tok})"
 
 
+def chat_boundaries(ids: Sequence[int]) -> list[int]:
+    """Where `LLM` snapshots a prompt (see its docstring): the positions of its second and of
+    its last `<|im_start|>`, ascending, without duplicates."""
+    starts = [i for i, t in enumerate(ids) if t == IM_START and i > 0]
+    return sorted({starts[0], starts[-1]}) if starts else []
+
+
 BACKENDS = ("auto", "native", "onnxruntime", "reference")
 
 
@@ -308,6 +332,7 @@ def load(
     kv_cache: str = "f16",
     backend: str = "auto",
     tokenizer_backend: str = "auto",
+    cache_mb: float = DEFAULT_CACHE_MB,
 ) -> LLM:
     """Loads a model for generation.
 
@@ -320,6 +345,7 @@ def load(
             the memory of f16, for long contexts).
         backend: "auto" (by path), "native", "onnxruntime" or "reference".
         tokenizer_backend: "auto", "tokenizers" or "python" (see `generation/tokenizer.py`).
+        cache_mb: megabytes of prompt-prefix snapshots to keep (`PrefixCache`); 0 keeps none.
 
     Returns:
         An `LLM`.
@@ -329,6 +355,13 @@ def load(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    for name, value in (("threads", threads), ("context", context)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**31
+        ):
+            raise GenerationConfigError(
+                f"{name} must be an integer in 1..{2**31}, got {value!r}", name
+            )
     path = Path(path)
     start = time.perf_counter()
     if path.is_dir():
@@ -353,7 +386,16 @@ def load(
         raise QwenEdgeError(
             f"{path} does not exist (expected a .qe model file or a checkpoint folder)"
         )
-    return LLM(model, assets, load_time=(start, time.perf_counter()))
+    limit = model.config.max_position_embeddings
+    if context is not None and context > limit:
+        raise GenerationConfigError(
+            f"context must be at most {limit} tokens (the model's max_position_embeddings), "
+            f"got {context}", "context",
+        )  # fmt: skip
+    if cache_mb < 0:
+        raise ValueError(f"cache_mb must be >= 0, not {cache_mb}")
+    cache = PrefixCache(int(cache_mb * 2**20))
+    return LLM(model, assets, load_time=(start, time.perf_counter()), prefix_cache=cache)
 
 
 def load_assets(path: str | Path, tokenizer_backend: str = "auto") -> ModelAssets:

@@ -4,6 +4,12 @@
 every forward pass of `n` tokens, and forwards everything else to the model, so the one
 generation loop (and the server and the benchmarks above it) runs under a governor without
 knowing it. The pacer is any object with those two methods (`hardware.governor.Governor`).
+
+A multi-sequence step (`forward_batch`, the serving scheduler's continuous batching) is paced
+as one pass of its longest sequence: n = 1 for a step that decodes one token for each of
+several streams. A tokens-per-second budget therefore counts steps, not tokens, under
+batching: at 4 streams the server emits up to 4x the budget's tokens, at about the power of
+one stream's step (a step's cost is dominated by reading the weights once).
 """
 
 from __future__ import annotations
@@ -40,6 +46,16 @@ class PacedModel:
         finally:
             self.pacer.after_forward(n)
 
+    def forward_batch(
+        self, batch: Sequence[tuple[Sequence[int], Any]], *, want: Sequence[bool] | None = None
+    ) -> np.ndarray:
+        n = max(len(tokens) for tokens, _ in batch) if batch else 0
+        self.pacer.before_forward(n)
+        try:
+            return forward_batch(self.model, batch, want=want)
+        finally:
+            self.pacer.after_forward(n)
+
     def new_state(self, *args: Any, **kwargs: Any) -> Any:
         return self.model.new_state(*args, **kwargs)
 
@@ -48,3 +64,17 @@ class PacedModel:
 
     def __getattr__(self, name: str) -> Any:  # config, context, threads, ...
         return getattr(self.model, name)
+
+
+def forward_batch(
+    model: Any, batch: Sequence[tuple[Sequence[int], Any]], *, want: Sequence[bool] | None = None
+) -> np.ndarray:
+    """`model.forward_batch` where the backend has one (the native runtime), else the sequences
+    one by one (the reference): the last position's logits of each, [len(batch), vocab]."""
+    if hasattr(model, "forward_batch"):
+        return model.forward_batch(batch, want=want)  # type: ignore[no-any-return]
+    rows = [model.forward(tokens, state) for tokens, state in batch]
+    out = np.stack(rows).astype(np.float32, copy=False)
+    if want is not None:
+        out[[not w for w in want]] = 0.0
+    return out

@@ -247,6 +247,18 @@ def ram_gb(meminfo: Path = Path("/proc/meminfo")) -> float | None:
     return None
 
 
+def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Memory the kernel says can be allocated without swapping (MemAvailable), in bytes; None
+    where it is unavailable (not Linux)."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _online_cpus() -> set[int] | None:
     if hasattr(os, "sched_getaffinity"):
         return set(os.sched_getaffinity(0))

@@ -104,11 +104,11 @@ class _Flight:
 
 
 class App:
-    """The OpenAI-compatible gateway over a worker (or the continuous-batching scheduler).
+    """The OpenAI-compatible gateway over the continuous-batching scheduler.
 
     Args:
         worker: has `submit(job)`, `queue_depth`, `active`, `stats()`, `drain(timeout)`,
-            `close()` (see `worker.py`).
+            `close()` (see `scheduler.py`).
         llm: the loaded `LLM` (its tokenizer names logprob tokens; its defaults cap answers).
         model_name: the model id clients see.
         api_key: when set, every route but the health probes needs `Authorization: Bearer KEY`.

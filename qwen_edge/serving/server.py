@@ -1,12 +1,13 @@
 """An OpenAI-compatible HTTP server for gateways, on the standard library alone.
 
 `/v1/chat/completions` (with SSE streaming, tools and thinking), `/v1/completions`,
-`/v1/models`, `/metrics`, `/health` and `/health/ready`. One worker owns the model (`worker.py`);
-what to answer is decided by `app.py`; this module is the HTTP transport: one thread per
-connection, a deep listen backlog, a cap on open connections, a deadline for receiving each
-request and a timeout for each write, so slow or stalled clients cannot hold the server, and a
-watch on the socket of every generation so that a client that goes away cancels it. Why the
-standard library and not an ASGI server: docs/serving.md (measured).
+`/v1/models`, `/metrics`, `/health` and `/health/ready`. The scheduler owns the model and
+batches the running requests (`scheduler.py`); what to answer is decided by `app.py`; this
+module is the HTTP transport: one thread per connection, a deep listen backlog, a cap on open
+connections, a deadline for receiving each request and a timeout for each write, so slow or
+stalled clients cannot hold the server, and a watch on the socket of every generation so that a
+client that goes away cancels it. Why the standard library and not an ASGI server:
+docs/serving.md (measured).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from .app import App, Request, Response
 from .openai_api import MAX_BODY_BYTES, APIError
-from .worker import Worker
+from .scheduler import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.watcher = DisconnectWatcher()
 
-    # compatibility with the single-worker server: tests and tools reach the worker here
+    # the scheduler (named `worker` since the one-request-at-a-time server): tests reach it here
     @property
     def worker(self) -> Any:
         return self.app.worker
@@ -360,6 +361,8 @@ def serve(
     *,
     api_key: str | None = None,
     max_queue: int = 16,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     max_tokens_cap: int | None = None,
     read_timeout: float = 30.0,
     max_connections: int = 256,
@@ -373,6 +376,8 @@ def serve(
         model_name: the model id clients see.
         api_key: require `Authorization: Bearer KEY` on every route but the health probes.
         max_queue: requests that may wait for the model; more are answered 429.
+        max_batch: requests that generate together (continuous batching, `scheduler.py`).
+        prefill_chunk: prompt tokens a joining request prefills per step while others decode.
         max_tokens_cap: the most tokens a request may ask for (default: 4096, or the context
             when smaller).
         read_timeout: seconds to receive a whole request; also the write timeout.
@@ -380,7 +385,7 @@ def serve(
     """
     if max_tokens_cap is None:
         max_tokens_cap = min(4096, llm.context or 4096)
-    worker = Worker(llm, max_queue=max_queue)
+    worker = Scheduler(llm, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk)
     app = App(worker, llm, model_name, api_key=api_key, max_tokens_cap=max_tokens_cap)
     try:
         return Server((host, port), app, read_timeout=read_timeout, max_connections=max_connections)

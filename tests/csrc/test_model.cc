@@ -285,6 +285,86 @@ QE_TEST(forward_invariants_are_bitwise) {
     }
 }
 
+// A multi-sequence step gives every sequence the bits of running it alone: sequences with
+// different histories, one prefilling a chunk while the others decode, in several steps; also
+// with a compact snapshot (a state of a smaller context) restored into a full one.
+QE_TEST(forward_multi_equals_one_by_one) {
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(40);
+    for (const auto* t : qe::supported_tables()) {
+        for (int threads : {1, 3}) {
+            auto m = rm.build(t->tag, threads);
+            // histories of 5, 0 and 12 tokens; the steps' token counts per sequence
+            const int64_t history[3] = {5, 0, 12};
+            const int64_t steps[3][3] = {{1, 7, 1}, {1, 1, 1}, {3, 1, 1}};
+            std::vector<std::unique_ptr<qe::State>> alone, multi;
+            for (int64_t h : history) {
+                alone.push_back(m->new_state(64, 4));
+                multi.push_back(m->new_state(64, 4));
+                if (h > 0) {
+                    m->forward(ids.data() + h, h, *alone.back(), nullptr, false);
+                    m->forward(ids.data() + h, h, *multi.back(), nullptr, false);
+                }
+            }
+            int64_t used[3] = {0, 0, 0};
+            for (const auto& step : steps) {
+                std::vector<float> want(3 * 300), got(3 * 300, -1.0f);
+                qe::SeqStep seqs[3];
+                for (int i = 0; i < 3; ++i) {
+                    const int32_t* tok = ids.data() + 20 + 3 * i + used[i];
+                    m->forward(tok, step[i], *alone[i], want.data() + i * 300, false);
+                    // the middle sequence asks for no logits on its first (prefill) step
+                    const bool none = i == 1 && used[i] == 0;
+                    seqs[i] = qe::SeqStep{tok, step[i], multi[i].get(),
+                                          none ? nullptr : got.data() + i * 300};
+                    if (none) std::fill(want.begin() + 300, want.begin() + 600, -1.0f);
+                    used[i] += step[i];
+                }
+                m->forward_multi(seqs, 3);
+                EXPECT_TRUE(got == want);
+            }
+            for (int i = 0; i < 3; ++i) {
+                EXPECT_TRUE(multi[i]->position() == alone[i]->position());
+                // a compact snapshot restores into a full state and continues identically
+                auto compact = m->new_state(multi[i]->position(), 1);
+                compact->copy_from(*multi[i]);
+                auto back = m->new_state(64, 4);
+                back->copy_from(*compact);
+                std::vector<float> a(300), b(300);
+                m->forward(ids.data() + 2, 1, *back, a.data(), false);
+                m->forward(ids.data() + 2, 1, *alone[i], b.data(), false);
+                EXPECT_TRUE(a == b);
+            }
+        }
+    }
+}
+
+QE_TEST(forward_multi_rejects_bad_input) {
+    const RandomModel& rm = random_model();
+    auto m = rm.build("ref", 1);
+    auto a = m->new_state(8, 4), b = m->new_state(8, 4);
+    const std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6};
+    m->forward(ids.data(), 6, *a, nullptr, false);
+    std::vector<float> out(600);
+    // a fits, b does not: neither changes
+    qe::SeqStep seqs[2] = {{ids.data(), 3, b.get(), out.data()}, {ids.data(), 3, a.get(), nullptr}};
+    bool context_error = false;
+    try {
+        m->forward_multi(seqs, 2);
+    } catch (const qe::ContextLengthError&) {
+        context_error = true;
+    }
+    EXPECT_TRUE(context_error && a->position() == 6 && b->position() == 0);
+    qe::SeqStep twice[2] = {{ids.data(), 1, b.get(), nullptr}, {ids.data(), 1, b.get(), nullptr}};
+    bool shared_error = false;
+    try {
+        m->forward_multi(twice, 2);
+    } catch (const qe::Error& e) {
+        shared_error = std::string(e.what()).find("share a state") != std::string::npos;
+    }
+    EXPECT_TRUE(shared_error && b->position() == 0);
+}
+
 QE_TEST(forward_rejects_bad_input) {
     const RandomModel& rm = random_model();
     auto m = rm.build("ref", 1);
@@ -360,7 +440,7 @@ QE_TEST(rollback_equals_never_running_the_tokens) {
             spec->enable_speculation(7);
             std::vector<float> out(300 * 21);
             m->forward(ids.data(), 10, *spec, out.data(), false);
-            m->forward(ids.data() + 10, 6, *spec, out.data(), true, nullptr, true);
+            m->forward(ids.data() + 10, 6, *spec, out.data(), true, {}, nullptr, true);
             // the checkpointed forward's logits are the plain ones
             EXPECT_TRUE(std::equal(out.begin(), out.begin() + 6 * 300, whole.begin() + 10 * 300));
             spec->rollback(r);
@@ -377,7 +457,7 @@ QE_TEST(rollback_equals_never_running_the_tokens) {
         auto s = m->new_state(64, 8);
         s->enable_speculation(4);
         std::vector<float> out(300 * 5);
-        m->forward(ids.data(), 5, *s, out.data(), true, nullptr, true);
+        m->forward(ids.data(), 5, *s, out.data(), true, {}, nullptr, true);
         s->rollback(1);
         s->rollback(2);
         auto plain = m->new_state(64, 8);
@@ -392,12 +472,33 @@ QE_TEST(rollback_equals_never_running_the_tokens) {
         EXPECT_TRUE(refused && s->position() == 2);
         refused = false;
         try {
-            m->forward(ids.data(), 6, *s, out.data(), true, nullptr, true);  // 5 slots needed
+            m->forward(ids.data(), 6, *s, out.data(), true, {}, nullptr, true);  // 5 slots needed
         } catch (const qe::Error&) {
             refused = true;
         }
         EXPECT_TRUE(refused && s->position() == 2);
     }
+}
+
+QE_TEST(forward_multi_drops_the_checkpoints) {
+    // A multi-sequence step after a checkpointed forward: the checkpoints no longer describe the
+    // state, so a rollback is refused.
+    const RandomModel& rm = random_model();
+    const auto ids = prompt(8);
+    auto m = rm.build("ref", 2);
+    auto s = m->new_state(64, 8);
+    s->enable_speculation(4);
+    std::vector<float> out(300 * 5);
+    m->forward(ids.data(), 5, *s, out.data(), true, {}, nullptr, true);
+    const qe::SeqStep step{ids.data() + 5, 1, s.get(), out.data()};
+    m->forward_multi(&step, 1);
+    bool refused = false;
+    try {
+        s->rollback(1);
+    } catch (const qe::Error&) {
+        refused = true;
+    }
+    EXPECT_TRUE(refused && s->position() == 6);
 }
 
 // Draft logits over all rows for every prefix of `ids` fed as pairs (hidden of t, ids[t + 1]).
@@ -406,7 +507,7 @@ static std::vector<float> mtp_logits(qe::Qwen35Model& m, const std::vector<int32
     auto state = m.new_state(64, 8);
     state->enable_speculation(2);
     std::vector<float> hidden(ids.size() * E), out(ids.size() * 300), logits;
-    m.forward(ids.data(), int64_t(ids.size()), *state, out.data(), true, hidden.data());
+    m.forward(ids.data(), int64_t(ids.size()), *state, out.data(), true, {}, hidden.data());
     std::vector<float> step(300), h(E);
     for (int64_t t = 0; t < n;) {
         const int64_t len = t == 0 ? split : 1;  // a batch of pairs, then one at a time
@@ -439,7 +540,7 @@ QE_TEST(mtp_head_tables_agree_and_batches_are_bitwise) {
         auto state = m->new_state(64, 8);
         state->enable_speculation(1);
         std::vector<float> hidden(ids.size() * E), out(300), full(300), part(300), h(E);
-        m->forward(ids.data(), 3, *state, out.data(), false, hidden.data());
+        m->forward(ids.data(), 3, *state, out.data(), false, {}, hidden.data());
         auto copy = std::make_unique<qe::State>(*state);
         m->mtp_forward(ids.data() + 1, hidden.data(), 2, *state, full.data(), 0, h.data());
         EXPECT_TRUE(m->draft_rows(61) == 64);
@@ -460,4 +561,46 @@ QE_TEST(mtp_head_tables_agree_and_batches_are_bitwise) {
         refused = true;
     }
     EXPECT_TRUE(refused);
+}
+
+QE_TEST(forward_stops_between_layers) {
+    const RandomModel& rm = random_model();
+    auto m = rm.build("ref", 2);
+    auto state = m->new_state(16, 4);
+    std::vector<float> out(300), want(300);
+    const std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6};
+    // Asked once per layer: stopping at the second call leaves a pass half done.
+    int calls = 0;
+    const qe::Qwen35Model::StopFn stop = [&calls] { return ++calls == 2; };
+    bool interrupted = false;
+    try {
+        m->forward(ids.data(), 6, *state, out.data(), false, stop);
+    } catch (const qe::Interrupted&) {
+        interrupted = true;
+    }
+    EXPECT_TRUE(interrupted && calls == 2 && state->interrupted());
+    bool refused = false;
+    try {
+        m->forward(ids.data(), 1, *state, out.data(), false);
+    } catch (const qe::Error& e) {
+        refused = std::string(e.what()).find("reset it") != std::string::npos;
+    }
+    EXPECT_TRUE(refused);
+    // After a reset the same tokens give what a fresh state gives.
+    state->reset();
+    EXPECT_TRUE(!state->interrupted());
+    m->forward(ids.data(), 6, *state, out.data(), false);
+    auto fresh = m->new_state(16, 4);
+    m->forward(ids.data(), 6, *fresh, want.data(), false);
+    EXPECT_TRUE(out == want);
+    // stop_all(): every later pass throws at once, the state untouched.
+    m->stop_all();
+    auto other = m->new_state(16, 4);
+    bool stopped = false;
+    try {
+        m->forward(ids.data(), 6, *other, out.data(), false);
+    } catch (const qe::Interrupted&) {
+        stopped = true;
+    }
+    EXPECT_TRUE(stopped && other->position() == 0 && !other->interrupted());
 }

@@ -4,6 +4,7 @@ and hold exactly the quantizer's bytes), side files, MTP, atomicity, the CLI and
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_plan_q4_recipe() -> None:
             assert fmt == "q8g32", name
         else:
             assert fmt == convert.RECIPES["q4"].matrix or name == "embed_tokens.weight"
-    assert formats["embed_tokens.weight"] == convert.RECIPES["q4"].embedding
+    assert formats["embed_tokens.weight"] == convert.RECIPES["q4"].embedding == "q6k"
 
 
 def test_plan_q4m_recipe() -> None:
@@ -159,7 +160,7 @@ def test_export_goldens_with_fallbacks(tmp_path: Path) -> None:
         out = tmp_path / f"{name}.qe"
         convert.export(GOLDENS / name, out, "q4")
         with ModelFile(out, verify=True) as mf:
-            assert {e.format for e in mf.tensors.values()} <= {"f32", "f16", "q4k", "q8g32"}
+            assert {e.format for e in mf.tensors.values()} <= {"f32", "f16", "q4k", "q6k", "q8g32"}
 
 
 def test_interrupted_export_leaves_nothing(small_checkpoint: Path, tmp_path: Path) -> None:
@@ -212,6 +213,54 @@ def test_cli_export_and_eval(
     assert with_act["mean_kl"] != reports["q8"]["mean_kl"] and np.isfinite(with_act["mean_kl"])
     assert main([*argv, "--tokens", "24"]) == 0
     assert "mean KL" in capsys.readouterr().out
+
+
+def test_cli_eval_text(
+    tiny_checkpoint: Path,
+    qwen35_tokenizer_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`eval --text`: a token file and a plain text (tokenized with the checkpoint's tokenizer)
+    give the same report as the shipped ids they hold."""
+    from qwen_edge.evaluation import quality
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    shutil.copy(qwen35_tokenizer_dir / "tokenizer.json", ckpt / "tokenizer.json")
+    model = tmp_path / "q8.qe"
+    convert.export(ckpt, model, "q8")
+    base = ["eval", str(model), "--reference", str(ckpt), "--ctx", "24", "--json"]
+
+    def report(*extra: str) -> dict:
+        assert main([*base, *extra]) == 0, capsys.readouterr().err
+        doc = json.loads(capsys.readouterr().out)
+        return {k: doc[k] for k in ("tokens", "mean_kl", "p99_kl", "top1", "ppl_ratio")}
+
+    shipped = report("--tokens", "48")
+    ids = quality.eval_tokens()
+    tokens = tmp_path / "held.tokens.json"
+    tokens.write_text(json.dumps({"source": "test", "ids": ids[:48]}))
+    assert report("--text", str(tokens)) == shipped
+    # The shipped text's first lines, re-tokenized: the same ids, so the same report.
+    lines = quality.EVAL_TOKENS.with_name("eval_coriolanus.txt").read_text().splitlines(True)
+    text = tmp_path / "excerpt.txt"
+    text.write_text("".join(lines[:40]))
+    assert quality.eval_tokens(48, text, ckpt / "tokenizer.json") == ids[:48]
+    assert report("--text", str(text), "--tokens", "48") == shipped
+    other = report("--text", str(tokens), "--tokens", "30")
+    assert other["tokens"] == 23 and other != shipped  # one window of 24
+
+    (ckpt / "tokenizer.json").unlink()  # a text needs the checkpoint's tokenizer
+    assert main([*base, "--text", str(text)]) == 1
+    assert "tokenizer.json" in capsys.readouterr().err
+    for bad in ({"ids": []}, {"ids": [1, -2]}, {"text": "x"}, [1, 2]):
+        tokens.write_text(json.dumps(bad))
+        assert main([*base, "--text", str(tokens)]) == 1
+        assert "'ids' list" in capsys.readouterr().err
+    tokens.write_text("{not json")
+    assert main([*base, "--text", str(tokens)]) == 1
+    assert "not a JSON token file" in capsys.readouterr().err
 
 
 def test_cli_errors(small_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -67,8 +67,9 @@ def test_wrapper_errors(change: dict, message: str) -> None:
         ({"linear_num_value_heads": 3}, "not a multiple of linear_num_key_heads"),
         ({"layer_types": ["linear_attention"] * 3}, "layer_types has 3 entries"),
         ({"layer_types": ["linear_attention"] * 3 + ["sliding_attention"]}, "unknown layer type"),
-        ({"hidden_size": 0}, "hidden_size must be a positive integer"),
-        ({"hidden_size": "64"}, "hidden_size must be a positive integer"),
+        ({"hidden_size": 0}, "hidden_size must be an integer in 1"),
+        ({"hidden_size": "64"}, "hidden_size must be an integer in 1"),
+        ({"hidden_size": 2**40}, "hidden_size must be an integer in 1"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"attention_bias": True}, "attention_bias"),
         ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e7}}, "rope_type 'yarn'"),
@@ -86,3 +87,44 @@ def test_missing_key_is_named() -> None:
     del text["hidden_size"]
     with pytest.raises(ConfigError, match="no 'hidden_size'"):
         ModelConfig.from_hf(text, source="ckpt/config.json")
+
+
+# Found by fuzzing (tools/fuzz.sh) or by hand as a hostile user: each was a Python exception
+# other than ConfigError (TypeError, AttributeError, OverflowError, ZeroDivisionError) or a
+# hang building a list of 10**18 layers.
+HOSTILE = [
+    ({"architectures": True}, "architectures"),
+    ({"architectures": [1]}, "architectures"),
+    ({"rope_parameters": "yes"}, "rope_parameters must be an object"),
+    ({"rope_parameters": {"rope_theta": 1e7, "partial_rotary_factor": 1e308}}, "partial_rotary"),
+    ({"rope_parameters": {"rope_theta": 1e7, "partial_rotary_factor": float("inf")}}, "finite"),
+    ({"rope_parameters": {"rope_theta": float("nan")}}, "rope_theta"),
+    ({"rms_norm_eps": -1}, "rms_norm_eps"),
+    ({"num_attention_heads": 0, "head_dim": None}, "invalid value|num_attention_heads"),
+    ({"max_position_embeddings": float("inf")}, "invalid value"),
+    ({"max_position_embeddings": 1e300}, "max_position_embeddings"),
+    ({"eos_token_id": ["a"]}, "invalid value"),
+    ({"eos_token_id": [-1]}, "eos_token_id"),
+    ({"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+    ({"layer_types": None, "num_hidden_layers": 10**18}, "num_hidden_layers"),
+    ({"num_hidden_layers": 5000, "layer_types": ["linear_attention"] * 5000}, "at most 4096"),
+    ({"layer_types": [["full_attention"]] * 4}, "layer_types"),
+    ({"mtp_num_hidden_layers": -3}, "mtp_num_hidden_layers"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), HOSTILE)
+def test_hostile_config_values_are_config_errors(change: dict, message: str) -> None:
+    hf = presets.hf_config("tiny")
+    change = dict(change)
+    for key in ("architectures", "tie_word_embeddings"):  # the wrapper's own keys
+        if key in change:
+            hf[key] = change.pop(key)
+    hf["text_config"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_hf(hf)
+    fields = ModelConfig.from_hf(presets.hf_config("tiny")).to_dict()
+    renamed = {k: v for k, v in change.items() if k in fields and v is not None}
+    if renamed:  # the model file header's reader (from_dict) agrees
+        with pytest.raises(ConfigError):
+            ModelConfig.from_dict({**fields, **renamed})

@@ -91,7 +91,7 @@ def test_round_trip(good: Path, tensors: list) -> None:
         assert mf.blob("tokenizer.json") == TOKENIZER
         assert mf.array("norm.weight").dtype == np.float32
         assert mf.size == good.stat().st_size
-    assert not good.with_name("m.qe.tmp").exists()
+    assert not list(good.parent.glob(".m.qe.*"))
 
 
 def test_plain_arrays_are_typed_views(tmp_path: Path) -> None:
@@ -451,7 +451,7 @@ def test_writer_failure_leaves_nothing(tmp_path: Path, tensors: list) -> None:
             w.write_tensor(spec.name, data)
             assert w.tmp_path.exists()
             raise exc
-        assert not (tmp_path / "m.qe.tmp").exists()
+        assert not list(tmp_path.glob(".m.qe.*"))
         assert dest.read_bytes() == b"previous file"
 
 
@@ -472,7 +472,7 @@ def test_writer_disk_full(tmp_path: Path, tensors: list, monkeypatch: pytest.Mon
         spec, _, data = tensors[0]
         w.write_tensor(spec.name, data)
     real.close()
-    assert not (tmp_path / "m.qe.tmp").exists() and not dest.exists()
+    assert not list(tmp_path.glob(".m.qe.*")) and not dest.exists()
 
     class Usage:
         free = 1000
@@ -480,7 +480,7 @@ def test_writer_disk_full(tmp_path: Path, tensors: list, monkeypatch: pytest.Mon
     monkeypatch.setattr(modelfile.shutil, "disk_usage", lambda _: Usage)
     with pytest.raises(ModelFileError, match="not enough disk space"):
         ModelFileWriter(dest, _header(), _specs(tensors)).open()
-    assert not (tmp_path / "m.qe.tmp").exists()
+    assert not list(tmp_path.glob(".m.qe.*"))
 
 
 def test_writer_checks_order_sizes_and_completeness(tmp_path: Path, tensors: list) -> None:
@@ -505,4 +505,4 @@ def test_writer_checks_order_sizes_and_completeness(tmp_path: Path, tensors: lis
         ModelFileWriter(dest, _header(), [specs[0], specs[0]])
     with pytest.raises(ModelFileError, match="multiple of 32"):
         ModelFileWriter(dest, _header(), [TensorSpec("x", "q4k", (8, 24))])
-    assert not dest.exists() and not (tmp_path / "m.qe.tmp").exists()
+    assert not dest.exists() and not list(tmp_path.glob(".m.qe.*"))

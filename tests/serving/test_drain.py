@@ -92,8 +92,9 @@ PACED = ("--tokens-per-second", "40", "--power-sensor", "command:echo 5", "--idl
 
 
 def test_sigterm_drains(serve_process: Any) -> None:
-    # paced to 40 tokens/s so that no machine finishes the long stream within the drain timeout
-    proc, addr = serve_process("--drain-timeout", "4", *PACED)
+    # paced to 40 tokens/s so that no machine finishes the long stream within the drain timeout;
+    # one sequence at a time, so that the second request waits in the queue
+    proc, addr = serve_process("--drain-timeout", "4", "--max-batch", "1", *PACED)
     short = Stream(addr, max_tokens=6)  # finishes within the drain timeout
     assert short.first.wait(60)
     long = Stream(addr, max_tokens=400)  # queued behind it; cut by the drain timeout

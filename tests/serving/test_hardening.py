@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -41,26 +41,29 @@ def post(path: str, body: dict[str, Any]) -> bytes:
 
 
 class Gate:
-    """The real model, with every generated response waiting for `release` (so a test decides
-    when generations progress)."""
+    """The real model, with every forward pass waiting for `release` (so a test decides when
+    generations progress). `gated(llm)` is the LLM over it, for `make_server(wrap=...)`."""
 
-    def __init__(self, llm: Any):
-        self.llm = llm
+    def __init__(self, model: Any):
+        self.model = model
         self.release = threading.Event()
 
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.release.wait()
+        return self.model.forward(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.llm, name)
+        if name == "forward_batch":  # one by one, each through the gate
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
-    def _gated(self, stream: Iterator[Any]) -> Iterator[Any]:
-        for response in stream:
-            self.release.wait()
-            yield response
 
-    def chat(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        return self._gated(self.llm.chat(*args, **kwargs))
+def gated(gates: list[Gate]) -> Callable[[Any], Any]:
+    def wrap(llm: Any) -> Any:
+        gates.append(Gate(llm.model))
+        return llm.with_model(gates[-1])
 
-    def generate(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        return self._gated(self.llm.generate(*args, **kwargs))
+    return wrap
 
 
 # --- API keys -----------------------------------------------------------------------------------
@@ -87,7 +90,7 @@ def test_api_key(make_server: Callable[..., Server]) -> None:
 # --- a full queue -------------------------------------------------------------------------------
 def test_full_queue_answers_429_with_retry_after(make_server: Callable[..., Server]) -> None:
     gates: list[Gate] = []
-    srv = make_server(wrap=lambda llm: gates.append(Gate(llm)) or gates[0], max_queue=1)
+    srv = make_server(wrap=gated(gates), max_queue=1, max_batch=1)
     addr, worker = srv.server_address[:2], srv.worker
     results: list[tuple[int, Any]] = []
 
@@ -135,7 +138,7 @@ def test_queued_request_of_a_client_that_left_never_runs(
     make_server: Callable[..., Server],
 ) -> None:
     gates: list[Gate] = []
-    srv = make_server(wrap=lambda llm: gates.append(Gate(llm)) or gates[0])
+    srv = make_server(wrap=gated(gates), max_batch=1)
     addr, worker = srv.server_address[:2], srv.worker
     first = threading.Thread(target=request, args=(addr, "POST", "/v1/chat/completions", CHAT))
     first.start()
@@ -265,7 +268,7 @@ def test_metrics_parse_as_prometheus_text(make_server: Callable[..., Server]) ->
     assert value("time_to_first_token_seconds_count") == 2
     assert value("inter_token_latency_seconds_count") == 14  # 7 gaps in each 8-token answer
     assert value("time_to_first_token_seconds_bucket", le="+Inf") == 2
-    assert value("queue_depth") == 0 and value("ready") == 1 and value("max_batch") == 1
+    assert value("queue_depth") == 0 and value("ready") == 1 and value("max_batch") == 4
     for name in ("prefix_cache_hits", "prefix_cache_tokens", "batch_occupancy",
                  "active_sequences", "request_duration_seconds"):  # fmt: skip
         assert "qwen_edge_" + name in families

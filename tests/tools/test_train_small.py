@@ -94,6 +94,24 @@ def test_checkpoint_layout(trained) -> None:  # type: ignore[no-untyped-def]
         assert dtype == ("F32" if fp32 else "BF16"), name
 
 
+def test_heldout_token_file(trained, qwen35_tokenizer_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The held-out split is written as a token file next to the checkpoint, and
+    `--write-heldout` writes the same file without training."""
+    tool, out, result = trained
+    doc = json.loads((out / tool.HELDOUT_FILE).read_text())
+    held = tool.encode_docs(out, tool.split_heldout([TEXT.read_text(encoding="utf-8")], 0.15)[1])
+    assert doc["ids"] == held.tolist() and doc["ids"][-1] == tool.EOS_ID
+    assert len(held) == result.log["corpus"]["heldout_tokens"]
+    again = tmp_path / "held.json"
+    argv = ["--write-heldout", str(again), "--text", str(TEXT), "--heldout", "0.15",
+            "--tokenizer", str(qwen35_tokenizer_dir)]  # fmt: skip
+    assert tool.main(argv) == 0
+    assert json.loads(again.read_text()) == doc
+    from qwen_edge.evaluation.quality import eval_tokens
+
+    assert eval_tokens(text=out / tool.HELDOUT_FILE) == doc["ids"]
+
+
 def test_transformers_logits_match(trained) -> None:  # type: ignore[no-untyped-def]
     _, out, result = trained
     compact = _ids(result)

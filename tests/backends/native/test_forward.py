@@ -259,8 +259,14 @@ def test_restore_and_reset(small: tuple) -> None:
     state.reset()
     assert state.position == 0
     np.testing.assert_array_equal(model.forward([5, 6, 7], state), first)
+    # a state of another context length restores when its position fits, else not
+    small_state = native(config, tensors, context=16).new_state()
+    model.forward(list(range(1, 21)), state)
     with pytest.raises(ValueError, match="cannot be copied"):
-        state.restore(native(config, tensors, context=16).new_state())
+        small_state.restore(state)  # 20 tokens do not fit 16
+    assert small_state.position == 0
+    state.restore(small_state)
+    assert state.position == 0 and state.context == 32
 
 
 def test_state_is_independent_of_the_model_object(small: tuple) -> None:
@@ -272,3 +278,61 @@ def test_state_is_independent_of_the_model_object(small: tuple) -> None:
     copy = state.copy()
     del model
     assert copy.position == 3 and copy.cache_bytes > 0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", ["q4g32", "q8g32"])
+def test_forward_batch_equals_one_by_one(small: tuple, isa: str, fmt: str) -> None:
+    """A multi-sequence step: each sequence bit for bit as alone (different histories, a
+    prompt chunk beside single decode tokens, logits skipped for one), over several steps."""
+    config, weights = small
+    tensors, _, _ = quantized_tensors(weights, fmt)
+    rng = np.random.default_rng(11)
+    model = native(config, tensors, isa=isa, threads=2, batch=16)
+    histories = [rng.integers(0, config.vocab_size, n) for n in (9, 0, 23, 1)]
+    alone, multi = [], []
+    for h in histories:
+        a, b = model.new_state(), model.new_state()
+        if len(h):
+            model.forward(h, a)
+            model.forward(h, b)
+        alone.append(a)
+        multi.append(b)
+    # per step, tokens per sequence: a 20-token chunk (longer than the state's batch of 16)
+    for counts in ((1, 20, 1, 1), (1, 1, 1, 1), (3, 1, 1, 2), (1, 1, 1, 1)):
+        tokens = [rng.integers(0, config.vocab_size, n) for n in counts]
+        want = [i != 1 or n == 1 for i, n in enumerate(counts)]
+        got = model.forward_batch(list(zip(tokens, multi, strict=True)), want=want)
+        assert got.shape == (4, config.vocab_size)
+        for i, (t, state) in enumerate(zip(tokens, alone, strict=True)):
+            expect = model.forward(t, state)
+            if want[i]:
+                np.testing.assert_array_equal(got[i], expect)
+            else:
+                assert not got[i].any()
+    assert [s.position for s in multi] == [s.position for s in alone]
+    # a compact snapshot restores into a full state and continues identically
+    snap = multi[2].snapshot()
+    assert snap.context == snap.position == multi[2].position
+    assert snap.cache_bytes < multi[2].cache_bytes
+    back = model.new_state()
+    back.restore(snap)
+    ids = [5, 6, 7]
+    np.testing.assert_array_equal(model.forward(ids, back), model.forward(ids, multi[2]))
+
+
+def test_forward_batch_rejects_bad_input(small: tuple) -> None:
+    config, weights = small
+    model = native(config, {n: ("f32", w.shape, w) for n, w in weights.items()}, threads=1)
+    a, b = model.new_state(8), model.new_state(8)
+    model.forward([1, 2, 3, 4, 5, 6], a)
+    with pytest.raises(ContextLengthError):
+        model.forward_batch([([1], b), ([1, 2, 3], a)])
+    assert (a.position, b.position) == (6, 0)  # nothing ran
+    with pytest.raises(ValueError, match="appears twice"):
+        model.forward_batch([([1], b), ([2], b)])
+    with pytest.raises(ValueError):
+        model.forward_batch([])
+    with pytest.raises(ValueError):
+        model.forward_batch([([config.vocab_size], b)])
+    assert b.position == 0

@@ -1,0 +1,383 @@
+"""The scheduler that owns the model: continuous batching of up to `max_batch` requests.
+
+Each admitted request runs the one generation loop (`LLM.chat` / `LLM.generate`, so sampling,
+stop rules, detokenizing and the prefix cache are those of the library) in a thread of its
+own, over a batching proxy of the model: its `forward(tokens, state)` hands the call to the
+scheduler and waits. The scheduler thread gathers the calls of the running requests and runs
+them as **one multi-sequence step** (`forward_batch`: every weight matrix read once for all
+of them, each sequence bit-identical to running alone), then hands each its logits. So:
+
+* requests join and leave between steps: a new one is admitted as soon as a slot is free, a
+  finished, cancelled or disconnected one frees its slot at once;
+* a prompt is prefilled in chunks of at most `prefill_chunk` tokens per step while other
+  requests are decoding (all of it per step, in chunks of `PREFILL_CHUNK`, when none is), so a
+  long prompt joining delays the running streams' next tokens by one chunk's compute only;
+* a step waits for every running request to have its next call ready (sampling and
+  detokenizing between steps take microseconds), at most `GATHER_SECONDS`, then runs what it
+  has: the grouping never changes results, only speed.
+
+The HTTP layer (`app.py`) uses only this interface:
+
+* `submit(job)` yields `("delta", GenerationResponse)` events, then `("done", None)` or
+  `("error", APIError)`. A full queue yields `("error", APIError(429))` and a scheduler that no
+  longer admits (draining, closed) `("error", APIError(503))`, both before anything runs.
+  Setting `job.cancelled` stops the job at its next token (or before it starts); its events
+  still end with `("done", None)`, without a last response carrying a `finish_reason`.
+* `queue_depth` (jobs waiting), `active` (jobs generating), `stats()`, `drain(timeout)`,
+  `close()`.
+
+`stats()` returns a dict: `queue_depth`, `active`, `max_batch`, `batch_occupancy` (mean
+sequences per model step since the previous call; 0 when idle), the running totals
+`prompt_tokens`, `completion_tokens`, `prefix_cache_hits` (requests that resumed from a cached
+prompt prefix) and `prefix_cache_tokens` (prompt tokens they skipped), and the samples since
+the previous call `ttft_seconds` (submit to first token) and `itl_seconds` (between tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ChatTemplateError, ContextLengthError, GenerationConfigError, QwenEdgeError
+from ..generation.loop import PREFILL_CHUNK
+from ..generation.pacing import forward_batch
+from .openai_api import APIError, Job
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLES = 10_000  # latency samples kept between two stats() calls (older ones are dropped)
+GATHER_SECONDS = 0.005  # the longest a step waits for a running request's next call
+DEFAULT_MAX_BATCH = 4
+DEFAULT_PREFILL_CHUNK = 32  # prompt tokens per step while other requests decode
+
+
+class Closed(QwenEdgeError):
+    """The scheduler closed while a request waited for its step."""
+
+
+@dataclass(eq=False)
+class _Call:
+    """One `forward` of a request, waiting for (the rest of) its tokens to run."""
+
+    tokens: list[int]
+    state: Any
+    done: threading.Event = field(default_factory=threading.Event)
+    logits: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class _BatchingModel:
+    """The model as the request threads see it: `forward` goes through the scheduler's steps;
+    everything else (`new_state`, `config`, `context`, ...) is the model's own."""
+
+    def __init__(self, model: Any, scheduler: Scheduler):
+        self._model = model
+        self._scheduler = scheduler
+
+    def forward(self, tokens: Sequence[int], state: Any, *, all_logits: bool = False) -> Any:
+        if all_logits:  # the generation loop never asks for them; keep it honest
+            raise QwenEdgeError("the serving scheduler computes last-position logits only")
+        return self._scheduler._forward([int(t) for t in tokens], state)
+
+    def new_state(self, *args: Any, **kwargs: Any) -> Any:
+        return self._model.new_state(*args, **kwargs)
+
+    def logits(self, tokens: Sequence[int]) -> Any:
+        return self._model.logits(tokens)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class Scheduler:
+    """Owns the model; runs up to `max_batch` jobs at once in multi-sequence steps (see the
+    module docstring) and streams their events back.
+
+    Args:
+        llm: the loaded `LLM` (its `model` may be a `PacedModel`: the governor paces steps).
+        max_batch: jobs that generate together; more wait in the queue.
+        max_queue: jobs that may wait while `max_batch` run; more are answered 429.
+        prefill_chunk: prompt tokens a joining job prefills per step while others decode.
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = 16,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    ):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, not {max_queue}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, not {prefill_chunk}")
+        self.llm = llm
+        self.model = llm.model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.cancelled_jobs = 0  # generations stopped because their job was cancelled
+        self._view = llm.with_model(_BatchingModel(llm.model, self))
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._running: dict[int, tuple[Job, threading.Thread]] = {}  # by id(job)
+        self._calls: list[_Call] = []
+        self._admitting = True
+        self._closed = False
+        self._totals = {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "prefix_cache_hits": 0,
+            "prefix_cache_tokens": 0,
+        }
+        self._ttft: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self._itl: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self._steps = 0  # model steps since the last stats()
+        self._step_sequences = 0  # sequences in them
+        self._thread = threading.Thread(target=self._loop, name="qwen-edge-scheduler", daemon=True)
+        self._thread.start()
+
+    # --- the interface ---
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def active(self) -> int:
+        return len(self._running)
+
+    def submit(self, job: Job) -> Iterator[tuple[str, Any]]:
+        """Queues a job and yields its events until it finishes."""
+        with self._cond:
+            if not self._admitting:
+                error = APIError(503, "the server is shutting down", code="draining")
+            elif len(self._queue) + self.active >= self.max_queue + self.max_batch:
+                error = APIError(
+                    429, f"the server is busy ({len(self._queue)} requests waiting); retry later",
+                    code="queue_full",
+                )  # fmt: skip
+            else:
+                error = None
+                job.submitted = time.perf_counter()
+                self._queue.append(job)
+                self._admit()  # its thread renders and encodes the prompt meanwhile
+                self._cond.notify_all()
+        if error is not None:
+            yield "error", error
+            return
+        while True:
+            kind, value = job.events.get()
+            yield kind, value
+            if kind in ("done", "error"):
+                return
+
+    def stats(self) -> dict[str, Any]:
+        """Gauges, running totals and the latency samples since the previous call."""
+        with self._cond:
+            ttft, itl = list(self._ttft), list(self._itl)
+            self._ttft.clear()
+            self._itl.clear()
+            occupancy = self._step_sequences / self._steps if self._steps else 0.0
+            self._steps = self._step_sequences = 0
+            return {
+                "queue_depth": len(self._queue),
+                "active": self.active,
+                "max_batch": self.max_batch,
+                "batch_occupancy": occupancy,
+                **self._totals,
+                "ttft_seconds": ttft,
+                "itl_seconds": itl,
+            }
+
+    def drain(self, timeout: float) -> bool:
+        """Stops admitting jobs and waits up to `timeout` seconds for the queued and running
+        ones to finish. Returns whether they all did; the caller cancels what is left."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._admitting = False
+            while self._queue or self._running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Ends every job (queued ones are answered 503, running ones are cancelled) and joins
+        the scheduler and request threads, so no model call outlives it."""
+        with self._cond:
+            self._admitting = False
+            self._closed = True
+            for job in self._queue:
+                job.events.put(("error", APIError(503, "the server is shutting down")))
+            self._queue.clear()
+            for job, _ in self._running.values():
+                job.cancelled.set()
+            self._cond.notify_all()
+        self._thread.join()
+        with self._cond:
+            threads = [thread for _, thread in self._running.values()]
+        for thread in threads:
+            thread.join()
+
+    # --- the request threads ---
+    def _forward(self, tokens: list[int], state: Any) -> Any:
+        """A request thread's forward: queued for the next steps, returns its logits."""
+        call = _Call(tokens, state)
+        with self._cond:
+            if self._closed:
+                raise Closed("the server is shutting down")
+            self._calls.append(call)
+            self._cond.notify_all()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.logits
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            self._generate(job)
+        except Closed:
+            job.events.put(("done", None))
+        except (ContextLengthError, ChatTemplateError, GenerationConfigError, ValueError) as e:
+            code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
+            job.events.put(("error", APIError(400, str(e), code=code)))
+        except QwenEdgeError as e:
+            job.events.put(("error", APIError(500, str(e))))
+        except Exception as e:  # the scheduler must survive anything one request does
+            log.exception("generation failed")
+            job.events.put(("error", APIError(500, f"internal error: {type(e).__name__}")))
+        finally:
+            with self._cond:
+                del self._running[id(job)]
+                if not self._closed:
+                    self._admit()
+                self._cond.notify_all()
+
+    def _generate(self, job: Job) -> None:
+        if job.cancelled.is_set():  # cancelled while it waited
+            job.events.put(("done", None))
+            return
+        if job.kind == "chat":
+            stream = self._view.chat(
+                job.prompt, stream=True, tools=job.tools, enable_thinking=job.enable_thinking,
+                **job.overrides,
+            )  # fmt: skip
+        else:
+            stream = self._view.generate(job.prompt, stream=True, **job.overrides)
+        last_time, last, tokens = job.submitted, None, 0
+        try:
+            for response in stream:
+                if job.cancelled.is_set():
+                    with self._cond:
+                        self.cancelled_jobs += 1
+                    break
+                if response.token is not None:
+                    now = time.perf_counter()
+                    with self._cond:
+                        (self._itl if tokens else self._ttft).append(now - last_time)
+                    last_time, tokens = now, tokens + 1
+                last = response
+                job.events.put(("delta", response))
+        finally:
+            stream.close()  # stops the generation at once if the job was cancelled
+        if last is not None:
+            s = last.stats
+            with self._cond:
+                self._totals["prompt_tokens"] += s.num_prompt_tokens
+                self._totals["completion_tokens"] += s.num_generated_tokens
+                if s.num_cached_tokens:
+                    self._totals["prefix_cache_hits"] += 1
+                    self._totals["prefix_cache_tokens"] += s.num_cached_tokens
+        job.events.put(("done", None))  # always, so a consumer draining the events returns
+
+    # --- the step loop ---
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._gather()
+                if batch is None:
+                    return
+            self._step(batch)
+
+    def _admit(self) -> None:
+        """Under the lock: starts queued jobs while slots are free."""
+        while self._queue and len(self._running) < self.max_batch:
+            job = self._queue.popleft()
+            thread = threading.Thread(
+                target=self._run_job, args=(job,), name="qwen-edge-request", daemon=True
+            )
+            self._running[id(job)] = (job, thread)
+            thread.start()
+
+    def _gather(self) -> list[tuple[_Call, int]] | None:
+        """Under the lock: admits jobs, waits for the running ones' calls, and picks the step:
+        (call, tokens of it to run now). None when closed."""
+        deadline = None
+        while True:
+            if self._closed:
+                for call in self._calls:
+                    call.error = Closed("the server is shutting down")
+                    call.done.set()
+                self._calls.clear()
+                return None
+            self._admit()
+            if self._calls:
+                now = time.monotonic()
+                deadline = deadline or now + GATHER_SECONDS
+                if len(self._calls) >= len(self._running) or now >= deadline:
+                    break
+                self._cond.wait(deadline - now)
+            else:
+                self._cond.wait()
+        # Chunks are bounded while any running request is decoding (whether or not its call
+        # made this step): those are the streams a long prefill would stall.
+        prefilling = sum(1 for c in self._calls if len(c.tokens) > 1)
+        budget = self.prefill_chunk if len(self._running) > prefilling else PREFILL_CHUNK
+        batch = []
+        for call in self._calls:
+            if len(call.tokens) == 1:
+                batch.append((call, 1))
+            elif budget > 0:
+                take = min(budget, len(call.tokens))
+                budget -= take
+                batch.append((call, take))
+        return batch
+
+    def _step(self, batch: list[tuple[_Call, int]]) -> None:
+        items = [(call.tokens[:n], call.state) for call, n in batch]
+        want = [n == len(call.tokens) for call, n in batch]
+        try:
+            logits: list[Any] = list(forward_batch(self.model, items, want=want))
+            errors: list[BaseException | None] = [None] * len(batch)
+        except Exception:  # find the culprit: each alone (a failed step changes no state)
+            logits, errors = [], []
+            for item, w in zip(items, want, strict=True):
+                try:
+                    logits.append(forward_batch(self.model, [item], want=[w])[0])
+                    errors.append(None)
+                except Exception as e:
+                    logits.append(None)
+                    errors.append(e)
+        with self._cond:
+            self._steps += 1
+            self._step_sequences += len(batch)
+            for (call, n), row, error in zip(batch, logits, errors, strict=True):
+                if error is not None:
+                    call.error = error
+                elif n < len(call.tokens):
+                    call.tokens = call.tokens[n:]  # more of its prompt in the next steps
+                    continue
+                else:
+                    call.logits = row
+                self._calls.remove(call)
+                call.done.set()

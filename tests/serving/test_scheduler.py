@@ -1,0 +1,175 @@
+"""The continuous-batching scheduler without HTTP: concurrent requests share model steps and
+answer exactly as alone; joining, leaving and cancelling between steps; steps paced as one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from qwen_edge.generation.llm import LLM, load
+from qwen_edge.generation.pacing import PacedModel
+from qwen_edge.serving.openai_api import Job
+from qwen_edge.serving.scheduler import Scheduler
+
+GREEDY = {"temperature": 0.0, "presence_penalty": 0.0, "stop_token_ids": ()}
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+class Recorder:
+    """The model, recording each step's sequences; the first step waits for `release`."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.sizes: list[int] = []
+        self.release = threading.Event()
+
+    def forward_batch(self, batch: Any, *, want: Any = None) -> np.ndarray:
+        self.release.wait()
+        self.sizes.append(len(batch))
+        return np.stack([self.model.forward(t, s) for t, s in batch])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_chat_checkpoint: Path) -> LLM:
+    return load(tiny_chat_checkpoint, context=256, cache_mb=0)
+
+
+def run(scheduler: Scheduler, job: Job) -> list[int]:
+    tokens = []
+    for kind, value in scheduler.submit(job):
+        assert kind != "error", value.message
+        if kind == "delta" and value.token is not None:
+            tokens.append(value.token)
+    return tokens
+
+
+def test_concurrent_requests_share_steps_and_answer_as_alone(llm: LLM) -> None:
+    prompts = [[1000 + i, 2000 + 7 * i, 3000, 41 + i][: 2 + i] for i in range(4)]
+    max_tokens = [6, 3, 8, 5]
+    alone = [
+        llm.generate(p, max_tokens=m, **GREEDY).tokens
+        for p, m in zip(prompts, max_tokens, strict=True)
+    ]
+    recorder = Recorder(llm.model)
+    scheduler = Scheduler(llm.with_model(recorder), max_batch=4, max_queue=0)
+    try:
+        answers: list[list[int]] = [[] for _ in prompts]
+        jobs = [Job("completion", p, {"max_tokens": m, **GREEDY})
+                for p, m in zip(prompts, max_tokens, strict=True)]  # fmt: skip
+        threads = [
+            threading.Thread(target=lambda i=i: answers.__setitem__(i, run(scheduler, jobs[i])))
+            for i in range(4)
+        ]
+        for t in threads:
+            t.start()
+        wait_for(lambda: scheduler.active == 4 and len(scheduler._calls) == 4, "4 calls")
+        recorder.release.set()
+        for t in threads:
+            t.join()
+    finally:
+        scheduler.close()
+    assert answers == alone
+    # the first step held until all four had a call waiting: a step after it carried at least
+    # the three that did not run in it
+    assert max(recorder.sizes) >= 3
+    # the steps: far fewer than the 4 prefills + 22 tokens the requests took one at a time
+    assert len(recorder.sizes) < 4 + sum(max_tokens)
+    stats = scheduler.stats()
+    assert stats["completion_tokens"] == sum(max_tokens) and stats["batch_occupancy"] > 1
+    assert stats["max_batch"] == 4 and stats["active"] == 0
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_beside_a_decoding_stream(llm: LLM) -> None:
+    long_prompt = list(range(1000, 1100))
+    recorder = Recorder(llm.model)
+    recorder.release.set()
+    chunks: list[int] = []
+    inner = recorder.forward_batch
+
+    def record_chunks(batch: Any, *, want: Any = None) -> np.ndarray:
+        chunks.append(max(len(t) for t, _ in batch))
+        return inner(batch, want=want)
+
+    recorder.forward_batch = record_chunks  # type: ignore[method-assign]
+    scheduler = Scheduler(llm.with_model(recorder), max_batch=2, prefill_chunk=16)
+    try:
+        short = Job("completion", [5, 6], {"max_tokens": 250, **GREEDY})
+        events = scheduler.submit(short)
+        next(events)  # the short one is decoding
+        long = Job("completion", long_prompt, {"max_tokens": 2, **GREEDY})
+        got = run(scheduler, long)
+        short.cancelled.set()
+        for _ in events:
+            pass
+    finally:
+        scheduler.close()
+    assert got == llm.generate(long_prompt, max_tokens=2, **GREEDY).tokens
+    # while the short stream decoded, no step carried more than 16 prompt tokens
+    assert max(chunks) == 16 and chunks.count(16) >= 100 // 16
+
+
+def test_cancel_frees_the_slot_and_a_queued_job_joins(llm: LLM) -> None:
+    scheduler = Scheduler(llm, max_batch=1, max_queue=1)
+    try:
+        first = Job("completion", [7, 8], {"max_tokens": 200, **GREEDY})
+        events = scheduler.submit(first)
+        assert next(events)[0] == "delta"
+        second = Job("completion", [9, 10], {"max_tokens": 3, **GREEDY})
+        result: list[list[int]] = []
+        waiter = threading.Thread(target=lambda: result.append(run(scheduler, second)))
+        waiter.start()
+        wait_for(lambda: scheduler.queue_depth == 1, "the second job to wait")
+        first.cancelled.set()
+        kinds = [kind for kind, _ in events]
+        assert kinds[-1] == "done"
+        waiter.join()
+        assert len(result[0]) == 3 and scheduler.cancelled_jobs == 1
+    finally:
+        scheduler.close()
+
+
+def test_close_ends_running_jobs(llm: LLM) -> None:
+    scheduler = Scheduler(llm, max_batch=2)
+    job = Job("completion", [7, 8], {"max_tokens": 250, **GREEDY})
+    events = scheduler.submit(job)
+    assert next(events)[0] == "delta"
+    scheduler.close()
+    assert [kind for kind, _ in events][-1] in ("done", "error")
+    assert scheduler.active == 0
+    with pytest.raises(ValueError):
+        Scheduler(llm, max_batch=0)
+
+
+class CountingPacer:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def before_forward(self, n: int) -> None:
+        self.calls.append(n)
+
+    def after_forward(self, n: int) -> None:
+        pass
+
+
+def test_a_batched_step_is_paced_as_one_pass(llm: LLM) -> None:
+    pacer = CountingPacer()
+    paced = PacedModel(llm.model, pacer)
+    states = [llm.model.new_state() for _ in range(3)]
+    out = paced.forward_batch([([1, 2], states[0]), ([3], states[1]), ([4], states[2])])
+    assert out.shape[0] == 3 and pacer.calls == [2]  # one pass, its longest sequence
+    np.testing.assert_array_equal(out[1], llm.model.forward([3], llm.model.new_state()))
