@@ -152,6 +152,8 @@ def record_inputs(model: Any) -> dict[str, InputStats]:
     for name, w in list(model.w.items()):
         if w.ndim != 2 or name == "embed_tokens.weight" or kind_of(name) in SHARES_INPUT:
             continue
+        if name.startswith("mtp."):  # the MTP head drafts in its own pass, not in forward
+            continue
         stats[name] = InputStats(name, w.shape[1])
         model.w[name] = _Recording(w, stats[name])
     stats[LM_HEAD] = InputStats(LM_HEAD, head.shape[1])
