@@ -41,7 +41,7 @@ from ..errors import ConfigError, QwenEdgeError
 from ..formats import quant
 from ..formats.checkpoint import Checkpoint
 from ..formats.config import LINEAR, ModelConfig
-from ..formats.model_file import ModelFile
+from ..formats.model_file import ModelFile, fsync_dir
 from ..version import __version__
 from .convert import EMBEDDING, LM_HEAD, RECIPES, _encode, _RowReader, plan_formats, read_side_files
 
@@ -622,7 +622,7 @@ def export_onnx(
                 os.chmod(tmp / name, 0o644)  # onnx creates the data file owner-only
             os.replace(tmp / data_name, output.parent / data_name)
             os.replace(tmp / output.name, output)
-            _fsync_dir(output.parent)
+            fsync_dir(output.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if src.tokenizer_json is not None:  # the ONNX backend's tokenizer (and genai's)
@@ -641,19 +641,6 @@ def export_onnx(
         formats=formats,
         genai=genai,
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- onnxruntime-genai --------------------------------------------------------------------------

@@ -340,7 +340,7 @@ class ModelFileWriter:
             f.close()  # after the rename: the lock marks the file as alive until then
             self._file = None
             self._done = True
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as e:
             self.abort()
             raise self._io_error(e) from e
@@ -436,7 +436,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
