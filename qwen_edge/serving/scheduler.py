@@ -16,10 +16,15 @@ of them, each sequence bit-identical to running alone), then hands each its logi
   seconds per step without prompt tokens, and what each prompt token adds), between 1 and
   `prefill_chunk` tokens. So a long prompt joining stretches the running streams' inter-token
   latency by a bounded factor (2x by default) whatever the machine, model and batch, where a
-  fixed 32-token chunk cost a 4-stream batch 8x its decode step on x86 AVX2;
+  fixed 32-token chunk cost a 4-stream batch 5x its decode step on x86 AVX2;
 * a step waits for every running request to have its next call ready (sampling and
-  detokenizing between steps take microseconds), at most `GATHER_SECONDS`, then runs what it
-  has: the grouping never changes results, only speed.
+  detokenizing between steps take about a millisecond of CPU, but on a busy machine a request
+  thread may wait far longer for a core), at most `gather_seconds()`: as long as the step
+  itself is expected to take (`StepCost`), at least `GATHER_SECONDS`. Running without a
+  straggler costs almost a whole step for it alone next (and a prompt's remaining chunk, always
+  ready, would otherwise run alone while the decoding streams miss the step), so waiting up to
+  a step's length for it is cheaper. Then it runs what it has: the grouping never changes
+  results, only speed.
 
 The HTTP layer (`app.py`) uses only this interface:
 
@@ -58,7 +63,7 @@ from .openai_api import APIError, Job
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 10_000  # latency samples kept between two stats() calls (older ones are dropped)
-GATHER_SECONDS = 0.005  # the longest a step waits for a running request's next call
+GATHER_SECONDS = 0.005  # the least a step waits for a running request's next call
 DEFAULT_MAX_BATCH = 4
 DEFAULT_PREFILL_CHUNK = 64  # the most prompt tokens per step while other requests decode
 DEFAULT_PREFILL_SHARE = 1.0  # what prompt tokens may add to a decode step, as a share of it
@@ -297,6 +302,12 @@ class Scheduler:
         for thread in threads:
             thread.join()
 
+    def gather_seconds(self) -> float:
+        """The longest a step waits for running requests' calls: what a decode step of them all
+        is expected to take, at least `GATHER_SECONDS`."""
+        expected = self.cost.decode_seconds(max(1, len(self._running)))
+        return max(GATHER_SECONDS, expected or 0.0)
+
     # --- the request threads ---
     def _forward(self, tokens: list[int], state: Any) -> Any:
         """A request thread's forward: queued for the next steps, returns its logits."""
@@ -401,7 +412,7 @@ class Scheduler:
             self._admit()
             if self._calls:
                 now = time.monotonic()
-                deadline = deadline or now + GATHER_SECONDS
+                deadline = deadline or now + self.gather_seconds()
                 if len(self._calls) >= len(self._running) or now >= deadline:
                     break
                 self._cond.wait(deadline - now)

@@ -253,3 +253,15 @@ def test_step_cost_learns_what_a_prompt_token_adds() -> None:
     assert cost.chunk(1, 1.0, 64) == 10  # 25 ms / 2.5 ms
     cost.record(4, 8, 0.039)  # noise: a step faster than decode alone never makes tokens free
     assert cost.per_token is not None and cost.per_token > 0
+
+
+def test_a_step_waits_for_stragglers_about_as_long_as_a_step_takes(llm: LLM) -> None:
+    scheduler = Scheduler(llm, max_batch=2)
+    try:
+        assert scheduler.gather_seconds() == scheduler_module.GATHER_SECONDS  # nothing measured
+        scheduler.cost.record(1, 0, 0.001)  # a fast step: never less than the floor
+        assert scheduler.gather_seconds() == scheduler_module.GATHER_SECONDS
+        scheduler.cost.decode[1] = 0.25  # a slow machine: a straggler is worth a step's wait
+        assert scheduler.gather_seconds() == pytest.approx(0.25)
+    finally:
+        scheduler.close()
