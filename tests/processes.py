@@ -87,10 +87,17 @@ def signal_after(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
+        # SIGABRT first: faulthandler (PYTHONFAULTHANDLER, set by start()) prints every thread's
+        # Python stack, which says where it hung; SIGKILL if even that does not end it.
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
         raise AssertionError(
-            f"child did not stop within {timeout} s of signal {signum}:\n{err}"
+            f"child did not stop within {timeout} s of signal {signum} (a signal at {delay:.2f} s;"
+            f" {len(out)} characters on stdout); its stacks at SIGABRT, on stderr:\n{err[-6000:]}"
         ) from None
     return Ended(proc.returncode, out, err, sent)
 
