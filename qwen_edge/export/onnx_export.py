@@ -10,12 +10,14 @@ The graph carries exactly the codes and scales of the `.qe` recipe (docs/onnx.md
 * `q6k` becomes 8-bit `MatMulNBits` too (codes `u - 32 + 128`, scale `D * sc` in f32: exact);
 * plain matrices (f32, f16, bf16) become `MatMul` on an f32 initializer.
 
-The embedding is a row lookup that dequantizes the gathered rows of the same initializers in the
-graph, so a tied LM head shares them. The layers use onnxruntime's contrib operators the way
-onnxruntime-genai's builder writes Qwen3.5 (`CausalConvWithState`, `LinearAttentionGate`,
-`LinearAttention`, `GatedRMSNorm`, `GroupQueryAttention`, `SkipSimplifiedLayerNormalization`),
-with inputs and outputs named as genai expects, so `--genai` adds the config genai loads. RoPE
-angles are computed in the graph from `position_ids` (no cos/sin tables). The decoding state
+The embedding is a row lookup (`GatherBlockQuantized`) that dequantizes the gathered rows of the
+same initializers in the graph, so a tied LM head shares them. The layers use onnxruntime's
+contrib operators the way onnxruntime-genai's builder writes Qwen3.5 (`CausalConvWithState`,
+`LinearAttentionGate`, `LinearAttention`, `GatedRMSNorm`, `GroupQueryAttention`,
+`SkipSimplifiedLayerNormalization`), with inputs and outputs named as genai expects, so `--genai`
+adds the config genai loads. RoPE is `RotaryEmbedding` on angles computed in the graph from
+`position_ids` (no cos/sin tables of every position). Decode is a chain of small operators, so
+the graph keeps their count low (stacked matrices, one L2 norm for q and k). The decoding state
 (KV caches, conv and recurrent states) is explicit graph inputs (`past...`) and outputs
 (`present...`).
 
@@ -276,13 +278,23 @@ def _add_matrix(g: _Graph, w: str, m: OnnxMatrix) -> None:
 
 
 def _embedding(g: _Graph, ids: str, w: str, m: OnnxMatrix) -> str:
-    """Rows `ids` of the matrix, dequantized in the graph: (code - zero point) * scale."""
+    """Rows `ids` of the matrix, dequantized in the graph: (code - zero point) * scale.
+
+    Blocks with MatMulNBits' default zero point (8 or 128) are one `GatherBlockQuantized`
+    over the packed codes, whose default zero point is the same; float zero points (q4k,
+    q4ag32) unpack the nibbles with standard operators."""
     n, k = m.shape
     if m.plain is not None:
         table = g.init(f"{w}.rows", m.plain)
         return g.op("Gather", [table, ids], "embed/Gather", axis=0)
-    nb = k // quant.BLOCK_K
     flat = g.op("Reshape", [f"{w}.qweight", g.const([n, -1])], "embed/flat")
+    if m.zero_points is None:
+        return g.op(
+            "GatherBlockQuantized", [flat, ids, f"{w}.scales"], "embed/gather",
+            domain="com.microsoft", bits=m.bits, block_size=quant.BLOCK_K, gather_axis=0,
+            quantize_axis=1,
+        )  # fmt: skip
+    nb = k // quant.BLOCK_K
     rows = g.op("Gather", [flat, ids], "embed/rows", axis=0)  # [B, S, nb * blob] u8
     if m.bits == 4:
         lo = g.op("BitwiseAnd", [rows, g.const(15, np.uint8)], "embed/lo")
@@ -296,11 +308,8 @@ def _embedding(g: _Graph, ids: str, w: str, m: OnnxMatrix) -> str:
         rows = pair
     codes = g.op("Reshape", [rows, g.const([0, 0, nb, quant.BLOCK_K])], "embed/codes")
     codes = g.op("Cast", [codes], "embed/cast", to=g.onnx.TensorProto.FLOAT)
-    if m.zero_points is not None:
-        zp = g.op("Gather", [f"{w}.zero_points", ids], "embed/zp", axis=0)
-        zp = g.op("Unsqueeze", [zp, g.const([-1])], "embed/zp1")
-    else:
-        zp = g.const(float(2 ** (m.bits - 1)), F32)
+    zp = g.op("Gather", [f"{w}.zero_points", ids], "embed/zp", axis=0)
+    zp = g.op("Unsqueeze", [zp, g.const([-1])], "embed/zp1")
     scale = g.op("Gather", [f"{w}.scales", ids], "embed/scales", axis=0)
     scale = g.op("Unsqueeze", [scale, g.const([-1])], "embed/scales1")
     v = g.op("Mul", [g.op("Sub", [codes, zp], "embed/centre"), scale], "embed/value")
@@ -309,18 +318,6 @@ def _embedding(g: _Graph, ids: str, w: str, m: OnnxMatrix) -> str:
 
 def _rms_norm(g: _Graph, x: str, weight: str, eps: float, name: str) -> str:
     return g.op("RMSNormalization", [x, weight], name, axis=-1, epsilon=eps, stash_type=1)
-
-
-def _rope(g: _Graph, x: str, cos: str, sin: str, half: int, head_dim: int, name: str) -> str:
-    """Rotate-half RoPE on the first 2 * half dims of every head (docs/model.md §4.7)."""
-    sizes = [half, half] + ([head_dim - 2 * half] if head_dim > 2 * half else [])
-    parts = g.op("Split", [x, g.const(sizes)], f"{name}/split", n_out=len(sizes), axis=-1)
-    a, b = parts[0], parts[1]
-    ra = g.op("Sub", [g.op("Mul", [a, cos], f"{name}/ac"), g.op("Mul", [b, sin], f"{name}/bs")],
-              f"{name}/ra")  # fmt: skip
-    rb = g.op("Add", [g.op("Mul", [b, cos], f"{name}/bc"), g.op("Mul", [a, sin], f"{name}/as")],
-              f"{name}/rb")  # fmt: skip
-    return g.op("Concat", [ra, rb, *parts[2:]], f"{name}/cat", axis=-1)
 
 
 class _Builder:
@@ -335,7 +332,7 @@ class _Builder:
         self.inputs: list[Any] = []
         self.outputs: list[Any] = []
         self.residual = ""
-        self.seqlens = self.total = self.cos = self.sin = ""
+        self.seqlens = self.total = self.cos = self.sin = self.rope_rows = ""
 
     def io(self, name: str, shape: list[Any], dtype: int | None = None, out: bool = False) -> None:
         info = self.h.make_tensor_value_info(name, self.TP.FLOAT if dtype is None else dtype, shape)
@@ -403,13 +400,19 @@ class _Builder:
         from ..backends.reference import rope_inv_freq
 
         # Text-only MRoPE is plain RoPE on the first position row (docs/model.md §4.7 step 4).
+        # The angles of this call's B * S positions become RotaryEmbedding's cos/sin caches
+        # [B * S, half], indexed by 0 .. B * S - 1: no tables of every position.
         pos = g.op("Gather", ["position_ids", g.const(0)], "rope/pos", axis=0)  # [B, S]
         pos = g.op("Cast", [pos], "rope/posf", to=TP.FLOAT)
         pos = g.op("Unsqueeze", [pos, g.const([-1])], "rope/pos1")
         theta = g.op("Mul", [pos, g.init("rope.inv_freq", rope_inv_freq(c))], "rope/theta")
-        theta = g.op("Unsqueeze", [theta, g.const([2])], "rope/theta1")  # [B, S, 1, half]
+        theta = g.op("Flatten", [theta], "rope/theta_rows", axis=2)  # [B * S, half]
         self.cos = g.op("Cos", [theta], "rope/cos")
         self.sin = g.op("Sin", [theta], "rope/sin")
+        ids_shape = g.op("Shape", ["input_ids"], "rope/ids_shape")
+        count = g.op("ReduceProd", [ids_shape], "rope/count", keepdims=0)
+        rows = g.op("Range", [g.const(0), count, g.const(1)], "rope/rows")
+        self.rope_rows = g.op("Reshape", [rows, ids_shape], "rope/row_ids")  # [B, S]
 
     def linear_attention(self, i: int, x: str) -> str:
         """Gated DeltaNet (§4.8) through onnxruntime's contrib operators."""
@@ -429,11 +432,14 @@ class _Builder:
             outputs=[g.name(f"{a}/conv/out0"), f"present.{i}.conv"], ndim=1, activation="silu",
         )[0]  # fmt: skip
         conv = g.op("Transpose", [conv], f"{a}/conv_t", perm=[0, 2, 1])
-        sizes = g.const([c.key_dim, c.key_dim, c.value_dim])
-        q, k, v = g.op("Split", [conv, sizes], f"{a}/split", n_out=3, axis=-1)
-        q = g.op("Mul", [self.l2_heads(q, f"{a}/q"), g.const(1.0 / np.sqrt(dk), F32)],
-                 f"{a}/q_scaled")  # fmt: skip
-        k = self.l2_heads(k, f"{a}/k")
+        qk, v = g.op("Split", [conv, g.const([2 * c.key_dim, c.value_dim])], f"{a}/split",
+                     n_out=2, axis=-1)  # fmt: skip
+        # q and k heads L2-normalized by one operator; LinearAttention scales q by 1/sqrt(dk)
+        qk = g.op("Reshape", [qk, g.const([0, 0, 2 * nk, dk])], f"{a}/qk_heads")
+        qk = g.op("LpNormalization", [qk], f"{a}/qk_l2", axis=-1, p=2)
+        qk = g.op("Reshape", [qk, g.const([0, 0, 2 * c.key_dim])], f"{a}/qk_flat")
+        q, k = g.op("Split", [qk, g.const([c.key_dim, c.key_dim])], f"{a}/qk_split", n_out=2,
+                    axis=-1)  # fmt: skip
         neg_a = g.init(p + "neg_exp_A", (-np.exp(self.src.vector(p + "A_log"))).astype(F32))
         decay, beta = g.op(
             "LinearAttentionGate", [av, self.vec(p + "dt_bias"), neg_a, b], f"{a}/gate",
@@ -444,17 +450,12 @@ class _Builder:
         o = g.op(
             "LinearAttention", [q, k, v, f"past.{i}.recurrent", decay, beta], f"{a}/rule",
             domain="com.microsoft", outputs=[g.name(f"{a}/rule/out0"), f"present.{i}.recurrent"],
-            q_num_heads=nk, kv_num_heads=nv, update_rule="gated_delta", scale=1.0,
+            q_num_heads=nk, kv_num_heads=nv, update_rule="gated_delta",
+            scale=float(1.0 / np.sqrt(dk)),
         )[0]  # fmt: skip
         y = g.op("GatedRMSNorm", [o, self.vec(p + "norm.weight"), z], f"{a}/norm",
                  domain="com.microsoft", epsilon=self.eps)  # fmt: skip
         return self.lin(y, p + "out_proj.weight", f"{a}/out")
-
-    def l2_heads(self, t: str, name: str) -> str:
-        g, c = self.g, self.c
-        t = g.op("Reshape", [t, g.const([0, 0, c.linear_num_key_heads, -1])], f"{name}_heads")
-        t = g.op("LpNormalization", [t], f"{name}_l2", axis=-1, p=2)
-        return g.op("Reshape", [t, g.const([0, 0, c.key_dim])], f"{name}_flat")
 
     def attention(self, i: int, x: str) -> str:
         """Gated full attention with q/k norms, partial RoPE and GQA (§4.7)."""
@@ -468,11 +469,10 @@ class _Builder:
         k = g.op("Reshape", [k, g.const([0, 0, nkv, hd])], f"{a}/k_heads")
         q = _rms_norm(g, q, self.w1p(p + "q_norm.weight"), self.eps, f"{a}/q_norm")
         k = _rms_norm(g, k, self.w1p(p + "k_norm.weight"), self.eps, f"{a}/k_norm")
-        half = c.rotary_dim // 2
-        q = _rope(g, q, self.cos, self.sin, half, hd, f"{a}/q_rope")
-        k = _rope(g, k, self.cos, self.sin, half, hd, f"{a}/k_rope")
         q = g.op("Reshape", [q, g.const([0, 0, nh * hd])], f"{a}/q_flat")
         k = g.op("Reshape", [k, g.const([0, 0, nkv * hd])], f"{a}/k_flat")
+        q = self.rope(q, nh, f"{a}/q_rope")
+        k = self.rope(k, nkv, f"{a}/k_rope")
         for kv in ("key", "value"):
             self.io(f"past_key_values.{i}.{kv}", ["batch_size", nkv, "past_sequence_length", hd])
             self.io(f"present.{i}.{kv}", ["batch_size", nkv, "total_sequence_length", hd],
@@ -487,6 +487,15 @@ class _Builder:
         gate = g.op("Reshape", [gate, g.const([0, 0, nh * hd])], f"{a}/gate_flat")
         o = g.op("Mul", [o, g.op("Sigmoid", [gate], f"{a}/gate_sig")], f"{a}/gated")
         return self.lin(o, p + "o_proj.weight", f"{a}/o")
+
+    def rope(self, x: str, heads: int, name: str) -> str:
+        """Rotate-half RoPE on the first rotary_dim dims of every head of x [B, S, heads * hd]
+        (docs/model.md §4.7), at this call's positions (`attention_inputs`)."""
+        return self.g.op(
+            "RotaryEmbedding", [x, self.rope_rows, self.cos, self.sin], name,
+            domain="com.microsoft", num_heads=heads, rotary_embedding_dim=self.c.rotary_dim,
+            interleaved=0,
+        )  # fmt: skip
 
     def mlp(self, i: int, x: str) -> str:
         """SwiGLU (§4.6)."""
