@@ -1,25 +1,18 @@
 """Checkpoint or `.qe` model file -> an ONNX graph of the same quantized model, for onnxruntime.
 
-The graph carries exactly the codes and scales of the `.qe` recipe (docs/onnx.md):
-
-* 4-bit formats become onnxruntime's `MatMulNBits` (bits 4, blocks of 32): `q4g32` as is (its
-  implicit zero point 8 is MatMulNBits' default, scales widened from f16 to f32 exactly);
-  `q4ag32` and `q4k`, whose blocks have a minimum, carry it as a float zero point `-m / d`
-  (one float rounding of the minimum: the only weights that are not bit-identical);
-* `q8g32` becomes `MatMulNBits` with bits 8 (zero point 128, its offset-binary code);
-* `q6k` becomes 8-bit `MatMulNBits` too (codes `u - 32 + 128`, scale `D * sc` in f32: exact);
-* plain matrices (f32, f16, bf16) become `MatMul` on an f32 initializer.
+The graph carries exactly the codes and scales of the `.qe` recipe (docs/onnx.md): 4-bit, 8-bit
+and 6-bit blocks as onnxruntime's `MatMulNBits`, plain matrices as `MatMul` (`onnx_weights`).
 
 The embedding is a row lookup (`GatherBlockQuantized`) that dequantizes the gathered rows of the
 same initializers in the graph, so a tied LM head shares them. The layers use onnxruntime's
 contrib operators the way onnxruntime-genai's builder writes Qwen3.5 (`CausalConvWithState`,
 `LinearAttentionGate`, `LinearAttention`, `GatedRMSNorm`, `GroupQueryAttention`,
 `SkipSimplifiedLayerNormalization`), with inputs and outputs named as genai expects, so `--genai`
-adds the config genai loads. RoPE is `RotaryEmbedding` on angles computed in the graph from
-`position_ids` (no cos/sin tables of every position). Decode is a chain of small operators, so
-the graph keeps their count low (stacked matrices, one L2 norm for q and k). The decoding state
-(KV caches, conv and recurrent states) is explicit graph inputs (`past...`) and outputs
-(`present...`).
+adds the config genai loads (`onnx_genai`). RoPE is `RotaryEmbedding` on angles computed in the
+graph from `position_ids` (no cos/sin tables of every position). Decode is a chain of small
+operators, so the graph keeps their count low (stacked matrices, one L2 norm for q and k). The
+decoding state (KV caches, conv and recurrent states) is explicit graph inputs (`past...`) and
+outputs (`present...`).
 
 `onnx` is imported lazily: the package installs without it (`pip install onnx`).
 """
@@ -42,10 +35,12 @@ import numpy as np
 from ..errors import ConfigError, QwenEdgeError
 from ..formats import quant
 from ..formats.checkpoint import Checkpoint
-from ..formats.config import LINEAR, ModelConfig
+from ..formats.config import LINEAR
 from ..formats.model_file import ModelFile, fsync_dir
 from ..version import __version__
 from .convert import EMBEDDING, LM_HEAD, RECIPES, _encode, _RowReader, plan_formats, read_side_files
+from .onnx_genai import write_bytes, write_genai_files
+from .onnx_weights import OnnxMatrix, onnx_matrix
 
 log = logging.getLogger(__name__)
 
@@ -63,78 +58,6 @@ def _require_onnx() -> Any:
             "the ONNX export needs the `onnx` package: pip install onnx onnxruntime"
         ) from None
     return onnx
-
-
-# --- weights ------------------------------------------------------------------------------------
-@dataclass
-class OnnxMatrix:
-    """A matrix as MatMulNBits takes it: packed codes [N, nb, 32 * bits / 8] uint8, f32 scales
-    [N, nb], optional f32 zero points [N, nb] (4-bit only); or a plain f32 weight [N, K]."""
-
-    shape: tuple[int, int]
-    bits: int = 0  # 0: plain
-    packed: np.ndarray | None = None
-    scales: np.ndarray | None = None
-    zero_points: np.ndarray | None = None
-    plain: np.ndarray | None = None
-
-
-def onnx_matrix(fmt: str, data: Any, shape: tuple[int, int]) -> OnnxMatrix:
-    """The MatMulNBits form of one stored tensor (bytes of `fmt`, docs/weight-formats.md)."""
-    rows, k = int(shape[0]), int(shape[1])
-    if fmt in quant.PLAIN_FORMATS:
-        return OnnxMatrix((rows, k), plain=quant.decode_plain(fmt, data, (rows, k)).astype(F32))
-    q = quant.unpack(fmt, data, rows, k)
-    nb = k // quant.BLOCK_K
-    codes = q.codes.astype(np.uint8)
-    zp = None
-    if fmt in ("q8g32", "q6k"):
-        bits = 8
-        if fmt == "q6k":  # u - 32 + 128: the signed 6-bit code in 8-bit offset binary
-            assert q.row_d is not None
-            codes = codes + np.uint8(96)
-            scales = q.row_d.astype(F32)[:, None] * q.d.astype(F32)
-        else:
-            scales = q.d.astype(F32)
-    else:
-        bits = 4
-        if fmt == "q4g32":
-            scales = q.d.astype(F32)
-        elif fmt == "q4ag32":  # d q + m = (q - (-m / d)) d
-            assert q.m is not None
-            scales = q.d.astype(F32)
-            zp = _zero_point(scales, -q.m.astype(F32))
-        else:  # q4k: D sc q - M mn = (q - M mn / (D sc)) D sc
-            assert q.m is not None and q.row_d is not None and q.row_m is not None
-            scales = q.row_d.astype(F32)[:, None] * q.d.astype(F32)
-            offset = q.row_m.astype(F32)[:, None] * q.m.astype(F32)
-            zp = _zero_point(scales, offset)
-    # 4-bit: element 2j in the low nibble of byte j, 2j+1 in the high one
-    packed = codes[:, 0::2] | (codes[:, 1::2] << 4) if bits == 4 else codes
-    packed = np.ascontiguousarray(packed.reshape(rows, nb, quant.BLOCK_K * bits // 8))
-    return OnnxMatrix((rows, k), bits, packed, np.ascontiguousarray(scales, F32), zp)
-
-
-def _zero_point(scales: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """offset / scale (0 where the scale is 0: the block is all zero codes' value then)."""
-    safe = np.where(scales == 0, F32(1), scales)
-    return np.where(scales == 0, F32(0), offset / safe).astype(F32)
-
-
-def dequantize_onnx(m: OnnxMatrix) -> np.ndarray:
-    """The float32 matrix the ONNX graph multiplies by: (code - zero point) * scale."""
-    if m.plain is not None:
-        return m.plain
-    assert m.packed is not None and m.scales is not None
-    rows, k = m.shape
-    if m.bits == 4:
-        lo, hi = m.packed & 15, m.packed >> 4
-        codes = np.stack([lo, hi], axis=-1).reshape(rows, k)
-    else:
-        codes = m.packed.reshape(rows, k)
-    zp = m.zero_points if m.zero_points is not None else np.full_like(m.scales, 2 ** (m.bits - 1))
-    blocks = codes.reshape(rows, -1, quant.BLOCK_K).astype(F32)
-    return ((blocks - zp[..., None]) * m.scales[..., None]).reshape(rows, k).astype(F32)
 
 
 # --- where the tensors come from ----------------------------------------------------------------
@@ -635,9 +558,9 @@ def export_onnx(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if src.tokenizer_json is not None:  # the ONNX backend's tokenizer (and genai's)
-            _write_bytes(output.parent / "tokenizer.json", bytes(src.tokenizer_json))
+            write_bytes(output.parent / "tokenizer.json", bytes(src.tokenizer_json))
         if genai:
-            write_genai_files(src, output, threads=threads or 0)
+            write_genai_files(src.config, src.header, output, threads=threads or 0)
     finally:
         src.close()
     data_path = output.parent / data_name
@@ -650,106 +573,6 @@ def export_onnx(
         formats=formats,
         genai=genai,
     )
-
-
-# --- onnxruntime-genai --------------------------------------------------------------------------
-def genai_config(config: ModelConfig, header: dict[str, Any], filename: str,
-                 threads: int = 0) -> dict[str, Any]:  # fmt: skip
-    """genai_config.json for the graph: model type `qwen3_5_text` and the I/O names above."""
-    special = header.get("special_tokens", {})
-    gen = header.get("generation", {})
-    eos = special.get("eos") or list(config.eos_token_id)
-    pad = special.get("pad", eos[0] if eos else 0)
-    options = [] if not threads else None
-    session: dict[str, Any] = {"log_id": "onnxruntime-genai", "provider_options": []}
-    if options is None:
-        session["intra_op_num_threads"] = threads
-    return {
-        "model": {
-            "bos_token_id": special.get("bos", pad),
-            "context_length": config.max_position_embeddings,
-            "decoder": {
-                "session_options": session,
-                "filename": filename,
-                "head_size": config.head_dim,
-                "hidden_size": config.hidden_size,
-                "inputs": {
-                    "input_ids": "input_ids",
-                    "attention_mask": "attention_mask",
-                    "position_ids": "position_ids",
-                    "past_key_names": "past_key_values.%d.key",
-                    "past_value_names": "past_key_values.%d.value",
-                    "past_conv_names": "past.%d.conv",
-                    "past_recurrent_names": "past.%d.recurrent",
-                },
-                "outputs": {
-                    "logits": "logits",
-                    "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value",
-                    "present_conv_names": "present.%d.conv",
-                    "present_recurrent_names": "present.%d.recurrent",
-                },
-                "num_attention_heads": config.num_attention_heads,
-                "num_hidden_layers": config.num_hidden_layers,
-                "num_key_value_heads": config.num_key_value_heads,
-            },
-            "eos_token_id": eos,
-            "pad_token_id": pad,
-            "type": "qwen3_5_text",
-            "vocab_size": config.vocab_size,
-        },
-        "search": {
-            "diversity_penalty": 0.0,
-            "do_sample": bool(gen.get("do_sample", False)),
-            "early_stopping": True,
-            "length_penalty": 1.0,
-            "max_length": config.max_position_embeddings,
-            "min_length": 0,
-            "no_repeat_ngram_size": 0,
-            "num_beams": 1,
-            "num_return_sequences": 1,
-            "past_present_share_buffer": True,
-            "repetition_penalty": float(gen.get("repetition_penalty", 1.0)),
-            "temperature": float(gen.get("temperature", 1.0)),
-            "top_k": int(gen.get("top_k", 1) or 1),
-            "top_p": float(gen.get("top_p", 1.0)),
-        },
-    }
-
-
-def write_genai_files(src: _Source, output: Path, threads: int = 0) -> None:
-    """genai_config.json and the tokenizer files beside the graph."""
-    folder = output.parent
-    cfg = genai_config(src.config, src.header, output.name, threads)
-    _write_text(folder / "genai_config.json", json.dumps(cfg, indent=4) + "\n")
-    # onnxruntime-genai's tokenizer reads tokenizer_config.json and accepts only class names it
-    # knows: Qwen3.5's tokenizer is Qwen2's byte-level BPE.
-    special = src.header.get("special_tokens", {})
-    tok_cfg = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": special.get("eos_token"),
-        "pad_token": special.get("pad_token"),
-        "bos_token": special.get("bos_token"),
-        "model_max_length": src.config.max_position_embeddings,
-    }
-    _write_text(folder / "tokenizer_config.json", json.dumps(tok_cfg, indent=2) + "\n")
-    if src.header.get("chat_template"):
-        _write_text(folder / "chat_template.jinja", src.header["chat_template"])
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def iter_graph_ops(path: str | Path) -> Iterator[tuple[str, str]]:
