@@ -5,11 +5,11 @@ and `chat_template.jinja`."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ..formats.config import ModelConfig
+from ..formats.model_file import write_atomically
 
 
 def genai_config(config: ModelConfig, header: dict[str, Any], filename: str,
@@ -107,10 +107,6 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Writes a file beside the graph under a temporary name, synced, then renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Writes a file beside the graph atomically (`write_atomically`: a temporary name of its
+    own, so concurrent exports never mix)."""
+    write_atomically(path, data)
