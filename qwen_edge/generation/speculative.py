@@ -19,6 +19,11 @@ The draft length adapts (`DraftLength`): from the running acceptance at each dra
 the measured time of rounds of each length, it picks the length with the most expected tokens
 per second, 0 included (a plain step; the head then catches up on the skipped positions in one
 batched call when drafting resumes, and a round of 1 draft probes now and then).
+
+A model may offer `speculation_allowed()` (the serving scheduler's proxy does: it is true while
+the request is alone in the batch). When it turns false at the start of a round, the
+generation continues with plain one-token forwards for good: the state is exact at every round
+boundary, and plain steps are what batches with other requests.
 """
 
 from __future__ import annotations
@@ -132,6 +137,7 @@ class SpeculativeStats:
     rollback_time: float = 0.0
     sample_time: float = 0.0
     draft_lengths: dict[int, int] = field(default_factory=dict)  # k -> rounds
+    plain_steps: int = 0  # one-token forwards after `speculation_allowed()` turned false
 
     @property
     def acceptance_rate(self) -> float:
@@ -154,6 +160,7 @@ class SpeculativeStats:
             "rollback_time_s": self.rollback_time,
             "sample_time_s": self.sample_time,
             "draft_lengths": {str(k): v for k, v in sorted(self.draft_lengths.items())},
+            "plain_steps": self.plain_steps,
         }
 
 
@@ -216,9 +223,13 @@ def speculative_step(
     # Pairs the head has not seen: hidden rows, and the token after each but the last (the
     # pending token's, appended when the head runs).
     pend_hidden: list[np.ndarray] = [pair_hidden]
+    allowed = getattr(model, "speculation_allowed", None)
     while True:
         room = (context if context is not None else state.context) - state.position
         if room < 1:
+            return
+        if allowed is not None and not allowed():
+            yield from _plain_steps(model, token, state, sampler, room, st)
             return
         k_now = min(lengths.choose() if adaptive else draft_tokens, room - 1)
         t0, cpu0 = clock(), time.process_time()
@@ -288,3 +299,18 @@ def speculative_step(
         token = out[-1][0]
         for got in out:
             yield got
+
+
+def _plain_steps(
+    model: Any, token: int, state: Any, sampler: Sampler, room: int, st: SpeculativeStats
+) -> Iterator[tuple[int, float | None]]:
+    """The rest of a generation token by token (`loop.generate_step`'s decode loop), from the
+    pending `token` and a state exact at a round boundary."""
+    for _ in range(room):
+        logits = model.forward([token], state)
+        t0 = time.perf_counter()
+        token, logprob = sampler(logits)
+        st.sample_time += time.perf_counter() - t0
+        st.plain_steps += 1
+        st.emitted += 1
+        yield token, logprob
