@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import start_server
+from serving_util import request
 
 from qwen_edge.backends import native
 from qwen_edge.generation.chat_template import IM_START
@@ -150,3 +152,29 @@ def test_company_ends_the_speculation_and_the_prefix_cache_stays_exact(mtp_file:
         assert (tokens, logprobs) == want_chat
         assert stats.speculative is None  # admitted beside a running request: plain
     assert got["first"][2].num_cached_tokens == 0 and got["second"][2].num_cached_tokens > 0
+
+
+def test_over_http_the_metrics_carry_the_acceptance(mtp_file: Path) -> None:
+    llm = load_mtp(mtp_file)
+    want = plain(llm, [1000, 2000, 3000, 41], 12)[0]
+    speculate(llm)
+    srv = start_server(llm)
+    try:
+        addr = srv.server_address[:2]
+        body = {"model": "tiny", "prompt": [1000, 2000, 3000, 41], "max_tokens": 12,
+                "temperature": 0, "logprobs": 1}  # fmt: skip
+        status, out = request(addr, "POST", "/v1/completions", body)
+        assert status == 200, out
+        status, metrics = request(addr, "GET", "/metrics")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert status == 200
+    counters = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("qwen_edge_speculative_")
+    }
+    assert counters["qwen_edge_speculative_requests_total"] == 1
+    assert counters["qwen_edge_speculative_rounds_total"] >= 1
+    assert out["usage"]["completion_tokens"] == len(want)
