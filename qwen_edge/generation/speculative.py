@@ -45,8 +45,11 @@ class DraftLength:
     """Chooses each round's draft length k in 0..most from what the rounds so far measured.
 
     Expected tokens of a round with k drafts: 1 + sum_j prod_(i <= j) p_i, where p_i is the
-    running (exponentially weighted) rate at which draft i was accepted when drafts 1..i-1
-    were. Time of such a round (CPU time of the process, robust to waiting for a core on a
+    running rate at which draft i was accepted when drafts 1..i-1 were: the mean of its first
+    judgements (from a prior of 0.5 worth one judgement), then exponentially weighted, so a
+    depth judged in a few rounds is already believed (on the trained model p_2 is 0.97; an
+    estimate crawling up from 0.5 kept the chooser at one draft for a whole generation). Time
+    of such a round (CPU time of the process, robust to waiting for a core on a
     shared machine): the running mean of measured rounds of that length, or, for a
     length not measured yet, a line through the measured ones (with one length measured, a
     prior: each draft adds a quarter of a plain round). k = 0 is a plain step; after `probe`
@@ -59,12 +62,15 @@ class DraftLength:
         self.most, self.k, self.probe, self.decay = most, min(start, most), probe, decay
         self.rounds = 0
         self.p = [0.5] * (most + 1)  # p[j]: acceptance of draft j given 1..j-1 accepted
+        self.judged = [0] * (most + 1)  # judgements of draft j so far
         self.t: dict[int, float] = {}  # k -> running mean seconds per round
         self.idle = 0  # rounds at k = 0 since the last draft
 
     def update(self, k: int, kept: int, seconds: float) -> None:
         for j in range(1, min(k, kept + 1) + 1):  # drafts 1..kept+1 were judged
-            self.p[j] = self.decay * self.p[j] + (1 - self.decay) * (1.0 if j <= kept else 0.0)
+            self.judged[j] += 1
+            rate = max(1 - self.decay, 1 / (self.judged[j] + 1))
+            self.p[j] += rate * ((1.0 if j <= kept else 0.0) - self.p[j])
         old = self.t.get(k)
         self.t[k] = seconds if old is None else 0.8 * old + 0.2 * seconds
         self.idle = self.idle + 1 if k == 0 else 0
