@@ -2,7 +2,7 @@
 """Plain greedy decoding against MTP speculative decoding, alternating in one run -> JSON.
 
     python tools/bench_speculative.py models/trained-q8-mtp.qe --tokenizer models/tokenizer \\
-        --threads 1,2 --draft-tokens 1,2,3 --draft-rows 32768,0 --json spec.json
+        --threads 1,2 --draft-tokens 1,2,3 --draft-rows 16384,0 --json spec.json
     python tools/bench_speculative.py models/rand-0.8b-q4-mtp.qe --verify-cost --json cost.json
 
 Decode: for every prompt, thread count and repetition, plain greedy decoding and each
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--draft-tokens", default="1,2,3", help="comma-separated draft lengths")
-    p.add_argument("--draft-rows", default="32768,0", help="draft LM-head rows (0: all)")
+    p.add_argument("--draft-rows", default="16384,0", help="draft LM-head rows (0: all)")
     p.add_argument("--fixed", action="store_true", help="also run each length without adapting")
     p.add_argument("--repetitions", type=int, default=2, help="(--verify-cost: per length, min)")
     p.add_argument("--prompts", type=int, default=len(PROMPTS))

@@ -36,7 +36,10 @@ from typing import Any
 
 import numpy as np
 
-DRAFT_ROWS = 32768  # the draft's LM head: the first rows only (frequent ids come first in BPE)
+# The draft's LM head: the first rows only (frequent ids come first in BPE; 87.6 % of the
+# held-out corpus's tokens, and on the trained model the same acceptance as all 248,320 rows:
+# docs/speculative.md). A draft step then reads 4 MB of head instead of 64 MB.
+DRAFT_ROWS = 16384
 MAX_DRAFT_TOKENS = 16
 Sampler = Callable[[np.ndarray], tuple[int, "float | None"]]
 
