@@ -259,20 +259,13 @@ class Scheduler:
     # --- the request threads ---
     def _forward(self, tokens: list[int], state: Any) -> Any:
         """A request thread's forward: queued for the next steps, returns its logits."""
-        call = _Call(tokens, state)
-        with self._cond:
-            if self._closed:
-                raise Closed("the server is shutting down")
-            self._calls.append(call)
-            self._cond.notify_all()
-        call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.logits
+        return self._wait(_Call(tokens, state))
 
     def _solo(self, run: Callable[[], Any]) -> Any:
         """A request thread's model call that cannot batch: run alone as one step."""
-        call = _Call([], None, solo=run)
+        return self._wait(_Call([], None, solo=run))
+
+    def _wait(self, call: _Call) -> Any:
         with self._cond:
             if self._closed:
                 raise Closed("the server is shutting down")
