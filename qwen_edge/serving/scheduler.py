@@ -19,8 +19,8 @@ of them, each sequence bit-identical to running alone), then hands each its logi
   fixed 32-token chunk cost a 4-stream batch 5x its decode step on x86 AVX2;
 * a step waits for every running request to have its next call ready (sampling and
   detokenizing between steps take about a millisecond of CPU, but on a busy machine a request
-  thread may wait far longer for a core), at most `gather_seconds()`: as long as the step
-  itself is expected to take (`StepCost`), at least `GATHER_SECONDS`. Running without a
+  thread may wait far longer for a core), at most `gather_seconds()`: as long as the recent
+  steps took, at least `GATHER_SECONDS`. Running without a
   straggler costs almost a whole step for it alone next (and a prompt's remaining chunk, always
   ready, would otherwise run alone while the decoding streams miss the step), so waiting up to
   a step's length for it is cheaper. Then it runs what it has: the grouping never changes
@@ -92,19 +92,22 @@ class _Call:
     solo: Callable[[], Any] | None = None  # runs alone as a step of its own (speculation)
 
 
+AVERAGE_WEIGHT = 0.3  # weight of the newest measurement in the step costs' moving averages
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else old + AVERAGE_WEIGHT * (new - old)
+
+
 class StepCost:
-    """What a step costs, learnt from the steps' measured durations: the seconds of a step
+    """What a step costs, learnt from the steps' measured costs (CPU seconds of the stepping
+    thread by default): the seconds of a step
     without prompt tokens, per number of decoding sequences in it, and `per_token`, the seconds
     each prompt token adds to a step. Moving averages, so they follow the machine's load."""
-
-    ALPHA = 0.3  # weight of the newest measurement
 
     def __init__(self) -> None:
         self.decode: dict[int, float] = {}  # decoding sequences -> seconds of their step
         self.per_token: float | None = None
-
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.ALPHA * (new - old)
 
     def decode_seconds(self, decoding: int) -> float | None:
         """A step of `decoding` decoding sequences alone: measured, else scaled from the
@@ -122,14 +125,14 @@ class StepCost:
         if decoding == 0:
             return
         if prompt_tokens == 0:
-            self.decode[decoding] = self._mix(self.decode.get(decoding), seconds)
+            self.decode[decoding] = _average(self.decode.get(decoding), seconds)
             return
         base = self.decode_seconds(decoding)
         if base is not None:
             # what the prompt tokens added to the decode step this one would have been; at
             # least a tenth of a decoding sequence's share, so noise never makes them free
             floor = 0.1 * base / decoding * prompt_tokens
-            self.per_token = self._mix(self.per_token, max(seconds - base, floor) / prompt_tokens)
+            self.per_token = _average(self.per_token, max(seconds - base, floor) / prompt_tokens)
 
     def chunk(self, decoding: int, share: float, most: int) -> int:
         """Prompt tokens a step beside `decoding` decoding sequences may carry so that it
@@ -192,7 +195,9 @@ class Scheduler:
             decode.
         prefill_share: a step with prompt tokens beside decoding jobs takes at most
             `1 + prefill_share` times their decode step alone (`StepCost` sizes the chunk).
-        clock: seconds, for the steps' durations (tests pass their own).
+        clock: seconds, for the steps' costs: by default the CPU time of the thread that runs
+            the steps (it computes its share of every product), so a busy machine's time
+            slicing does not enter the cost model; tests pass their own.
     """
 
     def __init__(
@@ -202,7 +207,7 @@ class Scheduler:
         max_queue: int = 16,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         prefill_share: float = DEFAULT_PREFILL_SHARE,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.thread_time,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
@@ -219,6 +224,7 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self.prefill_share = prefill_share
         self.cost = StepCost()
+        self._step_seconds: float | None = None  # wall time of the recent steps (average)
         self._clock = clock
         self.cancelled_jobs = 0  # generations stopped because their job was cancelled
         self._view = llm.with_model(_BatchingModel(llm.model, self))
@@ -330,10 +336,9 @@ class Scheduler:
             thread.join()
 
     def gather_seconds(self) -> float:
-        """The longest a step waits for running requests' calls: what a decode step of them all
-        is expected to take, at least `GATHER_SECONDS`."""
-        expected = self.cost.decode_seconds(max(1, len(self._running)))
-        return max(GATHER_SECONDS, expected or 0.0)
+        """The longest a step waits for running requests' calls: what a step took lately (wall
+        time, a moving average), at least `GATHER_SECONDS`."""
+        return max(GATHER_SECONDS, self._step_seconds or 0.0)
 
     # --- the request threads ---
     def _forward(self, tokens: list[int], state: Any) -> Any:
@@ -500,7 +505,7 @@ class Scheduler:
             return
         items = [(call.tokens[:n], call.state) for call, n in batch]
         want = [n == len(call.tokens) for call, n in batch]
-        start = self._clock()
+        start, wall = self._clock(), time.perf_counter()
         try:
             logits: list[Any] = list(forward_batch(self.model, items, want=want))
             errors: list[BaseException | None] = [None] * len(batch)
@@ -508,6 +513,7 @@ class Scheduler:
             self.cost.record(
                 len(batch) - sum(len(c.tokens) > 1 for c, _ in batch), prompt, self._clock() - start
             )
+            self._step_seconds = _average(self._step_seconds, time.perf_counter() - wall)
         except Exception:  # find the culprit: each alone (a failed step changes no state)
             logits, errors = [], []
             for item, w in zip(items, want, strict=True):
