@@ -24,7 +24,13 @@ of them, each sequence bit-identical to running alone), then hands each its logi
   straggler costs almost a whole step for it alone next (and a prompt's remaining chunk, always
   ready, would otherwise run alone while the decoding streams miss the step), so waiting up to
   a step's length for it is cheaper. Then it runs what it has: the grouping never changes
-  results, only speed.
+  results, only speed;
+* speculative decoding (`serve --speculative mtp`, docs/speculative.md) runs while a request
+  is alone: its calls that are not plain steps (the prefill with hidden states, the MTP
+  head's drafts, the checkpointed verification) are **solo calls**, each a step of its own
+  (alternating with batched steps if another request has calls waiting). A request admitted
+  beside others decodes plainly (and uses the prefix cache); a speculating request that gets
+  company finishes with plain batched steps (`speculation_allowed`).
 
 The HTTP layer (`app.py`) uses only this interface:
 
@@ -39,12 +45,15 @@ The HTTP layer (`app.py`) uses only this interface:
 `stats()` returns a dict: `queue_depth`, `active`, `max_batch`, `batch_occupancy` (mean
 sequences per model step since the previous call; 0 when idle), the running totals
 `prompt_tokens`, `completion_tokens`, `prefix_cache_hits` (requests that resumed from a cached
-prompt prefix) and `prefix_cache_tokens` (prompt tokens they skipped), and the samples since
-the previous call `ttft_seconds` (submit to first token) and `itl_seconds` (between tokens).
+prompt prefix) and `prefix_cache_tokens` (prompt tokens they skipped), `speculative_requests`,
+`speculative_rounds`, `speculative_drafted_tokens` and `speculative_accepted_tokens`, and the
+samples since the previous call `ttft_seconds` (submit to first token) and `itl_seconds`
+(between tokens).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -52,8 +61,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from ..errors import ChatTemplateError, ContextLengthError, GenerationConfigError, QwenEdgeError
 from ..generation.loop import PREFILL_CHUNK
@@ -80,8 +87,9 @@ class _Call:
     tokens: list[int]
     state: Any
     done: threading.Event = field(default_factory=threading.Event)
-    logits: np.ndarray | None = None
+    logits: Any = None  # the result (a solo call's return value)
     error: BaseException | None = None
+    solo: Callable[[], Any] | None = None  # runs alone as a step of its own (speculation)
 
 
 AVERAGE_WEIGHT = 0.3  # weight of the newest measurement in the step costs' moving averages
@@ -146,10 +154,24 @@ class _BatchingModel:
         self._model = model
         self._scheduler = scheduler
 
-    def forward(self, tokens: Sequence[int], state: Any, *, all_logits: bool = False) -> Any:
-        if all_logits:  # the generation loop never asks for them; keep it honest
-            raise QwenEdgeError("the serving scheduler computes last-position logits only")
-        return self._scheduler._forward([int(t) for t in tokens], state)
+    def forward(
+        self, tokens: Sequence[int], state: Any, *, all_logits: bool = False, **kw: Any
+    ) -> Any:
+        ids = [int(t) for t in tokens]
+        if all_logits or kw:  # speculation's forwards (hidden states, checkpoints): solo
+            model = self._scheduler.model
+            return self._scheduler._solo(
+                lambda: model.forward(ids, state, all_logits=all_logits, **kw)
+            )
+        return self._scheduler._forward(ids, state)
+
+    def mtp_forward(self, *args: Any, **kw: Any) -> Any:
+        model = self._scheduler.model
+        return self._scheduler._solo(lambda: model.mtp_forward(*args, **kw))
+
+    def speculation_allowed(self) -> bool:
+        """Whether a speculating request may go on drafting: while it is alone."""
+        return self._scheduler.active <= 1
 
     def new_state(self, *args: Any, **kwargs: Any) -> Any:
         return self._model.new_state(*args, **kwargs)
@@ -217,7 +239,12 @@ class Scheduler:
             "completion_tokens": 0,
             "prefix_cache_hits": 0,
             "prefix_cache_tokens": 0,
+            "speculative_requests": 0,
+            "speculative_rounds": 0,
+            "speculative_drafted_tokens": 0,
+            "speculative_accepted_tokens": 0,
         }
+        self._solo_last = False  # the last step ran a solo call
         self._ttft: deque[float] = deque(maxlen=MAX_SAMPLES)
         self._itl: deque[float] = deque(maxlen=MAX_SAMPLES)
         self._steps = 0  # model steps since the last stats()
@@ -316,7 +343,13 @@ class Scheduler:
     # --- the request threads ---
     def _forward(self, tokens: list[int], state: Any) -> Any:
         """A request thread's forward: queued for the next steps, returns its logits."""
-        call = _Call(tokens, state)
+        return self._wait(_Call(tokens, state))
+
+    def _solo(self, run: Callable[[], Any]) -> Any:
+        """A request thread's model call that cannot batch: run alone as one step."""
+        return self._wait(_Call([], None, solo=run))
+
+    def _wait(self, call: _Call) -> Any:
         with self._cond:
             if self._closed:
                 raise Closed("the server is shutting down")
@@ -351,13 +384,17 @@ class Scheduler:
         if job.cancelled.is_set():  # cancelled while it waited
             job.events.put(("done", None))
             return
+        config = self._view.generation_config
+        with self._cond:
+            if self.active > 1:  # not alone: batched plain steps and the prefix cache
+                config = dataclasses.replace(config, speculative=None)
         if job.kind == "chat":
             stream = self._view.chat(
                 job.prompt, stream=True, tools=job.tools, enable_thinking=job.enable_thinking,
-                **job.overrides,
+                config=config, **job.overrides,
             )  # fmt: skip
         else:
-            stream = self._view.generate(job.prompt, stream=True, **job.overrides)
+            stream = self._view.generate(job.prompt, stream=True, config=config, **job.overrides)
         last_time, last, tokens = job.submitted, None, 0
         try:
             for response in stream:
@@ -382,6 +419,12 @@ class Scheduler:
                 if s.num_cached_tokens:
                     self._totals["prefix_cache_hits"] += 1
                     self._totals["prefix_cache_tokens"] += s.num_cached_tokens
+                if s.speculative is not None:
+                    spec = s.speculative
+                    self._totals["speculative_requests"] += 1
+                    self._totals["speculative_rounds"] += spec["rounds"]
+                    self._totals["speculative_drafted_tokens"] += spec["drafted_tokens"]
+                    self._totals["speculative_accepted_tokens"] += spec["accepted_tokens"]
         job.events.put(("done", None))  # always, so a consumer draining the events returns
 
     # --- the step loop ---
@@ -423,16 +466,22 @@ class Scheduler:
                 self._cond.wait(deadline - now)
             else:
                 self._cond.wait()
+        # A solo call is a step of its own; solo and batched steps alternate when both wait.
+        solo = next((c for c in self._calls if c.solo is not None), None)
+        batched = [c for c in self._calls if c.solo is None]
+        self._solo_last = solo is not None and not (self._solo_last and batched)
+        if self._solo_last:
+            return [(solo, 0)]
         # Chunks are bounded while any running request is decoding (whether or not its call
         # made this step): those are the streams a long prefill would stall.
-        prefilling = sum(1 for c in self._calls if len(c.tokens) > 1)
+        prefilling = sum(1 for c in batched if len(c.tokens) > 1)
         decoding = len(self._running) - prefilling
         if decoding > 0:
             budget = self.cost.chunk(decoding, self.prefill_share, self.prefill_chunk)
         else:
             budget = PREFILL_CHUNK
         batch = []
-        for call in self._calls:
+        for call in batched:
             if len(call.tokens) == 1:
                 batch.append((call, 1))
             elif budget > 0:
@@ -442,6 +491,18 @@ class Scheduler:
         return batch
 
     def _step(self, batch: list[tuple[_Call, int]]) -> None:
+        if batch[0][0].solo is not None:
+            call = batch[0][0]
+            try:
+                call.logits = call.solo()
+            except Exception as e:
+                call.error = e
+            with self._cond:
+                self._steps += 1
+                self._step_sequences += 1
+                self._calls.remove(call)
+                call.done.set()
+            return
         items = [(call.tokens[:n], call.state) for call, n in batch]
         want = [n == len(call.tokens) for call, n in batch]
         start, wall = self._clock(), time.perf_counter()
