@@ -50,8 +50,8 @@ TILED_POOL_VALUES = 1 << 22
 def tiled_tensor_chunks(
     name: str, shape: tuple[int, ...], seed: int, dtype: str, chunk_rows: int = 4096
 ) -> Iterator[np.ndarray]:
-    """A cheap stand-in for `random_tensor` in storage form (`dtype` as in `write_random_checkpoint`),
-    in chunks of rows, for checkpoints too big to draw value by value on a busy machine (a
+    """A cheap stand-in for `random_tensor`, stored as `dtype` ("bf16", "f16", "f32"), in chunks
+    of rows, for checkpoints too big to draw value by value on a busy machine (a
     9B-shaped one is ~9e9 draws): a matrix of more than `TILED_POOL_VALUES` values draws a pool
     of that many with `random_tensor`'s distribution for its name and row length, and each row is
     a pool row picked at random with a random sign, so its scales and statistics match and the

@@ -17,8 +17,8 @@ from qwen_edge.export.random_checkpoint import (
     tiled_tensor_chunks,
     write_random_checkpoint,
 )
-from qwen_edge.formats.quant import bf16_to_f32
 from qwen_edge.formats.checkpoint import Checkpoint
+from qwen_edge.formats.quant import bf16_to_f32
 from qwen_edge.formats.safetensors import write_safetensors
 
 
