@@ -441,11 +441,24 @@ def cmd_export(a: argparse.Namespace) -> int:
         "p = llama_cpp.llama_model_quantize_default_params()\n"
         f"p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_{a.llama_type}\n"
         f"p.nthread = {a.threads}\n"
+        f"p.allow_requantize = {a.llama_outtype != 'bf16'}\n"
         "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))"
     )
-    qe_out, bf16, gguf = work / "export.qe", work / "export-bf16.gguf", work / "export.gguf"
+    qe_out, gguf = work / "export.qe", work / "export.gguf"
+    # The converter's output: bf16 (what llama.cpp's docs do) or q8_0, half the disk for a 9B
+    # (quantize then requantizes it: allow_requantize).
+    bf16 = work / f"export-{a.llama_outtype}.gguf"
     runs: dict[str, list[dict[str, float]]] = {}
     sizes: dict[str, int] = {}
+
+    def keep(path: Path, name: str) -> None:
+        """--keep: the file stays in the workdir under `name` (the last repetition's);
+        otherwise it is deleted (a 9B's files would fill the disk)."""
+        if a.keep:
+            path.replace(work / name)
+        else:
+            path.unlink()
+
     for rep in range(a.repetitions):
         for engine in a.engines.split(","):
             if engine in ("native", "python"):
@@ -455,10 +468,10 @@ def cmd_export(a: argparse.Namespace) -> int:
                 env_qe = dict(os.environ, NUMBA_NUM_THREADS=str(a.threads))
                 r = timed(cmd, env_qe)
                 sizes[engine] = qe_out.stat().st_size
-                qe_out.unlink()
+                keep(qe_out, f"{engine}.qe")
             elif engine == "llama":
                 c = timed([a.peers_python, str(converter), a.checkpoint, "--no-mtp", "--outtype",
-                           "bf16", "--outfile", str(bf16)], env)  # fmt: skip
+                           a.llama_outtype, "--outfile", str(bf16)], env)  # fmt: skip
                 q = timed([a.peers_python, "-c", quantize, str(bf16), str(gguf)])
                 r = {
                     "wall_s": c["wall_s"] + q["wall_s"],
@@ -471,7 +484,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                 }
                 sizes[engine] = gguf.stat().st_size
                 bf16.unlink()
-                gguf.unlink()
+                keep(gguf, f"{a.llama_type}.gguf")
             else:
                 raise SystemExit(f"unknown engine {engine!r} (native, python, llama)")
             print(f"rep {rep} {engine}: {json.dumps(r)}", file=sys.stderr)
@@ -499,6 +512,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         "checkpoint": a.checkpoint,
         "recipe": a.recipe,
         "llama_type": a.llama_type,
+        "llama_outtype": a.llama_outtype,
         "threads": a.threads,
         "repetitions": a.repetitions,
         "engines": summary,
@@ -550,6 +564,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repetitions", type=int, default=1)
     p.add_argument("--workdir", default="export-compare")
+    p.add_argument(
+        "--llama-outtype",
+        default="bf16",
+        choices=["bf16", "q8_0"],
+        help="convert_hf_to_gguf's output before quantizing (q8_0: half the disk, requantized)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the outputs in the workdir (native.qe, python.qe, <LLAMA_TYPE>.gguf)",
+    )
     p.add_argument("--json")
     p.set_defaults(func=cmd_export)
 

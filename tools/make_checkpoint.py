@@ -16,6 +16,10 @@ tensors without torch, made and written in chunks of rows into hub-style shards 
 so 4B- and 9B-shaped checkpoints need only a few tens of MB of memory:
 
     python tools/make_checkpoint.py 9b --writer numpy --shard-size 4GB -o models/9b
+
+Drawing ~9e9 values takes minutes of CPU; `--weights tiled` builds each large matrix's rows
+from a pool of 4M values with the same distribution (not the same values), at the cost of a
+copy per value, for speed and memory measurements (docs/benchmarks.md, "Model size").
 """
 
 from __future__ import annotations
@@ -135,6 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         "(no torch; tensors written in chunks of rows, so any size fits in little memory)",
     )
     parser.add_argument(
+        "--weights",
+        choices=["exact", "tiled"],
+        default="exact",
+        help="numpy writer: exact (random_tensor's values, ~30 M values per CPU second) or tiled "
+        "(each large matrix's rows drawn from a 4M-value pool of the same distribution, with "
+        "random signs: a copy per value, for speed and memory measurements of 4B/9B shapes)",
+    )
+    parser.add_argument(
         "--tokenizer",
         type=Path,
         help="copy tokenizer files and generation_config.json from this folder "
@@ -143,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
 
+    if args.weights == "tiled" and args.writer != "numpy":
+        parser.error("--weights tiled needs --writer numpy")
     if args.output.exists():
         if not args.force:
             parser.error(f"{args.output} exists (use --force to replace it)")
@@ -158,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             with_mtp=not args.no_mtp,
             shard_bytes=parse_size(args.shard_size),
+            tiled=args.weights == "tiled",
         )
     else:
         model = build_model(hf_config, args.layout, args.dtype, args.seed)

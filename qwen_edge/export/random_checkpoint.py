@@ -43,6 +43,43 @@ def random_tensor_chunks(
         yield _random_rows(rng, name, (min(chunk_rows, shape[0] - r0), *shape[1:]))
 
 
+# Tiled weights: each large matrix draws this many values exactly, then builds its rows from them.
+TILED_POOL_VALUES = 1 << 22
+
+
+def tiled_tensor_chunks(
+    name: str, shape: tuple[int, ...], seed: int, dtype: str, chunk_rows: int = 4096
+) -> Iterator[np.ndarray]:
+    """A cheap stand-in for `random_tensor`, stored as `dtype` ("bf16", "f16", "f32"), in chunks
+    of rows, for checkpoints too big to draw value by value on a busy machine (a
+    9B-shaped one is ~9e9 draws): a matrix of more than `TILED_POOL_VALUES` values draws a pool
+    of that many with `random_tensor`'s distribution for its name and row length, and each row is
+    a pool row picked at random with a random sign, so its scales and statistics match and the
+    writing costs a copy per value. Smaller tensors (norms, gates, A_log) are exact. For speed and
+    memory measurements; not `random_tensor`'s values."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])
+    if len(shape) < 2 or int(np.prod(shape)) <= TILED_POOL_VALUES:
+        for part in random_tensor_chunks(name, shape, seed, chunk_rows):
+            yield _storage(name, part, dtype)[1]
+        return
+    row = int(np.prod(shape[1:]))
+    pool_rows = max(2, TILED_POOL_VALUES // row)
+    pool = _storage(name, _random_rows(rng, name, (pool_rows, *shape[1:])), dtype)[1]
+    flipped = _storage(name, -_random_rows_from(pool, name, dtype), dtype)[1]
+    both = np.concatenate([pool, flipped])
+    for r0 in range(0, shape[0], chunk_rows):
+        n = min(chunk_rows, shape[0] - r0)
+        yield both[rng.integers(0, 2 * pool_rows, n)]
+
+
+def _random_rows_from(stored: np.ndarray, name: str, dtype: str) -> np.ndarray:
+    """Stored values back to float32 (to negate them exactly)."""
+    kind = _storage(name, np.zeros(1, np.float32), dtype)[0]
+    if kind == "BF16":
+        return (stored.astype(np.uint32) << 16).view(np.float32)
+    return stored.astype(np.float32)
+
+
 def _random_rows(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """The next `shape` values of tensor `name` from rng (whole tensors or row chunks: every
     scale depends on the name and the row length only)."""
@@ -102,6 +139,7 @@ def write_random_checkpoint(
     with_mtp: bool = True,
     extra_files: dict[str, Any] | None = None,
     shard_bytes: int | None = None,
+    tiled: bool = False,
 ) -> Path:
     """Writes `config.json` and `model.safetensors` of a random-weight checkpoint.
 
@@ -120,6 +158,8 @@ def write_random_checkpoint(
         shard_bytes: split the weights into shards of at most this many bytes (a tensor larger
             than that gets a shard of its own), named and indexed as the hub does
             (`model-00001-of-00004.safetensors` + `model.safetensors.index.json`).
+        tiled: large matrices from `tiled_tensor_chunks` (fast, same scales, not the same
+            values) instead of `random_tensor`.
 
     Returns:
         The checkpoint folder.
@@ -144,6 +184,9 @@ def write_random_checkpoint(
         names += [(n, n, s) for n, s in mtp_tensor_shapes(config).items()]
 
     def chunks(canonical: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        if tiled:
+            yield from tiled_tensor_chunks(canonical, shape, seed, dtype)
+            return
         for part in random_tensor_chunks(canonical, shape, seed):
             yield _storage(canonical, part, dtype)[1]
 

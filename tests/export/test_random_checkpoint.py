@@ -14,9 +14,11 @@ from qwen_edge.export.convert import export
 from qwen_edge.export.random_checkpoint import (
     random_tensor,
     random_tensor_chunks,
+    tiled_tensor_chunks,
     write_random_checkpoint,
 )
 from qwen_edge.formats.checkpoint import Checkpoint
+from qwen_edge.formats.quant import bf16_to_f32
 from qwen_edge.formats.safetensors import write_safetensors
 
 
@@ -70,3 +72,41 @@ def test_chunked_writer_checks_the_rows(tmp_path: Path) -> None:
         write_safetensors(
             tmp_path / "bad.safetensors", [("w", "F32", (5, 4))], [iter([np.zeros((5, 3))])]
         )
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_tiled_rows_come_from_a_pool_of_the_same_distribution(
+    monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    import qwen_edge.export.random_checkpoint as rc
+
+    monkeypatch.setattr(rc, "TILED_POOL_VALUES", 64 * 50)
+    name, shape = "layers.0.mlp.down_proj.weight", (1000, 64)
+    parts = list(tiled_tensor_chunks(name, shape, 5, dtype, chunk_rows=300))
+    assert [len(p) for p in parts] == [300, 300, 300, 100]
+    raw = np.concatenate(parts)
+    w = bf16_to_f32(raw) if dtype == "bf16" else raw
+    assert raw.dtype == (np.uint16 if dtype == "bf16" else np.float32) and w.shape == shape
+    distinct = np.unique(np.abs(w), axis=0)
+    assert len(distinct) == 50  # every row is a pool row, up to its sign
+    assert len(np.unique(w, axis=0)) > 50  # with both signs
+    exact = random_tensor(name, shape, 5)
+    assert abs(w.std() / exact.std() - 1) < 0.1  # the same scale as the exact weights
+    # small tensors are drawn exactly
+    small = np.concatenate(
+        list(tiled_tensor_chunks("layers.0.input_layernorm.weight", (64,), 5, "f32"))
+    )
+    assert np.array_equal(small, random_tensor("layers.0.input_layernorm.weight", (64,), 5))
+
+
+def test_tiled_checkpoint_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qwen_edge.export.random_checkpoint as rc
+
+    monkeypatch.setattr(rc, "TILED_POOL_VALUES", 4096)
+    ck = write_random_checkpoint(tmp_path / "t", presets.hf_config("tiny"), seed=1, tiled=True)
+    exact = write_random_checkpoint(tmp_path / "e", presets.hf_config("tiny"), seed=1)
+    a, b = Checkpoint(ck), Checkpoint(exact)
+    emb = "embed_tokens.weight"
+    assert a.read(emb).shape == b.read(emb).shape and not np.array_equal(a.read(emb), b.read(emb))
+    out = export(ck, tmp_path / "t.qe", "q4")
+    assert out.weight_bytes == export(exact, tmp_path / "e.qe", "q4").weight_bytes

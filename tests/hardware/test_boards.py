@@ -35,8 +35,65 @@ def test_tiers_follow_ram() -> None:
     assert b.tier(None) == b.memory[0]
     assert b.tier(1.9).model == "0.8b"
     assert (b.tier(3.9).model, b.tier(3.9).context) == ("2b", 8192)
-    assert b.tier(7.8).context == 32768
-    assert b.tier(16.7).recipe == "q8"
+    assert (b.tier(7.8).model, b.tier(7.8).context) == ("4b", 32768)
+    assert (b.tier(16.7).model, b.tier(16.7).recipe) == ("9b", "q4")
+
+
+# What /proc/meminfo's MemTotal reads as (GB, as `boards.ram_gb` reports it) on real boards:
+# less than the label, by the firmware's and (Jetson) the GPU carve-out's share.
+EIGHT_GB = {"rpi5": 8.3, "jetson-orin-nano": 7.8, "x86-gateway": 8.2, "android-termux": 7.5}
+SIXTEEN_GB = {"rpi5": 16.6, "x86-gateway": 16.4, "android-termux": 15.3}
+
+
+@pytest.mark.parametrize("name,ram", sorted(EIGHT_GB.items()))
+def test_eight_gb_boards_choose_the_4b(name: str, ram: float) -> None:
+    assert boards.load_board(name).tier(ram).model == "4b"
+
+
+@pytest.mark.parametrize("name,ram", sorted(SIXTEEN_GB.items()))
+def test_sixteen_gb_boxes_choose_the_9b(name: str, ram: float) -> None:
+    assert (boards.load_board(name).tier(ram).model, boards.load_board(name).tier(ram).recipe) == (
+        "9b",
+        "q4",
+    )
+
+
+def _tier_bytes(model: str, recipe: str, context: int, threads: int) -> int:
+    """Weights as the recipe stores them + the state for `context` (f16 KV) + 0.5 GB for the
+    interpreter and runtime."""
+    from qwen_edge.backends.native import available, state_bytes_for
+    from qwen_edge.export import presets
+    from qwen_edge.export.convert import plan_formats
+    from qwen_edge.formats.config import ModelConfig
+    from qwen_edge.formats.model_file import TensorSpec
+
+    if not available():
+        pytest.skip("the state size comes from the native core")
+    cfg = ModelConfig.from_hf(presets.hf_config(model))
+    shapes = cfg.text_tensor_shapes()
+    formats = plan_formats(shapes, recipe)
+    weights = sum(TensorSpec(n, formats[n], s).nbytes for n, s in shapes.items())
+    return weights + state_bytes_for(cfg, context, "f16", threads=threads) + 500_000_000
+
+
+@pytest.mark.parametrize("name", boards.list_boards())
+def test_every_tier_fits_its_ram(name: str) -> None:
+    """A tier's model, recipe and context take at most 85 % of the least RAM it applies to (2 GB
+    for the first tier), leaving the rest to the OS."""
+    b = boards.load_board(name)
+    threads = b.threads or 4
+    for t in b.memory:
+        ram = max(t.min_ram_gb, 2.0) * 1e9
+        need = _tier_bytes(t.model, t.recipe, t.context, threads)
+        assert need <= 0.85 * ram, (name, t, need / 1e9)
+
+
+def test_the_next_size_up_does_not_fit_where_4b_and_9b_start() -> None:
+    """At the RAM where the 4B tier starts the 9B would not fit, so 4B is the largest there."""
+    for name in ("rpi5", "jetson-orin-nano", "x86-gateway"):
+        b = boards.load_board(name)
+        t = next(t for t in b.memory if t.model == "4b")
+        assert _tier_bytes("9b", t.recipe, t.context, b.threads or 4) > 0.85 * t.min_ram_gb * 1e9
 
 
 def _profile(tmp_path: Path, **changes: object) -> Path:
