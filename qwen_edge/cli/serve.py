@@ -16,8 +16,10 @@ from .common import (
     add_board_argument,
     add_kv_cache_argument,
     add_power_arguments,
+    add_speculative_arguments,
     apply_board,
     finish_power,
+    generation_overrides,
     govern,
     open_power,
 )
@@ -36,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_kv_cache_argument(p)
     add_board_argument(p)
     add_power_arguments(p)
+    add_speculative_arguments(p)
     g = p.add_argument_group("access and limits")
     g.add_argument(
         "--api-key",
@@ -123,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     from ..serving.server import serve
 
     _check_limits(args)
+    # --speculative, --draft-tokens: every request's default; a request speculates while it is
+    # alone in the batch (docs/serving.md)
+    speculative = generation_overrides(args)
     key = api_key(args)
     board = apply_board(args)  # --board: threads, context and cores where the user gave none
     power = open_power(args, board)
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, threads=args.threads, context=args.context, kv_cache=args.kv_cache,
         cache_mb=args.cache_mb,
     )  # fmt: skip
+    llm.generation_config = llm.generation_config.replace(**speculative)
     # The scheduler runs every request's forward passes, so the governor paces them all (one
     # batched step counts as one pass: docs/serving.md).
     governor = govern(llm, power, args)
