@@ -26,6 +26,19 @@ CRASH_MARKS = (
 )  # fmt: skip
 
 
+def _handle_sigint() -> None:
+    """A shell starts a background job (`pytest ... &` without job control) with SIGINT
+    ignored, and an ignored signal stays ignored in every child: the Ctrl-C tries would then
+    test nothing (a `run` that ignores it just finishes, and exit 0 can look like a clean stop).
+    A handled signal is reset to its default in a child, so handling it here gives every child
+    Python's own KeyboardInterrupt."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_handle_sigint()  # at import: in the main thread, before any child starts
+
+
 def qwen_edge(*args: str | Path) -> list[str]:
     """The command line of `qwen-edge ARGS` in this interpreter."""
     return [sys.executable, "-m", "qwen_edge", *map(str, args)]

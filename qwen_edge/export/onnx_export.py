@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +35,13 @@ from ..errors import ConfigError, QwenEdgeError
 from ..formats import quant
 from ..formats.checkpoint import Checkpoint
 from ..formats.config import LINEAR
-from ..formats.model_file import ModelFile, fsync_dir
+from ..formats.model_file import (
+    ModelFile,
+    create_temporary_folder,
+    fsync_dir,
+    publishing,
+    remove_stale_temporaries,
+)
 from ..version import __version__
 from .convert import EMBEDDING, LM_HEAD, RECIPES, _encode, _RowReader, plan_formats, read_side_files
 from .onnx_genai import write_bytes, write_genai_files
@@ -539,7 +544,8 @@ def export_onnx(
                 formats[src.format(n)] = formats.get(src.format(n), 0) + 1
         output.parent.mkdir(parents=True, exist_ok=True)
         data_name = output.name + ".data"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        remove_stale_temporaries(output)  # what SIGKILLed exports to this path left behind
+        tmp = create_temporary_folder(output)
         try:
             onnx.save_model(
                 model, str(tmp / output.name), save_as_external_data=True,
@@ -552,15 +558,18 @@ def export_onnx(
                 with open(tmp / name, "rb") as f:
                     os.fsync(f.fileno())
                 os.chmod(tmp / name, 0o644)  # onnx creates the data file owner-only
-            os.replace(tmp / data_name, output.parent / data_name)
-            os.replace(tmp / output.name, output)
-            fsync_dir(output.parent)
+            # Two renames and the side files: under the folder's lock, so a concurrent export
+            # to this folder never publishes its graph beside our data, or the reverse.
+            with publishing(output.parent):
+                os.replace(tmp / data_name, output.parent / data_name)
+                os.replace(tmp / output.name, output)
+                fsync_dir(output.parent)
+                if src.tokenizer_json is not None:  # the ONNX backend's tokenizer (and genai's)
+                    write_bytes(output.parent / "tokenizer.json", bytes(src.tokenizer_json))
+                if genai:
+                    write_genai_files(src.config, src.header, output, threads=threads or 0)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if src.tokenizer_json is not None:  # the ONNX backend's tokenizer (and genai's)
-            write_bytes(output.parent / "tokenizer.json", bytes(src.tokenizer_json))
-        if genai:
-            write_genai_files(src.config, src.header, output, threads=threads or 0)
     finally:
         src.close()
     data_path = output.parent / data_name

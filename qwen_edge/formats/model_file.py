@@ -402,6 +402,10 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         if m is None or _pid_alive(int(m.group(1))):
             continue
         candidate = path.parent / name
+        if candidate.is_dir():  # a multi-file writer's temporary folder (the ONNX export's)
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+            continue
         try:
             with open(candidate, "rb") as f:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -432,6 +436,33 @@ def write_atomically(path: str | Path, data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def create_temporary_folder(path: Path) -> Path:
+    """A new temporary folder for the files of `path` (a writer of several files):
+    `.<name>.<pid>.<random>.tmp` beside it, created exclusively; `remove_stale_temporaries`
+    removes it once its process is gone."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
+@contextlib.contextmanager
+def publishing(folder: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `folder` (flock on the folder itself, so no lock file is left
+    behind) while a writer of several files renames them into place: concurrent writers
+    publish one after the other, never one's file beside another's."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def create_temporary(path: Path) -> tuple[Path, int]:

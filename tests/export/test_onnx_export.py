@@ -4,6 +4,8 @@ written atomically, and onnxruntime-genai loads it (its weights: test_onnx_weigh
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from qwen_edge.cli import main
 from qwen_edge.errors import ConfigError
 from qwen_edge.export import onnx_export
+from qwen_edge.formats.model_file import publishing
 
 onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx (the test extra)")
 pytest.importorskip("onnxruntime", reason="running the graph needs onnxruntime (the test extra)")
@@ -150,3 +153,45 @@ def test_onnxruntime_genai_generates_the_backends_greedy_tokens(
         tokens.append(int(np.argmax(logits)))
         logits = ours.forward([tokens[-1]], state)
     assert genai_tokens == tokens
+
+
+def test_concurrent_exports_publish_their_files_one_after_the_other(
+    tiny_model_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The graph and its .data are two renames: they happen under the folder's lock, so another
+    export to the folder cannot put its graph beside this one's data. A SIGKILLed export's
+    temporary folder is removed by the next export to the path."""
+    out = tmp_path / "m.onnx"
+    stale = tmp_path / f".m.onnx.{2**22 + 3}.abcd1234.tmp"  # a dead process's
+    stale.mkdir()
+    (stale / "m.onnx.data").write_bytes(b"half")
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def export() -> None:
+        try:
+            onnx_export.export_onnx(tiny_model_file("q8"), out)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+        done.set()
+
+    with publishing(tmp_path):  # another export publishing in this folder
+        worker = threading.Thread(target=export)
+        worker.start()
+
+        def ready() -> bool:  # the export's own temporary folder holds both files
+            both = {"m.onnx", "m.onnx.data"}
+            folders = [p for p in tmp_path.iterdir() if p.is_dir() and p != stale]
+            return any(both <= {f.name for f in p.iterdir()} for p in folders)
+
+        while not ready() and not done.is_set():
+            done.wait(0.05)
+        assert not errors, errors
+        assert not stale.exists()  # removed before the export began
+        assert not done.wait(2.0), "published while another export held the folder"
+        assert not out.exists()
+    worker.join()
+    assert not errors, errors
+    onnx.checker.check_model(str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temporary
+    assert os.path.getsize(tmp_path / "m.onnx.data") > 0
