@@ -336,13 +336,53 @@ def native_quantizer(
     return native_backend.quantizer(threads)  # type: ignore[no-any-return]
 
 
+@dataclass
+class Calibration:
+    """Per-input-channel importance of the matrices (activation-aware quantization): for each
+    tensor name, the mean squared activation of each input channel [k] on calibration text
+    (`tools/activation_stats.py --calibration`, which writes it as an .npz), and what text."""
+
+    importance: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.importance.get(name)
+
+
+def read_calibration(path: str | Path) -> Calibration:
+    """A calibration file (.npz: one float32 [k] array per tensor name, plus "__meta__", a
+    JSON string). Each array is floored at 1e-3 of its mean, so a dead channel still counts
+    a little and the weights stay positive.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or holds a bad array.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the calibration file {path}: {e}") from None
+    meta_raw = arrays.pop("__meta__", None)
+    meta = json.loads(str(meta_raw)) if meta_raw is not None else {}
+    importance = {}
+    for name, a in arrays.items():
+        a = a.astype(np.float64).reshape(-1)
+        if a.size == 0 or not np.isfinite(a).all() or (a < 0).any() or a.max() <= 0:
+            raise ConfigError(f"calibration file {path}: '{name}' is not a positive vector")
+        importance[name] = np.maximum(a / a.mean(), 1e-3).astype(np.float32)
+    return Calibration(importance, meta)
+
+
 def _encode(
-    fmt: str, src: _RowReader, native: quant.NativeQuantizer | None = None
+    fmt: str,
+    src: _RowReader,
+    native: quant.NativeQuantizer | None = None,
+    importance: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
     """The stored bytes of one tensor, in pieces: plain formats row chunk by row chunk."""
     rows = src.shape[0] if len(src.shape) > 1 else 0
     if quant.is_packed(fmt):
-        yield quant.quantize(fmt, src, native)
+        yield quant.quantize(fmt, src, native, importance)
     elif rows > _CHUNK_ROWS:
         for r0 in range(0, rows, _CHUNK_ROWS):
             yield quant.encode_plain(fmt, src[r0 : r0 + _CHUNK_ROWS])
@@ -360,6 +400,7 @@ def export(
     progress: Callable[[str, int, int], None] | None = None,
     quantizer: str = "auto",
     threads: int | None = None,
+    calibration: str | Path | Calibration | None = None,
 ) -> ExportSummary:
     """Exports a Qwen3.5 checkpoint folder to one model file.
 
@@ -373,6 +414,9 @@ def export(
         quantizer: who quantizes packed tensors: "auto" (native when built), "native" or
             "python" (numba/numpy); the file's bytes are the same.
         threads: threads of the native quantizer (default: every CPU this process may use).
+        calibration: a calibration file (`read_calibration`) or its contents: the packed
+            4- and 6-bit matrices it names are quantized with their inputs' importance
+            (activation-aware); None quantizes every matrix unweighted.
 
     Returns:
         An `ExportSummary`.
@@ -383,6 +427,7 @@ def export(
     """
     start = time.perf_counter()
     native = native_quantizer(quantizer, threads)
+    calib = read_calibration(calibration) if isinstance(calibration, (str, Path)) else calibration
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
     cfg = ckpt.config
     infos: dict[str, TensorInfo] = {n: ckpt.info(n) for n in cfg.text_tensor_shapes()}
@@ -393,6 +438,13 @@ def export(
     formats = plan_formats(
         shapes, recipe, overrides, source_dtypes={n: i.dtype for n, i in infos.items()}
     )
+    if calib is not None:
+        for name, imp in calib.importance.items():
+            if name in shapes and (len(shapes[name]) != 2 or shapes[name][1] != imp.size):
+                raise ConfigError(
+                    f"calibration: '{name}' has {imp.size} channels, the tensor "
+                    f"{list(shapes[name])}"
+                )
     specs = [TensorSpec(n, formats[n], shapes[n]) for n in infos]
     side = read_side_files(ckpt)
     params = sum(i.numel for i in infos.values())
@@ -404,6 +456,7 @@ def export(
             "recipe": recipe,
             "overrides": overrides,
             "bits_per_weight": round(8.0 * weight_bytes / params, 4),
+            **({"calibration": calib.meta} if calib is not None else {}),
         },
         "generation": side.generation,
         "special_tokens": side.special_tokens,
@@ -423,8 +476,9 @@ def export(
         for i, spec in enumerate(specs):
             if progress is not None:
                 progress(spec.name, i, len(specs))
+            imp = calib.get(spec.name) if calib is not None else None
             writer.write_tensor(
-                spec.name, _encode(spec.format, _RowReader(infos[spec.name]), native)
+                spec.name, _encode(spec.format, _RowReader(infos[spec.name]), native, imp)
             )
         for name, data in side.blobs.items():
             writer.write_blob(name, data)

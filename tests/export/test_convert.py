@@ -290,3 +290,52 @@ def test_q8a_inputs_wrapper() -> None:
     got = x @ _Q8aInputs(w).T
     assert np.array_equal(got, quant.fake_quantize_q8a(x) @ w.T)
     assert not np.array_equal(got, x @ w.T)
+
+
+def test_export_with_calibration(small_checkpoint: Path, tmp_path: Path) -> None:
+    """`--calibration`: the packed 4/6-bit tensors the file names are the importance-weighted
+    quantizer's bytes (native and python exports equal), the others as without it; the header
+    records the calibration's description; bad files are clear errors."""
+    ckpt = Checkpoint(small_checkpoint)
+    shapes = ckpt.config.text_tensor_shapes()
+    rng = np.random.default_rng(4)
+    named = [n for n in shapes if n.endswith(("down_proj.weight", "in_proj_qkv.weight"))]
+    named.append("embed_tokens.weight")
+    imp = {n: np.exp(rng.standard_normal(shapes[n][1])).astype(np.float32) for n in named}
+    calib = tmp_path / "calib.npz"
+    with open(calib, "wb") as f:
+        np.savez(f, __meta__=np.array(json.dumps({"tokens": 7})), **imp)
+    plain = tmp_path / "plain.qe"
+    convert.export(small_checkpoint, plain, "q4m")
+    outs = []
+    for quantizer in ("python", "native"):
+        out = tmp_path / f"cal-{quantizer}.qe"
+        main(["export", str(small_checkpoint), "-o", str(out), "--quant", "q4m",
+              "--calibration", str(calib), "--quantizer", quantizer])  # fmt: skip
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    read = convert.read_calibration(calib)
+    with ModelFile(tmp_path / "cal-native.qe") as mf, ModelFile(plain) as mp:
+        assert mf.header["quant"]["calibration"] == {"tokens": 7}
+        assert "calibration" not in mp.header["quant"]
+        for name, e in mf.tensors.items():
+            w = ckpt.read(name)
+            if name in imp and quant.is_packed(e.format):
+                want = quant.quantize(e.format, w, importance=read.get(name))
+                assert not np.array_equal(mf.raw(name), mp.raw(name)), name
+            else:
+                want = mp.raw(name)
+            assert np.array_equal(mf.raw(name), want), name
+
+    bad = tmp_path / "bad.npz"
+    with open(bad, "wb") as f:
+        np.savez(f, **{named[0]: np.zeros(shapes[named[0]][1], np.float32)})
+    with pytest.raises(ConfigError, match="positive"):
+        convert.export(small_checkpoint, tmp_path / "x.qe", "q4", calibration=bad)
+    with open(bad, "wb") as f:
+        np.savez(f, **{named[0]: np.ones(3, np.float32)})
+    with pytest.raises(ConfigError, match="channels"):
+        convert.export(small_checkpoint, tmp_path / "x.qe", "q4", calibration=bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        convert.export(small_checkpoint, tmp_path / "x.qe", "q4", calibration=tmp_path / "no")
+    assert not (tmp_path / "x.qe").exists()
