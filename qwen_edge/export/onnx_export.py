@@ -41,7 +41,7 @@ from ..errors import ConfigError, QwenEdgeError
 from ..formats import quant
 from ..formats.checkpoint import Checkpoint
 from ..formats.config import LINEAR, ModelConfig
-from ..formats.model_file import ModelFile, fsync_dir
+from ..formats.model_file import ModelFile, fsync_dir, write_atomically
 from ..version import __version__
 from .convert import EMBEDDING, LM_HEAD, RECIPES, _encode, _RowReader, plan_formats, read_side_files
 
@@ -735,12 +735,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, data)  # a temporary name of its own: concurrent exports never mix
 
 
 def iter_graph_ops(path: str | Path) -> Iterator[tuple[str, str]]:
