@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--calibration", metavar="FILE",
         help="qe: activation-aware quantization: weigh each matrix's rounding error by its "
         "inputs' mean square per channel, from FILE (.npz of tools/activation_stats.py "
-        "--calibration; docs/quality.md). Default: unweighted",
+        "--calibration; docs/export.md). Default: unweighted",
     )  # fmt: skip
     p.add_argument(
         "--genai", action="store_true",
