@@ -8,8 +8,16 @@ per-token peak over RMS, and the relative error of rounding the inputs to q8a (w
 integer kernels do), to int8 with one scale per token, and to int4 per block of 32. `--json`
 writes the per-matrix and per-kind numbers.
 
+`--calibration FILE` also writes the per-channel mean squared input of every matrix as an .npz
+(`qwen_edge.evaluation.activations.importance`), the calibration file of activation-aware
+quantization (`qwen-edge export --calibration FILE`). Calibrate on text the evaluation does
+not score: for the trained checkpoint, its training split (`tools/train_small.py
+--write-train FILE`).
+
     python tools/activation_stats.py models/trained --text models/trained/heldout.tokens.json \\
         --tokens 2048 --json activations.json
+    python tools/activation_stats.py models/trained --text train.tokens.json --tokens 8192 \\
+        --calibration models/trained-calibration.npz
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from qwen_edge.backends.reference import ReferenceModel
 from qwen_edge.evaluation import activations, quality
@@ -38,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=2048, help="first N tokens (default 2048)")
     p.add_argument("--ctx", type=int, default=quality.DEFAULT_CTX)
     p.add_argument("--json", type=Path, help="write the statistics here")
+    p.add_argument(
+        "--calibration", type=Path, metavar="FILE",
+        help="write the per-channel mean squared inputs here (.npz, for export --calibration)",
+    )  # fmt: skip
     a = p.parse_args(argv)
 
     ckpt = Checkpoint(a.checkpoint)
@@ -67,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{_range(k['token_peak_over_rms_mean'], '.1f')} | "
               f"{_range(k['q8a_rel_error'], '.4f')} | {_range(k['int8_token_rel_error'], '.4f')} | "
               f"{_range(k['int4_rel_error'], '.3f')} |")  # fmt: skip
+    if a.calibration:
+        imp = activations.importance(stats, model.config.tie_word_embeddings)
+        meta = {"checkpoint": a.checkpoint.resolve().name, "text": str(a.text or "shipped"),
+                "tokens": sum(len(w) for w in wins), "ctx": a.ctx,
+                "measure": "mean squared input per channel"}  # fmt: skip
+        with open(a.calibration, "wb") as f:  # np.savez would append .npz to other names
+            np.savez(f, __meta__=np.array(json.dumps(meta)), **imp)
+        print(f"\ncalibration: {len(imp)} tensors -> {a.calibration}")
     if a.json:
         doc = {"checkpoint": str(a.checkpoint), "text": str(a.text or "shipped"),
                "tokens": sum(len(w) for w in wins), "ctx": a.ctx, "kinds": kinds,

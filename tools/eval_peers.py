@@ -17,6 +17,10 @@ Candidates:
 * `--variant NAME=RECIPE:GLOB=FORMAT,...`: the recipe's file with only the overridden tensors
   re-quantized, in memory; its size is the recipe file's with those tensors' byte counts
   swapped (exact: every tensor is a whole number of 64-byte units).
+* `--calibration FILE` (`tools/activation_stats.py --calibration`): activation-aware
+  quantization. The recipes are exported with it (as `CKPT-RECIPE-STEM.qe`, STEM the
+  calibration file's name) and labelled "RECIPE/STEM"; variants re-quantize every tensor
+  the file names with its importance (and start from the calibrated recipe file).
 * llama.cpp Q8_0, Q4_0 and Q4_K_M (unless `--no-llama`): llama-cpp-python's vendored
   `convert_hf_to_gguf.py` makes a bf16 GGUF, `llama_cpp.llama_model_quantize` the quantized
   files; logits from `Llama(logits_all=True).eval(ids)` per window (its integer kernels
@@ -178,11 +182,11 @@ def run_worker(python: str, spec: dict[str, Any]) -> dict[str, Any]:
 # --- preparing the files ----------------------------------------------------------------------
 
 
-def export_recipe(ckpt: Any, path: Path, recipe: str) -> None:
+def export_recipe(ckpt: Any, path: Path, recipe: str, calibration: Path | None = None) -> None:
     from qwen_edge.export import convert
 
     log(f"export {recipe} -> {path.name}")
-    s = convert.export(ckpt, path, recipe)
+    s = convert.export(ckpt, path, recipe, calibration=calibration)
     log(f"  {s.file_bytes / 1e6:.1f} MB in {s.seconds:.0f} s")
 
 
@@ -229,10 +233,10 @@ def parse_variant(text: str) -> tuple[str, str, dict[str, str]]:
 
 
 def variant_weights(
-    ckpt: Any, base: Path, recipe: str, overrides: dict[str, str]
+    ckpt: Any, base: Path, recipe: str, overrides: dict[str, str], calibration: Any = None
 ) -> tuple[Any, dict[str, np.ndarray], int, list[str]]:
-    """Weights of `base` with the overridden tensors re-quantized, the variant's file size and
-    its packed tensors."""
+    """Weights of `base` with the overridden tensors re-quantized (and, with a calibration,
+    every packed tensor it names), the variant's file size and its packed tensors."""
     from qwen_edge.export import convert
     from qwen_edge.formats import quant
     from qwen_edge.formats.model_file import ModelFile
@@ -242,13 +246,17 @@ def variant_weights(
     formats = convert.plan_formats(shapes, recipe, overrides, source_dtypes=dtypes)
     size = base.stat().st_size
     weights = {}
+    native = convert.native_quantizer("auto")
     with ModelFile(base) as mf:
         for name, shape in shapes.items():
             old = mf.tensors[name]
-            if formats[name] == old.format:
+            imp = calibration.get(name) if calibration is not None else None
+            if formats[name] == old.format and (imp is None or not quant.is_packed(old.format)):
                 weights[name] = np.array(mf.dequantize(name))
                 continue
-            data = quant.quantize(formats[name], ckpt.read(name))
+            if not quant.is_packed(formats[name]):
+                imp = None
+            data = quant.quantize(formats[name], ckpt.read(name), native, imp)
             weights[name] = quant.dequantize(formats[name], data, shape)
             size += data.size - old.size
     packed = [n for n, f in formats.items() if n in shapes and quant.is_packed(f)]
@@ -339,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--variant", action="append", default=[], help="NAME=RECIPE[:GLOB=FMT,...]")
     p.add_argument(
+        "--calibration", type=Path, metavar="FILE",
+        help="activation-aware quantization for the recipes and variants (an .npz of "
+        "tools/activation_stats.py --calibration)",
+    )  # fmt: skip
+    p.add_argument(
         "--act", choices=["weights", "q8a", "both"], default="both",
         help="qwen-edge rows: weight quantization only, with q8a activations, or both rows",
     )  # fmt: skip
@@ -396,12 +409,18 @@ def main(argv: list[str] | None = None) -> int:
     candidates: list[tuple[str, str, Any]] = []  # (label, kind, what)
     files = {}
     acts = {"weights": [False], "q8a": [True], "both": [False, True]}[a.act]
+    calib, tag = None, ""
+    if a.calibration:
+        from qwen_edge.export import convert
+
+        calib, tag = convert.read_calibration(a.calibration), a.calibration.stem
     for recipe in filter(None, a.recipes.split(",")):
-        path = files[recipe] = a.work / f"{a.checkpoint.name}-{recipe}.qe"
+        path = files[recipe] = a.work / f"{a.checkpoint.name}-{recipe}{'-' * bool(tag)}{tag}.qe"
         for q8a in acts:
-            candidates.append((f"qwen-edge {recipe}" + " +q8a" * q8a, "qe", (path, q8a)))
+            label = f"qwen-edge {recipe}{'/' * bool(tag)}{tag}" + " +q8a" * q8a
+            candidates.append((label, "qe", (path, q8a)))
     for name, recipe, ovs in map(parse_variant, a.variant):
-        files.setdefault(recipe, a.work / f"{a.checkpoint.name}-{recipe}.qe")
+        files.setdefault(recipe, a.work / f"{a.checkpoint.name}-{recipe}{'-' * bool(tag)}{tag}.qe")
         for q8a in acts:
             label = f"qwen-edge {name}" + " +q8a" * q8a
             candidates.append((label, "variant", (recipe, ovs, q8a)))
@@ -423,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             for _, k, w in candidates
         )
         if needed and not path.exists():
-            export_recipe(ckpt, path, recipe)
+            export_recipe(ckpt, path, recipe, a.calibration)
 
     if a.prepare_only:
         return 0
@@ -443,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                 size, packed = path.stat().st_size, quality.packed_tensors(path)
             else:
                 recipe, ovs, q8a = what
-                config, weights, size, packed = variant_weights(ckpt, files[recipe], recipe, ovs)
+                config, weights, size, packed = variant_weights(
+                    ckpt, files[recipe], recipe, ovs, calib
+                )
             model = ReferenceModel(config, weights, context=a.ctx)
             del weights
             if q8a:

@@ -559,15 +559,17 @@ def corpus_split(
 
 
 def write_heldout_tokens(
-    path: Path, held_ids: np.ndarray, corpus: dict[str, Any], share: float
+    path: Path, held_ids: np.ndarray, corpus: dict[str, Any], share: float, split: str = "held-out"
 ) -> None:
     """The held-out split as a token file (`qwen-edge eval --text`, `tools/eval_peers.py`), so
-    the quality measurements score exactly the tokens the model never trained on."""
+    the quality measurements score exactly the tokens the model never trained on; with
+    split="training", the training split (the calibration text of `tools/activation_stats.py
+    --calibration`, which must not be the text the measurements score)."""
+    part = f"the last {share:g}" if split == "held-out" else f"all but the last {share:g}"
     doc = {
-        "text": f"held-out split of {corpus['name']}",
+        "text": f"{split} split of {corpus['name']}",
         "source": corpus.get("package") or corpus["name"],
-        "split": f"the last {share:g} of each document's paragraphs, each document followed "
-        "by <|endoftext|>",
+        "split": f"{part} of each document's paragraphs, each document followed by <|endoftext|>",
         "tokenizer": "the checkpoint's tokenizer.json",
         "ids": [int(i) for i in held_ids],
     }
@@ -594,6 +596,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help="only write the held-out split's token file (as a run with the same corpus, "
         "tokenizer and --heldout writes next to its checkpoint) and exit without training",
+    )
+    parser.add_argument(
+        "--write-train",
+        type=Path,
+        metavar="FILE",
+        help="only write the training split's token file (calibration text for "
+        "activation-aware quantization) and exit without training",
     )
     parser.add_argument("--config", choices=sorted(PRESETS), default="small")
     parser.add_argument("--minutes", type=float, default=120.0, help="training time budget")
@@ -622,8 +631,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--eval-every", type=float, default=0.2, help="share of the budget")
     args = parser.parse_args(argv)
-    if args.output is None and args.write_heldout is None:
-        parser.error("-o/--output is required (unless --write-heldout)")
+    if args.output is None and args.write_heldout is None and args.write_train is None:
+        parser.error("-o/--output is required (unless --write-heldout or --write-train)")
     return args
 
 
@@ -819,10 +828,14 @@ def train(args: argparse.Namespace) -> Trained:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.write_heldout is not None:
-        _, corpus, _, _, held_ids = corpus_split(args)
-        write_heldout_tokens(args.write_heldout, held_ids, corpus, args.heldout)
-        print(f"{len(held_ids):,} held-out tokens -> {args.write_heldout}")
+    if args.write_heldout is not None or args.write_train is not None:
+        _, corpus, _, train_ids, held_ids = corpus_split(args)
+        if args.write_heldout is not None:
+            write_heldout_tokens(args.write_heldout, held_ids, corpus, args.heldout)
+            print(f"{len(held_ids):,} held-out tokens -> {args.write_heldout}")
+        if args.write_train is not None:
+            write_heldout_tokens(args.write_train, train_ids, corpus, args.heldout, "training")
+            print(f"{len(train_ids):,} training tokens -> {args.write_train}")
         return 0
     train(args)
     return 0

@@ -4,6 +4,8 @@
 // becomes _core.Error (a RuntimeError), which backends/native.py maps to qwen_edge.errors.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <optional>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -129,7 +131,8 @@ uint64_t packed_size(const std::string& format, int64_t rows, int64_t k) {
 // `out` (the whole tensor's bytes, zero-filled; row0 a multiple of 8), on `threads` threads
 // that take row groups from a shared counter. False if x holds a NaN or an infinity.
 bool quantize_into(const std::string& format, const F32Array& x, int64_t rows, int64_t row0,
-                   py::buffer out, int threads, const std::string& isa) {
+                   py::buffer out, int threads, const std::string& isa,
+                   const std::optional<F32Array>& importance) {
     qe::WeightFormat f;
     QE_CHECK(qe::parse_format(format, &f) && qe::is_quantized(f), "unknown packed format '",
              format, "'");
@@ -147,6 +150,15 @@ bool quantize_into(const std::string& format, const F32Array& x, int64_t rows, i
              "quantize_into: out must be ", lay.total_bytes, " contiguous bytes, got ",
              info.size);
     uint8_t* dst = static_cast<uint8_t*>(info.ptr);
+    const float* imp = nullptr;
+    if (importance) {
+        QE_CHECK(importance->ndim() == 1 && importance->shape(0) == k,
+                 "quantize_into: importance must hold one weight per column (", k, ")");
+        imp = importance->data();
+        for (int64_t i = 0; i < k; ++i)
+            QE_CHECK(std::isfinite(imp[i]) && imp[i] > 0.0f,
+                     "quantize_into: importance must be positive and finite");
+    }
     if (!isa.empty()) {
         int n_isas = 0;
         const char* const* isas = qe::quantizer_isas(&n_isas);
@@ -164,7 +176,7 @@ bool quantize_into(const std::string& format, const F32Array& x, int64_t rows, i
         qe::ThreadPool pool(opts);
         pool.for_each(g1 - g0, 4, [&](int64_t begin, int64_t end, int) {
             if (!qe::quantize_row_groups(f, lay, x.data(), row0, n, g0 + begin, g0 + end, dst,
-                                         isa.c_str()))
+                                         isa.c_str(), imp))
                 finite.store(false, std::memory_order_relaxed);
         });
     }
@@ -249,9 +261,10 @@ PYBIND11_MODULE(_core, m) {
           py::arg("k"), py::arg("isa") = "", "A packed matrix as float32 [rows, k].");
     m.def("quantize_into", &quantize_into, py::arg("format"), py::arg("x"), py::arg("rows"),
           py::arg("row0"), py::arg("out"), py::arg("threads") = 1, py::arg("isa") = "",
+          py::arg("importance") = py::none(),
           "Quantizes rows [row0, row0 + len(x)) of a packed [rows, k] tensor into `out` (the "
-          "tensor's bytes) with the quantizer variant `isa` (default: the best); False if x "
-          "holds NaN or infinity.");
+          "tensor's bytes) with the quantizer variant `isa` (default: the best), the searches "
+          "weighted by `importance` [k] when given; False if x holds NaN or infinity.");
     m.def(
         "quantizer_isas",
         [] {

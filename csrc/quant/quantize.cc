@@ -40,7 +40,7 @@ namespace {
 namespace avx2 {  // quantize_avx2.cc: the same code with four lanes under -mavx2
 bool quantize_row_groups(WeightFormat f, const PackedLayout& layout, const float* x,
                          int64_t row0, int64_t n_rows, int64_t g_begin, int64_t g_end,
-                         uint8_t* out);
+                         uint8_t* out, const float* importance);
 }  // namespace avx2
 #endif
 
@@ -59,16 +59,18 @@ const char* const* quantizer_isas(int* count) {
 
 bool quantize_row_groups(WeightFormat f, const PackedLayout& layout, const float* x,
                          int64_t row0, int64_t n_rows, int64_t g_begin, int64_t g_end,
-                         uint8_t* out, const char* isa) {
+                         uint8_t* out, const char* isa, const float* importance) {
     if (!is_quantized(f) || row0 % kRowPack != 0) return false;
     int n = 0;
     const char* const* isas = quantizer_isas(&n);
     const std::string want = isa && *isa ? isa : isas[0];
     if (want == "base")
-        return quantize_row_groups_impl(f, layout, x, row0, n_rows, g_begin, g_end, out);
+        return quantize_row_groups_impl(f, layout, x, row0, n_rows, g_begin, g_end, out,
+                                        importance);
 #if defined(QE_QUANT_AVX2)
     if (want == "avx2" && n == 2)
-        return avx2::quantize_row_groups(f, layout, x, row0, n_rows, g_begin, g_end, out);
+        return avx2::quantize_row_groups(f, layout, x, row0, n_rows, g_begin, g_end, out,
+                                         importance);
 #endif
     return false;
 }

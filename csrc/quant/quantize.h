@@ -24,9 +24,12 @@ namespace qe {
 // infinite (or for a bad format, row0 or isa).
 // `isa`: "" for the best this CPU runs, or one of quantizer_isas(): "base" (the build's baseline
 // ISA, two float64 lanes) or, on x86-64 CPUs with AVX2, "avx2" (four lanes). Same bytes.
+// `importance`: nullptr, or layout.k positive weights, one per input column (the mean squared
+// activation of that channel on calibration text): the 4- and 6-bit scale searches then
+// minimise the error weighted by them (q8g32 ignores them). The caller checks them.
 bool quantize_row_groups(WeightFormat f, const PackedLayout& layout, const float* x,
                          int64_t row0, int64_t n_rows, int64_t g_begin, int64_t g_end,
-                         uint8_t* out, const char* isa = "");
+                         uint8_t* out, const char* isa = "", const float* importance = nullptr);
 
 // The quantizer variants this build has and this CPU runs, best first.
 const char* const* quantizer_isas(int* count);

@@ -18,8 +18,8 @@ namespace {
 
 bool quantize_row_groups(WeightFormat f, const PackedLayout& layout, const float* x,
                          int64_t row0, int64_t n_rows, int64_t g_begin, int64_t g_end,
-                         uint8_t* out) {
-    return quantize_row_groups_impl(f, layout, x, row0, n_rows, g_begin, g_end, out);
+                         uint8_t* out, const float* importance) {
+    return quantize_row_groups_impl(f, layout, x, row0, n_rows, g_begin, g_end, out, importance);
 }
 
 }  // namespace avx2

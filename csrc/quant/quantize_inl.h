@@ -6,7 +6,8 @@
 // Each function is the C++ transcription of the Python reference, expression for expression:
 //   symmetric_scales / affine_scales   formats/_quant_numba.py sym_all / aff_all (float64, the
 //                                      block index innermost, sums over a block's 32 columns in
-//                                      column order)
+//                                      column order, each term weighted as (w l) x with the
+//                                      column's importance w, 1 without)
 //   quantize_row_*                     formats/quant.py quantize_<format> (float32 divisions and
 //                                      products, rint ties to even, f16 rounding to nearest even)
 // so the bytes are equal, not merely close. Two rewrites keep them equal while letting the
@@ -79,8 +80,9 @@ static inline VD floor_clampedv(VD t, VD lo, VD hi) {
 
 // One pass of the symmetric search: the sums of l x and l l for the codes
 // l = clamp(floor(iscale x + 0.5)), each block's sum over its 32 columns in column order.
-static void sym_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_RESTRICT iscale,
-                     double nmax, double* QE_RESTRICT sumlx, double* QE_RESTRICT suml2) {
+static void sym_pass(const double* QE_RESTRICT xt, const double* QE_RESTRICT wt, int64_t nb,
+                     const double* QE_RESTRICT iscale, double nmax, double* QE_RESTRICT sumlx,
+                     double* QE_RESTRICT suml2) {
     int64_t b = 0;
     const VD lov = splat(-nmax), hiv = splat(nmax - 1.0), halfv = splat(0.5);
     for (; b + kLanes <= nb; b += kLanes) {
@@ -89,8 +91,9 @@ static void sym_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_
         for (int j = 0; j < kBlockK; ++j) {
             const VD xv = loadv(xt + j * nb + b);
             const VD lv = floor_clampedv(is * xv + halfv, lov, hiv);
-            s1 += lv * xv;
-            s2 += lv * lv;
+            const VD wl = loadv(wt + j * nb + b) * lv;
+            s1 += wl * xv;
+            s2 += wl * lv;
         }
         storev(sumlx + b, s1);
         storev(suml2 + b, s2);
@@ -100,8 +103,9 @@ static void sym_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_
         for (int j = 0; j < kBlockK; ++j) {
             const double xv = xt[j * nb + b];
             const double lv = floor_clamped(iscale[b] * xv + 0.5, -nmax, nmax - 1.0);
-            s1 += lv * xv;
-            s2 += lv * lv;
+            const double wl = wt[j * nb + b] * lv;
+            s1 += wl * xv;
+            s2 += wl * lv;
         }
         sumlx[b] = s1;
         suml2[b] = s2;
@@ -110,7 +114,8 @@ static void sym_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_
 
 // One pass of the affine search: sums of l, l l and x l for l = clamp(floor(iscale (x - base)
 // + 0.5)).
-static void aff_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_RESTRICT iscale,
+static void aff_pass(const double* QE_RESTRICT xt, const double* QE_RESTRICT wt, int64_t nb,
+                     const double* QE_RESTRICT iscale,
                      const double* QE_RESTRICT base, double nmax, double* QE_RESTRICT sl,
                      double* QE_RESTRICT sl2, double* QE_RESTRICT sxl) {
     int64_t b = 0;
@@ -121,9 +126,11 @@ static void aff_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_
         for (int j = 0; j < kBlockK; ++j) {
             const VD xv = loadv(xt + j * nb + b);
             const VD lv = floor_clampedv(is * (xv - bs) + halfv, lov, hiv);
-            s0 += lv;
-            s1 += lv * lv;
-            s2 += xv * lv;
+            const VD wv = loadv(wt + j * nb + b);
+            const VD wl = wv * lv;
+            s0 += wl;
+            s1 += wl * lv;
+            s2 += wv * xv * lv;
         }
         storev(sl + b, s0);
         storev(sl2 + b, s1);
@@ -134,9 +141,11 @@ static void aff_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_
         for (int j = 0; j < kBlockK; ++j) {
             const double xv = xt[j * nb + b];
             const double lv = floor_clamped(iscale[b] * (xv - base[b]) + 0.5, 0.0, nmax);
-            s0 += lv;
-            s1 += lv * lv;
-            s2 += xv * lv;
+            const double wv = wt[j * nb + b];
+            const double wl = wv * lv;
+            s0 += wl;
+            s1 += wl * lv;
+            s2 += wv * xv * lv;
         }
         sl[b] = s0;
         sl2[b] = s1;
@@ -148,11 +157,23 @@ static void aff_pass(const double* QE_RESTRICT xt, int64_t nb, const double* QE_
 struct RowScratch {
     int64_t nb = 0;
     std::vector<double> xt;  // [32][nb]: the row's blocks by column
+    std::vector<double> wt;  // [32][nb]: the column weights (importance; 1 without), like xt
+    std::vector<double> fw;  // [nb]: each block's weight sum
     std::vector<double> v[8];
     std::vector<double> extra;  // [6][nb]
-    explicit RowScratch(int64_t blocks)
-        : nb(blocks), xt(size_t(32 * blocks)), extra(size_t(6 * blocks)) {
+    RowScratch(int64_t blocks, const float* importance)
+        : nb(blocks), xt(size_t(32 * blocks)), wt(size_t(32 * blocks), 1.0), fw(size_t(blocks)),
+          extra(size_t(6 * blocks)) {
         for (auto& a : v) a.assign(size_t(blocks), 0.0);
+        if (importance)
+            for (int64_t b = 0; b < nb; ++b)
+                for (int j = 0; j < kBlockK; ++j)
+                    wt[size_t(j * nb + b)] = double(importance[b * kBlockK + j]);
+        for (int64_t b = 0; b < nb; ++b) {
+            double sw = 0.0;  // in column order, as _quant_search._colsum
+            for (int j = 0; j < kBlockK; ++j) sw += wt[size_t(j * nb + b)];
+            fw[size_t(b)] = sw;
+        }
     }
     void load(const float* x) {
         for (int64_t b = 0; b < nb; ++b)
@@ -193,7 +214,7 @@ static void symmetric_scales(RowScratch& s, double nmax, float* out) {
             sumlx[b] = 0.0;
             suml2[b] = 0.0;
         }
-        sym_pass(xt, nb, iscale, nmax, sumlx, suml2);
+        sym_pass(xt, s.wt.data(), nb, iscale, nmax, sumlx, suml2);
         for (int64_t b = 0; b < nb; ++b) {
             if (suml2[b] > 0) {
                 const double score = sumlx[b] * sumlx[b] / suml2[b];
@@ -211,12 +232,12 @@ static void symmetric_scales(RowScratch& s, double nmax, float* out) {
 static void affine_scales(RowScratch& s, double nmax, float* s_out, float* m_out) {
     const int64_t nb = s.nb;
     const double* xt = s.xt.data();
+    const double *wt = s.wt.data(), *fw = s.fw.data();
     double *lo = s.v[0].data(), *hi = s.v[1].data(), *sx = s.v[2].data(), *sx2 = s.v[3].data();
     double *rng = s.v[4].data(), *best_s = s.v[5].data(), *best_m = s.v[6].data();
     double* best_err = s.v[7].data();
     double *iscale = s.extra.data(), *base = iscale + nb, *sl = base + nb, *sl2 = sl + nb;
     double* sxl = sl2 + nb;
-    const double fn = double(kBlockK);
     for (int64_t b = 0; b < nb; ++b) {
         lo[b] = 0.0;
         hi[b] = -INFINITY;
@@ -228,8 +249,9 @@ static void affine_scales(RowScratch& s, double nmax, float* s_out, float* m_out
             const double xv = xt[j * nb + b];
             lo[b] = std::min(lo[b], xv);
             hi[b] = std::max(hi[b], xv);
-            sx[b] += xv;
-            sx2[b] += xv * xv;
+            const double wx = wt[j * nb + b] * xv;
+            sx[b] += wx;
+            sx2[b] += wx * xv;
         }
     }
     for (int64_t b = 0; b < nb; ++b) {
@@ -254,7 +276,7 @@ static void affine_scales(RowScratch& s, double nmax, float* s_out, float* m_out
             sl2[b] = 0.0;
             sxl[b] = 0.0;
         }
-        aff_pass(xt, nb, iscale, base, nmax, sl, sl2, sxl);
+        aff_pass(xt, wt, nb, iscale, base, nmax, sl, sl2, sxl);
         for (int64_t b = 0; b < nb; ++b) {
             double sv = 0.0, mn = 0.0;
             bool ok = true;
@@ -262,10 +284,10 @@ static void affine_scales(RowScratch& s, double nmax, float* s_out, float* m_out
                 sv = 1.0 / iscale[b];
                 mn = lo[b];
             } else {
-                const double det = fn * sl2[b] - sl[b] * sl[b];
+                const double det = fw[b] * sl2[b] - sl[b] * sl[b];
                 ok = det > 0;
                 if (ok) {
-                    sv = (fn * sxl[b] - sx[b] * sl[b]) / det;
+                    sv = (fw[b] * sxl[b] - sx[b] * sl[b]) / det;
                     mn = (sl2[b] * sx[b] - sl[b] * sxl[b]) / det;
                     if (mn > 0) {
                         sv = sl2[b] > 0 ? sxl[b] / sl2[b] : 0.0;
@@ -274,7 +296,7 @@ static void affine_scales(RowScratch& s, double nmax, float* s_out, float* m_out
                 }
             }
             if (ok) {
-                const double err = sv * sv * sl2[b] + 2.0 * sv * mn * sl[b] + fn * mn * mn -
+                const double err = sv * sv * sl2[b] + 2.0 * sv * mn * sl[b] + fw[b] * mn * mn -
                                    2.0 * sv * sxl[b] - 2.0 * mn * sx[b] + sx2[b];
                 if (err < best_err[b]) {
                     best_err[b] = err;
@@ -501,9 +523,9 @@ static void write_group(WeightFormat f, const PackedLayout& lay, int64_t grp, co
 
 static bool quantize_row_groups_impl(WeightFormat f, const PackedLayout& lay, const float* x,
                                      int64_t row0, int64_t n_rows, int64_t g_begin,
-                                     int64_t g_end, uint8_t* out) {
+                                     int64_t g_end, uint8_t* out, const float* importance) {
     const int64_t k = lay.k, nb = lay.blocks;
-    RowScratch scratch(nb);
+    RowScratch scratch(nb, importance);
     GroupData g(k, nb);
     for (int64_t grp = g_begin; grp < g_end; ++grp) {
         g.clear();

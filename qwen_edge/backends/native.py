@@ -81,8 +81,15 @@ def quantizer(threads: int | None = None, isa: str = "") -> Any:
     c = core()
     n = threads or _default_threads()
 
-    def run(fmt: str, x: np.ndarray, rows: int, row0: int, out: np.ndarray) -> bool:
-        return bool(c.quantize_into(fmt, x, rows, row0, out, n, isa))
+    def run(
+        fmt: str,
+        x: np.ndarray,
+        rows: int,
+        row0: int,
+        out: np.ndarray,
+        importance: np.ndarray | None = None,
+    ) -> bool:
+        return bool(c.quantize_into(fmt, x, rows, row0, out, n, isa, importance))
 
     return run
 

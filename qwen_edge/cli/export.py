@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--mtp", action="store_true", help="also store the MTP head's tensors (qe)")
     p.add_argument(
+        "--calibration", metavar="FILE",
+        help="qe: activation-aware quantization: weigh each matrix's rounding error by its "
+        "inputs' mean square per channel, from FILE (.npz of tools/activation_stats.py "
+        "--calibration; docs/export.md). Default: unweighted",
+    )  # fmt: skip
+    p.add_argument(
         "--genai", action="store_true",
         help="onnx: also write genai_config.json and tokenizer files for onnxruntime-genai",
     )  # fmt: skip
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_onnx(args, out, overrides)
     if args.genai:
         raise QwenEdgeError("--genai goes with --format onnx")
+    if args.calibration and not Path(args.calibration).is_file():
+        raise QwenEdgeError(f"--calibration: {args.calibration} is not a file")
     recipe = args.quant or "q4"
     print(f"exporting {args.checkpoint} -> {out} (recipe {recipe})", file=sys.stderr)
     summary = export(
@@ -77,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress_bar("quantizing"),
         quantizer=args.quantizer,
         threads=args.threads,
+        calibration=args.calibration,
     )
     report = {
         "path": str(summary.path),
@@ -113,6 +122,8 @@ def _run_onnx(args: argparse.Namespace, out: Path, overrides: dict[str, str]) ->
         raise QwenEdgeError(f"{out}: an ONNX graph's file name ends in .onnx")
     if args.mtp:
         raise QwenEdgeError("--mtp: the ONNX graph holds the text model only")
+    if args.calibration:
+        raise QwenEdgeError("--calibration: export a calibrated .qe, then the graph from it")
     from_file = Path(args.checkpoint).is_file()
     if from_file and args.quant:
         raise QwenEdgeError("--quant: a .qe source keeps its own weights; omit it")

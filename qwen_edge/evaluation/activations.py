@@ -55,6 +55,7 @@ class InputStats:
     channels: int
     tokens: int = 0
     channel_absmax: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    channel_sum_sq: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sum_sq: float = 0.0
     q8a_err_sq: float = 0.0
     int8_token_err_sq: float = 0.0
@@ -70,6 +71,8 @@ class InputStats:
         self.channel_absmax = m if self.tokens == 0 else np.maximum(self.channel_absmax, m)
         self.tokens += x.shape[0]
         x64 = x.astype(np.float64)
+        sq = np.sum(x64 * x64, axis=0)
+        self.channel_sum_sq = sq if self.channel_sum_sq.size == 0 else self.channel_sum_sq + sq
         self.sum_sq += float(np.sum(x64 * x64))
         if self.channels % BLOCK_K == 0:  # packed formats need it; others take no q8a
             self.q8a_err_sq += float(np.sum((x64 - fake_quantize_q8a(x)) ** 2))
@@ -159,6 +162,27 @@ def record_inputs(model: Any) -> dict[str, InputStats]:
     stats[LM_HEAD] = InputStats(LM_HEAD, head.shape[1])
     model.lm_head = _Recording(head, stats[LM_HEAD])
     return stats
+
+
+def importance(stats: dict[str, InputStats], tied: bool) -> dict[str, np.ndarray]:
+    """Per tensor name, the mean squared activation of each input channel (float32 [k]): the
+    weights of activation-aware quantization (`export.convert.read_calibration`). Matrices
+    that share an input (`SHARES_INPUT`) get their sibling's; the LM head's goes to
+    "embed_tokens.weight" when the embedding is tied, else "lm_head.weight"."""
+    out: dict[str, np.ndarray] = {}
+    for name, st in stats.items():
+        if st.tokens == 0:
+            continue
+        mean_sq = (st.channel_sum_sq / st.tokens).astype(np.float32)
+        if name == LM_HEAD:
+            out["embed_tokens.weight" if tied else "lm_head.weight"] = mean_sq
+            continue
+        out[name] = mean_sq
+        prefix, kind = name[: name.index(kind_of(name))], kind_of(name)
+        for sibling, source in SHARES_INPUT.items():
+            if source == kind:
+                out[f"{prefix}{sibling}.weight"] = mean_sq
+    return out
 
 
 def kind_of(name: str) -> str:

@@ -58,6 +58,10 @@ class Recipe:
     small_proj: str
     description: str
     tensors: tuple[tuple[str, str], ...] = ()
+    # "Q4_0" / "Q4_K_M": after the choices above, layer matrices move to q6k in the order of
+    # PROMOTIONS while the text tensors stay within the bytes llama.cpp's file of that type
+    # gives the same shapes (`llama_tensor_bytes`).
+    budget: str | None = None
 
 
 # The q4 and q4m choices are measured on a trained checkpoint: see docs/quality.md.
@@ -68,13 +72,16 @@ RECIPES: dict[str, Recipe] = {
     "q8": Recipe("q8", "q8g32", "q8g32", "q8g32", "q8g32", "int8 matrices, 8.5 bits/weight"),
     # The tied embedding / LM head in 6 bits: on the trained model it cuts the KL 4.8x for
     # 13 % more bytes (0.8B), still under llama.cpp Q4_0, which keeps it in 6 bits too.
+    # The remaining bytes up to Q4_0's go to 6-bit layer matrices (PROMOTIONS).
     "q4": Recipe(
         "q4",
         "q4k",
         "q6k",
         "q6k",
         "q8g32",
-        "int4 k-quant matrices, 6-bit embedding/LM head, int8 GDN gate projections",
+        "int4 k-quant matrices, 6-bit embedding/LM head, int8 GDN gate projections, "
+        "6-bit layer matrices (down_proj first) up to llama.cpp Q4_0's bytes",
+        budget="Q4_0",
     ),
     # Symmetric 4-bit blocks of 32 everywhere: exactly onnxruntime's MatMulNBits (its default
     # zero point 8, f32 scales), so the ONNX export of q4s is as small and fast as that operator
@@ -87,21 +94,92 @@ RECIPES: dict[str, Recipe] = {
         "q8g32",
         "symmetric int4 blocks of 32 (onnxruntime's MatMulNBits form), int8 GDN gate projections",
     ),
-    # At most llama.cpp Q4_K_M's size: q4 plus 6 bits for the GDN qkv and output projections,
-    # the tensors that moved the KL most per byte (out_proj measured ahead of in_proj_z).
+    # The same with llama.cpp Q4_K_M's bytes.
     "q4m": Recipe(
         "q4m",
         "q4k",
         "q6k",
         "q6k",
         "q8g32",
-        "q4 with 6-bit embedding/LM head and GDN qkv/out projections (Q4_K_M-sized)",
-        (
-            ("layers.*.linear_attn.in_proj_qkv.weight", "q6k"),
-            ("layers.*.linear_attn.out_proj.weight", "q6k"),
-        ),
+        "q4 with 6-bit layer matrices up to llama.cpp Q4_K_M's bytes",
+        budget="Q4_K_M",
     ),
 }
+
+# Which layer matrices a budget recipe stores in q6k first: the order measured on the trained
+# checkpoint (docs/quality.md: down_proj gained the most KL per byte, then the GDN out_proj and
+# in_proj_qkv, out_proj ahead of in_proj_z; the rest follow by their inputs' outlier ratio).
+# Within a kind, llama.cpp's "more bits" layers (`_more_bits`) come first, then the others in
+# layer order.
+PROMOTIONS = (
+    "mlp.down_proj",
+    "linear_attn.out_proj",
+    "linear_attn.in_proj_qkv",
+    "linear_attn.in_proj_z",
+    "self_attn.o_proj",
+    "self_attn.v_proj",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+)
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """llama.cpp's use_more_bits(i, n): the first and last eighth, and every third between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _layer(name: str) -> int:
+    return int(name.split(".")[1]) if name.startswith("layers.") else -1
+
+
+def llama_tensor_bytes(shapes: dict[str, tuple[int, ...]], ftype: str) -> int:
+    """The tensor bytes of llama.cpp's Q4_0 or Q4_K_M file for these text tensors (the rules of
+    its llama-quant.cpp, 0.3.36, for this architecture; checked against its files in
+    docs/quality.md): the tied embedding / output in Q6_K (6.5625 bits/weight); for Q4_K_M also
+    Q6_K for attn_v / attn_qkv (counted together in layer order) and ffn_down on its "more
+    bits" layers; every other matrix 4.5 bits/weight (Q4_0, Q4_K); vectors and conv1d f32.
+    MTP tensors are left out."""
+    if ftype not in ("Q4_0", "Q4_K_M"):
+        raise ConfigError(f"unknown budget '{ftype}'")
+    text = {n: s for n, s in shapes.items() if not n.startswith("mtp.")}
+    wv = sorted(
+        (n for n in text if n.endswith(("in_proj_qkv.weight", "self_attn.v_proj.weight"))),
+        key=_layer,
+    )
+    downs = sorted((n for n in text if n.endswith("mlp.down_proj.weight")), key=_layer)
+    six = {EMBEDDING, LM_HEAD}
+    if ftype == "Q4_K_M":
+        six |= {n for i, n in enumerate(wv) if _more_bits(i, len(wv))}
+        six |= {n for i, n in enumerate(downs) if _more_bits(i, len(downs))}
+    bits = 0
+    for name, shape in text.items():
+        n = int(np.prod(shape))
+        bits += 32 * n if len(shape) != 2 else (n * 105 // 16 if name in six else n * 9 // 2)
+    return bits // 8
+
+
+def _promote(shapes: dict[str, tuple[int, ...]], formats: dict[str, str], budget: str) -> None:
+    """Moves layer matrices to q6k in PROMOTIONS order while the text tensors' bytes stay
+    within `llama_tensor_bytes(shapes, budget)`."""
+    text = [n for n in shapes if not n.startswith("mtp.")]
+    limit = llama_tensor_bytes(shapes, budget)
+    used = sum(quant.tensor_nbytes(formats[n], shapes[n]) for n in text)
+    for kind in PROMOTIONS:
+        names = sorted((n for n in text if n.endswith(f".{kind}.weight")), key=_layer)
+        names = [n for i, n in enumerate(names) if _more_bits(i, len(names))] + [
+            n for i, n in enumerate(names) if not _more_bits(i, len(names))
+        ]
+        for name in names:
+            if formats[name] == "q6k" or not quant.can_pack(shapes[name]):
+                continue
+            extra = quant.tensor_nbytes("q6k", shapes[name]) - quant.tensor_nbytes(
+                formats[name], shapes[name]
+            )
+            if used + extra <= limit:
+                formats[name] = "q6k"
+                used += extra
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, str]:
@@ -171,6 +249,8 @@ def plan_formats(
         for name in fnmatch.filter(shapes, pattern):
             if quant.can_pack(shapes[name]) or not quant.is_packed(fmt):
                 formats[name] = fmt
+    if recipe.budget is not None:
+        _promote(shapes, formats, recipe.budget)
     for pattern, fmt in overrides.items():
         hits = [n for n in shapes if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
@@ -336,13 +416,53 @@ def native_quantizer(
     return native_backend.quantizer(threads)  # type: ignore[no-any-return]
 
 
+@dataclass
+class Calibration:
+    """Per-input-channel importance of the matrices (activation-aware quantization): for each
+    tensor name, the mean squared activation of each input channel [k] on calibration text
+    (`tools/activation_stats.py --calibration`, which writes it as an .npz), and what text."""
+
+    importance: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.importance.get(name)
+
+
+def read_calibration(path: str | Path) -> Calibration:
+    """A calibration file (.npz: one float32 [k] array per tensor name, plus "__meta__", a
+    JSON string). Each array is floored at 1e-3 of its mean, so a dead channel still counts
+    a little and the weights stay positive.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or holds a bad array.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the calibration file {path}: {e}") from None
+    meta_raw = arrays.pop("__meta__", None)
+    meta = json.loads(str(meta_raw)) if meta_raw is not None else {}
+    importance = {}
+    for name, a in arrays.items():
+        a = a.astype(np.float64).reshape(-1)
+        if a.size == 0 or not np.isfinite(a).all() or (a < 0).any() or a.max() <= 0:
+            raise ConfigError(f"calibration file {path}: '{name}' is not a positive vector")
+        importance[name] = np.maximum(a / a.mean(), 1e-3).astype(np.float32)
+    return Calibration(importance, meta)
+
+
 def _encode(
-    fmt: str, src: _RowReader, native: quant.NativeQuantizer | None = None
+    fmt: str,
+    src: _RowReader,
+    native: quant.NativeQuantizer | None = None,
+    importance: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
     """The stored bytes of one tensor, in pieces: plain formats row chunk by row chunk."""
     rows = src.shape[0] if len(src.shape) > 1 else 0
     if quant.is_packed(fmt):
-        yield quant.quantize(fmt, src, native)
+        yield quant.quantize(fmt, src, native, importance)
     elif rows > _CHUNK_ROWS:
         for r0 in range(0, rows, _CHUNK_ROWS):
             yield quant.encode_plain(fmt, src[r0 : r0 + _CHUNK_ROWS])
@@ -360,6 +480,7 @@ def export(
     progress: Callable[[str, int, int], None] | None = None,
     quantizer: str = "auto",
     threads: int | None = None,
+    calibration: str | Path | Calibration | None = None,
 ) -> ExportSummary:
     """Exports a Qwen3.5 checkpoint folder to one model file.
 
@@ -373,6 +494,9 @@ def export(
         quantizer: who quantizes packed tensors: "auto" (native when built), "native" or
             "python" (numba/numpy); the file's bytes are the same.
         threads: threads of the native quantizer (default: every CPU this process may use).
+        calibration: a calibration file (`read_calibration`) or its contents: the packed
+            4- and 6-bit matrices it names are quantized with their inputs' importance
+            (activation-aware); None quantizes every matrix unweighted.
 
     Returns:
         An `ExportSummary`.
@@ -383,6 +507,7 @@ def export(
     """
     start = time.perf_counter()
     native = native_quantizer(quantizer, threads)
+    calib = read_calibration(calibration) if isinstance(calibration, (str, Path)) else calibration
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint)
     cfg = ckpt.config
     infos: dict[str, TensorInfo] = {n: ckpt.info(n) for n in cfg.text_tensor_shapes()}
@@ -393,6 +518,13 @@ def export(
     formats = plan_formats(
         shapes, recipe, overrides, source_dtypes={n: i.dtype for n, i in infos.items()}
     )
+    if calib is not None:
+        for name, imp in calib.importance.items():
+            if name in shapes and (len(shapes[name]) != 2 or shapes[name][1] != imp.size):
+                raise ConfigError(
+                    f"calibration: '{name}' has {imp.size} channels, the tensor "
+                    f"{list(shapes[name])}"
+                )
     specs = [TensorSpec(n, formats[n], shapes[n]) for n in infos]
     side = read_side_files(ckpt)
     params = sum(i.numel for i in infos.values())
@@ -404,6 +536,7 @@ def export(
             "recipe": recipe,
             "overrides": overrides,
             "bits_per_weight": round(8.0 * weight_bytes / params, 4),
+            **({"calibration": calib.meta} if calib is not None else {}),
         },
         "generation": side.generation,
         "special_tokens": side.special_tokens,
@@ -423,8 +556,9 @@ def export(
         for i, spec in enumerate(specs):
             if progress is not None:
                 progress(spec.name, i, len(specs))
+            imp = calib.get(spec.name) if calib is not None else None
             writer.write_tensor(
-                spec.name, _encode(spec.format, _RowReader(infos[spec.name]), native)
+                spec.name, _encode(spec.format, _RowReader(infos[spec.name]), native, imp)
             )
         for name, data in side.blobs.items():
             writer.write_blob(name, data)

@@ -26,8 +26,12 @@ def _columns(x, r):
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def sym_all(x, nmax, steps, refine):
+def sym_all(x, nmax, steps, refine, w):
     rows, nb, n = x.shape
+    wt = np.empty((n, nb))  # the column weights as [column, block], like xt
+    for b in range(nb):
+        for j in range(n):
+            wt[j, b] = w[b, j]
     out = np.empty((rows, nb), np.float32)
     nsteps = steps.shape[0]
     for r in numba.prange(rows):
@@ -57,8 +61,9 @@ def sym_all(x, nmax, steps, refine):
                 for b in range(nb):
                     xv = xt[j, b]
                     lv = min(max(np.floor(iscale[b] * xv + 0.5), -nmax), nmax - 1.0)
-                    sumlx[b] += lv * xv
-                    suml2[b] += lv * lv
+                    wl = wt[j, b] * lv
+                    sumlx[b] += wl * xv
+                    suml2[b] += wl * lv
             for b in range(nb):
                 if suml2[b] > 0:
                     score = sumlx[b] * sumlx[b] / suml2[b]
@@ -71,12 +76,17 @@ def sym_all(x, nmax, steps, refine):
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def aff_all(x, nmax, steps, refine):
+def aff_all(x, nmax, steps, refine, w):
     rows, nb, n = x.shape
     s_out = np.empty((rows, nb), np.float32)
     m_out = np.empty((rows, nb), np.float32)
     nsteps = steps.shape[0]
-    fn = float(n)
+    wt = np.empty((n, nb))
+    fw = np.zeros(nb)  # each block's weight sum (32 without importance)
+    for j in range(n):
+        for b in range(nb):
+            wt[j, b] = w[b, j]
+            fw[b] += w[b, j]
     for r in numba.prange(rows):
         xt = _columns(x, r)
         lo = np.zeros(nb)
@@ -88,8 +98,9 @@ def aff_all(x, nmax, steps, refine):
                 xv = xt[j, b]
                 lo[b] = min(lo[b], xv)
                 hi[b] = max(hi[b], xv)
-                sx[b] += xv
-                sx2[b] += xv * xv
+                wx = wt[j, b] * xv
+                sx[b] += wx
+                sx2[b] += wx * xv
         rng = np.empty(nb)
         for b in range(nb):
             rng[b] = hi[b] - lo[b] if hi[b] > lo[b] else 1.0
@@ -119,27 +130,28 @@ def aff_all(x, nmax, steps, refine):
                 for b in range(nb):
                     xv = xt[j, b]
                     lv = min(max(np.floor(iscale[b] * (xv - base[b]) + 0.5), 0.0), nmax)
-                    sl[b] += lv
-                    sl2[b] += lv * lv
-                    sxl[b] += xv * lv
+                    wl = wt[j, b] * lv
+                    sl[b] += wl
+                    sl2[b] += wl * lv
+                    sxl[b] += wt[j, b] * xv * lv
             for b in range(nb):
                 if t == 0:
                     s = 1.0 / iscale[b]
                     mn = lo[b]
                     ok = True
                 else:
-                    det = fn * sl2[b] - sl[b] * sl[b]
+                    det = fw[b] * sl2[b] - sl[b] * sl[b]
                     ok = det > 0
                     s, mn = 0.0, 0.0
                     if ok:
-                        s = (fn * sxl[b] - sx[b] * sl[b]) / det
+                        s = (fw[b] * sxl[b] - sx[b] * sl[b]) / det
                         mn = (sl2[b] * sx[b] - sl[b] * sxl[b]) / det
                         if mn > 0:
                             s = sxl[b] / sl2[b] if sl2[b] > 0 else 0.0
                             mn = 0.0
                 if ok:
                     err = (
-                        s * s * sl2[b] + 2.0 * s * mn * sl[b] + fn * mn * mn
+                        s * s * sl2[b] + 2.0 * s * mn * sl[b] + fw[b] * mn * mn
                         - 2.0 * s * sxl[b] - 2.0 * mn * sx[b] + sx2[b]
                     )  # fmt: skip
                     if err < best_err[b]:

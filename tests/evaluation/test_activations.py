@@ -63,3 +63,37 @@ def test_record_inputs_keeps_logits(tiny_checkpoint: Path) -> None:
     assert table["lm_head"]["layers"] == 1
     r = table["mlp.down_proj"]["q8a_rel_error"]
     assert 0 < r["min"] <= r["median"] <= r["max"] < 0.05
+
+
+def test_importance_is_the_mean_square_per_channel(tiny_checkpoint: Path) -> None:
+    """The calibration vectors: every matrix of the text model (siblings sharing an input get
+    the same vector; the tied LM head's goes to the embedding), equal to mean(x^2) per channel
+    of the recorded inputs."""
+    model = ReferenceModel.from_checkpoint(tiny_checkpoint, context=64)
+    stats = activations.record_inputs(model)
+    xs: list[np.ndarray] = []
+    head = model.lm_head
+
+    class Spy:
+        T = property(lambda self: self)
+        __array_ufunc__ = None
+
+        def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+            xs.append(np.asarray(x, np.float64).reshape(-1, x.shape[-1]))
+            return x @ head  # the recording wrapper, then the real head
+
+    model.lm_head = Spy()
+    ids = list(np.random.default_rng(2).integers(0, 1000, 24))
+    model.forward(ids, model.new_state(), all_logits=True)
+    imp = activations.importance(stats, tied=model.config.tie_word_embeddings)
+    matrices = {n for n in model.w if n.startswith("layers.") and "_proj" in n}
+    assert len(matrices) == 8 * len(model.config.linear_layers) + 7 * (
+        model.config.num_hidden_layers - len(model.config.linear_layers)
+    )
+    assert matrices <= set(imp), sorted(matrices - set(imp))[:5]
+    key = "embed_tokens.weight" if model.config.tie_word_embeddings else "lm_head.weight"
+    x = np.concatenate(xs)
+    np.testing.assert_allclose(imp[key], np.mean(x * x, axis=0), rtol=1e-5)
+    gdn = f"layers.{model.config.linear_layers[0]}.linear_attn."
+    assert np.array_equal(imp[gdn + "in_proj_z.weight"], imp[gdn + "in_proj_qkv.weight"])
+    assert all(v.dtype == np.float32 and (v >= 0).all() for v in imp.values())

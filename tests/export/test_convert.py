@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from qwen_edge.export import convert, presets
 from qwen_edge.export.random_checkpoint import write_random_checkpoint
 from qwen_edge.formats import quant
 from qwen_edge.formats.checkpoint import Checkpoint
+from qwen_edge.formats.config import ModelConfig
 from qwen_edge.formats.model_file import ModelFile
 
 GOLDENS = Path(__file__).parent.parent / "data" / "goldens"
@@ -50,9 +52,11 @@ def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plan_q4_recipe() -> None:
+    """Without the budget q4 is q4k matrices, a q6k embedding and q8g32 gate projections."""
     ckpt = Checkpoint(GOLDENS / "tied-gqa4")
     shapes = ckpt.config.text_tensor_shapes()
-    formats = convert.plan_formats(shapes, "q4")
+    base = replace(convert.RECIPES["q4"], budget=None)
+    formats = convert.plan_formats(shapes, base)
     for name, fmt in formats.items():
         if len(shapes[name]) != 2:
             assert fmt == "f32", name
@@ -61,17 +65,71 @@ def test_plan_q4_recipe() -> None:
         else:
             assert fmt == convert.RECIPES["q4"].matrix or name == "embed_tokens.weight"
     assert formats["embed_tokens.weight"] == convert.RECIPES["q4"].embedding == "q6k"
+    budgeted = convert.plan_formats(shapes, "q4")
+    assert all(budgeted[n] in (f, "q6k") for n, f in formats.items())
+
+
+def _tensor_bytes(shapes: dict[str, tuple[int, ...]], formats: dict[str, str]) -> int:
+    return sum(quant.tensor_nbytes(formats[n], s) for n, s in shapes.items())
+
+
+# llama.cpp 0.3.36's tensor bytes for the trained checkpoint (docs/quality.md), and for the
+# random 0.8B and 2B checkpoints (their GGUF files' tensor data).
+LLAMA_BYTES = {"Q4_0": 56_599_008, "Q4_K_M": 56_936_928}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "0.8b", "2b"])
+def test_budget_recipes_stay_within_llama_cpp_bytes(preset: str) -> None:
+    """q4 and q4m spend up to llama.cpp Q4_0's / Q4_K_M's tensor bytes on 6-bit layer matrices,
+    in PROMOTIONS order (a kind's "more bits" layers first), and never more."""
+    shapes = ModelConfig.from_hf(presets.hf_config(preset)).text_tensor_shapes()
+    for recipe, ftype in (("q4", "Q4_0"), ("q4m", "Q4_K_M")):
+        formats = convert.plan_formats(shapes, recipe)
+        base = convert.plan_formats(shapes, replace(convert.RECIPES[recipe], budget=None))
+        limit = convert.llama_tensor_bytes(shapes, ftype)
+        used = _tensor_bytes(shapes, formats)
+        if preset == "tiny":  # 64 columns: q4k's row factors already pass llama.cpp's bytes
+            assert used == _tensor_bytes(shapes, base) > limit
+            continue
+        assert _tensor_bytes(shapes, base) < used <= limit
+        promoted = [n for n in shapes if formats[n] != base[n]]
+        assert all(formats[n] == "q6k" and n.startswith("layers.") for n in promoted)
+        # nothing left out would still fit (greedy fill)
+        for n in shapes:
+            if formats[n] == "q4k":
+                extra = quant.tensor_nbytes("q6k", shapes[n]) - quant.tensor_nbytes(
+                    "q4k", shapes[n]
+                )
+                assert used + extra > limit, n
+        # the first kind (down_proj) first, from its first "more bits" layer
+        if promoted:
+            assert formats["layers.0.mlp.down_proj.weight"] == "q6k"
+    assert convert.llama_tensor_bytes(shapes, "Q4_K_M") > convert.llama_tensor_bytes(shapes, "Q4_0")
+
+
+def test_llama_tensor_bytes_match_its_files() -> None:
+    """The budget formula against the bytes of llama.cpp's files for the trained checkpoint's
+    shapes (hidden 256, MLP 768, 8 layers, tied 248,320-row embedding)."""
+    hf = presets.hf_config(
+        "tiny", hidden_size=256, intermediate_size=768, num_hidden_layers=8, head_dim=256,
+        num_attention_heads=2, num_key_value_heads=1, linear_key_head_dim=128,
+        linear_value_head_dim=128, linear_num_value_heads=2,
+        layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 2,
+    )  # fmt: skip
+    shapes = ModelConfig.from_hf(hf).text_tensor_shapes()
+    for ftype, want in LLAMA_BYTES.items():
+        assert convert.llama_tensor_bytes(shapes, ftype) == want, ftype
+    with pytest.raises(ConfigError, match="budget"):
+        convert.llama_tensor_bytes(shapes, "Q2_K")
 
 
 def test_plan_q4m_recipe() -> None:
     shapes = Checkpoint(GOLDENS / "tied-gqa4").config.text_tensor_shapes()
     q4, q4m = convert.plan_formats(shapes, "q4"), convert.plan_formats(shapes, "q4m")
-    six = {n for n, f in q4m.items() if f == "q6k"}
-    gdn = {n for n in shapes if n.endswith(("in_proj_qkv.weight", "linear_attn.out_proj.weight"))}
-    assert gdn and six == {"embed_tokens.weight", *gdn}
-    assert all(f == q4[n] for n, f in q4m.items() if n not in six)  # otherwise it is q4
-    # the recipe's own globs come before --override
-    ov = convert.plan_formats(shapes, "q4m", {"layers.*.linear_attn.*": "q4k"})
+    assert all(f == q4[n] or f == "q6k" for n, f in q4m.items())  # q4 with more 6-bit matrices
+    assert _tensor_bytes(shapes, q4m) >= _tensor_bytes(shapes, q4)
+    # --override comes after the budget
+    ov = convert.plan_formats(shapes, "q4m", {"layers.*": "q4k"})
     assert {n for n, f in ov.items() if f == "q6k"} == {"embed_tokens.weight"}
 
 
@@ -290,3 +348,52 @@ def test_q8a_inputs_wrapper() -> None:
     got = x @ _Q8aInputs(w).T
     assert np.array_equal(got, quant.fake_quantize_q8a(x) @ w.T)
     assert not np.array_equal(got, x @ w.T)
+
+
+def test_export_with_calibration(small_checkpoint: Path, tmp_path: Path) -> None:
+    """`--calibration`: the packed 4/6-bit tensors the file names are the importance-weighted
+    quantizer's bytes (native and python exports equal), the others as without it; the header
+    records the calibration's description; bad files are clear errors."""
+    ckpt = Checkpoint(small_checkpoint)
+    shapes = ckpt.config.text_tensor_shapes()
+    rng = np.random.default_rng(4)
+    named = [n for n in shapes if n.endswith(("down_proj.weight", "in_proj_qkv.weight"))]
+    named.append("embed_tokens.weight")
+    imp = {n: np.exp(rng.standard_normal(shapes[n][1])).astype(np.float32) for n in named}
+    calib = tmp_path / "calib.npz"
+    with open(calib, "wb") as f:
+        np.savez(f, __meta__=np.array(json.dumps({"tokens": 7})), **imp)
+    plain = tmp_path / "plain.qe"
+    convert.export(small_checkpoint, plain, "q4m")
+    outs = []
+    for quantizer in ("python", "native"):
+        out = tmp_path / f"cal-{quantizer}.qe"
+        main(["export", str(small_checkpoint), "-o", str(out), "--quant", "q4m",
+              "--calibration", str(calib), "--quantizer", quantizer])  # fmt: skip
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    read = convert.read_calibration(calib)
+    with ModelFile(tmp_path / "cal-native.qe") as mf, ModelFile(plain) as mp:
+        assert mf.header["quant"]["calibration"] == {"tokens": 7}
+        assert "calibration" not in mp.header["quant"]
+        for name, e in mf.tensors.items():
+            w = ckpt.read(name)
+            if name in imp and quant.is_packed(e.format):
+                want = quant.quantize(e.format, w, importance=read.get(name))
+                assert not np.array_equal(mf.raw(name), mp.raw(name)), name
+            else:
+                want = mp.raw(name)
+            assert np.array_equal(mf.raw(name), want), name
+
+    bad = tmp_path / "bad.npz"
+    with open(bad, "wb") as f:
+        np.savez(f, **{named[0]: np.zeros(shapes[named[0]][1], np.float32)})
+    with pytest.raises(ConfigError, match="positive"):
+        convert.export(small_checkpoint, tmp_path / "x.qe", "q4", calibration=bad)
+    with open(bad, "wb") as f:
+        np.savez(f, **{named[0]: np.ones(3, np.float32)})
+    with pytest.raises(ConfigError, match="channels"):
+        convert.export(small_checkpoint, tmp_path / "x.qe", "q4", calibration=bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        convert.export(small_checkpoint, tmp_path / "x.qe", "q4", calibration=tmp_path / "no")
+    assert not (tmp_path / "x.qe").exists()

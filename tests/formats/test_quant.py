@@ -291,6 +291,52 @@ def test_numba_and_numpy_agree() -> None:
     assert np.array_equal(s1, s2) and np.array_equal(m1, m2)
 
 
+def test_weighted_searches_agree_and_ones_change_nothing() -> None:
+    """numba and numpy agree with importance weights too, and weights of 1 give exactly the
+    unweighted scales (so exports without calibration keep their bytes)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((40, 8, 32)).astype(np.float32)
+    x[0, 0] = 0
+    w = np.exp(rng.standard_normal((8, 32)) * 1.5)
+    backends = ["numpy"] + (["numba"] if _quant_search._use_numba() else [])
+    sym = [_quant_search.symmetric_scales(x, 32, backend=b, weights=w) for b in backends]
+    aff = [_quant_search.affine_scales(x, 15, backend=b, weights=w) for b in backends]
+    for s, (s1, m1) in zip(sym[1:], aff[1:], strict=True):
+        assert np.array_equal(s, sym[0])
+        assert np.array_equal(s1, aff[0][0]) and np.array_equal(m1, aff[0][1])
+    for b in backends:
+        ones = np.ones((8, 32))
+        assert np.array_equal(
+            _quant_search.symmetric_scales(x, 8, backend=b, weights=ones),
+            _quant_search.symmetric_scales(x, 8, backend=b),
+        )
+        a1, a2 = _quant_search.affine_scales(x, 15, backend=b, weights=ones)
+        b1, b2 = _quant_search.affine_scales(x, 15, backend=b)
+        assert np.array_equal(a1, b1) and np.array_equal(a2, b2)
+
+
+@pytest.mark.parametrize("fmt", ["q4g32", "q4ag32", "q4k", "q6k"])
+def test_importance_lowers_the_weighted_error(fmt: str) -> None:
+    """With importance, the error weighted by it (what the activations see: E[(dW x)^2] =
+    sum dW^2 E[x^2] for independent channels) is lower than the unweighted search's, while
+    the plain error rises; q8g32 ignores importance."""
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    imp = np.ones(256, np.float32)
+    imp[rng.choice(256, 24, replace=False)] = 30.0  # outlier channels, as trained models have
+    plain = quant.dequantize(fmt, quant.quantize(fmt, w), w.shape) - w
+    weighted = quant.dequantize(fmt, quant.quantize(fmt, w, importance=imp), w.shape) - w
+    werr = lambda d: float(np.sum(d * d * imp))  # noqa: E731
+    assert werr(weighted) < 0.93 * werr(plain)
+    assert np.sum(weighted**2) > np.sum(plain**2)
+    q8 = quant.quantize("q8g32", w)
+    assert np.array_equal(quant.quantize("q8g32", w, importance=imp), q8)
+    with pytest.raises(FormatError, match="positive"):
+        quant.quantize(fmt, w, importance=np.zeros(256, np.float32))
+    with pytest.raises(FormatError, match="entries"):
+        quant.quantize(fmt, w, importance=np.ones(128, np.float32))
+
+
 # --- activations ----------------------------------------------------------------------------------
 def test_quantize_q8a_matches_core() -> None:
     rng = np.random.default_rng(2)

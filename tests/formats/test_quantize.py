@@ -52,6 +52,29 @@ def test_native_equals_python(fmt: str, rows: int, k: int, nq: quant.NativeQuant
         assert np.array_equal(got, ref), (isa, np.flatnonzero(got != ref)[:10])
 
 
+@pytest.mark.parametrize("fmt", PACKED)
+@pytest.mark.parametrize("rows,k", [(9, 96), (33, 1024)])
+def test_native_equals_python_with_importance(
+    fmt: str, rows: int, k: int, nq: quant.NativeQuantizer
+) -> None:
+    """Activation-aware quantization: the weighted searches write the same bytes natively."""
+    w = _weights(rows, k, rows + k)
+    imp = np.exp(np.random.default_rng(k).standard_normal(k) * 1.5).astype(np.float32)
+    ref = quant.quantize(fmt, w, importance=imp)
+    if fmt != "q8g32":
+        assert not np.array_equal(ref, quant.quantize(fmt, w))
+    for isa in native.quantizer_isas():
+        got = quant.quantize(fmt, w, native=native.quantizer(3, isa), importance=imp)
+        assert np.array_equal(got, ref), (isa, np.flatnonzero(got != ref)[:10])
+    out = np.zeros(quant.packed_size(fmt, rows, k), np.uint8)
+    with pytest.raises(RuntimeError, match="importance"):
+        native.core().quantize_into(fmt, w, rows, 0, out, 1, "", np.ones(k + 32, np.float32))
+    bad = imp.copy()
+    bad[3] = 0.0
+    with pytest.raises(RuntimeError, match="positive"):
+        native.core().quantize_into(fmt, w, rows, 0, out, 1, "", bad)
+
+
 def test_quantizer_isas(nq: quant.NativeQuantizer) -> None:
     isas = native.quantizer_isas()
     assert isas[-1] == "base" and set(isas) <= {"avx2", "base"}
@@ -69,6 +92,10 @@ def test_native_equals_numpy_search(
     assert not _quant_search._use_numba()
     w = _weights(13, 128, 3)
     assert np.array_equal(quant.quantize(fmt, w, native=nq), quant.quantize(fmt, w))
+    imp = np.linspace(0.1, 9.0, 128, dtype=np.float32)
+    assert np.array_equal(
+        quant.quantize(fmt, w, native=nq, importance=imp), quant.quantize(fmt, w, importance=imp)
+    )
 
 
 @pytest.mark.parametrize("fmt", PACKED)
