@@ -148,7 +148,9 @@ def run_worker(engine: str, model: str, a: argparse.Namespace, seed: int) -> dic
         # Keep the depths it reached (the worker prints each point as it goes).
         err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         points = [json.loads(x) for x in err.splitlines() if x.startswith('{"depth"')]
-        print(f"{engine}: timed out after {a.timeout:.0f} s at {len(points)} depths", file=sys.stderr)
+        print(
+            f"{engine}: timed out after {a.timeout:.0f} s at {len(points)} depths", file=sys.stderr
+        )
         return {"points": points, "timed_out": True, "wall_s": time.perf_counter() - start}
     if out.returncode != 0:
         raise RuntimeError(f"{engine} {model} failed:\n{out.stderr[-3000:]}")
@@ -210,7 +212,9 @@ def curves(record: dict[str, Any]) -> dict[str, dict[int, dict[str, list[float]]
     """engine label -> depth -> metric -> values over repetitions."""
     out: dict[str, dict[int, dict[str, list[float]]]] = {}
     for r in record["runs"]:
-        label = r["engine"] + (f" ({r['kv_cache']} KV)" if r.get("kv_cache", "f16") != "f16" else "")
+        label = r["engine"] + (
+            f" ({r['kv_cache']} KV)" if r.get("kv_cache", "f16") != "f16" else ""
+        )
         for p in r["points"]:
             m = out.setdefault(label, {}).setdefault(p["depth"], {})
             for k in ("prefill_chunk_tok_s", "prefill_cumulative_tok_s", "decode_tok_s"):
@@ -220,8 +224,10 @@ def curves(record: dict[str, Any]) -> dict[str, dict[int, dict[str, list[float]]
 
 def _fmt(values: list[float]) -> str:
     mean = float(np.mean(values))
-    return f"{mean:.1f}" + (f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else "") + (
-        f" (n={len(values)})" if len(values) != 2 else ""
+    return (
+        f"{mean:.1f}"
+        + (f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else "")
+        + (f" (n={len(values)})" if len(values) != 2 else "")
     )
 
 
@@ -243,7 +249,10 @@ def markdown(record: dict[str, Any]) -> str:
             )
     ours, peer = c.get("qwen-edge"), c.get("llama.cpp")
     if ours and peer:
-        lines += ["", "| depth | prefill (chunk) qwen-edge / llama.cpp | decode qwen-edge / llama.cpp |"]
+        lines += [
+            "",
+            "| depth | prefill (chunk) qwen-edge / llama.cpp | decode qwen-edge / llama.cpp |",
+        ]
         lines.append("|---|---|---|")
         for d in sorted(set(ours) & set(peer)):
             pr = np.mean(ours[d]["prefill_chunk_tok_s"]) / np.mean(peer[d]["prefill_chunk_tok_s"])
@@ -277,7 +286,9 @@ def cmd_plot(a: argparse.Namespace) -> int:
         ax.legend()
     sm = record["state_memory"]
     for kv, name in (("f16", "fp16 KV"), ("q8", "int8 KV")):
-        axes[2].plot([s["context"] for s in sm], [s[kv] / 2**20 for s in sm], marker="o", label=name)
+        axes[2].plot(
+            [s["context"] for s in sm], [s[kv] / 2**20 for s in sm], marker="o", label=name
+        )
     axes[2].set_xscale("log", base=2)
     axes[2].set_yscale("log")
     axes[2].set_xlabel("context (tokens)")

@@ -102,7 +102,9 @@ def test_attention_max_moves_between_tiles(isa: str, where: str) -> None:
     k[hot] = 4.0 * q[0] / np.linalg.norm(q[0])  # query 0's scores: about +8 there
     k[hot - 1] = -k[hot]
     got = _core.attention(q, k, v, 1.0, isa=isa)
-    np.testing.assert_allclose(got, _reference(q, k, v, 1.0), rtol=1e-4, atol=2e-5 * np.abs(v).max())
+    np.testing.assert_allclose(
+        got, _reference(q, k, v, 1.0), rtol=1e-4, atol=2e-5 * np.abs(v).max()
+    )
 
 
 def test_attention_scratch_is_one_tile() -> None:

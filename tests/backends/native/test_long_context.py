@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_helpers import native, nmse, random_weights, rel_err, small_config
 
 from qwen_edge.backends.native import core
 from qwen_edge.backends.reference import ReferenceModel
 from qwen_edge.generation.loop import prefill
-
-from model_helpers import native, nmse, random_weights, rel_err, small_config
 
 PROMPT = 3000  # > 11 tiles of the streaming softmax; a few seconds on 2 cores
 CONTEXT = 4096
