@@ -304,6 +304,33 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attention(a: argparse.Namespace) -> int:
+    """The attention kernel alone at each depth: one decode step's 4 query heads of a GQA group
+    over one KV head of 256 positions wide, f16 cache (the binding of the int8 kernel
+    quantizes its input first, so it is not timed); x 12 (6 layers x 2 KV heads) is what a
+    0.8B decode step spends in attention. No prefill needed, so it reaches 256k."""
+    from qwen_edge.backends.native import core
+
+    _core = core()
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((4, 256)).astype(np.float32)
+    rows = []
+    for depth in sorted(int(d) for d in a.depths.split(",")):
+        k = rng.standard_normal((depth, 256)).astype(np.float16)
+        row: dict[str, Any] = {"depth": depth}
+        best = float("inf")
+        for _ in range(a.repetitions):
+            start = time.perf_counter()
+            _core.attention(q, k.view(np.uint16), k.view(np.uint16), 0.0625)
+            best = min(best, time.perf_counter() - start)
+        row["f16_s"] = best
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"isa": _core.available_isas()[0], "rows": rows}) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -327,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", required=True)
     p.add_argument("--markdown")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("attention", help="the attention kernel alone against depth")
+    p.add_argument("--depths", default="1024,4096,16384,65536,262144")
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_attention)
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("--engine", choices=sorted(WORKERS), required=True)
     p.add_argument("--model", required=True)
