@@ -2,7 +2,8 @@
 that it ended the way a clean stop ends (its exit code, no abort, no traceback).
 
 `KILLS` is how many times each stop path is tried (`QWEN_EDGE_KILLS` overrides it; the
-documented longer runs in docs/reliability.md set it higher).
+documented longer runs in docs/reliability.md set it higher, and `QWEN_EDGE_KILLS_LOG` names a
+file that gets one line per try).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KILLS = int(os.environ.get("QWEN_EDGE_KILLS", "10"))
+LOG = os.environ.get("QWEN_EDGE_KILLS_LOG")  # a file to append one line per try to
 # What a crash looks like on stderr: a C++ terminate, glibc's abort, a sanitizer, a traceback.
 CRASH_MARKS = (
     "terminate called", "Aborted", "Fatal Python error", "Segmentation fault", "Traceback",
@@ -87,12 +89,24 @@ def signal_after(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
+        # SIGABRT first: faulthandler (PYTHONFAULTHANDLER, set by start()) prints every thread's
+        # Python stack, which says where it hung; SIGKILL if even that does not end it.
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
         raise AssertionError(
-            f"child did not stop within {timeout} s of signal {signum}:\n{err}"
+            f"child did not stop within {timeout} s of signal {signum} (a signal at {delay:.2f} s;"
+            f" {len(out)} characters on stdout); its stacks at SIGABRT, on stderr:\n{err[-6000:]}"
         ) from None
-    return Ended(proc.returncode, out, err, sent)
+    ended = Ended(proc.returncode, out, err, sent)
+    if LOG:  # one line per try, for the long documented runs (watch them progress)
+        with open(LOG, "a") as f:
+            print(f"{' '.join(map(str, proc.args[1:4]))}\tsignal {signum}\tat {sent:.2f}"
+                  f"\texit {ended.code}\tcrash {ended.crash()}", file=f)  # fmt: skip
+    return ended
 
 
 def delays(n: int, low: float, high: float, seed: int) -> list[float]:

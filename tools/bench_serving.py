@@ -14,7 +14,12 @@ the first request to the last token), aggregate decode tokens/s (tokens after ea
 first, over the time from the first first-token to the last token), time to first token p50 /
 p95, inter-token latency p95. Then the time to first token of a chat request whose ~1,000-token
 system prompt is cached (a second request with the same system prompt and another question)
-against uncached (a new system prompt of the same length).
+against uncached (a new system prompt of the same length). Then admission: `--parallel` - 1
+streams decode, and once each has a few tokens a new request with a ~1,000-token prompt
+joins (so the batch holds `--parallel` sequences); the running streams' inter-token latency
+p95 while it is prefilled (from its sending to its first token) against before it, and the
+joining request's time to first token. The machine's load average is recorded before and
+after every run (the engines share the machine with whatever else runs).
 
     python tools/bench_serving.py --qwen-edge M.qe --gguf M-Q4_0.gguf \\
         --llama-server PATH/llama-server [--llama-lib DIR] --threads 2 --streams 1,2,4,8 \\
@@ -218,6 +223,57 @@ def run_cached(engine: Engine, words: int, salt: int) -> dict[str, Any]:
     }
 
 
+def run_admission(engine: Engine, streams: int, words: int, salt: int) -> dict[str, Any]:
+    """`streams` decode; when each has 8 tokens a request with a `words`-word prompt joins.
+    The streams' inter-token latency before it and while it is prefilled."""
+    prompts = [" ".join(WORDS[(salt + 3 * i + j) % len(WORDS)] for j in range(24))
+               for i in range(streams)]  # fmt: skip
+    times: list[list[float]] = [[] for _ in range(streams)]
+    stop = threading.Event()
+    start = time.perf_counter()
+
+    def go(i: int) -> None:
+        stream = engine.client().completions.create(
+            model="m", prompt=prompts[i], max_tokens=1500, temperature=0.0, stream=True,
+            extra_body=engine.extra(),
+        )  # fmt: skip
+        try:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].text:
+                    times[i].append(time.perf_counter() - start)
+                if stop.is_set():
+                    break
+        finally:
+            stream.close()  # the server cancels the rest
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    while min(len(t) for t in times) < 8 and any(t.is_alive() for t in threads):
+        time.sleep(0.01)
+    sent = time.perf_counter() - start
+    joined = one_stream(engine, system_prompt(words, salt + 50), 1, start)
+    admitted = joined["times"][0]
+    stop.set()
+    for t in threads:
+        t.join()
+    pairs = [(a, b) for ts in times for a, b in itertools.pairwise(ts)]
+    before = [b - a for a, b in pairs if b <= sent]
+    during = [b - a for a, b in pairs if sent < b <= admitted]
+    # a stream whose next token came only after the admission waited at least until then
+    during += [admitted - ts[-1] for ts in times if ts and sent < ts[-1] <= admitted]
+    return {
+        "engine": engine.name,
+        "streams": streams,
+        "prompt_words": words,
+        "admit_ttft_s": admitted - sent,
+        "itl_p95_before_s": percentile(before, 95),
+        "itl_p95_during_s": percentile(during, 95),
+        "itl_max_during_s": max(during) if during else float("nan"),
+        "tokens_during": len(during),
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = report["loads"]
     engines = sorted({r["engine"] for r in rows}, key=lambda e: e != "qwen-edge")  # ours first
@@ -244,13 +300,21 @@ def markdown(report: dict[str, Any]) -> str:
             )
     if len(engines) == 2:
         a, b = engines
-        out += ["", f"| streams | {a} / {b} aggregate tok/s | {a} vs its 1 stream | "
-                    f"{b} vs its 1 stream |", "|---|---|---|---|"]  # fmt: skip
+        out += ["", f"| streams | {a} / {b} aggregate tok/s | {a} vs its 1 stream "
+                    f"(aggregate / decode / ITL p95) | {b} vs its 1 stream (same) |",
+                "|---|---|---|---|"]  # fmt: skip
+
+        def vs1(e: str, n: int) -> str:
+            return (
+                f"{best(e, n, 'aggregate_tok_s') / best(e, 1, 'aggregate_tok_s'):.2f}x / "
+                f"{best(e, n, 'aggregate_decode_tok_s') / best(e, 1, 'aggregate_decode_tok_s'):.2f}"
+                f"x / {best(e, n, 'itl_p95_s') / best(e, 1, 'itl_p95_s'):.2f}x"
+            )
+
         for n in levels:
             out.append(
                 f"| {n} | {best(a, n, 'aggregate_tok_s') / best(b, n, 'aggregate_tok_s'):.2f}x "
-                f"| {best(a, n, 'aggregate_tok_s') / best(a, 1, 'aggregate_tok_s'):.2f}x "
-                f"| {best(b, n, 'aggregate_tok_s') / best(b, 1, 'aggregate_tok_s'):.2f}x |"
+                f"| {vs1(a, n)} | {vs1(b, n)} |"
                 if 1 in levels
                 else f"| {n} | - | - | - |"
             )
@@ -261,6 +325,18 @@ def markdown(report: dict[str, Any]) -> str:
             out.append(
                 f"| {c['engine']} | {c['prompt_tokens']} | {c['uncached_ttft_s']:.2f} "
                 f"| {c['cached_ttft_s']:.3f} | {c['speedup']:.1f}x |"
+            )
+    if report.get("admission"):
+        out += ["", "| engine | streams + 1 joining | prompt words | joining TTFT s | streams' ITL "
+                    "p95 before ms | ITL p95 while admitting ms | max ms | vs 1-stream ITL p95 |",
+                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for c in report["admission"]:
+            e = c["engine"]
+            one = best(e, 1, "itl_p95_s") if 1 in levels and e in engines else float("nan")
+            out.append(
+                f"| {e} | {c['streams']} + 1 | {c['prompt_words']} | {c['admit_ttft_s']:.2f} "
+                f"| {1000 * c['itl_p95_before_s']:.0f} | {1000 * c['itl_p95_during_s']:.0f} "
+                f"| {1000 * c['itl_max_during_s']:.0f} | {c['itl_p95_during_s'] / one:.2f}x |"
             )
     return "\n".join(out) + "\n"
 
@@ -287,6 +363,10 @@ def main() -> int:
         "--cached-engines", default="qwen-edge",
         help="engines whose cached/uncached system prompt is timed (comma list; default ours)",
     )  # fmt: skip
+    p.add_argument(
+        "--admission", action=argparse.BooleanOptionalAction, default=True,
+        help="time the streams' inter-token latency while a long prompt joins (default on)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     a = p.parse_args()
@@ -295,6 +375,8 @@ def main() -> int:
     levels = [int(x) for x in a.streams.split(",")]
 
     engines: list[Engine] = []
+    load_before = os.getloadavg()[0]
+    admission: list[dict[str, Any]] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
     try:
         if a.qwen_edge is not None:
@@ -328,8 +410,9 @@ def main() -> int:
             for n in levels:
                 order = engines if (rep + n) % 2 == 0 else engines[::-1]
                 for e in order:
-                    r = run_load(e, n, a.max_tokens, seed=rep * 100 + n)
-                    r["repetition"] = rep
+                    r = {"load_before": os.getloadavg()[0]}
+                    r.update(run_load(e, n, a.max_tokens, seed=rep * 100 + n))
+                    r["repetition"], r["load_after"] = rep, os.getloadavg()[0]
                     loads.append(r)
                     print(json.dumps(r), file=sys.stderr, flush=True)
         timed = [e for e in engines if e.name in a.cached_engines.split(",")]
@@ -339,11 +422,19 @@ def main() -> int:
                 c["repetition"] = rep
                 cached.append(c)
                 print(json.dumps(c), file=sys.stderr, flush=True)
+        for rep in range(a.repetitions if a.admission else 0):
+            for e in engines if rep % 2 == 0 else engines[::-1]:
+                c = {"load_before": os.getloadavg()[0]}
+                c.update(run_admission(e, max(1, a.parallel - 1), a.system_words, salt=rep + 7))
+                c["repetition"], c["load_after"] = rep, os.getloadavg()[0]
+                admission.append(c)
+                print(json.dumps(c), file=sys.stderr, flush=True)
     finally:
         for e in engines:
             e.stop()
     report = {
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, load {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after",
         "threads": a.threads,
         "parallel": a.parallel,
         "max_tokens": a.max_tokens,
@@ -351,6 +442,7 @@ def main() -> int:
         "models": {"qwen-edge": str(a.qwen_edge), "llama-server": str(a.gguf)},
         "loads": loads,
         "cached": cached,
+        "admission": admission,
     }
     text = markdown(report)
     if a.json:

@@ -2,7 +2,7 @@
 """Plain greedy decoding against MTP speculative decoding, alternating in one run -> JSON.
 
     python tools/bench_speculative.py models/trained-q8-mtp.qe --tokenizer models/tokenizer \\
-        --threads 1,2 --draft-tokens 1,2,3 --draft-rows 32768,0 --json spec.json
+        --threads 1,2 --draft-tokens 1,2,3 --draft-rows 16384,0 --json spec.json
     python tools/bench_speculative.py models/rand-0.8b-q4-mtp.qe --verify-cost --json cost.json
 
 Decode: for every prompt, thread count and repetition, plain greedy decoding and each
@@ -82,23 +82,37 @@ def verify_cost(model: Model, prompt_len: int, reps: int) -> list[dict[str, floa
     ids = [int(t) for t in rng.integers(0, min(model.config.vocab_size, 30000), prompt_len + 8)]
     rows = []
     for k in range(1, 9):
-        single, batch, csingle, cbatch = [], [], [], []
-        for _ in range(reps):
+        single, batch, csingle, cbatch, cplain = [], [], [], [], []
+        out = np.empty((k, model.config.vocab_size), np.float32)  # reused: no page faults timed
+        for rep in range(reps):
             s = model.new_state()
             s.enable_speculation(8)
             model.forward(ids[:prompt_len], s)
             snap = s.copy()
+            # touch the checkpoint slots once: a generation reuses its state, so their first
+            # page faults are not a verification's cost
+            model.forward(ids[prompt_len : prompt_len + 8], s, all_logits=True, checkpoint=True)
+            s.restore(snap)
             t0, c0 = time.perf_counter(), time.process_time()
             for t in ids[prompt_len : prompt_len + k]:
                 model.forward([t], s)
             single.append(time.perf_counter() - t0)
             csingle.append(time.process_time() - c0)
-            s.restore(snap)
-            t0, c0 = time.perf_counter(), time.process_time()
-            model.forward(ids[prompt_len : prompt_len + k], s, all_logits=True, checkpoint=True)
-            s.rollback(k - 1)
-            batch.append(time.perf_counter() - t0)
-            cbatch.append(time.process_time() - c0)
+            # with checkpoints (+ rollback), and the same forward without them: what they cost
+            # (docs/speculative.md); alternating which runs first
+            for checkpoint in (True, False) if rep % 2 == 0 else (False, True):
+                s.restore(snap)
+                t0, c0 = time.perf_counter(), time.process_time()
+                model.forward(
+                    ids[prompt_len : prompt_len + k], s, all_logits=True, checkpoint=checkpoint,
+                    out=out,
+                )  # fmt: skip
+                if checkpoint:
+                    s.rollback(k - 1)
+                    batch.append(time.perf_counter() - t0)
+                    cbatch.append(time.process_time() - c0)
+                else:
+                    cplain.append(time.process_time() - c0)
         # the minimum: on a shared machine the least disturbed run is the closest to the cost
         one, many = float(np.min(single)), float(np.min(batch))
         rows.append({
@@ -106,10 +120,13 @@ def verify_cost(model: Model, prompt_len: int, reps: int) -> list[dict[str, floa
             "k_single_steps_median_s": float(np.median(single)),
             "verify_k_median_s": float(np.median(batch)),
             "k_single_steps_cpu_s": float(np.min(csingle)), "verify_k_cpu_s": float(np.min(cbatch)),
+            "verify_k_no_checkpoint_cpu_s": float(np.min(cplain)),
             "verify_over_one_step": many / (one / k), "speedup_if_all_accepted": one / many,
         })  # fmt: skip
         print(f"k={k}: {k} steps {one * 1e3:.1f} ms, one verify of {k} (+rollback) "
-              f"{many * 1e3:.1f} ms = {many / (one / k):.2f} single steps", flush=True)  # fmt: skip
+              f"{many * 1e3:.1f} ms = {many / (one / k):.2f} single steps; by CPU time "
+              f"{np.min(cbatch) / (np.min(csingle) / k):.2f}, without checkpoints "
+              f"{np.min(cplain) / (np.min(csingle) / k):.2f}", flush=True)  # fmt: skip
     return rows
 
 
@@ -120,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--draft-tokens", default="1,2,3", help="comma-separated draft lengths")
-    p.add_argument("--draft-rows", default="32768,0", help="draft LM-head rows (0: all)")
+    p.add_argument("--draft-rows", default="16384,0", help="draft LM-head rows (0: all)")
     p.add_argument("--fixed", action="store_true", help="also run each length without adapting")
-    p.add_argument("--repetitions", type=int, default=2)
+    p.add_argument("--repetitions", type=int, default=2, help="(--verify-cost: per length, min)")
     p.add_argument("--prompts", type=int, default=len(PROMPTS))
     p.add_argument("--verify-cost", action="store_true", help="measure verify-k vs k steps")
     p.add_argument("--json", help="write the record here")
@@ -140,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in threads:
             model = Model.load(args.model, threads=n, context=1024)
             print(f"threads {n}: decode reads {model.decode_weight_bytes / 1e6:.0f} MB per step")
-            record["runs"].append({"threads": n, "verify_cost": verify_cost(model, 64, 5)})
+            record["runs"].append(
+                {"threads": n, "verify_cost": verify_cost(model, 64, args.repetitions)}
+            )
     else:
         if args.tokenizer:
             from qwen_edge.generation.tokenizer import Tokenizer

@@ -294,6 +294,27 @@ void Qwen35Model::fill_rope(const Rows& rows, Scratch& s) const {
     }
 }
 
+void Qwen35Model::begin_layers(const Rows& rows, Scratch& s, const float* norm) {
+    fill_rope(rows, s);
+    const int64_t E = config_.n_embd;
+    const float* h = s.h.as<float>();
+    float* x = s.x.as<float>();
+    for_tokens(rows.n, [&](int64_t t0, int64_t t1) {
+        kt_.rms_norm(h + t0 * E, norm, x + t0 * E, t1 - t0, E, eps_);
+    });
+}
+
+void Qwen35Model::add_norm(int64_t n, Scratch& s, const float* norm) {
+    const int64_t E = config_.n_embd;
+    float* h = s.h.as<float>();
+    const float* mix = s.mix.as<float>();
+    float* x = s.x.as<float>();
+    for_tokens(n, [&](int64_t t0, int64_t t1) {
+        for (int64_t i = t0 * E; i < t1 * E; ++i) h[i] += mix[i];
+        kt_.rms_norm(h + t0 * E, norm, x + t0 * E, t1 - t0, E, eps_);
+    });
+}
+
 void Qwen35Model::check_stop(const Rows& rows, const StopFn& stop) {
     if (stopping() || (stop && stop())) {
         for (int64_t i = 0; i < rows.count; ++i) rows.segs[i].state->interrupted_ = true;
@@ -392,17 +413,7 @@ void Qwen35Model::run_rows(const int32_t* tokens, const Rows& rows, Scratch& s,
     for_tokens(n, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) embedding_row(kt_, embed_, tokens[t], h + t * E);
     });
-    fill_rope(rows, s);
-    // h += mix, then x = rmsnorm(h) with the next norm's weight, per token.
-    auto add_norm = [&](const float* w) {
-        for_tokens(n, [&](int64_t t0, int64_t t1) {
-            for (int64_t i = t0 * E; i < t1 * E; ++i) h[i] += mix[i];
-            kt_.rms_norm(h + t0 * E, w, x + t0 * E, t1 - t0, E, eps_);
-        });
-    };
-    for_tokens(n, [&](int64_t t0, int64_t t1) {
-        kt_.rms_norm(h + t0 * E, layers_[0].attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
-    });
+    begin_layers(rows, s, layers_[0].attn_norm.data());
     for (size_t l = 0; l < layers_.size(); ++l) {
         // Between layers, never inside one: the pool's workers are idle here, so stopping
         // leaves no job half run.
@@ -413,9 +424,10 @@ void Qwen35Model::run_rows(const int32_t* tokens, const Rows& rows, Scratch& s,
         } else {
             delta_net_block(L, x, rows, s, mix, checkpoint);
         }
-        add_norm(L.ffn_norm.data());
+        add_norm(n, s, L.ffn_norm.data());
         mlp_block(L, x, n, s, mix);
-        add_norm(l + 1 < layers_.size() ? layers_[l + 1].attn_norm.data() : final_norm_.data());
+        add_norm(n, s,
+                 l + 1 < layers_.size() ? layers_[l + 1].attn_norm.data() : final_norm_.data());
     }
     for (int64_t i = 0; i < rows.count; ++i) rows.segs[i].state->position_ += rows.segs[i].n;
 }
@@ -703,20 +715,11 @@ void Qwen35Model::mtp_batch(const int32_t* tokens, const float* hidden, int64_t 
     const Seg seg{&state, 0, n, state.mtp_position_, true};
     if (int64_t(single_seg_.size()) < n) single_seg_.assign(size_t(state.batch_), 0);
     const Rows one{&seg, 1, n, single_seg_.data()};
-    fill_rope(one, s);
-    auto add_norm = [&](const float* w) {
-        for_tokens(n, [&](int64_t t0, int64_t t1) {
-            for (int64_t i = t0 * E; i < t1 * E; ++i) h[i] += mix[i];
-            kt_.rms_norm(h + t0 * E, w, x + t0 * E, t1 - t0, E, eps_);
-        });
-    };
-    for_tokens(n, [&](int64_t t0, int64_t t1) {
-        kt_.rms_norm(h + t0 * E, L.attn_norm.data(), x + t0 * E, t1 - t0, E, eps_);
-    });
+    begin_layers(one, s, L.attn_norm.data());
     attention_block(L, x, one, s, mix);
-    add_norm(L.ffn_norm.data());
+    add_norm(n, s, L.ffn_norm.data());
     mlp_block(L, x, n, s, mix);
-    add_norm(mtp_norm_.data());
+    add_norm(n, s, mtp_norm_.data());
     state.mtp_position_ += n;
     const float* last = x + (n - 1) * E;
     if (hidden_out != nullptr) std::memcpy(hidden_out, last, size_t(E) * sizeof(float));

@@ -174,6 +174,11 @@ private:
                    float* logits, int64_t rows, float* hidden_out);
     // Cos/sin rows of each row's position (its segment's pos0 onwards) into s.rope.
     void fill_rope(const Rows& rows, Scratch& s) const;
+    // The start of a decoder stack (the main layers, the MTP layer) over the rows whose input
+    // is in s.h: their RoPE rows (fill_rope), then s.x = rmsnorm(s.h) with `norm`.
+    void begin_layers(const Rows& rows, Scratch& s, const float* norm);
+    // Between blocks: s.h += s.mix, then s.x = rmsnorm(s.h) with `norm`, per token.
+    void add_norm(int64_t n, Scratch& s, const float* norm);
     // Throws Interrupted (marking every state of the rows) if the pass should stop here.
     void check_stop(const Rows& rows, const StopFn& stop);
     // Appends to each segment's K/V cache of `layer` (the MTP slot for an mtp segment).

@@ -16,8 +16,10 @@ from .common import (
     add_board_argument,
     add_kv_cache_argument,
     add_power_arguments,
+    add_speculative_arguments,
     apply_board,
     finish_power,
+    generation_overrides,
     govern,
     open_power,
 )
@@ -36,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_kv_cache_argument(p)
     add_board_argument(p)
     add_power_arguments(p)
+    add_speculative_arguments(p)
     g = p.add_argument_group("access and limits")
     g.add_argument(
         "--api-key",
@@ -52,8 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="requests that generate together, one batched model step for all (default 4)",
     )  # fmt: skip
     g.add_argument(
-        "--prefill-chunk", type=int, default=32,
-        help="prompt tokens a joining request prefills per step while others decode (32)",
+        "--prefill-chunk", type=int, default=64,
+        help="the most prompt tokens a joining request prefills per step while others decode "
+        "(64)",
+    )  # fmt: skip
+    g.add_argument(
+        "--prefill-share", type=float, default=1.0,
+        help="a step that prefills a joining request beside decoding ones may take at most "
+        "1 + this times their decode step alone (measured as it runs; default 1.0: at most 2x)",
     )  # fmt: skip
     g.add_argument(
         "--cache-mb", type=float, default=256.0,
@@ -100,6 +109,7 @@ def _check_limits(args: argparse.Namespace) -> None:
         (args.max_queue >= 0, "--max-queue must be >= 0"),
         (args.max_batch >= 1, "--max-batch must be >= 1"),
         (args.prefill_chunk >= 1, "--prefill-chunk must be >= 1"),
+        (0 < args.prefill_share < 1e6, "--prefill-share must be > 0"),
         (0 <= args.cache_mb < 1e7, "--cache-mb must be >= 0"),
         (args.max_tokens_cap is None or args.max_tokens_cap > 0, "--max-tokens-cap must be > 0"),
         (0 < args.read_timeout < 1e6, "--read-timeout must be a positive number of seconds"),
@@ -116,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     from ..serving.server import serve
 
     _check_limits(args)
+    # --speculative, --draft-tokens: every request's default; a request speculates while it is
+    # alone in the batch (docs/serving.md)
+    speculative = generation_overrides(args)
     key = api_key(args)
     board = apply_board(args)  # --board: threads, context and cores where the user gave none
     power = open_power(args, board)
@@ -123,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, threads=args.threads, context=args.context, kv_cache=args.kv_cache,
         cache_mb=args.cache_mb,
     )  # fmt: skip
+    llm.generation_config = llm.generation_config.replace(**speculative)
     # The scheduler runs every request's forward passes, so the governor paces them all (one
     # batched step counts as one pass: docs/serving.md).
     governor = govern(llm, power, args)
@@ -132,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         server = serve(
             llm, args.host, args.port, name, api_key=key, max_queue=args.max_queue,
             max_batch=args.max_batch, prefill_chunk=args.prefill_chunk,
-            max_tokens_cap=args.max_tokens_cap, read_timeout=args.read_timeout,
-            max_connections=args.max_connections,
+            prefill_share=args.prefill_share, max_tokens_cap=args.max_tokens_cap,
+            read_timeout=args.read_timeout, max_connections=args.max_connections,
         )  # fmt: skip
     except OSError as e:
         raise QwenEdgeError(f"cannot listen on {args.host}:{args.port}: {e}") from e

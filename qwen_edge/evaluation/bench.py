@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..formats.model_file import write_atomically
 from ..generation.pacing import PacedModel
 from ..generation.speculative import SpeculativeStats, speculative_step, supports_speculation
 from ..hardware import thermal
@@ -547,11 +548,4 @@ def format_governed(g: dict[str, Any]) -> str:
 
 def write_json(record: dict[str, Any], path: str | Path) -> None:
     """Writes the record atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, require
+from ..formats.model_file import write_atomically
 
 COLORS = {"qwen-edge": "#1f77b4", "llama.cpp": "#d62728", "onnxruntime-genai": "#2ca02c"}
 MARKERS = "osD^v<>"
@@ -221,9 +222,7 @@ def write_report(
     except MissingDependencyError:
         images, have_plots = {}, False
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render_html(rows, images, title), encoding="utf-8")
-    tmp.replace(out)
+    write_atomically(out, render_html(rows, images, title).encode("utf-8"))
     written = []
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)

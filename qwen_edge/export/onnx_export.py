@@ -1,23 +1,18 @@
 """Checkpoint or `.qe` model file -> an ONNX graph of the same quantized model, for onnxruntime.
 
-The graph carries exactly the codes and scales of the `.qe` recipe (docs/onnx.md):
+The graph carries exactly the codes and scales of the `.qe` recipe (docs/onnx.md): 4-bit, 8-bit
+and 6-bit blocks as onnxruntime's `MatMulNBits`, plain matrices as `MatMul` (`onnx_weights`).
 
-* 4-bit formats become onnxruntime's `MatMulNBits` (bits 4, blocks of 32): `q4g32` as is (its
-  implicit zero point 8 is MatMulNBits' default, scales widened from f16 to f32 exactly);
-  `q4ag32` and `q4k`, whose blocks have a minimum, carry it as a float zero point `-m / d`
-  (one float rounding of the minimum: the only weights that are not bit-identical);
-* `q8g32` becomes `MatMulNBits` with bits 8 (zero point 128, its offset-binary code);
-* `q6k` becomes 8-bit `MatMulNBits` too (codes `u - 32 + 128`, scale `D * sc` in f32: exact);
-* plain matrices (f32, f16, bf16) become `MatMul` on an f32 initializer.
-
-The embedding is a row lookup that dequantizes the gathered rows of the same initializers in the
-graph, so a tied LM head shares them. The layers use onnxruntime's contrib operators the way
-onnxruntime-genai's builder writes Qwen3.5 (`CausalConvWithState`, `LinearAttentionGate`,
-`LinearAttention`, `GatedRMSNorm`, `GroupQueryAttention`, `SkipSimplifiedLayerNormalization`),
-with inputs and outputs named as genai expects, so `--genai` adds the config genai loads. RoPE
-angles are computed in the graph from `position_ids` (no cos/sin tables). The decoding state
-(KV caches, conv and recurrent states) is explicit graph inputs (`past...`) and outputs
-(`present...`).
+The embedding is a row lookup (`GatherBlockQuantized`) that dequantizes the gathered rows of the
+same initializers in the graph, so a tied LM head shares them. The layers use onnxruntime's
+contrib operators the way onnxruntime-genai's builder writes Qwen3.5 (`CausalConvWithState`,
+`LinearAttentionGate`, `LinearAttention`, `GatedRMSNorm`, `GroupQueryAttention`,
+`SkipSimplifiedLayerNormalization`), with inputs and outputs named as genai expects, so `--genai`
+adds the config genai loads (`onnx_genai`). RoPE is `RotaryEmbedding` on angles computed in the
+graph from `position_ids` (no cos/sin tables of every position). Decode is a chain of small
+operators, so the graph keeps their count low (stacked matrices, one L2 norm for q and k). The
+decoding state (KV caches, conv and recurrent states) is explicit graph inputs (`past...`) and
+outputs (`present...`).
 
 `onnx` is imported lazily: the package installs without it (`pip install onnx`).
 """
@@ -40,10 +35,12 @@ import numpy as np
 from ..errors import ConfigError, QwenEdgeError
 from ..formats import quant
 from ..formats.checkpoint import Checkpoint
-from ..formats.config import LINEAR, ModelConfig
+from ..formats.config import LINEAR
 from ..formats.model_file import ModelFile, fsync_dir
 from ..version import __version__
 from .convert import EMBEDDING, LM_HEAD, RECIPES, _encode, _RowReader, plan_formats, read_side_files
+from .onnx_genai import write_bytes, write_genai_files
+from .onnx_weights import OnnxMatrix, onnx_matrix
 
 log = logging.getLogger(__name__)
 
@@ -61,78 +58,6 @@ def _require_onnx() -> Any:
             "the ONNX export needs the `onnx` package: pip install onnx onnxruntime"
         ) from None
     return onnx
-
-
-# --- weights ------------------------------------------------------------------------------------
-@dataclass
-class OnnxMatrix:
-    """A matrix as MatMulNBits takes it: packed codes [N, nb, 32 * bits / 8] uint8, f32 scales
-    [N, nb], optional f32 zero points [N, nb] (4-bit only); or a plain f32 weight [N, K]."""
-
-    shape: tuple[int, int]
-    bits: int = 0  # 0: plain
-    packed: np.ndarray | None = None
-    scales: np.ndarray | None = None
-    zero_points: np.ndarray | None = None
-    plain: np.ndarray | None = None
-
-
-def onnx_matrix(fmt: str, data: Any, shape: tuple[int, int]) -> OnnxMatrix:
-    """The MatMulNBits form of one stored tensor (bytes of `fmt`, docs/weight-formats.md)."""
-    rows, k = int(shape[0]), int(shape[1])
-    if fmt in quant.PLAIN_FORMATS:
-        return OnnxMatrix((rows, k), plain=quant.decode_plain(fmt, data, (rows, k)).astype(F32))
-    q = quant.unpack(fmt, data, rows, k)
-    nb = k // quant.BLOCK_K
-    codes = q.codes.astype(np.uint8)
-    zp = None
-    if fmt in ("q8g32", "q6k"):
-        bits = 8
-        if fmt == "q6k":  # u - 32 + 128: the signed 6-bit code in 8-bit offset binary
-            assert q.row_d is not None
-            codes = codes + np.uint8(96)
-            scales = q.row_d.astype(F32)[:, None] * q.d.astype(F32)
-        else:
-            scales = q.d.astype(F32)
-    else:
-        bits = 4
-        if fmt == "q4g32":
-            scales = q.d.astype(F32)
-        elif fmt == "q4ag32":  # d q + m = (q - (-m / d)) d
-            assert q.m is not None
-            scales = q.d.astype(F32)
-            zp = _zero_point(scales, -q.m.astype(F32))
-        else:  # q4k: D sc q - M mn = (q - M mn / (D sc)) D sc
-            assert q.m is not None and q.row_d is not None and q.row_m is not None
-            scales = q.row_d.astype(F32)[:, None] * q.d.astype(F32)
-            offset = q.row_m.astype(F32)[:, None] * q.m.astype(F32)
-            zp = _zero_point(scales, offset)
-    # 4-bit: element 2j in the low nibble of byte j, 2j+1 in the high one
-    packed = codes[:, 0::2] | (codes[:, 1::2] << 4) if bits == 4 else codes
-    packed = np.ascontiguousarray(packed.reshape(rows, nb, quant.BLOCK_K * bits // 8))
-    return OnnxMatrix((rows, k), bits, packed, np.ascontiguousarray(scales, F32), zp)
-
-
-def _zero_point(scales: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """offset / scale (0 where the scale is 0: the block is all zero codes' value then)."""
-    safe = np.where(scales == 0, F32(1), scales)
-    return np.where(scales == 0, F32(0), offset / safe).astype(F32)
-
-
-def dequantize_onnx(m: OnnxMatrix) -> np.ndarray:
-    """The float32 matrix the ONNX graph multiplies by: (code - zero point) * scale."""
-    if m.plain is not None:
-        return m.plain
-    assert m.packed is not None and m.scales is not None
-    rows, k = m.shape
-    if m.bits == 4:
-        lo, hi = m.packed & 15, m.packed >> 4
-        codes = np.stack([lo, hi], axis=-1).reshape(rows, k)
-    else:
-        codes = m.packed.reshape(rows, k)
-    zp = m.zero_points if m.zero_points is not None else np.full_like(m.scales, 2 ** (m.bits - 1))
-    blocks = codes.reshape(rows, -1, quant.BLOCK_K).astype(F32)
-    return ((blocks - zp[..., None]) * m.scales[..., None]).reshape(rows, k).astype(F32)
 
 
 # --- where the tensors come from ----------------------------------------------------------------
@@ -276,13 +201,23 @@ def _add_matrix(g: _Graph, w: str, m: OnnxMatrix) -> None:
 
 
 def _embedding(g: _Graph, ids: str, w: str, m: OnnxMatrix) -> str:
-    """Rows `ids` of the matrix, dequantized in the graph: (code - zero point) * scale."""
+    """Rows `ids` of the matrix, dequantized in the graph: (code - zero point) * scale.
+
+    Blocks with MatMulNBits' default zero point (8 or 128) are one `GatherBlockQuantized`
+    over the packed codes, whose default zero point is the same; float zero points (q4k,
+    q4ag32) unpack the nibbles with standard operators."""
     n, k = m.shape
     if m.plain is not None:
         table = g.init(f"{w}.rows", m.plain)
         return g.op("Gather", [table, ids], "embed/Gather", axis=0)
-    nb = k // quant.BLOCK_K
     flat = g.op("Reshape", [f"{w}.qweight", g.const([n, -1])], "embed/flat")
+    if m.zero_points is None:
+        return g.op(
+            "GatherBlockQuantized", [flat, ids, f"{w}.scales"], "embed/gather",
+            domain="com.microsoft", bits=m.bits, block_size=quant.BLOCK_K, gather_axis=0,
+            quantize_axis=1,
+        )  # fmt: skip
+    nb = k // quant.BLOCK_K
     rows = g.op("Gather", [flat, ids], "embed/rows", axis=0)  # [B, S, nb * blob] u8
     if m.bits == 4:
         lo = g.op("BitwiseAnd", [rows, g.const(15, np.uint8)], "embed/lo")
@@ -296,11 +231,8 @@ def _embedding(g: _Graph, ids: str, w: str, m: OnnxMatrix) -> str:
         rows = pair
     codes = g.op("Reshape", [rows, g.const([0, 0, nb, quant.BLOCK_K])], "embed/codes")
     codes = g.op("Cast", [codes], "embed/cast", to=g.onnx.TensorProto.FLOAT)
-    if m.zero_points is not None:
-        zp = g.op("Gather", [f"{w}.zero_points", ids], "embed/zp", axis=0)
-        zp = g.op("Unsqueeze", [zp, g.const([-1])], "embed/zp1")
-    else:
-        zp = g.const(float(2 ** (m.bits - 1)), F32)
+    zp = g.op("Gather", [f"{w}.zero_points", ids], "embed/zp", axis=0)
+    zp = g.op("Unsqueeze", [zp, g.const([-1])], "embed/zp1")
     scale = g.op("Gather", [f"{w}.scales", ids], "embed/scales", axis=0)
     scale = g.op("Unsqueeze", [scale, g.const([-1])], "embed/scales1")
     v = g.op("Mul", [g.op("Sub", [codes, zp], "embed/centre"), scale], "embed/value")
@@ -309,18 +241,6 @@ def _embedding(g: _Graph, ids: str, w: str, m: OnnxMatrix) -> str:
 
 def _rms_norm(g: _Graph, x: str, weight: str, eps: float, name: str) -> str:
     return g.op("RMSNormalization", [x, weight], name, axis=-1, epsilon=eps, stash_type=1)
-
-
-def _rope(g: _Graph, x: str, cos: str, sin: str, half: int, head_dim: int, name: str) -> str:
-    """Rotate-half RoPE on the first 2 * half dims of every head (docs/model.md §4.7)."""
-    sizes = [half, half] + ([head_dim - 2 * half] if head_dim > 2 * half else [])
-    parts = g.op("Split", [x, g.const(sizes)], f"{name}/split", n_out=len(sizes), axis=-1)
-    a, b = parts[0], parts[1]
-    ra = g.op("Sub", [g.op("Mul", [a, cos], f"{name}/ac"), g.op("Mul", [b, sin], f"{name}/bs")],
-              f"{name}/ra")  # fmt: skip
-    rb = g.op("Add", [g.op("Mul", [b, cos], f"{name}/bc"), g.op("Mul", [a, sin], f"{name}/as")],
-              f"{name}/rb")  # fmt: skip
-    return g.op("Concat", [ra, rb, *parts[2:]], f"{name}/cat", axis=-1)
 
 
 class _Builder:
@@ -335,7 +255,7 @@ class _Builder:
         self.inputs: list[Any] = []
         self.outputs: list[Any] = []
         self.residual = ""
-        self.seqlens = self.total = self.cos = self.sin = ""
+        self.seqlens = self.total = self.cos = self.sin = self.rope_rows = ""
 
     def io(self, name: str, shape: list[Any], dtype: int | None = None, out: bool = False) -> None:
         info = self.h.make_tensor_value_info(name, self.TP.FLOAT if dtype is None else dtype, shape)
@@ -403,13 +323,19 @@ class _Builder:
         from ..backends.reference import rope_inv_freq
 
         # Text-only MRoPE is plain RoPE on the first position row (docs/model.md §4.7 step 4).
+        # The angles of this call's B * S positions become RotaryEmbedding's cos/sin caches
+        # [B * S, half], indexed by 0 .. B * S - 1: no tables of every position.
         pos = g.op("Gather", ["position_ids", g.const(0)], "rope/pos", axis=0)  # [B, S]
         pos = g.op("Cast", [pos], "rope/posf", to=TP.FLOAT)
         pos = g.op("Unsqueeze", [pos, g.const([-1])], "rope/pos1")
         theta = g.op("Mul", [pos, g.init("rope.inv_freq", rope_inv_freq(c))], "rope/theta")
-        theta = g.op("Unsqueeze", [theta, g.const([2])], "rope/theta1")  # [B, S, 1, half]
+        theta = g.op("Flatten", [theta], "rope/theta_rows", axis=2)  # [B * S, half]
         self.cos = g.op("Cos", [theta], "rope/cos")
         self.sin = g.op("Sin", [theta], "rope/sin")
+        ids_shape = g.op("Shape", ["input_ids"], "rope/ids_shape")
+        count = g.op("ReduceProd", [ids_shape], "rope/count", keepdims=0)
+        rows = g.op("Range", [g.const(0), count, g.const(1)], "rope/rows")
+        self.rope_rows = g.op("Reshape", [rows, ids_shape], "rope/row_ids")  # [B, S]
 
     def linear_attention(self, i: int, x: str) -> str:
         """Gated DeltaNet (§4.8) through onnxruntime's contrib operators."""
@@ -429,11 +355,14 @@ class _Builder:
             outputs=[g.name(f"{a}/conv/out0"), f"present.{i}.conv"], ndim=1, activation="silu",
         )[0]  # fmt: skip
         conv = g.op("Transpose", [conv], f"{a}/conv_t", perm=[0, 2, 1])
-        sizes = g.const([c.key_dim, c.key_dim, c.value_dim])
-        q, k, v = g.op("Split", [conv, sizes], f"{a}/split", n_out=3, axis=-1)
-        q = g.op("Mul", [self.l2_heads(q, f"{a}/q"), g.const(1.0 / np.sqrt(dk), F32)],
-                 f"{a}/q_scaled")  # fmt: skip
-        k = self.l2_heads(k, f"{a}/k")
+        qk, v = g.op("Split", [conv, g.const([2 * c.key_dim, c.value_dim])], f"{a}/split",
+                     n_out=2, axis=-1)  # fmt: skip
+        # q and k heads L2-normalized by one operator; LinearAttention scales q by 1/sqrt(dk)
+        qk = g.op("Reshape", [qk, g.const([0, 0, 2 * nk, dk])], f"{a}/qk_heads")
+        qk = g.op("LpNormalization", [qk], f"{a}/qk_l2", axis=-1, p=2)
+        qk = g.op("Reshape", [qk, g.const([0, 0, 2 * c.key_dim])], f"{a}/qk_flat")
+        q, k = g.op("Split", [qk, g.const([c.key_dim, c.key_dim])], f"{a}/qk_split", n_out=2,
+                    axis=-1)  # fmt: skip
         neg_a = g.init(p + "neg_exp_A", (-np.exp(self.src.vector(p + "A_log"))).astype(F32))
         decay, beta = g.op(
             "LinearAttentionGate", [av, self.vec(p + "dt_bias"), neg_a, b], f"{a}/gate",
@@ -444,17 +373,12 @@ class _Builder:
         o = g.op(
             "LinearAttention", [q, k, v, f"past.{i}.recurrent", decay, beta], f"{a}/rule",
             domain="com.microsoft", outputs=[g.name(f"{a}/rule/out0"), f"present.{i}.recurrent"],
-            q_num_heads=nk, kv_num_heads=nv, update_rule="gated_delta", scale=1.0,
+            q_num_heads=nk, kv_num_heads=nv, update_rule="gated_delta",
+            scale=float(1.0 / np.sqrt(dk)),
         )[0]  # fmt: skip
         y = g.op("GatedRMSNorm", [o, self.vec(p + "norm.weight"), z], f"{a}/norm",
                  domain="com.microsoft", epsilon=self.eps)  # fmt: skip
         return self.lin(y, p + "out_proj.weight", f"{a}/out")
-
-    def l2_heads(self, t: str, name: str) -> str:
-        g, c = self.g, self.c
-        t = g.op("Reshape", [t, g.const([0, 0, c.linear_num_key_heads, -1])], f"{name}_heads")
-        t = g.op("LpNormalization", [t], f"{name}_l2", axis=-1, p=2)
-        return g.op("Reshape", [t, g.const([0, 0, c.key_dim])], f"{name}_flat")
 
     def attention(self, i: int, x: str) -> str:
         """Gated full attention with q/k norms, partial RoPE and GQA (§4.7)."""
@@ -468,11 +392,10 @@ class _Builder:
         k = g.op("Reshape", [k, g.const([0, 0, nkv, hd])], f"{a}/k_heads")
         q = _rms_norm(g, q, self.w1p(p + "q_norm.weight"), self.eps, f"{a}/q_norm")
         k = _rms_norm(g, k, self.w1p(p + "k_norm.weight"), self.eps, f"{a}/k_norm")
-        half = c.rotary_dim // 2
-        q = _rope(g, q, self.cos, self.sin, half, hd, f"{a}/q_rope")
-        k = _rope(g, k, self.cos, self.sin, half, hd, f"{a}/k_rope")
         q = g.op("Reshape", [q, g.const([0, 0, nh * hd])], f"{a}/q_flat")
         k = g.op("Reshape", [k, g.const([0, 0, nkv * hd])], f"{a}/k_flat")
+        q = self.rope(q, nh, f"{a}/q_rope")
+        k = self.rope(k, nkv, f"{a}/k_rope")
         for kv in ("key", "value"):
             self.io(f"past_key_values.{i}.{kv}", ["batch_size", nkv, "past_sequence_length", hd])
             self.io(f"present.{i}.{kv}", ["batch_size", nkv, "total_sequence_length", hd],
@@ -487,6 +410,15 @@ class _Builder:
         gate = g.op("Reshape", [gate, g.const([0, 0, nh * hd])], f"{a}/gate_flat")
         o = g.op("Mul", [o, g.op("Sigmoid", [gate], f"{a}/gate_sig")], f"{a}/gated")
         return self.lin(o, p + "o_proj.weight", f"{a}/o")
+
+    def rope(self, x: str, heads: int, name: str) -> str:
+        """Rotate-half RoPE on the first rotary_dim dims of every head of x [B, S, heads * hd]
+        (docs/model.md §4.7), at this call's positions (`attention_inputs`)."""
+        return self.g.op(
+            "RotaryEmbedding", [x, self.rope_rows, self.cos, self.sin], name,
+            domain="com.microsoft", num_heads=heads, rotary_embedding_dim=self.c.rotary_dim,
+            interleaved=0,
+        )  # fmt: skip
 
     def mlp(self, i: int, x: str) -> str:
         """SwiGLU (§4.6)."""
@@ -626,9 +558,9 @@ def export_onnx(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if src.tokenizer_json is not None:  # the ONNX backend's tokenizer (and genai's)
-            _write_bytes(output.parent / "tokenizer.json", bytes(src.tokenizer_json))
+            write_bytes(output.parent / "tokenizer.json", bytes(src.tokenizer_json))
         if genai:
-            write_genai_files(src, output, threads=threads or 0)
+            write_genai_files(src.config, src.header, output, threads=threads or 0)
     finally:
         src.close()
     data_path = output.parent / data_name
@@ -641,106 +573,6 @@ def export_onnx(
         formats=formats,
         genai=genai,
     )
-
-
-# --- onnxruntime-genai --------------------------------------------------------------------------
-def genai_config(config: ModelConfig, header: dict[str, Any], filename: str,
-                 threads: int = 0) -> dict[str, Any]:  # fmt: skip
-    """genai_config.json for the graph: model type `qwen3_5_text` and the I/O names above."""
-    special = header.get("special_tokens", {})
-    gen = header.get("generation", {})
-    eos = special.get("eos") or list(config.eos_token_id)
-    pad = special.get("pad", eos[0] if eos else 0)
-    options = [] if not threads else None
-    session: dict[str, Any] = {"log_id": "onnxruntime-genai", "provider_options": []}
-    if options is None:
-        session["intra_op_num_threads"] = threads
-    return {
-        "model": {
-            "bos_token_id": special.get("bos", pad),
-            "context_length": config.max_position_embeddings,
-            "decoder": {
-                "session_options": session,
-                "filename": filename,
-                "head_size": config.head_dim,
-                "hidden_size": config.hidden_size,
-                "inputs": {
-                    "input_ids": "input_ids",
-                    "attention_mask": "attention_mask",
-                    "position_ids": "position_ids",
-                    "past_key_names": "past_key_values.%d.key",
-                    "past_value_names": "past_key_values.%d.value",
-                    "past_conv_names": "past.%d.conv",
-                    "past_recurrent_names": "past.%d.recurrent",
-                },
-                "outputs": {
-                    "logits": "logits",
-                    "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value",
-                    "present_conv_names": "present.%d.conv",
-                    "present_recurrent_names": "present.%d.recurrent",
-                },
-                "num_attention_heads": config.num_attention_heads,
-                "num_hidden_layers": config.num_hidden_layers,
-                "num_key_value_heads": config.num_key_value_heads,
-            },
-            "eos_token_id": eos,
-            "pad_token_id": pad,
-            "type": "qwen3_5_text",
-            "vocab_size": config.vocab_size,
-        },
-        "search": {
-            "diversity_penalty": 0.0,
-            "do_sample": bool(gen.get("do_sample", False)),
-            "early_stopping": True,
-            "length_penalty": 1.0,
-            "max_length": config.max_position_embeddings,
-            "min_length": 0,
-            "no_repeat_ngram_size": 0,
-            "num_beams": 1,
-            "num_return_sequences": 1,
-            "past_present_share_buffer": True,
-            "repetition_penalty": float(gen.get("repetition_penalty", 1.0)),
-            "temperature": float(gen.get("temperature", 1.0)),
-            "top_k": int(gen.get("top_k", 1) or 1),
-            "top_p": float(gen.get("top_p", 1.0)),
-        },
-    }
-
-
-def write_genai_files(src: _Source, output: Path, threads: int = 0) -> None:
-    """genai_config.json and the tokenizer files beside the graph."""
-    folder = output.parent
-    cfg = genai_config(src.config, src.header, output.name, threads)
-    _write_text(folder / "genai_config.json", json.dumps(cfg, indent=4) + "\n")
-    # onnxruntime-genai's tokenizer reads tokenizer_config.json and accepts only class names it
-    # knows: Qwen3.5's tokenizer is Qwen2's byte-level BPE.
-    special = src.header.get("special_tokens", {})
-    tok_cfg = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": special.get("eos_token"),
-        "pad_token": special.get("pad_token"),
-        "bos_token": special.get("bos_token"),
-        "model_max_length": src.config.max_position_embeddings,
-    }
-    _write_text(folder / "tokenizer_config.json", json.dumps(tok_cfg, indent=2) + "\n")
-    if src.header.get("chat_template"):
-        _write_text(folder / "chat_template.jinja", src.header["chat_template"])
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def iter_graph_ops(path: str | Path) -> Iterator[tuple[str, str]]:

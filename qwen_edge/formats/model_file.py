@@ -219,7 +219,7 @@ class ModelFileWriter:
             )
         self.stale_removed = remove_stale_temporaries(self.path)
         try:
-            self.tmp_path, fd = _create_exclusive(self.path)
+            self.tmp_path, fd = create_temporary(self.path)
             self._file = os.fdopen(fd, "wb")  # closed in commit/abort
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)  # held until closed: "alive"
             with contextlib.suppress(AttributeError, OSError, ValueError):
@@ -412,7 +412,29 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
-def _create_exclusive(path: Path) -> tuple[Path, int]:
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Writes `data` to `path` as the model file writer does: into a temporary file of this
+    writer's own beside it (`.<name>.<pid>.<random>.tmp`, created exclusively), fsync, rename,
+    fsync the folder. Readers see the old file or the whole new one; concurrent writers never
+    share a temporary file; any exception removes it; killed writers' temporaries of `path`
+    are removed first."""
+    path = Path(path)
+    remove_stale_temporaries(path)
+    tmp, fd = create_temporary(path)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def create_temporary(path: Path) -> tuple[Path, int]:
     """A new temporary file for `path` in its folder: `.<name>.<pid>.<random>.tmp`, created
     exclusively with the mode a plain open() gives (the umask applies, unlike mkstemp's 0600)."""
     for _ in range(100):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from .model_file import create_temporary
 
 # Bytes per element of every safetensors dtype, so sizes of tensors we skip can be checked too.
 DTYPE_SIZES = {
@@ -213,9 +214,9 @@ def write_safetensors(
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # keep tensor data 8-byte aligned, as the reference writer does
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp, fd = create_temporary(path)  # the model file writer's: a temporary name of its own
     try:
-        with open(tmp, "wb") as f:
+        with open(fd, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             count = 0

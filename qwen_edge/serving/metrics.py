@@ -85,6 +85,14 @@ class Metrics:
                  "Generations that resumed from a cached prompt prefix."),
                 ("prefix_cache_tokens_total", "prefix_cache_tokens",
                  "Prompt tokens not recomputed thanks to the prefix cache."),
+                ("speculative_requests_total", "speculative_requests",
+                 "Generations that drafted with the MTP head (serve --speculative mtp)."),
+                ("speculative_rounds_total", "speculative_rounds",
+                 "Verification forwards of speculating generations."),
+                ("speculative_drafted_tokens_total", "speculative_drafted_tokens",
+                 "Tokens the MTP head drafted and a verification judged."),
+                ("speculative_accepted_tokens_total", "speculative_accepted_tokens",
+                 "Drafted tokens the verification kept (acceptance = accepted / drafted)."),
             ):  # fmt: skip
                 family(name, "counter", help, [f"{name} {_number(stats.get(key, 0))}"])
             for name, value, help in (

@@ -9,12 +9,28 @@ of them, each sequence bit-identical to running alone), then hands each its logi
 
 * requests join and leave between steps: a new one is admitted as soon as a slot is free, a
   finished, cancelled or disconnected one frees its slot at once;
-* a prompt is prefilled in chunks of at most `prefill_chunk` tokens per step while other
-  requests are decoding (all of it per step, in chunks of `PREFILL_CHUNK`, when none is), so a
-  long prompt joining delays the running streams' next tokens by one chunk's compute only;
+* a prompt is prefilled in chunks while other requests are decoding (all of it per step, in
+  chunks of `PREFILL_CHUNK`, when none is). A chunk is sized by time, not a fixed count: a step
+  that carries prompt tokens beside decoding streams may take at most `1 + prefill_share` times
+  a decode step alone, by a cost model learnt from the steps' own durations (`StepCost`:
+  seconds per step without prompt tokens, and what each prompt token adds), between 1 and
+  `prefill_chunk` tokens. So a long prompt joining stretches the running streams' inter-token
+  latency by a bounded factor (2x by default) whatever the machine, model and batch, where a
+  fixed 32-token chunk cost a 4-stream batch 5x its decode step on x86 AVX2;
 * a step waits for every running request to have its next call ready (sampling and
-  detokenizing between steps take microseconds), at most `GATHER_SECONDS`, then runs what it
-  has: the grouping never changes results, only speed.
+  detokenizing between steps take about a millisecond of CPU, but on a busy machine a request
+  thread may wait far longer for a core), at most `gather_seconds()`: as long as the recent
+  steps took, at least `GATHER_SECONDS`. Running without a
+  straggler costs almost a whole step for it alone next (and a prompt's remaining chunk, always
+  ready, would otherwise run alone while the decoding streams miss the step), so waiting up to
+  a step's length for it is cheaper. Then it runs what it has: the grouping never changes
+  results, only speed;
+* speculative decoding (`serve --speculative mtp`, docs/speculative.md) runs while a request
+  is alone: its calls that are not plain steps (the prefill with hidden states, the MTP
+  head's drafts, the checkpointed verification) are **solo calls**, each a step of its own
+  (alternating with batched steps if another request has calls waiting). A request admitted
+  beside others decodes plainly (and uses the prefix cache); a speculating request that gets
+  company finishes with plain batched steps (`speculation_allowed`).
 
 The HTTP layer (`app.py`) uses only this interface:
 
@@ -29,21 +45,22 @@ The HTTP layer (`app.py`) uses only this interface:
 `stats()` returns a dict: `queue_depth`, `active`, `max_batch`, `batch_occupancy` (mean
 sequences per model step since the previous call; 0 when idle), the running totals
 `prompt_tokens`, `completion_tokens`, `prefix_cache_hits` (requests that resumed from a cached
-prompt prefix) and `prefix_cache_tokens` (prompt tokens they skipped), and the samples since
-the previous call `ttft_seconds` (submit to first token) and `itl_seconds` (between tokens).
+prompt prefix) and `prefix_cache_tokens` (prompt tokens they skipped), `speculative_requests`,
+`speculative_rounds`, `speculative_drafted_tokens` and `speculative_accepted_tokens`, and the
+samples since the previous call `ttft_seconds` (submit to first token) and `itl_seconds`
+(between tokens).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from ..errors import ChatTemplateError, ContextLengthError, GenerationConfigError, QwenEdgeError
 from ..generation.loop import PREFILL_CHUNK
@@ -53,9 +70,10 @@ from .openai_api import APIError, Job
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 10_000  # latency samples kept between two stats() calls (older ones are dropped)
-GATHER_SECONDS = 0.005  # the longest a step waits for a running request's next call
+GATHER_SECONDS = 0.005  # the least a step waits for a running request's next call
 DEFAULT_MAX_BATCH = 4
-DEFAULT_PREFILL_CHUNK = 32  # prompt tokens per step while other requests decode
+DEFAULT_PREFILL_CHUNK = 64  # the most prompt tokens per step while other requests decode
+DEFAULT_PREFILL_SHARE = 1.0  # what prompt tokens may add to a decode step, as a share of it
 
 
 class Closed(QwenEdgeError):
@@ -69,8 +87,63 @@ class _Call:
     tokens: list[int]
     state: Any
     done: threading.Event = field(default_factory=threading.Event)
-    logits: np.ndarray | None = None
+    logits: Any = None  # the result (a solo call's return value)
     error: BaseException | None = None
+    solo: Callable[[], Any] | None = None  # runs alone as a step of its own (speculation)
+
+
+AVERAGE_WEIGHT = 0.3  # weight of the newest measurement in the step costs' moving averages
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else old + AVERAGE_WEIGHT * (new - old)
+
+
+class StepCost:
+    """What a step costs, learnt from the steps' measured costs (CPU seconds of the stepping
+    thread by default): the seconds of a step
+    without prompt tokens, per number of decoding sequences in it, and `per_token`, the seconds
+    each prompt token adds to a step. Moving averages, so they follow the machine's load."""
+
+    def __init__(self) -> None:
+        self.decode: dict[int, float] = {}  # decoding sequences -> seconds of their step
+        self.per_token: float | None = None
+
+    def decode_seconds(self, decoding: int) -> float | None:
+        """A step of `decoding` decoding sequences alone: measured, else scaled from the
+        nearest measured size, else None."""
+        if decoding in self.decode:
+            return self.decode[decoding]
+        if not self.decode:
+            return None
+        near = min(self.decode, key=lambda k: (abs(k - decoding), k))
+        return self.decode[near] * decoding / near
+
+    def record(self, decoding: int, prompt_tokens: int, seconds: float) -> None:
+        """A step of `decoding` one-token sequences and `prompt_tokens` prompt tokens took
+        `seconds`."""
+        if decoding == 0:
+            return
+        if prompt_tokens == 0:
+            self.decode[decoding] = _average(self.decode.get(decoding), seconds)
+            return
+        base = self.decode_seconds(decoding)
+        if base is not None:
+            # what the prompt tokens added to the decode step this one would have been; at
+            # least a tenth of a decoding sequence's share, so noise never makes them free
+            floor = 0.1 * base / decoding * prompt_tokens
+            self.per_token = _average(self.per_token, max(seconds - base, floor) / prompt_tokens)
+
+    def chunk(self, decoding: int, share: float, most: int) -> int:
+        """Prompt tokens a step beside `decoding` decoding sequences may carry so that it
+        takes at most (1 + share) times their decode step alone: between 1 and `most`. Before
+        any prompt token was measured, one is taken to cost a decoding sequence's share of the
+        step (an upper bound: that share includes reading the weights)."""
+        base = self.decode_seconds(decoding)
+        if base is None:
+            return max(1, min(most, int(share * decoding)))
+        per_token = self.per_token if self.per_token is not None else base / decoding
+        return max(1, min(most, int(share * base / per_token)))
 
 
 class _BatchingModel:
@@ -81,10 +154,24 @@ class _BatchingModel:
         self._model = model
         self._scheduler = scheduler
 
-    def forward(self, tokens: Sequence[int], state: Any, *, all_logits: bool = False) -> Any:
-        if all_logits:  # the generation loop never asks for them; keep it honest
-            raise QwenEdgeError("the serving scheduler computes last-position logits only")
-        return self._scheduler._forward([int(t) for t in tokens], state)
+    def forward(
+        self, tokens: Sequence[int], state: Any, *, all_logits: bool = False, **kw: Any
+    ) -> Any:
+        ids = [int(t) for t in tokens]
+        if all_logits or kw:  # speculation's forwards (hidden states, checkpoints): solo
+            model = self._scheduler.model
+            return self._scheduler._solo(
+                lambda: model.forward(ids, state, all_logits=all_logits, **kw)
+            )
+        return self._scheduler._forward(ids, state)
+
+    def mtp_forward(self, *args: Any, **kw: Any) -> Any:
+        model = self._scheduler.model
+        return self._scheduler._solo(lambda: model.mtp_forward(*args, **kw))
+
+    def speculation_allowed(self) -> bool:
+        """Whether a speculating request may go on drafting: while it is alone."""
+        return self._scheduler.active <= 1
 
     def new_state(self, *args: Any, **kwargs: Any) -> Any:
         return self._model.new_state(*args, **kwargs)
@@ -104,7 +191,13 @@ class Scheduler:
         llm: the loaded `LLM` (its `model` may be a `PacedModel`: the governor paces steps).
         max_batch: jobs that generate together; more wait in the queue.
         max_queue: jobs that may wait while `max_batch` run; more are answered 429.
-        prefill_chunk: prompt tokens a joining job prefills per step while others decode.
+        prefill_chunk: the most prompt tokens a joining job prefills per step while others
+            decode.
+        prefill_share: a step with prompt tokens beside decoding jobs takes at most
+            `1 + prefill_share` times their decode step alone (`StepCost` sizes the chunk).
+        clock: seconds, for the steps' costs: by default the CPU time of the thread that runs
+            the steps (it computes its share of every product), so a busy machine's time
+            slicing does not enter the cost model; tests pass their own.
     """
 
     def __init__(
@@ -113,6 +206,8 @@ class Scheduler:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = 16,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        prefill_share: float = DEFAULT_PREFILL_SHARE,
+        clock: Callable[[], float] = time.thread_time,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
@@ -120,11 +215,17 @@ class Scheduler:
             raise ValueError(f"max_queue must be >= 0, not {max_queue}")
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, not {prefill_chunk}")
+        if not prefill_share > 0:
+            raise ValueError(f"prefill_share must be > 0, not {prefill_share}")
         self.llm = llm
         self.model = llm.model
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.prefill_share = prefill_share
+        self.cost = StepCost()
+        self._step_seconds: float | None = None  # wall time of the recent steps (average)
+        self._clock = clock
         self.cancelled_jobs = 0  # generations stopped because their job was cancelled
         self._view = llm.with_model(_BatchingModel(llm.model, self))
         self._cond = threading.Condition()
@@ -138,7 +239,12 @@ class Scheduler:
             "completion_tokens": 0,
             "prefix_cache_hits": 0,
             "prefix_cache_tokens": 0,
+            "speculative_requests": 0,
+            "speculative_rounds": 0,
+            "speculative_drafted_tokens": 0,
+            "speculative_accepted_tokens": 0,
         }
+        self._solo_last = False  # the last step ran a solo call
         self._ttft: deque[float] = deque(maxlen=MAX_SAMPLES)
         self._itl: deque[float] = deque(maxlen=MAX_SAMPLES)
         self._steps = 0  # model steps since the last stats()
@@ -229,10 +335,21 @@ class Scheduler:
         for thread in threads:
             thread.join()
 
+    def gather_seconds(self) -> float:
+        """The longest a step waits for running requests' calls: what a step took lately (wall
+        time, a moving average), at least `GATHER_SECONDS`."""
+        return max(GATHER_SECONDS, self._step_seconds or 0.0)
+
     # --- the request threads ---
     def _forward(self, tokens: list[int], state: Any) -> Any:
         """A request thread's forward: queued for the next steps, returns its logits."""
-        call = _Call(tokens, state)
+        return self._wait(_Call(tokens, state))
+
+    def _solo(self, run: Callable[[], Any]) -> Any:
+        """A request thread's model call that cannot batch: run alone as one step."""
+        return self._wait(_Call([], None, solo=run))
+
+    def _wait(self, call: _Call) -> Any:
         with self._cond:
             if self._closed:
                 raise Closed("the server is shutting down")
@@ -267,13 +384,17 @@ class Scheduler:
         if job.cancelled.is_set():  # cancelled while it waited
             job.events.put(("done", None))
             return
+        config = self._view.generation_config
+        with self._cond:
+            if self.active > 1:  # not alone: batched plain steps and the prefix cache
+                config = dataclasses.replace(config, speculative=None)
         if job.kind == "chat":
             stream = self._view.chat(
                 job.prompt, stream=True, tools=job.tools, enable_thinking=job.enable_thinking,
-                **job.overrides,
+                config=config, **job.overrides,
             )  # fmt: skip
         else:
-            stream = self._view.generate(job.prompt, stream=True, **job.overrides)
+            stream = self._view.generate(job.prompt, stream=True, config=config, **job.overrides)
         last_time, last, tokens = job.submitted, None, 0
         try:
             for response in stream:
@@ -298,6 +419,12 @@ class Scheduler:
                 if s.num_cached_tokens:
                     self._totals["prefix_cache_hits"] += 1
                     self._totals["prefix_cache_tokens"] += s.num_cached_tokens
+                if s.speculative is not None:
+                    spec = s.speculative
+                    self._totals["speculative_requests"] += 1
+                    self._totals["speculative_rounds"] += spec["rounds"]
+                    self._totals["speculative_drafted_tokens"] += spec["drafted_tokens"]
+                    self._totals["speculative_accepted_tokens"] += spec["accepted_tokens"]
         job.events.put(("done", None))  # always, so a consumer draining the events returns
 
     # --- the step loop ---
@@ -333,18 +460,28 @@ class Scheduler:
             self._admit()
             if self._calls:
                 now = time.monotonic()
-                deadline = deadline or now + GATHER_SECONDS
+                deadline = deadline or now + self.gather_seconds()
                 if len(self._calls) >= len(self._running) or now >= deadline:
                     break
                 self._cond.wait(deadline - now)
             else:
                 self._cond.wait()
+        # A solo call is a step of its own; solo and batched steps alternate when both wait.
+        solo = next((c for c in self._calls if c.solo is not None), None)
+        batched = [c for c in self._calls if c.solo is None]
+        self._solo_last = solo is not None and not (self._solo_last and batched)
+        if self._solo_last:
+            return [(solo, 0)]
         # Chunks are bounded while any running request is decoding (whether or not its call
         # made this step): those are the streams a long prefill would stall.
-        prefilling = sum(1 for c in self._calls if len(c.tokens) > 1)
-        budget = self.prefill_chunk if len(self._running) > prefilling else PREFILL_CHUNK
+        prefilling = sum(1 for c in batched if len(c.tokens) > 1)
+        decoding = len(self._running) - prefilling
+        if decoding > 0:
+            budget = self.cost.chunk(decoding, self.prefill_share, self.prefill_chunk)
+        else:
+            budget = PREFILL_CHUNK
         batch = []
-        for call in self._calls:
+        for call in batched:
             if len(call.tokens) == 1:
                 batch.append((call, 1))
             elif budget > 0:
@@ -354,11 +491,29 @@ class Scheduler:
         return batch
 
     def _step(self, batch: list[tuple[_Call, int]]) -> None:
+        if batch[0][0].solo is not None:
+            call = batch[0][0]
+            try:
+                call.logits = call.solo()
+            except Exception as e:
+                call.error = e
+            with self._cond:
+                self._steps += 1
+                self._step_sequences += 1
+                self._calls.remove(call)
+                call.done.set()
+            return
         items = [(call.tokens[:n], call.state) for call, n in batch]
         want = [n == len(call.tokens) for call, n in batch]
+        start, wall = self._clock(), time.perf_counter()
         try:
             logits: list[Any] = list(forward_batch(self.model, items, want=want))
             errors: list[BaseException | None] = [None] * len(batch)
+            prompt = sum(n for call, n in batch if len(call.tokens) > 1)
+            self.cost.record(
+                len(batch) - sum(len(c.tokens) > 1 for c, _ in batch), prompt, self._clock() - start
+            )
+            self._step_seconds = _average(self._step_seconds, time.perf_counter() - wall)
         except Exception:  # find the culprit: each alone (a failed step changes no state)
             logits, errors = [], []
             for item, w in zip(items, want, strict=True):

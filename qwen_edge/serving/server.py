@@ -25,7 +25,7 @@ from typing import Any
 
 from .app import App, Request, Response
 from .openai_api import MAX_BODY_BYTES, APIError
-from .scheduler import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, Scheduler
+from .scheduler import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, DEFAULT_PREFILL_SHARE, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +363,7 @@ def serve(
     max_queue: int = 16,
     max_batch: int = DEFAULT_MAX_BATCH,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    prefill_share: float = DEFAULT_PREFILL_SHARE,
     max_tokens_cap: int | None = None,
     read_timeout: float = 30.0,
     max_connections: int = 256,
@@ -377,7 +378,10 @@ def serve(
         api_key: require `Authorization: Bearer KEY` on every route but the health probes.
         max_queue: requests that may wait for the model; more are answered 429.
         max_batch: requests that generate together (continuous batching, `scheduler.py`).
-        prefill_chunk: prompt tokens a joining request prefills per step while others decode.
+        prefill_chunk: the most prompt tokens a joining request prefills per step while others
+            decode.
+        prefill_share: a step with prompt tokens beside decoding requests takes at most
+            `1 + prefill_share` times their decode step alone.
         max_tokens_cap: the most tokens a request may ask for (default: 4096, or the context
             when smaller).
         read_timeout: seconds to receive a whole request; also the write timeout.
@@ -385,7 +389,10 @@ def serve(
     """
     if max_tokens_cap is None:
         max_tokens_cap = min(4096, llm.context or 4096)
-    worker = Scheduler(llm, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk)
+    worker = Scheduler(
+        llm, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
+        prefill_share=prefill_share,
+    )  # fmt: skip
     app = App(worker, llm, model_name, api_key=api_key, max_tokens_cap=max_tokens_cap)
     try:
         return Server((host, port), app, read_timeout=read_timeout, max_connections=max_connections)

@@ -375,6 +375,22 @@ def test_output_pipe_closed_early(tiny_chat_checkpoint: Path) -> None:
     assert b"Traceback" not in proc.stderr.read()
 
 
+def test_serve_takes_the_speculative_settings() -> None:
+    # `serve --speculative mtp --draft-tokens N` become every request's defaults (cli/serve.py)
+    import argparse
+
+    from qwen_edge.cli import serve
+    from qwen_edge.cli.common import generation_overrides
+
+    p = argparse.ArgumentParser()
+    serve.add_arguments(p)
+    args = p.parse_args(["m.qe", "--speculative", "mtp", "--draft-tokens", "3"])
+    assert generation_overrides(args) == {"speculative": "mtp", "draft_tokens": 3}
+    assert generation_overrides(p.parse_args(["m.qe"])) == {}
+    with pytest.raises(SystemExit):
+        p.parse_args(["m.qe", "--speculative", "eagle"])
+
+
 def test_run_and_bench_speculative(
     qwen35_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -260,3 +260,58 @@ QE_TEST(model_file_corruption_classes) {
         }
     }
 }
+
+// Hostile config values (issue 12): each is a qe::Error naming its field, checked before any
+// conversion to an integer. partial_rotary_factor = 1e308 once reached rotary_dim(), which
+// converts head_dim x factor (infinite) to int64: undefined behaviour, which UBSan (the asan
+// variant of tools/native_test.sh) reports as a failure here.
+QE_TEST(config_rejects_hostile_values) {
+    const std::string good = kConfig;
+    struct Case {
+        const char* from;
+        const char* to;
+        const char* message;
+    };
+    const Case cases[] = {
+        {"\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": 1e308", "(0, 1]"},
+        {"\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": 1.0000001", "(0, 1]"},
+        {"\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": 0", "positive finite"},
+        {"\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": -1e308", "positive finite"},
+        {"\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": \"x\"", "positive finite"},
+        {"\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": 1e-300", "rotary dims"},
+        {"\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": 1e999", "invalid JSON"},
+        {"\"rope_theta\": 10000000.0", "\"rope_theta\": -1", "rope_theta"},
+        {"\"rms_norm_eps\": 1e-6", "\"rms_norm_eps\": 0", "rms_norm_eps"},
+        {"\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000000000000000000",
+         "num_hidden_layers' must be an integer in 1.."},
+        {"\"num_hidden_layers\": 2", "\"num_hidden_layers\": 5000", "at most 4096"},
+        {"\"num_hidden_layers\": 2", "\"num_hidden_layers\": 2.5", "num_hidden_layers"},
+        {"\"head_dim\": 16", "\"head_dim\": 9223372036854775807", "head_dim"},
+        {"\"head_dim\": 16", "\"head_dim\": -16", "head_dim"},
+        {"\"max_position_embeddings\": 4096", "\"max_position_embeddings\": 1e300",
+         "max_position_embeddings"},
+        {"\"tie_word_embeddings\": true", "\"tie_word_embeddings\": \"no\"", "tie_word_embeddings"},
+        {"\"eos_token_id\": [63]", "\"eos_token_id\": [\"a\"]", "eos_token_id"},
+        {"\"layer_types\": [", "\"layer_types\": [[\"full_attention\"], ", "layer_types"},
+    };
+    for (const Case& c : cases) {
+        std::string text = good;
+        const size_t at = text.find(c.from);
+        if (at == std::string::npos) {
+            std::printf("  case %s: pattern not found\n", c.to);
+            ++qe_test::failures();
+            continue;
+        }
+        text.replace(at, std::strlen(c.from), c.to);
+        std::string err;
+        try {
+            qe::ModelConfig::from_json(qe::Json::parse(text), "test");
+        } catch (const qe::Error& e) {
+            err = e.what();
+        }
+        if (!contains(err, c.message)) {
+            std::printf("  case %s: expected '%s', got '%s'\n", c.to, c.message, err.c_str());
+            ++qe_test::failures();
+        }
+    }
+}

@@ -8,13 +8,19 @@ import json
 import os
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from processes import KILLS, delays, qwen_edge, signal, signal_after, start
 
 from qwen_edge.export import convert
-from qwen_edge.formats.model_file import ModelFile, ModelFileWriter, remove_stale_temporaries
+from qwen_edge.formats.model_file import (
+    ModelFile,
+    ModelFileWriter,
+    remove_stale_temporaries,
+    write_atomically,
+)
 
 
 def temporaries(folder: Path) -> list[Path]:
@@ -148,3 +154,21 @@ def test_the_next_writer_removes_stale_temporaries_only(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes it, not mkstemp's 0600
+
+
+def test_side_files_are_written_atomically_by_concurrent_writers(tmp_path: Path) -> None:
+    """The small files exports and benchmarks write beside a model (tokenizer.json, genai and
+    tokenizer configs, bench JSON, reports) once shared `<name>.tmp`: concurrent writers then
+    published each other's half-written file or failed renaming a temporary file that another
+    writer had already renamed."""
+    out = tmp_path / "tokenizer.json"
+    stale = tmp_path / f".tokenizer.json.{2**22 + 7}.abcd1234.tmp"  # a killed writer's
+    stale.write_bytes(b"half")
+    payloads = [bytes([i]) * 300_000 for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda p: write_atomically(out, p), payloads * 4))
+    assert out.read_bytes() in payloads
+    assert temporaries(tmp_path) == []
+    with pytest.raises(TypeError):  # a failure while writing: the old file stays, no temporary
+        write_atomically(out, "not bytes")  # type: ignore[arg-type]
+    assert out.read_bytes() in payloads and temporaries(tmp_path) == []

@@ -1,5 +1,5 @@
-"""ONNX export: the graph carries the model file's weights (bit for bit where MatMulNBits can
-hold them), passes onnx.checker, is written atomically, and onnxruntime-genai loads it."""
+"""ONNX export: the graph passes onnx.checker, runs a batch of rows at different positions, is
+written atomically, and onnxruntime-genai loads it (its weights: test_onnx_weights.py)."""
 
 from __future__ import annotations
 
@@ -13,45 +13,9 @@ import pytest
 from qwen_edge.cli import main
 from qwen_edge.errors import ConfigError
 from qwen_edge.export import onnx_export
-from qwen_edge.formats import quant
-from qwen_edge.formats.model_file import ModelFile
 
 onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx (the test extra)")
 pytest.importorskip("onnxruntime", reason="running the graph needs onnxruntime (the test extra)")
-
-# q4ag32 and q4k keep their block minimum as a float zero point -m/d: one f32 rounding.
-ROUNDED_FORMATS = ("q4ag32", "q4k")
-
-
-@pytest.mark.parametrize("recipe", ["q4s", "q8", "q4", "q4m", "f16"])
-def test_weights_are_the_model_files(recipe: str, tiny_model_file: Callable[[str], Path]) -> None:
-    with ModelFile(tiny_model_file(recipe)) as mf:
-        for name, e in mf.tensors.items():
-            if len(e.shape) != 2:
-                continue
-            m = onnx_export.onnx_matrix(e.format, mf.raw(name), (e.shape[0], e.shape[1]))
-            got, want = onnx_export.dequantize_onnx(m), quant.dequantize(e.format, mf.raw(name),
-                                                                         e.shape)  # fmt: skip
-            if e.format in ROUNDED_FORMATS:
-                np.testing.assert_allclose(got, want, rtol=0, atol=4e-7 * np.abs(want).max())
-            else:
-                np.testing.assert_array_equal(got, want, err_msg=f"{name} ({e.format})")
-            if e.format in ("q4g32", "q8g32", "q6k"):  # MatMulNBits' default zero point
-                assert m.zero_points is None, name
-
-
-def test_odd_row_counts_and_zero_blocks() -> None:
-    rng = np.random.default_rng(3)
-    for fmt in quant.PACKED_FORMATS:
-        w = rng.standard_normal((13, 96)).astype(np.float32)
-        w[5] = 0.0  # an all-zero row: scale 0, no division by it
-        data = quant.quantize(fmt, w)
-        m = onnx_export.onnx_matrix(fmt, data, (13, 96))
-        assert m.packed is not None and m.packed.shape == (13, 3, 32 * m.bits // 8)
-        want = quant.dequantize(fmt, data, (13, 96))
-        got = onnx_export.dequantize_onnx(m)
-        assert np.all(np.isfinite(got))
-        np.testing.assert_allclose(got, want, rtol=0, atol=4e-7 * np.abs(want).max() + 1e-30)
 
 
 def test_graph_passes_the_checker_and_uses_the_contrib_operators(
@@ -63,6 +27,7 @@ def test_graph_passes_the_checker_and_uses_the_contrib_operators(
     contrib = [
         "MatMulNBits", "CausalConvWithState", "LinearAttention", "LinearAttentionGate",
         "GatedRMSNorm", "GroupQueryAttention", "SkipSimplifiedLayerNormalization",
+        "GatherBlockQuantized", "RotaryEmbedding",
     ]  # fmt: skip
     for op in contrib:
         assert ("com.microsoft", op) in ops, op
@@ -75,6 +40,45 @@ def test_graph_passes_the_checker_and_uses_the_contrib_operators(
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
     header = json.loads({p.key: p.value for p in model.metadata_props}["qwen_edge.header"])
     assert header["onnx"]["recipe"] == "q4s" and header["config"]["num_hidden_layers"] == 4
+
+
+def test_a_batch_of_rows_at_different_positions_equals_each_row_alone(
+    tiny_onnx: Callable[..., Path],
+) -> None:
+    """RoPE's angles are this call's B * S positions: two rows with different pasts and
+    positions in one call give each row's own logits."""
+    import onnxruntime as ort
+
+    from qwen_edge.backends.onnx_runtime import OnnxModel
+
+    path = tiny_onnx("q4s")
+    model = OnnxModel.load(path, threads=1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pasts = [[5, 9, 2], [7, 1, 4]]  # equal lengths: GQA's caches share one past length
+    nexts = [[3], [6]]  # GQA takes a batch after a past one token per row (a decode step)
+    rows, states = [], []
+    for past, nxt in zip(pasts, nexts, strict=True):
+        state = model.new_state()
+        model.forward(past, state)
+        states.append(dict(state.arrays))
+        rows.append(model.forward(nxt, state, all_logits=True))
+    p, n = len(pasts[0]), len(nexts[0])
+    positions = np.broadcast_to(np.arange(p, p + n), (3, 2, n)).astype(np.int64).copy()
+    positions[:, 1] += 4  # row 1 at other positions than row 0
+    feed = {
+        "input_ids": np.array(nexts, np.int64),
+        "attention_mask": np.ones((2, p + n), np.int64),
+        "position_ids": positions,
+        **{k: np.concatenate([s[k] for s in states]) for k in states[0]},
+    }
+    batch = session.run(["logits"], feed)[0]
+    alone = session.run(["logits"], {
+        **{k: v[1:] for k, v in feed.items() if k != "position_ids"},
+        "position_ids": positions[:, 1:],
+    })[0][0]  # fmt: skip
+    np.testing.assert_allclose(batch[0], rows[0], rtol=0, atol=1e-4 * np.abs(rows[0]).max())
+    np.testing.assert_allclose(batch[1], alone, rtol=0, atol=1e-4 * np.abs(alone).max())
+    assert np.abs(alone - rows[1]).max() > 1e-3 * np.abs(rows[1]).max()  # the shift matters
 
 
 def test_from_checkpoint_equals_from_model_file(

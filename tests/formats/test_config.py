@@ -125,6 +125,8 @@ def test_hostile_config_values_are_config_errors(change: dict, message: str) -> 
         ModelConfig.from_hf(hf)
     fields = ModelConfig.from_hf(presets.hf_config("tiny")).to_dict()
     renamed = {k: v for k, v in change.items() if k in fields and v is not None}
+    if isinstance(change.get("rope_parameters"), dict):  # flat fields in the model file
+        renamed.update(change["rope_parameters"])
     if renamed:  # the model file header's reader (from_dict) agrees
         with pytest.raises(ConfigError):
             ModelConfig.from_dict({**fields, **renamed})

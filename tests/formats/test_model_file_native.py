@@ -89,3 +89,29 @@ def test_tensor_checksum_only_with_verify(good: Path) -> None:  # noqa: F811
     good.write_bytes(bytes(raw))
     assert native_ok(good) and python_ok(good)
     assert not native_ok(good, verify=True) and not python_ok(good, verify=True)
+
+
+# Config values a hostile header can carry, as raw JSON (1e400, JSON's infinity, is invalid JSON
+# to both): both readers reject each with their error, before converting any
+# of them to an integer (issue 12: partial_rotary_factor = 1e308 once raised OverflowError in
+# Python and was undefined behaviour in C++).
+HOSTILE_CONFIG = [
+    ("partial_rotary_factor", b"1e308"), ("partial_rotary_factor", b"1e400"),
+    ("partial_rotary_factor", b"-0.5"), ("partial_rotary_factor", b"1e-300"),
+    ("rope_theta", b"1e400"), ("rms_norm_eps", b"0"), ("head_dim", b"1e308"),
+    ("head_dim", b"9223372036854775808"), ("num_hidden_layers", b"1000000000000000000"),
+    ("max_position_embeddings", b"1e400"), ("tie_word_embeddings", b'"no"'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value"), HOSTILE_CONFIG)
+def test_both_reject_hostile_config_values(good: Path, key: str, value: bytes) -> None:  # noqa: F811
+    header, data = _parts(good)
+    assert key in header["config"]
+    header["config"][key] = "@@"
+    _rebuild(good, None, data, raw_header=json.dumps(header).encode().replace(b'"@@"', value))
+    for read in (lambda: ModelFile(good).close(), lambda: check_model_file(good, False)):
+        with pytest.raises(ModelFileError) as caught:
+            read()
+        message = str(caught.value)  # names the field, or the number JSON cannot hold
+        assert key in message or ("1e400" in message or "invalid JSON" in message), message

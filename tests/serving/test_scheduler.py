@@ -14,8 +14,9 @@ import pytest
 
 from qwen_edge.generation.llm import LLM, load
 from qwen_edge.generation.pacing import PacedModel
+from qwen_edge.serving import scheduler as scheduler_module
 from qwen_edge.serving.openai_api import Job
-from qwen_edge.serving.scheduler import Scheduler
+from qwen_edge.serving.scheduler import Scheduler, StepCost
 
 GREEDY = {"temperature": 0.0, "presence_penalty": 0.0, "stop_token_ids": ()}
 
@@ -119,8 +120,70 @@ def test_a_long_prompt_is_prefilled_in_chunks_beside_a_decoding_stream(llm: LLM)
     finally:
         scheduler.close()
     assert got == llm.generate(long_prompt, max_tokens=2, **GREEDY).tokens
-    # while the short stream decoded, no step carried more than 16 prompt tokens
-    assert max(chunks) == 16 and chunks.count(16) >= 100 // 16
+    # while the short stream decoded, no step carried more than 16 prompt tokens (fewer when
+    # the measured cost says so), and the prompt went in over several steps
+    assert max(chunks) <= 16 and len(chunks) >= 100 // 16
+
+
+class FakeClock:
+    """Seconds that pass only when the model runs: a step of r rows takes 10 + 2 r ms."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_prompt_chunks_keep_a_step_within_the_share_of_a_decode_step(
+    llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Behaviour, not wall-clock: the model's time is a fake clock and every step waits for all
+    # running requests, so the chunk sizes the scheduler picks follow from its cost model only.
+    monkeypatch.setattr(scheduler_module, "GATHER_SECONDS", 600.0)
+    clock = FakeClock()
+    recorder = Recorder(llm.model)
+    recorder.release.set()
+    steps: list[tuple[int, int, float]] = []  # (sequences, rows, seconds)
+    inner = recorder.forward_batch
+
+    def timed(batch: Any, *, want: Any = None) -> np.ndarray:
+        rows = sum(len(t) for t, _ in batch)
+        seconds = 0.010 + 0.002 * rows
+        clock.now += seconds
+        steps.append((len(batch), rows, seconds))
+        return inner(batch, want=want)
+
+    recorder.forward_batch = timed  # type: ignore[method-assign]
+    scheduler = Scheduler(
+        llm.with_model(recorder), max_batch=3, prefill_chunk=64, prefill_share=0.5, clock=clock
+    )
+    long_prompt = list(range(1000, 1120))
+    try:
+        streams = [Job("completion", [5 + i, 6], {"max_tokens": 250, **GREEDY}) for i in range(2)]
+        events = [scheduler.submit(job) for job in streams]
+        for e in events:
+            next(e)  # both decoding
+        wait_for(lambda: sum(1 for n, r, _ in steps if n == r == 2) >= 3, "decode steps")
+        got = run(scheduler, Job("completion", long_prompt, {"max_tokens": 2, **GREEDY}))
+        for job in streams:
+            job.cancelled.set()
+        for e in events:
+            for _ in e:
+                pass
+    finally:
+        scheduler.close()
+    assert got == llm.generate(long_prompt, max_tokens=2, **GREEDY).tokens
+    decode_step = 0.010 + 0.002 * 2  # 14 ms for the two streams alone
+    mixed = [(n, r - 2, s) for n, r, s in steps if n == 3]  # the long job's steps beside both
+    assert sum(p for _, p, _ in mixed) == len(long_prompt) + 1  # its prompt, then 1 decode
+    # a share of 0.5 of the 14 ms decode step is 7 ms: 3 prompt tokens at the learnt 2 ms each
+    # (the first chunk, if no prompt token was measured yet, took one at a decoding sequence's
+    # 7 ms), so no step beside the streams took more than 1.5x their decode step
+    assert all(s <= (1 + 0.5) * decode_step + 1e-9 for _, _, s in mixed)
+    assert [p for _, p, _ in mixed[1:-2]] == [3] * (len(mixed) - 3)
+    assert scheduler.cost.per_token == pytest.approx(0.002)
+    assert scheduler.cost.decode[2] == pytest.approx(decode_step)
 
 
 def test_cancel_frees_the_slot_and_a_queued_job_joins(llm: LLM) -> None:
@@ -173,3 +236,32 @@ def test_a_batched_step_is_paced_as_one_pass(llm: LLM) -> None:
     out = paced.forward_batch([([1, 2], states[0]), ([3], states[1]), ([4], states[2])])
     assert out.shape[0] == 3 and pacer.calls == [2]  # one pass, its longest sequence
     np.testing.assert_array_equal(out[1], llm.model.forward([3], llm.model.new_state()))
+
+
+def test_step_cost_learns_what_a_prompt_token_adds() -> None:
+    cost = StepCost()
+    assert cost.chunk(4, 1.0, 64) == 4  # nothing measured: a token as dear as a sequence
+    cost.record(4, 0, 0.040)  # 4 decoding sequences: 40 ms
+    assert cost.chunk(4, 1.0, 64) == 4 and cost.chunk(4, 0.1, 64) == 1
+    assert cost.decode_seconds(2) == pytest.approx(0.020)  # scaled from the nearest size
+    cost.record(1, 0, 0.025)
+    assert cost.decode_seconds(2) == pytest.approx(0.050)  # nearest is 1 (ties: the smaller)
+    for _ in range(30):
+        cost.record(4, 8, 0.040 + 8 * 0.0025)  # a prompt token adds 2.5 ms
+    assert cost.per_token == pytest.approx(0.0025)
+    assert cost.chunk(4, 1.0, 64) == 16 and cost.chunk(4, 1.0, 10) == 10
+    assert cost.chunk(1, 1.0, 64) == 10  # 25 ms / 2.5 ms
+    cost.record(4, 8, 0.039)  # noise: a step faster than decode alone never makes tokens free
+    assert cost.per_token is not None and cost.per_token > 0
+
+
+def test_a_step_waits_for_stragglers_about_as_long_as_a_step_takes(llm: LLM) -> None:
+    scheduler = Scheduler(llm, max_batch=2)
+    try:
+        assert scheduler.gather_seconds() == scheduler_module.GATHER_SECONDS  # nothing measured
+        scheduler._step_seconds = 0.001  # fast steps: never less than the floor
+        assert scheduler.gather_seconds() == scheduler_module.GATHER_SECONDS
+        scheduler._step_seconds = 0.25  # a slow machine: a straggler is worth a step's wait
+        assert scheduler.gather_seconds() == pytest.approx(0.25)
+    finally:
+        scheduler.close()

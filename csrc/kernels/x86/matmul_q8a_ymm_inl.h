@@ -110,6 +110,13 @@ static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, const flo
     const uint8_t* sc = w.scales + g * nb * sbytes;
     Acc a[T];
     for (int64_t b = 0; b < nb; ++b) {
+        // As gemv_format: the next group's block one group ahead (a few tokens per group, as
+        // when verifying drafts, leave the product as memory-bound as a decode step).
+        const char* next = reinterpret_cast<const char*>(rec + (nb + b) * qbytes);
+        for (int64_t line = 0; line < qbytes; line += 64) _mm_prefetch(next + line, _MM_HINT_T1);
+        if (b % (64 / sbytes) == 0) {
+            _mm_prefetch(reinterpret_cast<const char*>(sc + (nb + b) * sbytes), _MM_HINT_T1);
+        }
         __m256i wv[8];
         unpack<F>(rec + b * qbytes, wv);
         const Scales scb = load_scales<F>(sc + b * sbytes);
