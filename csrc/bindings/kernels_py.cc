@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstring>
 #include <vector>
 
 #include "bindings/bindings.h"
@@ -26,6 +27,26 @@ const qe::KernelTable& table(const std::string& isa) {
 py::array_t<float> empty_like_shape(const std::vector<py::ssize_t>& shape) {
     return py::array_t<float>(shape);
 }
+
+// The attention kernels' scratch, exactly the contract's size, followed by a guard band whose
+// bit pattern check() verifies: a kernel writing past attention_scratch() is a test failure.
+class ScratchGuard {
+public:
+    explicit ScratchGuard(int64_t n) : n_(size_t(n)), buf_(size_t(n) + kGuard, kCanary) {}
+    float* data() { return buf_.data(); }
+    void check() const {
+        for (size_t i = n_; i < buf_.size(); ++i) {
+            QE_CHECK(std::memcmp(&buf_[i], &kCanary, sizeof(float)) == 0,
+                     "attention: the kernel wrote past its ", n_, " floats of scratch");
+        }
+    }
+
+private:
+    static constexpr size_t kGuard = 64;
+    static constexpr float kCanary = -1234.5f;
+    size_t n_;
+    std::vector<float> buf_;
+};
 
 std::vector<py::ssize_t> shape_of(const py::array& a) {
     return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
@@ -49,6 +70,11 @@ py::array_t<float> gemm(const py::array_t<W, py::array::c_style | py::array::for
 }  // namespace
 
 void bind_kernels(py::module_& m) {
+    m.attr("ATTENTION_TILE") = qe::kAttentionTile;
+    m.def(
+        "attention_scratch", [](int64_t n_q, int64_t n) { return qe::attention_scratch(n_q, n); },
+        py::arg("n_q"), py::arg("n"),
+        "Floats of scratch an attention kernel call needs: n_q * min(n, ATTENTION_TILE).");
     m.def(
         "gemm_f32",
         [](const F32& w, const F32& x, const std::string& isa) {
@@ -227,15 +253,17 @@ void bind_kernels(py::module_& m) {
                      "attention: expected q [n_q, d], k and v [n, d], n >= 1");
             const int64_t n_q = q.shape(0), d = q.shape(1), n = k.shape(0);
             py::array_t<float> out({n_q, d});
-            std::vector<float> scratch(n_q * n);
+            ScratchGuard scratch(qe::attention_scratch(n_q, n));
             if (py::isinstance<py::array_t<uint16_t>>(k)) {
                 const U16 k16 = k, v16 = v;
                 table(isa).attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, scale,
                                          scratch.data(), out.mutable_data(), d);
+            scratch.check();
             } else {
                 const F32 k32 = k, v32 = v;
                 table(isa).attention_f32(q.data(), d, n_q, k32.data(), v32.data(), n, d, scale,
                                          scratch.data(), out.mutable_data(), d);
+            scratch.check();
             }
             return out;
         },
@@ -255,9 +283,10 @@ void bind_kernels(py::module_& m) {
             qe::ref::quantize_q8a(k.data(), kq.data(), n * d);
             qe::ref::quantize_q8a(v.data(), vq.data(), n * d);
             py::array_t<float> out({n_q, d});
-            std::vector<float> scratch(n_q * n);
+            ScratchGuard scratch(qe::attention_scratch(n_q, n));
             table(isa).attention_q8(q.data(), d, n_q, kq.data(), vq.data(), n, d, scale,
                                     scratch.data(), out.mutable_data(), d);
+            scratch.check();
             return out;
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",

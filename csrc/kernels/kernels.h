@@ -165,8 +165,15 @@ using DeltaRuleFn = void(float* s, const float* q, const float* k, const float* 
 // attention_f16 (the default f16 cache), attention_f32: softmax attention of n_q query vectors
 // over the first n positions of one KV head:
 //   out[i] = sum_j p_ij v[j],  p_i = softmax_j(scale * q_i . k[j]),  j < n, n >= 1.
-//   q [n_q, d] row stride ldq;  k, v [n, d], rows contiguous;  scratch: n_q * n floats;
-//   out [n_q, d] row stride ldo. Reordered + approx exp.
+//   q [n_q, d] row stride ldq;  k, v [n, d], rows contiguous;  out [n_q, d] row stride ldo.
+//   Streaming: positions go in tiles of kAttentionTile with an online softmax (running max and
+//   sum per query, out rescaled when the max grows, divided by the sum at the end), so
+//   scratch is attention_scratch(n_q, n) = n_q * min(n, kAttentionTile) floats, whatever the
+//   context. Reordered + approx exp.
+inline constexpr int64_t kAttentionTile = 256;
+inline constexpr int64_t attention_scratch(int64_t n_q, int64_t n) {
+    return n_q * (n < kAttentionTile ? n : kAttentionTile);
+}
 using AttentionF16Fn = void(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
                             const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
                             float* out, int64_t ldo);

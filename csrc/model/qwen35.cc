@@ -512,7 +512,8 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
             State& st = *g.state;
             const int64_t ctx = st.context_;
             const int64_t kv_row = int64_t(kv_row_bytes(st.kv_type_, hd));
-            float* scratch = st.scratch_.scores.as<float>() + int64_t(thread) * group * ctx;
+            float* scratch = st.scratch_.scores.as<float>() +
+                             int64_t(thread) * attention_scratch(group, ctx);
             const float* qi = q + (t * nh + j * group) * hd;
             float* oi = heads + (t * nh + j * group) * hd;
             const char* kc = static_cast<const char*>(keys_of(g)) + j * ctx * kv_row;

@@ -42,7 +42,7 @@ struct Scratch {
     Buffer heads;   // [T, max(value_dim, n_head * head_dim)] GDN / attention head outputs
     Buffer ab;      // [T, 2, n_v_head] GDN b and a, then beta and decay
     Buffer ff;      // [T, 2, n_ff] MLP gate and up
-    Buffer scores;  // [threads, n_head / n_head_kv, context] attention probabilities
+    Buffer scores;  // [threads, n_head / n_head_kv, min(context, kAttentionTile)] attention tiles
     Buffer rope;    // [T, 2, rotary_dim / 2] cos then sin of each token's position
     Buffer logits;  // [vocab_size] last-position logits when the caller gives no buffer
     Buffer mtp_in;  // [T, 2 * n_embd] the MTP head's concatenated input (enable_speculation)

@@ -391,16 +391,17 @@ class Model:
             raise _map_error(e, ValueError) from None
 
     def max_context_for(self, budget: int) -> int:
-        """The longest context whose state fits in `budget` bytes (0 if none does); the state
-        grows linearly with the context."""
-        top = self.config.max_position_embeddings
-        base, per = self.state_bytes(1), self.state_bytes(2) - self.state_bytes(1)
-        if base > budget:
-            return 0
-        n = top if per <= 0 else min(top, 1 + (budget - base) // per)
-        while n > 1 and self.state_bytes(n) > budget:  # the scratch may grow in steps
-            n -= 1
-        return int(n)
+        """The longest context whose state fits in `budget` bytes (0 if none does). The state
+        grows with the context (linearly, plus the attention scratch up to one tile), so a
+        binary search over `state_bytes` finds it."""
+        lo, hi = 0, self.config.max_position_embeddings
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.state_bytes(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return int(lo)
 
     # --- the protocol ---
     def new_state(self, context: int | None = None) -> State:

@@ -425,3 +425,39 @@ def test_run_and_bench_speculative(
     run = json.loads(out.read_text())["runs"][0]
     assert run["speculative"][0]["method"] == "mtp" and 0 <= run["acceptance_rate_mean"] <= 1
     assert json.loads(out.read_text())["config"]["speculative"] == "mtp"
+
+
+@pytest.mark.slow  # a checkpoint with the real 248,320-token vocabulary and 32 layers
+def test_run_262k_context_on_4b_shapes(
+    qwen35_tokenizer_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--context 262144` on a model with the 4B's layer and head shapes (hidden size 64): the
+    command prints the state's size before allocating it, and where the memory available
+    cannot hold it, ends with a clear error naming the context that fits (no OOM kill)."""
+    from qwen_edge.backends import native
+    from qwen_edge.export.convert import export
+    from qwen_edge.export.random_checkpoint import write_random_checkpoint
+
+    files = {f.name: f.read_text("utf-8") for f in qwen35_tokenizer_dir.iterdir() if f.is_file()}
+    cfg = presets.hf_config("4b", hidden_size=64, intermediate_size=64)
+    ckpt = write_random_checkpoint(
+        tmp_path / "ckpt", cfg, layout="text", with_mtp=False, extra_files=files
+    )
+    model = tmp_path / "4b-shapes.qe"
+    export(ckpt, model, "bf16")
+    args = ["run", str(model), "-p", "Hello", "-n", "2", "--context", "262144"]
+    monkeypatch.setattr(native, "mem_available_bytes", lambda: 4 * 2**30)
+    assert main([*args, "--kv-cache", "q8"]) == 1
+    err = capsys.readouterr().err
+    said = re.search(r"state: ([0-9.]+) MiB for 262144 tokens \(q8 KV cache\)", err)
+    assert said is not None, err
+    assert 5 * 1024 < float(said.group(1)) < 5 * 1024 + 200  # 5 GiB of int8 K and V
+    refused = err.index("a state for 262144 tokens needs")
+    assert said.start() < refused and "at most" in err[refused:] and "Traceback" not in err
+    # With the memory of an 8 GB board left for it, the same command runs.
+    monkeypatch.setattr(native, "mem_available_bytes", lambda: 6 * 2**30)
+    assert main([*args, "--kv-cache", "q8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt_tokens"] >= 1

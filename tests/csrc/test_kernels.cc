@@ -366,12 +366,18 @@ QE_TEST(attention_matches_ref) {
                                  {4, 9, 32},
                                  {4, 130, 256},
                                  {3, 17, 24},
-                                 {2, 5, 5}}) {
+                                 {2, 5, 5},
+                                 {4, 256, 40},    // one whole tile of the streaming softmax
+                                 {4, 257, 40},    // and one more position
+                                 {3, 700, 64},    // ragged last tile
+                                 {2, 1000, 13}}) {
             std::vector<float> q = normal(n_q * d), k = normal(n * d), v = normal(n * d);
             std::vector<uint16_t> k16(k.size()), v16(v.size());
             ref().cvt_f32_f16(k.data(), k16.data(), int64_t(k.size()));
             ref().cvt_f32_f16(v.data(), v16.data(), int64_t(v.size()));
-            std::vector<float> scratch(n_q * n), o(n_q * d), orf(n_q * d);
+            // Exactly the contract's scratch (the sanitizer build catches a write past it).
+            std::vector<float> scratch(size_t(qe::attention_scratch(n_q, n)));
+            std::vector<float> o(n_q * d), orf(n_q * d);
             t->attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, 0.2f, scratch.data(),
                              o.data(), d);
             ref().attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, 0.2f,

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // Baseline NEON softmax attention of a few queries over one KV head's cache (f16 by default,
-// f32 optional): scores by 4-lane dot products over the head dimension, the NEON softmax, then
-// out += p_j v_j over the positions. f16 keys and values are widened exactly with fcvtl
+// f32 optional, or int8): scores by 4-lane dot products over the head dimension, streaming over
+// tiles of kAttentionTile positions with an online softmax (kernels.h): a tile's scores, their
+// max and exp_f32x4, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end. f16 keys and values are widened exactly with fcvtl
 // (ARMv8.0); no fp16 arithmetic, so long contexts cannot overflow a half-precision sum.
 #include <arm_neon.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "kernels/arm/neon_inl.h"
@@ -44,27 +46,54 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
     const int64_t d4 = d & ~int64_t{3};
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
-        float* p = scratch + i * n;
-        for (int64_t j = 0; j < n; ++j) {
-            const int64_t kj = j * d;
-            float32x4_t acc = vdupq_n_f32(0.0f);
-            int64_t e = 0;
-            for (; e < d4; e += 4) acc = vfmaq_f32(acc, vld1q_f32(qi + e), load4(k, kj + e));
-            float dot = vaddvq_f32(acc);
-            for (; e < d; ++e) dot += qi[e] * widen(k, kj + e);
-            p[j] = dot * scale;
-        }
-        softmax(p, n);
+        float* p = scratch + attention_scratch(i, n);
         float* oi = out + i * ldo;
-        for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
-        for (int64_t j = 0; j < n; ++j) {
-            const int64_t vj = j * d;
-            const float pj = p[j];
-            int64_t e = 0;
-            for (; e < d4; e += 4)
-                vst1q_f32(oi + e, vfmaq_n_f32(vld1q_f32(oi + e), load4(v, vj + e), pj));
-            for (; e < d; ++e) oi[e] += pj * widen(v, vj + e);
+        float m = -INFINITY, l = 0.0f;
+        for (int64_t j0 = 0; j0 < n; j0 += kAttentionTile) {
+            const int64_t nt = n - j0 < kAttentionTile ? n - j0 : kAttentionTile;
+            float mt = -INFINITY;
+            for (int64_t j = 0; j < nt; ++j) {
+                const int64_t kj = (j0 + j) * d;
+                float32x4_t acc = vdupq_n_f32(0.0f);
+                int64_t e = 0;
+                for (; e < d4; e += 4) acc = vfmaq_f32(acc, vld1q_f32(qi + e), load4(k, kj + e));
+                float dot = vaddvq_f32(acc);
+                for (; e < d; ++e) dot += qi[e] * widen(k, kj + e);
+                p[j] = dot * scale;
+                mt = std::fmax(mt, p[j]);
+            }
+            const float mn = std::fmax(m, mt);
+            const float alpha = j0 == 0 ? 0.0f : std::exp(m - mn);
+            m = mn;
+            float32x4_t sum4 = vdupq_n_f32(0.0f);
+            int64_t j = 0;
+            for (; j + 4 <= nt; j += 4) {
+                const float32x4_t e = exp_f32x4(vsubq_f32(vld1q_f32(p + j), vdupq_n_f32(mn)));
+                vst1q_f32(p + j, e);
+                sum4 = vaddq_f32(sum4, e);
+            }
+            float sum = vaddvq_f32(sum4);
+            for (; j < nt; ++j) {
+                p[j] = exp_f32(p[j] - mn);
+                sum += p[j];
+            }
+            l = l * alpha + sum;
+            if (j0 == 0) {
+                for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
+            } else {
+                for (int64_t e = 0; e < d; ++e) oi[e] *= alpha;
+            }
+            for (int64_t jj = 0; jj < nt; ++jj) {
+                const int64_t vj = (j0 + jj) * d;
+                const float pj = p[jj];
+                int64_t e = 0;
+                for (; e < d4; e += 4)
+                    vst1q_f32(oi + e, vfmaq_n_f32(vld1q_f32(oi + e), load4(v, vj + e), pj));
+                for (; e < d; ++e) oi[e] += pj * widen(v, vj + e);
+            }
         }
+        const float inv = 1.0f / l;
+        for (int64_t e = 0; e < d; ++e) oi[e] *= inv;
     }
 }
 

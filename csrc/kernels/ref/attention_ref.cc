@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// Scalar reference of softmax attention over one KV head (docs/model.md §4.7 step 5): scores, an
-// fp32 softmax, and the probability-weighted sum of values, for an f16 or f32 KV cache.
+// Scalar reference of softmax attention over one KV head (docs/model.md §4.7 step 5), for an f16,
+// f32 or int8 KV cache, streaming: per tile of kAttentionTile positions the scores, the tile's
+// max, then the online-softmax update (running max m and sum l per query; out rescaled by
+// exp(m_old - m_new) when the max grows); out / l at the end. Scratch: one tile of scores per
+// query, whatever n.
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -25,18 +28,35 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
                int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
-        float* p = scratch + i * n;
-        for (int64_t j = 0; j < n; ++j) {
-            float dot = 0.0f;
-            for (int64_t e = 0; e < d; ++e) dot += qi[e] * at(k, j * d + e);
-            p[j] = dot * scale;
-        }
-        softmax(p, n);
+        float* p = scratch + i * (n < kAttentionTile ? n : kAttentionTile);
         float* oi = out + i * ldo;
         for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
-        for (int64_t j = 0; j < n; ++j) {
-            for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * at(v, j * d + e);
+        float m = -INFINITY, l = 0.0f;
+        for (int64_t j0 = 0; j0 < n; j0 += kAttentionTile) {
+            const int64_t nt = n - j0 < kAttentionTile ? n - j0 : kAttentionTile;
+            float mt = -INFINITY;
+            for (int64_t j = 0; j < nt; ++j) {
+                float dot = 0.0f;
+                for (int64_t e = 0; e < d; ++e) dot += qi[e] * at(k, (j0 + j) * d + e);
+                p[j] = dot * scale;
+                mt = std::fmax(mt, p[j]);
+            }
+            const float mn = std::fmax(m, mt);
+            const float alpha = std::exp(m - mn);  // 0 on the first tile (m = -inf)
+            m = mn;
+            float sum = 0.0f;
+            for (int64_t j = 0; j < nt; ++j) {
+                p[j] = std::exp(p[j] - m);
+                sum += p[j];
+            }
+            l = l * alpha + sum;
+            for (int64_t e = 0; e < d; ++e) oi[e] *= alpha;
+            for (int64_t j = 0; j < nt; ++j) {
+                for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * at(v, (j0 + j) * d + e);
+            }
         }
+        const float inv = 1.0f / l;
+        for (int64_t e = 0; e < d; ++e) oi[e] *= inv;
     }
 }
 

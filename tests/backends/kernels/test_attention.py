@@ -1,4 +1,7 @@
-"""Attention over one KV head on every table, f16 and f32 caches, against float64 numpy."""
+"""Attention over one KV head on every table, f16, f32 and int8 caches, against float64 numpy.
+The kernels stream the cache in tiles of ATTENTION_TILE positions with an online softmax: shapes
+below one tile, across several with a ragged last tile, and scores whose max moves between
+tiles; the binding checks the kernel stays within its n_q * min(n, tile) floats of scratch."""
 
 from __future__ import annotations
 
@@ -13,7 +16,19 @@ _core = core()
 
 @pytest.mark.parametrize("kv", ["f16", "f32"])
 @pytest.mark.parametrize(
-    ("n_q", "n", "d"), [(1, 1, 16), (4, 7, 32), (4, 130, 256), (3, 17, 24), (1, 513, 64), (2, 9, 5)]
+    ("n_q", "n", "d"),
+    [
+        (1, 1, 16),
+        (4, 7, 32),
+        (4, 130, 256),
+        (3, 17, 24),
+        (1, 513, 64),
+        (2, 9, 5),
+        (4, 256, 40),  # exactly one tile
+        (4, 257, 40),  # one tile and one position
+        (3, 1000, 72),
+        (2, 2049, 13),
+    ],
 )
 def test_attention(isa: str, kv: str, n_q: int, n: int, d: int) -> None:
     rng = np.random.default_rng(n_q * 1000 + n + d)
@@ -33,7 +48,9 @@ def test_attention(isa: str, kv: str, n_q: int, n: int, d: int) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(v).max())
 
 
-@pytest.mark.parametrize(("n_q", "n", "d"), [(1, 1, 32), (4, 7, 32), (4, 130, 256), (3, 17, 64)])
+@pytest.mark.parametrize(
+    ("n_q", "n", "d"), [(1, 1, 32), (4, 7, 32), (4, 130, 256), (3, 17, 64), (4, 777, 64)]
+)
 def test_attention_q8(isa: str, n_q: int, n: int, d: int) -> None:
     """The int8 cache: rows through q8a (as the model stores them), then float64 attention on
     the dequantized rows; the kernel's only differences are summation orders."""
@@ -61,3 +78,37 @@ def test_attention_q8_needs_whole_blocks() -> None:
     x = np.zeros((2, 48), np.float32)
     with pytest.raises(RuntimeError, match="d % 32"):
         _core.attention_q8(x, x, x, 1.0)
+
+
+def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    s = scale * q.astype(np.float64) @ k.T.astype(np.float64)
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return p @ v.astype(np.float64)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_attention_max_moves_between_tiles(isa: str, where: str) -> None:
+    """One position per query far above the rest in the first, a middle or the ragged last
+    tile: the running max grows (or not) across tiles and the rescaling of the earlier tiles'
+    sums and outputs must carry it."""
+    tile = _core.ATTENTION_TILE
+    n, d = 3 * tile + 37, 64
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((4, d)).astype(np.float32)
+    k = 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    hot = {"first": 5, "middle": tile + 100, "last": n - 3}[where]
+    k[hot] = 4.0 * q[0] / np.linalg.norm(q[0])  # query 0's scores: about +8 there
+    k[hot - 1] = -k[hot]
+    got = _core.attention(q, k, v, 1.0, isa=isa)
+    np.testing.assert_allclose(
+        got, _reference(q, k, v, 1.0), rtol=1e-4, atol=2e-5 * np.abs(v).max()
+    )
+
+
+def test_attention_scratch_is_one_tile() -> None:
+    tile = _core.ATTENTION_TILE
+    assert _core.attention_scratch(4, 10) == 40
+    assert _core.attention_scratch(4, tile) == 4 * tile
+    assert _core.attention_scratch(4, 262144) == 4 * tile

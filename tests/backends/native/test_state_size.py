@@ -7,11 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qwen_edge.backends import native
 from qwen_edge.backends.native import Model
 from qwen_edge.errors import ContextLengthError
+from qwen_edge.export import presets
+from qwen_edge.export.random_checkpoint import random_tensor
+from qwen_edge.formats.config import ModelConfig
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built")
 
@@ -28,15 +32,20 @@ def test_bytes_for_equals_allocated(
 
 
 def test_state_grows_linearly_with_context(tiny_model_file: Callable[[str], Path]) -> None:
-    """KV cache (one layer in four) and the attention scores grow per token; nothing else."""
+    """KV cache (one layer in four) grows per token; the attention scores only up to one tile
+    of the streaming kernels (kernels.h kAttentionTile), then nothing else does."""
     model = Model.load(tiny_model_file("q4"), threads=2)
     cfg = model.config
+    tile = native.core().ATTENTION_TILE
     full = sum(1 for t in cfg.layer_types if t == "full_attention")
     per_token_kv = 2 * full * cfg.num_key_value_heads * cfg.head_dim * 2  # f16 K and V
     per_token_scores = 2 * (cfg.num_attention_heads // cfg.num_key_value_heads) * 4
+    below = model.state_bytes(tile) - model.state_bytes(tile - 1)
+    assert below == per_token_kv + per_token_scores
     step = model.state_bytes(1001) - model.state_bytes(1000)
-    assert step == per_token_kv + per_token_scores
+    assert step == per_token_kv
     assert model.state_bytes(2000) - model.state_bytes(1000) == 1000 * step
+    assert model.state_bytes(200_000) - model.state_bytes(1000) == 199_000 * step
 
 
 def test_kv_types_ordered(tiny_model_file: Callable[[str], Path]) -> None:
@@ -79,3 +88,54 @@ def test_state_bytes_for_needs_no_weights(tiny_model_file: Callable[[str], Path]
             assert got == model.state_bytes(context)
     with pytest.raises(ValueError, match="context must be in"):
         native.state_bytes_for(model.config, 0)
+
+
+# --- the 4B's shapes at its native 262,144-token context ----------------------------------------
+FOUR_B_CONTEXT = 262144
+
+
+def _four_b(**overrides: object) -> ModelConfig:
+    return ModelConfig.from_hf(presets.hf_config("4b", **overrides))
+
+
+def test_4b_state_at_262k_tokens() -> None:
+    """The 4B: 8 full-attention layers of 4 KV heads x 256 keep K and V; the int8 cache holds
+    1.25 bytes per element, so 5 GiB at 262,144 tokens (f16: 8 GiB); everything else (the
+    DeltaNet states and the scratch, score tiles included) stays under 200 MiB."""
+    cfg = _four_b()
+    full = cfg.layer_types.count("full_attention")
+    elems = 2 * full * cfg.num_key_value_heads * cfg.head_dim * FOUR_B_CONTEXT
+    assert elems == 4 * 2**30
+    for kv, per_elem in (("q8", 1.25), ("f16", 2)):
+        total = native.state_bytes_for(cfg, FOUR_B_CONTEXT, kv, batch=128, threads=4)
+        assert elems * per_elem < total < elems * per_elem + 200 * 2**20
+        # Past one tile, a token adds its K and V rows and nothing else.
+        step = total - native.state_bytes_for(cfg, FOUR_B_CONTEXT - 1, kv, batch=128, threads=4)
+        assert step == elems * per_elem // FOUR_B_CONTEXT
+
+
+def test_4b_shapes_262k_context_is_a_clear_error_when_it_does_not_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model with the 4B's layer and head shapes (its KV cache and DeltaNet states exactly)
+    and a tiny hidden size: on an 8 GB board whose weights and system leave 4 GiB, a
+    262,144-token state is refused before anything is allocated, naming what would fit."""
+    cfg = _four_b(hidden_size=64, intermediate_size=64, vocab_size=1000, eos_token_id=999)
+    tensors = {
+        n: ("f16", s, random_tensor(n, s, 0).astype(np.float16))
+        for n, s in cfg.text_tensor_shapes().items()
+    }
+    model = Model.from_tensors(cfg, tensors, threads=2, kv_cache="q8", context=FOUR_B_CONTEXT)
+    need = model.state_bytes()
+    real = native.state_bytes_for(_four_b(), FOUR_B_CONTEXT, "q8", threads=2)
+    assert abs(need - real) < 64 * 2**20  # only the hidden-size scratch differs
+    monkeypatch.setattr(native, "mem_available_bytes", lambda: 4 * 2**30)
+    with pytest.raises(ContextLengthError) as e:
+        model.new_state()
+    msg = str(e.value)
+    fits = model.max_context_for(4 * 2**30)
+    assert 190_000 < fits < FOUR_B_CONTEXT
+    assert f"a state for {FOUR_B_CONTEXT} tokens needs {need / 2**20:.0f} MiB (q8 KV" in msg
+    assert f"at most {fits} tokens fit now" in msg and "--kv-cache q8" not in msg
+    monkeypatch.setattr(native, "mem_available_bytes", lambda: need)
+    assert model.max_context_for(need) == FOUR_B_CONTEXT

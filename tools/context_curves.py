@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Cost against context length: prefill and decode tokens/s at growing depths, qwen-edge beside
+llama.cpp, engines alternating in one run; plus the state memory against context.
+
+Each worker (a child process: qwen-edge in this Python, llama.cpp in the peers' Python) feeds
+one long prompt of random ids in `--chunk`-token calls. When the prompt reaches a depth of
+`--depths`, it records the rate of the chunk that ended there (prefill tok/s at that depth:
+each of its tokens attends to the whole cache before it) and the cumulative rate (a prompt of
+that length), then decodes `--decode` greedy tokens (decode tok/s at that depth) and goes on.
+One run to the deepest depth measures every shallower one on the way:
+
+    python tools/context_curves.py run --qwen-edge models/0.8b-q4.qe \\
+        --llama models/peers/0.8b/Q4_0.gguf --depths 1024,4096,16384 --threads 2 \\
+        --repetitions 2 --json docs/context/curves.json
+    python tools/context_curves.py plot --json docs/context/curves.json \\
+        --png docs/context/curves.png --markdown docs/context/curves.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PEERS_PYTHON = "/work/venvs/peers/bin/python"
+ENGINE_NAMES = {"qwen-edge": "qwen-edge", "llama": "llama.cpp"}
+
+
+# --- workers (one child process each) -----------------------------------------------------------
+def _walk(a: argparse.Namespace, vocab: int, feed: Any, step: Any) -> list[dict[str, Any]]:
+    """The prompt in chunks to max(depths), a decode probe at each depth. feed(ids) runs a
+    chunk; step(first) decodes `a.decode` greedy tokens and returns their seconds."""
+    depths = sorted(int(d) for d in a.depths.split(","))
+    ids = np.random.default_rng(a.seed).integers(0, vocab, depths[-1]).tolist()
+    points, done, prefill_s = [], 0, 0.0
+    for d in depths:
+        while done < d:
+            n = min(a.chunk, d - done)
+            start = time.perf_counter()
+            feed(ids[done : done + n])
+            chunk_s = time.perf_counter() - start
+            prefill_s += chunk_s
+            done += n
+        decode_s = step()
+        points.append(
+            {
+                "depth": d,
+                "chunk_tokens": n,
+                "prefill_chunk_tok_s": n / chunk_s,
+                "prefill_cumulative_tok_s": d / prefill_s,
+                "decode_tok_s": a.decode / decode_s,
+            }
+        )
+        print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+    return points
+
+
+def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
+    from qwen_edge.backends.native import Model
+
+    depths = [int(d) for d in a.depths.split(",")]
+    context = max(depths) + a.decode * len(depths) + 1
+    model = Model.load(a.model, threads=a.threads, context=context, kv_cache=a.kv_cache)
+    state = model.new_state(context)
+    last: list[np.ndarray] = []
+
+    def feed(chunk: list[int]) -> None:
+        last[:] = [model.forward(chunk, state)]
+
+    def step() -> float:
+        logits = last[0]
+        start = time.perf_counter()
+        for _ in range(a.decode):
+            logits = model.forward([int(np.argmax(logits))], state)
+        last[:] = [logits]
+        return time.perf_counter() - start
+
+    points = _walk(a, min(model.config.vocab_size, 248000), feed, step)
+    return {
+        "isa": model.isa,
+        "kv_cache": a.kv_cache,
+        "state_bytes": model.state_bytes(context),
+        "points": points,
+    }
+
+
+def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
+    import llama_cpp
+
+    depths = [int(d) for d in a.depths.split(",")]
+    llm = llama_cpp.Llama(
+        model_path=a.model,
+        n_threads=a.threads,
+        n_threads_batch=a.threads,
+        n_ctx=max(depths) + a.decode * len(depths) + 1,
+        n_batch=a.chunk,
+        n_ubatch=a.chunk,
+        logits_all=False,
+        verbose=False,
+    )
+    vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(vocab,))
+
+    def step() -> float:
+        start = time.perf_counter()
+        for _ in range(a.decode):
+            llm.eval([int(np.argmax(last_logits()))])
+        return time.perf_counter() - start
+
+    points = _walk(a, min(vocab, 248000), llm.eval, step)
+    return {"isa": llama_cpp.llama_print_system_info().decode()[:200], "points": points}
+
+
+WORKERS = {"qwen-edge": worker_qwen_edge, "llama": worker_llama}
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    out = WORKERS[a.engine](a)
+    out["peak_rss_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    print(json.dumps(out))
+    return 0
+
+
+# --- the run ------------------------------------------------------------------------------------
+def run_worker(engine: str, model: str, a: argparse.Namespace, seed: int) -> dict[str, Any]:
+    python = sys.executable if engine == "qwen-edge" else a.peers_python
+    cmd = [python, __file__, "worker", "--engine", engine, "--model", model]
+    cmd += ["--threads", str(a.threads), "--depths", a.depths, "--chunk", str(a.chunk)]
+    cmd += ["--decode", str(a.decode), "--seed", str(seed), "--kv-cache", a.kv_cache]
+    env = dict(os.environ, OMP_WAIT_POLICY="passive")
+    if engine == "llama":
+        env.pop("PYTHONPATH", None)
+    start = time.perf_counter()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
+    except subprocess.TimeoutExpired as e:
+        # Keep the depths it reached (the worker prints each point as it goes).
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        points = [json.loads(x) for x in err.splitlines() if x.startswith('{"depth"')]
+        print(
+            f"{engine}: timed out after {a.timeout:.0f} s at {len(points)} depths", file=sys.stderr
+        )
+        return {"points": points, "timed_out": True, "wall_s": time.perf_counter() - start}
+    if out.returncode != 0:
+        raise RuntimeError(f"{engine} {model} failed:\n{out.stderr[-3000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["wall_s"] = time.perf_counter() - start
+    return r
+
+
+def state_memory(depths: list[int], threads: int) -> list[dict[str, Any]]:
+    """qwen-edge's state bytes (State::bytes_for) of the 0.8B shape against context."""
+    from qwen_edge.backends.native import state_bytes_for
+    from qwen_edge.export import presets
+    from qwen_edge.formats.config import ModelConfig
+
+    cfg = ModelConfig.from_hf(presets.hf_config("0.8b"))
+    return [
+        {
+            "context": c,
+            **{kv: state_bytes_for(cfg, c, kv, batch=128, threads=threads) for kv in ("f16", "q8")},
+        }
+        for c in depths
+    ]
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    engines = {"qwen-edge": a.qwen_edge, "llama": a.llama}
+    engines = {k: v for k, v in engines.items() if v}
+    runs: list[dict[str, Any]] = []
+    for rep in range(a.repetitions):
+        # Alternate which engine goes first, so neither always meets the same neighbours.
+        order = list(engines) if rep % 2 == 0 else list(engines)[::-1]
+        for engine in order:
+            r = run_worker(engine, engines[engine], a, a.seed + rep)
+            r.update(engine=ENGINE_NAMES[engine], model=engines[engine], repetition=rep)
+            runs.append(r)
+            print(f"rep {rep} {engine}: {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
+    depths = sorted(int(d) for d in a.depths.split(","))
+    record = {
+        "schema": "qwen-edge-context-curves/1",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "config": {k: v for k, v in vars(a).items() if k != "func"},
+        "runs": runs,
+        "state_memory": state_memory(sorted(set(depths) | {65536, 131072, 262144}), a.threads),
+    }
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        if a.append and Path(a.json).exists():
+            old = json.loads(Path(a.json).read_text())
+            record["runs"] = old["runs"] + runs
+            record["command"] = old["command"] + " ; " + record["command"]
+        Path(a.json).write_text(json.dumps(record, indent=2) + "\n")
+    print(markdown(record))
+    return 0
+
+
+# --- tables and the plot ------------------------------------------------------------------------
+def curves(record: dict[str, Any]) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """engine label -> depth -> metric -> values over repetitions."""
+    out: dict[str, dict[int, dict[str, list[float]]]] = {}
+    for r in record["runs"]:
+        label = r["engine"] + (
+            f" ({r['kv_cache']} KV)" if r.get("kv_cache", "f16") != "f16" else ""
+        )
+        for p in r["points"]:
+            m = out.setdefault(label, {}).setdefault(p["depth"], {})
+            for k in ("prefill_chunk_tok_s", "prefill_cumulative_tok_s", "decode_tok_s"):
+                m.setdefault(k, []).append(p[k])
+    return out
+
+
+def _fmt(values: list[float]) -> str:
+    mean = float(np.mean(values))
+    return (
+        f"{mean:.1f}"
+        + (f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else "")
+        + (f" (n={len(values)})" if len(values) != 2 else "")
+    )
+
+
+def markdown(record: dict[str, Any]) -> str:
+    c = curves(record)
+    lines = [
+        "| engine | depth | prefill tok/s (chunk at depth) | prefill tok/s (whole prompt) "
+        "| decode tok/s | decode vs 1k |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, by_depth in c.items():
+        first = by_depth[min(by_depth)]["decode_tok_s"]
+        for d in sorted(by_depth):
+            m = by_depth[d]
+            rel = np.mean(m["decode_tok_s"]) / np.mean(first)
+            lines.append(
+                f"| {label} | {d} | {_fmt(m['prefill_chunk_tok_s'])} | "
+                f"{_fmt(m['prefill_cumulative_tok_s'])} | {_fmt(m['decode_tok_s'])} | {rel:.2f} |"
+            )
+    ours, peer = c.get("qwen-edge"), c.get("llama.cpp")
+    if ours and peer:
+        lines += [
+            "",
+            "| depth | prefill (chunk) qwen-edge / llama.cpp | decode qwen-edge / llama.cpp |",
+        ]
+        lines.append("|---|---|---|")
+        for d in sorted(set(ours) & set(peer)):
+            pr = np.mean(ours[d]["prefill_chunk_tok_s"]) / np.mean(peer[d]["prefill_chunk_tok_s"])
+            de = np.mean(ours[d]["decode_tok_s"]) / np.mean(peer[d]["decode_tok_s"])
+            lines.append(f"| {d} | {pr:.2f}x | {de:.2f}x |")
+    lines += ["", "| context | state f16 KV MiB | state int8 KV MiB |", "|---|---|---|"]
+    for s in record["state_memory"]:
+        lines.append(f"| {s['context']} | {s['f16'] / 2**20:.1f} | {s['q8'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    record = json.loads(Path(a.json).read_text())
+    c = curves(record)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for label, by_depth in c.items():
+        ds = sorted(by_depth)
+        for ax, key in ((axes[0], "prefill_chunk_tok_s"), (axes[1], "decode_tok_s")):
+            ax.plot(ds, [np.mean(by_depth[d][key]) for d in ds], marker="o", label=label)
+    for ax, title in ((axes[0], "prefill tok/s (chunk at depth)"), (axes[1], "decode tok/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context depth (tokens)")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    sm = record["state_memory"]
+    for kv, name in (("f16", "fp16 KV"), ("q8", "int8 KV")):
+        axes[2].plot(
+            [s["context"] for s in sm], [s[kv] / 2**20 for s in sm], marker="o", label=name
+        )
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("context (tokens)")
+    axes[2].set_title("qwen-edge state MiB, 0.8B shape")
+    axes[2].grid(alpha=0.3)
+    axes[2].legend()
+    fig.suptitle(f"0.8B q4, {record['config']['threads']} threads: cost against context")
+    fig.tight_layout()
+    fig.savefig(a.png, dpi=110)
+    if a.markdown:
+        Path(a.markdown).write_text(markdown(record) + "\n")
+    print(markdown(record))
+    return 0
+
+
+def cmd_attention(a: argparse.Namespace) -> int:
+    """The attention kernel alone at each depth: one decode step's 4 query heads of a GQA group
+    over one KV head of 256 positions wide, f16 cache (the binding of the int8 kernel
+    quantizes its input first, so it is not timed); x 12 (6 layers x 2 KV heads) is what a
+    0.8B decode step spends in attention. No prefill needed, so it reaches 256k."""
+    from qwen_edge.backends.native import core
+
+    _core = core()
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((4, 256)).astype(np.float32)
+    rows = []
+    for depth in sorted(int(d) for d in a.depths.split(",")):
+        k = rng.standard_normal((depth, 256)).astype(np.float16)
+        row: dict[str, Any] = {"depth": depth}
+        best = float("inf")
+        for _ in range(a.repetitions):
+            start = time.perf_counter()
+            _core.attention(q, k.view(np.uint16), k.view(np.uint16), 0.0625)
+            best = min(best, time.perf_counter() - start)
+        row["f16_s"] = best
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"isa": _core.available_isas()[0], "rows": rows}) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="measure, engines alternating")
+    p.add_argument("--qwen-edge", help="a .qe file")
+    p.add_argument("--llama", help="a GGUF file of the same checkpoint")
+    p.add_argument("--peers-python", default=PEERS_PYTHON, help="python with llama_cpp")
+    p.add_argument("--depths", default="1024,4096,16384")
+    p.add_argument("--chunk", type=int, default=512)
+    p.add_argument("--decode", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kv-cache", default="f16", help="qwen-edge's KV cache (f16, q8)")
+    p.add_argument("--repetitions", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--json")
+    p.add_argument("--append", action="store_true", help="add these runs to --json's")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("plot", help="tables and a PNG from a run's JSON")
+    p.add_argument("--json", required=True)
+    p.add_argument("--png", required=True)
+    p.add_argument("--markdown")
+    p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("attention", help="the attention kernel alone against depth")
+    p.add_argument("--depths", default="1024,4096,16384,65536,262144")
+    p.add_argument("--repetitions", type=int, default=3)
+    p.add_argument("--json")
+    p.set_defaults(func=cmd_attention)
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p.add_argument("--engine", choices=sorted(WORKERS), required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--depths", required=True)
+    p.add_argument("--chunk", type=int, required=True)
+    p.add_argument("--decode", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kv-cache", default="f16")
+    p.set_defaults(func=cmd_worker)
+    a = parser.parse_args(argv)
+    return int(a.func(a))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
