@@ -65,19 +65,7 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
             const float mn = std::fmax(m, mt);
             const float alpha = j0 == 0 ? 0.0f : std::exp(m - mn);
             m = mn;
-            float32x4_t sum4 = vdupq_n_f32(0.0f);
-            int64_t j = 0;
-            for (; j + 4 <= nt; j += 4) {
-                const float32x4_t e = exp_f32x4(vsubq_f32(vld1q_f32(p + j), vdupq_n_f32(mn)));
-                vst1q_f32(p + j, e);
-                sum4 = vaddq_f32(sum4, e);
-            }
-            float sum = vaddvq_f32(sum4);
-            for (; j < nt; ++j) {
-                p[j] = exp_f32(p[j] - mn);
-                sum += p[j];
-            }
-            l = l * alpha + sum;
+            l = l * alpha + exp_sub_sum(p, nt, mn);
             if (j0 == 0) {
                 for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
             } else {

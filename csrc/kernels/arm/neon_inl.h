@@ -196,6 +196,25 @@ QE_NEON_INLINE float32x4_t sigmoid_f32x4(float32x4_t x) {
 QE_NEON_INLINE float exp_f32(float x) {
     return vgetq_lane_f32(exp_f32x4(vdupq_n_f32(x)), 0);
 }
+
+// x[i] = exp(x[i] - m) over n floats, returning their sum: the shared step of softmax and of
+// attention's online softmax over a tile.
+QE_NEON_INLINE float exp_sub_sum(float* x, int64_t n, float m) {
+    const float32x4_t mv = vdupq_n_f32(m);
+    float32x4_t sv = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t e = exp_f32x4(vsubq_f32(vld1q_f32(x + i), mv));
+        vst1q_f32(x + i, e);
+        sv = vaddq_f32(sv, e);
+    }
+    float sum = vaddvq_f32(sv);
+    for (; i < n; ++i) {
+        x[i] = exp_f32(x[i] - m);
+        sum += x[i];
+    }
+    return sum;
+}
 QE_NEON_INLINE float sigmoid_f32(float x) {
     return vgetq_lane_f32(sigmoid_f32x4(vdupq_n_f32(x)), 0);
 }

@@ -122,18 +122,7 @@ void softmax(float* x, int64_t n) {
     for (; i + 4 <= n; i += 4) mv = vmaxnmq_f32(mv, vld1q_f32(x + i));
     float mx = vmaxnmvq_f32(mv);
     for (; i < n; ++i) mx = std::fmax(mx, x[i]);
-    float32x4_t sv = vdupq_n_f32(0.0f);
-    for (i = 0; i + 4 <= n; i += 4) {
-        const float32x4_t e = exp_f32x4(vsubq_f32(vld1q_f32(x + i), vdupq_n_f32(mx)));
-        vst1q_f32(x + i, e);
-        sv = vaddq_f32(sv, e);
-    }
-    float sum = vaddvq_f32(sv);
-    for (; i < n; ++i) {
-        x[i] = exp_f32(x[i] - mx);
-        sum += x[i];
-    }
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / exp_sub_sum(x, n, mx);
     for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_n_f32(vld1q_f32(x + i), inv));
     for (; i < n; ++i) x[i] *= inv;
 }
