@@ -2,7 +2,7 @@
 
 `export()` reads one tensor at a time from the checkpoint files (large matrices in chunks of
 rows, with pread rather than a memory map so read pages do not pile up in the resident set),
-quantizes it, and streams it into `modelfile.ModelFileWriter`, so peak memory
+quantizes it, and streams it into `model_file.ModelFileWriter`, so peak memory
 is about one quantized tensor plus a chunk, not the checkpoint. The tokenizer, chat template,
 generation defaults and special tokens travel in the same file.
 
