@@ -13,8 +13,11 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
@@ -78,14 +81,8 @@ def create_temporary_folder(path: Path) -> Path:
     """A new temporary folder for the files of `path` (a writer of several files):
     `.<name>.<pid>.<random>.tmp` beside it, created exclusively; `remove_stale_temporaries`
     removes it once its process is gone."""
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.mkdir()
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+    tmp, _ = _claim_temporary(path, lambda tmp: tmp.mkdir())
+    return tmp
 
 
 @contextlib.contextmanager
@@ -104,10 +101,17 @@ def publishing(folder: Path) -> Iterator[None]:
 def create_temporary(path: Path) -> tuple[Path, int]:
     """A new temporary file for `path` in its folder: `.<name>.<pid>.<random>.tmp`, created
     exclusively with the mode a plain open() gives (the umask applies, unlike mkstemp's 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    return _claim_temporary(path, lambda tmp: os.open(tmp, flags, 0o666))
+
+
+def _claim_temporary(path: Path, create: Callable[[Path], _T]) -> tuple[Path, _T]:
+    """`create`s `.<name>.<pid>.<random>.tmp` beside `path`; `create` raises FileExistsError
+    when the name is taken, and another random name is tried."""
     for _ in range(100):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            return tmp, create(tmp)
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
