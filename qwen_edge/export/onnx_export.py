@@ -41,7 +41,7 @@ from ..formats.atomic_files import (
 )
 from ..formats.checkpoint import Checkpoint
 from ..formats.config import LINEAR
-from ..formats.model_file import ModelFile
+from ..formats.model_file import ARCH, ModelFile
 from ..version import __version__
 from .convert import EMBEDDING, LM_HEAD, RECIPES, _encode, _RowReader, plan_formats, read_side_files
 from .onnx_genai import write_bytes, write_genai_files
@@ -94,7 +94,7 @@ class _Source:
         side = read_side_files(ckpt)
         self.recipe = recipe
         self.header = {
-            "arch": "qwen3_5",
+            "arch": ARCH,
             "config": self.config.to_dict(),
             "quant": {"recipe": recipe, "overrides": dict(overrides or {})},
             "generation": side.generation,

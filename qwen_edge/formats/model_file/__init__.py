@@ -7,12 +7,12 @@ both sides share (the preamble's constants, alignment, CRC, the header's table e
 
 from __future__ import annotations
 
+from ..config import MTP_PREFIX
 from .layout import (
     ALIGN,
     ARCH,
     MAGIC,
     MAX_HEADER,
-    MTP_PREFIX,
     PREAMBLE,
     SUFFIX,
     VERSION,

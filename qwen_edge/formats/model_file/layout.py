@@ -16,7 +16,6 @@ ALIGN = 64
 MAX_HEADER = 64 << 20
 ARCH = "qwen3_5"
 SUFFIX = ".qe"
-MTP_PREFIX = "mtp."
 PREAMBLE_FMT = "<8sIIIIQQ24s"  # magic, version, N, crc, reserved, D, file size, reserved
 U32_MAX = 0xFFFFFFFF
 U64_MAX = (1 << 64) - 1

@@ -19,13 +19,12 @@ import numpy as np
 
 from ...errors import ConfigError, ModelFileError
 from .. import quant
-from ..config import ModelConfig
+from ..config import MTP_PREFIX, ModelConfig
 from .layout import (
     ALIGN,
     ARCH,
     MAGIC,
     MAX_HEADER,
-    MTP_PREFIX,
     PREAMBLE,
     PREAMBLE_FMT,
     U32_MAX,
