@@ -123,9 +123,11 @@ static inline void gemm_tile(const PackedMatrix& w, const BlockQ8A* x, const flo
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
             const BlockQ8A& xb = x[t * nb + b];
-            combine<F>(a[t], block_dot<F>(wv, xb), scb, xb, xs[b * lds + t]);
+            combine<F, F != WeightFormat::kQ4k>(a[t], block_dot<F>(wv, xb), scb, xb,
+                                                xs[b * lds + t]);
         }
     }
+    if constexpr (F == WeightFormat::kQ4k) add_q4k_min_terms<T>(a, nb, xs, lds, sc);
     for (int t = 0; t < T; ++t) store_rows(y + t * ldy, finish<F>(a[t], w, g), w, g);
 }
 
