@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -161,7 +162,23 @@ void bind_model(py::module_& m) {
         .def_property_readonly("checkpoint_slots", &qe::State::checkpoint_slots)
         .def("rollback", &qe::State::rollback, py::arg("n"))
         .def_property_readonly("mtp_position", &qe::State::mtp_position)
-        .def("set_mtp_position", &qe::State::set_mtp_position, py::arg("position"));
+        .def("set_mtp_position", &qe::State::set_mtp_position, py::arg("position"))
+        .def_property_readonly("mtp_ready", &qe::State::mtp_ready)
+        .def(
+            "set_mtp_hidden",
+            [](qe::State& s, py::array_t<float, py::array::c_style | py::array::forcecast> h) {
+                QE_CHECK(h.size() == s.config().n_embd, "set_mtp_hidden: hidden must have ",
+                         s.config().n_embd, " elements, got ", h.size());
+                s.set_mtp_hidden(h.data());
+            },
+            py::arg("hidden"))
+        .def_property_readonly("mtp_hidden", [](const qe::State& s) -> py::object {
+            if (!s.mtp_ready()) return py::none();
+            const int64_t e = s.config().n_embd;
+            py::array_t<float> out(e);
+            std::memcpy(out.mutable_data(), s.mtp_hidden(), size_t(e) * sizeof(float));
+            return std::move(out);
+        });
 
     py::class_<PyModel>(m, "Model", "The Qwen3.5 forward pass over weights in memory.")
         .def(py::init<const std::string&, const py::dict&, int, const std::string&, bool, int>(),

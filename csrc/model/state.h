@@ -82,6 +82,7 @@ public:
     State& operator=(const State&) = delete;
 
     int64_t position() const { return position_; }
+    const ModelConfig& config() const { return config_; }
     int64_t context() const { return context_; }
     KvType kv_type() const { return kv_type_; }
     void reset();
@@ -91,7 +92,8 @@ public:
     // Copies the caches and position of `other` (same model and KV type; its position must fit
     // this state's context, which may differ) into this state: a snapshot can be compact.
     void copy_from(const State& other);
-    // Bytes of the caches (what a snapshot holds), excluding scratch and checkpoints.
+    // Bytes of the caches (what a snapshot holds): the main model's, and with speculation the
+    // MTP head's KV cache and pending hidden state; excluding scratch and checkpoints.
     uint64_t cache_bytes() const;
     // Bytes of every buffer this state allocated: caches and scratch (not the speculation
     // buffers of enable_speculation).
@@ -111,6 +113,16 @@ public:
     // Tokens the MTP head's cache holds (its positions 0..mtp_position - 1), and truncation.
     int64_t mtp_position() const { return mtp_position_; }
     void set_mtp_position(int64_t p);
+    // The head's pending input: the main model's final-normed hidden state at position - 1,
+    // whose pair (with the token after it) the head has not run yet. A state holding it with
+    // mtp_position == position - 1 is head-ready (mtp_ready): speculation can continue from it
+    // (a prefix-cache snapshot of a speculating prompt, docs/speculative.md).
+    void set_mtp_hidden(const float* hidden);  // [n_embd], of the state's last position
+    const float* mtp_hidden() const { return mtp_hidden_.as<float>(); }
+    bool mtp_ready() const {
+        return speculation_enabled() && position_ > 0 && mtp_hidden_at_ == position_ - 1 &&
+               mtp_position_ == position_ - 1;
+    }
     void* mtp_keys() const { return mtp_kv_[0].as<void>(); }
     void* mtp_values() const { return mtp_kv_[1].as<void>(); }
 
@@ -127,6 +139,7 @@ public:
 
 private:
     friend class Qwen35Model;
+    uint64_t main_cache_bytes() const;  // kv_, conv_, recurrent_
 
     ModelConfig config_;
     int64_t context_, batch_, position_ = 0;
@@ -142,6 +155,8 @@ private:
     std::vector<Buffer> mtp_kv_;
     std::vector<Buffer> ckpt_conv_, ckpt_recurrent_;
     int64_t slots_ = 0, ckpt_tokens_ = 0, mtp_position_ = 0;
+    Buffer mtp_hidden_;            // [n_embd] set_mtp_hidden's copy
+    int64_t mtp_hidden_at_ = -1;   // the position it belongs to (-1: none)
     Scratch scratch_;
 };
 

@@ -234,6 +234,26 @@ class State:
         except RuntimeError as e:
             raise _map_error(e, ValueError) from None
 
+    @property
+    def mtp_ready(self) -> bool:
+        """Whether speculation can continue from this state: the head's cache holds a pair for
+        every position but the last, and the state keeps that last position's hidden state
+        (`set_mtp_hidden`). Snapshots and copies keep both."""
+        return bool(self._native.mtp_ready)
+
+    @property
+    def mtp_hidden(self) -> np.ndarray | None:
+        """A copy of the kept hidden state of position - 1 when `mtp_ready`, else None."""
+        return self._native.mtp_hidden
+
+    def set_mtp_hidden(self, hidden: np.ndarray) -> None:
+        """Keeps the main model's final-normed hidden state of the last position (position -
+        1): the head's input for the pair the next token completes."""
+        try:
+            self._native.set_mtp_hidden(np.ascontiguousarray(hidden, np.float32).reshape(-1))
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
 
 class Model:
     """The native Qwen3.5 forward pass: the same protocol as `reference.ReferenceModel`.

@@ -395,7 +395,7 @@ def test_run_and_bench_speculative(
     qwen35_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A model file with the MTP head and the tokenizer: `--speculative mtp` gives the plain
-    # tokens (chat too, which bypasses the prefix cache) and reports its statistics.
+    # tokens (chat too, through the prefix cache) and reports its statistics.
     from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
     files = {f.name: f.read_text("utf-8") for f in qwen35_tokenizer_dir.iterdir() if f.is_file()}
