@@ -160,7 +160,7 @@ void bind_model(py::module_& m) {
         .def("enable_speculation", &qe::State::enable_speculation, py::arg("slots"))
         .def_property_readonly("speculation_enabled", &qe::State::speculation_enabled)
         .def_property_readonly("checkpoint_slots", &qe::State::checkpoint_slots)
-        .def("rollback", &qe::State::rollback, py::arg("n"))
+        .def_property("replay", &qe::State::replay, &qe::State::set_replay)
         .def_property_readonly("mtp_position", &qe::State::mtp_position)
         .def("set_mtp_position", &qe::State::set_mtp_position, py::arg("position"))
         .def_property_readonly("mtp_ready", &qe::State::mtp_ready)
@@ -209,6 +209,14 @@ void bind_model(py::module_& m) {
                                    const qe::ModelFile* f = p.model().file();
                                    return f ? f->file_size() : uint64_t{0};
                                })
+        .def(
+            "rollback",
+            [](PyModel& p, qe::State& state, int64_t n) {
+                py::gil_scoped_release release;
+                p.model().rollback(state, n);
+            },
+            py::arg("state"), py::arg("n"),
+            "Undoes the last n tokens of the state's last checkpointed forward, exactly.")
         .def(
             "stop", [](PyModel& p) { p.model().stop_all(); },
             "Makes running forward passes stop at their next layer and later ones raise at once.")

@@ -174,31 +174,27 @@ void State::enable_speculation(int64_t slots) {
         mtp_hidden_at_ = -1;
     }
     if (slots <= slots_) return;
+    slots_ = slots;
+    alloc_checkpoints();
+}
+
+void State::alloc_checkpoints() {
     ckpt_conv_.clear();
     ckpt_recurrent_.clear();
+    replay_in_.clear();
+    const size_t row = bytes_of(config_.conv_dim() + 2 * config_.n_v_head, sizeof(float));
     for (size_t i = 0; i < conv_.size(); ++i) {
-        ckpt_conv_.emplace_back(bytes_of(slots, conv_[i].size()));
-        ckpt_recurrent_.emplace_back(bytes_of(slots, recurrent_[i].size()));
+        ckpt_conv_.emplace_back(bytes_of(slots_, conv_[i].size()));
+        ckpt_recurrent_.emplace_back(bytes_of(replay_ ? 1 : slots_, recurrent_[i].size()));
+        if (replay_) replay_in_.emplace_back(bytes_of(slots_ + 1, row));
     }
-    slots_ = slots;
     ckpt_tokens_ = 0;
 }
 
-void State::rollback(int64_t n) {
-    if (n == 0) return;
-    QE_CHECK(n > 0 && n < ckpt_tokens_, "rollback: ", n,
-             " tokens is not covered by the last checkpointed forward (which can undo 0..",
-             ckpt_tokens_ > 0 ? ckpt_tokens_ - 1 : 0, ")");
-    const int64_t slot = ckpt_tokens_ - 1 - n;  // the state after the last kept token
-    for (size_t i = 0; i < conv_.size(); ++i) {
-        const size_t cb = conv_[i].size(), rb = recurrent_[i].size();
-        std::memcpy(conv_[i].as<void>(), ckpt_conv_[i].as<char>() + size_t(slot) * cb, cb);
-        std::memcpy(recurrent_[i].as<void>(), ckpt_recurrent_[i].as<char>() + size_t(slot) * rb,
-                    rb);
-    }
-    position_ -= n;
-    ckpt_tokens_ -= n;
-    if (mtp_hidden_at_ >= position_) mtp_hidden_at_ = -1;  // it belonged to an undone token
+void State::set_replay(bool replay) {
+    if (replay == replay_) return;
+    replay_ = replay;
+    if (slots_ > 0) alloc_checkpoints();
 }
 
 void State::set_mtp_hidden(const float* hidden) {

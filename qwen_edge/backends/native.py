@@ -210,6 +210,17 @@ class State:
     def checkpoint_slots(self) -> int:
         return int(self._native.checkpoint_slots)
 
+    @property
+    def replay(self) -> bool:
+        """How `rollback` restores the recurrent states: True (default) reruns the kept tokens'
+        delta rule from the state before the checkpointed forward (one rollback per forward);
+        False copies every state after each token (docs/speculative.md)."""
+        return bool(self._native.replay)
+
+    @replay.setter
+    def replay(self, on: bool) -> None:
+        self._native.replay = bool(on)
+
     def rollback(self, n: int) -> None:
         """Undoes the last `n` tokens of the last checkpointed forward, exactly (as if they
         had never run).
@@ -218,7 +229,7 @@ class State:
             ValueError: no checkpointed forward covers `n` tokens.
         """
         try:
-            self._native.rollback(int(n))
+            self._model._native.rollback(self._native, int(n))
         except RuntimeError as e:
             raise _map_error(e, ValueError) from None
 
