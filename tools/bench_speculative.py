@@ -24,8 +24,8 @@ decoding; `identical` compares llama.cpp's speculative tokens with its own plain
 
 --verify-cost: the time of one forward over k tokens (all logits) against k single-token
 decode steps, k = 1..8, after a prompt: what a verification costs, whatever the acceptance,
-with each way of keeping what a rollback needs (`MODES`: per-token copies, replay, none) and a
-rollback that keeps every token or only the first (docs/speculative.md).
+checkpointed and rolled back (keeping every token or only the first) and without checkpoints
+(docs/speculative.md).
 """
 
 from __future__ import annotations
@@ -185,44 +185,29 @@ def decode_llama(server: LlamaServer, ids: list[int], n: int) -> dict[str, Any]:
     }
 
 
-# --verify-cost: how a verification keeps what a rollback needs (docs/speculative.md)
-MODES = {
-    "copies": "per-token copies of the DeltaNet states, rolled back by a copy",
-    "replay": "one copy before the forward, the kept tokens' delta rule rerun on rejection",
-    "none": "no checkpoints (the forward alone: the floor)",
-}
-
-
 def verify_cost(model: Model, prompt_len: int, reps: int) -> list[dict[str, Any]]:
-    """Per k = 1..8: k single decode steps, and one forward over k tokens (all logits) kept
-    each way of `MODES`, both followed by a rollback keeping every token ("accept") and one
-    keeping only the first ("reject", the replay's worst case: it reruns one token). CPU and
-    wall time, minimum over `reps` (the least disturbed run on a shared machine)."""
+    """Per k = 1..8: k single decode steps, and one forward over k tokens (all logits):
+    checkpointed ("replay": a copy of the DeltaNet states before it, the delta rule's inputs)
+    and followed by a rollback keeping every token ("accept") or only the first ("reject": it
+    reruns one token's delta rule), and without checkpoints ("none": the floor). CPU and wall
+    time, minimum over `reps` (the least disturbed run on a shared machine)."""
     rng = np.random.default_rng(0)
     ids = [int(t) for t in rng.integers(0, min(model.config.vocab_size, 30000), prompt_len + 8)]
     rows = []
-    states = {}
-    for mode in ("copies", "replay"):
-        st = model.new_state()
-        st.replay = mode == "replay"
-        st.enable_speculation(8)
-        states[mode] = st
-    s = states["copies"]
+    s = model.new_state()
+    s.enable_speculation(8)
     model.forward(ids[:prompt_len], s)
     snap = s.copy()
-    # touch the checkpoint slots once: a generation reuses its state, so their first page
+    # touch the checkpoint buffers once: a generation reuses its state, so their first page
     # faults are not a verification's cost
-    for st in states.values():
-        st.restore(snap)
-        model.forward(ids[prompt_len : prompt_len + 8], st, all_logits=True, checkpoint=True)
-    runs = [("copies", 0), ("copies", 1), ("replay", 0), ("replay", 1), ("none", 0)]
+    model.forward(ids[prompt_len : prompt_len + 8], s, all_logits=True, checkpoint=True)
+    runs = [("replay", 0), ("replay", 1), ("none", 0)]
     for k in range(1, 9):
         out = np.empty((k, model.config.vocab_size), np.float32)  # reused: no page faults timed
         single, csingle = [], []
         wall: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
         for rep in range(reps):
-            s = states["copies"]
             s.restore(snap)
             t0, c0 = time.perf_counter(), time.process_time()
             for t in ids[prompt_len : prompt_len + k]:
@@ -231,15 +216,14 @@ def verify_cost(model: Model, prompt_len: int, reps: int) -> list[dict[str, Any]
             csingle.append(time.process_time() - c0)
             shift = rep % len(runs)  # alternate who runs first
             for mode, reject in runs[shift:] + runs[:shift]:
-                st = states["copies" if mode == "none" else mode]
-                st.restore(snap)
+                s.restore(snap)
                 t0, c0 = time.perf_counter(), time.process_time()
                 model.forward(
-                    ids[prompt_len : prompt_len + k], st, all_logits=True,
+                    ids[prompt_len : prompt_len + k], s, all_logits=True,
                     checkpoint=mode != "none", out=out,
                 )  # fmt: skip
                 if mode != "none":
-                    st.rollback(k - 1 if reject else 0)
+                    s.rollback(k - 1 if reject else 0)
                 name = mode if mode == "none" else f"{mode}_{'reject' if reject else 'accept'}"
                 wall.setdefault(name, []).append(time.perf_counter() - t0)
                 cpu.setdefault(name, []).append(time.process_time() - c0)

@@ -160,7 +160,6 @@ void bind_model(py::module_& m) {
         .def("enable_speculation", &qe::State::enable_speculation, py::arg("slots"))
         .def_property_readonly("speculation_enabled", &qe::State::speculation_enabled)
         .def_property_readonly("checkpoint_slots", &qe::State::checkpoint_slots)
-        .def_property("replay", &qe::State::replay, &qe::State::set_replay)
         .def_property_readonly("mtp_position", &qe::State::mtp_position)
         .def("set_mtp_position", &qe::State::set_mtp_position, py::arg("position"))
         .def_property_readonly("mtp_ready", &qe::State::mtp_ready)

@@ -617,8 +617,7 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, const Rows& ro
     // value head) over that sequence's rows and recurrent state.
     const int64_t r = nv / nk;
     QE_DCHECK(!checkpoint || rows.segs[0].state->slots_ >= n - 1);
-    const bool replay = checkpoint && rows.segs[0].state->replay_;
-    if (replay) {  // rollback's inputs: each token's q | k | v, beta, decay
+    if (checkpoint) {  // rollback's inputs: each token's q | k | v, beta, decay
         const int64_t rw = cd + 2 * nv;
         float* in = rows.segs[0].state->replay_in_[L.index].as<float>();
         for (int64_t t = 0; t < n; ++t) {
@@ -632,27 +631,14 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, const Rows& ro
             const Seg& g = rows.segs[i / nv];
             const int64_t m = i % nv, hk = m / r;
             float* rec = g.state->recurrent(L.index);
-            if (replay) {  // the state before the forward, then the tokens as a batch
-                std::memcpy(g.state->ckpt_recurrent_[L.index].as<float>() + m * dk * dv,
+            if (checkpoint) {  // rollback's start: the state before the forward
+                std::memcpy(g.state->pre_recurrent_[L.index].as<float>() + m * dk * dv,
                             rec + m * dk * dv, size_t(dk * dv) * sizeof(float));
             }
-            if (!checkpoint || replay) {
-                const float* ct = conv + g.row0 * cd;
-                kt_.delta_rule(rec + m * dk * dv, ct + hk * dk, ct + kd + hk * dk,
-                               ct + 2 * kd + m * dv, cd, a + g.row0 * nv + m, b + g.row0 * nv + m,
-                               nv, heads + g.row0 * vd + m * dv, vd, g.n, dk, dv);
-                continue;
-            }
-            float* slots = g.state->ckpt_recurrent_[L.index].as<float>();
-            for (int64_t t = 0; t < n; ++t) {
-                kt_.delta_rule(rec + m * dk * dv, conv + t * cd + hk * dk,
-                               conv + t * cd + kd + hk * dk, conv + t * cd + 2 * kd + m * dv, cd,
-                               a + t * nv + m, b + t * nv + m, nv, heads + t * vd + m * dv, vd, 1,
-                               dk, dv);
-                if (t + 1 == n) break;
-                std::memcpy(slots + (t * nv + m) * dk * dv, rec + m * dk * dv,
-                            size_t(dk * dv) * sizeof(float));
-            }
+            const float* ct = conv + g.row0 * cd;
+            kt_.delta_rule(rec + m * dk * dv, ct + hk * dk, ct + kd + hk * dk,
+                           ct + 2 * kd + m * dv, cd, a + g.row0 * nv + m, b + g.row0 * nv + m, nv,
+                           heads + g.row0 * vd + m * dv, vd, g.n, dk, dv);
         }
     });
     for_tokens(n, [&](int64_t t0, int64_t t1) {
@@ -685,34 +671,28 @@ void Qwen35Model::rollback(State& st, int64_t n) {
     for (size_t i = 0; i < st.conv_.size(); ++i) {
         const size_t cb = st.conv_[i].size();
         std::memcpy(st.conv_[i].as<void>(), st.ckpt_conv_[i].as<char>() + size_t(slot) * cb, cb);
-        if (st.replay_) continue;
-        const size_t rb = st.recurrent_[i].size();
-        std::memcpy(st.recurrent_[i].as<void>(),
-                    st.ckpt_recurrent_[i].as<char>() + size_t(slot) * rb, rb);
     }
-    if (st.replay_) {
-        // The kept tokens' delta rule over the state before the forward, which then becomes
-        // the state (the output rows are scratch): the forward's arithmetic, token for token.
-        const int64_t nv = c.n_v_head, dk = c.k_head_dim, dv = c.v_head_dim;
-        const int64_t cd = c.conv_dim(), kd = c.key_dim(), vd = c.value_dim(), rw = cd + 2 * nv;
-        const int64_t r = nv / c.n_k_head;
-        float* heads = st.scratch_.heads.as<float>();
-        for (size_t i = 0; i < st.recurrent_.size(); ++i) {
-            float* pre = st.ckpt_recurrent_[i].as<float>();
-            const float* in = st.replay_in_[i].as<float>();
-            pool_.for_each(nv, 1, [&](int64_t m0, int64_t m1, int) {
-                for (int64_t m = m0; m < m1; ++m) {
-                    const int64_t hk = m / r;
-                    kt_.delta_rule(pre + m * dk * dv, in + hk * dk, in + kd + hk * dk,
-                                   in + 2 * kd + m * dv, rw, in + cd + nv + m, in + cd + m, rw,
-                                   heads + m * dv, vd, kept, dk, dv);
-                }
-            });
-            std::swap(st.recurrent_[i], st.ckpt_recurrent_[i]);
-        }
+    // The kept tokens' delta rule over the state before the forward, which then becomes the
+    // state (the output rows are scratch): the forward's arithmetic, token for token.
+    const int64_t nv = c.n_v_head, dk = c.k_head_dim, dv = c.v_head_dim;
+    const int64_t cd = c.conv_dim(), kd = c.key_dim(), vd = c.value_dim(), rw = cd + 2 * nv;
+    const int64_t r = nv / c.n_k_head;
+    float* heads = st.scratch_.heads.as<float>();
+    for (size_t i = 0; i < st.recurrent_.size(); ++i) {
+        float* pre = st.pre_recurrent_[i].as<float>();
+        const float* in = st.replay_in_[i].as<float>();
+        pool_.for_each(nv, 1, [&](int64_t m0, int64_t m1, int) {
+            for (int64_t m = m0; m < m1; ++m) {
+                const int64_t hk = m / r;
+                kt_.delta_rule(pre + m * dk * dv, in + hk * dk, in + kd + hk * dk,
+                               in + 2 * kd + m * dv, rw, in + cd + nv + m, in + cd + m, rw,
+                               heads + m * dv, vd, kept, dk, dv);
+            }
+        });
+        std::swap(st.recurrent_[i], st.pre_recurrent_[i]);
     }
     st.position_ -= n;
-    st.ckpt_tokens_ = st.replay_ ? 0 : st.ckpt_tokens_ - n;
+    st.ckpt_tokens_ = 0;  // the state before the forward is used up
     if (st.mtp_hidden_at_ >= st.position_) st.mtp_hidden_at_ = -1;  // of an undone token
 }
 

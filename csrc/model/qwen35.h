@@ -102,9 +102,9 @@ public:
 
     // Undoes the last n tokens of the state's last checkpointed forward (0 <= n < its tokens),
     // as if they had never run: the KV caches truncate, the conv states come back from the
-    // checkpoint after the last kept token, and the recurrent states from theirs or, with
-    // State::replay, by rerunning the kept tokens' delta rule from the state before the
-    // forward (after which nothing more can be undone). Throws if no checkpoint covers them.
+    // checkpoint after the last kept token, the recurrent states by rerunning the kept tokens'
+    // delta rule from the state before the forward. Once per forward (n = 0 leaves it
+    // possible). Throws if no checkpointed forward covers them.
     void rollback(State& state, int64_t n);
 
     // Makes every running and later forward pass throw Interrupted at its next layer boundary

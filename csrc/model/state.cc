@@ -174,27 +174,17 @@ void State::enable_speculation(int64_t slots) {
         mtp_hidden_at_ = -1;
     }
     if (slots <= slots_) return;
-    slots_ = slots;
-    alloc_checkpoints();
-}
-
-void State::alloc_checkpoints() {
     ckpt_conv_.clear();
-    ckpt_recurrent_.clear();
+    pre_recurrent_.clear();
     replay_in_.clear();
     const size_t row = bytes_of(config_.conv_dim() + 2 * config_.n_v_head, sizeof(float));
     for (size_t i = 0; i < conv_.size(); ++i) {
-        ckpt_conv_.emplace_back(bytes_of(slots_, conv_[i].size()));
-        ckpt_recurrent_.emplace_back(bytes_of(replay_ ? 1 : slots_, recurrent_[i].size()));
-        if (replay_) replay_in_.emplace_back(bytes_of(slots_ + 1, row));
+        ckpt_conv_.emplace_back(bytes_of(slots, conv_[i].size()));
+        pre_recurrent_.emplace_back(recurrent_[i].size());
+        replay_in_.emplace_back(bytes_of(slots + 1, row));
     }
+    slots_ = slots;
     ckpt_tokens_ = 0;
-}
-
-void State::set_replay(bool replay) {
-    if (replay == replay_) return;
-    replay_ = replay;
-    if (slots_ > 0) alloc_checkpoints();
 }
 
 void State::set_mtp_hidden(const float* hidden) {

@@ -100,19 +100,13 @@ public:
     uint64_t allocated_bytes() const;
 
     // Speculative decoding (docs/speculative.md). Allocates the MTP head's own KV cache (one
-    // full-attention layer over the same context) and `slots` checkpoints of every DeltaNet
-    // layer's conv and recurrent state, so a checkpointed forward of up to slots + 1 tokens
-    // can be rolled back. Idempotent for the same or fewer slots.
+    // full-attention layer over the same context) and what Qwen35Model::rollback needs after
+    // a checkpointed forward of up to slots + 1 tokens (per DeltaNet layer: `slots` conv-state
+    // checkpoints, one recurrent state, the delta rule's inputs). Idempotent for the same or
+    // fewer slots.
     void enable_speculation(int64_t slots);
     bool speculation_enabled() const { return !mtp_kv_.empty(); }
     int64_t checkpoint_slots() const { return slots_; }
-    // How Qwen35Model::rollback brings the recurrent states back (conv states always come from
-    // per-token checkpoints, 1/40 of a recurrent state's size): replay (default) keeps the
-    // state before the checkpointed forward and the delta rule's inputs, and reruns the kept
-    // tokens' delta rule after a rejection (one state copy per forward, and one rollback per
-    // forward); otherwise a copy of every state after each token but the last.
-    void set_replay(bool replay);
-    bool replay() const { return replay_; }
     // Tokens the MTP head's cache holds (its positions 0..mtp_position - 1), and truncation.
     int64_t mtp_position() const { return mtp_position_; }
     void set_mtp_position(int64_t p);
@@ -143,7 +137,6 @@ public:
 private:
     friend class Qwen35Model;
     uint64_t main_cache_bytes() const;  // kv_, conv_, recurrent_
-    void alloc_checkpoints();           // for slots_ and replay_
 
     ModelConfig config_;
     int64_t context_, batch_, position_ = 0;
@@ -153,17 +146,15 @@ private:
     std::vector<Buffer> kv_;         // 2 per full-attention layer
     std::vector<Buffer> conv_;       // 1 per linear-attention layer
     std::vector<Buffer> recurrent_;  // 1 per linear-attention layer
-    // Speculation: the MTP head's K and V; per linear-attention layer [slots, conv state] and
-    // (without replay) [slots, recurrent state], slot t = the state after token t of the last
-    // checkpointed forward, which ran `ckpt_tokens_` tokens (rollback lowers it; any other
-    // forward and a replaying rollback clear it).
+    // Speculation: the MTP head's K and V; per linear-attention layer, for the last checkpointed
+    // forward, which ran `ckpt_tokens_` tokens (any other forward and a rollback clear it):
+    // [slots, conv state], slot t = the conv state after its token t (1/40 of a recurrent
+    // state); the recurrent state before it; and [slots + 1, conv_dim + 2 * n_v_head] the delta
+    // rule's inputs per token (q | k | v after the conv and norms, beta, decay), so rollback
+    // reruns the kept tokens' delta rule from that state instead of keeping a copy per token
+    // (docs/speculative.md, "Checkpoints or replay").
     std::vector<Buffer> mtp_kv_;
-    std::vector<Buffer> ckpt_conv_, ckpt_recurrent_;
-    // Replay (per linear-attention layer): [slots + 1, conv_dim + 2 * n_v_head] the delta rule's
-    // inputs per token of the last checkpointed forward (q | k | v after the conv and norms,
-    // beta, decay), and ckpt_recurrent_ holds one slot: the recurrent state before it.
-    std::vector<Buffer> replay_in_;
-    bool replay_ = true;
+    std::vector<Buffer> ckpt_conv_, pre_recurrent_, replay_in_;
     int64_t slots_ = 0, ckpt_tokens_ = 0, mtp_position_ = 0;
     Buffer mtp_hidden_;            // [n_embd] set_mtp_hidden's copy
     int64_t mtp_hidden_at_ = -1;   // the position it belongs to (-1: none)

@@ -210,20 +210,10 @@ class State:
     def checkpoint_slots(self) -> int:
         return int(self._native.checkpoint_slots)
 
-    @property
-    def replay(self) -> bool:
-        """How `rollback` restores the recurrent states: True (default) reruns the kept tokens'
-        delta rule from the state before the checkpointed forward (one rollback per forward);
-        False copies every state after each token (docs/speculative.md)."""
-        return bool(self._native.replay)
-
-    @replay.setter
-    def replay(self, on: bool) -> None:
-        self._native.replay = bool(on)
-
     def rollback(self, n: int) -> None:
         """Undoes the last `n` tokens of the last checkpointed forward, exactly (as if they
-        had never run).
+        had never run): reruns the kept tokens' delta rule from the state before it
+        (docs/speculative.md). Once per forward (`n` = 0 leaves it possible).
 
         Raises:
             ValueError: no checkpointed forward covers `n` tokens.
@@ -475,9 +465,8 @@ class Model:
         Args:
             hidden: a C-contiguous float32 array of len(tokens) * hidden_size elements that
                 receives every position's final-normed hidden state (the MTP head's input).
-            checkpoint: keep the DeltaNet states after each token but the last, so
-                `state.rollback(n)` can undo up to len(tokens) - 1 of them (needs
-                `state.enable_speculation`).
+            checkpoint: keep what `state.rollback(n)` needs to undo up to len(tokens) - 1
+                of them (needs `state.enable_speculation`).
             out: a C-contiguous float32 array for the logits (reused instead of a new one).
 
         Returns:

@@ -429,62 +429,56 @@ static bool same_caches(const qe::State& a, const qe::State& b, const qe::ModelC
 
 QE_TEST(rollback_equals_never_running_the_tokens) {
     // A checkpointed forward of 6 tokens rolled back by r leaves the caches of the plain
-    // forward of 6 - r tokens, bit for bit, and the continuation's logits are the plain ones:
-    // replaying the kept tokens' delta rule and per-token copies alike.
+    // forward of 6 - r tokens, bit for bit (the kept tokens' delta rule is rerun from the state
+    // before it), and the continuation's logits are the plain ones.
     const RandomModel& rm = random_model();
     const auto ids = prompt(21);
     for (const auto* t : qe::supported_tables()) {
         auto m = rm.build(t->tag, 2);
         const auto whole = all_logits(*m, ids, 8);
-        for (bool replay : {true, false}) {
-            for (int r : {0, 1, 3, 5}) {
-                auto spec = m->new_state(64, 8);
-                spec->set_replay(replay);
-                spec->enable_speculation(7);
-                std::vector<float> out(300 * 21);
-                m->forward(ids.data(), 10, *spec, out.data(), false);
-                m->forward(ids.data() + 10, 6, *spec, out.data(), true, {}, nullptr, true);
-                // the checkpointed forward's logits are the plain ones
-                EXPECT_TRUE(
-                    std::equal(out.begin(), out.begin() + 6 * 300, whole.begin() + 10 * 300));
-                m->rollback(*spec, r);
-                EXPECT_TRUE(spec->position() == 16 - r);
-                auto plain = m->new_state(64, 8);
-                m->forward(ids.data(), 16 - r, *plain, out.data(), false);
-                EXPECT_TRUE(same_caches(*spec, *plain, rm.config));
-                const int64_t rest = 21 - (16 - r);
-                m->forward(ids.data() + 16 - r, rest, *spec, out.data(), true);
-                EXPECT_TRUE(std::equal(out.begin(), out.begin() + rest * 300,
-                                       whole.begin() + (16 - r) * 300));
-            }
-            // with copies two rollbacks in a row add up; a replay undoes once; beyond the
-            // checkpoints is an error
-            auto s = m->new_state(64, 8);
-            s->set_replay(replay);
-            s->enable_speculation(4);
-            std::vector<float> out(300 * 5);
-            m->forward(ids.data(), 5, *s, out.data(), true, {}, nullptr, true);
-            m->rollback(*s, replay ? 3 : 1);
-            if (!replay) m->rollback(*s, 2);
+        for (int r : {0, 1, 3, 5}) {
+            auto spec = m->new_state(64, 8);
+            spec->enable_speculation(7);
+            std::vector<float> out(300 * 21);
+            m->forward(ids.data(), 10, *spec, out.data(), false);
+            m->forward(ids.data() + 10, 6, *spec, out.data(), true, {}, nullptr, true);
+            // the checkpointed forward's logits are the plain ones
+            EXPECT_TRUE(std::equal(out.begin(), out.begin() + 6 * 300, whole.begin() + 10 * 300));
+            m->rollback(*spec, r);
+            EXPECT_TRUE(spec->position() == 16 - r);
             auto plain = m->new_state(64, 8);
-            m->forward(ids.data(), 2, *plain, out.data(), false);
-            EXPECT_TRUE(same_caches(*s, *plain, rm.config));
-            bool refused = false;
-            try {
-                m->rollback(*s, 1);  // a replay's pre-forward state is used up; 1 more covered
-                if (!replay) m->rollback(*s, 1);
-            } catch (const qe::Error&) {
-                refused = true;
-            }
-            EXPECT_TRUE(refused && s->position() == (replay ? 2 : 1));
-            refused = false;
-            try {
-                m->forward(ids.data(), 6, *s, out.data(), true, {}, nullptr, true);  // 5 slots
-            } catch (const qe::Error&) {
-                refused = true;
-            }
-            EXPECT_TRUE(refused && s->position() == (replay ? 2 : 1));
+            m->forward(ids.data(), 16 - r, *plain, out.data(), false);
+            EXPECT_TRUE(same_caches(*spec, *plain, rm.config));
+            const int64_t rest = 21 - (16 - r);
+            m->forward(ids.data() + 16 - r, rest, *spec, out.data(), true);
+            EXPECT_TRUE(std::equal(out.begin(), out.begin() + rest * 300,
+                                   whole.begin() + (16 - r) * 300));
         }
+        // a rollback of none leaves one possible; one rollback uses the forward up; beyond the
+        // checkpoints is an error
+        auto s = m->new_state(64, 8);
+        s->enable_speculation(4);
+        std::vector<float> out(300 * 5);
+        m->forward(ids.data(), 5, *s, out.data(), true, {}, nullptr, true);
+        m->rollback(*s, 0);
+        m->rollback(*s, 3);
+        auto plain = m->new_state(64, 8);
+        m->forward(ids.data(), 2, *plain, out.data(), false);
+        EXPECT_TRUE(same_caches(*s, *plain, rm.config));
+        bool refused = false;
+        try {
+            m->rollback(*s, 1);
+        } catch (const qe::Error&) {
+            refused = true;
+        }
+        EXPECT_TRUE(refused && s->position() == 2);
+        refused = false;
+        try {
+            m->forward(ids.data(), 6, *s, out.data(), true, {}, nullptr, true);  // 5 slots needed
+        } catch (const qe::Error&) {
+            refused = true;
+        }
+        EXPECT_TRUE(refused && s->position() == 2);
     }
 }
 
