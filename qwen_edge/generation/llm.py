@@ -279,7 +279,7 @@ class LLM:
         # A speculating prompt needs the MTP head's part of a snapshot (its cache and the last
         # hidden state: docs/speculative.md): it resumes only from head-ready snapshots and
         # leaves head-ready ones, replacing plain snapshots of the same prefixes.
-        spec = config.speculative == "mtp" and supports_speculation(self.model)
+        spec = config.speculates and supports_speculation(self.model)
         usable = (lambda snap: bool(getattr(snap, "mtp_ready", False))) if spec else None
         hit = self.prefix_cache.lookup(ids, usable=usable)
         if hit is not None:

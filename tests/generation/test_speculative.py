@@ -30,7 +30,7 @@ from qwen_edge.generation.speculative import (
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built")
 
 GREEDY = GenerationConfig(max_tokens=40, stop_token_ids=()).replace(
-    temperature=0.0, presence_penalty=0.0
+    temperature=0.0, presence_penalty=0.0, speculative="off"
 )
 
 
@@ -175,6 +175,16 @@ def test_sampled_first_tokens_follow_the_model(small_mtp: Callable) -> None:
     assert chi2 < 26.1, (chi2, observed, expected)  # 8 degrees of freedom, p = 0.001
 
 
+def test_greedy_speculates_by_default(small_mtp: Callable) -> None:
+    m = native.load(small_mtp("q8"), threads=1)
+    ids = prompt()
+    plain = generate(m, None, ids, GREEDY)
+    auto = generate(m, None, ids, GREEDY.replace(speculative="auto"))
+    assert auto.tokens == plain.tokens and auto.stats.speculative["rounds"] >= 1
+    sampled = GREEDY.replace(speculative="auto", temperature=0.7, seed=4)
+    assert generate(m, None, ids, sampled).stats.speculative is None
+
+
 def test_falls_back_silently(small_mtp: Callable, tiny_model_file: Callable) -> None:
     ids = prompt()
     no_head = native.load(tiny_model_file("q8"), threads=1)
@@ -206,8 +216,15 @@ def test_the_draft_length_follows_acceptance_and_cost() -> None:
 
 def test_the_settings() -> None:
     by_name = {s.name: s for s in settings()}
-    assert by_name["speculative"].kind == "choice" and by_name["speculative"].choices == ("mtp",)
-    assert by_name["draft_tokens"].default == 2
+    spec = by_name["speculative"]
+    assert spec.kind == "choice" and spec.choices == ("auto", "mtp", "off")
+    assert spec.default == "auto" and by_name["draft_tokens"].default == 2
+    # auto: greedy decoding only (where speculation pays: docs/speculative.md)
+    base = GenerationConfig()
+    assert not base.speculates  # the cards' sampling, temperature 0.7
+    assert base.replace(temperature=0).speculates and base.replace(top_k=1).speculates
+    assert base.replace(speculative="mtp").speculates
+    assert not base.replace(temperature=0, speculative="off").speculates
     with pytest.raises(GenerationConfigError, match="speculative"):
         GenerationConfig(speculative="eagle")
     with pytest.raises(GenerationConfigError, match="draft_tokens"):

@@ -40,7 +40,7 @@ def mtp_file(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def load_mtp(path: Path, cache_mb: float = 0) -> LLM:
     llm = load(path, context=256, cache_mb=cache_mb, threads=2)
-    assert llm.model.has_mtp and llm.generation_config.speculative is None
+    assert llm.model.has_mtp and llm.generation_config.speculative == "auto"
     return llm
 
 
@@ -50,8 +50,8 @@ def speculate(llm: LLM) -> None:
 
 
 def plain(llm: LLM, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
-    assert llm.generation_config.speculative is None
-    r = llm.generate(prompt, max_tokens=n, **GREEDY)
+    r = llm.generate(prompt, max_tokens=n, speculative="off", **GREEDY)
+    assert r.stats.speculative is None
     return r.tokens, list(r.logprobs)
 
 
