@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             model = Model.load(args.model, threads=n, context=args.max_tokens + 256)
             if not model.has_mtp:
                 sys.exit(f"{args.model} has no MTP head: export it with --mtp")
+            if not args.tokenizer:  # random ids: within this model's vocabulary
+                prompts = [[t % model.config.vocab_size for t in ids] for ids in prompts]
             servers = [
                 LlamaServer(args.llama_server, args.gguf, n, d, args.max_tokens + 256)
                 for d in llama
