@@ -4,6 +4,9 @@
     python tools/bench_speculative.py models/trained-q8-mtp.qe --tokenizer models/tokenizer \\
         --threads 1,2 --draft-tokens 1,2,3 --draft-rows 16384,0 --json spec.json
     python tools/bench_speculative.py models/rand-0.8b-q4-mtp.qe --verify-cost --json cost.json
+    # llama.cpp beside ours: its plain decoding and its own MTP speculation (draft-mtp)
+    python tools/bench_speculative.py models/trained-q8-mtp.qe --tokenizer models/tokenizer \
+        --llama-server PEERS/build-server/bin/llama-server --gguf models/trained-Q8_0.gguf
 
 Decode: for every prompt, thread count and repetition, plain greedy decoding and each
 speculative setting (draft tokens x draft rows) run one after the other (the order rotates per
@@ -12,9 +15,17 @@ after it. Every speculative run's tokens are compared with the plain run's (`ide
 record has acceptance, tokens per verification, where the time goes (draft, verify, rollback,
 sampling) and the weight bytes read per generated token.
 
---verify-cost: the time of one checkpointed forward over k tokens (all logits) against k
-single-token decode steps, k = 1..8, after a prompt: what a verification costs, whatever the
-acceptance (docs/speculative.md).
+--llama-server/--gguf: llama.cpp's llama-server on the same checkpoint (a GGUF converted with
+the MTP layer, convert_hf_to_gguf.py without --no-mtp), two servers per thread count, plain
+and `--spec-type draft-mtp` (llama.cpp's own Qwen3.5 MTP speculation, at most --llama-draft
+drafts), in the same alternation as ours: a greedy completion of --max-tokens minus one of 1
+token over the same prompt ids; CPU time of the server process. Their ratios are to our plain
+decoding; `identical` compares llama.cpp's speculative tokens with its own plain ones.
+
+--verify-cost: the time of one forward over k tokens (all logits) against k single-token
+decode steps, k = 1..8, after a prompt: what a verification costs, whatever the acceptance,
+checkpointed and rolled back (keeping every token or only the first) and without checkpoints
+(docs/speculative.md).
 """
 
 from __future__ import annotations
@@ -39,6 +50,15 @@ PROMPTS = [
     "The family of Dashwood had long been settled in Sussex.",
     "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy disposition,",
 ]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def greedy(logits: np.ndarray) -> tuple[int, None]:
@@ -77,56 +97,148 @@ def decode(model: Model, ids: list[int], n: int, spec: dict[str, Any] | None) ->
     return out
 
 
-def verify_cost(model: Model, prompt_len: int, reps: int) -> list[dict[str, float]]:
+# --- llama.cpp beside ours (--llama-server): its plain decoding and its own MTP speculation ---
+class LlamaServer:
+    """A llama-server on `gguf` (converted with its MTP layer kept: convert_hf_to_gguf.py
+    without --no-mtp), greedy completions over token ids; `draft`: --spec-type draft-mtp with
+    at most that many drafts (llama.cpp's Qwen3.5 MTP speculation), else plain decoding."""
+
+    def __init__(self, binary: str, gguf: str, threads: int, draft: int | None, context: int):
+        import socket
+        import subprocess
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        args = [binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-c", str(context),
+                "-np", "1", "--host", "127.0.0.1", "--port", str(self.port)]  # fmt: skip
+        if draft:
+            args += ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(draft),
+                     "--spec-draft-n-min", "0"]  # fmt: skip
+        self.args = args
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while True:
+            try:
+                if self._get("/health").get("status") == "ok":
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self.close()
+                sys.exit(f"llama-server did not start ({' '.join(args)}):\n{err[-2000:]}")
+            time.sleep(0.2)
+
+    def _get(self, path: str) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far."""
+        import os
+
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def complete(self, ids: list[int], n: int) -> tuple[dict[str, Any], float, float]:
+        """A greedy completion of n tokens: (the response, wall seconds, CPU seconds)."""
+        import urllib.request
+
+        body = {"prompt": ids, "n_predict": n, "temperature": 0.0, "top_k": 1,
+                "cache_prompt": False, "ignore_eos": True, "return_tokens": True}  # fmt: skip
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/completion", json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        t0, c0 = time.perf_counter(), self.cpu_seconds()
+        with urllib.request.urlopen(req, timeout=600) as r:
+            out = json.loads(r.read())
+        return out, time.perf_counter() - t0, self.cpu_seconds() - c0
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def decode_llama(server: LlamaServer, ids: list[int], n: int) -> dict[str, Any]:
+    """As `decode`: n tokens, rates over the tokens after the first (a completion of n tokens
+    minus one of 1 token, which prefills the same prompt; CPU time of the server process, in
+    clock ticks, so the runs should be long enough)."""
+    _, w1, c1 = server.complete(ids, 1)
+    out, wn, cn = server.complete(ids, n)
+    t = out.get("timings", {})
+    return {
+        "tokens": [int(x) for x in out.get("tokens", [])],
+        "tok_s": (n - 1) / max(wn - w1, 1e-9),
+        "cpu_tok_s": (n - 1) / max(cn - c1, 1e-9),
+        "seconds": wn - w1,
+        "llama_timings": t,
+        "drafted": int(t.get("draft_n", 0)),
+        "accepted": int(t.get("draft_n_accepted", 0)),
+    }
+
+
+def verify_cost(model: Model, prompt_len: int, reps: int) -> list[dict[str, Any]]:
+    """Per k = 1..8: k single decode steps, and one forward over k tokens (all logits):
+    checkpointed ("replay": a copy of the DeltaNet states before it, the delta rule's inputs)
+    and followed by a rollback keeping every token ("accept") or only the first ("reject": it
+    reruns one token's delta rule), and without checkpoints ("none": the floor). CPU and wall
+    time, minimum over `reps` (the least disturbed run on a shared machine)."""
     rng = np.random.default_rng(0)
     ids = [int(t) for t in rng.integers(0, min(model.config.vocab_size, 30000), prompt_len + 8)]
     rows = []
+    s = model.new_state()
+    s.enable_speculation(8)
+    model.forward(ids[:prompt_len], s)
+    snap = s.copy()
+    # touch the checkpoint buffers once: a generation reuses its state, so their first page
+    # faults are not a verification's cost
+    model.forward(ids[prompt_len : prompt_len + 8], s, all_logits=True, checkpoint=True)
+    runs = [("replay", 0), ("replay", 1), ("none", 0)]
     for k in range(1, 9):
-        single, batch, csingle, cbatch, cplain = [], [], [], [], []
         out = np.empty((k, model.config.vocab_size), np.float32)  # reused: no page faults timed
+        single, csingle = [], []
+        wall: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         for rep in range(reps):
-            s = model.new_state()
-            s.enable_speculation(8)
-            model.forward(ids[:prompt_len], s)
-            snap = s.copy()
-            # touch the checkpoint slots once: a generation reuses its state, so their first
-            # page faults are not a verification's cost
-            model.forward(ids[prompt_len : prompt_len + 8], s, all_logits=True, checkpoint=True)
             s.restore(snap)
             t0, c0 = time.perf_counter(), time.process_time()
             for t in ids[prompt_len : prompt_len + k]:
                 model.forward([t], s)
             single.append(time.perf_counter() - t0)
             csingle.append(time.process_time() - c0)
-            # with checkpoints (+ rollback), and the same forward without them: what they cost
-            # (docs/speculative.md); alternating which runs first
-            for checkpoint in (True, False) if rep % 2 == 0 else (False, True):
+            shift = rep % len(runs)  # alternate who runs first
+            for mode, reject in runs[shift:] + runs[:shift]:
                 s.restore(snap)
                 t0, c0 = time.perf_counter(), time.process_time()
                 model.forward(
-                    ids[prompt_len : prompt_len + k], s, all_logits=True, checkpoint=checkpoint,
-                    out=out,
+                    ids[prompt_len : prompt_len + k], s, all_logits=True,
+                    checkpoint=mode != "none", out=out,
                 )  # fmt: skip
-                if checkpoint:
-                    s.rollback(k - 1)
-                    batch.append(time.perf_counter() - t0)
-                    cbatch.append(time.process_time() - c0)
-                else:
-                    cplain.append(time.process_time() - c0)
-        # the minimum: on a shared machine the least disturbed run is the closest to the cost
-        one, many = float(np.min(single)), float(np.min(batch))
-        rows.append({
-            "k": k, "k_single_steps_s": one, "verify_k_s": many,
-            "k_single_steps_median_s": float(np.median(single)),
-            "verify_k_median_s": float(np.median(batch)),
-            "k_single_steps_cpu_s": float(np.min(csingle)), "verify_k_cpu_s": float(np.min(cbatch)),
-            "verify_k_no_checkpoint_cpu_s": float(np.min(cplain)),
-            "verify_over_one_step": many / (one / k), "speedup_if_all_accepted": one / many,
-        })  # fmt: skip
-        print(f"k={k}: {k} steps {one * 1e3:.1f} ms, one verify of {k} (+rollback) "
-              f"{many * 1e3:.1f} ms = {many / (one / k):.2f} single steps; by CPU time "
-              f"{np.min(cbatch) / (np.min(csingle) / k):.2f}, without checkpoints "
-              f"{np.min(cplain) / (np.min(csingle) / k):.2f}", flush=True)  # fmt: skip
+                if mode != "none":
+                    s.rollback(k - 1 if reject else 0)
+                name = mode if mode == "none" else f"{mode}_{'reject' if reject else 'accept'}"
+                wall.setdefault(name, []).append(time.perf_counter() - t0)
+                cpu.setdefault(name, []).append(time.process_time() - c0)
+        step = float(np.min(csingle)) / k
+        row: dict[str, Any] = {
+            "k": k, "k_single_steps_s": float(np.min(single)),
+            "k_single_steps_cpu_s": float(np.min(csingle)),
+        }  # fmt: skip
+        for name in wall:
+            row[f"verify_{name}_s"] = float(np.min(wall[name]))
+            row[f"verify_{name}_cpu_s"] = float(np.min(cpu[name]))
+            row[f"verify_{name}_steps"] = float(np.min(cpu[name])) / step
+        rows.append(row)
+        print(f"k={k}: by CPU time in single steps: " + "  ".join(
+            f"{name} {row[f'verify_{name}_steps']:.3f}" for name in wall), flush=True)  # fmt: skip
     return rows
 
 
@@ -143,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=len(PROMPTS))
     p.add_argument("--verify-cost", action="store_true", help="measure verify-k vs k steps")
     p.add_argument("--json", help="write the record here")
+    p.add_argument("--llama-server", help="llama-server binary: add llama.cpp's decoding")
+    p.add_argument("--gguf", help="the same checkpoint as GGUF with its MTP layer (llama.cpp)")
+    p.add_argument(
+        "--llama-draft", type=int, default=2, help="llama.cpp draft-mtp's most drafts (0: none)"
+    )
     args = p.parse_args(argv)
 
     threads = [int(x) for x in args.threads.split(",")]
@@ -174,19 +291,37 @@ def main(argv: list[str] | None = None) -> int:
             for k in [int(x) for x in args.draft_tokens.split(",")]:
                 for adaptive in (True, False) if args.fixed else (True,):
                     specs.append({"draft_tokens": k, "draft_rows": rows, "adaptive": adaptive})
+        if args.llama_server and not args.gguf:
+            sys.exit("--llama-server needs --gguf")
+        llama = [None, args.llama_draft or None] if args.llama_server else []
         for n in threads:
             model = Model.load(args.model, threads=n, context=args.max_tokens + 256)
             if not model.has_mtp:
                 sys.exit(f"{args.model} has no MTP head: export it with --mtp")
-            results: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(specs))}
-            for rep in range(args.repetitions):
-                for pi, ids in enumerate(prompts):
-                    order = list(range(len(specs)))
-                    shift = (rep + pi) % len(order)
-                    for i in order[shift:] + order[:shift]:  # alternate who runs first
-                        r = decode(model, ids, args.max_tokens, specs[i])
-                        r["prompt"] = pi
-                        results[i].append(r)
+            if not args.tokenizer:  # random ids: within this model's vocabulary
+                prompts = [[t % model.config.vocab_size for t in ids] for ids in prompts]
+            servers = [
+                LlamaServer(args.llama_server, args.gguf, n, d, args.max_tokens + 256)
+                for d in llama
+            ]
+            engines: list[Any] = [*specs, *servers]
+            results: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(engines))}
+            try:
+                for rep in range(args.repetitions):
+                    for pi, ids in enumerate(prompts):
+                        order = list(range(len(engines)))
+                        shift = (rep + pi) % len(order)
+                        for i in order[shift:] + order[:shift]:  # alternate who runs first
+                            e = engines[i]
+                            if isinstance(e, LlamaServer):
+                                r = decode_llama(e, ids, args.max_tokens)
+                            else:
+                                r = decode(model, ids, args.max_tokens, e)
+                            r["prompt"] = pi
+                            results[i].append(r)
+            finally:
+                for server in servers:
+                    server.close()
             plain = {r["prompt"]: r["tokens"] for r in results[0]}
             rows = []
             base = float(np.mean([r["tok_s"] for r in results[0]]))
@@ -244,6 +379,38 @@ def main(argv: list[str] | None = None) -> int:
                     f"threads {n} {label:>22}: {row['tok_s_mean']:7.1f} tok/s "
                     f"x{row['ratio_vs_plain']:.2f} (cpu x{row['cpu_ratio_vs_plain']:.2f})  "
                     f"identical {row['identical']}{extra}",
+                    flush=True,
+                )
+            llama_plain = {r["prompt"]: r["tokens"] for r in results.get(len(specs), [])}
+            for j, server in enumerate(servers):
+                rs = results[len(specs) + j]
+                drafted = sum(r["drafted"] for r in rs)
+                row = {
+                    "engine": "llama.cpp", "command": server.args[1:],
+                    "speculative": {"method": "draft-mtp", "draft_tokens": llama[j]}
+                    if llama[j] else None,
+                    "tok_s_mean": float(np.mean([r["tok_s"] for r in rs])),
+                    "tok_s_std": float(np.std([r["tok_s"] for r in rs])),
+                    "cpu_tok_s_mean": float(np.mean([r["cpu_tok_s"] for r in rs])),
+                    # its tokens against its own plain decoding, and how many agree with ours
+                    "identical": all(r["tokens"] == llama_plain[r["prompt"]] for r in rs),
+                    "same_as_ours": float(np.mean([
+                        _common_prefix(r["tokens"], plain[r["prompt"]]) / len(plain[r["prompt"]])
+                        for r in rs
+                    ])),
+                    "acceptance_rate": (sum(r["accepted"] for r in rs) / drafted
+                                        if drafted else None),
+                }  # fmt: skip
+                row["ratio_vs_plain"] = row["tok_s_mean"] / base
+                row["cpu_ratio_vs_plain"] = row["cpu_tok_s_mean"] / cpu_base
+                rows.append(row)
+                label = f"llama.cpp {'draft-mtp k=' + str(llama[j]) if llama[j] else 'plain'}"
+                acc = row["acceptance_rate"]
+                print(
+                    f"threads {n} {label:>22}: {row['tok_s_mean']:7.1f} tok/s "
+                    f"x{row['ratio_vs_plain']:.2f} (cpu x{row['cpu_ratio_vs_plain']:.2f})  "
+                    f"identical {row['identical']}  same as ours {row['same_as_ours']:.0%}"
+                    + (f"  accept {acc:.0%}" if acc is not None else ""),
                     flush=True,
                 )
             record["runs"].append({

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -159,9 +160,24 @@ void bind_model(py::module_& m) {
         .def("enable_speculation", &qe::State::enable_speculation, py::arg("slots"))
         .def_property_readonly("speculation_enabled", &qe::State::speculation_enabled)
         .def_property_readonly("checkpoint_slots", &qe::State::checkpoint_slots)
-        .def("rollback", &qe::State::rollback, py::arg("n"))
         .def_property_readonly("mtp_position", &qe::State::mtp_position)
-        .def("set_mtp_position", &qe::State::set_mtp_position, py::arg("position"));
+        .def("set_mtp_position", &qe::State::set_mtp_position, py::arg("position"))
+        .def_property_readonly("mtp_ready", &qe::State::mtp_ready)
+        .def(
+            "set_mtp_hidden",
+            [](qe::State& s, py::array_t<float, py::array::c_style | py::array::forcecast> h) {
+                QE_CHECK(h.size() == s.config().n_embd, "set_mtp_hidden: hidden must have ",
+                         s.config().n_embd, " elements, got ", h.size());
+                s.set_mtp_hidden(h.data());
+            },
+            py::arg("hidden"))
+        .def_property_readonly("mtp_hidden", [](const qe::State& s) -> py::object {
+            if (!s.mtp_ready()) return py::none();
+            const int64_t e = s.config().n_embd;
+            py::array_t<float> out(e);
+            std::memcpy(out.mutable_data(), s.mtp_hidden(), size_t(e) * sizeof(float));
+            return std::move(out);
+        });
 
     py::class_<PyModel>(m, "Model", "The Qwen3.5 forward pass over weights in memory.")
         .def(py::init<const std::string&, const py::dict&, int, const std::string&, bool, int>(),
@@ -192,6 +208,14 @@ void bind_model(py::module_& m) {
                                    const qe::ModelFile* f = p.model().file();
                                    return f ? f->file_size() : uint64_t{0};
                                })
+        .def(
+            "rollback",
+            [](PyModel& p, qe::State& state, int64_t n) {
+                py::gil_scoped_release release;
+                p.model().rollback(state, n);
+            },
+            py::arg("state"), py::arg("n"),
+            "Undoes the last n tokens of the state's last checkpointed forward, exactly.")
         .def(
             "stop", [](PyModel& p) { p.model().stop_all(); },
             "Makes running forward passes stop at their next layer and later ones raise at once.")

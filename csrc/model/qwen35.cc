@@ -617,28 +617,28 @@ void Qwen35Model::delta_net_block(const Layer& L, const float* x, const Rows& ro
     // value head) over that sequence's rows and recurrent state.
     const int64_t r = nv / nk;
     QE_DCHECK(!checkpoint || rows.segs[0].state->slots_ >= n - 1);
+    if (checkpoint) {  // rollback's inputs: each token's q | k | v, beta, decay
+        const int64_t rw = cd + 2 * nv;
+        float* in = rows.segs[0].state->replay_in_[L.index].as<float>();
+        for (int64_t t = 0; t < n; ++t) {
+            std::memcpy(in + t * rw, conv + t * cd, size_t(cd) * sizeof(float));
+            std::memcpy(in + t * rw + cd, b + t * nv, size_t(nv) * sizeof(float));
+            std::memcpy(in + t * rw + cd + nv, a + t * nv, size_t(nv) * sizeof(float));
+        }
+    }
     pool_.for_each(rows.count * nv, 1, [&](int64_t i0, int64_t i1, int) {
         for (int64_t i = i0; i < i1; ++i) {
             const Seg& g = rows.segs[i / nv];
             const int64_t m = i % nv, hk = m / r;
             float* rec = g.state->recurrent(L.index);
-            if (!checkpoint) {
-                const float* ct = conv + g.row0 * cd;
-                kt_.delta_rule(rec + m * dk * dv, ct + hk * dk, ct + kd + hk * dk,
-                               ct + 2 * kd + m * dv, cd, a + g.row0 * nv + m, b + g.row0 * nv + m,
-                               nv, heads + g.row0 * vd + m * dv, vd, g.n, dk, dv);
-                continue;
+            if (checkpoint) {  // rollback's start: the state before the forward
+                std::memcpy(g.state->pre_recurrent_[L.index].as<float>() + m * dk * dv,
+                            rec + m * dk * dv, size_t(dk * dv) * sizeof(float));
             }
-            float* slots = g.state->ckpt_recurrent_[L.index].as<float>();
-            for (int64_t t = 0; t < n; ++t) {
-                kt_.delta_rule(rec + m * dk * dv, conv + t * cd + hk * dk,
-                               conv + t * cd + kd + hk * dk, conv + t * cd + 2 * kd + m * dv, cd,
-                               a + t * nv + m, b + t * nv + m, nv, heads + t * vd + m * dv, vd, 1,
-                               dk, dv);
-                if (t + 1 == n) break;
-                std::memcpy(slots + (t * nv + m) * dk * dv, rec + m * dk * dv,
-                            size_t(dk * dv) * sizeof(float));
-            }
+            const float* ct = conv + g.row0 * cd;
+            kt_.delta_rule(rec + m * dk * dv, ct + hk * dk, ct + kd + hk * dk,
+                           ct + 2 * kd + m * dv, cd, a + g.row0 * nv + m, b + g.row0 * nv + m, nv,
+                           heads + g.row0 * vd + m * dv, vd, g.n, dk, dv);
         }
     });
     for_tokens(n, [&](int64_t t0, int64_t t1) {
@@ -658,6 +658,42 @@ void Qwen35Model::mlp_block(const Layer& L, const float* x, int64_t n, Scratch& 
         kt_.silu_mul(g + t0 * c.n_ff, up + t0 * c.n_ff, g + t0 * c.n_ff, (t1 - t0) * c.n_ff);
     });
     linear(kt_, pool_, g, c.n_ff, n, xq, {{&L.down, out, c.n_embd}});
+}
+
+void Qwen35Model::rollback(State& st, int64_t n) {
+    if (n == 0) return;
+    QE_CHECK(n > 0 && n < st.ckpt_tokens_, "rollback: ", n,
+             " tokens is not covered by the last checkpointed forward (which can undo 0..",
+             st.ckpt_tokens_ > 0 ? st.ckpt_tokens_ - 1 : 0, ")");
+    std::lock_guard<std::mutex> lock(mutex_);
+    const ModelConfig& c = config_;
+    const int64_t kept = st.ckpt_tokens_ - n, slot = kept - 1;  // after the last kept token
+    for (size_t i = 0; i < st.conv_.size(); ++i) {
+        const size_t cb = st.conv_[i].size();
+        std::memcpy(st.conv_[i].as<void>(), st.ckpt_conv_[i].as<char>() + size_t(slot) * cb, cb);
+    }
+    // The kept tokens' delta rule over the state before the forward, which then becomes the
+    // state (the output rows are scratch): the forward's arithmetic, token for token.
+    const int64_t nv = c.n_v_head, dk = c.k_head_dim, dv = c.v_head_dim;
+    const int64_t cd = c.conv_dim(), kd = c.key_dim(), vd = c.value_dim(), rw = cd + 2 * nv;
+    const int64_t r = nv / c.n_k_head;
+    float* heads = st.scratch_.heads.as<float>();
+    for (size_t i = 0; i < st.recurrent_.size(); ++i) {
+        float* pre = st.pre_recurrent_[i].as<float>();
+        const float* in = st.replay_in_[i].as<float>();
+        pool_.for_each(nv, 1, [&](int64_t m0, int64_t m1, int) {
+            for (int64_t m = m0; m < m1; ++m) {
+                const int64_t hk = m / r;
+                kt_.delta_rule(pre + m * dk * dv, in + hk * dk, in + kd + hk * dk,
+                               in + 2 * kd + m * dv, rw, in + cd + nv + m, in + cd + m, rw,
+                               heads + m * dv, vd, kept, dk, dv);
+            }
+        });
+        std::swap(st.recurrent_[i], st.pre_recurrent_[i]);
+    }
+    st.position_ -= n;
+    st.ckpt_tokens_ = 0;  // the state before the forward is used up
+    if (st.mtp_hidden_at_ >= st.position_) st.mtp_hidden_at_ = -1;  // of an undone token
 }
 
 // ---- the MTP head ------------------------------------------------------------------------------

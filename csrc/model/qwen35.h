@@ -95,11 +95,17 @@ public:
     // Throws Interrupted between two layers once `stop` returns true or stop_all() was called;
     // the state is then marked interrupted, and a forward on it throws until it is reset.
     // hidden: null, or float [n, n_embd] for every token's final-normed hidden state (the MTP
-    // head's input). checkpoint: keep the DeltaNet states after each of the first n - 1 tokens,
-    // so State::rollback can undo up to n - 1 of them (needs State::enable_speculation with at
-    // least n - 1 slots).
+    // head's input). checkpoint: keep what rollback needs to undo up to n - 1 of the tokens
+    // (needs State::enable_speculation with at least n - 1 slots).
     void forward(const int32_t* tokens, int64_t n, State& state, float* logits, bool all_logits,
                  const StopFn& stop = {}, float* hidden = nullptr, bool checkpoint = false);
+
+    // Undoes the last n tokens of the state's last checkpointed forward (0 <= n < its tokens),
+    // as if they had never run: the KV caches truncate, the conv states come back from the
+    // checkpoint after the last kept token, the recurrent states by rerunning the kept tokens'
+    // delta rule from the state before the forward. Once per forward (n = 0 leaves it
+    // possible). Throws if no checkpointed forward covers them.
+    void rollback(State& state, int64_t n);
 
     // Makes every running and later forward pass throw Interrupted at its next layer boundary
     // (for shutting down: the embedding process can then join its threads before the core goes).
@@ -165,7 +171,7 @@ private:
     void check_tokens(const int32_t* tokens, int64_t n, const State& state) const;
     // Runs the rows through every layer (scratch `s`, sized for rows.n) up to the final norm,
     // left in s.x, and advances every state. Checks `stop` before every layer. checkpoint: keep
-    // the DeltaNet states after each row but the last (one sequence only; State::rollback).
+    // what rollback needs after each row but the last (one sequence only).
     void run_rows(const int32_t* tokens, const Rows& rows, Scratch& s, const StopFn& stop,
                   bool checkpoint = false);
     void run_batch(const int32_t* tokens, int64_t n, State& state, float* logits, bool all,

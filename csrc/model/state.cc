@@ -114,6 +114,7 @@ void alloc_scratch(Scratch& s, const StateSizes& z, int64_t batch) {
 void State::reset() {
     position_ = 0;
     mtp_position_ = 0;
+    mtp_hidden_at_ = -1;
     ckpt_tokens_ = 0;
     interrupted_ = false;
     // The KV cache needs no clearing: positions >= position_ are never read.
@@ -134,6 +135,9 @@ void State::copy_from(const State& other) {
     ckpt_tokens_ = 0;
     if (other.speculation_enabled()) enable_speculation(std::min(other.slots_, batch_ - 1));
     mtp_position_ = speculation_enabled() ? other.mtp_position_ : 0;
+    mtp_hidden_at_ = other.speculation_enabled() ? other.mtp_hidden_at_ : -1;
+    if (mtp_hidden_at_ >= 0)
+        std::memcpy(mtp_hidden_.as<void>(), other.mtp_hidden_.as<void>(), mtp_hidden_.size());
     // Only the filled part of each head's KV rows (heads are context_ rows apart in each).
     const size_t row = kv_row_bytes(kv_type_, config_.head_dim);
     for (size_t i = 0; i < kv_.size(); ++i) {
@@ -165,33 +169,29 @@ void State::enable_speculation(int64_t slots) {
         mtp_kv_.emplace_back(kv_bytes);
         mtp_kv_.emplace_back(kv_bytes);
         scratch_.mtp_in = Buffer(bytes_of(batch_, 2 * config_.n_embd, sizeof(float)));
+        mtp_hidden_ = Buffer(bytes_of(config_.n_embd, sizeof(float)));
         mtp_position_ = 0;
+        mtp_hidden_at_ = -1;
     }
     if (slots <= slots_) return;
     ckpt_conv_.clear();
-    ckpt_recurrent_.clear();
+    pre_recurrent_.clear();
+    replay_in_.clear();
+    const size_t row = bytes_of(config_.conv_dim() + 2 * config_.n_v_head, sizeof(float));
     for (size_t i = 0; i < conv_.size(); ++i) {
         ckpt_conv_.emplace_back(bytes_of(slots, conv_[i].size()));
-        ckpt_recurrent_.emplace_back(bytes_of(slots, recurrent_[i].size()));
+        pre_recurrent_.emplace_back(recurrent_[i].size());
+        replay_in_.emplace_back(bytes_of(slots + 1, row));
     }
     slots_ = slots;
     ckpt_tokens_ = 0;
 }
 
-void State::rollback(int64_t n) {
-    if (n == 0) return;
-    QE_CHECK(n > 0 && n < ckpt_tokens_, "rollback: ", n,
-             " tokens is not covered by the last checkpointed forward (which can undo 0..",
-             ckpt_tokens_ > 0 ? ckpt_tokens_ - 1 : 0, ")");
-    const int64_t slot = ckpt_tokens_ - 1 - n;  // the state after the last kept token
-    for (size_t i = 0; i < conv_.size(); ++i) {
-        const size_t cb = conv_[i].size(), rb = recurrent_[i].size();
-        std::memcpy(conv_[i].as<void>(), ckpt_conv_[i].as<char>() + size_t(slot) * cb, cb);
-        std::memcpy(recurrent_[i].as<void>(), ckpt_recurrent_[i].as<char>() + size_t(slot) * rb,
-                    rb);
-    }
-    position_ -= n;
-    ckpt_tokens_ -= n;
+void State::set_mtp_hidden(const float* hidden) {
+    QE_CHECK(speculation_enabled(), "the state has no MTP cache (enable_speculation first)");
+    QE_CHECK(position_ > 0, "set_mtp_hidden: the state holds no position yet");
+    std::memcpy(mtp_hidden_.as<void>(), hidden, mtp_hidden_.size());
+    mtp_hidden_at_ = position_ - 1;
 }
 
 void State::set_mtp_position(int64_t p) {
@@ -203,19 +203,25 @@ void State::set_mtp_position(int64_t p) {
 
 uint64_t State::allocated_bytes() const {
     const Scratch& s = scratch_;
-    uint64_t n = cache_bytes();
+    uint64_t n = main_cache_bytes();
     for (const Buffer* b : {&s.h, &s.x, &s.mix, &s.xq, &s.proj, &s.conv, &s.gate, &s.kv, &s.heads,
                             &s.ab, &s.ff, &s.scores, &s.rope, &s.logits})
         n += b->size();
     return n;
 }
 
-uint64_t State::cache_bytes() const {
+uint64_t State::main_cache_bytes() const {
     uint64_t n = 0;
     for (const auto& b : kv_) n += b.size();
     for (const auto& b : conv_) n += b.size();
     for (const auto& b : recurrent_) n += b.size();
     return n;
+}
+
+uint64_t State::cache_bytes() const {
+    uint64_t n = main_cache_bytes();
+    for (const auto& b : mtp_kv_) n += b.size();
+    return n + mtp_hidden_.size();
 }
 
 }  // namespace qe

@@ -82,6 +82,7 @@ public:
     State& operator=(const State&) = delete;
 
     int64_t position() const { return position_; }
+    const ModelConfig& config() const { return config_; }
     int64_t context() const { return context_; }
     KvType kv_type() const { return kv_type_; }
     void reset();
@@ -91,26 +92,34 @@ public:
     // Copies the caches and position of `other` (same model and KV type; its position must fit
     // this state's context, which may differ) into this state: a snapshot can be compact.
     void copy_from(const State& other);
-    // Bytes of the caches (what a snapshot holds), excluding scratch and checkpoints.
+    // Bytes of the caches (what a snapshot holds): the main model's, and with speculation the
+    // MTP head's KV cache and pending hidden state; excluding scratch and checkpoints.
     uint64_t cache_bytes() const;
     // Bytes of every buffer this state allocated: caches and scratch (not the speculation
     // buffers of enable_speculation).
     uint64_t allocated_bytes() const;
 
     // Speculative decoding (docs/speculative.md). Allocates the MTP head's own KV cache (one
-    // full-attention layer over the same context) and `slots` checkpoints of every DeltaNet
-    // layer's conv and recurrent state, so a checkpointed forward of up to slots + 1 tokens
-    // can be rolled back. Idempotent for the same or fewer slots.
+    // full-attention layer over the same context) and what Qwen35Model::rollback needs after
+    // a checkpointed forward of up to slots + 1 tokens (per DeltaNet layer: `slots` conv-state
+    // checkpoints, one recurrent state, the delta rule's inputs). Idempotent for the same or
+    // fewer slots.
     void enable_speculation(int64_t slots);
     bool speculation_enabled() const { return !mtp_kv_.empty(); }
     int64_t checkpoint_slots() const { return slots_; }
-    // Undoes the last n tokens of the last checkpointed forward (0 <= n < its tokens), as if
-    // they had never run: the KV caches truncate, the DeltaNet states come back from the
-    // checkpoint taken after the last kept token. Throws if no checkpoint covers them.
-    void rollback(int64_t n);
     // Tokens the MTP head's cache holds (its positions 0..mtp_position - 1), and truncation.
     int64_t mtp_position() const { return mtp_position_; }
     void set_mtp_position(int64_t p);
+    // The head's pending input: the main model's final-normed hidden state at position - 1,
+    // whose pair (with the token after it) the head has not run yet. A state holding it with
+    // mtp_position == position - 1 is head-ready (mtp_ready): speculation can continue from it
+    // (a prefix-cache snapshot of a speculating prompt, docs/speculative.md).
+    void set_mtp_hidden(const float* hidden);  // [n_embd], of the state's last position
+    const float* mtp_hidden() const { return mtp_hidden_.as<float>(); }
+    bool mtp_ready() const {
+        return speculation_enabled() && position_ > 0 && mtp_hidden_at_ == position_ - 1 &&
+               mtp_position_ == position_ - 1;
+    }
     void* mtp_keys() const { return mtp_kv_[0].as<void>(); }
     void* mtp_values() const { return mtp_kv_[1].as<void>(); }
 
@@ -127,6 +136,7 @@ public:
 
 private:
     friend class Qwen35Model;
+    uint64_t main_cache_bytes() const;  // kv_, conv_, recurrent_
 
     ModelConfig config_;
     int64_t context_, batch_, position_ = 0;
@@ -136,12 +146,18 @@ private:
     std::vector<Buffer> kv_;         // 2 per full-attention layer
     std::vector<Buffer> conv_;       // 1 per linear-attention layer
     std::vector<Buffer> recurrent_;  // 1 per linear-attention layer
-    // Speculation: the MTP head's K and V; per linear-attention layer [slots, conv state] and
-    // [slots, recurrent state], slot t = the state after token t of the last checkpointed
-    // forward, which ran `ckpt_tokens_` tokens (rollback lowers it; any other forward clears it).
+    // Speculation: the MTP head's K and V; per linear-attention layer, for the last checkpointed
+    // forward, which ran `ckpt_tokens_` tokens (any other forward and a rollback clear it):
+    // [slots, conv state], slot t = the conv state after its token t (1/40 of a recurrent
+    // state); the recurrent state before it; and [slots + 1, conv_dim + 2 * n_v_head] the delta
+    // rule's inputs per token (q | k | v after the conv and norms, beta, decay), so rollback
+    // reruns the kept tokens' delta rule from that state instead of keeping a copy per token
+    // (docs/speculative.md, "Checkpoints or replay").
     std::vector<Buffer> mtp_kv_;
-    std::vector<Buffer> ckpt_conv_, ckpt_recurrent_;
+    std::vector<Buffer> ckpt_conv_, pre_recurrent_, replay_in_;
     int64_t slots_ = 0, ckpt_tokens_ = 0, mtp_position_ = 0;
+    Buffer mtp_hidden_;            // [n_embd] set_mtp_hidden's copy
+    int64_t mtp_hidden_at_ = -1;   // the position it belongs to (-1: none)
     Scratch scratch_;
 };
 

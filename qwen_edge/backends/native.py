@@ -212,13 +212,14 @@ class State:
 
     def rollback(self, n: int) -> None:
         """Undoes the last `n` tokens of the last checkpointed forward, exactly (as if they
-        had never run).
+        had never run): reruns the kept tokens' delta rule from the state before it
+        (docs/speculative.md). Once per forward (`n` = 0 leaves it possible).
 
         Raises:
             ValueError: no checkpointed forward covers `n` tokens.
         """
         try:
-            self._native.rollback(int(n))
+            self._model._native.rollback(self._native, int(n))
         except RuntimeError as e:
             raise _map_error(e, ValueError) from None
 
@@ -231,6 +232,26 @@ class State:
         """Truncates the MTP head's cache to `position` pairs."""
         try:
             self._native.set_mtp_position(int(position))
+        except RuntimeError as e:
+            raise _map_error(e, ValueError) from None
+
+    @property
+    def mtp_ready(self) -> bool:
+        """Whether speculation can continue from this state: the head's cache holds a pair for
+        every position but the last, and the state keeps that last position's hidden state
+        (`set_mtp_hidden`). Snapshots and copies keep both."""
+        return bool(self._native.mtp_ready)
+
+    @property
+    def mtp_hidden(self) -> np.ndarray | None:
+        """A copy of the kept hidden state of position - 1 when `mtp_ready`, else None."""
+        return self._native.mtp_hidden
+
+    def set_mtp_hidden(self, hidden: np.ndarray) -> None:
+        """Keeps the main model's final-normed hidden state of the last position (position -
+        1): the head's input for the pair the next token completes."""
+        try:
+            self._native.set_mtp_hidden(np.ascontiguousarray(hidden, np.float32).reshape(-1))
         except RuntimeError as e:
             raise _map_error(e, ValueError) from None
 
@@ -444,9 +465,8 @@ class Model:
         Args:
             hidden: a C-contiguous float32 array of len(tokens) * hidden_size elements that
                 receives every position's final-normed hidden state (the MTP head's input).
-            checkpoint: keep the DeltaNet states after each token but the last, so
-                `state.rollback(n)` can undo up to len(tokens) - 1 of them (needs
-                `state.enable_speculation`).
+            checkpoint: keep what `state.rollback(n)` needs to undo up to len(tokens) - 1
+                of them (needs `state.enable_speculation`).
             out: a C-contiguous float32 array for the logits (reused instead of a new one).
 
         Returns:

@@ -70,7 +70,9 @@ class BenchConfig:
     tokens_per_s: float | None = None  # ... or at this rate
     budget_seconds: float = 30.0  # how long the governed decode runs
     min_phase_seconds: float = 3.0  # with power: phases repeat until they last this long
-    speculative: str | None = None  # "mtp": decode with MTP drafts (docs/speculative.md)
+    # "mtp" or "auto" (the decode is greedy): decode with MTP drafts (docs/speculative.md); by
+    # default the bench measures plain decoding, the figure every peer is compared on
+    speculative: str | None = None
     draft_tokens: int = 2
 
 
@@ -272,7 +274,7 @@ def bench_threads(
         state = model.new_state()
         decode_prompt = rng.integers(0, vocab, cfg.decode_prompt)
         spec = None
-        if cfg.speculative == "mtp" and supports_speculation(model):
+        if cfg.speculative in ("mtp", "auto") and supports_speculation(model):
             spec = SpeculativeStats()
             tokens = speculative_step(
                 model, [int(t) for t in decode_prompt], _argmax, state=state,

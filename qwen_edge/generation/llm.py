@@ -31,7 +31,7 @@ from .loop import (
 )
 from .prefix_cache import DEFAULT_CACHE_MB, PrefixCache, restore_state, snapshot_state
 from .settings import GenerationConfig
-from .speculative import supports_speculation
+from .speculative import prefill_for_speculation, supports_speculation
 from .tokenizer import Tokenizer, load_tokenizer
 
 
@@ -127,7 +127,8 @@ class LLM:
     turns: where a chat's next prompt stops sharing tokens with it, since the template
     re-renders the previous answer without its empty think block). A new prompt continues a
     copy of the longest cached prefix it starts with instead of starting over; the logits are
-    the same either way.
+    the same either way. A speculating prompt's snapshots also keep the MTP head's part
+    (docs/speculative.md, "With the prefix cache").
     """
 
     def __init__(
@@ -275,15 +276,12 @@ class LLM:
     ) -> Iterator[GenerationResponse]:
         start = time.perf_counter()
         cached, state = 0, None
-        if config.speculative == "mtp" and supports_speculation(self.model):
-            # The MTP head needs a pair for every position, which a cached prefix lacks: the
-            # whole prompt runs from a fresh state (docs/speculative.md).
-            yield from stream_generate(
-                self.model, self.tokenizer, ids, config, context=self.context,
-                start_time=start, load_time=self.load_time,
-            )  # fmt: skip
-            return
-        hit = self.prefix_cache.lookup(ids)
+        # A speculating prompt needs the MTP head's part of a snapshot (its cache and the last
+        # hidden state: docs/speculative.md): it resumes only from head-ready snapshots and
+        # leaves head-ready ones, replacing plain snapshots of the same prefixes.
+        spec = config.speculates and supports_speculation(self.model)
+        usable = (lambda snap: bool(getattr(snap, "mtp_ready", False))) if spec else None
+        hit = self.prefix_cache.lookup(ids, usable=usable)
         if hit is not None:
             cached, state = hit[0], restore_state(self.model, hit[1])
         reused = cached
@@ -292,8 +290,13 @@ class LLM:
         if self.prefix_cache.enabled:
             for cut in chat_boundaries(ids):
                 if cut > cached:
-                    prefill(self.model, ids[cached:cut], state)
-                    self.prefix_cache.put(ids[:cut], snapshot_state(state))
+                    if spec:
+                        prefill_for_speculation(
+                            self.model, ids[cached:cut], state, slots=config.draft_tokens
+                        )
+                    else:
+                        prefill(self.model, ids[cached:cut], state)
+                    self.prefix_cache.put(ids[:cut], snapshot_state(state), replace=spec)
                     cached = cut
         yield from stream_generate(
             self.model,

@@ -312,8 +312,8 @@ def stream_generate(
     stop_ids = set(config.stop_token_ids)
     on_prefill = lambda: timing.__setitem__("prompt_eval_end", time.perf_counter())  # noqa: E731
     # Speculation gives the tokens of plain decoding; it runs where it can (a model with an
-    # MTP head, a fresh state), else plain decoding.
-    if config.speculative == "mtp" and supports_speculation(model, state):
+    # MTP head, a fresh or head-ready state), else plain decoding.
+    if config.speculates and supports_speculation(model, state):
         spec_stats = SpeculativeStats()
         steps = speculative_step(
             model,

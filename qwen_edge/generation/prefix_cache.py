@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,17 +77,21 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, ids: Sequence[int]) -> tuple[int, Any] | None:
+    def lookup(
+        self, ids: Sequence[int], usable: Callable[[Any], bool] | None = None
+    ) -> tuple[int, Any] | None:
         """The longest cached prefix shorter than `ids` (at least one token must remain to be
-        evaluated) as (its length, the snapshot), or None. Marks it recently used."""
+        evaluated) whose snapshot is `usable` (default: any) as (its length, the snapshot), or
+        None. Marks it recently used."""
         if not self.enabled:
             return None
         ids = tuple(ids)
         with self._lock:
             best: tuple[int, ...] | None = None
-            for key in self._entries:
+            for key, (snap, _) in self._entries.items():
                 longer = best is None or len(key) > len(best)
-                if len(key) < len(ids) and longer and ids[: len(key)] == key:
+                fits = len(key) < len(ids) and longer and ids[: len(key)] == key
+                if fits and (usable is None or usable(snap)):
                     best = key
             if best is None:
                 self.misses += 1
@@ -96,10 +100,11 @@ class PrefixCache:
             self._entries.move_to_end(best)
             return len(best), self._entries[best][0]
 
-    def put(self, ids: Sequence[int], snapshot: Any) -> bool:
+    def put(self, ids: Sequence[int], snapshot: Any, replace: bool = False) -> bool:
         """Keeps `snapshot` (the state after exactly `ids`), evicting the least recently used
         snapshots beyond the budget. Returns whether it was kept (one larger than the whole
-        budget is not)."""
+        budget is not). A snapshot of the same prefix already kept stays, unless `replace`
+        (a speculating prompt's snapshot also holds the MTP head's part)."""
         if not self.enabled:
             return False
         key = tuple(ids)
@@ -108,8 +113,10 @@ class PrefixCache:
             return False
         with self._lock:
             if key in self._entries:
-                self._entries.move_to_end(key)
-                return True
+                if not replace:
+                    self._entries.move_to_end(key)
+                    return True
+                self._bytes -= self._entries.pop(key)[1]
             self._entries[key] = (snapshot, size)
             self._bytes += size
             while self._bytes > self.max_bytes:

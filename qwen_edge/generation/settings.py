@@ -180,8 +180,9 @@ class GenerationConfig:
         logprobs: report each token's log-probability (costs a pass over the vocabulary).
         speculative: "mtp" drafts tokens with the model's MTP head and verifies them in one
             forward (docs/speculative.md): the same tokens, faster when drafts are accepted;
-            None (default) decodes token by token. Models without an MTP head and continued
-            states (the server's prefix cache) decode plainly.
+            "auto" (default) does so for greedy decoding only, where it pays (it does not at the
+            cards' sampling temperature); "off" (or None) decodes token by token. Models
+            without an MTP head decode plainly (`speculates`).
         draft_tokens: the most tokens the MTP head drafts per verification (the length adapts
             to the acceptance).
     """
@@ -194,8 +195,9 @@ class GenerationConfig:
     skip_special_tokens: bool = True
     logprobs: bool = _setting(False, "bool", "report each token's log-probability", cli=False)
     speculative: str | None = _setting(
-        None, "choice", "draft with the model's MTP head, verify in one pass (same output)",
-        choices=("mtp",), api=False,
+        "auto", "choice",
+        "draft with the model's MTP head, verify in one pass (same output): auto = for greedy "
+        "decoding", choices=("auto", "mtp", "off"), api=False,
     )  # fmt: skip
     draft_tokens: int = _setting(
         2, "int", "most tokens drafted per verification (--speculative)", Bounds(1, 16), api=False
@@ -213,6 +215,12 @@ class GenerationConfig:
                 "stop",
             )
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+
+    @property
+    def speculates(self) -> bool:
+        """Whether these settings ask for MTP speculation: "mtp" always, "auto" for greedy
+        decoding (docs/speculative.md, "On by default for greedy decoding")."""
+        return self.speculative == "mtp" or (self.speculative == "auto" and self.sampling.greedy)
 
     def replace(self, **overrides: Any) -> GenerationConfig:
         """A copy with the given fields changed, sampling fields included; None values are

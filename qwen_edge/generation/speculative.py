@@ -126,11 +126,53 @@ def _lengths(model: Any, most: int) -> DraftLength:
 
 def supports_speculation(model: Any, state: Any = None) -> bool:
     """Whether `model` can draft with an MTP head and roll its state back (native backend over
-    a model file exported with `--mtp`), and `state` (if given) is fresh: the head's cache
-    needs a pair for every earlier position, which a continued state does not carry."""
+    a model file exported with `--mtp`), and `state` (if given) can go on speculating: fresh,
+    or head-ready (`mtp_ready`: the head's cache holds a pair for every earlier position and
+    the state keeps the last position's hidden state, as `prefill_for_speculation` leaves it
+    and prefix-cache snapshots keep it). A state prefilled plainly lacks the pairs."""
     if not getattr(model, "has_mtp", False) or not hasattr(model, "mtp_forward"):
         return False
-    return state is None or state.position == 0
+    return state is None or state.position == 0 or bool(getattr(state, "mtp_ready", False))
+
+
+def _prefill_pairs(
+    model: Any, ids: Sequence[int], state: Any, chunk: int
+) -> tuple[Any, list[np.ndarray], list[int]]:
+    """Prefills `ids` into a fresh or head-ready `state` with every position's hidden state.
+    Returns the last logits and the pairs the head has not seen: their hidden rows (the kept
+    hidden state of a continued state first) and the token after each row but the last."""
+    E = model.config.hidden_size
+    kept = state.mtp_hidden.reshape(1, E) if state.position > 0 else None
+    hidden = np.empty((len(ids), E), np.float32)
+    logits = None
+    for start in range(0, len(ids), chunk):
+        part = list(ids[start : start + chunk])
+        logits = model.forward(part, state, hidden=hidden[start : start + len(part)])
+    if kept is None:  # fresh: the first token has no pair
+        return logits, [hidden], list(ids[1:])
+    return logits, [kept, hidden], list(ids)
+
+
+def prefill_for_speculation(
+    model: Any, ids: Sequence[int], state: Any, *, slots: int = 2, chunk: int = 512
+) -> Any:
+    """Prefills `ids` into a fresh or head-ready `state` and leaves it head-ready: the head
+    runs over the new pairs (it would at the next draft anyway) and the state keeps the last
+    hidden state, so a snapshot of it can speculate later (`LLM`'s prefix cache). Returns
+    the last position's logits.
+
+    Raises:
+        ValueError: `state` is neither fresh nor head-ready.
+    """
+    if not supports_speculation(model, state):
+        raise ValueError("prefill_for_speculation needs a fresh or head-ready state")
+    state.enable_speculation(slots)
+    logits, rows, tokens = _prefill_pairs(model, ids, state, chunk)
+    hid = rows[0] if len(rows) == 1 else np.concatenate(rows)
+    if tokens:
+        model.mtp_forward(tokens, hid[:-1], state, rows=8)
+    state.set_mtp_hidden(hid[-1])
+    return logits
 
 
 @dataclass
@@ -201,23 +243,19 @@ def speculative_step(
         raise ValueError(f"draft_tokens must be in 1..{MAX_DRAFT_TOKENS}, got {draft_tokens}")
     st = stats if stats is not None else SpeculativeStats()
     state = model.new_state() if state is None else state
-    if state.position != 0:
-        raise ValueError("speculative decoding starts from a fresh state")
+    if not supports_speculation(model, state):
+        raise ValueError("speculative decoding starts from a fresh or head-ready state")
     state.enable_speculation(draft_tokens)
     E = model.config.hidden_size
     clock = time.perf_counter
 
     # Prefill with every position's hidden state: the MTP head's cache needs a pair for each.
-    hidden = np.empty((len(prompt), E), np.float32)
-    logits = None
-    for start in range(0, len(prompt), chunk):
-        part = list(prompt[start : start + chunk])
-        logits = model.forward(part, state, hidden=hidden[start : start + len(part)])
+    # Pairs (y_t, token t + 1): hidden rows not seen by the head yet, and the tokens after
+    # each but the last (the pending token's, sampled below).
+    logits, pend_hidden, pair_tokens = _prefill_pairs(model, prompt, state, chunk)
     assert logits is not None
     if on_prefill is not None:
         on_prefill()
-    # Pairs (y_t, token t + 1); the last one's token is sampled below.
-    pair_hidden, pair_tokens = hidden, list(prompt[1:])
 
     t0 = clock()
     token, logprob = sampler(logits)
@@ -229,9 +267,6 @@ def speculative_step(
     verify_logits = np.empty((draft_tokens + 1, model.config.vocab_size), np.float32)
     draft_logits = np.empty(model.draft_rows(draft_rows), np.float32)
     h_out = np.empty(E, np.float32)
-    # Pairs the head has not seen: hidden rows, and the token after each but the last (the
-    # pending token's, appended when the head runs).
-    pend_hidden: list[np.ndarray] = [pair_hidden]
     allowed = getattr(model, "speculation_allowed", None)
     while True:
         room = (context if context is not None else state.context) - state.position

@@ -25,12 +25,13 @@ of them, each sequence bit-identical to running alone), then hands each its logi
   ready, would otherwise run alone while the decoding streams miss the step), so waiting up to
   a step's length for it is cheaper. Then it runs what it has: the grouping never changes
   results, only speed;
-* speculative decoding (`serve --speculative mtp`, docs/speculative.md) runs while a request
-  is alone: its calls that are not plain steps (the prefill with hidden states, the MTP
-  head's drafts, the checkpointed verification) are **solo calls**, each a step of its own
-  (alternating with batched steps if another request has calls waiting). A request admitted
-  beside others decodes plainly (and uses the prefix cache); a speculating request that gets
-  company finishes with plain batched steps (`speculation_allowed`).
+* speculative decoding (greedy requests by default, `serve --speculative`,
+  docs/speculative.md) runs while a request is alone: its calls that are not plain steps (the
+  prefill with hidden states, the MTP head's drafts, the checkpointed verification) are **solo
+  calls**, each a step of its own (alternating with batched steps if another request has
+  calls waiting). A request admitted beside others decodes plainly; a speculating request that
+  gets company finishes with plain batched steps (`speculation_allowed`). Both use the prefix
+  cache.
 
 The HTTP layer (`app.py`) uses only this interface:
 
@@ -387,7 +388,7 @@ class Scheduler:
         config = self._view.generation_config
         with self._cond:
             if self.active > 1:  # not alone: batched plain steps and the prefix cache
-                config = dataclasses.replace(config, speculative=None)
+                config = dataclasses.replace(config, speculative="off")
         if job.kind == "chat":
             stream = self._view.chat(
                 job.prompt, stream=True, tools=job.tools, enable_thinking=job.enable_thinking,

@@ -395,7 +395,8 @@ def test_run_and_bench_speculative(
     qwen35_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A model file with the MTP head and the tokenizer: `--speculative mtp` gives the plain
-    # tokens (chat too, which bypasses the prefix cache) and reports its statistics.
+    # tokens (chat too, through the prefix cache) and reports its statistics; the default
+    # (auto) speculates for greedy decoding only.
     from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
     files = {f.name: f.read_text("utf-8") for f in qwen35_tokenizer_dir.iterdir() if f.is_file()}
@@ -406,13 +407,19 @@ def test_run_and_bench_speculative(
     for extra in ([], ["--chat"]):
         args = ["run", str(model), "-p", "Once upon a time", "-n", "9", "--temperature", "0",
                 "--json", *extra]  # fmt: skip
-        assert main(args) == 0
+        assert main([*args, "--speculative", "off"]) == 0
         plain = json.loads(capsys.readouterr().out)
         assert main([*args, "--speculative", "mtp", "--draft-tokens", "3"]) == 0
         spec = json.loads(capsys.readouterr().out)
         assert spec["tokens"] == plain["tokens"]
         assert "speculative" not in plain["timings"]
         assert spec["timings"]["speculative"]["rounds"] >= 1
+        assert main(args) == 0
+        auto = json.loads(capsys.readouterr().out)
+        assert auto["tokens"] == plain["tokens"] and auto["timings"]["speculative"]["rounds"] >= 1
+        sampled = [*args[: -2 - len(extra)], "0.7", "--seed", "1", "--json", *extra]
+        assert main(sampled) == 0
+        assert "speculative" not in json.loads(capsys.readouterr().out)["timings"]
     with pytest.raises(SystemExit):  # argparse's choices
         main(["run", str(model), "-p", "x", "--speculative", "eagle"])
     capsys.readouterr()

@@ -429,7 +429,8 @@ static bool same_caches(const qe::State& a, const qe::State& b, const qe::ModelC
 
 QE_TEST(rollback_equals_never_running_the_tokens) {
     // A checkpointed forward of 6 tokens rolled back by r leaves the caches of the plain
-    // forward of 6 - r tokens, bit for bit, and the continuation's logits are the plain ones.
+    // forward of 6 - r tokens, bit for bit (the kept tokens' delta rule is rerun from the state
+    // before it), and the continuation's logits are the plain ones.
     const RandomModel& rm = random_model();
     const auto ids = prompt(21);
     for (const auto* t : qe::supported_tables()) {
@@ -443,7 +444,7 @@ QE_TEST(rollback_equals_never_running_the_tokens) {
             m->forward(ids.data() + 10, 6, *spec, out.data(), true, {}, nullptr, true);
             // the checkpointed forward's logits are the plain ones
             EXPECT_TRUE(std::equal(out.begin(), out.begin() + 6 * 300, whole.begin() + 10 * 300));
-            spec->rollback(r);
+            m->rollback(*spec, r);
             EXPECT_TRUE(spec->position() == 16 - r);
             auto plain = m->new_state(64, 8);
             m->forward(ids.data(), 16 - r, *plain, out.data(), false);
@@ -453,19 +454,20 @@ QE_TEST(rollback_equals_never_running_the_tokens) {
             EXPECT_TRUE(std::equal(out.begin(), out.begin() + rest * 300,
                                    whole.begin() + (16 - r) * 300));
         }
-        // two rollbacks in a row add up; beyond the checkpoints is an error
+        // a rollback of none leaves one possible; one rollback uses the forward up; beyond the
+        // checkpoints is an error
         auto s = m->new_state(64, 8);
         s->enable_speculation(4);
         std::vector<float> out(300 * 5);
         m->forward(ids.data(), 5, *s, out.data(), true, {}, nullptr, true);
-        s->rollback(1);
-        s->rollback(2);
+        m->rollback(*s, 0);
+        m->rollback(*s, 3);
         auto plain = m->new_state(64, 8);
         m->forward(ids.data(), 2, *plain, out.data(), false);
         EXPECT_TRUE(same_caches(*s, *plain, rm.config));
         bool refused = false;
         try {
-            s->rollback(2);  // only 1 more token is covered
+            m->rollback(*s, 1);
         } catch (const qe::Error&) {
             refused = true;
         }
@@ -494,7 +496,7 @@ QE_TEST(forward_multi_drops_the_checkpoints) {
     m->forward_multi(&step, 1);
     bool refused = false;
     try {
-        s->rollback(1);
+        m->rollback(*s, 1);
     } catch (const qe::Error&) {
         refused = true;
     }

@@ -51,6 +51,26 @@ def test_lru_eviction_by_bytes() -> None:
         PrefixCache(-1)
 
 
+def test_usable_snapshots_and_replacing() -> None:
+    # a speculating prompt resumes only from snapshots with the MTP head's part, and its own
+    # snapshot of a prefix replaces a plain one (the bytes follow)
+    cache = PrefixCache(1000)
+    plain, with_head = Snap(10), Snap(30)
+    with_head.mtp_ready = True
+    cache.put([1, 2], with_head)
+    cache.put([1, 2, 3], plain)
+    ready = lambda snap: getattr(snap, "mtp_ready", False)  # noqa: E731
+    assert cache.lookup([1, 2, 3, 4]) == (3, plain)
+    assert cache.lookup([1, 2, 3, 4], usable=ready) == (2, with_head)
+    assert cache.lookup([1, 2], usable=ready) is None
+    assert cache.put([1, 2, 3], Snap(5)) and cache.lookup([1, 2, 3, 4]) == (3, plain)
+    newer = Snap(50)
+    newer.mtp_ready = True
+    assert cache.put([1, 2, 3], newer, replace=True)
+    assert cache.lookup([1, 2, 3, 4], usable=ready) == (3, newer)
+    assert cache.bytes == 80 and len(cache) == 2
+
+
 def test_chat_boundaries() -> None:
     s = IM_START
     assert chat_boundaries([s, 1, 2, s, 3, s, 4]) == [3, 5]

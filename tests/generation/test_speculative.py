@@ -1,7 +1,7 @@
 """Speculative decoding with the MTP head (docs/speculative.md): the tokens are those of plain
 decoding, bit for bit, whether the drafts are rejected (a random head), accepted (an oracle
 head that drafts the plain continuation) or a mix; penalties, context ends; the silent
-fallbacks; the settings."""
+fallbacks; resuming from a head-ready snapshot (the prefix cache's); the settings."""
 
 from __future__ import annotations
 
@@ -19,12 +19,18 @@ from qwen_edge.export.convert import export
 from qwen_edge.export.random_checkpoint import write_random_checkpoint
 from qwen_edge.generation.loop import generate
 from qwen_edge.generation.settings import GenerationConfig, settings
-from qwen_edge.generation.speculative import DraftLength, SpeculativeStats, speculative_step
+from qwen_edge.generation.speculative import (
+    DraftLength,
+    SpeculativeStats,
+    prefill_for_speculation,
+    speculative_step,
+    supports_speculation,
+)
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built")
 
 GREEDY = GenerationConfig(max_tokens=40, stop_token_ids=()).replace(
-    temperature=0.0, presence_penalty=0.0
+    temperature=0.0, presence_penalty=0.0, speculative="off"
 )
 
 
@@ -169,6 +175,16 @@ def test_sampled_first_tokens_follow_the_model(small_mtp: Callable) -> None:
     assert chi2 < 26.1, (chi2, observed, expected)  # 8 degrees of freedom, p = 0.001
 
 
+def test_greedy_speculates_by_default(small_mtp: Callable) -> None:
+    m = native.load(small_mtp("q8"), threads=1)
+    ids = prompt()
+    plain = generate(m, None, ids, GREEDY)
+    auto = generate(m, None, ids, GREEDY.replace(speculative="auto"))
+    assert auto.tokens == plain.tokens and auto.stats.speculative["rounds"] >= 1
+    sampled = GREEDY.replace(speculative="auto", temperature=0.7, seed=4)
+    assert generate(m, None, ids, sampled).stats.speculative is None
+
+
 def test_falls_back_silently(small_mtp: Callable, tiny_model_file: Callable) -> None:
     ids = prompt()
     no_head = native.load(tiny_model_file("q8"), threads=1)
@@ -200,8 +216,15 @@ def test_the_draft_length_follows_acceptance_and_cost() -> None:
 
 def test_the_settings() -> None:
     by_name = {s.name: s for s in settings()}
-    assert by_name["speculative"].kind == "choice" and by_name["speculative"].choices == ("mtp",)
-    assert by_name["draft_tokens"].default == 2
+    spec = by_name["speculative"]
+    assert spec.kind == "choice" and spec.choices == ("auto", "mtp", "off")
+    assert spec.default == "auto" and by_name["draft_tokens"].default == 2
+    # auto: greedy decoding only (where speculation pays: docs/speculative.md)
+    base = GenerationConfig()
+    assert not base.speculates  # the cards' sampling, temperature 0.7
+    assert base.replace(temperature=0).speculates and base.replace(top_k=1).speculates
+    assert base.replace(speculative="mtp").speculates
+    assert not base.replace(temperature=0, speculative="off").speculates
     with pytest.raises(GenerationConfigError, match="speculative"):
         GenerationConfig(speculative="eagle")
     with pytest.raises(GenerationConfigError, match="draft_tokens"):
@@ -219,3 +242,82 @@ def test_a_long_backlog_catches_up_in_one_call(small_mtp: Callable) -> None:
     assert spec.tokens == plain.tokens and len(plain.tokens) == 2
     assert spec.stats.speculative["draft_lengths"] == {"0": 1}
     assert state.mtp_position == 299  # every prompt pair but the pending token's
+
+
+class Recorder:
+    """The model; records every MTP call's last draft (its argmax over all rows' logits) and
+    output hidden state, keyed by the head's position after the call."""
+
+    def __init__(self, model: native.Model):
+        self._m, self.calls = model, {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._m, name)
+
+    def mtp_forward(self, tokens: Any, hidden: Any, state: Any, **kw: Any) -> Any:
+        logits, y = self._m.mtp_forward(tokens, hidden, state, **kw)
+        self.calls[state.mtp_position] = (logits.tobytes(), y.tobytes())
+        return logits, y
+
+
+@pytest.mark.parametrize("recipe", ["f32", "q4"])
+def test_a_head_ready_snapshot_resumes_exactly(small_mtp: Callable, recipe: str) -> None:
+    # Speculating from a compact snapshot of a prefix (what the prefix cache keeps) gives the
+    # tokens, rounds and drafts of speculating from a fresh state, bit for bit: the snapshot
+    # holds the head's cache and the prefix's last hidden state.
+    m = native.load(small_mtp(recipe), threads=2)
+    ids = prompt(21)
+    greedy = lambda logits: (int(np.argmax(logits)), None)  # noqa: E731
+    plain = generate(m, None, ids, GREEDY.replace(max_tokens=24)).tokens
+    runs = []
+    for cut in (0, 1, 9, 20):
+        state = m.new_state()
+        if cut:
+            prefill_for_speculation(m, ids[:cut], state, slots=3)
+            snap = state.snapshot()
+            assert snap.mtp_ready and snap.mtp_position == cut - 1 and snap.position == cut
+            assert supports_speculation(m, snap)
+            state = m.new_state()
+            state.restore(snap)
+        rec, stats = Recorder(m), SpeculativeStats()
+        steps = speculative_step(
+            rec, ids[cut:], greedy, state=state, draft_tokens=3, adaptive=False, stats=stats
+        )
+        tokens = [t for _, (t, _) in zip(range(24), steps, strict=False)]
+        assert tokens == plain
+        runs.append((stats.rounds, stats.drafted, stats.accepted, rec.calls))
+    fresh = runs[0]
+    for got in runs[1:]:
+        assert got[:3] == fresh[:3]
+        # the draft calls (the prefill's catch-up call ends elsewhere): the same bits
+        assert {p: v for p, v in got[3].items() if p >= 21} == fresh[3]
+
+
+def test_head_ready_states(small_mtp: Callable) -> None:
+    m = native.load(small_mtp("q8"), threads=1)
+    ids = prompt(8)
+    s = m.new_state()
+    with pytest.raises(ValueError):
+        s.set_mtp_hidden(np.zeros(m.config.hidden_size, np.float32))  # no speculation yet
+    prefill_for_speculation(m, ids[:5], s)
+    assert s.mtp_ready and s.mtp_hidden is not None
+    with_head = s.snapshot()
+    m.forward(ids[5:6], s)  # a plain step: the head lacks its pair now
+    assert not s.mtp_ready and s.mtp_hidden is None and not supports_speculation(m, s)
+    with pytest.raises(ValueError, match="head-ready"):
+        prefill_for_speculation(m, ids[6:], s)
+    # a rollback that undoes the kept position drops the hidden state
+    s.restore(with_head)
+    s.enable_speculation(2)
+    m.forward(ids[5:8], s, checkpoint=True)
+    s.set_mtp_hidden(np.ones(m.config.hidden_size, np.float32))
+    s.rollback(2)
+    assert not s.mtp_ready
+    # the snapshot's bytes: the main caches plus the head's KV cache and hidden state
+    plain_state = m.new_state()
+    m.forward(ids[:5], plain_state)
+    plain_snap = plain_state.snapshot()
+    c = m.config
+    kv_row = 2 * c.head_dim  # f16
+    head = 2 * c.num_key_value_heads * 5 * kv_row + 4 * c.hidden_size
+    assert with_head.cache_bytes == plain_snap.cache_bytes + head

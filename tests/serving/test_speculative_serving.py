@@ -1,8 +1,10 @@
 """`serve --speculative mtp` under the continuous-batching scheduler (docs/serving.md): a request
 alone in the batch speculates and answers exactly as plain decoding (tokens and logprobs, so
 logits); a speculating request that gets company finishes with plain batched steps; requests
-beside others decode plainly and the prefix cache still gives exact logits; the acceptance
-counters reach `stats()` (and so /metrics)."""
+beside others decode plainly and the prefix cache still gives exact logits; a speculating
+request resumes from the prefix cache (its snapshots keep the MTP head's part, counted in the
+cache's bytes) with the same tokens and logits; the acceptance counters reach `stats()` (and so
+/metrics)."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def mtp_file(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def load_mtp(path: Path, cache_mb: float = 0) -> LLM:
     llm = load(path, context=256, cache_mb=cache_mb, threads=2)
-    assert llm.model.has_mtp and llm.generation_config.speculative is None
+    assert llm.model.has_mtp and llm.generation_config.speculative == "auto"
     return llm
 
 
@@ -48,8 +50,8 @@ def speculate(llm: LLM) -> None:
 
 
 def plain(llm: LLM, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
-    assert llm.generation_config.speculative is None
-    r = llm.generate(prompt, max_tokens=n, **GREEDY)
+    r = llm.generate(prompt, max_tokens=n, speculative="off", **GREEDY)
+    assert r.stats.speculative is None
     return r.tokens, list(r.logprobs)
 
 
@@ -152,6 +154,41 @@ def test_company_ends_the_speculation_and_the_prefix_cache_stays_exact(mtp_file:
         assert (tokens, logprobs) == want_chat
         assert stats.speculative is None  # admitted beside a running request: plain
     assert got["first"][2].num_cached_tokens == 0 and got["second"][2].num_cached_tokens > 0
+
+
+def test_a_speculating_request_resumes_from_the_prefix_cache(mtp_file: Path) -> None:
+    base = load_mtp(mtp_file, cache_mb=16)
+    system = [IM_START, 11, 12, 13, 14, 15]
+    prompts = [[*system, IM_START, 21, 22, IM_START, 31], [*system, IM_START, 23, IM_START, 33]]
+    want = [plain(base, p, 16) for p in prompts]  # fills the cache with plain snapshots
+    assert base.prefix_cache.stats()["entries"] == 3
+    speculate(base)
+    scheduler = Scheduler(base, max_batch=2)
+    try:
+        got = [collect(scheduler.submit(Job("completion", p, {"max_tokens": 16, **GREEDY})))
+               for p in prompts * 2]  # fmt: skip
+        totals = scheduler.stats()
+    finally:
+        scheduler.close()
+    for (tokens, logprobs, stats), expected in zip(got, want * 2, strict=True):
+        assert (tokens, logprobs) == expected
+        assert stats.speculative is not None and stats.speculative["rounds"] > 0
+    # the plain snapshots lack the head's part: the first request starts over and replaces
+    # them; the second resumes after the shared system prompt; the repeats after their turns
+    cached = [stats.num_cached_tokens for _, _, stats in got]
+    assert cached == [0, len(system), 9, 8]
+    assert totals["prefix_cache_hits"] == 3
+    cache = base.prefix_cache
+    snaps = [cache.lookup([*p, 0])[1] for p in (system, prompts[0][:9], prompts[1][:8])]
+    assert all(s.mtp_ready for s in snaps)
+    # each snapshot counts the head's KV cache and hidden state in the cache's budget
+    c = base.model.config
+    for snap in snaps:
+        head = 2 * c.num_key_value_heads * snap.position * 2 * c.head_dim + 4 * c.hidden_size
+        main = base.model.new_state(snap.position)
+        base.model.forward([1] * snap.position, main)
+        assert snap.cache_bytes == main.snapshot().cache_bytes + head
+    assert cache.bytes == sum(s.cache_bytes for s in snaps) and len(cache) == 3
 
 
 def test_over_http_the_metrics_carry_the_acceptance(mtp_file: Path) -> None:
