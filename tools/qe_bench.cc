@@ -70,12 +70,11 @@ int bench_gemm(int argc, char** argv) {
     }
     // CPU time beside wall time: on a shared machine a run that waited for a core is not
     // slower by CPU time (its cache may still have been disturbed).
-    std::printf(
-        "%s %s [%lld, %lld] x %lld tokens: %.1f GOPS, %.1f GB/s of weights, %.3f ms "
-        "(CPU %.3f ms; best of %d)\n",
-        kt.tag, argv[2], (long long)rows, (long long)k, (long long)m,
-        2.0 * rows * k * m / best / 1e9, layout.total_bytes / best / 1e9, best * 1e3,
-        best_cpu * 1e3, reps);
+    std::printf("%s %s [%lld, %lld] x %lld tokens: %.1f GOPS, %.1f GB/s of weights, %.3f ms "
+                "(CPU %.3f ms; best of %d)\n",
+                kt.tag, argv[2], (long long)rows, (long long)k, (long long)m,
+                2.0 * rows * k * m / best / 1e9, layout.total_bytes / best / 1e9, best * 1e3,
+                best_cpu * 1e3, reps);
     return 0;
 }
 

@@ -342,7 +342,7 @@ QE_TEST(delta_net_kernels_match_ref) {
                                   {40, 128, 128},
                                   {7, 13, 9},
                                   {3, 32, 17},
-                                  {6, 128, 96},     // whole tiles and a remainder
+                                  {6, 128, 96},    // whole tiles and a remainder
                                   {4, 160, 80}}) {  // dk past the tile buffer: in place
             const int64_t ld = 2 * dk + dv;
             std::vector<float> u = normal(tn * ld, 0.3f), s = normal(dk * dv);
