@@ -4,11 +4,16 @@
 //   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
 //   qe_bench --delta [isa] [repetitions]
 //   qe_bench --attention DEPTH TOKENS_PER_CALL [isa] [repetitions]
+//   qe_bench --step MODEL.qe ISA[,ISA...] N[,N...] [steps] [context]
 // Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s,
 // or one packed product's best time over the repetitions (single thread, random codes) in GOPS,
 // or the delta rule's best time per head and token on the 0.8B shape (128 tokens, 16 heads),
 // or prefill attention's best thread-CPU time per token and KV head for a 128-token chunk at
-// DEPTH (a GQA group of 4 over one f16 KV head of 256, kernel calls of TOKENS_PER_CALL tokens). Not
+// DEPTH (a GQA group of 4 over one f16 KV head of 256, kernel calls of TOKENS_PER_CALL tokens).
+// --step times a serving step: forward_multi over N sequences decoding one token each (after
+// `context` prompt tokens each, default 48), 1 thread, process CPU time per step, the tables and
+// batch sizes alternating step by step so a busy machine slows them alike; prints each median and
+// its ratio to the 1-sequence step (docs/serving.md, "Where a step's time goes"). Not
 // a benchmark of record: `qwen-edge bench` is (JSON, repetitions, peers); this exists so profiles
 // have symbols and no interpreter, and so kernel variants can be compared on a busy machine (best
 // of many).
@@ -149,12 +154,96 @@ int bench_attention(int argc, char** argv) {
     return 0;
 }
 
+std::vector<std::string> split_commas(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        const size_t end = std::min(s.find(',', start), s.size());
+        out.push_back(s.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}
+
+int bench_step(int argc, char** argv) {
+    if (argc < 5) {
+        std::fprintf(stderr, "usage: %s --step MODEL.qe ISA[,ISA...] N[,N...] [steps] [context]\n",
+                     argv[0]);
+        return 2;
+    }
+    const std::vector<std::string> isas = split_commas(argv[3]);
+    std::vector<int64_t> counts;
+    for (const std::string& n : split_commas(argv[4])) counts.push_back(std::atoll(n.c_str()));
+    const int steps = argc > 5 ? std::max(1, std::atoi(argv[5])) : 20;
+    const int64_t context = argc > 6 ? std::max<int64_t>(1, std::atoll(argv[6])) : 48;
+    const int64_t n_max = *std::max_element(counts.begin(), counts.end());
+    try {
+        std::vector<std::unique_ptr<qe::Qwen35Model>> models;
+        for (const std::string& isa : isas) {
+            qe::ModelOptions opt;
+            opt.isa = isa;
+            models.push_back(qe::Qwen35Model::load(argv[2], opt));
+        }
+        const int64_t vocab = models[0]->config().vocab_size;
+        std::mt19937 rng(0);
+        std::vector<int32_t> prompt(context);
+        // states[model][seq]: each sequence with its own random prompt, then one token a step.
+        std::vector<std::vector<std::unique_ptr<qe::State>>> states(models.size());
+        std::vector<float> logits(n_max * vocab);
+        for (size_t i = 0; i < models.size(); ++i) {
+            for (int64_t s = 0; s < n_max; ++s) {
+                for (auto& t : prompt) t = int32_t(rng() % uint32_t(vocab));
+                states[i].push_back(models[i]->new_state(context + steps + 2));
+                models[i]->forward(prompt.data(), context, *states[i][s], nullptr, false);
+            }
+        }
+        // Every (table, N) advances its first N states by one token per round; a state seen by
+        // several N is advanced by each (context grows by at most counts.size() per round).
+        std::vector<std::vector<std::vector<double>>> cpu(
+            models.size(), std::vector<std::vector<double>>(counts.size()));
+        std::vector<int32_t> tokens(n_max, 1);
+        std::vector<qe::SeqStep> seqs(n_max);
+        const int rounds = std::max(1, steps / int(counts.size()));
+        for (int r = 0; r < rounds; ++r) {
+            for (size_t i = 0; i < models.size(); ++i) {
+                for (size_t c = 0; c < counts.size(); ++c) {
+                    for (int64_t s = 0; s < counts[c]; ++s) {
+                        tokens[s] = int32_t(rng() % uint32_t(vocab));
+                        seqs[s] = {&tokens[s], 1, states[i][s].get(), logits.data() + s * vocab};
+                    }
+                    const double c0 = process_cpu_seconds();
+                    models[i]->forward_multi(seqs.data(), counts[c]);
+                    cpu[i][c].push_back(process_cpu_seconds() - c0);
+                }
+            }
+        }
+        for (size_t i = 0; i < models.size(); ++i) {
+            double base = 0;
+            for (size_t c = 0; c < counts.size(); ++c) {
+                std::vector<double>& v = cpu[i][c];
+                std::sort(v.begin(), v.end());
+                const double med = v[v.size() / 2];
+                if (counts[c] == 1) base = med;
+                std::printf("%-12s %2lld sequences: %8.2f ms CPU per step (median of %zu)",
+                            models[i]->kernels().tag, (long long)counts[c], med * 1e3, v.size());
+                if (base > 0) std::printf(", %.2fx the 1-sequence step", med / base);
+                std::printf("\n");
+            }
+        }
+    } catch (const qe::Error& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--attention") return bench_attention(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--gemm") return bench_gemm(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--delta") return bench_delta(argc, argv);
+    if (argc > 1 && std::string(argv[1]) == "--step") return bench_step(argc, argv);
     if (argc < 2) {
         std::fprintf(stderr, "usage: %s MODEL.qe [threads] [isa] [prompt] [decode] [reps]\n",
                      argv[0]);

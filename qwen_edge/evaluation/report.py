@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, require
-from ..formats.model_file import write_atomically
+from ..formats.atomic_files import write_atomically
 
 COLORS = {"qwen-edge": "#1f77b4", "llama.cpp": "#d62728", "onnxruntime-genai": "#2ca02c"}
 MARKERS = "osD^v<>"

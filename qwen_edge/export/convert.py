@@ -2,7 +2,7 @@
 
 `export()` reads one tensor at a time from the checkpoint files (large matrices in chunks of
 rows, with pread rather than a memory map so read pages do not pile up in the resident set),
-quantizes it, and streams it into `modelfile.ModelFileWriter`, so peak memory
+quantizes it, and streams it into `model_file.ModelFileWriter`, so peak memory
 is about one quantized tensor plus a chunk, not the checkpoint. The tokenizer, chat template,
 generation defaults and special tokens travel in the same file.
 
@@ -30,7 +30,8 @@ from ..backends import native as native_backend
 from ..errors import CheckpointError, ConfigError, QwenEdgeError
 from ..formats import quant
 from ..formats.checkpoint import Checkpoint
-from ..formats.model_file import ModelFileWriter, TensorSpec
+from ..formats.config import MTP_PREFIX
+from ..formats.model_file import ARCH, ModelFileWriter, TensorSpec
 from ..formats.safetensors import TensorInfo, to_float32
 from ..version import __version__
 
@@ -143,7 +144,7 @@ def llama_tensor_bytes(shapes: dict[str, tuple[int, ...]], ftype: str) -> int:
     MTP tensors are left out."""
     if ftype not in ("Q4_0", "Q4_K_M"):
         raise ConfigError(f"unknown budget '{ftype}'")
-    text = {n: s for n, s in shapes.items() if not n.startswith("mtp.")}
+    text = {n: s for n, s in shapes.items() if not n.startswith(MTP_PREFIX)}
     wv = sorted(
         (n for n in text if n.endswith(("in_proj_qkv.weight", "self_attn.v_proj.weight"))),
         key=_layer,
@@ -163,7 +164,7 @@ def llama_tensor_bytes(shapes: dict[str, tuple[int, ...]], ftype: str) -> int:
 def _promote(shapes: dict[str, tuple[int, ...]], formats: dict[str, str], budget: str) -> None:
     """Moves layer matrices to q6k in PROMOTIONS order while the text tensors' bytes stay
     within `llama_tensor_bytes(shapes, budget)`."""
-    text = [n for n in shapes if not n.startswith("mtp.")]
+    text = [n for n in shapes if not n.startswith(MTP_PREFIX)]
     limit = llama_tensor_bytes(shapes, budget)
     used = sum(quant.tensor_nbytes(formats[n], shapes[n]) for n in text)
     for kind in PROMOTIONS:
@@ -530,7 +531,7 @@ def export(
     params = sum(i.numel for i in infos.values())
     weight_bytes = sum(s.nbytes for s in specs)
     header: dict[str, Any] = {
-        "arch": "qwen3_5",
+        "arch": ARCH,
         "config": cfg.to_dict(),
         "quant": {
             "recipe": recipe,

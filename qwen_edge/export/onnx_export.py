@@ -33,15 +33,15 @@ import numpy as np
 
 from ..errors import ConfigError, QwenEdgeError
 from ..formats import quant
-from ..formats.checkpoint import Checkpoint
-from ..formats.config import LINEAR
-from ..formats.model_file import (
-    ModelFile,
+from ..formats.atomic_files import (
     create_temporary_folder,
     fsync_dir,
     publishing,
     remove_stale_temporaries,
 )
+from ..formats.checkpoint import Checkpoint
+from ..formats.config import LINEAR
+from ..formats.model_file import ARCH, ModelFile
 from ..version import __version__
 from .convert import EMBEDDING, LM_HEAD, RECIPES, _encode, _RowReader, plan_formats, read_side_files
 from .onnx_genai import write_bytes, write_genai_files
@@ -94,7 +94,7 @@ class _Source:
         side = read_side_files(ckpt)
         self.recipe = recipe
         self.header = {
-            "arch": "qwen3_5",
+            "arch": ARCH,
             "config": self.config.to_dict(),
             "quant": {"recipe": recipe, "overrides": dict(overrides or {})},
             "generation": side.generation,

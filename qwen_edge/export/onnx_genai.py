@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..formats.atomic_files import write_atomically
 from ..formats.config import ModelConfig
-from ..formats.model_file import write_atomically
 
 
 def genai_config(config: ModelConfig, header: dict[str, Any], filename: str,

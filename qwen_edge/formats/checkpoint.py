@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from .config import FULL, LINEAR, ModelConfig, read_json
+from .config import FULL, LINEAR, MTP_PREFIX, ModelConfig, read_json
 from .safetensors import FLOAT_DTYPES, SafetensorsFile, TensorInfo
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -28,7 +28,6 @@ SINGLE_FILE = "model.safetensors"
 WRAPPER_PREFIX = "model.language_model."
 TEXT_PREFIX = "model."
 VISION_PREFIXES = ("model.visual.", "visual.")
-MTP_PREFIX = "mtp."
 # Buffers some exporters save that carry no weights (RoPE tables are computed).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 

@@ -27,6 +27,8 @@ FULL = "full_attention"
 WRAPPER_MODEL_TYPE = "qwen3_5"
 TEXT_MODEL_TYPE = "qwen3_5_text"
 KNOWN_ARCHITECTURES = ("Qwen3_5ForConditionalGeneration", "Qwen3_5ForCausalLM")
+# The MTP head's tensors, beside the text model's, in checkpoints and model files alike.
+MTP_PREFIX = "mtp."
 
 
 @dataclass(frozen=True)

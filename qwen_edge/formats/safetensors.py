@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from .model_file import create_temporary
+from .atomic_files import create_temporary
 
 # Bytes per element of every safetensors dtype, so sizes of tensors we skip can be checked too.
 DTYPE_SIZES = {

@@ -2,9 +2,9 @@
 // The quantized families on every table this CPU supports (natively and under qemu as three
 // ARM CPUs) against the `ref` table: quantize_q8a, gemv_q8a, gemm_q8a and dequantize_row for
 // every packed format. All of them are exact contracts, so outputs are compared bit for bit
-// (NaN equals NaN): odd row counts (padding rows), row-group sub-ranges, 1..13 tokens (every
-// tile tail), one block, an odd number of blocks and model widths, and extreme scales that
-// overflow to inf. One test also checks ref itself against the dequantized float product.
+// (NaN equals NaN): odd row counts (padding rows), row-group sub-ranges, 1..17 tokens (every
+// tile shape and tail), one block, an odd number of blocks and model widths, and extreme scales
+// that overflow to inf. One test also checks ref itself against the dequantized float product.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -248,8 +248,10 @@ QE_TEST(gemv_gemm_q8a_match_ref_exactly) {
     for (const WeightFormat f : kFormats) {
         for (const Shape& s : shapes) {
             const TestMatrix tm = make_matrix(f, s.rows, s.k, ++seed, Scales::kTypical);
-            const int64_t m_max = s.k > 1024 ? 5 : 13;
-            for (int64_t m = 1; m <= m_max; m += (m < 9 ? 1 : 4)) {
+            // Every token tile (1-8) alone and as the tail after a tile of 8 (9-15), so each
+            // tile shape of every table is compared; 17 = two tiles of 8 and one token.
+            const int64_t m_max = s.k > 1024 ? 7 : 17;
+            for (int64_t m = 1; m <= m_max; m += (m < 15 ? 1 : 2)) {
                 const auto x = make_activations(m, s.k, ++seed, 1.0f);
                 check_products(tm, m, 0, tm.w.groups, x, "all groups");
             }

@@ -15,12 +15,8 @@ import pytest
 from processes import KILLS, delays, qwen_edge, signal, signal_after, start
 
 from qwen_edge.export import convert
-from qwen_edge.formats.model_file import (
-    ModelFile,
-    ModelFileWriter,
-    remove_stale_temporaries,
-    write_atomically,
-)
+from qwen_edge.formats.atomic_files import remove_stale_temporaries, write_atomically
+from qwen_edge.formats.model_file import ModelFile, ModelFileWriter
 
 
 def temporaries(folder: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import pytest
 from qwen_edge.cli import main
 from qwen_edge.errors import ConfigError
 from qwen_edge.export import onnx_export
-from qwen_edge.formats.model_file import publishing
+from qwen_edge.formats.atomic_files import publishing
 
 onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx (the test extra)")
 pytest.importorskip("onnxruntime", reason="running the graph needs onnxruntime (the test extra)")

@@ -477,7 +477,7 @@ def test_writer_disk_full(tmp_path: Path, tensors: list, monkeypatch: pytest.Mon
     class Usage:
         free = 1000
 
-    monkeypatch.setattr(modelfile.shutil, "disk_usage", lambda _: Usage)
+    monkeypatch.setattr(modelfile.writer.shutil, "disk_usage", lambda _: Usage)
     with pytest.raises(ModelFileError, match="not enough disk space"):
         ModelFileWriter(dest, _header(), _specs(tensors)).open()
     assert not list(tmp_path.glob(".m.qe.*"))

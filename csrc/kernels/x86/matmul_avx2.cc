@@ -64,6 +64,34 @@ static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
     return _mm256_sub_epi32(acc, _mm256_set1_epi32(32 * x.sum));
 }
 
+// The 4-bit dots of T tokens with one block's codes, step-major: each 32-byte chunk of the
+// record is unpacked into its two steps and used by every token before the next chunk, so only
+// 2 code vectors and the T int16 sums are live instead of all 8 code vectors. The same exact
+// integer sums as dot_q4 (int16 partial sums of 8 steps stay within 8 * 3810), for the gemm
+// tiles of 1-7 tokens, whose loops spilled with dot_q4 (16 ymm registers).
+constexpr bool kTileDotsQ4 = true;
+
+template <int T>
+static inline void tile_dots_q4(const uint8_t* rec, const BlockQ8A* x, int64_t ldx, __m256i* dot) {
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * c));
+        const __m256i lo = _mm256_and_si256(v, mask);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            const int8_t* q = x[t * ldx].q;
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast_step(q, 2 * c)),
+                                               _mm256_maddubs_epi16(hi, bcast_step(q, 2 * c + 1)));
+            dot[t] = c == 0 ? p : _mm256_add_epi16(dot[t], p);
+            // Keeps the sum in a register here: GCC 12 otherwise reassociates the integer adds
+            // into one tree per token after all 32 products, which spills them all.
+            __asm__("" : "+x"(dot[t]));
+        }
+    }
+    for (int t = 0; t < T; ++t) dot[t] = _mm256_madd_epi16(dot[t], _mm256_set1_epi16(1));
+}
+
 }  // namespace
 
 #include "kernels/x86/matmul_q8a_ymm_inl.h"

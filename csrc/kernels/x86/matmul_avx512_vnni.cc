@@ -130,6 +130,18 @@ static inline void tile2(const PackedMatrix& w, const BlockQ8A* x, const float* 
     const uint8_t* s1 = s0 + nb * sb;
     Acc a[T];
     for (int64_t b = 0; b < nb; ++b) {
+        // The same block of the next row pair, one pair ahead (into L2), as the 256-bit kernels
+        // do: a serving step's few tokens leave the product as memory-bound as decoding, and a
+        // pair's records (2 x k/32 records) are too short for the hardware prefetchers.
+        const char* next = reinterpret_cast<const char*>(q1 + (nb + b) * qb);  // group g + 2
+        for (int64_t line = 0; line < qb; line += 64) {
+            _mm_prefetch(next + line, _MM_HINT_T1);
+            _mm_prefetch(next + nb * qb + line, _MM_HINT_T1);  // group g + 3
+        }
+        if (b % (64 / sb) == 0) {
+            _mm_prefetch(reinterpret_cast<const char*>(s1 + (nb + b) * sb), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(s1 + (2 * nb + b) * sb), _MM_HINT_T1);
+        }
         __m512i wv[8];
         unpack2<F>(q0 + b * qb, q1 + b * qb, wv);
         const Scales sc = load_scales<F>(s0 + b * sb, s1 + b * sb);

@@ -158,7 +158,8 @@ static inline Scales load_scales(S... s) {
 // q4g32: - 8 * sum, which the 256-bit kernels leave to this function and the 512-bit ones
 // seed their dot with); q6k and q4k keep integer sub-scales until their row factors (finish).
 // xs: the block's scaled sum x.d * float(x.sum), read by q4ag32 and q4k only.
-template <WeightFormat F>
+// kMin = false leaves q4k's minimum term to add_q4k_min_terms.
+template <WeightFormat F, bool kMin = true>
 static inline void combine(Acc& a, VecI dot, const Scales& sc, const BlockQ8A& x, const float& xs) {
     const VecF xd = QE_V(set1_ps)(x.d);
     if constexpr (F == WeightFormat::kQ4g32 && kCombineRemovesQ4Offset) {
@@ -167,8 +168,27 @@ static inline void combine(Acc& a, VecI dot, const Scales& sc, const BlockQ8A& x
     a.acc = QE_V(fmadd_ps)(QE_V(mul_ps)(sc.a, xd), QE_V(cvtepi32_ps)(dot), a.acc);
     if constexpr (F == WeightFormat::kQ4ag32) {
         a.acc = QE_V(fmadd_ps)(sc.b, QE_V(set1_ps)(xs), a.acc);
-    } else if constexpr (F == WeightFormat::kQ4k) {  // the min term apart until the row factors
+    } else if constexpr (F == WeightFormat::kQ4k && kMin) {  // apart until the row factors
         a.acc_min = QE_V(fmadd_ps)(sc.b, QE_V(set1_ps)(xs), a.acc_min);
+    }
+}
+
+// q4k's minimum terms of T tokens, a second pass over the blocks after their dots (combine<kQ4k,
+// false>): acc_min depends on the block minimums and the tokens' scaled sums only, and gets
+// ref's operations in ref's block order either way. Taken out of the dot loop, the T min
+// accumulators and the minimums no longer compete with the codes for registers (the 4-token
+// avx2 loop spilled; docs/serving.md, "Where a step's time goes"). s: the first block's scale
+// record, one pointer per row group of the vector; xs: block b's sum of token t at
+// xs[b * lds + t].
+template <int T, typename... S>
+static inline void add_q4k_min_terms(Acc* a, int64_t nb, const float* xs, int64_t lds, S... s) {
+    constexpr int64_t sb = scale_record_bytes(WeightFormat::kQ4k);
+    for (int64_t b = 0; b < nb; ++b) {
+        const VecF mn = load_u8((s + b * sb + 8)...);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            a[t].acc_min = QE_V(fmadd_ps)(mn, QE_V(set1_ps)(xs[b * lds + t]), a[t].acc_min);
+        }
     }
 }
 
@@ -220,14 +240,26 @@ static inline QE_ALWAYS_INLINE void for_token_chunks(const BlockQ8A* x, int64_t 
 template <int T>
 using TileTokens = std::integral_constant<int, T>;
 
-// Calls tile(TileTokens<T>{}, t) over tokens [0, m) in tiles of T = 8, then 4, then the 3, 2
-// or 1 left: a tile decodes a block's weights once for its T tokens.
+// Calls tile(TileTokens<T>{}, t) over tokens [0, m) in tiles of T = 8, then one tile of the 1
+// to 7 left: a tile decodes a block's weights once for its T tokens, so a serving step of 5-7
+// sequences decodes them once, not twice (a tile of 4 and one of 1-3, as before).
 template <typename Tile>
 static inline QE_ALWAYS_INLINE void for_token_tiles(int64_t m, Tile&& tile) {
     int64_t t = 0;
     for (; t + 8 <= m; t += 8) tile(TileTokens<8>{}, t);
-    for (; t + 4 <= m; t += 4) tile(TileTokens<4>{}, t);
     switch (m - t) {
+        case 7:
+            tile(TileTokens<7>{}, t);
+            break;
+        case 6:
+            tile(TileTokens<6>{}, t);
+            break;
+        case 5:
+            tile(TileTokens<5>{}, t);
+            break;
+        case 4:
+            tile(TileTokens<4>{}, t);
+            break;
         case 3:
             tile(TileTokens<3>{}, t);
             break;

@@ -37,3 +37,10 @@ static inline __m256i dot_q8(const __m256i* w, const BlockQ8A& x) {
 static inline __m256i dot_q6(const __m256i* w, const BlockQ8A& x) {
     return _mm256_sub_epi32(dot_u8(w, x), _mm256_set1_epi32(32 * x.sum));
 }
+
+// No step-major tile dots (matmul_avx2.cc has them): one vpdpbusd chain per token would expose
+// its latency, and the two chains per token of dot_u8 fit the registers.
+constexpr bool kTileDotsQ4 = false;
+
+template <int T>
+static inline void tile_dots_q4(const uint8_t*, const BlockQ8A*, int64_t, __m256i*) {}
