@@ -60,8 +60,8 @@ StateSizes State::sizes_for(const ModelConfig& c, int64_t context, int64_t batch
     // One tile of scores per query head of a GQA group, token of an attention work item and
     // thread: the attention kernels stream the cache (kernels.h), so this stops growing at
     // kAttentionTile positions.
-    z.scores = bytes_of(threads,
-                        attention_scratch(c.n_head / c.n_head_kv * kAttentionTokens, context), f);
+    z.scores =
+        bytes_of(threads, attention_scratch(c.n_head / c.n_head_kv * kAttentionTokens, context), f);
     z.rope = bytes_of(b, c.rotary_dim(), f);
     z.logits = bytes_of(c.vocab_size, f);
     return z;
