@@ -57,9 +57,9 @@ KernelTable make_avx_vnni() {
     return t;
 }
 
-// AVX-512 VNNI (two row groups per 512-bit vpdpbusd): the integer products and the 16-lane
-// delta rule. Based on avx2, not avx_vnni: Ice Lake and Cascade Lake have AVX-512 VNNI but no
-// AVX-VNNI.
+// AVX-512 VNNI (two row groups per 512-bit vpdpbusd): the integer products, the 16-lane
+// delta rule and attention. Based on avx2, not avx_vnni: Ice Lake and Cascade Lake have AVX-512
+// VNNI but no AVX-VNNI.
 KernelTable make_avx512_vnni() {
     KernelTable t = make_avx2();
     t.tag = "avx512_vnni";
@@ -67,6 +67,9 @@ KernelTable make_avx512_vnni() {
     t.gemv_q8a = avx512_vnni::gemv_q8a;
     t.gemm_q8a = avx512_vnni::gemm_q8a;
     t.delta_rule = avx512_vnni::delta_rule;
+    t.attention_f16 = avx512_vnni::attention_f16;
+    t.attention_f32 = avx512_vnni::attention_f32;
+    t.attention_q8 = avx512_vnni::attention_q8;
     return t;
 }
 #endif

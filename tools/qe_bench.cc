@@ -3,10 +3,13 @@
 //   qe_bench MODEL.qe [threads] [isa] [prompt_tokens] [decode_tokens] [prefill_repetitions]
 //   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
 //   qe_bench --delta [isa] [repetitions]
+//   qe_bench --attention DEPTH TOKENS_PER_CALL [isa] [repetitions]
 //   qe_bench --step MODEL.qe ISA[,ISA...] N[,N...] [steps] [context]
 // Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s,
 // or one packed product's best time over the repetitions (single thread, random codes) in GOPS,
-// or the delta rule's best time per head and token on the 0.8B shape (128 tokens, 16 heads). Not
+// or the delta rule's best time per head and token on the 0.8B shape (128 tokens, 16 heads),
+// or prefill attention's best thread-CPU time per token and KV head for a 128-token chunk at
+// DEPTH (a GQA group of 4 over one f16 KV head of 256, kernel calls of TOKENS_PER_CALL tokens).
 // --step times a serving step: forward_multi over N sequences decoding one token each (after
 // `context` prompt tokens each, default 48), 1 thread, process CPU time per step, the tables and
 // batch sizes alternating step by step so a busy machine slows them alike; prints each median and
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "common.h"
+#include "kernels/kernels.h"
 #include "model/qwen35.h"
 
 namespace {
@@ -97,13 +101,56 @@ int bench_delta(int argc, char** argv) {
         for (int64_t m = 0; m < heads; ++m) {
             kt.delta_rule(state.data() + m * dk * dv, u.data() + m * dk,
                           u.data() + heads * dk + m * dk, u.data() + 2 * heads * dk + m * dv, ldu,
-                          decay.data() + m, beta.data() + m, heads, o.data() + m * dv,
-                          heads * dv, t, dk, dv);
+                          decay.data() + m, beta.data() + m, heads, o.data() + m * dv, heads * dv,
+                          t, dk, dv);
         }
         best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
     }
     std::printf("%s delta_rule dk=dv=%lld: %.2f us per head and token (best of %d)\n", kt.tag,
                 (long long)dk, best * 1e6 / double(t * heads), reps);
+    return 0;
+}
+
+double thread_cpu_seconds() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+int bench_attention(int argc, char** argv) {
+    if (argc < 4) {
+        std::fprintf(stderr, "usage: %s --attention DEPTH TOKENS_PER_CALL [isa] [reps]\n", argv[0]);
+        return 2;
+    }
+    const int64_t depth = std::atoll(argv[2]), per_call = std::atoll(argv[3]);
+    const qe::KernelTable& kt = qe::select_table(argc > 4 ? argv[4] : "");
+    const int reps = argc > 5 ? std::atoi(argv[5]) : 5;
+    const int64_t chunk = 128, group = 4, d = 256, n = depth + chunk;
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal;
+    std::vector<float> q(chunk * group * d), out(q.size()), kv(n * d);
+    for (auto& x : q) x = normal(rng);
+    std::vector<uint16_t> k(n * d), v(n * d);
+    for (auto& x : kv) x = normal(rng);
+    kt.cvt_f32_f16(kv.data(), k.data(), n * d);
+    for (auto& x : kv) x = normal(rng);
+    kt.cvt_f32_f16(kv.data(), v.data(), n * d);
+    std::vector<float> scratch(size_t(qe::attention_scratch(group * per_call, n)));
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        const double c0 = thread_cpu_seconds();
+        for (int64_t t = 0; t < chunk; t += per_call) {
+            const int64_t nt = std::min(per_call, chunk - t);
+            kt.attention_f16(q.data() + t * group * d, d, group * d, group, nt, k.data(), v.data(),
+                             depth + t + nt, d, 0.0625f, scratch.data(), out.data() + t * group * d,
+                             d, group * d);
+        }
+        best = std::min(best, thread_cpu_seconds() - c0);
+    }
+    std::printf(
+        "%s attention depth %lld, %lld tokens per call: %.1f us per token and KV head "
+        "(best of %d)\n",
+        kt.tag, (long long)depth, (long long)per_call, best * 1e6 / double(chunk), reps);
     return 0;
 }
 
@@ -193,6 +240,7 @@ int bench_step(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 1 && std::string(argv[1]) == "--attention") return bench_attention(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--gemm") return bench_gemm(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--delta") return bench_delta(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--step") return bench_step(argc, argv);

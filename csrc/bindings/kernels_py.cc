@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <array>
 #include <cstring>
 #include <vector>
 
@@ -50,6 +51,19 @@ private:
 
 std::vector<py::ssize_t> shape_of(const py::array& a) {
     return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+// (n_t, n_q, d, n) of an attention call: q [n_q, d] (n_t = 1) or [n_t, n_q, d]; k, v [n, d]
+// with n >= n_t.
+std::array<int64_t, 4> attention_shape(const F32& q, const py::array& k, const py::array& v,
+                                       const char* name) {
+    const bool tokens = q.ndim() == 3;
+    QE_CHECK((q.ndim() == 2 || tokens) && k.ndim() == 2 && v.ndim() == 2 &&
+                 k.shape(1) == q.shape(q.ndim() - 1) && v.shape(1) == k.shape(1) &&
+                 k.shape(0) == v.shape(0) && k.shape(0) >= (tokens ? q.shape(0) : 1) &&
+                 q.shape(q.ndim() - 2) >= 1 && (!tokens || q.shape(0) >= 1),
+             name, ": expected q [n_q, d] or [n_t, n_q, d], k and v [n, d], n >= max(n_t, 1)");
+    return {tokens ? q.shape(0) : 1, q.shape(q.ndim() - 2), q.shape(q.ndim() - 1), k.shape(0)};
 }
 
 // y [m, rows] = x [m, k] @ w [rows, k].T for float weights.
@@ -248,50 +262,45 @@ void bind_kernels(py::module_& m) {
         "attention",
         [](const F32& q, const py::array& k, const py::array& v, float scale,
            const std::string& isa) {
-            QE_CHECK(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && k.shape(1) == q.shape(1) &&
-                         v.shape(1) == q.shape(1) && k.shape(0) == v.shape(0) && k.shape(0) >= 1,
-                     "attention: expected q [n_q, d], k and v [n, d], n >= 1");
-            const int64_t n_q = q.shape(0), d = q.shape(1), n = k.shape(0);
-            py::array_t<float> out({n_q, d});
-            ScratchGuard scratch(qe::attention_scratch(n_q, n));
+            const auto [n_t, n_q, d, n] = attention_shape(q, k, v, "attention");
+            py::array_t<float> out(shape_of(q));
+            ScratchGuard scratch(qe::attention_scratch(n_t * n_q, n));
             if (py::isinstance<py::array_t<uint16_t>>(k)) {
                 const U16 k16 = k, v16 = v;
-                table(isa).attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, scale,
-                                         scratch.data(), out.mutable_data(), d);
-            scratch.check();
+                table(isa).attention_f16(q.data(), d, n_q * d, n_q, n_t, k16.data(), v16.data(), n,
+                                         d, scale, scratch.data(), out.mutable_data(), d, n_q * d);
             } else {
                 const F32 k32 = k, v32 = v;
-                table(isa).attention_f32(q.data(), d, n_q, k32.data(), v32.data(), n, d, scale,
-                                         scratch.data(), out.mutable_data(), d);
-            scratch.check();
+                table(isa).attention_f32(q.data(), d, n_q * d, n_q, n_t, k32.data(), v32.data(), n,
+                                         d, scale, scratch.data(), out.mutable_data(), d, n_q * d);
             }
+            scratch.check();
             return out;
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",
-        "softmax(scale q k^T) v over one KV head; k, v as uint16 (f16 cache) or float32.");
+        "softmax(scale q k^T) v over one KV head; k, v as uint16 (f16 cache) or float32. q is "
+        "[n_q, d] (every query sees all n positions) or [n_t, n_q, d]: n_t consecutive tokens, "
+        "the last n_t positions of k, v, each seeing the positions up to its own (causal).");
     m.def(
         "attention_q8",
         [](const F32& q, const F32& k, const F32& v, float scale, const std::string& isa) {
-            QE_CHECK(q.ndim() == 2 && k.ndim() == 2 && v.ndim() == 2 && k.shape(1) == q.shape(1) &&
-                         v.shape(1) == q.shape(1) && k.shape(0) == v.shape(0) &&
-                         k.shape(0) >= 1 && q.shape(1) % qe::kBlockK == 0,
-                     "attention_q8: expected q [n_q, d], k and v [n, d], n >= 1, d % 32 == 0");
-            const int64_t n_q = q.shape(0), d = q.shape(1), n = k.shape(0);
+            const auto [n_t, n_q, d, n] = attention_shape(q, k, v, "attention_q8");
+            QE_CHECK(d % qe::kBlockK == 0, "attention_q8: expected d % 32 == 0, got d = ", d);
             // The cache as the model writes it: each row through quantize_q8a (exact on
             // every table, so ref's does).
             std::vector<qe::BlockQ8A> kq(n * d / qe::kBlockK), vq(kq.size());
             qe::ref::quantize_q8a(k.data(), kq.data(), n * d);
             qe::ref::quantize_q8a(v.data(), vq.data(), n * d);
-            py::array_t<float> out({n_q, d});
-            ScratchGuard scratch(qe::attention_scratch(n_q, n));
-            table(isa).attention_q8(q.data(), d, n_q, kq.data(), vq.data(), n, d, scale,
-                                    scratch.data(), out.mutable_data(), d);
+            py::array_t<float> out(shape_of(q));
+            ScratchGuard scratch(qe::attention_scratch(n_t * n_q, n));
+            table(isa).attention_q8(q.data(), d, n_q * d, n_q, n_t, kq.data(), vq.data(), n, d,
+                                    scale, scratch.data(), out.mutable_data(), d, n_q * d);
             scratch.check();
             return out;
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",
         "attention over an int8 (q8a) KV head: k, v [n, d] float32 are quantized row by row "
-        "as the model's cache stores them.");
+        "as the model's cache stores them; q as for attention.");
 }
 
 }  // namespace qe_py

@@ -127,6 +127,7 @@ float* out_array(py::array_t<float>& a, int64_t n, const char* what) {
 }  // namespace
 
 void bind_model(py::module_& m) {
+    m.attr("ATTENTION_TOKENS") = qe::kAttentionTokens;
     m.def(
         "read_bandwidth",
         [](uint64_t bytes, int threads, int repetitions) {

@@ -162,31 +162,37 @@ using DeltaRuleFn = void(float* s, const float* q, const float* k, const float* 
 
 // ==== attention: one KV head of the cache (attention_<tag>.cc) ================================
 
-// attention_f16 (the default f16 cache), attention_f32: softmax attention of n_q query vectors
-// over the first n positions of one KV head:
-//   out[i] = sum_j p_ij v[j],  p_i = softmax_j(scale * q_i . k[j]),  j < n, n >= 1.
-//   q [n_q, d] row stride ldq;  k, v [n, d], rows contiguous;  out [n_q, d] row stride ldo.
+// attention_f16 (the default f16 cache), attention_f32: causal softmax attention of n_t
+// consecutive tokens, n_q query vectors each, over the first positions of one KV head; token r
+// (0 <= r < n_t) sees the first n_r = n - (n_t - 1 - r) positions (the last token sees all n):
+//   out[r][i] = sum_j p_rij v[j],  p_ri = softmax_j(scale * q[r][i] . k[j]),  j < n_r.
+//   q [n_t, n_q, d]: token stride ldqt, query stride ldq;  out [n_t, n_q, d]: ldot, ldo;
+//   k, v [n, d], rows contiguous;  1 <= n_t <= n.
 //   Streaming: positions go in tiles of kAttentionTile with an online softmax (running max and
 //   sum per query, out rescaled when the max grows, divided by the sum at the end), so
-//   scratch is attention_scratch(n_q, n) = n_q * min(n, kAttentionTile) floats, whatever the
-//   context. Reordered + approx exp.
+//   scratch is attention_scratch(n_t * n_q, n) = n_t * n_q * min(n, kAttentionTile) floats,
+//   whatever the context. Several tokens per call let a kernel read each K/V tile once for all
+//   of them (prefill); decode is n_t = 1.
+//   Reordered + approx exp, and per query independent of its company: out[r][i] is bit for bit
+//   what a call with n_t = 1 (and any n_q) on the first n_r positions gives on the same table,
+//   so how a prefill is cut into chunks and work items cannot change a logit.
 inline constexpr int64_t kAttentionTile = 256;
 inline constexpr int64_t attention_scratch(int64_t n_q, int64_t n) {
     return n_q * (n < kAttentionTile ? n : kAttentionTile);
 }
-using AttentionF16Fn = void(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k,
-                            const uint16_t* v, int64_t n, int64_t d, float scale, float* scratch,
-                            float* out, int64_t ldo);
-using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t n_q, const float* k,
-                            const float* v, int64_t n, int64_t d, float scale, float* scratch,
-                            float* out, int64_t ldo);
+using AttentionF16Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                            const uint16_t* k, const uint16_t* v, int64_t n, int64_t d, float scale,
+                            float* scratch, float* out, int64_t ldo, int64_t ldot);
+using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                            const float* k, const float* v, int64_t n, int64_t d, float scale,
+                            float* scratch, float* out, int64_t ldo, int64_t ldot);
 // attention_q8, over the int8 cache (the long-context option): each key and value row is
 // d / 32 q8a blocks (d a multiple of 32), element e of row j worth
 // k[j * d / 32 + e / 32].d * q[e % 32] (the cache is written with quantize_q8a). Reordered +
-// approx exp, like attention_f32 on the dequantized rows.
-using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k,
-                           const BlockQ8A* v, int64_t n, int64_t d, float scale, float* scratch,
-                           float* out, int64_t ldo);
+// approx exp, like attention_f32 on the dequantized rows, with the same independence.
+using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                           const BlockQ8A* k, const BlockQ8A* v, int64_t n, int64_t d, float scale,
+                           float* scratch, float* out, int64_t ldo, int64_t ldot);
 
 // ==== which ISA implements what ===============================================================
 // Each table implements a family or borrows the next-best table's kernels (dispatch.cc).
@@ -221,7 +227,7 @@ QE_DECLARE_ALL(ref)
 
 #if defined(__x86_64__) || defined(_M_X64)
 // avx2 (+FMA, F16C): every kernel. avx_vnni: the packed products; avx512_vnni: the packed
-// products and the delta rule.
+// products, the delta rule and attention.
 QE_DECLARE_ALL(avx2)
 namespace avx_vnni {
 GemvQ8aFn gemv_q8a;
@@ -231,6 +237,9 @@ namespace avx512_vnni {
 GemvQ8aFn gemv_q8a;
 GemmQ8aFn gemm_q8a;
 DeltaRuleFn delta_rule;
+AttentionF16Fn attention_f16;
+AttentionF32Fn attention_f32;
+AttentionQ8Fn attention_q8;
 }  // namespace avx512_vnni
 #endif
 

@@ -502,39 +502,49 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
     });
 
     // Causal attention: a token at position p of its sequence sees that sequence's positions
-    // [0, p]. One item = (token, kv head) with its `group` query heads, which read the same keys
-    // and values; probabilities go to the thread's row of the sequence's own score scratch.
+    // [0, p]. One item = (block of kAttentionTokens rows, kv head): each run of the block's rows
+    // that belong to one sequence (consecutive positions) goes to the kernel in one call with
+    // the `group` query heads per token, so the kernel reads each K/V tile once for several
+    // tokens; scores go to the thread's scratch in the sequence's state.
     const float scale = 1.0f / std::sqrt(float(hd));
-    pool_.for_each(n * nkv, 1, [&](int64_t i0, int64_t i1, int thread) {
+    const int64_t blocks = (n + kAttentionTokens - 1) / kAttentionTokens;
+    pool_.for_each(blocks * nkv, 1, [&](int64_t i0, int64_t i1, int thread) {
         for (int64_t i = i0; i < i1; ++i) {
-            const int64_t t = i / nkv, j = i % nkv;
-            const Seg& g = rows.segs[rows.seg[t]];
-            State& st = *g.state;
-            const int64_t ctx = st.context_;
-            const int64_t kv_row = int64_t(kv_row_bytes(st.kv_type_, hd));
-            float* scratch = st.scratch_.scores.as<float>() +
-                             int64_t(thread) * attention_scratch(group, ctx);
-            const float* qi = q + (t * nh + j * group) * hd;
-            float* oi = heads + (t * nh + j * group) * hd;
-            const char* kc = static_cast<const char*>(keys_of(g)) + j * ctx * kv_row;
-            const char* vc = static_cast<const char*>(values_of(g)) + j * ctx * kv_row;
-            const int64_t len = g.pos0 + t - g.row0 + 1;
-            switch (st.kv_type_) {
-                case KvType::kF16:
-                    kt_.attention_f16(qi, hd, group, reinterpret_cast<const uint16_t*>(kc),
-                                      reinterpret_cast<const uint16_t*>(vc), len, hd, scale,
-                                      scratch, oi, hd);
-                    break;
-                case KvType::kF32:
-                    kt_.attention_f32(qi, hd, group, reinterpret_cast<const float*>(kc),
-                                      reinterpret_cast<const float*>(vc), len, hd, scale, scratch,
-                                      oi, hd);
-                    break;
-                case KvType::kQ8:
-                    kt_.attention_q8(qi, hd, group, reinterpret_cast<const BlockQ8A*>(kc),
-                                     reinterpret_cast<const BlockQ8A*>(vc), len, hd, scale,
-                                     scratch, oi, hd);
-                    break;
+            const int64_t b = i / nkv, j = i % nkv;
+            const int64_t b1 = std::min(n, (b + 1) * kAttentionTokens);
+            for (int64_t t = b * kAttentionTokens, t1; t < b1; t = t1) {
+                for (t1 = t + 1; t1 < b1 && rows.seg[t1] == rows.seg[t];) ++t1;
+                const Seg& g = rows.segs[rows.seg[t]];
+                State& st = *g.state;
+                const int64_t ctx = st.context_, nt = t1 - t;
+                const int64_t kv_row = int64_t(kv_row_bytes(st.kv_type_, hd));
+                float* scratch = st.scratch_.scores.as<float>() +
+                                 int64_t(thread) * attention_scratch(group * kAttentionTokens, ctx);
+                const float* qi = q + (t * nh + j * group) * hd;
+                float* oi = heads + (t * nh + j * group) * hd;
+                const char* kc = static_cast<const char*>(keys_of(g)) + j * ctx * kv_row;
+                const char* vc = static_cast<const char*>(values_of(g)) + j * ctx * kv_row;
+                const int64_t len = g.pos0 + t1 - 1 - g.row0 + 1;  // the last token's
+                switch (st.kv_type_) {
+                    case KvType::kF16:
+                        kt_.attention_f16(qi, hd, nh * hd, group, nt,
+                                          reinterpret_cast<const uint16_t*>(kc),
+                                          reinterpret_cast<const uint16_t*>(vc), len, hd, scale,
+                                          scratch, oi, hd, nh * hd);
+                        break;
+                    case KvType::kF32:
+                        kt_.attention_f32(qi, hd, nh * hd, group, nt,
+                                          reinterpret_cast<const float*>(kc),
+                                          reinterpret_cast<const float*>(vc), len, hd, scale,
+                                          scratch, oi, hd, nh * hd);
+                        break;
+                    case KvType::kQ8:
+                        kt_.attention_q8(qi, hd, nh * hd, group, nt,
+                                         reinterpret_cast<const BlockQ8A*>(kc),
+                                         reinterpret_cast<const BlockQ8A*>(vc), len, hd, scale,
+                                         scratch, oi, hd, nh * hd);
+                        break;
+                }
             }
         }
     });

@@ -57,9 +57,11 @@ StateSizes State::sizes_for(const ModelConfig& c, int64_t context, int64_t batch
     z.heads = bytes_of(b, heads, f);
     z.ab = bytes_of(b, 2 * c.n_v_head, f);
     z.ff = bytes_of(b, 2 * c.n_ff, f);
-    // One tile of scores per query head of a GQA group and thread: the attention kernels stream
-    // the cache (kernels.h), so this stops growing at kAttentionTile positions.
-    z.scores = bytes_of(threads, attention_scratch(c.n_head / c.n_head_kv, context), f);
+    // One tile of scores per query head of a GQA group, token of an attention work item and
+    // thread: the attention kernels stream the cache (kernels.h), so this stops growing at
+    // kAttentionTile positions.
+    z.scores =
+        bytes_of(threads, attention_scratch(c.n_head / c.n_head_kv * kAttentionTokens, context), f);
     z.rope = bytes_of(b, c.rotary_dim(), f);
     z.logits = bytes_of(c.vocab_size, f);
     return z;

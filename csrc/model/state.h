@@ -27,6 +27,11 @@ inline size_t kv_row_bytes(KvType t, int64_t head_dim) {
     return size_t(head_dim) * (t == KvType::kF16 ? 2 : 4);
 }
 
+// Tokens per attention work item (Qwen35Model::attention_block): a kernel call reads each K/V
+// tile once for all its tokens; 6 tokens of a 4-head GQA group (every Qwen3.5 size) are two of
+// the AVX2 kernel's 12-row runs, and a 128-token batch still gives 2 x 22 items to share out.
+inline constexpr int64_t kAttentionTokens = 6;
+
 // Scratch for a forward pass over at most `batch` tokens. [T, n] buffers are row-major,
 // n contiguous, T = tokens of the current batch.
 struct Scratch {
@@ -42,7 +47,7 @@ struct Scratch {
     Buffer heads;   // [T, max(value_dim, n_head * head_dim)] GDN / attention head outputs
     Buffer ab;      // [T, 2, n_v_head] GDN b and a, then beta and decay
     Buffer ff;      // [T, 2, n_ff] MLP gate and up
-    Buffer scores;  // [threads, n_head / n_head_kv, min(context, kAttentionTile)] attention tiles
+    Buffer scores;  // [threads, kAttentionTokens, n_head / n_head_kv, min(context, kAttentionTile)]
     Buffer rope;    // [T, 2, rotary_dim / 2] cos then sin of each token's position
     Buffer logits;  // [vocab_size] last-position logits when the caller gives no buffer
     Buffer mtp_in;  // [T, 2 * n_embd] the MTP head's concatenated input (enable_speculation)
@@ -54,8 +59,8 @@ struct StateSizes {
     size_t kv = 0;         // one K (or V) cache of one full-attention layer
     size_t conv = 0;       // one linear-attention layer's conv state
     size_t recurrent = 0;  // one linear-attention layer's recurrent state
-    size_t h = 0, x = 0, mix = 0, xq = 0, proj = 0, conv_out = 0, gate = 0, kv_new = 0,
-           heads = 0, ab = 0, ff = 0, scores = 0, rope = 0, logits = 0;  // Scratch
+    size_t h = 0, x = 0, mix = 0, xq = 0, proj = 0, conv_out = 0, gate = 0, kv_new = 0, heads = 0,
+           ab = 0, ff = 0, scores = 0, rope = 0, logits = 0;  // Scratch
     uint64_t cache_bytes() const;
     uint64_t scratch_bytes() const;
     uint64_t total() const { return cache_bytes() + scratch_bytes(); }

@@ -367,9 +367,9 @@ QE_TEST(attention_matches_ref) {
                                  {4, 130, 256},
                                  {3, 17, 24},
                                  {2, 5, 5},
-                                 {4, 256, 40},    // one whole tile of the streaming softmax
-                                 {4, 257, 40},    // and one more position
-                                 {3, 700, 64},    // ragged last tile
+                                 {4, 256, 40},  // one whole tile of the streaming softmax
+                                 {4, 257, 40},  // and one more position
+                                 {3, 700, 64},  // ragged last tile
                                  {2, 1000, 13}}) {
             std::vector<float> q = normal(n_q * d), k = normal(n * d), v = normal(n * d);
             std::vector<uint16_t> k16(k.size()), v16(v.size());
@@ -378,25 +378,77 @@ QE_TEST(attention_matches_ref) {
             // Exactly the contract's scratch (the sanitizer build catches a write past it).
             std::vector<float> scratch(size_t(qe::attention_scratch(n_q, n)));
             std::vector<float> o(n_q * d), orf(n_q * d);
-            t->attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, 0.2f, scratch.data(),
-                             o.data(), d);
-            ref().attention_f16(q.data(), d, n_q, k16.data(), v16.data(), n, d, 0.2f,
-                                scratch.data(), orf.data(), d);
+            t->attention_f16(q.data(), d, n_q * d, n_q, 1, k16.data(), v16.data(), n, d, 0.2f,
+                             scratch.data(), o.data(), d, n_q * d);
+            ref().attention_f16(q.data(), d, n_q * d, n_q, 1, k16.data(), v16.data(), n, d, 0.2f,
+                                scratch.data(), orf.data(), d, n_q * d);
             expect_close(o, orf, 1e-5, 1e-5, "attention_f16", t->tag);
-            t->attention_f32(q.data(), d, n_q, k.data(), v.data(), n, d, 0.2f, scratch.data(),
-                             o.data(), d);
-            ref().attention_f32(q.data(), d, n_q, k.data(), v.data(), n, d, 0.2f, scratch.data(),
-                                orf.data(), d);
+            t->attention_f32(q.data(), d, n_q * d, n_q, 1, k.data(), v.data(), n, d, 0.2f,
+                             scratch.data(), o.data(), d, n_q * d);
+            ref().attention_f32(q.data(), d, n_q * d, n_q, 1, k.data(), v.data(), n, d, 0.2f,
+                                scratch.data(), orf.data(), d, n_q * d);
             expect_close(o, orf, 1e-5, 1e-5, "attention_f32", t->tag);
             if (d % qe::kBlockK == 0) {  // the int8 cache: rows of q8a blocks
                 std::vector<qe::BlockQ8A> k8(n * d / qe::kBlockK), v8(k8.size());
                 ref().quantize_q8a(k.data(), k8.data(), n * d);
                 ref().quantize_q8a(v.data(), v8.data(), n * d);
-                t->attention_q8(q.data(), d, n_q, k8.data(), v8.data(), n, d, 0.2f,
-                                scratch.data(), o.data(), d);
-                ref().attention_q8(q.data(), d, n_q, k8.data(), v8.data(), n, d, 0.2f,
-                                   scratch.data(), orf.data(), d);
+                t->attention_q8(q.data(), d, n_q * d, n_q, 1, k8.data(), v8.data(), n, d, 0.2f,
+                                scratch.data(), o.data(), d, n_q * d);
+                ref().attention_q8(q.data(), d, n_q * d, n_q, 1, k8.data(), v8.data(), n, d, 0.2f,
+                                   scratch.data(), orf.data(), d, n_q * d);
                 expect_close(o, orf, 1e-5, 1e-5, "attention_q8", t->tag);
+            }
+        }
+    }
+}
+
+// Several tokens per call (prefill): token r over its own first n - (n_t - 1 - r) positions
+// must give, bit for bit, what a one-token call gives on every table (ref too), also where
+// the tokens' last positions straddle a tile boundary and where runs split a token's heads.
+QE_TEST(attention_tokens_equal_one_at_a_time) {
+    for (const auto* t : qe::supported_tables()) {
+        for (auto [n_q, n_t, n, d] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{4, 1, 1, 16},
+                                      {4, 3, 3, 32},
+                                      {4, 6, 260, 256},  // last positions 255..260
+                                      {3, 5, 17, 24},
+                                      {1, 13, 40, 8},
+                                      {5, 7, 513, 13},
+                                      {2, 11, 256, 64},  // exactly one tile for the last token
+                                      {4, 32, 700, 40}}) {
+            const int64_t ld = n_q * d;
+            std::vector<float> q = normal(n_t * ld), k = normal(n * d), v = normal(n * d);
+            std::vector<uint16_t> k16(k.size()), v16(v.size());
+            ref().cvt_f32_f16(k.data(), k16.data(), int64_t(k.size()));
+            ref().cvt_f32_f16(v.data(), v16.data(), int64_t(v.size()));
+            std::vector<qe::BlockQ8A> k8, v8;
+            if (d % qe::kBlockK == 0) {
+                k8.resize(n * d / qe::kBlockK);
+                v8.resize(k8.size());
+                ref().quantize_q8a(k.data(), k8.data(), n * d);
+                ref().quantize_q8a(v.data(), v8.data(), n * d);
+            }
+            std::vector<float> scratch(size_t(qe::attention_scratch(n_t * n_q, n)));
+            for (int kind = 0; kind < 3; ++kind) {
+                if (kind == 2 && k8.empty()) continue;
+                auto call = [&](const float* qr, int64_t tokens, int64_t len, float* out) {
+                    if (kind == 0) {
+                        t->attention_f16(qr, d, ld, n_q, tokens, k16.data(), v16.data(), len, d,
+                                         0.2f, scratch.data(), out, d, ld);
+                    } else if (kind == 1) {
+                        t->attention_f32(qr, d, ld, n_q, tokens, k.data(), v.data(), len, d, 0.2f,
+                                         scratch.data(), out, d, ld);
+                    } else {
+                        t->attention_q8(qr, d, ld, n_q, tokens, k8.data(), v8.data(), len, d, 0.2f,
+                                        scratch.data(), out, d, ld);
+                    }
+                };
+                std::vector<float> all(n_t * ld), one(n_t * ld);
+                call(q.data(), n_t, n, all.data());
+                for (int64_t r = 0; r < n_t; ++r)
+                    call(q.data() + r * ld, 1, n - (n_t - 1 - r), one.data() + r * ld);
+                static const char* names[] = {"attention_f16 tokens", "attention_f32 tokens",
+                                              "attention_q8 tokens"};
+                expect_same(all, one, names[kind], t->tag);
             }
         }
     }

@@ -2,8 +2,9 @@
 // Baseline NEON softmax attention of a few queries over one KV head's cache (f16 by default,
 // f32 optional, or int8): scores by 4-lane dot products over the head dimension, streaming over
 // tiles of kAttentionTile positions with an online softmax (kernels.h): a tile's scores, their
-// max and exp_f32x4, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end. f16 keys and values are widened exactly with fcvtl
-// (ARMv8.0); no fp16 arithmetic, so long contexts cannot overflow a half-precision sum.
+// max and exp_f32x4, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end. f16
+// keys and values are widened exactly with fcvtl (ARMv8.0); no fp16 arithmetic, so long contexts
+// cannot overflow a half-precision sum.
 #include <arm_neon.h>
 
 #include <cmath>
@@ -41,8 +42,8 @@ QE_NEON_INLINE float widen(const BlockQ8A* c, int64_t i) {
 }
 
 template <typename T>
-void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n,
-               int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n, int64_t d,
+            float scale, float* scratch, float* out, int64_t ldo) {
     const int64_t d4 = d & ~int64_t{3};
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
@@ -85,21 +86,35 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
     }
 }
 
+// Tokens one after the other: each reads the whole cache (no K/V tile sharing here yet).
+template <typename T>
+void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const T* k,
+               const T* v, int64_t n, int64_t d, float scale, float* scratch, float* out,
+               int64_t ldo, int64_t ldot) {
+    for (int64_t r = 0; r < n_t; ++r) {
+        attend(q + r * ldqt, ldq, n_q, k, v, n - (n_t - 1 - r), d, scale, scratch, out + r * ldot,
+               ldo);
+    }
+}
+
 }  // namespace
 
-void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k, const uint16_t* v,
-                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
-    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+void attention_f16(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                   const uint16_t* k, const uint16_t* v, int64_t n, int64_t d, float scale,
+                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }
 
-void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
-                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
-    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+void attention_f32(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                   const float* k, const float* v, int64_t n, int64_t d, float scale,
+                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }
 
-void attention_q8(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k, const BlockQ8A* v,
-                  int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
-    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+void attention_q8(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                  const BlockQ8A* k, const BlockQ8A* v, int64_t n, int64_t d, float scale,
+                  float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }
 
 }  // namespace qe::neon

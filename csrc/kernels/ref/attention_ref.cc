@@ -3,7 +3,8 @@
 // f32 or int8 KV cache, streaming: per tile of kAttentionTile positions the scores, the tile's
 // max, then the online-softmax update (running max m and sum l per query; out rescaled by
 // exp(m_old - m_new) when the max grows); out / l at the end. Scratch: one tile of scores per
-// query, whatever n.
+// query, whatever n. Several tokens are attended one after the other: the definition of what a
+// kernel that shares K/V tiles among them must give.
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -24,8 +25,8 @@ inline float at(const BlockQ8A* c, int64_t i) {
 }
 
 template <typename T>
-void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n,
-               int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
+void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n, int64_t d,
+            float scale, float* scratch, float* out, int64_t ldo) {
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
         float* p = scratch + i * (n < kAttentionTile ? n : kAttentionTile);
@@ -60,21 +61,34 @@ void attention(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v,
     }
 }
 
+template <typename T>
+void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const T* k,
+               const T* v, int64_t n, int64_t d, float scale, float* scratch, float* out,
+               int64_t ldo, int64_t ldot) {
+    for (int64_t r = 0; r < n_t; ++r) {
+        attend(q + r * ldqt, ldq, n_q, k, v, n - (n_t - 1 - r), d, scale, scratch, out + r * ldot,
+               ldo);
+    }
+}
+
 }  // namespace
 
-void attention_f16(const float* q, int64_t ldq, int64_t n_q, const uint16_t* k, const uint16_t* v,
-                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
-    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+void attention_f16(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                   const uint16_t* k, const uint16_t* v, int64_t n, int64_t d, float scale,
+                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }
 
-void attention_f32(const float* q, int64_t ldq, int64_t n_q, const float* k, const float* v,
-                   int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
-    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+void attention_f32(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                   const float* k, const float* v, int64_t n, int64_t d, float scale,
+                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }
 
-void attention_q8(const float* q, int64_t ldq, int64_t n_q, const BlockQ8A* k, const BlockQ8A* v,
-                  int64_t n, int64_t d, float scale, float* scratch, float* out, int64_t ldo) {
-    attention(q, ldq, n_q, k, v, n, d, scale, scratch, out, ldo);
+void attention_q8(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                  const BlockQ8A* k, const BlockQ8A* v, int64_t n, int64_t d, float scale,
+                  float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }
 
 }  // namespace qe::ref

@@ -112,3 +112,63 @@ def test_attention_scratch_is_one_tile() -> None:
     assert _core.attention_scratch(4, 10) == 40
     assert _core.attention_scratch(4, tile) == 4 * tile
     assert _core.attention_scratch(4, 262144) == 4 * tile
+
+
+@pytest.mark.parametrize("kv", ["f16", "f32", "q8"])
+@pytest.mark.parametrize(
+    ("n_t", "n_q", "n", "d"),
+    [
+        (1, 4, 1, 32),
+        (3, 4, 3, 32),
+        (6, 4, 260, 256),  # the tokens' last positions straddle a tile boundary
+        (5, 3, 17, 64),
+        (13, 1, 40, 32),
+        (7, 5, 513, 96),
+        (32, 4, 700, 32),
+    ],
+)
+def test_attention_tokens(isa: str, kv: str, n_t: int, n_q: int, n: int, d: int) -> None:
+    """Several consecutive tokens per call (prefill): token r sees the first n - (n_t - 1 - r)
+    positions (causal), matches float64 numpy, and equals bit for bit the one-token call on its
+    own positions, so how a prompt is cut into chunks and work items cannot change a logit."""
+    rng = np.random.default_rng(n_t * 7 + n_q * 1000 + n + d)
+    q = rng.standard_normal((n_t, n_q, d)).astype(np.float32)
+    k = rng.standard_normal((n, d)).astype(np.float32)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    if kv == "f16":
+        k16, v16 = k.astype(np.float16), v.astype(np.float16)
+        k, v = k16.astype(np.float32), v16.astype(np.float32)
+
+        def run(qq: np.ndarray, m: int) -> np.ndarray:
+            return _core.attention(
+                qq, k16[:m].view(np.uint16), v16[:m].view(np.uint16), 0.25, isa=isa
+            )
+    elif kv == "f32":
+
+        def run(qq: np.ndarray, m: int) -> np.ndarray:
+            return _core.attention(qq, k[:m], v[:m], 0.25, isa=isa)
+    else:
+
+        def run(qq: np.ndarray, m: int) -> np.ndarray:
+            return _core.attention_q8(qq, k[:m], v[:m], 0.25, isa=isa)
+
+        def dequantized(x: np.ndarray) -> np.ndarray:
+            scale, _, codes = quantize_q8a(x.reshape(-1))
+            return (scale[:, None].astype(np.float64) * codes).reshape(x.shape).astype(np.float32)
+
+        k, v = dequantized(k), dequantized(v)
+    got = run(q, n)
+    assert got.shape == q.shape
+    for r in range(n_t):
+        m = n - (n_t - 1 - r)
+        np.testing.assert_array_equal(got[r], run(q[r], m), err_msg=f"token {r} of {n_t}")
+        np.testing.assert_allclose(
+            got[r], _reference(q[r], k[:m], v[:m], 0.25), rtol=1e-4, atol=2e-5 * np.abs(v).max()
+        )
+
+
+def test_attention_tokens_need_positions() -> None:
+    q = np.zeros((4, 2, 16), np.float32)
+    kv = np.zeros((3, 16), np.float32)
+    with pytest.raises(RuntimeError, match="n >= max"):
+        _core.attention(q, kv, kv, 1.0)

@@ -33,13 +33,15 @@ def test_bytes_for_equals_allocated(
 
 def test_state_grows_linearly_with_context(tiny_model_file: Callable[[str], Path]) -> None:
     """KV cache (one layer in four) grows per token; the attention scores only up to one tile
-    of the streaming kernels (kernels.h kAttentionTile), then nothing else does."""
+    of the streaming kernels (kernels.h kAttentionTile) per query of a work item (ATTENTION_TOKENS
+    tokens of a GQA group) and thread, then nothing else does."""
     model = Model.load(tiny_model_file("q4"), threads=2)
     cfg = model.config
     tile = native.core().ATTENTION_TILE
     full = sum(1 for t in cfg.layer_types if t == "full_attention")
     per_token_kv = 2 * full * cfg.num_key_value_heads * cfg.head_dim * 2  # f16 K and V
-    per_token_scores = 2 * (cfg.num_attention_heads // cfg.num_key_value_heads) * 4
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    per_token_scores = 2 * native.core().ATTENTION_TOKENS * group * 4
     below = model.state_bytes(tile) - model.state_bytes(tile - 1)
     assert below == per_token_kv + per_token_scores
     step = model.state_bytes(1001) - model.state_bytes(1000)

@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: Apache-2.0
+// Attention over one KV head (f16, f32 or q8 cache) on float vectors, shared by the avx2
+// (8 lanes) and avx512_vnni (16 lanes) tables. Included INSIDE the ISA namespace of a
+// translation unit compiled with that ISA's flags (after <immintrin.h>, <cmath>, kernels.h and
+// avx2_inl.h), with QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA
+// keeps its own copy (STYLE.md §5).
+//
+// The query vectors of a call (n_q heads of n_t consecutive tokens) go in runs of up to kRun
+// rows that share every key and value load: scores are kRun dot products per key row (one K
+// load and widening for all), the output accumulates kRun x kLanes columns per value row in
+// registers (kRun accumulators, a value and a broadcast: 14 of AVX2's 16 registers). So a
+// prefill chunk reads each K/V tile once per run instead of once per query token. Streaming
+// over tiles of kAttentionTile positions with an online softmax (kernels.h): a tile's scores,
+// their max and exp, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end.
+//
+// Rows of a run see different numbers of positions (causal): a run only holds rows with the
+// same number of tiles, and in the last tile each row stops at its own position. A row's
+// arithmetic (its dot products' lane order, exp, sums in position order) is the same whatever
+// run it is in: the contract's bit-for-bit independence of the company a query keeps.
+
+#if QE_ATTENTION_LANES == 8
+using Vec = __m256;
+#define QE_V(op) _mm256_##op
+#elif QE_ATTENTION_LANES == 16
+using Vec = __m512;
+#define QE_V(op) _mm512_##op
+#else
+#error "attention_inl.h: define QE_ATTENTION_LANES as 8 or 16 before including it"
+#endif
+
+constexpr int kLanes = QE_ATTENTION_LANES, kRun = 12;
+
+static inline float vsum(Vec v) {
+#if QE_ATTENTION_LANES == 8
+    return x86::hsum(v);
+#else
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return x86::hsum(_mm256_add_ps(_mm512_castps512_ps256(v), hi));  // AVX-512F only
+#endif
+}
+
+// Elements i..i+kLanes-1 (or i) of a cache laid out row after row (i = j * d + e). A q8 row's
+// lanes never straddle a block: d and i are multiples of kLanes and blocks are 32 wide.
+static inline Vec vload(const float* c, int64_t i) {
+    return QE_V(loadu_ps)(c + i);
+}
+#if QE_ATTENTION_LANES == 8
+static inline Vec vload(const uint16_t* c, int64_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
+}
+static inline Vec vload(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.q + i % kBlockK));
+    return _mm256_mul_ps(_mm256_set1_ps(b.d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
+}
+#else
+static inline Vec vload(const uint16_t* c, int64_t i) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
+}
+static inline Vec vload(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + i % kBlockK));
+    return _mm512_mul_ps(_mm512_set1_ps(b.d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+}
+#endif
+static inline float load1(const float* c, int64_t i) {
+    return c[i];
+}
+static inline float load1(const uint16_t* c, int64_t i) {
+    return f16_to_f32(c[i]);
+}
+static inline float load1(const BlockQ8A* c, int64_t i) {
+    const BlockQ8A& b = c[i / kBlockK];
+    return b.d * float(b.q[i % kBlockK]);
+}
+
+// exp(x[j] - m) in place over x [n]; returns their sum. 8 lanes on both tables: 2-4% of the
+// work, not worth a second exp.
+static inline float exp_sum(float* x, int64_t n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = x86::exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        _mm256_storeu_ps(x + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float sum = x86::hsum(acc);
+    for (; j < n; ++j) {
+        alignas(32) float lane[8] = {x[j] - m};
+        _mm256_store_ps(lane, x86::exp_ps(_mm256_load_ps(lane)));
+        x[j] = lane[0];
+        sum += lane[0];
+    }
+    return sum;
+}
+
+// The max of x [n], n >= 1 (exact in any order, so vectorized).
+static inline float tile_max(const float* x, int64_t n) {
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + j));
+    float m = x86::hmax(mv);
+    for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+// One query vector: q [d], out [d], and the number of positions it sees.
+struct Row {
+    const float* q;
+    float* out;
+    int64_t n;
+};
+
+// scale * q . k[j] for k's row starting at element kj: kLanes-wide FMAs over dv, the lanes'
+// sum, the scalar tail; exactly what attend_run does per row.
+template <typename T>
+static inline float score1(const float* q, const T* k, int64_t kj, int64_t d, int64_t dv,
+                           float scale) {
+    Vec acc = QE_V(setzero_ps)();
+    for (int64_t e = 0; e < dv; e += kLanes)
+        acc = QE_V(fmadd_ps)(QE_V(loadu_ps)(q + e), vload(k, kj + e), acc);
+    float dot = vsum(acc);
+    for (int64_t e = dv; e < d; ++e) dot += q[e] * load1(k, kj + e);
+    return dot * scale;
+}
+
+// A run of R rows with the same number of tiles, sorted by n (rows[0] sees the fewest
+// positions); p [R, ldp] the tile's scores.
+template <int R, typename T>
+static void attend_run(const Row* rows, const T* k, const T* v, int64_t d, float scale, float* p,
+                       int64_t ldp) {
+    const int64_t dv = d & ~int64_t{kLanes - 1};
+    const int64_t n_lo = rows[0].n, n_hi = rows[R - 1].n;
+    float m[R], l[R], alpha[R];
+    for (int r = 0; r < R; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    for (int64_t j0 = 0; j0 < n_hi; j0 += kAttentionTile) {
+        // Positions [j0, j0 + nt_lo) are every row's; row r's stop at nt[r] (only in the last
+        // tile do they differ).
+        const int64_t nt_lo = n_lo - j0 < kAttentionTile ? n_lo - j0 : kAttentionTile;
+        int64_t nt[R];
+        for (int r = 0; r < R; ++r)
+            nt[r] = rows[r].n - j0 < kAttentionTile ? rows[r].n - j0 : kAttentionTile;
+        const int64_t nt_hi = nt[R - 1];
+        for (int64_t j = 0; j < nt_lo; ++j) {
+            const int64_t kj = (j0 + j) * d;
+            Vec acc[R];
+            for (int r = 0; r < R; ++r) acc[r] = QE_V(setzero_ps)();
+            for (int64_t e = 0; e < dv; e += kLanes) {
+                const Vec kv = vload(k, kj + e);
+                for (int r = 0; r < R; ++r)
+                    acc[r] = QE_V(fmadd_ps)(QE_V(loadu_ps)(rows[r].q + e), kv, acc[r]);
+            }
+            for (int r = 0; r < R; ++r) {
+                float dot = vsum(acc[r]);
+                for (int64_t e = dv; e < d; ++e) dot += rows[r].q[e] * load1(k, kj + e);
+                p[r * ldp + j] = dot * scale;
+            }
+        }
+        for (int64_t j = nt_lo; j < nt_hi; ++j) {
+            for (int r = 0; r < R; ++r) {
+                if (j >= nt[r]) continue;
+                p[r * ldp + j] = score1(rows[r].q, k, (j0 + j) * d, d, dv, scale);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            const float mn = std::fmax(m[r], tile_max(p + r * ldp, nt[r]));
+            alpha[r] = j0 == 0 ? 0.0f : std::exp(m[r] - mn);
+            m[r] = mn;
+            l[r] = l[r] * alpha[r] + exp_sum(p + r * ldp, nt[r], mn);
+        }
+
+        // out = (first tile ? 0 : out * alpha) + sum_j p_j v_j, kLanes columns at a time; row
+        // r's sum runs over its own nt[r] positions in order.
+        const bool first = j0 == 0;
+        const int64_t v0j = j0 * d;
+        int64_t e0 = 0;
+        for (; e0 < dv; e0 += kLanes) {
+            Vec o[R];
+            for (int r = 0; r < R; ++r) {
+                o[r] =
+                    first ? QE_V(setzero_ps)()
+                          : QE_V(mul_ps)(QE_V(loadu_ps)(rows[r].out + e0), QE_V(set1_ps)(alpha[r]));
+            }
+            for (int64_t j = 0; j < nt_lo; ++j) {
+                const Vec vj = vload(v, v0j + j * d + e0);
+                for (int r = 0; r < R; ++r)
+                    o[r] = QE_V(fmadd_ps)(QE_V(set1_ps)(p[r * ldp + j]), vj, o[r]);
+            }
+            for (int64_t j = nt_lo; j < nt_hi; ++j) {
+                const Vec vj = vload(v, v0j + j * d + e0);
+                for (int r = 0; r < R; ++r) {
+                    if (j < nt[r]) o[r] = QE_V(fmadd_ps)(QE_V(set1_ps)(p[r * ldp + j]), vj, o[r]);
+                }
+            }
+            for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0, o[r]);
+        }
+        for (; e0 < d; ++e0) {
+            for (int r = 0; r < R; ++r) {
+                float acc = first ? 0.0f : rows[r].out[e0] * alpha[r];
+                for (int64_t j = 0; j < nt[r]; ++j)
+                    acc += p[r * ldp + j] * load1(v, v0j + j * d + e0);
+                rows[r].out[e0] = acc;
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const float inv = 1.0f / l[r];
+        for (int64_t e = 0; e < d; ++e) rows[r].out[e] *= inv;
+    }
+}
+
+// count rows as runs of the instantiated sizes (12, 8, 4, 3, 2, 1), largest first.
+template <typename T>
+static void attend_rows(const Row* rows, int count, const T* k, const T* v, int64_t d, float scale,
+                        float* p, int64_t ldp) {
+    static_assert(kRun == 12, "attend_rows instantiates runs of at most 12 rows");
+    while (count > 0) {
+        const int r = count >= 12 ? 12 : count >= 8 ? 8 : count >= 4 ? 4 : count;
+        switch (r) {
+            case 12:
+                attend_run<12>(rows, k, v, d, scale, p, ldp);
+                break;
+            case 8:
+                attend_run<8>(rows, k, v, d, scale, p, ldp);
+                break;
+            case 4:
+                attend_run<4>(rows, k, v, d, scale, p, ldp);
+                break;
+            case 3:
+                attend_run<3>(rows, k, v, d, scale, p, ldp);
+                break;
+            case 2:
+                attend_run<2>(rows, k, v, d, scale, p, ldp);
+                break;
+            default:
+                attend_run<1>(rows, k, v, d, scale, p, ldp);
+                break;
+        }
+        rows += r;
+        count -= r;
+    }
+}
+
+// Rows token by token (n ascending), cut into runs of at most kRun rows whose last positions
+// fall in the same tile.
+template <typename T>
+static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                      const T* k, const T* v, int64_t n, int64_t d, float scale, float* scratch,
+                      float* out, int64_t ldo, int64_t ldot) {
+    const int64_t ldp = n < kAttentionTile ? n : kAttentionTile;
+    Row run[kRun];
+    int count = 0;
+    for (int64_t r = 0; r < n_t; ++r) {
+        const int64_t n_r = n - (n_t - 1 - r);
+        for (int64_t i = 0; i < n_q; ++i) {
+            if (count == kRun ||
+                (count > 0 && (run[0].n - 1) / kAttentionTile != (n_r - 1) / kAttentionTile)) {
+                attend_rows(run, count, k, v, d, scale, scratch, ldp);
+                count = 0;
+            }
+            run[count++] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
+        }
+    }
+    attend_rows(run, count, k, v, d, scale, scratch, ldp);
+}
+
+void attention_f16(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                   const uint16_t* k, const uint16_t* v, int64_t n, int64_t d, float scale,
+                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
+}
+
+void attention_f32(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                   const float* k, const float* v, int64_t n, int64_t d, float scale,
+                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
+}
+
+void attention_q8(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                  const BlockQ8A* k, const BlockQ8A* v, int64_t n, int64_t d, float scale,
+                  float* scratch, float* out, int64_t ldo, int64_t ldot) {
+    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
+}
+
+#undef QE_V
+#undef QE_ATTENTION_LANES
