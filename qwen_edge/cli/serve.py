@@ -60,9 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(64)",
     )  # fmt: skip
     g.add_argument(
-        "--prefill-share", type=float, default=1.0,
+        "--prefill-share", type=float, default=0.5,
         help="a step that prefills a joining request beside decoding ones may take at most "
-        "1 + this times their decode step alone (measured as it runs; default 1.0: at most 2x)",
+        "1 + this times their decode step alone (measured as it runs; default 0.5: at most 1.5x)",
     )  # fmt: skip
     g.add_argument(
         "--cache-mb", type=float, default=256.0,
