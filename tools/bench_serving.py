@@ -347,9 +347,9 @@ def main() -> int:
     p.add_argument("--gguf", type=Path, help="the same checkpoint as GGUF (Q4_0)")
     p.add_argument("--llama-server", type=Path, help="the llama-server binary")
     p.add_argument(
-        "--prefill-share", type=float, default=1.0,
-        help="qwen-edge serve's --prefill-share: a step carrying prompt tokens beside decoding "
-        "streams takes at most 1 + this times their decode step",
+        "--prefill-share", type=float,
+        help="qwen-edge serve's --prefill-share (default: the server's): a step carrying prompt "
+        "tokens beside decoding streams takes at most 1 + this times their decode step",
     )  # fmt: skip
     p.add_argument(
         "--llama-lib", type=Path,
@@ -390,7 +390,7 @@ def main() -> int:
                 sys.executable, "-m", "qwen_edge", "serve", str(a.qwen_edge), "--port", str(port),
                 "--threads", str(a.threads), "--max-batch", str(a.parallel),
                 "--context", str(a.context), "--max-queue", "64",
-                "--prefill-share", str(a.prefill_share),
+                *(["--prefill-share", str(a.prefill_share)] if a.prefill_share else []),
             ], port))  # fmt: skip
         if a.gguf is not None:
             if a.llama_server is None:
