@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "kernels/arm/neon_inl.h"
+#include "kernels/conv_state_inl.h"
 
 namespace qe::neon {
 
@@ -38,16 +39,7 @@ void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int6
             y[s * ldy + ch] = acc * sigmoid_f32(acc);
         }
     }
-    // The last kw-1 input rows become the state; rows move up in place (r + t > r reads rows
-    // not yet overwritten because r increases).
-    for (int64_t r = 0; r < hist; ++r) {
-        const int64_t src = t + r - hist;
-        const float* from = src < 0 ? state + (hist + src) * ldc : x + src * ldx;
-        float* to = state + r * ldc;
-        if (from != to) {
-            for (int64_t ch = 0; ch < c; ++ch) to[ch] = from[ch];
-        }
-    }
+    conv_state_roll(state, ldc, x, ldx, t, c, kw);
 }
 
 void delta_rule(float* s, const float* q, const float* k, const float* v, int64_t ldu,

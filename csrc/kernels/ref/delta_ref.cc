@@ -4,6 +4,7 @@
 // which docs/model.md §4.8 step 7 defines as the ground truth. All state and arithmetic in float32.
 #include <cmath>
 
+#include "kernels/conv_state_inl.h"
 #include "kernels/kernels.h"
 
 namespace qe::ref {
@@ -22,13 +23,7 @@ void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int6
             y[s * ldy + ch] = acc * (1.0f / (1.0f + std::exp(-acc)));
         }
     }
-    // New state row r = row t + r of [state; x]. Ascending r reads at or after what it writes.
-    for (int64_t r = 0; r < hist; ++r) {
-        const int64_t src = t + r - hist;
-        for (int64_t ch = 0; ch < c; ++ch) {
-            state[r * ldc + ch] = src < 0 ? state[(hist + src) * ldc + ch] : x[src * ldx + ch];
-        }
-    }
+    conv_state_roll(state, ldc, x, ldx, t, c, kw);
 }
 
 void delta_rule(float* s, const float* q, const float* k, const float* v, int64_t ldu,

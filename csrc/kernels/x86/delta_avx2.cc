@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/conv_state_inl.h"
 #include "kernels/kernels.h"
 #include "kernels/x86/avx2_inl.h"
 
@@ -35,12 +36,7 @@ void conv1d_silu(const float* w, float* state, int64_t ldc, const float* x, int6
             y[s * ldy + ch] = acc * (1.0f / (1.0f + std::exp(-acc)));
         }
     }
-    for (int64_t r = 0; r < hist; ++r) {
-        const int64_t src = t + r - hist;
-        for (int64_t ch = 0; ch < c; ++ch) {
-            state[r * ldc + ch] = src < 0 ? state[(hist + src) * ldc + ch] : x[src * ldx + ch];
-        }
-    }
+    conv_state_roll(state, ldc, x, ldx, t, c, kw);
 }
 
 // The delta rule: delta_rule_inl.h on 8-lane vectors, tiles of 4 vectors (32 columns).
