@@ -268,23 +268,7 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     attend_rows(run, count, k, v, d, scale, scratch, ldp);
 }
 
-void attention_f16(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                   const uint16_t* k, const uint16_t* v, int64_t n, int64_t d, float scale,
-                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
-    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
-}
-
-void attention_f32(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                   const float* k, const float* v, int64_t n, int64_t d, float scale,
-                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
-    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
-}
-
-void attention_q8(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                  const BlockQ8A* k, const BlockQ8A* v, int64_t n, int64_t d, float scale,
-                  float* scratch, float* out, int64_t ldo, int64_t ldot) {
-    attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
-}
+#include "kernels/attention_entries_inl.h"
 
 #undef QE_V
 #undef QE_ATTENTION_LANES
