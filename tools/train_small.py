@@ -875,8 +875,9 @@ def load_checkpoint(folder: Path, used_ids: np.ndarray, seed: int):  # type: ign
     shape = read_shape(folder)
     prefix = "model.language_model."
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        state = {k[len(prefix) :]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
-        head = {k[len("mtp.") :]: f.get_tensor(k).float() for k in f.keys() if k.startswith("mtp.")}
+        names = f.keys()  # a safetensors file is not iterable
+        state = {k[len(prefix) :]: f.get_tensor(k).float() for k in names if k.startswith(prefix)}
+        head = {k[len("mtp.") :]: f.get_tensor(k).float() for k in names if k.startswith("mtp.")}
     if not head:
         raise SystemExit(f"train_small: {folder} has no MTP head (mtp.* tensors)")
     emb = state["embed_tokens.weight"]
@@ -1004,7 +1005,6 @@ def greedy_windows(
 def write_distilled(out: Path, init: Path, mtp: Any, log: dict[str, Any]) -> None:
     """`init` with its `mtp.*` tensors replaced (in their stored dtype) and `log` added to its
     train_log.json as "mtp_distill"; every other tensor and file is copied unchanged."""
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -1015,7 +1015,8 @@ def write_distilled(out: Path, init: Path, mtp: Any, log: dict[str, Any]) -> Non
     new = {"mtp." + k: v for k, v in mtp.state_dict().items()}
     store = {}
     with safe_open(str(init / "model.safetensors"), "pt") as f:
-        for k in f.keys():
+        names = f.keys()  # a safetensors file is not iterable
+        for k in names:
             v = f.get_tensor(k)
             store[k] = new.pop(k).detach().to(v.dtype).contiguous() if k in new else v
     if new:
@@ -1044,7 +1045,7 @@ def distill(args: argparse.Namespace) -> Trained:
     seq_len = args.seq_len or preset.seq_len
     batch = args.batch or preset.batch
     peak_lr = args.lr or DISTILL_LR
-    _, corpus, _, train_ids, held_ids = corpus_split(args)
+    _, _, _, train_ids, held_ids = corpus_split(args)
     used = np.unique(np.concatenate([train_ids, held_ids]))
     n_other = FULL_VOCAB - len(used)
     remap = np.full(FULL_VOCAB, len(used), dtype=np.int64)
@@ -1099,7 +1100,7 @@ def distill(args: argparse.Namespace) -> Trained:
         lr = lr_at(frac, peak_lr, args.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        n_greedy = int(round(batch * args.greedy_share)) if len(pool) else 0
+        n_greedy = round(batch * args.greedy_share) if len(pool) else 0
         starts = rng.integers(0, n_windows, batch - n_greedy)
         rows = [train_c[i : i + seq_len + 1] for i in starts]
         rows += [pool[i] for i in rng.integers(0, len(pool), n_greedy)]
@@ -1177,6 +1178,7 @@ def _fmt_eval(ev: dict[str, Any]) -> str:
         text += f"  chained: agreement {ev['agreement2']:.4f}  kl {ev['kl2']:.4f}"
     text += f"  mtp ce {ev['mtp_ce']:.4f}  trunk loss {ev['trunk_loss']:.4f}"
     return text + (f"  ({ev['windows']} windows)" if "windows" in ev else "")
+
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
