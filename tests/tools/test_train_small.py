@@ -174,14 +174,14 @@ def test_mtp_distill(trained, qwen35_tokenizer_dir: Path, tmp_path: Path) -> Non
     fresh = tmp_path / "fresh"
     tool.write_distilled(fresh, out, head, {})
     distilled = tmp_path / "distilled"
-    argv = ["--config", "tiny", "--steps", "15", "--batch", "4", "--lr", "3e-3",
+    argv = ["--config", "tiny", "--steps", "60", "--batch", "4", "--lr", "3e-3",
             "--text", str(TEXT), "--heldout", "0.15", "--tokenizer", str(qwen35_tokenizer_dir),
             "--mtp-distill", str(fresh), "-o", str(distilled)]  # fmt: skip
     assert tool.main(argv) == 0
     log = json.loads((distilled / "train_log.json").read_text())
     d = log["mtp_distill"]
     assert log["heldout_loss"] == result.log["heldout_loss"]  # the trunk's log, carried over
-    assert d["steps"] == 15
+    assert d["steps"] == 60
     assert np.mean([p["kl"] for p in d["curve"][-3:]]) < 0.5 * d["curve"][0]["kl"]
     assert d["heldout_after"]["kl"] < 0.5 * d["heldout_before"]["kl"]
     assert d["heldout_after"]["trunk_loss"] == d["heldout_before"]["trunk_loss"]
@@ -199,10 +199,37 @@ def test_mtp_distill(trained, qwen35_tokenizer_dir: Path, tmp_path: Path) -> Non
                 assert torch.equal(x.view(bits), y.view(bits)), name
         assert not torch.equal(a.get_tensor("mtp.fc.weight"), b.get_tensor("mtp.fc.weight"))
     assert (distilled / tool.HELDOUT_FILE).read_bytes() == (out / tool.HELDOUT_FILE).read_bytes()
+    _speculation_keeps_the_greedy_text(fresh, distilled, result.used_ids, tmp_path)
     # Another corpus's ids do not fit the checkpoint's embedding: a clear error, not a wrong
     # teacher.
     with pytest.raises(SystemExit, match="differ"):
         tool.load_checkpoint(out, result.used_ids[:-1], 0)
+
+
+def _speculation_keeps_the_greedy_text(
+    fresh: Path, distilled: Path, used_ids: np.ndarray, tmp_path: Path
+) -> None:
+    """On trained weights, speculation with either head gives plain greedy decoding's tokens,
+    and the distilled head's drafts are accepted more often than the untrained head's."""
+    from qwen_edge.backends import native
+    from qwen_edge.export.convert import export
+    from qwen_edge.generation.loop import generate
+    from qwen_edge.generation.settings import GenerationConfig
+
+    greedy = GenerationConfig(max_tokens=48, stop_token_ids=()).replace(
+        temperature=0.0, presence_penalty=0.0, speculative="off"
+    )
+    ids = [int(t) for t in used_ids[np.random.default_rng(5).integers(0, len(used_ids), 16)]]
+    accepted = {}
+    for name, ckpt in (("fresh", fresh), ("distilled", distilled)):
+        export(ckpt, tmp_path / f"{name}.qe", "q8", keep_mtp=True)
+        m = native.load(tmp_path / f"{name}.qe", threads=2)
+        plain = generate(m, None, ids, greedy)
+        spec = generate(m, None, ids, greedy.replace(speculative="mtp", draft_tokens=2))
+        assert spec.tokens == plain.tokens, name
+        s = spec.stats.speculative
+        accepted[name] = s["accepted_tokens"] / s["drafted_tokens"]
+    assert accepted["distilled"] > accepted["fresh"], accepted
 
 
 def test_mtp_distill_chained_step() -> None:
