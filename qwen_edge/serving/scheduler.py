@@ -15,8 +15,16 @@ of them, each sequence bit-identical to running alone), then hands each its logi
   a decode step alone, by a cost model learnt from the steps' own durations (`StepCost`:
   seconds per step without prompt tokens, and what each prompt token adds), between 1 and
   `prefill_chunk` tokens. So a long prompt joining stretches the running streams' inter-token
-  latency by a bounded factor (2x by default) whatever the machine, model and batch, where a
+  latency by a bounded factor (1.5x by default) whatever the machine, model and batch, where a
   fixed 32-token chunk cost a 4-stream batch 5x its decode step on x86 AVX2;
+* the share protects the streams that were decoding when the prompt's request was admitted,
+  not the requests of the same **burst**: requests that arrive a few milliseconds apart find
+  the first one's prompt already running, alone, and are admitted before its first token. Their
+  prompts are prefilled beside its first decode steps as if they had arrived together (in
+  chunks of `PREFILL_CHUNK`), so the burst decodes together from its second step; held to the
+  share, they took a few tokens per step and started decoding a second or more after it. A
+  prompt admitted once every decoding stream has its first token is held to the share, so a
+  stream's tokens may pause longer only for the prompts admitted before its own first token;
 * a step waits for every running request to have its next call ready (sampling and
   detokenizing between steps take about a millisecond of CPU, but on a busy machine a request
   thread may wait far longer for a core), at most `gather_seconds()`: as long as the recent
@@ -84,11 +92,25 @@ class Closed(QwenEdgeError):
 
 
 @dataclass(eq=False)
+class _Slot:
+    """A running job, and the steps that place it in time: `admitted`, the steps completed
+    when it got its slot; `answered`, the step that answered its latest call; `first_token`,
+    the step whose logits gave its first token (None while its prompt is being prefilled)."""
+
+    job: Job
+    thread: threading.Thread
+    admitted: int
+    answered: int = 0
+    first_token: int | None = None
+
+
+@dataclass(eq=False)
 class _Call:
     """One `forward` of a request, waiting for (the rest of) its tokens to run."""
 
     tokens: list[int]
     state: Any
+    slot: _Slot | None = None  # the job it belongs to (None: a thread outside the scheduler)
     done: threading.Event = field(default_factory=threading.Event)
     logits: Any = None  # the result (a solo call's return value)
     error: BaseException | None = None
@@ -197,7 +219,8 @@ class Scheduler:
         prefill_chunk: the most prompt tokens a joining job prefills per step while others
             decode.
         prefill_share: a step with prompt tokens beside decoding jobs takes at most
-            `1 + prefill_share` times their decode step alone (`StepCost` sizes the chunk).
+            `1 + prefill_share` times their decode step alone (`StepCost` sizes the chunk),
+            unless every one of them was admitted after the prompt's job (a burst).
         clock: seconds, for the steps' costs: by default the CPU time of the thread that runs
             the steps (it computes its share of every product), so a busy machine's time
             slicing does not enter the cost model; tests pass their own.
@@ -233,7 +256,9 @@ class Scheduler:
         self._view = llm.with_model(_BatchingModel(llm.model, self))
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
-        self._running: dict[int, tuple[Job, threading.Thread]] = {}  # by id(job)
+        self._running: dict[int, _Slot] = {}  # by id(job)
+        self._local = threading.local()  # a request thread's `slot`
+        self._step_count = 0  # model steps completed since the start (the slots' clock)
         self._calls: list[_Call] = []
         self._admitting = True
         self._closed = False
@@ -329,12 +354,12 @@ class Scheduler:
             for job in self._queue:
                 job.events.put(("error", APIError(503, "the server is shutting down")))
             self._queue.clear()
-            for job, _ in self._running.values():
-                job.cancelled.set()
+            for slot in self._running.values():
+                slot.job.cancelled.set()
             self._cond.notify_all()
         self._thread.join()
         with self._cond:
-            threads = [thread for _, thread in self._running.values()]
+            threads = [slot.thread for slot in self._running.values()]
         for thread in threads:
             thread.join()
 
@@ -353,6 +378,7 @@ class Scheduler:
         return self._wait(_Call([], None, solo=run))
 
     def _wait(self, call: _Call) -> Any:
+        call.slot = getattr(self._local, "slot", None)
         with self._cond:
             if self._closed:
                 raise Closed("the server is shutting down")
@@ -364,6 +390,8 @@ class Scheduler:
         return call.logits
 
     def _run_job(self, job: Job) -> None:
+        with self._cond:
+            self._local.slot = self._running[id(job)]
         try:
             self._generate(job)
         except Closed:
@@ -409,6 +437,9 @@ class Scheduler:
                     now = time.perf_counter()
                     with self._cond:
                         (self._itl if tokens else self._ttft).append(now - last_time)
+                        if not tokens:  # from the step that answered the call just made
+                            slot = self._local.slot
+                            slot.first_token = slot.answered
                     last_time, tokens = now, tokens + 1
                 last = response
                 job.events.put(("delta", response))
@@ -446,7 +477,7 @@ class Scheduler:
             thread = threading.Thread(
                 target=self._run_job, args=(job,), name="qwen-edge-request", daemon=True
             )
-            self._running[id(job)] = (job, thread)
+            self._running[id(job)] = _Slot(job, thread, admitted=self._step_count)
             thread.start()
 
     def _gather(self) -> list[tuple[_Call, int]] | None:
@@ -475,21 +506,37 @@ class Scheduler:
         self._solo_last = solo is not None and not (self._solo_last and batched)
         if self._solo_last:
             return [(solo, 0)]
-        # Chunks are bounded while any running request is decoding (whether or not its call
-        # made this step): those are the streams a long prefill would stall.
-        prefilling = sum(1 for c in batched if len(c.tokens) > 1)
-        decoding = len(self._running) - prefilling
-        if decoding > 0:
-            budget = self.cost.chunk(decoding, self.prefill_share, self.prefill_chunk)
-        else:
-            budget = PREFILL_CHUNK
+        # The decoding streams, whether or not their call made this step (a long prefill would
+        # stall them all), by the step of their first token. A job answered but not back with
+        # its next call counts from that answer: it is sampling (maybe its first token) now.
+        waiting = {id(c.slot) for c in self._calls}
+        first_tokens = [
+            s.first_token if s.first_token is not None else s.answered
+            for s in self._running.values()
+            if s.first_token is not None or (s.answered and id(s) not in waiting)
+        ]
+        # A prompt keeps within the share only for the streams that were decoding when its job
+        # was admitted; one admitted before every decoding stream's first token arrived with
+        # them (a burst: the first prompt runs alone while the others' requests are still on
+        # their way) and is prefilled as if they had arrived together, in chunks of
+        # PREFILL_CHUNK. So a burst of requests starts decoding together, and a prompt joining
+        # streams already decoding never stalls them beyond the share.
+        bounded = free = PREFILL_CHUNK
+        if first_tokens:
+            bounded = self.cost.chunk(len(first_tokens), self.prefill_share, self.prefill_chunk)
         batch = []
         for call in batched:
             if len(call.tokens) == 1:
                 batch.append((call, 1))
-            elif budget > 0:
-                take = min(budget, len(call.tokens))
-                budget -= take
+                continue
+            admitted = call.slot.admitted if call.slot is not None else self._step_count
+            burst = all(admitted < f for f in first_tokens)
+            take = min(free if burst else bounded, len(call.tokens))
+            if burst:
+                free -= take
+            else:
+                bounded -= take
+            if take > 0:
                 batch.append((call, take))
         return batch
 
@@ -502,8 +549,11 @@ class Scheduler:
                 call.error = e
             with self._cond:
                 self._steps += 1
+                self._step_count += 1
                 self._step_sequences += 1
                 self._calls.remove(call)
+                if call.slot is not None:
+                    call.slot.answered = self._step_count
                 call.done.set()
             return
         items = [(call.tokens[:n], call.state) for call, n in batch]
@@ -528,6 +578,7 @@ class Scheduler:
                     errors.append(e)
         with self._cond:
             self._steps += 1
+            self._step_count += 1
             self._step_sequences += len(batch)
             for (call, n), row, error in zip(batch, logits, errors, strict=True):
                 if error is not None:
@@ -538,4 +589,6 @@ class Scheduler:
                 else:
                     call.logits = row
                 self._calls.remove(call)
+                if call.slot is not None:
+                    call.slot.answered = self._step_count
                 call.done.set()

@@ -186,6 +186,66 @@ def test_prompt_chunks_keep_a_step_within_the_share_of_a_decode_step(
     assert scheduler.cost.decode[2] == pytest.approx(decode_step)
 
 
+def test_a_burst_of_requests_is_prefilled_together_and_a_later_prompt_within_the_share(
+    llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests arrive a few milliseconds apart: the first one's prompt is already running when
+    # the others are admitted. Theirs are prefilled whole beside its first decode step (not in
+    # the share's few tokens per step), so the burst decodes together; a prompt admitted once
+    # they decode keeps within the share. Behaviour only: a fake clock, every step waits for
+    # all running requests, the first step is held until the burst is in.
+    monkeypatch.setattr(scheduler_module, "GATHER_SECONDS", 600.0)
+    clock = FakeClock()
+    recorder = Recorder(llm.model)
+    entered = threading.Event()
+    steps: list[list[int]] = []  # tokens per sequence of each step
+    inner = recorder.forward_batch
+
+    def timed(batch: Any, *, want: Any = None) -> np.ndarray:
+        entered.set()
+        recorder.release.wait()
+        rows = sum(len(t) for t, _ in batch)
+        clock.now += 0.010 + 0.002 * rows
+        steps.append(sorted(len(t) for t, _ in batch))
+        return inner(batch, want=want)
+
+    recorder.forward_batch = timed  # type: ignore[method-assign]
+    scheduler = Scheduler(
+        llm.with_model(recorder), max_batch=5, prefill_chunk=64, prefill_share=0.5, clock=clock
+    )
+    prompts = [[5 + i, *range(100 + 20 * i, 119 + 20 * i)] for i in range(4)]  # 20 tokens
+    late_prompt = list(range(1000, 1060))
+    answers: list[list[int]] = [[] for _ in range(5)]
+
+    def start(i: int, prompt: list[int], max_tokens: int) -> threading.Thread:
+        job = Job("completion", prompt, {"max_tokens": max_tokens, **GREEDY})
+        thread = threading.Thread(target=lambda: answers.__setitem__(i, run(scheduler, job)))
+        thread.start()
+        return thread
+
+    try:
+        threads = [start(0, prompts[0], 40)]
+        assert entered.wait(60)  # the first prompt runs alone
+        threads += [start(i, prompts[i], 40) for i in range(1, 4)]
+        wait_for(lambda: len(scheduler._calls) == 4, "the burst's prompts")
+        recorder.release.set()
+        wait_for(lambda: len(steps) >= 6, "steps after the burst's")
+        threads.append(start(4, late_prompt, 2))
+        for t in threads:
+            t.join()
+    finally:
+        scheduler.close()
+    assert answers[:4] == [llm.generate(p, max_tokens=40, **GREEDY).tokens for p in prompts]
+    assert answers[4] == llm.generate(late_prompt, max_tokens=2, **GREEDY).tokens
+    # the first prompt alone, then the three others whole beside its first decode token
+    assert steps[0] == [20] and steps[1] == [1, 20, 20, 20] and steps[2] == [1, 1, 1, 1]
+    # the late prompt beside the four streams: within 1.5x their 18 ms decode step, so at most
+    # 4 tokens (2 ms each) per step, over many steps
+    late = [max(s) for s in steps if len(s) == 5 and max(s) > 1]
+    assert sum(late) == len(late_prompt) and max(late) <= 4 and len(late) >= len(late_prompt) // 4
+    assert all(0.010 + 0.002 * (4 + n) <= 1.5 * 0.018 + 1e-9 for n in late)
+
+
 def test_cancel_frees_the_slot_and_a_queued_job_joins(llm: LLM) -> None:
     scheduler = Scheduler(llm, max_batch=1, max_queue=1)
     try:
