@@ -75,6 +75,8 @@ def collect(a: argparse.Namespace) -> dict[str, Any]:
             if row["group"] != a.group or row["threads"] != a.threads:
                 continue
             run["engines"][row["engine"]] = {
+                # ours: the kernel table; llama.cpp: its system info (which SIMD it built for)
+                "isa": row.get("isa", ""),
                 "file_bytes": row["file_bytes"],
                 "prefill_tok_s": row["prefill_tok_s"],
                 "decode_tok_s": row["decode_tok_s"],
@@ -125,12 +127,24 @@ def collect(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def isa_tag(isa: str) -> str:
+    """Our kernel table's tag as is; llama.cpp's system info reduced to its widest x86 SIMD
+    (the size curve's first rows ran on an AVX2-only machine, both engines at AVX2)."""
+    if "=" not in isa:
+        return isa
+    flags = {f.split("=")[0].strip() for f in isa.split("|") if f.strip().endswith("= 1")}
+    for flag in ("AVX512_VNNI", "AVX512", "AVX_VNNI", "AVX2"):
+        if flag in flags:
+            return flag.lower()
+    return isa[:20]
+
+
 def markdown(rec: dict[str, Any]) -> str:
     lines = [
-        "| size | params | prompt | engine | file MB | prefill tok/s | decode tok/s | "
+        "| size | params | prompt | engine | ISA | file MB | prefill tok/s | decode tok/s | "
         "peak RSS MB | prefill vs llama.cpp | decode vs llama.cpp | export wall s | "
         "export CPU s | export peak RSS MB | export CPU vs llama.cpp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size, e in rec["sizes"].items():
         runs = list(e["runs"].values()) or [None]
@@ -147,13 +161,14 @@ def markdown(rec: dict[str, Any]) -> str:
                          str(run["prompt_tokens"]) if run else "", engine]  # fmt: skip
                 if s:
                     cells += [
+                        isa_tag(s.get("isa", "")),
                         f"{s['file_bytes'] / 1e6:.0f}",
                         f"{s['prefill_tok_s']['mean']:.1f} ± {s['prefill_tok_s']['std']:.1f}",
                         f"{s['decode_tok_s']['mean']:.2f} ± {s['decode_tok_s']['std']:.2f}",
                         f"{s['peak_rss_bytes'] / 1e6:.0f}",
                     ]
                 else:
-                    cells += [f"{x['file_bytes'] / 1e6:.0f}" if x else "", "", "", ""]
+                    cells += ["", f"{x['file_bytes'] / 1e6:.0f}" if x else "", "", "", ""]
                 cells += [
                     f"{r['prefill_tok_s']:.2f}x" if ours and "prefill_tok_s" in r else "",
                     f"{r['decode_tok_s']:.2f}x" if ours and "decode_tok_s" in r else "",

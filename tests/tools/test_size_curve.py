@@ -25,7 +25,13 @@ def _tool():  # type: ignore[no-untyped-def]
 
 
 def _row(engine: str, prefill: float, decode: float, threads: int = 2) -> dict:
+    isa = (
+        "avx512_vnni"
+        if engine == "qwen-edge"
+        else "CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 |"
+    )
     return {
+        "isa": isa,
         "group": "q4",
         "engine": engine,
         "threads": threads,
@@ -90,6 +96,7 @@ def test_runs_per_prompt_length(tmp_path: Path) -> None:
     rows_9b = [line for line in table if line.startswith("| 9b ")]
     # qwen-edge and llama.cpp at each prompt length; the export cells only once
     assert [line.split(" | ")[2] for line in rows_9b] == ["128", "128", "512", "512"]
+    assert [line.split(" | ")[4] for line in rows_9b[:2]] == ["avx512_vnni", "avx512_vnni"]
     assert "2.00x" in rows_9b[2] and "1.60x" in rows_9b[0] and "1.60x" not in rows_9b[2]
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
