@@ -62,20 +62,22 @@ def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
     model = Model.load(a.model, threads=a.threads, isa=a.isa, context=a.prompt + a.decode + 64)
     load_s = time.perf_counter() - start
     long, short = _prompts(a.seed, min(model.config.vocab_size, 248000), a.prompt, a.decode_prompt)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.forward(long, model.new_state())
-    ttft = time.perf_counter() - start
+    ttft, ttft_cpu = time.perf_counter() - start, time.process_time() - cpu
     state = model.new_state()
     logits = model.forward(short, state)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(a.decode):
         logits = model.forward([int(np.argmax(logits))], state)
-    decode_s = time.perf_counter() - start
+    decode_s, decode_cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "isa": model.isa,
         "load_s": load_s,
         "ttft_s": ttft,
         "decode_s": decode_s,
+        "ttft_cpu_s": ttft_cpu,
+        "decode_cpu_s": decode_cpu,
         "decode_bytes_per_token": model.decode_weight_bytes,
         "state_bytes": state.cache_bytes,
     }
@@ -96,9 +98,9 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
     )
     load_s = time.perf_counter() - start
     long, short = _prompts(a.seed, min(llm.n_vocab(), 248000), a.prompt, a.decode_prompt)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     llm.eval(long)
-    ttft = time.perf_counter() - start
+    ttft, ttft_cpu = time.perf_counter() - start, time.process_time() - cpu
     llm.reset()
     llm.eval(short)
     vocab = llm.n_vocab()
@@ -107,15 +109,17 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
         ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(vocab,))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(a.decode):
         llm.eval([int(np.argmax(last_logits()))])
-    decode_s = time.perf_counter() - start
+    decode_s, decode_cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "isa": llama_cpp.llama_print_system_info().decode()[:200],
         "load_s": load_s,
         "ttft_s": ttft,
         "decode_s": decode_s,
+        "ttft_cpu_s": ttft_cpu,
+        "decode_cpu_s": decode_cpu,
     }
 
 
@@ -141,22 +145,24 @@ def worker_ort(a: argparse.Namespace) -> dict[str, Any]:
         return og.Generator(model, params)
 
     g = generator(len(long))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     g.append_tokens(np.asarray(long, np.int32))
     g.get_next_tokens()  # forces the logits of the last prompt token
-    ttft = time.perf_counter() - start
+    ttft, ttft_cpu = time.perf_counter() - start, time.process_time() - cpu
     del g
     g = generator(len(short))
     g.append_tokens(np.asarray(short, np.int32))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(a.decode):
         g.generate_next_token()
-    decode_s = time.perf_counter() - start
+    decode_s, decode_cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "isa": "onnxruntime-genai " + og.__version__,
         "load_s": load_s,
         "ttft_s": ttft,
         "decode_s": decode_s,
+        "ttft_cpu_s": ttft_cpu,
+        "decode_cpu_s": decode_cpu,
     }
 
 
@@ -246,7 +252,9 @@ def cmd_run(a: argparse.Namespace) -> int:
                     print(
                         f"rep {rep} {group} {engine} threads {n}: "
                         f"prefill {a.prompt / r['ttft_s']:.1f} tok/s, "
-                        f"decode {a.decode / r['decode_s']:.1f} tok/s "
+                        f"decode {a.decode / r['decode_s']:.1f} tok/s; per CPU-s: "
+                        f"prefill {a.prompt / r['ttft_cpu_s']:.1f}, "
+                        f"decode {a.decode / r['decode_cpu_s']:.1f} "
                         f"(load {os.getloadavg()[0]:.1f})",
                         file=sys.stderr,
                         flush=True,
@@ -274,6 +282,15 @@ def cmd_run(a: argparse.Namespace) -> int:
                 "prefill_tok_s": summarize(prefill),
                 "decode_tok_s": summarize(decode),
                 "ttft_s": summarize([r["ttft_s"] for r in reps]),
+                # per CPU-second of the process (ours and llama.cpp's workers): on a loaded
+                # machine the fair rate at 1 thread, where nobody spins; at 2 threads
+                # llama.cpp's OpenMP workers spin while they wait and count as busy
+                "prefill_tok_per_cpu_s": summarize(
+                    [a.prompt / r["ttft_cpu_s"] for r in reps if r.get("ttft_cpu_s")]
+                ),
+                "decode_tok_per_cpu_s": summarize(
+                    [a.decode / r["decode_cpu_s"] for r in reps if r.get("decode_cpu_s")]
+                ),
                 "load_s": summarize([r["load_s"] for r in reps]),
                 "peak_rss_bytes": max(r["peak_rss_bytes"] for r in reps),
                 "state_bytes": reps[0].get("state_bytes"),

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from qwen_edge.backends import native
+from qwen_edge.export import presets
+from qwen_edge.export.convert import export
+from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,3 +124,25 @@ def test_export_stops_before_a_step_that_would_not_fit(
     # --skip-disk-check lets it start (and the fake converter then fails)
     with pytest.raises(RuntimeError, match="the converter must not run"):
         tool.main([*argv, "--skip-disk-check"])
+
+
+@pytest.mark.skipif(not native.available(), reason="the native core is not built")
+def test_run_records_cpu_rates_and_load(tmp_path: Path) -> None:
+    """`run` with our engine alone on a tiny model: the record carries the load average and
+    the rates per CPU-second beside the wall-clock ones (the fair figures on a busy machine)."""
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", presets.hf_config("tiny", vocab_size=1000))
+    model = tmp_path / "tiny.qe"
+    export(ckpt, model, "q8")
+    tool = _tool()
+    out = tmp_path / "run.json"
+    argv = ["run", "--threads", "1", "--prompt", "8", "--decode", "2", "--repetitions", "2",
+            "--warmup", "0", "--qwen-edge", f"q8={model}", "--json", str(out)]  # fmt: skip
+    assert tool.main(argv) == 0
+    rec = json.loads(out.read_text())
+    assert len(rec["load_average"]["start"]) == 3 and len(rec["load_average"]["end"]) == 3
+    (row,) = rec["rows"]
+    assert row["engine"] == "qwen-edge" and len(row["per_repetition"]) == 2
+    for key in ("prefill_tok_per_cpu_s", "decode_tok_per_cpu_s"):
+        assert row[key]["mean"] > 0
+    r = row["per_repetition"][0]
+    assert r["ttft_cpu_s"] > 0 and r["decode_cpu_s"] > 0
