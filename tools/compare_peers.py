@@ -62,20 +62,22 @@ def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
     model = Model.load(a.model, threads=a.threads, isa=a.isa, context=a.prompt + a.decode + 64)
     load_s = time.perf_counter() - start
     long, short = _prompts(a.seed, min(model.config.vocab_size, 248000), a.prompt, a.decode_prompt)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.forward(long, model.new_state())
-    ttft = time.perf_counter() - start
+    ttft, ttft_cpu = time.perf_counter() - start, time.process_time() - cpu
     state = model.new_state()
     logits = model.forward(short, state)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(a.decode):
         logits = model.forward([int(np.argmax(logits))], state)
-    decode_s = time.perf_counter() - start
+    decode_s, decode_cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "isa": model.isa,
         "load_s": load_s,
         "ttft_s": ttft,
         "decode_s": decode_s,
+        "ttft_cpu_s": ttft_cpu,
+        "decode_cpu_s": decode_cpu,
         "decode_bytes_per_token": model.decode_weight_bytes,
         "state_bytes": state.cache_bytes,
     }
@@ -96,9 +98,9 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
     )
     load_s = time.perf_counter() - start
     long, short = _prompts(a.seed, min(llm.n_vocab(), 248000), a.prompt, a.decode_prompt)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     llm.eval(long)
-    ttft = time.perf_counter() - start
+    ttft, ttft_cpu = time.perf_counter() - start, time.process_time() - cpu
     llm.reset()
     llm.eval(short)
     vocab = llm.n_vocab()
@@ -107,15 +109,17 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
         ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(vocab,))
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(a.decode):
         llm.eval([int(np.argmax(last_logits()))])
-    decode_s = time.perf_counter() - start
+    decode_s, decode_cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "isa": llama_cpp.llama_print_system_info().decode()[:200],
         "load_s": load_s,
         "ttft_s": ttft,
         "decode_s": decode_s,
+        "ttft_cpu_s": ttft_cpu,
+        "decode_cpu_s": decode_cpu,
     }
 
 
@@ -141,22 +145,24 @@ def worker_ort(a: argparse.Namespace) -> dict[str, Any]:
         return og.Generator(model, params)
 
     g = generator(len(long))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     g.append_tokens(np.asarray(long, np.int32))
     g.get_next_tokens()  # forces the logits of the last prompt token
-    ttft = time.perf_counter() - start
+    ttft, ttft_cpu = time.perf_counter() - start, time.process_time() - cpu
     del g
     g = generator(len(short))
     g.append_tokens(np.asarray(short, np.int32))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(a.decode):
         g.generate_next_token()
-    decode_s = time.perf_counter() - start
+    decode_s, decode_cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "isa": "onnxruntime-genai " + og.__version__,
         "load_s": load_s,
         "ttft_s": ttft,
         "decode_s": decode_s,
+        "ttft_cpu_s": ttft_cpu,
+        "decode_cpu_s": decode_cpu,
     }
 
 
@@ -232,6 +238,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         "ort": parse_models(a.ort),
     }
     threads = [int(t) for t in a.threads.split(",")]
+    load_start = os.getloadavg()
     bandwidth_start = {str(n): read_bandwidth_subprocess(n) for n in threads}
     results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     groups = sorted({g for models in engines.values() for g in models})
@@ -245,8 +252,12 @@ def cmd_run(a: argparse.Namespace) -> int:
                     print(
                         f"rep {rep} {group} {engine} threads {n}: "
                         f"prefill {a.prompt / r['ttft_s']:.1f} tok/s, "
-                        f"decode {a.decode / r['decode_s']:.1f} tok/s",
+                        f"decode {a.decode / r['decode_s']:.1f} tok/s; per CPU-s: "
+                        f"prefill {a.prompt / r['ttft_cpu_s']:.1f}, "
+                        f"decode {a.decode / r['decode_cpu_s']:.1f} "
+                        f"(load {os.getloadavg()[0]:.1f})",
                         file=sys.stderr,
+                        flush=True,
                     )
                     if rep >= a.warmup:
                         results.setdefault((group, engine, n), []).append(r)
@@ -271,6 +282,15 @@ def cmd_run(a: argparse.Namespace) -> int:
                 "prefill_tok_s": summarize(prefill),
                 "decode_tok_s": summarize(decode),
                 "ttft_s": summarize([r["ttft_s"] for r in reps]),
+                # per CPU-second of the process (ours and llama.cpp's workers): on a loaded
+                # machine the fair rate at 1 thread, where nobody spins; at 2 threads
+                # llama.cpp's OpenMP workers spin while they wait and count as busy
+                "prefill_tok_per_cpu_s": summarize(
+                    [a.prompt / r["ttft_cpu_s"] for r in reps if r.get("ttft_cpu_s")]
+                ),
+                "decode_tok_per_cpu_s": summarize(
+                    [a.decode / r["decode_cpu_s"] for r in reps if r.get("decode_cpu_s")]
+                ),
                 "load_s": summarize([r["load_s"] for r in reps]),
                 "peak_rss_bytes": max(r["peak_rss_bytes"] for r in reps),
                 "state_bytes": reps[0].get("state_bytes"),
@@ -286,6 +306,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         "command": " ".join(sys.argv),
         "config": {k: v for k, v in vars(a).items() if k != "func"},
         "read_bandwidth_gbs": {"start": bandwidth_start, "end": bandwidth_end},
+        # 1/5/15-minute load averages: other jobs on the machine, which the ratios survive
+        # better than the rates (engines alternate)
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         "rows": rows,
     }
     table = markdown(rows)
@@ -411,22 +434,96 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Runs cmd as a child; its wall time, CPU time (user + system) and peak RSS (wait4)."""
+def timed(
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    label: str = "",
+    every_s: float = 30.0,
+    log: Any = None,
+) -> dict[str, float]:
+    """Runs cmd as a child; its wall time, CPU time (user + system) and peak RSS (wait4).
+
+    The child's stderr (progress bars, the converter's per-tensor log) is passed on, one line
+    at most every `every_s` seconds with `label` and the elapsed time, so a half-hour export
+    shows where it is; the last lines are kept for the error if the child fails."""
+    log = log if log is not None else sys.stderr
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
-    err = proc.stderr.read()
+    tail: list[str] = []
+    last_shown = -every_s
+    pending = ""
+    partial = b""
+    # tqdm rewrites its line with \r: split on both, so each update counts as a line.
+    while chunk := proc.stderr.read1(65536):
+        parts = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
+        partial = parts.pop()
+        for raw in parts:
+            line = raw.decode(errors="replace").strip()
+            if not line:
+                continue
+            tail = [*tail[-39:], line]
+            pending = line
+            now = time.perf_counter() - start
+            if now - last_shown >= every_s:
+                print(f"  [{label} {now:.0f} s] {line[:160]}", file=log, flush=True)
+                last_shown, pending = now, ""
+    if partial.strip():
+        tail.append(partial.decode(errors="replace").strip())
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
+    if pending:
+        print(f"  [{label} {wall:.0f} s] {pending[:160]}", file=log, flush=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{err.decode()[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}):\n" + "\n".join(tail)
+        )
     return {
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_bytes": usage.ru_maxrss * 1024,
     }
+
+
+# Bits per weight of each output, to check the disk before writing it: a bf16 checkpoint holds
+# 2 bytes per weight, so its size says the weight count (vision tower and MTP head included,
+# which both exporters leave out: the estimate errs high). Our q4 recipe is ~4.8 bits.
+OUTPUT_BITS = {
+    "q4": 5.0, "q4m": 5.5, "q8": 8.5,  # qwen-edge recipes
+    "bf16": 16.0, "q8_0": 8.5,  # convert_hf_to_gguf --outtype
+    "Q4_0": 4.5, "Q4_K_M": 4.9, "Q8_0": 8.5,  # llama_model_quantize types
+}  # fmt: skip
+
+
+def checkpoint_weights(checkpoint: Path) -> int:
+    """Weight count of a bf16 checkpoint folder (or file), from its safetensors bytes."""
+    files = [checkpoint] if checkpoint.is_file() else list(checkpoint.glob("*.safetensors"))
+    if not files:
+        raise SystemExit(f"no *.safetensors in {checkpoint}")
+    return sum(f.stat().st_size for f in files) // 2
+
+
+def disk_needed(weights: int, engine: str, a: argparse.Namespace) -> int:
+    """Bytes the engine's step writes at its peak: our model file, or llama.cpp's converter
+    output and the quantized GGUF side by side (the intermediate is deleted afterwards)."""
+    if engine == "llama":
+        bits = OUTPUT_BITS.get(a.llama_outtype, 16.0) + OUTPUT_BITS.get(a.llama_type, 8.5)
+    else:
+        bits = OUTPUT_BITS.get(a.recipe, 8.5)
+    return int(weights * bits / 8)
+
+
+def check_disk(folder: Path, need: int, what: str) -> None:
+    """A clear error before starting a step that would fill the disk (a full disk half-way
+    through a 9B conversion costs its half hour and leaves a partial file)."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise SystemExit(
+            f"{what} needs about {need / 1e9:.1f} GB in {folder}, {free / 1e9:.1f} GB free: "
+            "free some space, use --llama-outtype q8_0 (half the converter's output), "
+            "or --skip-disk-check if the estimate is wrong"
+        )
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -459,20 +556,37 @@ def cmd_export(a: argparse.Namespace) -> int:
         else:
             path.unlink()
 
+    weights = checkpoint_weights(Path(a.checkpoint))
     for rep in range(a.repetitions):
         for engine in a.engines.split(","):
+            if engine not in ("native", "python", "llama"):
+                raise SystemExit(f"unknown engine {engine!r} (native, python, llama)")
+            need = disk_needed(weights, engine, a)
+            if not a.skip_disk_check:
+                check_disk(work, need, f"rep {rep} {engine}")
+            print(
+                f"rep {rep} {engine}: starting ({need / 1e9:.1f} GB to write, "
+                f"{shutil.disk_usage(work).free / 1e9:.1f} GB free)",
+                file=sys.stderr,
+                flush=True,
+            )
             if engine in ("native", "python"):
                 cmd = [sys.executable, "-m", "qwen_edge", "export", a.checkpoint, "-o",
                        str(qe_out), "--quant", a.recipe, "--quantizer", engine,
                        "--threads", str(a.threads)]  # fmt: skip
                 env_qe = dict(os.environ, NUMBA_NUM_THREADS=str(a.threads))
-                r = timed(cmd, env_qe)
+                r = timed(cmd, env_qe, engine, a.progress_every)
                 sizes[engine] = qe_out.stat().st_size
                 keep(qe_out, f"{engine}.qe")
-            elif engine == "llama":
-                c = timed([a.peers_python, str(converter), a.checkpoint, "--no-mtp", "--outtype",
-                           a.llama_outtype, "--outfile", str(bf16)], env)  # fmt: skip
-                q = timed([a.peers_python, "-c", quantize, str(bf16), str(gguf)])
+            else:
+                try:
+                    c = timed([a.peers_python, str(converter), a.checkpoint, "--no-mtp",
+                               "--outtype", a.llama_outtype, "--outfile", str(bf16)], env,
+                              "convert", a.progress_every)  # fmt: skip
+                    q = timed([a.peers_python, "-c", quantize, str(bf16), str(gguf)], None,
+                              "quantize", a.progress_every)  # fmt: skip
+                finally:  # a failed step leaves no multi-GB partial file behind
+                    bf16.unlink(missing_ok=True)
                 r = {
                     "wall_s": c["wall_s"] + q["wall_s"],
                     "cpu_s": c["cpu_s"] + q["cpu_s"],
@@ -483,11 +597,8 @@ def cmd_export(a: argparse.Namespace) -> int:
                     "quantize_cpu_s": q["cpu_s"],
                 }
                 sizes[engine] = gguf.stat().st_size
-                bf16.unlink()
                 keep(gguf, f"{a.llama_type}.gguf")
-            else:
-                raise SystemExit(f"unknown engine {engine!r} (native, python, llama)")
-            print(f"rep {rep} {engine}: {json.dumps(r)}", file=sys.stderr)
+            print(f"rep {rep} {engine}: {json.dumps(r)}", file=sys.stderr, flush=True)
             runs.setdefault(engine, []).append(r)
     summary: dict[str, Any] = {}
     for engine, rs in runs.items():
@@ -574,6 +685,18 @@ def main(argv: list[str] | None = None) -> int:
         "--keep",
         action="store_true",
         help="keep the outputs in the workdir (native.qe, python.qe, <LLAMA_TYPE>.gguf)",
+    )
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="pass on the children's progress (stderr) at most once every S seconds",
+    )
+    p.add_argument(
+        "--skip-disk-check",
+        action="store_true",
+        help="start a step even if the free disk looks too small for its outputs",
     )
     p.add_argument("--json")
     p.set_defaults(func=cmd_export)
