@@ -60,9 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(64)",
     )  # fmt: skip
     g.add_argument(
-        "--prefill-share", type=float, default=0.5,
+        "--prefill-share", type=float, default=0.4,
         help="a step that prefills a joining request beside decoding ones may take at most "
-        "1 + this times their decode step alone (measured as it runs; default 0.5: at most 1.5x)",
+        "1 + this times their decode step alone (measured as it runs; default 0.4: at most 1.4x)",
     )  # fmt: skip
     g.add_argument(
         "--cache-mb", type=float, default=256.0,

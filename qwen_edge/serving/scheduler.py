@@ -15,7 +15,7 @@ of them, each sequence bit-identical to running alone), then hands each its logi
   a decode step alone, by a cost model learnt from the steps' own durations (`StepCost`:
   seconds per step without prompt tokens, and what each prompt token adds), between 1 and
   `prefill_chunk` tokens. So a long prompt joining stretches the running streams' inter-token
-  latency by a bounded factor (1.5x by default) whatever the machine, model and batch, where a
+  latency by a bounded factor (1.4x by default) whatever the machine, model and batch, where a
   fixed 32-token chunk cost a 4-stream batch 5x its decode step on x86 AVX2;
 * the share protects the streams that were decoding when the prompt's request was admitted,
   not the requests of the same **burst**: requests that arrive a few milliseconds apart find
@@ -82,9 +82,10 @@ MAX_SAMPLES = 10_000  # latency samples kept between two stats() calls (older on
 GATHER_SECONDS = 0.005  # the least a step waits for a running request's next call
 DEFAULT_MAX_BATCH = 4
 DEFAULT_PREFILL_CHUNK = 64  # the most prompt tokens per step while other requests decode
-# What prompt tokens may add to a decode step, as a share of it: 0.5 keeps the running streams'
-# ITL within 1.5x of their own step while a long prompt joins (docs/serving.md, measured).
-DEFAULT_PREFILL_SHARE = 0.5
+# What prompt tokens may add to a decode step, as a share of it: 0.4 keeps the running streams'
+# ITL within 1.4x of their own step while a long prompt joins, which leaves their p95 a margin
+# under 2x a lone stream's (docs/serving.md, measured; at 0.5 one run in nine reached 2.06x).
+DEFAULT_PREFILL_SHARE = 0.4
 
 
 class Closed(QwenEdgeError):
