@@ -6,12 +6,11 @@ columns need a llama-server and are not run here.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from tool_scripts import load_tool
 
 from qwen_edge.backends import native
 from qwen_edge.export import presets
@@ -20,16 +19,9 @@ from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built")
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _tool():  # type: ignore[no-untyped-def]
-    path = REPO / "tools" / "bench_speculative.py"
-    spec = importlib.util.spec_from_file_location("bench_speculative", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_speculative"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_tool("bench_speculative")
 
 
 def test_decode_and_verify_cost(tmp_path: Path) -> None:

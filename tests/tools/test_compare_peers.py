@@ -6,7 +6,6 @@ themselves need the peers and are not tested.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -15,22 +14,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tool_scripts import load_tool
 
 from qwen_edge.backends import native
 from qwen_edge.export import presets
 from qwen_edge.export.convert import export
 from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _tool():  # type: ignore[no-untyped-def]
-    path = REPO / "tools" / "compare_peers.py"
-    spec = importlib.util.spec_from_file_location("compare_peers", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_peers"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_tool("compare_peers")
 
 
 def test_timed_passes_on_progress_and_reports_failure() -> None:

@@ -5,23 +5,15 @@ ratios are ours over llama.cpp's, export rows merge, and two runs at one length 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from tool_scripts import load_tool
 
 
 def _tool():  # type: ignore[no-untyped-def]
-    path = REPO / "tools" / "size_curve.py"
-    spec = importlib.util.spec_from_file_location("size_curve", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["size_curve"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_tool("size_curve")
 
 
 def _row(engine: str, prefill: float, decode: float, threads: int = 2) -> dict:

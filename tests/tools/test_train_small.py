@@ -5,13 +5,12 @@ model: transformers loads it with the same logits, and qwen-edge exports and run
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tool_scripts import load_tool
 
 torch = pytest.importorskip("torch", reason="needs torch (the reference extra)")
 transformers = pytest.importorskip("transformers", reason="needs transformers")
@@ -21,16 +20,13 @@ pytest.importorskip("safetensors", reason="needs safetensors")
 # Trains for about a minute on two cores.
 pytestmark = pytest.mark.slow
 
+
 REPO = Path(__file__).resolve().parents[2]
 TEXT = REPO / "qwen_edge" / "evaluation" / "data" / "eval_coriolanus.txt"
 
 
 def _tool():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("train_small", REPO / "tools" / "train_small.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_small"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_small")
 
 
 @pytest.fixture(scope="module")
