@@ -39,6 +39,47 @@ static inline float vsum(Vec v) {
 #endif
 }
 
+// vsum of v[0..3] into out[0..3] with the same pairs added in the same order (lane i with
+// i + 8, then i + 4, i + 2, i + 1), so bit for bit vsum's: the four trees share their shuffles
+// and adds (11 instructions on avx2, 13 on avx512 instead of 24 and 32). Horizontal sums
+// were a third of a prefill run's issue slots.
+static inline void vsum4(const Vec* v, float* out) {
+#if QE_ATTENTION_LANES == 8
+    // [b0 | b1], [b2 | b3]: b_k = lo128(v_k) + hi128(v_k).
+    const __m256 b01 = _mm256_add_ps(_mm256_permute2f128_ps(v[0], v[1], 0x20),
+                                     _mm256_permute2f128_ps(v[0], v[1], 0x31));
+    const __m256 b23 = _mm256_add_ps(_mm256_permute2f128_ps(v[2], v[3], 0x20),
+                                     _mm256_permute2f128_ps(v[2], v[3], 0x31));
+    // c_k = b_k[0, 1] + b_k[2, 3]: [c0 c2 | c1 c3].
+    const __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(3, 2, 3, 2)));
+    // c_k[0] + c_k[1] in lanes 0 (k = 0), 2 (2), 4 (1), 6 (3).
+    alignas(32) float r[8];
+    _mm256_store_ps(r, _mm256_add_ps(c, _mm256_shuffle_ps(c, c, _MM_SHUFFLE(2, 3, 0, 1))));
+    out[0] = r[0];
+    out[1] = r[4];
+    out[2] = r[2];
+    out[3] = r[6];
+#else
+    // [a0 | a1], [a2 | a3] (8 lanes each): a_k = lo256(v_k) + hi256(v_k).
+    const __m512 a01 = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 a23 = _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                     _mm512_shuffle_f32x4(v[2], v[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    // [b0 | b1 | b2 | b3] (4 lanes each): b_k = lo128(a_k) + hi128(a_k).
+    const __m512 b = _mm512_add_ps(_mm512_shuffle_f32x4(a01, a23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(a01, a23, _MM_SHUFFLE(3, 1, 3, 1)));
+    // Then, in each 128-bit lane, (b[0] + b[2]) + (b[1] + b[3]) as hsum's movehl and movehdup.
+    const __m512 c = _mm512_add_ps(b, _mm512_shuffle_ps(b, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    alignas(64) float r[16];
+    _mm512_store_ps(r, _mm512_add_ps(c, _mm512_movehdup_ps(c)));
+    out[0] = r[0];
+    out[1] = r[4];
+    out[2] = r[8];
+    out[3] = r[12];
+#endif
+}
+
 // Elements i..i+kLanes-1 (or i) of a cache laid out row after row (i = j * d + e). A q8 row's
 // lanes never straddle a block: d and i are multiples of kLanes and blocks are 32 wide.
 static inline Vec vload(const float* c, int64_t i) {
@@ -125,11 +166,87 @@ static inline float score1(const float* q, const T* k, int64_t kj, int64_t d, in
     return dot * scale;
 }
 
+// Independent FMA chains: one chain per row and position (scores) or per row and column
+// vector (weighted sum) waits ~4 cycles per FMA, and two FMA ports need ~8 chains in flight.
+// A run of R rows alone gives R; for small runs (decode: R = 4, one GQA group) score_pass
+// takes P key rows at once and weigh_pass C column vectors at once, as many as the registers
+// hold (16 vectors on avx2, 32 on avx512). Every result is the same sum in the same order
+// as with P = C = 1: only independent work is interleaved, so the bits do not change.
+constexpr int kRegs = kLanes == 16 ? 32 : 16;
+
+// Scores of R rows against key rows j .. j + P - 1 (positions of the tile, all seen by every
+// row): p[r * ldp + i] = scale * q_r . k[j + i], i < P; the same lane order and tail as score1.
+template <int R, int P, typename T>
+static inline void score_pass(const Row* rows, const T* k, int64_t j, int64_t d, int64_t dv,
+                              float scale, float* p, int64_t ldp) {
+    Vec acc[P][R];
+    for (int i = 0; i < P; ++i)
+        for (int r = 0; r < R; ++r) acc[i][r] = QE_V(setzero_ps)();
+    for (int64_t e = 0; e < dv; e += kLanes) {
+        for (int i = 0; i < P; ++i) {
+            const Vec kv = vload(k, (j + i) * d + e);
+            for (int r = 0; r < R; ++r)
+                acc[i][r] = QE_V(fmadd_ps)(QE_V(loadu_ps)(rows[r].q + e), kv, acc[i][r]);
+        }
+    }
+    float dots[P * R];
+    const Vec* flat = &acc[0][0];
+    int f = 0;
+    for (; f + 4 <= P * R; f += 4) vsum4(flat + f, dots + f);
+    for (; f < P * R; ++f) dots[f] = vsum(flat[f]);
+    for (int i = 0; i < P; ++i) {
+        for (int r = 0; r < R; ++r) {
+            float dot = dots[i * R + r];
+            for (int64_t e = dv; e < d; ++e) dot += rows[r].q[e] * load1(k, (j + i) * d + e);
+            p[r * ldp + i] = dot * scale;
+        }
+    }
+}
+
+// Columns e0 .. e0 + C * kLanes - 1 of every row's out: (first tile ? 0 : out * alpha) +
+// sum_j p_j v_j in position order, row r over its own nt[r] positions (< nt_lo: all rows').
+template <int R, int C, typename T>
+static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t d, int64_t e0,
+                              const float* p, int64_t ldp, int64_t nt_lo, const int64_t* nt,
+                              bool first, const float* alpha) {
+    Vec o[C][R];
+    for (int r = 0; r < R; ++r) {
+        const Vec a = QE_V(set1_ps)(alpha[r]);
+        for (int c = 0; c < C; ++c) {
+            o[c][r] = first ? QE_V(setzero_ps)()
+                            : QE_V(mul_ps)(QE_V(loadu_ps)(rows[r].out + e0 + c * kLanes), a);
+        }
+    }
+    for (int64_t j = 0; j < nt_lo; ++j) {
+        Vec vj[C];
+        for (int c = 0; c < C; ++c) vj[c] = vload(v, v0j + j * d + e0 + c * kLanes);
+        for (int r = 0; r < R; ++r) {
+            const Vec pr = QE_V(set1_ps)(p[r * ldp + j]);
+            for (int c = 0; c < C; ++c) o[c][r] = QE_V(fmadd_ps)(pr, vj[c], o[c][r]);
+        }
+    }
+    for (int64_t j = nt_lo; j < nt[R - 1]; ++j) {
+        Vec vj[C];
+        for (int c = 0; c < C; ++c) vj[c] = vload(v, v0j + j * d + e0 + c * kLanes);
+        for (int r = 0; r < R; ++r) {
+            if (j >= nt[r]) continue;
+            const Vec pr = QE_V(set1_ps)(p[r * ldp + j]);
+            for (int c = 0; c < C; ++c) o[c][r] = QE_V(fmadd_ps)(pr, vj[c], o[c][r]);
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0 + c * kLanes, o[c][r]);
+}
+
 // A run of R rows with the same number of tiles, sorted by n (rows[0] sees the fewest
 // positions); p [R, ldp] the tile's scores.
 template <int R, typename T>
 static void attend_run(const Row* rows, const T* k, const T* v, int64_t d, float scale, float* p,
                        int64_t ldp) {
+    // Key rows per score pass and column vectors per weighted-sum pass: >= 8 chains where
+    // the accumulators, loads and a broadcast fit in the registers.
+    constexpr int kPos = R >= 8 ? 1 : R >= 3 ? 2 : 4;
+    constexpr int kCols = 4 * (R + 1) + 2 <= kRegs ? 4 : 2 * (R + 1) + 2 <= kRegs ? 2 : 1;
     const int64_t dv = d & ~int64_t{kLanes - 1};
     const int64_t n_lo = rows[0].n, n_hi = rows[R - 1].n;
     float m[R], l[R], alpha[R];
@@ -145,25 +262,14 @@ static void attend_run(const Row* rows, const T* k, const T* v, int64_t d, float
         for (int r = 0; r < R; ++r)
             nt[r] = rows[r].n - j0 < kAttentionTile ? rows[r].n - j0 : kAttentionTile;
         const int64_t nt_hi = nt[R - 1];
-        for (int64_t j = 0; j < nt_lo; ++j) {
-            const int64_t kj = (j0 + j) * d;
-            Vec acc[R];
-            for (int r = 0; r < R; ++r) acc[r] = QE_V(setzero_ps)();
-            for (int64_t e = 0; e < dv; e += kLanes) {
-                const Vec kv = vload(k, kj + e);
-                for (int r = 0; r < R; ++r)
-                    acc[r] = QE_V(fmadd_ps)(QE_V(loadu_ps)(rows[r].q + e), kv, acc[r]);
-            }
+        int64_t js = 0;
+        for (; js + kPos <= nt_lo; js += kPos)
+            score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
+        for (; js < nt_lo; ++js) score_pass<R, 1>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
+        for (; js < nt_hi; ++js) {
             for (int r = 0; r < R; ++r) {
-                float dot = vsum(acc[r]);
-                for (int64_t e = dv; e < d; ++e) dot += rows[r].q[e] * load1(k, kj + e);
-                p[r * ldp + j] = dot * scale;
-            }
-        }
-        for (int64_t j = nt_lo; j < nt_hi; ++j) {
-            for (int r = 0; r < R; ++r) {
-                if (j >= nt[r]) continue;
-                p[r * ldp + j] = score1(rows[r].q, k, (j0 + j) * d, d, dv, scale);
+                if (js >= nt[r]) continue;
+                p[r * ldp + js] = score1(rows[r].q, k, (j0 + js) * d, d, dv, scale);
             }
         }
         for (int r = 0; r < R; ++r) {
@@ -178,26 +284,10 @@ static void attend_run(const Row* rows, const T* k, const T* v, int64_t d, float
         const bool first = j0 == 0;
         const int64_t v0j = j0 * d;
         int64_t e0 = 0;
-        for (; e0 < dv; e0 += kLanes) {
-            Vec o[R];
-            for (int r = 0; r < R; ++r) {
-                o[r] =
-                    first ? QE_V(setzero_ps)()
-                          : QE_V(mul_ps)(QE_V(loadu_ps)(rows[r].out + e0), QE_V(set1_ps)(alpha[r]));
-            }
-            for (int64_t j = 0; j < nt_lo; ++j) {
-                const Vec vj = vload(v, v0j + j * d + e0);
-                for (int r = 0; r < R; ++r)
-                    o[r] = QE_V(fmadd_ps)(QE_V(set1_ps)(p[r * ldp + j]), vj, o[r]);
-            }
-            for (int64_t j = nt_lo; j < nt_hi; ++j) {
-                const Vec vj = vload(v, v0j + j * d + e0);
-                for (int r = 0; r < R; ++r) {
-                    if (j < nt[r]) o[r] = QE_V(fmadd_ps)(QE_V(set1_ps)(p[r * ldp + j]), vj, o[r]);
-                }
-            }
-            for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0, o[r]);
-        }
+        for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes)
+            weigh_pass<R, kCols>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
+        for (; e0 < dv; e0 += kLanes)
+            weigh_pass<R, 1>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
         for (; e0 < d; ++e0) {
             for (int r = 0; r < R; ++r) {
                 float acc = first ? 0.0f : rows[r].out[e0] * alpha[r];
