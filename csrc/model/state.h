@@ -28,9 +28,10 @@ inline size_t kv_row_bytes(KvType t, int64_t head_dim) {
 }
 
 // Tokens per attention work item (Qwen35Model::attention_block): a kernel call reads each K/V
-// tile once for all its tokens; 6 tokens of a 4-head GQA group (every Qwen3.5 size) are two of
-// the AVX2 kernel's 12-row runs, and a 128-token batch still gives 2 x 22 items to share out.
-inline constexpr int64_t kAttentionTokens = 6;
+// tile once for all its tokens; 12 tokens of a 4-head GQA group (every Qwen3.5 size) are one
+// block of the x86 kernels (4 runs of 12 rows sharing each tile), and a 128-token batch still
+// gives 2 x 11 items to share out.
+inline constexpr int64_t kAttentionTokens = 12;
 
 // Scratch for a forward pass over at most `batch` tokens. [T, n] buffers are row-major,
 // n contiguous, T = tokens of the current batch.

@@ -238,124 +238,153 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
         for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0 + c * kLanes, o[c][r]);
 }
 
-// A run of R rows with the same number of tiles, sorted by n (rows[0] sees the fewest
-// positions); p [R, ldp] the tile's scores.
+// Tile j0 of a run of R rows with the same number of tiles, sorted by n (rows[0] sees the
+// fewest positions); p [R, ldp] the tile's scores; m, l [R] the rows' running max and sum,
+// carried from tile to tile by the caller (-inf and 0 before the first).
 template <int R, typename T>
-static void attend_run(const Row* rows, const T* k, const T* v, int64_t d, float scale, float* p,
-                       int64_t ldp) {
+static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, float scale,
+                        float* p, int64_t ldp, int64_t j0, float* m, float* l) {
     // Key rows per score pass and column vectors per weighted-sum pass: >= 8 chains where
     // the accumulators, loads and a broadcast fit in the registers.
     constexpr int kPos = R >= 8 ? 1 : R >= 3 ? 2 : 4;
     constexpr int kCols = 4 * (R + 1) + 2 <= kRegs ? 4 : 2 * (R + 1) + 2 <= kRegs ? 2 : 1;
     const int64_t dv = d & ~int64_t{kLanes - 1};
-    const int64_t n_lo = rows[0].n, n_hi = rows[R - 1].n;
-    float m[R], l[R], alpha[R];
-    for (int r = 0; r < R; ++r) {
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
-    }
-    for (int64_t j0 = 0; j0 < n_hi; j0 += kAttentionTile) {
-        // Positions [j0, j0 + nt_lo) are every row's; row r's stop at nt[r] (only in the last
-        // tile do they differ).
-        const int64_t nt_lo = n_lo - j0 < kAttentionTile ? n_lo - j0 : kAttentionTile;
-        int64_t nt[R];
-        for (int r = 0; r < R; ++r)
-            nt[r] = rows[r].n - j0 < kAttentionTile ? rows[r].n - j0 : kAttentionTile;
-        const int64_t nt_hi = nt[R - 1];
-        int64_t js = 0;
-        for (; js + kPos <= nt_lo; js += kPos)
-            score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
-        for (; js < nt_lo; ++js) score_pass<R, 1>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
-        for (; js < nt_hi; ++js) {
-            for (int r = 0; r < R; ++r) {
-                if (js >= nt[r]) continue;
-                p[r * ldp + js] = score1(rows[r].q, k, (j0 + js) * d, d, dv, scale);
-            }
-        }
+    const int64_t n_lo = rows[0].n;
+    float alpha[R];
+    // Positions [j0, j0 + nt_lo) are every row's; row r's stop at nt[r] (only in the last
+    // tile do they differ).
+    const int64_t nt_lo = n_lo - j0 < kAttentionTile ? n_lo - j0 : kAttentionTile;
+    int64_t nt[R];
+    for (int r = 0; r < R; ++r)
+        nt[r] = rows[r].n - j0 < kAttentionTile ? rows[r].n - j0 : kAttentionTile;
+    const int64_t nt_hi = nt[R - 1];
+    int64_t js = 0;
+    for (; js + kPos <= nt_lo; js += kPos)
+        score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
+    for (; js < nt_lo; ++js) score_pass<R, 1>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
+    for (; js < nt_hi; ++js) {
         for (int r = 0; r < R; ++r) {
-            const float mn = std::fmax(m[r], tile_max(p + r * ldp, nt[r]));
-            alpha[r] = j0 == 0 ? 0.0f : std::exp(m[r] - mn);
-            m[r] = mn;
-            l[r] = l[r] * alpha[r] + exp_sum(p + r * ldp, nt[r], mn);
-        }
-
-        // out = (first tile ? 0 : out * alpha) + sum_j p_j v_j, kLanes columns at a time; row
-        // r's sum runs over its own nt[r] positions in order.
-        const bool first = j0 == 0;
-        const int64_t v0j = j0 * d;
-        int64_t e0 = 0;
-        for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes)
-            weigh_pass<R, kCols>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
-        for (; e0 < dv; e0 += kLanes)
-            weigh_pass<R, 1>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
-        for (; e0 < d; ++e0) {
-            for (int r = 0; r < R; ++r) {
-                float acc = first ? 0.0f : rows[r].out[e0] * alpha[r];
-                for (int64_t j = 0; j < nt[r]; ++j)
-                    acc += p[r * ldp + j] * load1(v, v0j + j * d + e0);
-                rows[r].out[e0] = acc;
-            }
+            if (js >= nt[r]) continue;
+            p[r * ldp + js] = score1(rows[r].q, k, (j0 + js) * d, d, dv, scale);
         }
     }
     for (int r = 0; r < R; ++r) {
-        const float inv = 1.0f / l[r];
-        for (int64_t e = 0; e < d; ++e) rows[r].out[e] *= inv;
+        const float mn = std::fmax(m[r], tile_max(p + r * ldp, nt[r]));
+        alpha[r] = j0 == 0 ? 0.0f : std::exp(m[r] - mn);
+        m[r] = mn;
+        l[r] = l[r] * alpha[r] + exp_sum(p + r * ldp, nt[r], mn);
+    }
+
+    // out = (first tile ? 0 : out * alpha) + sum_j p_j v_j, kLanes columns at a time; row
+    // r's sum runs over its own nt[r] positions in order.
+    const bool first = j0 == 0;
+    const int64_t v0j = j0 * d;
+    int64_t e0 = 0;
+    for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes)
+        weigh_pass<R, kCols>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
+    for (; e0 < dv; e0 += kLanes)
+        weigh_pass<R, 1>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
+    for (; e0 < d; ++e0) {
+        for (int r = 0; r < R; ++r) {
+            float acc = first ? 0.0f : rows[r].out[e0] * alpha[r];
+            for (int64_t j = 0; j < nt[r]; ++j)
+                acc += p[r * ldp + j] * load1(v, v0j + j * d + e0);
+            rows[r].out[e0] = acc;
+        }
     }
 }
 
-// count rows as runs of the instantiated sizes (12, 8, 4, 3, 2, 1), largest first.
+// Runs of at most 12 rows share each K/V tile read; a block of up to kBlock rows (in runs,
+// each run's rows with the same number of tiles) walks the tiles once and hands each tile to
+// every run still under way, so at depth a tile comes from memory once per block instead of
+// once per run (the cache, not the FMAs, bounds a prefill chunk at 64k). Each row still does
+// the same operations in the same order, tile by tile, whatever block or run it is in.
+constexpr int kBlock = 4 * kRun;
+
+struct Block {
+    Row rows[kBlock];
+    int run_end[kBlock];  // runs: rows [run_end[i - 1], run_end[i]), run_end[-1] = 0
+    int count = 0, runs = 0;
+};
+
 template <typename T>
-static void attend_rows(const Row* rows, int count, const T* k, const T* v, int64_t d, float scale,
-                        float* p, int64_t ldp) {
-    static_assert(kRun == 12, "attend_rows instantiates runs of at most 12 rows");
-    while (count > 0) {
-        const int r = count >= 12 ? 12 : count >= 8 ? 8 : count >= 4 ? 4 : count;
-        switch (r) {
-            case 12:
-                attend_run<12>(rows, k, v, d, scale, p, ldp);
-                break;
-            case 8:
-                attend_run<8>(rows, k, v, d, scale, p, ldp);
-                break;
-            case 4:
-                attend_run<4>(rows, k, v, d, scale, p, ldp);
-                break;
-            case 3:
-                attend_run<3>(rows, k, v, d, scale, p, ldp);
-                break;
-            case 2:
-                attend_run<2>(rows, k, v, d, scale, p, ldp);
-                break;
-            default:
-                attend_run<1>(rows, k, v, d, scale, p, ldp);
-                break;
+static void attend_block(const Block& b, const T* k, const T* v, int64_t d, float scale, float* p,
+                         int64_t ldp) {
+    static_assert(kRun == 12, "attend_block instantiates runs of at most 12 rows");
+    float m[kBlock], l[kBlock];
+    for (int i = 0; i < b.count; ++i) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+    for (int64_t j0 = 0; j0 < b.rows[b.count - 1].n; j0 += kAttentionTile) {
+        for (int run = 0, first = 0; run < b.runs; first = b.run_end[run++]) {
+            if (b.rows[b.run_end[run] - 1].n <= j0) continue;  // its tiles are done
+            // The run as instantiated sizes (12, 8, 4, 3, 2, 1), largest first.
+            for (int i = first; i < b.run_end[run];) {
+                const int left = b.run_end[run] - i;
+                const int r = left >= 12 ? 12 : left >= 8 ? 8 : left >= 4 ? 4 : left;
+                const Row* rows = b.rows + i;
+                float* pi = p + i * ldp;
+                switch (r) {
+                    case 12:
+                        attend_tile<12>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        break;
+                    case 8:
+                        attend_tile<8>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        break;
+                    case 4:
+                        attend_tile<4>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        break;
+                    case 3:
+                        attend_tile<3>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        break;
+                    case 2:
+                        attend_tile<2>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        break;
+                    default:
+                        attend_tile<1>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        break;
+                }
+                i += r;
+            }
         }
-        rows += r;
-        count -= r;
+    }
+    for (int i = 0; i < b.count; ++i) {
+        const float inv = 1.0f / l[i];
+        for (int64_t e = 0; e < d; ++e) b.rows[i].out[e] *= inv;
     }
 }
 
 // Rows token by token (n ascending), cut into runs of at most kRun rows whose last positions
-// fall in the same tile.
+// fall in the same tile, and the runs into blocks of at most kBlock rows. Row i of a block
+// keeps its tile's scores in scratch row i (the scratch has a row per query of the call).
 template <typename T>
 static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                       const T* k, const T* v, int64_t n, int64_t d, float scale, float* scratch,
                       float* out, int64_t ldo, int64_t ldot) {
     const int64_t ldp = n < kAttentionTile ? n : kAttentionTile;
-    Row run[kRun];
-    int count = 0;
+    Block b;
     for (int64_t r = 0; r < n_t; ++r) {
         const int64_t n_r = n - (n_t - 1 - r);
         for (int64_t i = 0; i < n_q; ++i) {
-            if (count == kRun ||
-                (count > 0 && (run[0].n - 1) / kAttentionTile != (n_r - 1) / kAttentionTile)) {
-                attend_rows(run, count, k, v, d, scale, scratch, ldp);
-                count = 0;
+            if (b.count == kBlock) {
+                attend_block(b, k, v, d, scale, scratch, ldp);
+                b.count = b.runs = 0;
             }
-            run[count++] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
+            // The open run is the last one: rows [run_first, b.count).
+            const int run_first = b.runs < 2 ? 0 : b.run_end[b.runs - 2];
+            const bool same_run = b.runs > 0 && b.count - run_first < kRun &&
+                                  (b.rows[run_first].n - 1) / kAttentionTile ==
+                                      (n_r - 1) / kAttentionTile;
+            if (same_run) {
+                ++b.run_end[b.runs - 1];
+            } else {
+                b.run_end[b.runs++] = b.count + 1;
+            }
+            b.rows[b.count++] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
         }
     }
-    attend_rows(run, count, k, v, d, scale, scratch, ldp);
+    if (b.count > 0) attend_block(b, k, v, d, scale, scratch, ldp);
 }
 
 #include "kernels/attention_entries_inl.h"
