@@ -115,6 +115,24 @@ static inline float load1(const BlockQ8A* c, int64_t i) {
     return b.d * float(b.q[i % kBlockK]);
 }
 
+// Where element i of a cache lies, and a hint to fetch rows j .. j + n - 1 (prefetches never
+// fault, so a q8 row's inexact end does no harm).
+static inline const void* element_at(const float* c, int64_t i) {
+    return c + i;
+}
+static inline const void* element_at(const uint16_t* c, int64_t i) {
+    return c + i;
+}
+static inline const void* element_at(const BlockQ8A* c, int64_t i) {
+    return c + i / kBlockK;
+}
+template <typename T>
+static inline void prefetch_rows(const T* c, int64_t j, int64_t n, int64_t d) {
+    const char* a = static_cast<const char*>(element_at(c, j * d));
+    const char* end = static_cast<const char*>(element_at(c, (j + n) * d));
+    for (; a < end; a += 64) _mm_prefetch(a, _MM_HINT_T0);
+}
+
 // exp(x[j] - m) in place over x [n]; returns their sum. 8 lanes on both tables: 2-4% of the
 // work, not worth a second exp.
 static inline float exp_sum(float* x, int64_t n, float m) {
@@ -259,8 +277,12 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
         nt[r] = rows[r].n - j0 < kAttentionTile ? rows[r].n - j0 : kAttentionTile;
     const int64_t nt_hi = nt[R - 1];
     int64_t js = 0;
-    for (; js + kPos <= nt_lo; js += kPos)
+    for (; js + kPos <= nt_lo; js += kPos) {
+        // The weighted sum reads V in column blocks, rows 512 bytes apart (f16, d = 256):
+        // fetch each scored position's V row now, so the tile is in cache by then.
+        prefetch_rows(v, j0 + js, kPos, d);
         score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
+    }
     for (; js < nt_lo; ++js) score_pass<R, 1>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
     for (; js < nt_hi; ++js) {
         for (int r = 0; r < R; ++r) {
