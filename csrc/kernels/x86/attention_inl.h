@@ -201,10 +201,13 @@ static inline void score_pass(const Row* rows, const T* k, int64_t j, int64_t d,
     for (int i = 0; i < P; ++i)
         for (int r = 0; r < R; ++r) acc[i][r] = QE_V(setzero_ps)();
     for (int64_t e = 0; e < dv; e += kLanes) {
-        for (int i = 0; i < P; ++i) {
-            const Vec kv = vload(k, (j + i) * d + e);
-            for (int r = 0; r < R; ++r)
-                acc[i][r] = QE_V(fmadd_ps)(QE_V(loadu_ps)(rows[r].q + e), kv, acc[i][r]);
+        // Each key vector and each query vector is loaded once per e: zmm loads issue one
+        // per cycle on 256-bit machines (Zen 4), and R + 1 loads per R FMAs bound the pass.
+        Vec kv[P];
+        for (int i = 0; i < P; ++i) kv[i] = vload(k, (j + i) * d + e);
+        for (int r = 0; r < R; ++r) {
+            const Vec qv = QE_V(loadu_ps)(rows[r].q + e);
+            for (int i = 0; i < P; ++i) acc[i][r] = QE_V(fmadd_ps)(qv, kv[i], acc[i][r]);
         }
     }
     float dots[P * R];
@@ -226,8 +229,8 @@ static inline void score_pass(const Row* rows, const T* k, int64_t j, int64_t d,
 template <int R, int C, typename T>
 static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t d, int64_t e0,
                               const float* p, int64_t ldp, int64_t nt_lo, const int64_t* nt,
-                              bool first, const float* alpha) {
-    Vec o[C][R];
+                              bool first, const float* alpha, const char* pf, int64_t pf_step) {
+    Vec o[C][R] = {};  // all set below; gcc 12 cannot tell once prefetches join the loop
     for (int r = 0; r < R; ++r) {
         const Vec a = QE_V(set1_ps)(alpha[r]);
         for (int c = 0; c < C; ++c) {
@@ -236,6 +239,7 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
         }
     }
     for (int64_t j = 0; j < nt_lo; ++j) {
+        for (int64_t b = 0; b < pf_step; b += 64) _mm_prefetch(pf + j * pf_step + b, _MM_HINT_T0);
         Vec vj[C];
         for (int c = 0; c < C; ++c) vj[c] = vload(v, v0j + j * d + e0 + c * kLanes);
         for (int r = 0; r < R; ++r) {
@@ -261,10 +265,12 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 // carried from tile to tile by the caller (-inf and 0 before the first).
 template <int R, typename T>
 static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, float scale,
-                        float* p, int64_t ldp, int64_t j0, float* m, float* l) {
+                        float* p, int64_t ldp, int64_t j0, float* m, float* l, bool fetch_next) {
     // Key rows per score pass and column vectors per weighted-sum pass: >= 8 chains where
-    // the accumulators, loads and a broadcast fit in the registers.
-    constexpr int kPos = R >= 8 ? 1 : R >= 3 ? 2 : 4;
+    // the accumulators, loads and a broadcast fit in the registers (a decode group on
+    // avx512: 4 key rows, so each query load feeds 4 FMAs). Runs of 8 or more already have
+    // their chains (2 key rows measured 5-8 % slower for runs of 12).
+    constexpr int kPos = R >= 8 ? 1 : 4 * R + 5 <= kRegs ? 4 : 2 * R + 3 <= kRegs ? 2 : 1;
     constexpr int kCols = 4 * (R + 1) + 2 <= kRegs ? 4 : 2 * (R + 1) + 2 <= kRegs ? 2 : 1;
     const int64_t dv = d & ~int64_t{kLanes - 1};
     const int64_t n_lo = rows[0].n;
@@ -301,11 +307,25 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
     // r's sum runs over its own nt[r] positions in order.
     const bool first = j0 == 0;
     const int64_t v0j = j0 * d;
+    // The weighted sum reads only cache, so memory would idle: fetch the next tile's keys
+    // meanwhile, pf_step bytes per position and pass.
+    const char* pf = nullptr;
+    int64_t pf_step = 0;
+    const int64_t next = j0 + kAttentionTile;
+    if (fetch_next && next < rows[R - 1].n && nt_lo > 0) {
+        const int64_t rows_next = std::min(kAttentionTile, rows[R - 1].n - next);
+        pf = static_cast<const char*>(element_at(k, next * d));
+        const int64_t bytes = static_cast<const char*>(element_at(k, (next + rows_next) * d)) - pf;
+        const int64_t passes = dv / (kCols * kLanes) > 0 ? dv / (kCols * kLanes) : 1;
+        pf_step = (bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
+    }
+    int64_t pass = 0;
     int64_t e0 = 0;
-    for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes)
-        weigh_pass<R, kCols>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
+    for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes, ++pass)
+        weigh_pass<R, kCols>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha,
+                             pf + pass * nt_lo * pf_step, pf_step);
     for (; e0 < dv; e0 += kLanes)
-        weigh_pass<R, 1>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha);
+        weigh_pass<R, 1>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha, nullptr, 0);
     for (; e0 < d; ++e0) {
         for (int r = 0; r < R; ++r) {
             float acc = first ? 0.0f : rows[r].out[e0] * alpha[r];
@@ -346,25 +366,27 @@ static void attend_block(const Block& b, const T* k, const T* v, int64_t d, floa
                 const int left = b.run_end[run] - i;
                 const int r = left >= 12 ? 12 : left >= 8 ? 8 : left >= 4 ? 4 : left;
                 const Row* rows = b.rows + i;
+                // The block's last rows see the most positions: they alone fetch ahead.
+                const bool last = i + r == b.count;
                 float* pi = p + i * ldp;
                 switch (r) {
                     case 12:
-                        attend_tile<12>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        attend_tile<12>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i, last);
                         break;
                     case 8:
-                        attend_tile<8>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        attend_tile<8>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i, last);
                         break;
                     case 4:
-                        attend_tile<4>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        attend_tile<4>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i, last);
                         break;
                     case 3:
-                        attend_tile<3>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        attend_tile<3>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i, last);
                         break;
                     case 2:
-                        attend_tile<2>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        attend_tile<2>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i, last);
                         break;
                     default:
-                        attend_tile<1>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i);
+                        attend_tile<1>(rows, k, v, d, scale, pi, ldp, j0, m + i, l + i, last);
                         break;
                 }
                 i += r;
