@@ -6,8 +6,10 @@ Each worker (a child process: qwen-edge in this Python, llama.cpp in the peers' 
 one long prompt of random ids in `--chunk`-token calls. When the prompt reaches a depth of
 `--depths`, it records the rate of the chunk that ended there (prefill tok/s at that depth:
 each of its tokens attends to the whole cache before it) and the cumulative rate (a prompt of
-that length), then decodes `--decode` greedy tokens (decode tok/s at that depth) and goes on.
-One run to the deepest depth measures every shallower one on the way:
+that length); then the engines take turns decoding `--decode` greedy tokens, `--probes` times
+each (decode tok/s at that depth), and go on. The workers move in lock step, one running at a
+time, so both engines' figures at a depth come from the same few minutes. One run to the
+deepest depth measures every shallower one on the way:
 
     python tools/context_curves.py run --qwen-edge models/0.8b-q4.qe \\
         --llama models/peers/0.8b/Q4_0.gguf --depths 1024,4096,16384 --threads 2 \\
@@ -22,8 +24,10 @@ import argparse
 import json
 import os
 import resource
+import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,39 +39,51 @@ ENGINE_NAMES = {"qwen-edge": "qwen-edge", "llama": "llama.cpp"}
 
 
 # --- workers (one child process each) -----------------------------------------------------------
-def _walk(a: argparse.Namespace, vocab: int, feed: Any, step: Any) -> list[dict[str, Any]]:
-    """The prompt in chunks to max(depths), a decode probe at each depth. feed(ids) runs a
-    chunk; step(first) decodes `a.decode` greedy tokens and returns their seconds."""
+def _serve(a: argparse.Namespace, vocab: int, feed: Any, step: Any) -> None:
+    """Answer the run's commands on stdin with one JSON line each on stdout until `done`:
+    `next` feeds the prompt in `--chunk`-token calls (feed(ids)) to the next of `--depths` and
+    gives the rate of the chunk that ended there and of the whole prompt so far; `decode`
+    decodes `--decode` greedy tokens (step() returns their seconds) and gives their rate."""
     depths = sorted(int(d) for d in a.depths.split(","))
     ids = np.random.default_rng(a.seed).integers(0, vocab, depths[-1]).tolist()
-    points, done, prefill_s = [], 0, 0.0
-    for d in depths:
-        while done < d:
-            n = min(a.chunk, d - done)
-            start = time.perf_counter()
-            feed(ids[done : done + n])
-            chunk_s = time.perf_counter() - start
-            prefill_s += chunk_s
-            done += n
-        decode_s = step()
-        points.append(
-            {
+    done, prefill_s, at = 0, 0.0, 0
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "done":
+            return
+        if command == "next":
+            d = depths[at]
+            at += 1
+            while done < d:
+                n = min(a.chunk, d - done)
+                start = time.perf_counter()
+                feed(ids[done : done + n])
+                chunk_s = time.perf_counter() - start
+                prefill_s += chunk_s
+                done += n
+            reply = {
                 "depth": d,
                 "chunk_tokens": n,
                 "prefill_chunk_tok_s": n / chunk_s,
                 "prefill_cumulative_tok_s": d / prefill_s,
-                "decode_tok_s": a.decode / decode_s,
             }
-        )
-        print(json.dumps(points[-1]), file=sys.stderr, flush=True)
-    return points
+        elif command == "decode":
+            reply = {"decode_tok_s": a.decode / step()}
+        else:
+            raise SystemExit(f"unknown command {command!r}")
+        print(json.dumps(reply), flush=True)
+
+
+def _context(a: argparse.Namespace) -> int:
+    """Positions a worker needs: the deepest prompt and every decode probe."""
+    depths = [int(d) for d in a.depths.split(",")]
+    return max(depths) + a.decode * a.probes * len(depths) + 1
 
 
 def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
     from qwen_edge.backends.native import Model
 
-    depths = [int(d) for d in a.depths.split(",")]
-    context = max(depths) + a.decode * len(depths) + 1
+    context = _context(a)
     model = Model.load(a.model, threads=a.threads, context=context, kv_cache=a.kv_cache)
     state = model.new_state(context)
     last: list[np.ndarray] = []
@@ -83,28 +99,27 @@ def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
         last[:] = [logits]
         return time.perf_counter() - start
 
-    points = _walk(a, min(model.config.vocab_size, 248000), feed, step)
-    return {
-        "isa": model.isa,
-        "kv_cache": a.kv_cache,
-        "state_bytes": model.state_bytes(context),
-        "points": points,
-    }
+    _serve(a, min(model.config.vocab_size, 248000), feed, step)
+    return {"isa": model.isa, "kv_cache": a.kv_cache, "state_bytes": model.state_bytes(context)}
 
 
 def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
     import llama_cpp
 
-    depths = [int(d) for d in a.depths.split(",")]
+    q8_0 = llama_cpp.GGML_TYPE_Q8_0
     llm = llama_cpp.Llama(
         model_path=a.model,
         n_threads=a.threads,
         n_threads_batch=a.threads,
-        n_ctx=max(depths) + a.decode * len(depths) + 1,
+        n_ctx=_context(a),
         n_batch=a.chunk,
         n_ubatch=a.chunk,
         logits_all=False,
         verbose=False,
+        # Off is the binding's default and, here, the faster at depth (docs/benchmarks.md);
+        # llama-cli and llama-server choose on for a CPU. Its int8 cache (q8_0) needs it on.
+        flash_attn=a.llama_flash_attn == "on",
+        **({"type_k": q8_0, "type_v": q8_0} if a.kv_cache == "q8" else {}),
     )
     vocab = llm.n_vocab()
 
@@ -118,8 +133,12 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
             llm.eval([int(np.argmax(last_logits()))])
         return time.perf_counter() - start
 
-    points = _walk(a, min(vocab, 248000), llm.eval, step)
-    return {"isa": llama_cpp.llama_print_system_info().decode()[:200], "points": points}
+    _serve(a, min(vocab, 248000), llm.eval, step)
+    return {
+        "isa": llama_cpp.llama_print_system_info().decode()[:200],
+        "kv_cache": a.kv_cache,
+        "flash_attn": a.llama_flash_attn,
+    }
 
 
 WORKERS = {"qwen-edge": worker_qwen_edge, "llama": worker_llama}
@@ -133,30 +152,107 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 # --- the run ------------------------------------------------------------------------------------
-def run_worker(engine: str, model: str, a: argparse.Namespace, seed: int) -> dict[str, Any]:
-    python = sys.executable if engine == "qwen-edge" else a.peers_python
-    cmd = [python, __file__, "worker", "--engine", engine, "--model", model]
-    cmd += ["--threads", str(a.threads), "--depths", a.depths, "--chunk", str(a.chunk)]
-    cmd += ["--decode", str(a.decode), "--seed", str(seed), "--kv-cache", a.kv_cache]
-    env = dict(os.environ, OMP_WAIT_POLICY="passive")
-    if engine == "llama":
-        env.pop("PYTHONPATH", None)
-    start = time.perf_counter()
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
-    except subprocess.TimeoutExpired as e:
-        # Keep the depths it reached (the worker prints each point as it goes).
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        points = [json.loads(x) for x in err.splitlines() if x.startswith('{"depth"')]
-        print(
-            f"{engine}: timed out after {a.timeout:.0f} s at {len(points)} depths", file=sys.stderr
+class Worker:
+    """One engine's worker process, asked one command at a time (its stderr kept in a file)."""
+
+    def __init__(self, engine: str, model: str, a: argparse.Namespace, seed: int) -> None:
+        python = sys.executable if engine == "qwen-edge" else a.peers_python
+        cmd = [python, __file__, "worker", "--engine", engine, "--model", model]
+        cmd += ["--threads", str(a.threads), "--depths", a.depths, "--chunk", str(a.chunk)]
+        cmd += ["--decode", str(a.decode), "--probes", str(a.probes), "--seed", str(seed)]
+        cmd += ["--kv-cache", a.kv_cache, "--llama-flash-attn", a.llama_flash_attn]
+        env = dict(os.environ, OMP_WAIT_POLICY="passive")
+        if engine == "llama":
+            env.pop("PYTHONPATH", None)
+        self.engine, self.busy_s, self._buf = engine, 0.0, b""
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env
         )
-        return {"points": points, "timed_out": True, "wall_s": time.perf_counter() - start}
-    if out.returncode != 0:
-        raise RuntimeError(f"{engine} {model} failed:\n{out.stderr[-3000:]}")
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    r["wall_s"] = time.perf_counter() - start
-    return r
+
+    def ask(self, command: str, deadline: float) -> dict[str, Any]:
+        """Send a command (`done`: the worker's summary); its JSON reply (lines that are not
+        JSON are the engine's own)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        start = time.monotonic()
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        fd = self.proc.stdout.fileno()
+        while True:
+            line, sep, rest = self._buf.partition(b"\n")
+            if sep:
+                self._buf = rest
+                if line.startswith(b"{"):
+                    self.busy_s += time.monotonic() - start
+                    return dict(json.loads(line))
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"{self.engine}: no reply to {command!r} before the deadline")
+            data = os.read(fd, 1 << 16)
+            if not data:
+                self._err.seek(0)
+                tail = self._err.read().decode(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.engine} exited during {command!r}:\n{tail}")
+            self._buf += data
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._err.close()
+
+
+def run_lockstep(engines: dict[str, str], a: argparse.Namespace, rep: int) -> list[dict[str, Any]]:
+    """One walk of every engine to the deepest depth, in lock step: at each depth each engine
+    feeds its prompt there in turn (the order alternating from depth to depth), then they
+    take turns decoding --probes times. So an engine's figures at a depth and the other's were
+    measured minutes apart, not a whole walk apart: on a shared machine the neighbours' load
+    drifts over the hour a 64k walk takes. One engine runs at a time; the other waits."""
+    depths = sorted(int(d) for d in a.depths.split(","))
+    deadline = time.monotonic() + a.timeout
+    workers = [Worker(e, m, a, a.seed + rep) for e, m in engines.items()]
+    points: dict[str, list[dict[str, Any]]] = {w.engine: [] for w in workers}
+    info: dict[str, dict[str, Any]] = {w.engine: {} for w in workers}
+    timed_out = False
+    try:
+        for i, d in enumerate(depths):
+            order = workers if (rep + i) % 2 == 0 else workers[::-1]
+            for w in order:
+                points[w.engine].append(w.ask("next", deadline))
+            for j in range(a.probes):
+                for w in order if j % 2 else order[::-1]:
+                    rate = w.ask("decode", deadline)["decode_tok_s"]
+                    points[w.engine][-1].setdefault("decode_probes_tok_s", []).append(rate)
+            line = []
+            for w in workers:
+                p = points[w.engine][-1]
+                p["decode_tok_s"] = float(np.median(p["decode_probes_tok_s"]))
+                line.append(f"{w.engine} {p['prefill_chunk_tok_s']:.1f} / {p['decode_tok_s']:.1f}")
+            print(f"rep {rep} depth {d}: " + ", ".join(line), file=sys.stderr, flush=True)
+        for w in workers:
+            info[w.engine] = w.ask("done", deadline)
+    except TimeoutError as e:
+        print(f"{e}; keeping the depths reached", file=sys.stderr)
+        timed_out = True
+    finally:
+        for w in workers:
+            w.close()
+    runs = []
+    for w in workers:
+        done = [p for p in points[w.engine] if "decode_tok_s" in p]
+        runs.append(
+            {
+                **info[w.engine],
+                "engine": ENGINE_NAMES[w.engine],
+                "model": engines[w.engine],
+                "repetition": rep,
+                "busy_s": w.busy_s,
+                "points": done,
+                **({"timed_out": True} if timed_out else {}),
+            }
+        )
+    return runs
 
 
 def state_memory(depths: list[int], threads: int) -> list[dict[str, Any]]:
@@ -176,20 +272,16 @@ def state_memory(depths: list[int], threads: int) -> list[dict[str, Any]]:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    if a.llama and a.kv_cache == "q8" and a.llama_flash_attn == "off":
+        raise SystemExit("llama.cpp's q8_0 KV cache needs --llama-flash-attn on")
     engines = {"qwen-edge": a.qwen_edge, "llama": a.llama}
     engines = {k: v for k, v in engines.items() if v}
     runs: list[dict[str, Any]] = []
     for rep in range(a.repetitions):
-        # Alternate which engine goes first, so neither always meets the same neighbours.
-        order = list(engines) if rep % 2 == 0 else list(engines)[::-1]
-        for engine in order:
-            r = run_worker(engine, engines[engine], a, a.seed + rep)
-            r.update(engine=ENGINE_NAMES[engine], model=engines[engine], repetition=rep)
-            runs.append(r)
-            print(f"rep {rep} {engine}: {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
+        runs += run_lockstep(engines, a, rep)
     depths = sorted(int(d) for d in a.depths.split(","))
     record = {
-        "schema": "qwen-edge-context-curves/1",
+        "schema": "qwen-edge-context-curves/2",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv),
         "config": {k: v for k, v in vars(a).items() if k != "func"},
@@ -208,17 +300,25 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 # --- tables and the plot ------------------------------------------------------------------------
+def label_of(run: dict[str, Any]) -> str:
+    """The engine, its cache when not f16, and llama.cpp's flash attention when on."""
+    notes = [f"{run['kv_cache']} KV"] if run.get("kv_cache", "f16") != "f16" else []
+    notes += ["flash attn"] if run.get("flash_attn") == "on" else []
+    return run["engine"] + (f" ({', '.join(notes)})" if notes else "")
+
+
 def curves(record: dict[str, Any]) -> dict[str, dict[int, dict[str, list[float]]]]:
     """engine label -> depth -> metric -> values over repetitions."""
     out: dict[str, dict[int, dict[str, list[float]]]] = {}
     for r in record["runs"]:
-        label = r["engine"] + (
-            f" ({r['kv_cache']} KV)" if r.get("kv_cache", "f16") != "f16" else ""
-        )
+        label = label_of(r)
         for p in r["points"]:
             m = out.setdefault(label, {}).setdefault(p["depth"], {})
-            for k in ("prefill_chunk_tok_s", "prefill_cumulative_tok_s", "decode_tok_s"):
+            for k in ("prefill_chunk_tok_s", "prefill_cumulative_tok_s"):
                 m.setdefault(k, []).append(p[k])
+            # Every probe is a sample (schema 1 had one per depth).
+            probes = p.get("decode_probes_tok_s", [p["decode_tok_s"]])
+            m.setdefault("decode_tok_s", []).extend(probes)
     return out
 
 
@@ -247,12 +347,17 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {label} | {d} | {_fmt(m['prefill_chunk_tok_s'])} | "
                 f"{_fmt(m['prefill_cumulative_tok_s'])} | {_fmt(m['decode_tok_s'])} | {rel:.2f} |"
             )
-    ours, peer = c.get("qwen-edge"), c.get("llama.cpp")
-    if ours and peer:
-        lines += [
-            "",
-            "| depth | prefill (chunk) qwen-edge / llama.cpp | decode qwen-edge / llama.cpp |",
-        ]
+    # Ours over each llama.cpp setting with the same cache type.
+    pairs = [
+        (o, p)
+        for o in c
+        if o.startswith("qwen-edge")
+        for p in c
+        if p.startswith("llama.cpp") and ("q8 KV" in o) == ("q8 KV" in p)
+    ]
+    for o, p in pairs:
+        ours, peer = c[o], c[p]
+        lines += ["", f"| depth | prefill (chunk) {o} / {p} | decode {o} / {p} |"]
         lines.append("|---|---|---|")
         for d in sorted(set(ours) & set(peer)):
             pr = np.mean(ours[d]["prefill_chunk_tok_s"]) / np.mean(peer[d]["prefill_chunk_tok_s"])
@@ -357,12 +462,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-python", default=PEERS_PYTHON, help="python with llama_cpp")
     p.add_argument("--depths", default="1024,4096,16384")
     p.add_argument("--chunk", type=int, default=512)
-    p.add_argument("--decode", type=int, default=16)
+    p.add_argument("--decode", type=int, default=16, help="tokens per decode probe")
+    p.add_argument(
+        "--probes", type=int, default=3, help="decode probes per depth, engines taking turns"
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--kv-cache", default="f16", help="qwen-edge's KV cache (f16, q8)")
+    p.add_argument(
+        "--kv-cache", default="f16", help="the KV cache: f16, or q8 (llama.cpp's q8_0 for it)"
+    )
+    p.add_argument(
+        "--llama-flash-attn",
+        choices=("on", "off"),
+        default="off",
+        help="llama.cpp's flash attention (off: its faster setting for decode at depth here)",
+    )
     p.add_argument("--repetitions", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument(
+        "--timeout", type=float, default=3600, help="seconds per repetition (keeps what it has)"
+    )
     p.add_argument("--json")
     p.add_argument("--append", action="store_true", help="add these runs to --json's")
     p.set_defaults(func=cmd_run)
@@ -386,8 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depths", required=True)
     p.add_argument("--chunk", type=int, required=True)
     p.add_argument("--decode", type=int, required=True)
+    p.add_argument("--probes", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kv-cache", default="f16")
+    p.add_argument("--llama-flash-attn", choices=("on", "off"), default="off")
     p.set_defaults(func=cmd_worker)
     a = parser.parse_args(argv)
     return int(a.func(a))

@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`tools/context_curves.py`: a worker answers the run's commands (the prompt fed in chunks to
+each depth, decode probes on demand), llama.cpp's int8 cache is refused without its flash
+attention, and the ratio tables pair each of our caches with the peer's same cache."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import pytest
+from tool_scripts import load_tool
+
+
+def _tool():  # type: ignore[no-untyped-def]
+    return load_tool("context_curves")
+
+
+def test_worker_feeds_chunks_to_each_depth_and_decodes_on_demand(monkeypatch) -> None:
+    cc = _tool()
+    fed: list[int] = []
+    monkeypatch.setattr("sys.stdin", io.StringIO("next\ndecode\ndecode\nnext\ndone\nnext\n"))
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    a = argparse.Namespace(depths="1000,300", chunk=256, decode=4, seed=0)
+    cc._serve(a, 50, lambda ids: fed.append(len(ids)), lambda: 0.5)
+    replies = [json.loads(x) for x in out.getvalue().splitlines()]
+    # Depths in order, the last chunk of each ending exactly there; `done` stops the worker.
+    assert fed == [256, 44, 256, 256, 188]
+    assert [r.get("depth") for r in replies] == [300, None, None, 1000]
+    assert replies[0]["chunk_tokens"] == 44 and replies[3]["chunk_tokens"] == 188
+    assert replies[1] == {"decode_tok_s": 8.0}
+
+
+def test_llama_int8_cache_needs_flash_attention() -> None:
+    cc = _tool()
+    with pytest.raises(SystemExit, match="flash-attn on"):
+        cc.main(["run", "--llama", "x.gguf", "--kv-cache", "q8"])
+
+
+def _run(engine: str, kv: str, decode: list[float], flash: str | None = None) -> dict:
+    run = {"engine": engine, "kv_cache": kv, "points": []}
+    if flash:
+        run["flash_attn"] = flash
+    for depth, rate in zip((1024, 4096), decode, strict=True):
+        run["points"].append(
+            {
+                "depth": depth,
+                "prefill_chunk_tok_s": 100.0,
+                "prefill_cumulative_tok_s": 100.0,
+                "decode_probes_tok_s": [rate, rate],
+                "decode_tok_s": rate,
+            }
+        )
+    return run
+
+
+def test_ratio_tables_pair_the_same_cache() -> None:
+    cc = _tool()
+    record = {
+        "runs": [
+            _run("qwen-edge", "f16", [40.0, 30.0]),
+            _run("qwen-edge", "q8", [44.0, 40.0]),
+            _run("llama.cpp", "f16", [20.0, 10.0], flash="off"),
+            _run("llama.cpp", "q8", [22.0, 8.0], flash="on"),
+        ],
+        "state_memory": [],
+    }
+    md = cc.markdown(record)
+    assert "decode qwen-edge / llama.cpp |" in md
+    assert "decode qwen-edge (q8 KV) / llama.cpp (q8 KV, flash attn) |" in md
+    assert "qwen-edge / llama.cpp (q8 KV" not in md and "(q8 KV) / llama.cpp |" not in md
+    # 30 / 10 at 4k for f16; 40 / 8 for q8.
+    assert "| 4096 | 1.00x | 3.00x |" in md and "| 4096 | 1.00x | 5.00x |" in md
