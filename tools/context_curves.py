@@ -39,13 +39,18 @@ ENGINE_NAMES = {"qwen-edge": "qwen-edge", "llama": "llama.cpp"}
 
 
 # --- workers (one child process each) -----------------------------------------------------------
-def _serve(a: argparse.Namespace, vocab: int, feed: Any, step: Any) -> None:
+def _serve(a: argparse.Namespace, vocab: int, feed: Any, step: Any, reset: Any) -> None:
     """Answer the run's commands on stdin with one JSON line each on stdout until `done`:
     `next` feeds the prompt in `--chunk`-token calls (feed(ids)) to the next of `--depths` and
     gives the rate of the chunk that ended there and of the whole prompt so far; `decode`
-    decodes `--decode` greedy tokens (step() returns their seconds) and gives their rate."""
+    decodes `--decode` greedy tokens (step() returns their seconds) and gives their rate.
+    First a warm-up chunk and probe, then reset(): the first depth's figures would otherwise
+    pay for faulting in the weights and buffers."""
     depths = sorted(int(d) for d in a.depths.split(","))
     ids = np.random.default_rng(a.seed).integers(0, vocab, depths[-1]).tolist()
+    feed(ids[: min(a.chunk, depths[-1])])
+    step()
+    reset()
     done, prefill_s, at = 0, 0.0, 0
     for line in sys.stdin:
         command = line.strip()
@@ -99,7 +104,7 @@ def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
         last[:] = [logits]
         return time.perf_counter() - start
 
-    _serve(a, min(model.config.vocab_size, 248000), feed, step)
+    _serve(a, min(model.config.vocab_size, 248000), feed, step, state.reset)
     return {"isa": model.isa, "kv_cache": a.kv_cache, "state_bytes": model.state_bytes(context)}
 
 
@@ -133,7 +138,7 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
             llm.eval([int(np.argmax(last_logits()))])
         return time.perf_counter() - start
 
-    _serve(a, min(vocab, 248000), llm.eval, step)
+    _serve(a, min(vocab, 248000), llm.eval, step, llm.reset)
     return {
         "isa": llama_cpp.llama_print_system_info().decode()[:200],
         "kv_cache": a.kv_cache,

@@ -24,10 +24,13 @@ def test_worker_feeds_chunks_to_each_depth_and_decodes_on_demand(monkeypatch) ->
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
     a = argparse.Namespace(depths="1000,300", chunk=256, decode=4, seed=0)
-    cc._serve(a, 50, lambda ids: fed.append(len(ids)), lambda: 0.5)
+    resets: list[int] = []
+    cc._serve(a, 50, lambda ids: fed.append(len(ids)), lambda: 0.5, lambda: resets.append(len(fed)))
     replies = [json.loads(x) for x in out.getvalue().splitlines()]
-    # Depths in order, the last chunk of each ending exactly there; `done` stops the worker.
-    assert fed == [256, 44, 256, 256, 188]
+    # A warm-up chunk, reset; then depths in order, the last chunk of each ending exactly
+    # there; `done` stops the worker.
+    assert resets == [1]
+    assert fed == [256, 256, 44, 256, 256, 188]
     assert [r.get("depth") for r in replies] == [300, None, None, 1000]
     assert replies[0]["chunk_tokens"] == 44 and replies[3]["chunk_tokens"] == 188
     assert replies[1] == {"decode_tok_s": 8.0}
