@@ -43,20 +43,23 @@ def _serve(a: argparse.Namespace, vocab: int, feed: Any, step: Any, reset: Any) 
     """Answer the run's commands on stdin with one JSON line each on stdout until `done`:
     `next` feeds the prompt in `--chunk`-token calls (feed(ids)) to the next of `--depths` and
     gives the rate of the chunk that ended there and of the whole prompt so far; `decode`
-    decodes `--decode` greedy tokens (step() returns their seconds) and gives their rate.
-    First a warm-up chunk and probe, then reset(): the first depth's figures would otherwise
-    pay for faulting in the weights and buffers."""
+    decodes `--decode` greedy tokens (step() returns their seconds) and gives their rate;
+    `warm` runs a chunk and a probe, then reset(): the first depth's figures would otherwise
+    pay for faulting in the weights and buffers. The run sends it to one worker at a time,
+    after each has loaded, so no engine is measured while another loads or warms up."""
     depths = sorted(int(d) for d in a.depths.split(","))
     ids = np.random.default_rng(a.seed).integers(0, vocab, depths[-1]).tolist()
-    feed(ids[: min(a.chunk, depths[-1])])
-    step()
-    reset()
     done, prefill_s, at = 0, 0.0, 0
     for line in sys.stdin:
         command = line.strip()
         if command == "done":
             return
-        if command == "next":
+        if command == "warm":
+            feed(ids[: min(a.chunk, depths[-1])])
+            step()
+            reset()
+            reply: dict[str, Any] = {"warm": True}
+        elif command == "next":
             d = depths[at]
             at += 1
             while done < d:
@@ -221,6 +224,8 @@ def run_lockstep(engines: dict[str, str], a: argparse.Namespace, rep: int) -> li
     info: dict[str, dict[str, Any]] = {w.engine: {} for w in workers}
     timed_out = False
     try:
+        for w in workers:
+            w.ask("warm", deadline)
         for i, d in enumerate(depths):
             order = workers if (rep + i) % 2 == 0 else workers[::-1]
             for w in order:

@@ -20,20 +20,21 @@ def _tool():  # type: ignore[no-untyped-def]
 def test_worker_feeds_chunks_to_each_depth_and_decodes_on_demand(monkeypatch) -> None:
     cc = _tool()
     fed: list[int] = []
-    monkeypatch.setattr("sys.stdin", io.StringIO("next\ndecode\ndecode\nnext\ndone\nnext\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("warm\nnext\ndecode\ndecode\nnext\ndone\nnext\n"))
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
     a = argparse.Namespace(depths="1000,300", chunk=256, decode=4, seed=0)
     resets: list[int] = []
     cc._serve(a, 50, lambda ids: fed.append(len(ids)), lambda: 0.5, lambda: resets.append(len(fed)))
     replies = [json.loads(x) for x in out.getvalue().splitlines()]
-    # A warm-up chunk, reset; then depths in order, the last chunk of each ending exactly
+    # `warm`: a chunk, a probe, reset; then depths in order, the last chunk of each ending exactly
     # there; `done` stops the worker.
     assert resets == [1]
     assert fed == [256, 256, 44, 256, 256, 188]
-    assert [r.get("depth") for r in replies] == [300, None, None, 1000]
-    assert replies[0]["chunk_tokens"] == 44 and replies[3]["chunk_tokens"] == 188
-    assert replies[1] == {"decode_tok_s": 8.0}
+    assert replies[0] == {"warm": True}
+    assert [r.get("depth") for r in replies[1:]] == [300, None, None, 1000]
+    assert replies[1]["chunk_tokens"] == 44 and replies[4]["chunk_tokens"] == 188
+    assert replies[2] == {"decode_tok_s": 8.0}
 
 
 def test_llama_int8_cache_needs_flash_attention() -> None:
