@@ -39,6 +39,11 @@ ENGINE_NAMES = {"qwen-edge": "qwen-edge", "llama": "llama.cpp"}
 
 
 # --- workers (one child process each) -----------------------------------------------------------
+def _depths(a: argparse.Namespace) -> list[int]:
+    """--depths, shallowest first."""
+    return sorted(int(d) for d in a.depths.split(","))
+
+
 def _serve(a: argparse.Namespace, vocab: int, feed: Any, step: Any, reset: Any) -> None:
     """Answer the run's commands on stdin with one JSON line each on stdout until `done`:
     `next` feeds the prompt in `--chunk`-token calls (feed(ids)) to the next of `--depths` and
@@ -47,7 +52,7 @@ def _serve(a: argparse.Namespace, vocab: int, feed: Any, step: Any, reset: Any) 
     `warm` runs a chunk and a probe, then reset(): the first depth's figures would otherwise
     pay for faulting in the weights and buffers. The run sends it to one worker at a time,
     after each has loaded, so no engine is measured while another loads or warms up."""
-    depths = sorted(int(d) for d in a.depths.split(","))
+    depths = _depths(a)
     ids = np.random.default_rng(a.seed).integers(0, vocab, depths[-1]).tolist()
     done, prefill_s, at = 0, 0.0, 0
     for line in sys.stdin:
@@ -84,8 +89,8 @@ def _serve(a: argparse.Namespace, vocab: int, feed: Any, step: Any, reset: Any) 
 
 def _context(a: argparse.Namespace) -> int:
     """Positions a worker needs: the deepest prompt and every decode probe."""
-    depths = [int(d) for d in a.depths.split(",")]
-    return max(depths) + a.decode * a.probes * len(depths) + 1
+    depths = _depths(a)
+    return depths[-1] + a.decode * a.probes * len(depths) + 1
 
 
 def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
@@ -217,7 +222,7 @@ def run_lockstep(engines: dict[str, str], a: argparse.Namespace, rep: int) -> li
     take turns decoding --probes times. So an engine's figures at a depth and the other's were
     measured minutes apart, not a whole walk apart: on a shared machine the neighbours' load
     drifts over the hour a 64k walk takes. One engine runs at a time; the other waits."""
-    depths = sorted(int(d) for d in a.depths.split(","))
+    depths = _depths(a)
     deadline = time.monotonic() + a.timeout
     workers = [Worker(e, m, a, a.seed + rep) for e, m in engines.items()]
     points: dict[str, list[dict[str, Any]]] = {w.engine: [] for w in workers}
@@ -289,7 +294,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     for rep in range(a.repetitions):
         runs += run_lockstep(engines, a, rep)
-    depths = sorted(int(d) for d in a.depths.split(","))
+    depths = _depths(a)
     record = {
         "schema": "qwen-edge-context-curves/2",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -434,7 +439,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     q = rng.standard_normal((4, 256)).astype(np.float32)
     rows = []
-    for depth in sorted(int(d) for d in a.depths.split(",")):
+    for depth in _depths(a):
         # K and V distinct, as in a cache: one array for both would read half the bytes.
         k = rng.standard_normal((depth, 256)).astype(np.float16)
         v = rng.standard_normal((depth, 256)).astype(np.float16)
