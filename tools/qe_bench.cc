@@ -3,13 +3,14 @@
 //   qe_bench MODEL.qe [threads] [isa] [prompt_tokens] [decode_tokens] [prefill_repetitions]
 //   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
 //   qe_bench --delta [isa] [repetitions]
-//   qe_bench --attention DEPTH TOKENS_PER_CALL [isa] [repetitions]
+//   qe_bench --attention DEPTH TOKENS_PER_CALL [isa] [repetitions] [f16|q8]
 //   qe_bench --step MODEL.qe ISA[,ISA...] N[,N...] [steps] [context]
 // Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s,
 // or one packed product's best time over the repetitions (single thread, random codes) in GOPS,
 // or the delta rule's best time per head and token on the 0.8B shape (128 tokens, 16 heads),
 // or prefill attention's best thread-CPU time per token and KV head for a 128-token chunk at
-// DEPTH (a GQA group of 4 over one f16 KV head of 256, kernel calls of TOKENS_PER_CALL tokens).
+// DEPTH (a GQA group of 4 over one KV head of 256, f16 or int8 cache, kernel calls of
+// TOKENS_PER_CALL tokens).
 // --step times a serving step: forward_multi over N sequences decoding one token each (after
 // `context` prompt tokens each, default 48), 1 thread, process CPU time per step, the tables and
 // batch sizes alternating step by step so a busy machine slows them alike; prints each median and
@@ -119,38 +120,61 @@ double thread_cpu_seconds() {
 
 int bench_attention(int argc, char** argv) {
     if (argc < 4) {
-        std::fprintf(stderr, "usage: %s --attention DEPTH TOKENS_PER_CALL [isa] [reps]\n", argv[0]);
+        std::fprintf(stderr, "usage: %s --attention DEPTH TOKENS_PER_CALL [isa] [reps] [f16|q8]\n",
+                     argv[0]);
         return 2;
     }
     const int64_t depth = std::atoll(argv[2]), per_call = std::atoll(argv[3]);
     const qe::KernelTable& kt = qe::select_table(argc > 4 ? argv[4] : "");
     const int reps = argc > 5 ? std::atoi(argv[5]) : 5;
+    const std::string cache = argc > 6 ? argv[6] : "f16";
+    if (cache != "f16" && cache != "q8") {
+        std::fprintf(stderr, "cache must be f16 or q8, not %s\n", cache.c_str());
+        return 2;
+    }
     const int64_t chunk = 128, group = 4, d = 256, n = depth + chunk;
     std::mt19937 rng(1);
     std::normal_distribution<float> normal;
-    std::vector<float> q(chunk * group * d), out(q.size()), kv(n * d);
+    std::vector<float> q(chunk * group * d), out(q.size()), kf(n * d), vf(n * d);
     for (auto& x : q) x = normal(rng);
-    std::vector<uint16_t> k(n * d), v(n * d);
-    for (auto& x : kv) x = normal(rng);
-    kt.cvt_f32_f16(kv.data(), k.data(), n * d);
-    for (auto& x : kv) x = normal(rng);
-    kt.cvt_f32_f16(kv.data(), v.data(), n * d);
+    for (auto& x : kf) x = normal(rng);
+    for (auto& x : vf) x = normal(rng);
+    std::vector<uint16_t> k16, v16;
+    std::vector<qe::BlockQ8A> k8, v8;
+    if (cache == "f16") {
+        k16.resize(n * d);
+        v16.resize(n * d);
+        kt.cvt_f32_f16(kf.data(), k16.data(), n * d);
+        kt.cvt_f32_f16(vf.data(), v16.data(), n * d);
+    } else {
+        k8.resize(n * d / qe::kBlockK);
+        v8.resize(n * d / qe::kBlockK);
+        kt.quantize_q8a(kf.data(), k8.data(), n * d);
+        kt.quantize_q8a(vf.data(), v8.data(), n * d);
+    }
     std::vector<float> scratch(size_t(qe::attention_scratch(group * per_call, n)));
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
         const double c0 = thread_cpu_seconds();
         for (int64_t t = 0; t < chunk; t += per_call) {
-            const int64_t nt = std::min(per_call, chunk - t);
-            kt.attention_f16(q.data() + t * group * d, d, group * d, group, nt, k.data(), v.data(),
-                             depth + t + nt, d, 0.0625f, scratch.data(), out.data() + t * group * d,
-                             d, group * d);
+            const int64_t nt = std::min(per_call, chunk - t), seen = depth + t + nt;
+            const float* qt = q.data() + t * group * d;
+            float* ot = out.data() + t * group * d;
+            if (cache == "f16") {
+                kt.attention_f16(qt, d, group * d, group, nt, k16.data(), v16.data(), seen, d,
+                                 0.0625f, scratch.data(), ot, d, group * d);
+            } else {
+                kt.attention_q8(qt, d, group * d, group, nt, k8.data(), v8.data(), seen, d, 0.0625f,
+                                scratch.data(), ot, d, group * d);
+            }
         }
         best = std::min(best, thread_cpu_seconds() - c0);
     }
     std::printf(
-        "%s attention depth %lld, %lld tokens per call: %.1f us per token and KV head "
+        "%s attention depth %lld, %s cache, %lld tokens per call: %.1f us per token and KV head "
         "(best of %d)\n",
-        kt.tag, (long long)depth, (long long)per_call, best * 1e6 / double(chunk), reps);
+        kt.tag, (long long)depth, cache.c_str(), (long long)per_call, best * 1e6 / double(chunk),
+        reps);
     return 0;
 }
 
