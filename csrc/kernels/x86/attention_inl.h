@@ -115,8 +115,8 @@ static inline float load1(const BlockQ8A* c, int64_t i) {
     return b.d * float(b.q[i % kBlockK]);
 }
 
-// Where element i of a cache lies, and a hint to fetch rows j .. j + n - 1 (prefetches never
-// fault, so a q8 row's inexact end does no harm).
+// Where element i (or row j) of a cache lies, and a hint to fetch rows j .. j + n - 1
+// (prefetches never fault, so a q8 row's inexact end does no harm).
 static inline const void* element_at(const float* c, int64_t i) {
     return c + i;
 }
@@ -127,10 +127,13 @@ static inline const void* element_at(const BlockQ8A* c, int64_t i) {
     return c + i / kBlockK;
 }
 template <typename T>
+static inline const char* row_at(const T* c, int64_t j, int64_t d) {
+    return static_cast<const char*>(element_at(c, j * d));
+}
+template <typename T>
 static inline void prefetch_rows(const T* c, int64_t j, int64_t n, int64_t d) {
-    const char* a = static_cast<const char*>(element_at(c, j * d));
-    const char* end = static_cast<const char*>(element_at(c, (j + n) * d));
-    for (; a < end; a += 64) _mm_prefetch(a, _MM_HINT_T0);
+    for (const char *a = row_at(c, j, d), *end = row_at(c, j + n, d); a < end; a += 64)
+        _mm_prefetch(a, _MM_HINT_T0);
 }
 
 // exp(x[j] - m) in place over x [n]; returns their sum. 8 lanes on both tables: 2-4% of the
@@ -314,8 +317,8 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
     const int64_t next = j0 + kAttentionTile;
     if (fetch_next && next < rows[R - 1].n && nt_lo > 0) {
         const int64_t rows_next = std::min(kAttentionTile, rows[R - 1].n - next);
-        pf = static_cast<const char*>(element_at(k, next * d));
-        const int64_t bytes = static_cast<const char*>(element_at(k, (next + rows_next) * d)) - pf;
+        pf = row_at(k, next, d);
+        const int64_t bytes = row_at(k, next + rows_next, d) - pf;
         const int64_t passes = dv / (kCols * kLanes) > 0 ? dv / (kCols * kLanes) : 1;
         pf_step = (bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
     }
