@@ -9,7 +9,8 @@ each of its tokens attends to the whole cache before it) and the cumulative rate
 that length); then the engines take turns decoding `--decode` greedy tokens, `--probes` times
 each (decode tok/s at that depth), and go on. The workers move in lock step, one running at a
 time, so both engines' figures at a depth come from the same few minutes. One run to the
-deepest depth measures every shallower one on the way:
+deepest depth measures every shallower one on the way; Ctrl-C or `--timeout` ends it early and
+keeps the depths it finished:
 
     python tools/context_curves.py run --qwen-edge models/0.8b-q4.qe \\
         --llama models/peers/0.8b/Q4_0.gguf --depths 1024,4096,16384 --threads 2 \\
@@ -227,7 +228,7 @@ def run_lockstep(engines: dict[str, str], a: argparse.Namespace, rep: int) -> li
     workers = [Worker(e, m, a, a.seed + rep) for e, m in engines.items()]
     points: dict[str, list[dict[str, Any]]] = {w.engine: [] for w in workers}
     info: dict[str, dict[str, Any]] = {w.engine: {} for w in workers}
-    timed_out = False
+    stopped = ""  # why the walk ended early, if it did
     try:
         for w in workers:
             w.ask("warm", deadline)
@@ -249,7 +250,11 @@ def run_lockstep(engines: dict[str, str], a: argparse.Namespace, rep: int) -> li
             info[w.engine] = w.ask("done", deadline)
     except TimeoutError as e:
         print(f"{e}; keeping the depths reached", file=sys.stderr)
-        timed_out = True
+        stopped = "timed_out"
+    except KeyboardInterrupt:
+        # An hour's walk stopped by hand still has its finished depths worth writing down.
+        print("interrupted; keeping the depths reached", file=sys.stderr)
+        stopped = "interrupted"
     finally:
         for w in workers:
             w.close()
@@ -264,7 +269,7 @@ def run_lockstep(engines: dict[str, str], a: argparse.Namespace, rep: int) -> li
                 "repetition": rep,
                 "busy_s": w.busy_s,
                 "points": done,
-                **({"timed_out": True} if timed_out else {}),
+                **({stopped: True} if stopped else {}),
             }
         )
     return runs
@@ -294,6 +299,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     for rep in range(a.repetitions):
         runs += run_lockstep(engines, a, rep)
+        if runs[-1].get("interrupted"):
+            break
     depths = _depths(a)
     record = {
         "schema": "qwen-edge-context-curves/2",

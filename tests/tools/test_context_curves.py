@@ -77,3 +77,37 @@ def test_ratio_tables_pair_the_same_cache() -> None:
     assert "qwen-edge / llama.cpp (q8 KV" not in md and "(q8 KV) / llama.cpp |" not in md
     # 30 / 10 at 4k for f16; 40 / 8 for q8.
     assert "| 4096 | 1.00x | 3.00x |" in md and "| 4096 | 1.00x | 5.00x |" in md
+
+
+def test_an_interrupted_walk_keeps_the_depths_it_finished(monkeypatch, tmp_path) -> None:
+    cc = _tool()
+    walks: list[str] = []
+
+    class FakeWorker:
+        """Answers like a worker; Ctrl-C arrives while it feeds the second depth."""
+
+        def __init__(self, engine: str, model: str, a: argparse.Namespace, seed: int) -> None:
+            self.engine, self.busy_s, self.fed = engine, 0.0, 0
+            walks.append(engine)
+
+        def ask(self, command: str, deadline: float) -> dict:
+            if command == "next":
+                self.fed += 1
+                if self.fed == 2:
+                    raise KeyboardInterrupt
+                return {"depth": 1024, "prefill_chunk_tok_s": 9.0, "prefill_cumulative_tok_s": 9.0}
+            return {"decode_tok_s": 2.0} if command == "decode" else {}
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(cc, "Worker", FakeWorker)
+    out = tmp_path / "curves.json"
+    argv = ["run", "--qwen-edge", "m.qe", "--depths", "1024,4096", "--probes", "2"]
+    assert cc.main([*argv, "--repetitions", "3", "--json", str(out)]) == 0
+    # One walk, not three: the interruption ends the run, and what it finished is written.
+    assert walks == ["qwen-edge"]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["interrupted"] is True
+    assert [p["depth"] for p in run["points"]] == [1024]
+    assert run["points"][0]["decode_probes_tok_s"] == [2.0, 2.0]
