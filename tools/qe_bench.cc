@@ -4,6 +4,7 @@
 //   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
 //   qe_bench --delta [isa] [repetitions]
 //   qe_bench --attention DEPTH TOKENS_PER_CALL [isa] [repetitions] [f16|q8]
+//   qe_bench --attention-step DEPTH [isa] [repetitions] [f16|q8] [threads]
 //   qe_bench --step MODEL.qe ISA[,ISA...] N[,N...] [steps] [context]
 // Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s,
 // or one packed product's best time over the repetitions (single thread, random codes) in GOPS,
@@ -11,6 +12,10 @@
 // or prefill attention's best thread-CPU time per token and KV head for a 128-token chunk at
 // DEPTH (a GQA group of 4 over one KV head of 256, f16 or int8 cache, kernel calls of
 // TOKENS_PER_CALL tokens).
+// --attention-step times a 0.8B decode step's attention calls alone at DEPTH: 6 layers of 2 KV
+// heads, each its own K and V arrays (805 MB at 64k, f16: more than a last-level cache, as in a
+// step), the heads of a layer spread over the threads as the model does; prints the best wall
+// time per step, the rate it reads the cache at, and a plain read of as many bytes beside it.
 // --step times a serving step: forward_multi over N sequences decoding one token each (after
 // `context` prompt tokens each, default 48), 1 thread, process CPU time per step, the tables and
 // batch sizes alternating step by step so a busy machine slows them alike; prints each median and
@@ -22,6 +27,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <memory>
 #include <random>
@@ -31,6 +37,9 @@
 #include "common.h"
 #include "kernels/kernels.h"
 #include "model/qwen35.h"
+#include "runtime/buffer.h"
+#include "runtime/membench.h"
+#include "runtime/thread_pool.h"
 
 namespace {
 
@@ -178,6 +187,86 @@ int bench_attention(int argc, char** argv) {
     return 0;
 }
 
+int bench_attention_step(int argc, char** argv) {
+    if (argc < 3) {
+        std::fprintf(stderr, "usage: %s --attention-step DEPTH [isa] [reps] [f16|q8] [threads]\n",
+                     argv[0]);
+        return 2;
+    }
+    const int64_t depth = std::atoll(argv[2]);
+    const qe::KernelTable& kt = qe::select_table(argc > 3 ? argv[3] : "");
+    const int reps = argc > 4 ? std::max(1, std::atoi(argv[4])) : 5;
+    const std::string cache = argc > 5 ? argv[5] : "f16";
+    const int threads = argc > 6 ? std::max(1, std::atoi(argv[6])) : 2;
+    if (depth < 1 || (cache != "f16" && cache != "q8")) {
+        std::fprintf(stderr, "DEPTH must be >= 1 and the cache f16 or q8\n");
+        return 2;
+    }
+    const int64_t layers = 6, heads = 2, group = 4, d = 256;
+    const bool f16 = cache == "f16";
+    const size_t row = f16 ? d * sizeof(uint16_t) : d / qe::kBlockK * sizeof(qe::BlockQ8A);
+    // One pool of random rows copied over every array: the values do not change the work.
+    const int64_t pool_rows = std::min<int64_t>(depth, 4096);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal;
+    std::vector<float> pool_f(pool_rows * d), q(heads * group * d), out(q.size());
+    for (auto& x : pool_f) x = normal(rng);
+    for (auto& x : q) x = normal(rng);
+    std::vector<char> pool(pool_rows * row);
+    if (f16) {
+        kt.cvt_f32_f16(pool_f.data(), reinterpret_cast<uint16_t*>(pool.data()), pool_rows * d);
+    } else {
+        kt.quantize_q8a(pool_f.data(), reinterpret_cast<qe::BlockQ8A*>(pool.data()),
+                        pool_rows * d);
+    }
+    std::vector<qe::Buffer> kv;  // [layer][head][K, V]
+    for (int64_t i = 0; i < layers * heads * 2; ++i) {
+        kv.emplace_back(size_t(depth) * row);
+        for (int64_t j = 0; j < depth; j += pool_rows) {
+            const int64_t n = std::min(pool_rows, depth - j);
+            std::memcpy(kv.back().as<char>() + j * row, pool.data(), size_t(n) * row);
+        }
+    }
+    qe::ThreadPool tp(qe::ThreadPool::Options{threads, false, 100});
+    const int64_t per_thread = qe::attention_scratch(group, depth);
+    std::vector<float> scratch(size_t(threads * per_thread));
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int64_t l = 0; l < layers; ++l) {
+            tp.for_each(heads, 1, [&](int64_t h0, int64_t h1, int thread) {
+                for (int64_t h = h0; h < h1; ++h) {
+                    const char* k = kv[(l * heads + h) * 2].as<char>();
+                    const char* v = kv[(l * heads + h) * 2 + 1].as<char>();
+                    float* s = scratch.data() + thread * per_thread;
+                    const float* qh = q.data() + h * group * d;
+                    float* oh = out.data() + h * group * d;
+                    if (f16) {
+                        kt.attention_f16(qh, d, group * d, group, 1,
+                                         reinterpret_cast<const uint16_t*>(k),
+                                         reinterpret_cast<const uint16_t*>(v), depth, d, 0.0625f,
+                                         s, oh, d, group * d);
+                    } else {
+                        kt.attention_q8(qh, d, group * d, group, 1,
+                                        reinterpret_cast<const qe::BlockQ8A*>(k),
+                                        reinterpret_cast<const qe::BlockQ8A*>(v), depth, d,
+                                        0.0625f, s, oh, d, group * d);
+                    }
+                }
+            });
+        }
+        best = std::min(
+            best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    const double bytes = double(layers * heads * 2) * double(depth) * double(row);
+    const double plain = qe::read_bandwidth_gbs(size_t(bytes), threads, 3);
+    std::printf("%s attention step at depth %lld, %s cache, %d threads: %.2f ms, %.1f GB/s of "
+                "cache (a plain read of %.0f MB: %.1f GB/s; best of %d)\n",
+                kt.tag, (long long)depth, cache.c_str(), threads, best * 1e3, bytes / best / 1e9,
+                bytes / 1e6, plain, reps);
+    return 0;
+}
+
 std::vector<std::string> split_commas(const std::string& s) {
     std::vector<std::string> out;
     size_t start = 0;
@@ -265,6 +354,8 @@ int bench_step(int argc, char** argv) {
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "--attention") return bench_attention(argc, argv);
+    if (argc > 1 && std::string(argv[1]) == "--attention-step")
+        return bench_attention_step(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--gemm") return bench_gemm(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--delta") return bench_delta(argc, argv);
     if (argc > 1 && std::string(argv[1]) == "--step") return bench_step(argc, argv);
