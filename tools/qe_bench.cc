@@ -37,6 +37,7 @@
 #include "common.h"
 #include "kernels/kernels.h"
 #include "model/qwen35.h"
+#include "model/state.h"
 #include "runtime/buffer.h"
 #include "runtime/membench.h"
 #include "runtime/thread_pool.h"
@@ -127,6 +128,35 @@ double thread_cpu_seconds() {
     return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
+// The benches' KV caches: rows of d values as the model stores them, f16 or int8 (q8).
+std::vector<char> encode_cache(const qe::KernelTable& kt, bool f16, const float* x, int64_t n) {
+    std::vector<char> out;
+    if (f16) {
+        out.resize(size_t(n) * sizeof(uint16_t));
+        kt.cvt_f32_f16(x, reinterpret_cast<uint16_t*>(out.data()), n);
+    } else {
+        out.resize(size_t(n / qe::kBlockK) * sizeof(qe::BlockQ8A));
+        kt.quantize_q8a(x, reinterpret_cast<qe::BlockQ8A*>(out.data()), n);
+    }
+    return out;
+}
+
+// One attention call of `nt` tokens of a GQA group of 4 heads of d = 256 over a cache from
+// encode_cache, as the model makes it.
+void attend(const qe::KernelTable& kt, bool f16, const float* q, int64_t nt, const char* k,
+            const char* v, int64_t seen, float* scratch, float* out) {
+    const int64_t group = 4, d = 256;
+    if (f16) {
+        kt.attention_f16(q, d, group * d, group, nt, reinterpret_cast<const uint16_t*>(k),
+                         reinterpret_cast<const uint16_t*>(v), seen, d, 0.0625f, scratch, out, d,
+                         group * d);
+    } else {
+        kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::BlockQ8A*>(k),
+                        reinterpret_cast<const qe::BlockQ8A*>(v), seen, d, 0.0625f, scratch, out,
+                        d, group * d);
+    }
+}
+
 int bench_attention(int argc, char** argv) {
     if (argc < 4) {
         std::fprintf(stderr, "usage: %s --attention DEPTH TOKENS_PER_CALL [isa] [reps] [f16|q8]\n",
@@ -148,34 +178,17 @@ int bench_attention(int argc, char** argv) {
     for (auto& x : q) x = normal(rng);
     for (auto& x : kf) x = normal(rng);
     for (auto& x : vf) x = normal(rng);
-    std::vector<uint16_t> k16, v16;
-    std::vector<qe::BlockQ8A> k8, v8;
-    if (cache == "f16") {
-        k16.resize(n * d);
-        v16.resize(n * d);
-        kt.cvt_f32_f16(kf.data(), k16.data(), n * d);
-        kt.cvt_f32_f16(vf.data(), v16.data(), n * d);
-    } else {
-        k8.resize(n * d / qe::kBlockK);
-        v8.resize(n * d / qe::kBlockK);
-        kt.quantize_q8a(kf.data(), k8.data(), n * d);
-        kt.quantize_q8a(vf.data(), v8.data(), n * d);
-    }
+    const bool f16 = cache == "f16";
+    const std::vector<char> k = encode_cache(kt, f16, kf.data(), n * d);
+    const std::vector<char> v = encode_cache(kt, f16, vf.data(), n * d);
     std::vector<float> scratch(size_t(qe::attention_scratch(group * per_call, n)));
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
         const double c0 = thread_cpu_seconds();
         for (int64_t t = 0; t < chunk; t += per_call) {
             const int64_t nt = std::min(per_call, chunk - t), seen = depth + t + nt;
-            const float* qt = q.data() + t * group * d;
-            float* ot = out.data() + t * group * d;
-            if (cache == "f16") {
-                kt.attention_f16(qt, d, group * d, group, nt, k16.data(), v16.data(), seen, d,
-                                 0.0625f, scratch.data(), ot, d, group * d);
-            } else {
-                kt.attention_q8(qt, d, group * d, group, nt, k8.data(), v8.data(), seen, d, 0.0625f,
-                                scratch.data(), ot, d, group * d);
-            }
+            attend(kt, f16, q.data() + t * group * d, nt, k.data(), v.data(), seen,
+                   scratch.data(), out.data() + t * group * d);
         }
         best = std::min(best, thread_cpu_seconds() - c0);
     }
@@ -204,7 +217,7 @@ int bench_attention_step(int argc, char** argv) {
     }
     const int64_t layers = 6, heads = 2, group = 4, d = 256;
     const bool f16 = cache == "f16";
-    const size_t row = f16 ? d * sizeof(uint16_t) : d / qe::kBlockK * sizeof(qe::BlockQ8A);
+    const size_t row = qe::kv_row_bytes(f16 ? qe::KvType::kF16 : qe::KvType::kQ8, d);
     // One pool of random rows copied over every array: the values do not change the work.
     const int64_t pool_rows = std::min<int64_t>(depth, 4096);
     std::mt19937 rng(1);
@@ -212,13 +225,7 @@ int bench_attention_step(int argc, char** argv) {
     std::vector<float> pool_f(pool_rows * d), q(heads * group * d), out(q.size());
     for (auto& x : pool_f) x = normal(rng);
     for (auto& x : q) x = normal(rng);
-    std::vector<char> pool(pool_rows * row);
-    if (f16) {
-        kt.cvt_f32_f16(pool_f.data(), reinterpret_cast<uint16_t*>(pool.data()), pool_rows * d);
-    } else {
-        kt.quantize_q8a(pool_f.data(), reinterpret_cast<qe::BlockQ8A*>(pool.data()),
-                        pool_rows * d);
-    }
+    const std::vector<char> pool = encode_cache(kt, f16, pool_f.data(), pool_rows * d);
     std::vector<qe::Buffer> kv;  // [layer][head][K, V]
     for (int64_t i = 0; i < layers * heads * 2; ++i) {
         kv.emplace_back(size_t(depth) * row);
@@ -236,22 +243,9 @@ int bench_attention_step(int argc, char** argv) {
         for (int64_t l = 0; l < layers; ++l) {
             tp.for_each(heads, 1, [&](int64_t h0, int64_t h1, int thread) {
                 for (int64_t h = h0; h < h1; ++h) {
-                    const char* k = kv[(l * heads + h) * 2].as<char>();
-                    const char* v = kv[(l * heads + h) * 2 + 1].as<char>();
-                    float* s = scratch.data() + thread * per_thread;
-                    const float* qh = q.data() + h * group * d;
-                    float* oh = out.data() + h * group * d;
-                    if (f16) {
-                        kt.attention_f16(qh, d, group * d, group, 1,
-                                         reinterpret_cast<const uint16_t*>(k),
-                                         reinterpret_cast<const uint16_t*>(v), depth, d, 0.0625f,
-                                         s, oh, d, group * d);
-                    } else {
-                        kt.attention_q8(qh, d, group * d, group, 1,
-                                        reinterpret_cast<const qe::BlockQ8A*>(k),
-                                        reinterpret_cast<const qe::BlockQ8A*>(v), depth, d,
-                                        0.0625f, s, oh, d, group * d);
-                    }
+                    attend(kt, f16, q.data() + h * group * d, 1, kv[(l * heads + h) * 2].as<char>(),
+                           kv[(l * heads + h) * 2 + 1].as<char>(), depth,
+                           scratch.data() + thread * per_thread, out.data() + h * group * d);
                 }
             });
         }
