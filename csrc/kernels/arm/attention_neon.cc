@@ -92,13 +92,14 @@ void attend_tile(Row& row, const T* k, const T* v, int64_t j0, int64_t d, float 
     }
 }
 
-// The call's query vectors (token by token, each token's n_q heads) in blocks of up to
-// kBlock rows that walk the tiles together: each row of a block attends to a tile while it is
-// in the L2 (K and V: 256 KiB at f16 and d = 256), so a tile comes from memory once per block,
-// not once per query. A decode step's GQA group reads the cache once instead of n_q times,
-// and a prefill chunk once per kBlock / n_q tokens instead of once per token and head. Row b of
-// a block keeps its tile's scores in scratch row b (the scratch has a row per query).
-constexpr int64_t kBlock = 16;
+// The call's query vectors (token by token, each token's n_q heads) in blocks of up to kBlock
+// rows that walk the tiles together: each row of a block attends to a tile while it is in the
+// L2 (K and V: 256 KiB at f16 and d = 256, plus 96 KiB of the rows' scores and outputs), so a
+// tile comes from memory once per block, not once per query (tools/arm_cache_traffic.sh
+// measures it). A decode step's GQA group reads the cache once instead of n_q times, and a
+// prefill chunk once per kBlock / n_q tokens instead of once per token and head. Row b of a
+// block keeps its tile's scores in scratch row b (the scratch has a row per query).
+constexpr int64_t kBlock = 48;
 
 template <typename T>
 void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const T* k,
