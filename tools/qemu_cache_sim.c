@@ -4,7 +4,7 @@
  * ("misses: N"): the traffic a kernel sends past that level, which qemu cannot time. Options:
  * size=KiB (default 512, a Cortex-A76 L2) and ways=N (default 8). Like qemu_insn_count.c, the
  * few plugin API declarations it needs (QEMU 7.2) are written out here; built for the host by
- * tools/arm_cache_traffic.sh. One guest thread: the bench it runs is single-threaded. */
+ * tools/arm_attention_counts.sh. One guest thread: the bench it runs is single-threaded. */
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stddef.h>
