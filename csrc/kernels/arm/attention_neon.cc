@@ -3,7 +3,8 @@
 // optional, or int8): scores by 4-lane dot products over the head dimension, streaming over
 // tiles of kAttentionTile positions with an online softmax (kernels.h): a tile's scores, their
 // max and exp_f32x4, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end.
-// The queries walk the tiles in blocks, so each tile is read from memory once per block. f16
+// The queries walk the tiles in blocks, so each tile is read from memory once per block, and
+// a token's heads go through a tile together, sharing each key and value load. f16
 // keys and values are widened exactly with fcvtl (ARMv8.0); no fp16 arithmetic, so long contexts
 // cannot overflow a half-precision sum.
 #include <arm_neon.h>
@@ -68,90 +69,109 @@ struct Row {
     float m, l;
 };
 
-// Scores of positions j .. j + P - 1 (rows kj = j * d of k) against one query:
-// p[i] = scale * q . k[j + i]. P independent FMA chains: one chain waits ~4 cycles per FMA on
-// an A76 and its two pipes need ~8 in flight. Each dot sums its lanes in the same order as
-// with P = 1, so the bits do not depend on P.
-template <int P, typename T>
-QE_NEON_INLINE void score_rows(const float* qi, const T* k, int64_t kj, int64_t d, int64_t d4,
-                               float scale, float* p) {
-    float32x4_t acc[P];
-    for (int i = 0; i < P; ++i) acc[i] = vdupq_n_f32(0.0f);
+// Scores of the tile's positions j .. j + P - 1 (key rows j0 + j ..) against R queries that see
+// them all: rows[r].p[j + i] = scale * q_r . k[j0 + j + i]. P x R independent FMA chains (one chain waits
+// ~4 cycles per FMA on an A76 and its two pipes need ~8 in flight), and each key vector is
+// loaded and widened once for all R queries. Each dot sums its lanes in the same order as with
+// P = R = 1, so the bits depend on neither.
+template <int R, int P, typename T>
+QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t d, int64_t d4,
+                          float scale) {
+    const int64_t row0 = (j0 + j) * d;
+    float32x4_t acc[P][R];
+    for (int i = 0; i < P; ++i)
+        for (int r = 0; r < R; ++r) acc[i][r] = vdupq_n_f32(0.0f);
     int64_t e = 0;
     for (; e + 8 <= d4; e += 8) {
-        const float32x4_t q0 = vld1q_f32(qi + e), q1 = vld1q_f32(qi + e + 4);
-        for (int i = 0; i < P; ++i) {
-            const float32x4x2_t kv = load8(k, kj + i * d + e);
-            acc[i] = vfmaq_f32(vfmaq_f32(acc[i], q0, kv.val[0]), q1, kv.val[1]);
+        float32x4x2_t kv[P];
+        for (int i = 0; i < P; ++i) kv[i] = load8(k, row0 + i * d + e);
+        for (int r = 0; r < R; ++r) {
+            const float32x4_t q0 = vld1q_f32(rows[r].q + e), q1 = vld1q_f32(rows[r].q + e + 4);
+            for (int i = 0; i < P; ++i)
+                acc[i][r] = vfmaq_f32(vfmaq_f32(acc[i][r], q0, kv[i].val[0]), q1, kv[i].val[1]);
         }
     }
     if (e < d4) {
-        const float32x4_t qv = vld1q_f32(qi + e);
-        for (int i = 0; i < P; ++i) acc[i] = vfmaq_f32(acc[i], qv, load4(k, kj + i * d + e));
-    }
-    for (int i = 0; i < P; ++i) {
-        float dot = vaddvq_f32(acc[i]);
-        for (int64_t t = d4; t < d; ++t) dot += qi[t] * widen(k, kj + i * d + t);
-        p[i] = dot * scale;
-    }
-}
-
-// Columns e0 .. e0 + 4C - 1 of out += sum_j p_j v_j over the tile's nt positions (rows
-// v0 + j * d of v) in position order, kept in C registers: no load and store of out per
-// position, C independent chains, and each column's sum in the same order as one at a time.
-// Pairs of column vectors come from one load8 (C even, e0 a multiple of 8).
-template <int C, typename T>
-QE_NEON_INLINE void weigh_cols(float* oi, const T* v, int64_t v0, int64_t d, int64_t e0,
-                               const float* p, int64_t nt) {
-    static_assert(C == 1 || C % 2 == 0, "columns go one vector or pairs at a time");
-    float32x4_t o[C];
-    for (int c = 0; c < C; ++c) o[c] = vld1q_f32(oi + e0 + 4 * c);
-    for (int64_t j = 0; j < nt; ++j) {
-        const float pj = p[j];
-        if constexpr (C == 1) {
-            o[0] = vfmaq_n_f32(o[0], load4(v, v0 + j * d + e0), pj);
-        } else {
-            for (int c = 0; c < C; c += 2) {
-                const float32x4x2_t vv = load8(v, v0 + j * d + e0 + 4 * c);
-                o[c] = vfmaq_n_f32(o[c], vv.val[0], pj);
-                o[c + 1] = vfmaq_n_f32(o[c + 1], vv.val[1], pj);
-            }
+        for (int i = 0; i < P; ++i) {
+            const float32x4_t kv = load4(k, row0 + i * d + e);
+            for (int r = 0; r < R; ++r) acc[i][r] = vfmaq_f32(acc[i][r], vld1q_f32(rows[r].q + e), kv);
         }
     }
-    for (int c = 0; c < C; ++c) vst1q_f32(oi + e0 + 4 * c, o[c]);
+    for (int i = 0; i < P; ++i) {
+        for (int r = 0; r < R; ++r) {
+            float dot = vaddvq_f32(acc[i][r]);
+            for (int64_t t = d4; t < d; ++t) dot += rows[r].q[t] * widen(k, row0 + i * d + t);
+            rows[r].p[j + i] = dot * scale;
+        }
+    }
 }
 
-// Tile j0 of one row (j0 < row.n): the tile's scores, their max and exp, then
-// out = (first tile ? 0 : out * exp(m_old - m_new)) + sum_j p_j v_j. The same operations in the
-// same order whatever rows share the tile: a query is independent of its company.
-template <typename T>
-void attend_tile(Row& row, const T* k, const T* v, int64_t j0, int64_t d, float scale) {
-    constexpr int kPos = 8, kCols = 8;
+// Columns e0 .. e0 + 4C - 1 of R rows' out += sum_j p_j v_j over the tile's nt positions (rows
+// v0 + j * d of v) in position order, kept in C x R registers: no load and store of out per
+// position, each value vector loaded and widened once for all R rows, and each column's sum in
+// the same order as one at a time. Pairs of column vectors come from one load8 (C even, e0 a
+// multiple of 8).
+template <int R, int C, typename T>
+QE_NEON_INLINE void weigh(Row* rows, const T* v, int64_t v0, int64_t d, int64_t e0, int64_t nt) {
+    static_assert(C == 1 || C % 2 == 0, "columns go one vector or pairs at a time");
+    float32x4_t o[C][R];
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) o[c][r] = vld1q_f32(rows[r].out + e0 + 4 * c);
+    for (int64_t j = 0; j < nt; ++j) {
+        float32x4_t vv[C];
+        if constexpr (C == 1) {
+            vv[0] = load4(v, v0 + j * d + e0);
+        } else {
+            for (int c = 0; c < C; c += 2) {
+                const float32x4x2_t pair = load8(v, v0 + j * d + e0 + 4 * c);
+                vv[c] = pair.val[0];
+                vv[c + 1] = pair.val[1];
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            const float pj = rows[r].p[j];
+            for (int c = 0; c < C; ++c) o[c][r] = vfmaq_n_f32(o[c][r], vv[c], pj);
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r) vst1q_f32(rows[r].out + e0 + 4 * c, o[c][r]);
+}
+
+// Tile j0 of R rows that see the same positions (j0 < n): the tile's scores, their max and
+// exp, then out = (first tile ? 0 : out * exp(m_old - m_new)) + sum_j p_j v_j. Each row does the
+// same operations in the same order whatever rows share the tile or the call: a query is
+// independent of its company.
+template <int R, typename T>
+void attend_tile(Row* rows, const T* k, const T* v, int64_t j0, int64_t d, float scale) {
+    // Chains (P x R, C x R) and the key and value vectors in flight fit the 32 registers.
+    constexpr int kPos = R == 1 ? 8 : 4, kCols = R == 1 ? 8 : 4;
     const int64_t d4 = d & ~int64_t{3};
-    const float* qi = row.q;
-    float* p = row.p;
-    float* oi = row.out;
-    const int64_t nt = row.n - j0 < kAttentionTile ? row.n - j0 : kAttentionTile;
+    const int64_t nt = rows[0].n - j0 < kAttentionTile ? rows[0].n - j0 : kAttentionTile;
     int64_t j = 0;
-    for (; j + kPos <= nt; j += kPos) score_rows<kPos>(qi, k, (j0 + j) * d, d, d4, scale, p + j);
-    for (; j < nt; ++j) score_rows<1>(qi, k, (j0 + j) * d, d, d4, scale, p + j);
-    float mt = -INFINITY;
-    for (j = 0; j < nt; ++j) mt = std::fmax(mt, p[j]);
-    const float mn = std::fmax(row.m, mt);
-    const float alpha = j0 == 0 ? 0.0f : std::exp(row.m - mn);
-    row.m = mn;
-    row.l = row.l * alpha + exp_sub_sum(p, nt, mn);
-    if (j0 == 0) {
-        for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
-    } else {
-        for (int64_t e = 0; e < d; ++e) oi[e] *= alpha;
+    for (; j + kPos <= nt; j += kPos) score<R, kPos>(rows, k, j0, j, d, d4, scale);
+    for (; j < nt; ++j) score<R, 1>(rows, k, j0, j, d, d4, scale);
+    for (int r = 0; r < R; ++r) {
+        Row& row = rows[r];
+        float mt = -INFINITY;
+        for (j = 0; j < nt; ++j) mt = std::fmax(mt, row.p[j]);
+        const float mn = std::fmax(row.m, mt);
+        const float alpha = j0 == 0 ? 0.0f : std::exp(row.m - mn);
+        row.m = mn;
+        row.l = row.l * alpha + exp_sub_sum(row.p, nt, mn);
+        if (j0 == 0) {
+            for (int64_t e = 0; e < d; ++e) row.out[e] = 0.0f;
+        } else {
+            for (int64_t e = 0; e < d; ++e) row.out[e] *= alpha;
+        }
     }
     const int64_t v0 = j0 * d;
     int64_t e = 0;
-    for (; e + 4 * kCols <= d4; e += 4 * kCols) weigh_cols<kCols>(oi, v, v0, d, e, p, nt);
-    for (; e < d4; e += 4) weigh_cols<1>(oi, v, v0, d, e, p, nt);
+    for (; e + 4 * kCols <= d4; e += 4 * kCols) weigh<R, kCols>(rows, v, v0, d, e, nt);
+    for (; e < d4; e += 4) weigh<R, 1>(rows, v, v0, d, e, nt);
     for (; e < d; ++e) {
-        for (j = 0; j < nt; ++j) oi[e] += p[j] * widen(v, v0 + j * d + e);
+        for (int r = 0; r < R; ++r) {
+            for (j = 0; j < nt; ++j) rows[r].out[e] += rows[r].p[j] * widen(v, v0 + j * d + e);
+        }
     }
 }
 
@@ -178,9 +198,23 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
                           n - (n_t - 1 - r), -INFINITY, 0.0f};
         }
         // Rows go token by token, so the block's last row sees the most positions.
+        // A token's n_q heads see the same positions: they go through a tile in runs of up to
+        // 4 that share each key and value load.
         for (int64_t j0 = 0; j0 < rows[count - 1].n; j0 += kAttentionTile) {
-            for (int64_t b = 0; b < count; ++b) {
-                if (j0 < rows[b].n) attend_tile(rows[b], k, v, j0, d, scale);
+            for (int64_t b = 0; b < count;) {
+                int64_t run = 1;
+                while (run < 4 && b + run < count && rows[b + run].n == rows[b].n) ++run;
+                if (j0 >= rows[b].n) {
+                    // its tiles are done
+                } else if (run == 4) {
+                    attend_tile<4>(rows + b, k, v, j0, d, scale);
+                } else if (run >= 2) {
+                    run = 2;
+                    attend_tile<2>(rows + b, k, v, j0, d, scale);
+                } else {
+                    attend_tile<1>(rows + b, k, v, j0, d, scale);
+                }
+                b += run;
             }
         }
         for (int64_t b = 0; b < count; ++b) {
