@@ -404,7 +404,8 @@ QE_TEST(attention_matches_ref) {
 
 // Several tokens per call (prefill): token r over its own first n - (n_t - 1 - r) positions
 // must give, bit for bit, what a one-token call gives on every table (ref too), also where
-// the tokens' last positions straddle a tile boundary and where runs split a token's heads.
+// the tokens' last positions straddle a tile boundary and where runs split a token's heads;
+// and so must each head alone (n_q = 1), whatever runs its group went in.
 QE_TEST(attention_tokens_equal_one_at_a_time) {
     for (const auto* t : qe::supported_tables()) {
         for (auto [n_q, n_t, n, d] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{4, 1, 1, 16},
@@ -430,25 +431,35 @@ QE_TEST(attention_tokens_equal_one_at_a_time) {
             std::vector<float> scratch(size_t(qe::attention_scratch(n_t * n_q, n)));
             for (int kind = 0; kind < 3; ++kind) {
                 if (kind == 2 && k8.empty()) continue;
-                auto call = [&](const float* qr, int64_t tokens, int64_t len, float* out) {
+                auto call = [&](const float* qr, int64_t heads, int64_t tokens, int64_t len,
+                                float* out) {
                     if (kind == 0) {
-                        t->attention_f16(qr, d, ld, n_q, tokens, k16.data(), v16.data(), len, d,
+                        t->attention_f16(qr, d, ld, heads, tokens, k16.data(), v16.data(), len, d,
                                          0.2f, scratch.data(), out, d, ld);
                     } else if (kind == 1) {
-                        t->attention_f32(qr, d, ld, n_q, tokens, k.data(), v.data(), len, d, 0.2f,
-                                         scratch.data(), out, d, ld);
+                        t->attention_f32(qr, d, ld, heads, tokens, k.data(), v.data(), len, d,
+                                         0.2f, scratch.data(), out, d, ld);
                     } else {
-                        t->attention_q8(qr, d, ld, n_q, tokens, k8.data(), v8.data(), len, d, 0.2f,
-                                        scratch.data(), out, d, ld);
+                        t->attention_q8(qr, d, ld, heads, tokens, k8.data(), v8.data(), len, d,
+                                        0.2f, scratch.data(), out, d, ld);
                     }
                 };
-                std::vector<float> all(n_t * ld), one(n_t * ld);
-                call(q.data(), n_t, n, all.data());
-                for (int64_t r = 0; r < n_t; ++r)
-                    call(q.data() + r * ld, 1, n - (n_t - 1 - r), one.data() + r * ld);
+                std::vector<float> all(n_t * ld), one(n_t * ld), alone(n_t * ld);
+                call(q.data(), n_q, n_t, n, all.data());
+                for (int64_t r = 0; r < n_t; ++r) {
+                    call(q.data() + r * ld, n_q, 1, n - (n_t - 1 - r), one.data() + r * ld);
+                    for (int64_t i = 0; i < n_q; ++i) {
+                        call(q.data() + r * ld + i * d, 1, 1, n - (n_t - 1 - r),
+                             alone.data() + r * ld + i * d);
+                    }
+                }
                 static const char* names[] = {"attention_f16 tokens", "attention_f32 tokens",
                                               "attention_q8 tokens"};
+                static const char* alone_names[] = {"attention_f16 heads alone",
+                                                    "attention_f32 heads alone",
+                                                    "attention_q8 heads alone"};
                 expect_same(all, one, names[kind], t->tag);
+                expect_same(all, alone, alone_names[kind], t->tag);
             }
         }
     }
