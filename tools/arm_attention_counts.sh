@@ -7,7 +7,8 @@
 # all in one) with 1 and 3 repetitions and prints the difference / 2 per token and KV head; the
 # traffic beside the bytes of that head's cache (a ratio of 1 reads the cache once per token).
 #   tools/arm_attention_counts.sh [depth] [cache KiB] [ways]      (default 2048 512 8)
-# docs/arm-performance.md records the results.
+# Needs the cross compiler and qemu that tools/arm_test.sh installs; docs/arm-performance.md
+# records the results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 depth=${1:-2048} kib=${2:-512} ways=${3:-8}
