@@ -70,10 +70,10 @@ struct Row {
 };
 
 // Scores of the tile's positions j .. j + P - 1 (key rows j0 + j ..) against R queries that see
-// them all: rows[r].p[j + i] = scale * q_r . k[j0 + j + i]. P x R independent FMA chains (one chain waits
-// ~4 cycles per FMA on an A76 and its two pipes need ~8 in flight), and each key vector is
-// loaded and widened once for all R queries. Each dot sums its lanes in the same order as with
-// P = R = 1, so the bits depend on neither.
+// them all: rows[r].p[j + i] = scale * q_r . k[j0 + j + i]. P x R independent FMA chains (one
+// chain waits ~4 cycles per FMA on an A76 and its two pipes need ~8 in flight), and each key
+// vector is loaded and widened once for all R queries. Each dot sums its lanes in the same
+// order as with P = R = 1, so the bits depend on neither.
 template <int R, int P, typename T>
 QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t d, int64_t d4,
                           float scale) {
@@ -94,7 +94,8 @@ QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t 
     if (e < d4) {
         for (int i = 0; i < P; ++i) {
             const float32x4_t kv = load4(k, row0 + i * d + e);
-            for (int r = 0; r < R; ++r) acc[i][r] = vfmaq_f32(acc[i][r], vld1q_f32(rows[r].q + e), kv);
+            for (int r = 0; r < R; ++r)
+                acc[i][r] = vfmaq_f32(acc[i][r], vld1q_f32(rows[r].q + e), kv);
         }
     }
     for (int i = 0; i < P; ++i) {
