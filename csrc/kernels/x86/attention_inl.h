@@ -115,10 +115,10 @@ static inline float load1(const BlockQ8A* c, int64_t i) {
     return b.d * float(b.q[i % kBlockK]);
 }
 
-// Where element i (or row j) of a cache lies, and a hint to fetch rows j .. j + n - 1
-// (prefetches never fault, so a q8 row's inexact end does no harm). Fetches go to L2 (T1), as
-// the matmuls' do: a tile's K and V (256 KiB at f16, d = 256) are 8 times L1, and requests
-// into L1 wait on its few miss buffers: a 64k decode call streamed 11 GB/s with T0, ~18 with T1.
+// Where element i (or row j) of a cache lies (prefetches never fault, so a fetch to a q8
+// row's inexact end does no harm). Fetches go to L2 (T1), as the matmuls' do: a tile's K and V
+// (256 KiB at f16, d = 256) are 8 times L1, and requests into L1 wait on its few miss buffers:
+// a 64k decode call streamed 11 GB/s with T0, ~18 with T1.
 static inline const void* element_at(const float* c, int64_t i) {
     return c + i;
 }
@@ -131,11 +131,6 @@ static inline const void* element_at(const BlockQ8A* c, int64_t i) {
 template <typename T>
 static inline const char* row_at(const T* c, int64_t j, int64_t d) {
     return static_cast<const char*>(element_at(c, j * d));
-}
-template <typename T>
-static inline void prefetch_rows(const T* c, int64_t j, int64_t n, int64_t d) {
-    for (const char *a = row_at(c, j, d), *end = row_at(c, j + n, d); a < end; a += 64)
-        _mm_prefetch(a, _MM_HINT_T1);
 }
 
 // exp(x[j] - m) in place over x [n]; returns their sum. 8 lanes on both tables: 2-4% of the
@@ -199,13 +194,26 @@ constexpr int kRegs = kLanes == 16 ? 32 : 16;
 
 // Scores of R rows against key rows j .. j + P - 1 (positions of the tile, all seen by every
 // row): p[r * ldp + i] = scale * q_r . k[j + i], i < P; the same lane order and tail as score1.
+// With P > 1 (decode-sized runs) it also fetches pf_lines cache lines from pf, a few per step:
+// spread out, the fetches keep memory busy while the FMAs run (all at once they wait on the
+// miss buffers: a 64k decode step took 5-10 % longer); runs of 8 or more rows (P = 1) are
+// bound by their FMAs, and the bookkeeping would cost them 2-5 %.
 template <int R, int P, typename T>
 static inline void score_pass(const Row* rows, const T* k, int64_t j, int64_t d, int64_t dv,
-                              float scale, float* p, int64_t ldp) {
+                              float scale, float* p, int64_t ldp, const char* pf = nullptr,
+                              int64_t pf_lines = 0) {
     Vec acc[P][R];
     for (int i = 0; i < P; ++i)
         for (int r = 0; r < R; ++r) acc[i][r] = QE_V(setzero_ps)();
+    // pf_lines over dv / kLanes steps without a division: step s ends at line (s + 1) *
+    // pf_lines / steps, tracked as a remainder.
+    const int64_t steps = dv / kLanes;
+    int64_t owed = 0;
     for (int64_t e = 0; e < dv; e += kLanes) {
+        if constexpr (P > 1) {
+            for (owed += pf_lines; owed >= steps; owed -= steps, pf += 64)
+                _mm_prefetch(pf, _MM_HINT_T1);
+        }
         // Each key vector and each query vector is loaded once per e: zmm loads issue one
         // per cycle on 256-bit machines (Zen 4), and R + 1 loads per R FMAs bound the pass.
         Vec kv[P];
@@ -291,8 +299,12 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
     for (; js + kPos <= nt_lo; js += kPos) {
         // The weighted sum reads V in column blocks, rows 512 bytes apart (f16, d = 256):
         // fetch each scored position's V row now, so the tile is in cache by then.
-        prefetch_rows(v, j0 + js, kPos, d);
-        score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
+        const char* vrows = row_at(v, j0 + js, d);
+        const int64_t lines = (row_at(v, j0 + js + kPos, d) - vrows + 63) / 64;
+        if constexpr (kPos == 1) {
+            for (int64_t i = 0; i < lines; ++i) _mm_prefetch(vrows + 64 * i, _MM_HINT_T1);
+        }
+        score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp, vrows, lines);
     }
     for (; js < nt_lo; ++js) score_pass<R, 1>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
     for (; js < nt_hi; ++js) {
