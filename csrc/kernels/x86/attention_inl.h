@@ -81,7 +81,8 @@ static inline void vsum4(const Vec* v, float* out) {
 }
 
 // Elements i..i+kLanes-1 (or i) of a cache laid out row after row (i = j * d + e). A q8 row's
-// lanes never straddle a block: d and i are multiples of kLanes and blocks are 32 wide.
+// lanes never straddle a block: d and i are multiples of kLanes and blocks are 32 wide. i >= 0,
+// so q8 takes it unsigned: its block and offset are a shift and a mask, not a signed division.
 static inline Vec vload(const float* c, int64_t i) {
     return QE_V(loadu_ps)(c + i);
 }
@@ -90,8 +91,9 @@ static inline Vec vload(const uint16_t* c, int64_t i) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
 }
 static inline Vec vload(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[i / kBlockK];
-    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.q + i % kBlockK));
+    const BlockQ8A& b = c[uint64_t(i) / kBlockK];
+    const __m128i q =
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.q + uint64_t(i) % kBlockK));
     return _mm256_mul_ps(_mm256_set1_ps(b.d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
 }
 #else
@@ -99,8 +101,9 @@ static inline Vec vload(const uint16_t* c, int64_t i) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
 }
 static inline Vec vload(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[i / kBlockK];
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + i % kBlockK));
+    const BlockQ8A& b = c[uint64_t(i) / kBlockK];
+    const __m128i q =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + uint64_t(i) % kBlockK));
     return _mm512_mul_ps(_mm512_set1_ps(b.d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
 }
 #endif
@@ -111,8 +114,8 @@ static inline float load1(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
 }
 static inline float load1(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[i / kBlockK];
-    return b.d * float(b.q[i % kBlockK]);
+    const BlockQ8A& b = c[uint64_t(i) / kBlockK];
+    return b.d * float(b.q[uint64_t(i) % kBlockK]);
 }
 
 // Where element i (or row j) of a cache lies (prefetches never fault, so a fetch to a q8
@@ -126,7 +129,7 @@ static inline const void* element_at(const uint16_t* c, int64_t i) {
     return c + i;
 }
 static inline const void* element_at(const BlockQ8A* c, int64_t i) {
-    return c + i / kBlockK;
+    return c + uint64_t(i) / kBlockK;
 }
 template <typename T>
 static inline const char* row_at(const T* c, int64_t j, int64_t d) {
