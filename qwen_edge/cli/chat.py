@@ -18,6 +18,7 @@ from .common import (
     govern,
     load_model,
     open_power,
+    prompt_progress,
     stats_line,
 )
 
@@ -93,7 +94,13 @@ def _chat(args: argparse.Namespace, llm: Any, overrides: dict[str, Any]) -> int:
         messages = ([{"role": "system", "content": system}] if system else []) + history
         messages.append({"role": "user", "content": line})
         try:
-            responses = llm.chat(messages, stream=True, enable_thinking=think, **overrides)
+            responses = llm.chat(
+                messages,
+                stream=True,
+                enable_thinking=think,
+                progress=prompt_progress(),
+                **overrides,
+            )
         except QwenEdgeError as e:
             print(f"error: {e}")
             continue

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import QwenEdgeError
+from ..generation.loop import PREFILL_CHUNK
 from ..generation.settings import GenerationConfig, settings
 from ..hardware.boards import Board, board_defaults, list_boards, load_board, pin_to_cpus
 
@@ -249,6 +252,32 @@ def progress_bar(total_label: str) -> Any:
             print(f"  {total_label}: {index}/{total} {name}", file=sys.stderr, flush=True)
 
     return update
+
+
+def prompt_progress(
+    out: Any = None, min_tokens: int = 2 * PREFILL_CHUNK
+) -> Callable[[int, int], None] | None:
+    """A `progress` callback for `LLM.generate`/`chat`: a prompt of `min_tokens` or more gets
+    one line on the terminal (tokens done, rate, time left), rewritten after each prefill
+    chunk and erased before the answer; tens of thousands of tokens take minutes on a board.
+    None when `out` (stderr) is not a terminal, so pipes and logs stay clean."""
+    out = sys.stderr if out is None else out
+    if not out.isatty():
+        return None
+    start = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        if total < min_tokens:
+            return
+        if done >= total:
+            out.write("\r\x1b[K")
+        else:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            left = (total - done) / rate
+            out.write(f"\rprompt: {done}/{total} tokens, {rate:.0f} tok/s, {left:.0f} s left\x1b[K")
+        out.flush()
+
+    return show
 
 
 # --- power --------------------------------------------------------------------------------------

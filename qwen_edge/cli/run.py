@@ -17,6 +17,7 @@ from .common import (
     govern,
     load_model,
     open_power,
+    prompt_progress,
     read_text,
     stats_line,
     stream_to,
@@ -51,9 +52,21 @@ def run(args: argparse.Namespace) -> int:
             messages = [{"role": "user", "content": prompt}]
             if args.system:
                 messages.insert(0, {"role": "system", "content": args.system})
-            out = llm.chat(messages, stream=stream, enable_thinking=args.think or None, **overrides)
+            out = llm.chat(
+                messages,
+                stream=stream,
+                enable_thinking=args.think or None,
+                progress=prompt_progress(),
+                **overrides,
+            )
         else:
-            out = llm.generate(prompt, stream=stream, allowed_special=args.special, **overrides)
+            out = llm.generate(
+                prompt,
+                stream=stream,
+                allowed_special=args.special,
+                progress=prompt_progress(),
+                **overrides,
+            )
         last = out if args.json else stream_to(sys.stdout, out)
     finally:
         report = finish_power(governor, power)  # restores CPU clock caps even on an error

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,7 @@ class LLM:
         stream: bool = False,
         config: GenerationConfig | None = None,
         allowed_special: bool = False,
+        progress: Callable[[int, int], None] | None = None,
         **overrides: Any,
     ) -> GenerationResult | Iterator[GenerationResponse]:
         """Continues `prompt` (text, encoded as ordinary text unless `allowed_special`, or ids).
@@ -222,6 +223,8 @@ class LLM:
             stream: return an iterator of `GenerationResponse` instead of the result.
             config: settings instead of the model's defaults; `overrides` change single fields
                 (`max_tokens`, `temperature`, `stop`, `seed`, ...).
+            progress: called after each prefill chunk with the prompt tokens evaluated so far
+                and the number to evaluate (those a prefix-cache hit restores not counted).
 
         Returns:
             A `GenerationResult`, or with `stream` an iterator of responses.
@@ -234,7 +237,7 @@ class LLM:
         else:
             ids = [int(t) for t in prompt]
         config = (config or self.generation_config).replace(**overrides)
-        responses = self._stream(ids, config)
+        responses = self._stream(ids, config, progress)
         return responses if stream else collect(responses, ids)
 
     def chat(
@@ -245,6 +248,7 @@ class LLM:
         tools: Sequence[Mapping[str, Any]] | None = None,
         enable_thinking: bool | None = None,
         config: GenerationConfig | None = None,
+        progress: Callable[[int, int], None] | None = None,
         **overrides: Any,
     ) -> GenerationResult | Iterator[GenerationResponse]:
         """Answers a conversation as the assistant (the model's chat template).
@@ -255,7 +259,7 @@ class LLM:
             tools: JSON schemas of tools the model may call.
             enable_thinking: True to let the model reason in a `<think>` block first; the small
                 Qwen3.5 models default to off.
-            config, overrides: as in `generate`.
+            config, progress, overrides: as in `generate`.
 
         Raises:
             ChatTemplateError: invalid messages.
@@ -263,16 +267,24 @@ class LLM:
         """
         ids = self.apply_chat_template(messages, tools=tools, enable_thinking=enable_thinking)
         config = (config or self.generation_config).replace(**overrides)
-        responses = self._stream(ids, config)
+        responses = self._stream(ids, config, progress)
         return responses if stream else collect(responses, ids)
 
-    def _stream(self, ids: list[int], config: GenerationConfig) -> Iterator[GenerationResponse]:
+    def _stream(
+        self,
+        ids: list[int],
+        config: GenerationConfig,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[GenerationResponse]:
         # Validate and fit eagerly (errors at the call, not at the first next()), then stream.
         fitted = fit_prompt(ids, self.context, config.max_tokens, config.truncate)
-        return self._stream_fitted(fitted, config.replace(truncate=False))
+        return self._stream_fitted(fitted, config.replace(truncate=False), progress)
 
     def _stream_fitted(
-        self, ids: list[int], config: GenerationConfig
+        self,
+        ids: list[int],
+        config: GenerationConfig,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Iterator[GenerationResponse]:
         start = time.perf_counter()
         cached, state = 0, None
@@ -287,15 +299,20 @@ class LLM:
         reused = cached
         if state is None:
             state = self.model.new_state()
+        tick = _counting(progress, len(ids) - reused) if progress is not None else None
         if self.prefix_cache.enabled:
             for cut in chat_boundaries(ids):
                 if cut > cached:
                     if spec:
                         prefill_for_speculation(
-                            self.model, ids[cached:cut], state, slots=config.draft_tokens
+                            self.model,
+                            ids[cached:cut],
+                            state,
+                            slots=config.draft_tokens,
+                            progress=tick,
                         )
                     else:
-                        prefill(self.model, ids[cached:cut], state)
+                        prefill(self.model, ids[cached:cut], state, progress=tick)
                     self.prefix_cache.put(ids[:cut], snapshot_state(state), replace=spec)
                     cached = cut
         yield from stream_generate(
@@ -309,12 +326,25 @@ class LLM:
             reused_tokens=reused,
             start_time=start,
             load_time=self.load_time,
+            progress=tick,
         )
 
     def __repr__(self) -> str:
         backend = type(self.model).__name__
         tok = self.tokenizer.backend_name if self.tokenizer else "none"
         return f"LLM({self.source!r}, backend={backend}, tokenizer={tok})"
+
+
+def _counting(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    """Per-chunk counts -> `progress(done, total)`: a request's prefills make one total."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+
+    return tick
 
 
 def chat_boundaries(ids: Sequence[int]) -> list[int]:

@@ -35,6 +35,9 @@ from .tokenizer import StopStrings, StreamingDetokenizer, Tokenizer
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds memory, lets Ctrl-C in between
+# Called after each prefill chunk with the number of prompt tokens it evaluated: a long prompt
+# takes minutes on a board, and the CLI shows how far it is.
+Progress = Callable[[int], None]
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -140,14 +143,21 @@ class GenerationResult:
 
 # --- the loop -----------------------------------------------------------------------------------
 def prefill(
-    model: Backend, tokens: Sequence[int], state: Any, chunk: int = PREFILL_CHUNK
+    model: Backend,
+    tokens: Sequence[int],
+    state: Any,
+    chunk: int = PREFILL_CHUNK,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Feeds `tokens` into `state` in chunks; returns the logits after the last one."""
     if not tokens:
         raise ValueError("prefill needs at least one token")
     logits = None
     for start in range(0, len(tokens), chunk):
-        logits = model.forward(list(tokens[start : start + chunk]), state)
+        part = list(tokens[start : start + chunk])
+        logits = model.forward(part, state)
+        if progress is not None:
+            progress(len(part))
     assert logits is not None
     return logits
 
@@ -160,6 +170,7 @@ def generate_step(
     state: Any = None,
     context: int | None = None,
     on_prefill: Callable[[], None] | None = None,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[int, float | None]]:
     """Yields generated (token id, logprob) pairs, forever or until the context is full.
 
@@ -171,12 +182,13 @@ def generate_step(
         context: the most tokens the state may hold; the generator ends when the next token
             would not fit.
         on_prefill: called once the prompt has been evaluated (for timing).
+        progress: called after each prefill chunk with the tokens it evaluated.
 
     Yields:
         (token, logprob). The model runs on a token only when the next one is requested.
     """
     state = model.new_state() if state is None else state
-    logits = prefill(model, prompt, state)
+    logits = prefill(model, prompt, state, progress=progress)
     if on_prefill is not None:
         on_prefill()
     while True:
@@ -223,6 +235,7 @@ def stream_generate(
     reused_tokens: int | None = None,
     start_time: float | None = None,
     load_time: tuple[float, float] = (0.0, 0.0),
+    progress: Progress | None = None,
     **overrides: Any,
 ) -> Iterator[GenerationResponse]:
     """Generates from `prompt`, yielding one `GenerationResponse` per token and a last one.
@@ -241,6 +254,7 @@ def stream_generate(
             stats; default all of them).
         start_time, load_time: `time.perf_counter()` stamps for the stats when the request
             started earlier (default: now) and when the model was loaded.
+        progress: called after each prefill chunk with the prompt tokens it evaluated.
 
     Yields:
         GenerationResponse; the last has `finish_reason` set. Ctrl-C or closing the generator
@@ -324,10 +338,17 @@ def stream_generate(
             draft_tokens=config.draft_tokens,
             on_prefill=on_prefill,
             stats=spec_stats,
+            progress=progress,
         )
     else:
         steps = generate_step(
-            model, todo, sample, state=state, context=context, on_prefill=on_prefill
+            model,
+            todo,
+            sample,
+            state=state,
+            context=context,
+            on_prefill=on_prefill,
+            progress=progress,
         )
     n = 0
     try:

@@ -136,7 +136,11 @@ def supports_speculation(model: Any, state: Any = None) -> bool:
 
 
 def _prefill_pairs(
-    model: Any, ids: Sequence[int], state: Any, chunk: int
+    model: Any,
+    ids: Sequence[int],
+    state: Any,
+    chunk: int,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[Any, list[np.ndarray], list[int]]:
     """Prefills `ids` into a fresh or head-ready `state` with every position's hidden state.
     Returns the last logits and the pairs the head has not seen: their hidden rows (the kept
@@ -148,13 +152,21 @@ def _prefill_pairs(
     for start in range(0, len(ids), chunk):
         part = list(ids[start : start + chunk])
         logits = model.forward(part, state, hidden=hidden[start : start + len(part)])
+        if progress is not None:
+            progress(len(part))
     if kept is None:  # fresh: the first token has no pair
         return logits, [hidden], list(ids[1:])
     return logits, [kept, hidden], list(ids)
 
 
 def prefill_for_speculation(
-    model: Any, ids: Sequence[int], state: Any, *, slots: int = 2, chunk: int = 512
+    model: Any,
+    ids: Sequence[int],
+    state: Any,
+    *,
+    slots: int = 2,
+    chunk: int = 512,
+    progress: Callable[[int], None] | None = None,
 ) -> Any:
     """Prefills `ids` into a fresh or head-ready `state` and leaves it head-ready: the head
     runs over the new pairs (it would at the next draft anyway) and the state keeps the last
@@ -167,7 +179,7 @@ def prefill_for_speculation(
     if not supports_speculation(model, state):
         raise ValueError("prefill_for_speculation needs a fresh or head-ready state")
     state.enable_speculation(slots)
-    logits, rows, tokens = _prefill_pairs(model, ids, state, chunk)
+    logits, rows, tokens = _prefill_pairs(model, ids, state, chunk, progress)
     hid = rows[0] if len(rows) == 1 else np.concatenate(rows)
     if tokens:
         model.mtp_forward(tokens, hid[:-1], state, rows=8)
@@ -228,12 +240,13 @@ def speculative_step(
     on_prefill: Callable[[], None] | None = None,
     stats: SpeculativeStats | None = None,
     chunk: int = 512,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, float | None]]:
     """`loop.generate_step` with MTP drafts: yields the same (token, logprob) pairs.
 
     Args:
         model: a native model with an MTP head (`supports_speculation`).
-        prompt, sampler, state, context, on_prefill: as `generate_step`.
+        prompt, sampler, state, context, on_prefill, progress: as `generate_step`.
         draft_tokens: the most drafts per round (the adaptive length starts there).
         draft_rows: draft over the first rows of the LM head only (None: all rows).
         adaptive: adapt the draft length to the acceptance (else always `draft_tokens`).
@@ -252,7 +265,7 @@ def speculative_step(
     # Prefill with every position's hidden state: the MTP head's cache needs a pair for each.
     # Pairs (y_t, token t + 1): hidden rows not seen by the head yet, and the tokens after
     # each but the last (the pending token's, sampled below).
-    logits, pend_hidden, pair_tokens = _prefill_pairs(model, prompt, state, chunk)
+    logits, pend_hidden, pair_tokens = _prefill_pairs(model, prompt, state, chunk, progress)
     assert logits is not None
     if on_prefill is not None:
         on_prefill()

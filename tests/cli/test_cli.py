@@ -283,6 +283,45 @@ def test_chat_in_a_terminal(tiny_chat_checkpoint: Path) -> None:
     assert status == 0
 
 
+def test_a_long_prompt_shows_its_progress_on_a_terminal(tiny_chat_checkpoint: Path) -> None:
+    # Two prefill chunks and more: a line after each, erased before the answer; none in a pipe.
+    prompt = "word " * 1100
+    args = ["run", str(tiny_chat_checkpoint), "-p", prompt, "-n", "3", "--seed", "1", "-v"]
+    term = Terminal([sys.executable, "-m", "qwen_edge", *args])
+    try:
+        line = re.search(rb"prompt: 512/(\d+) tokens, \d+ tok/s, \d+ $", term.expect(b"s left"))
+        assert line is not None
+        term.expect(b"\r\x1b[K")  # erased once every token is in
+        assert b"[%s prompt tokens" % line.group(1) in term.expect(b"generated")
+    finally:
+        status = term.close()
+    assert status == 0
+    piped = run_cli(*args)
+    assert piped.returncode == 0 and b"prompt:" not in piped.stderr + piped.stdout
+
+
+def test_prompt_progress_only_for_long_prompts() -> None:
+    import io
+
+    from qwen_edge.cli.common import prompt_progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert prompt_progress(io.StringIO()) is None
+    out = Tty()
+    show = prompt_progress(out, min_tokens=1024)
+    assert show is not None
+    show(512, 1000)
+    show(1000, 1000)
+    assert out.getvalue() == ""  # a short prompt: no line to draw and erase
+    show(512, 1024)
+    assert re.fullmatch(r"\rprompt: 512/1024 tokens, \d+ tok/s, \d+ s left\x1b\[K", out.getvalue())
+    show(1024, 1024)
+    assert out.getvalue().endswith("\r\x1b[K")
+
+
 def test_chat_ctrl_c_stops_the_answer_not_the_session(tiny_chat_checkpoint: Path) -> None:
     args = chat_args(tiny_chat_checkpoint, "-n", "5000", "--temperature", "1", "--top-k", "0")
     term = Terminal(args)

@@ -18,7 +18,7 @@ from qwen_edge.errors import (
     TokenizerError,
 )
 from qwen_edge.generation.llm import LLM, ModelAssets, load
-from qwen_edge.generation.loop import generate, generate_step, stream_generate
+from qwen_edge.generation.loop import PREFILL_CHUNK, generate, generate_step, stream_generate
 from qwen_edge.generation.sampling import Sampler
 from qwen_edge.generation.settings import GenerationConfig, SamplingParams
 
@@ -150,6 +150,28 @@ def test_prefix_reuse_gives_the_same_answers(llm: LLM) -> None:
     again = fresh(llm).chat(history, max_tokens=6, **GREEDY)
     assert again.stats.num_cached_tokens == 0
     assert second.tokens == again.tokens and second.prompt_tokens == again.prompt_tokens
+
+
+def test_progress_counts_the_prompt_tokens_evaluated(llm: LLM) -> None:
+    # A prompt of three prefill chunks, then a turn after it: the second request counts only
+    # the tokens the prefix cache did not restore, and each call's counts climb to its total.
+    cached = fresh(llm)
+    history = [{"role": "user", "content": "word " * 1100}]
+    calls: list[tuple[int, int]] = []
+    first = cached.chat(history, max_tokens=2, progress=lambda *a: calls.append(a), **GREEDY)
+    n = len(first.prompt_tokens)
+    assert n > 2 * PREFILL_CHUNK and len(calls) >= 3
+    assert [t for _, t in calls] == [n] * len(calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1][0] == n
+    history += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "More"}]
+    calls.clear()
+    second = cached.chat(history, max_tokens=2, progress=lambda *a: calls.append(a), **GREEDY)
+    todo = len(second.prompt_tokens) - second.stats.num_cached_tokens
+    assert second.stats.num_cached_tokens > n // 2 and calls and calls[-1] == (todo, todo)
+    # the same counts through generate, and nothing breaks without a callback
+    calls.clear()
+    cached.generate(first.prompt_tokens[:700], max_tokens=1, progress=lambda *a: calls.append(a))
+    assert calls == [(PREFILL_CHUNK, 700), (700, 700)]
 
 
 class CountingModel:

@@ -244,6 +244,17 @@ def test_a_long_backlog_catches_up_in_one_call(small_mtp: Callable) -> None:
     assert state.mtp_position == 299  # every prompt pair but the pending token's
 
 
+def test_speculating_prefills_report_progress(small_mtp: Callable) -> None:
+    m = native.load(small_mtp("q8"), threads=1)
+    ids = [int(t) for t in np.random.default_rng(6).integers(0, 999, 700)]
+    counts: list[int] = []
+    spec = generate(m, None, ids, GREEDY.replace(speculative="mtp"), progress=counts.append)
+    assert spec.stats.speculative is not None and counts == [512, 188]
+    counts.clear()
+    prefill_for_speculation(m, ids[:300], m.new_state(), chunk=128, progress=counts.append)
+    assert counts == [128, 128, 44]
+
+
 class Recorder:
     """The model; records every MTP call's last draft (its argmax over all rows' logits) and
     output hidden state, keyed by the head's position after the call."""
