@@ -37,7 +37,9 @@ def main() -> int:
                                 measure_bandwidth=False, budget_seconds=20.0),
     )  # fmt: skip
 
-    def load(path: Path, threads: int, context: int, isa: str | None) -> SimModel:
+    def load(
+        path: Path, threads: int, context: int, isa: str | None, kv_cache: str = "f16"
+    ) -> SimModel:
         return SimModel(board, threads, context)
 
     rows_path = Path(a.rows) if a.rows else root / "sim.jsonl"

@@ -10,6 +10,7 @@ import json
 from ..errors import QwenEdgeError
 from .common import (
     add_board_argument,
+    add_kv_cache_argument,
     add_power_arguments,
     add_speculative_arguments,
     apply_board,
@@ -39,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetitions", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--isa", help="force a kernel table (default: the best for this CPU)")
+    add_kv_cache_argument(p)
     p.add_argument("--no-bandwidth", action="store_true", help="skip the memory read test")
     p.add_argument("--json", metavar="FILE", help="also write the JSON record ('-': print it)")
     add_speculative_arguments(p)
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         repetitions=args.repetitions,
         warmup=args.warmup,
         isa=args.isa,
+        kv_cache=args.kv_cache,
         measure_bandwidth=not args.no_bandwidth and not args.sweep,
         budget_w=args.power_budget,
         tokens_per_s=args.tokens_per_second,

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import QwenEdgeError
 from ..formats.atomic_files import write_atomically
 from ..generation.pacing import PacedModel
 from ..generation.speculative import SpeculativeStats, speculative_step, supports_speculation
@@ -64,6 +65,7 @@ class BenchConfig:
     repetitions: int = 3
     warmup: int = 1
     isa: str | None = None
+    kv_cache: str = "f16"  # the native runtime's KV cache type; q8 for long contexts
     seed: int = 0
     measure_bandwidth: bool = True
     budget_w: float | None = None  # a governed decode under this budget ...
@@ -204,7 +206,7 @@ def phase_energy(power: Power, t0: float, t1: float, tokens: int) -> dict[str, f
     }
 
 
-Loader = Callable[..., Any]  # (path, threads=, context=, isa=) -> a model with .forward
+Loader = Callable[..., Any]  # (path, threads=, context=, isa=, kv_cache=) -> a model with .forward
 
 
 def _argmax(logits: np.ndarray) -> tuple[int, None]:
@@ -219,16 +221,33 @@ def _greedy_steps(model: Any, prompt: np.ndarray, state: Any) -> Iterator[None]:
         logits = model.forward([int(np.argmax(logits))], state)
 
 
-def _native_loader(path: Path, threads: int, context: int, isa: str | None) -> Any:
+def _native_loader(
+    path: Path, threads: int, context: int, isa: str | None, kv_cache: str = "f16"
+) -> Any:
     from ..backends.native import Model
 
-    return Model.load(path, threads=threads, context=context, isa=isa)
+    return Model.load(path, threads=threads, context=context, isa=isa, kv_cache=kv_cache)
 
 
-def _onnx_loader(path: Path, threads: int, context: int, isa: str | None) -> Any:
+def _onnx_loader(
+    path: Path, threads: int, context: int, isa: str | None, kv_cache: str = "f16"
+) -> Any:
     from ..backends.onnx_runtime import OnnxModel
 
+    if kv_cache != "f16":
+        raise QwenEdgeError(
+            f"a {kv_cache} KV cache is the native runtime's; an ONNX graph has its own"
+        )
     return OnnxModel.load(path, threads=threads, context=context)
+
+
+def kv_bytes_per_position(model: Any) -> float:
+    """The KV cache bytes one position adds to a state (0 where the model cannot say): a
+    decode step at depth d reads d times this beside the weights."""
+    try:
+        return (model.state_bytes(2048) - model.state_bytes(1024)) / 1024
+    except (AttributeError, ValueError):  # no such method, or a model of a shorter context
+        return 0.0
 
 
 def loader_for(path: str | Path) -> Loader:
@@ -254,7 +273,7 @@ def bench_threads(
         context = max(context, cfg.decode_prompt + 4096)  # room to decode min_phase_seconds
     for rep in range(cfg.warmup + cfg.repetitions):
         start = clock.now()
-        model = load(path, threads=threads, context=context, isa=cfg.isa)
+        model = load(path, threads=threads, context=context, isa=cfg.isa, kv_cache=cfg.kv_cache)
         load_s = clock.now() - start
         vocab = model.config.vocab_size
         prompt = rng.integers(0, vocab, cfg.prompt)
@@ -296,13 +315,17 @@ def bench_threads(
         if rep < cfg.warmup:
             continue
         decode_tok_s = cfg.decode / decode_s
+        # a step reads the weights and the cache of every position before it: on average
+        # decode_prompt + steps / 2 of them (what makes decode at depth slower)
+        kv_read = kv_bytes_per_position(model) * (cfg.decode_prompt + steps / 2)
+        bytes_per_token = int(model.decode_weight_bytes + kv_read)
         result.isa = model.isa
         result.load_s.append(load_s)
         result.ttft_s.append(ttft)
         result.prefill_tok_s.append(cfg.prompt / ttft)
         result.decode_tok_s.append(decode_tok_s)
-        result.decode_bytes_per_token = model.decode_weight_bytes
-        result.decode_bandwidth_gbs.append(model.decode_weight_bytes * decode_tok_s / 1e9)
+        result.decode_bytes_per_token = bytes_per_token
+        result.decode_bandwidth_gbs.append(bytes_per_token * decode_tok_s / 1e9)
         result.state_bytes = state.cache_bytes
         if spec is not None:
             result.speculative.append(spec.to_dict())
@@ -327,7 +350,7 @@ def governed_decode(
     """
     clock = power.clock
     context = cfg.decode_prompt + max(cfg.decode, 1024)
-    model = load(path, threads=threads, context=context, isa=cfg.isa)
+    model = load(path, threads=threads, context=context, isa=cfg.isa, kv_cache=cfg.kv_cache)
     rng = np.random.default_rng(cfg.seed)
     prompt_state = model.new_state()
     prompt_logits = model.forward(rng.integers(0, model.config.vocab_size, cfg.decode_prompt),

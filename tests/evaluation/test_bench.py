@@ -55,11 +55,36 @@ def test_cli_writes_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-unt
     argv = [
         "bench", str(path), "--threads", "1", "--prompt", "4", "--decode", "2",
         "--repetitions", "1", "--warmup", "0", "--no-bandwidth", "--json", str(out),
+        "--kv-cache", "q8",
     ]  # fmt: skip
     assert main(argv) == 0
     record = json.loads(out.read_text())
-    assert record["runs"][0]["threads"] == 1
+    assert record["runs"][0]["threads"] == 1 and record["config"]["kv_cache"] == "q8"
     assert "decode tok/s" in capsys.readouterr().out
+
+
+def test_kv_cache_type_and_the_bytes_a_step_reads_at_depth(tmp_path: Path) -> None:
+    # A decode step reads the weights and every earlier position's K and V: the record's bytes
+    # per token (and so its GB/s) count the cache at the phase's mean depth, in its type.
+    from qwen_edge.backends import native
+
+    path = tiny_model_file(tmp_path / "tiny.qe")
+    common = {"threads": (1,), "prompt": 8, "decode": 4, "repetitions": 1, "warmup": 0,
+              "measure_bandwidth": False}  # fmt: skip
+    runs = {
+        kv: bench.run(path, bench.BenchConfig(decode_prompt=600, kv_cache=kv, **common))
+        for kv in ("f16", "q8")
+    }
+    assert runs["q8"]["config"]["kv_cache"] == "q8"
+    for kv, record in runs.items():
+        model = native.load(path, threads=1, kv_cache=kv)
+        per_position = bench.kv_bytes_per_position(model)
+        assert per_position > 0
+        run = record["runs"][0]
+        assert run["decode_bytes_per_token"] == int(model.decode_weight_bytes + per_position * 602)
+    f16, q8 = (runs[kv]["runs"][0] for kv in ("f16", "q8"))
+    assert q8["state_bytes"] < f16["state_bytes"]
+    assert q8["decode_bytes_per_token"] < f16["decode_bytes_per_token"]
 
 
 def test_read_bandwidth_is_positive() -> None:

@@ -21,7 +21,9 @@ def sim_power(tmp_path: Path, sensor: str) -> tuple[SimBoard, bench.Power, Any]:
     monitor = board.monitor(sensor)
     power = bench.Power(monitor, monitor.idle_baseline(2.0))
 
-    def load(path: Path, threads: int, context: int, isa: str | None) -> SimModel:
+    def load(
+        path: Path, threads: int, context: int, isa: str | None, kv_cache: str = "f16"
+    ) -> SimModel:
         return SimModel(board, threads, context)
 
     return board, power, load

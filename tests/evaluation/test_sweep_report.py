@@ -34,7 +34,9 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
                                 measure_bandwidth=False, budget_seconds=8, min_phase_seconds=1),
     )  # fmt: skip
 
-    def load(path: Path, threads: int, context: int, isa: str | None) -> SimModel:
+    def load(
+        path: Path, threads: int, context: int, isa: str | None, kv_cache: str = "f16"
+    ) -> SimModel:
         return SimModel(board, threads, context)
 
     out = root / "results.jsonl"
