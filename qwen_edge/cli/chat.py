@@ -93,7 +93,9 @@ def _chat(args: argparse.Namespace, llm: Any, overrides: dict[str, Any]) -> int:
             continue
         messages = ([{"role": "system", "content": system}] if system else []) + history
         messages.append({"role": "user", "content": line})
-        try:
+        text: list[str] = []
+        last = responses = None
+        try:  # Ctrl-C at any moment of an answer (templating, prefill, decode) ends just it
             responses = llm.chat(
                 messages,
                 stream=True,
@@ -101,19 +103,17 @@ def _chat(args: argparse.Namespace, llm: Any, overrides: dict[str, Any]) -> int:
                 progress=prompt_progress(),
                 **overrides,
             )
-        except QwenEdgeError as e:
-            print(f"error: {e}")
-            continue
-        text: list[str] = []
-        last = None
-        try:
             for last in responses:
                 if last.text:
                     text.append(last.text)
                     sys.stdout.write(last.text)
                     sys.stdout.flush()
+        except QwenEdgeError as e:
+            print(f"error: {e}")
+            continue
         except KeyboardInterrupt:
-            responses.close()
+            if responses is not None:
+                responses.close()
             print("\n(stopped)")
         else:
             print()

@@ -338,6 +338,42 @@ def test_chat_ctrl_c_stops_the_answer_not_the_session(tiny_chat_checkpoint: Path
     assert status == 0
 
 
+def test_chat_ctrl_c_before_the_answer_streams(
+    tiny_chat_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C while the conversation is templated and encoded (before any stream exists) ends
+    # that answer only; the next message is answered.
+    import argparse
+
+    from qwen_edge.cli import chat
+    from qwen_edge.generation.llm import load
+
+    llm = load(tiny_chat_checkpoint)
+    template = llm.apply_chat_template
+    calls = []
+
+    def interrupted_once(*a: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return template(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(llm, "apply_chat_template", interrupted_once)
+    lines = iter(["Hello", "Hello again"])
+
+    def feed(prompt: str = "") -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", feed)
+    args = argparse.Namespace(system=None, think=False)
+    assert chat._chat(args, llm, {"max_tokens": 3, "temperature": 0.0}) == 0
+    out = capsys.readouterr().out
+    assert "(stopped)" in out and out.count("prompt tokens") == 1 and len(calls) == 2
+
+
 def xdg_env(config: pytest.Config, tmp_path: Path) -> dict[str, str]:
     from conftest import xdg_cache
 
