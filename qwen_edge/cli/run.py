@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     llm = load_model(args)
     governor = govern(llm, power, args)
     stream = not args.json
+    progress = prompt_progress()
     try:
         if args.chat:
             messages = [{"role": "user", "content": prompt}]
@@ -56,16 +57,12 @@ def run(args: argparse.Namespace) -> int:
                 messages,
                 stream=stream,
                 enable_thinking=args.think or None,
-                progress=prompt_progress(),
+                progress=progress,
                 **overrides,
             )
         else:
             out = llm.generate(
-                prompt,
-                stream=stream,
-                allowed_special=args.special,
-                progress=prompt_progress(),
-                **overrides,
+                prompt, stream=stream, allowed_special=args.special, progress=progress, **overrides
             )
         last = out if args.json else stream_to(sys.stdout, out)
     finally:
