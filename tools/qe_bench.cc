@@ -135,8 +135,8 @@ std::vector<char> encode_cache(const qe::KernelTable& kt, bool f16, const float*
         out.resize(size_t(n) * sizeof(uint16_t));
         kt.cvt_f32_f16(x, reinterpret_cast<uint16_t*>(out.data()), n);
     } else {
-        out.resize(size_t(n / qe::kBlockK) * sizeof(qe::BlockQ8A));
-        kt.quantize_q8a(x, reinterpret_cast<qe::BlockQ8A*>(out.data()), n);
+        out.resize(size_t(n / qe::kBlockK) * sizeof(qe::BlockQ8Kv));
+        qe::quantize_q8kv(x, reinterpret_cast<qe::BlockQ8Kv*>(out.data()), n);
     }
     return out;
 }
@@ -151,8 +151,8 @@ void attend(const qe::KernelTable& kt, bool f16, const float* q, int64_t nt, con
                          reinterpret_cast<const uint16_t*>(v), seen, d, 0.0625f, scratch, out, d,
                          group * d);
     } else {
-        kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::BlockQ8A*>(k),
-                        reinterpret_cast<const qe::BlockQ8A*>(v), seen, d, 0.0625f, scratch, out,
+        kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::BlockQ8Kv*>(k),
+                        reinterpret_cast<const qe::BlockQ8Kv*>(v), seen, d, 0.0625f, scratch, out,
                         d, group * d);
     }
 }

@@ -85,6 +85,22 @@ py::tuple quantize_q8a(const F32Array& x, const std::string& isa) {
     return py::make_tuple(d, sum, q);
 }
 
+// The int8 KV cache's blocks of x: (d [nb] as float, q [nb, 32]).
+py::tuple quantize_q8kv(const F32Array& x) {
+    QE_CHECK(x.ndim() == 1 && x.shape(0) % qe::kBlockK == 0,
+             "quantize_q8kv: x must be 1-D with a multiple of 32 entries");
+    const int64_t nb = x.shape(0) / qe::kBlockK;
+    std::vector<qe::BlockQ8Kv> blocks(nb);
+    qe::quantize_q8kv(x.data(), blocks.data(), x.shape(0));
+    py::array_t<float> d(nb);
+    py::array_t<int8_t> q({nb, int64_t{qe::kBlockK}});
+    for (int64_t b = 0; b < nb; ++b) {
+        d.mutable_at(b) = blocks[b].d;
+        for (int j = 0; j < qe::kBlockK; ++j) q.mutable_at(b, j) = blocks[b].q[j];
+    }
+    return py::make_tuple(d, q);
+}
+
 // y [m, rows] = x [m, k] @ W.T with activations quantized to q8a; m == 1 uses the gemv kernel.
 py::array_t<float> matmul_q8a(const std::string& format, const U8Array& data, int64_t rows,
                               int64_t k, const F32Array& x, const std::string& isa) {
@@ -254,6 +270,8 @@ PYBIND11_MODULE(_core, m) {
           "y = w @ x in float32 with the kernel table `isa` (test surface).");
     m.def("quantize_q8a", &quantize_q8a, py::arg("x"), py::arg("isa") = "",
           "q8a blocks of x as (d [nb], sum [nb], q [nb, 32]) (test surface).");
+    m.def("quantize_q8kv", &quantize_q8kv, py::arg("x"),
+          "The int8 KV cache's blocks of x as (d [nb], q [nb, 32]) (test surface).");
     m.def("matmul_q8a", &matmul_q8a, py::arg("format"), py::arg("data"), py::arg("rows"),
           py::arg("k"), py::arg("x"), py::arg("isa") = "",
           "x [m, k] @ W.T for a packed W given as bytes, activations as q8a (test surface).");

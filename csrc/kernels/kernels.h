@@ -187,11 +187,12 @@ using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n
                             const float* k, const float* v, int64_t n, int64_t d, float scale,
                             float* scratch, float* out, int64_t ldo, int64_t ldot);
 // attention_q8, over the int8 cache (the long-context option): each key and value row is
-// d / 32 q8a blocks (d a multiple of 32), element e of row j worth
-// k[j * d / 32 + e / 32].d * q[e % 32] (the cache is written with quantize_q8a). Reordered +
-// approx exp, like attention_f32 on the dequantized rows, with the same independence.
+// d / 32 q8kv blocks (d a multiple of 32), element e of row j worth
+// k[j * d / 32 + e / 32].d * q[e % 32] (the cache is written with quantize_q8kv).
+// Reordered + approx exp, like attention_f32 on the dequantized rows, with the same
+// independence.
 using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                           const BlockQ8A* k, const BlockQ8A* v, int64_t n, int64_t d, float scale,
+                           const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t n, int64_t d, float scale,
                            float* scratch, float* out, int64_t ldo, int64_t ldot);
 
 // ==== which ISA implements what ===============================================================

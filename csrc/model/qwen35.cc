@@ -469,7 +469,7 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
                 std::memcpy(dst, src, size_t(hd) * sizeof(float));
                 break;
             case KvType::kQ8:
-                kt_.quantize_q8a(src, reinterpret_cast<BlockQ8A*>(dst), hd);
+                quantize_q8kv(src, reinterpret_cast<BlockQ8Kv*>(dst), hd);
                 break;
         }
     };
@@ -540,8 +540,8 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
                         break;
                     case KvType::kQ8:
                         kt_.attention_q8(qi, hd, nh * hd, group, nt,
-                                         reinterpret_cast<const BlockQ8A*>(kc),
-                                         reinterpret_cast<const BlockQ8A*>(vc), len, hd, scale,
+                                         reinterpret_cast<const BlockQ8Kv*>(kc),
+                                         reinterpret_cast<const BlockQ8Kv*>(vc), len, hd, scale,
                                          scratch, oi, hd, nh * hd);
                         break;
                 }

@@ -17,13 +17,13 @@
 
 namespace qe {
 
-// Element type of the KV cache: f16 (default), f32, or q8 (int8 in q8a blocks of 32, one
-// float scale each: 1.25 bytes per element, for long contexts; needs head_dim % 32 == 0).
+// Element type of the KV cache: f16 (default), f32, or q8 (int8 in q8kv blocks of 32, one
+// float scale each: 1.125 bytes per element, for long contexts; needs head_dim % 32 == 0).
 enum class KvType : uint8_t { kF16, kF32, kQ8 };
 
 // Bytes of one cached key or value vector of head_dim elements.
 inline size_t kv_row_bytes(KvType t, int64_t head_dim) {
-    if (t == KvType::kQ8) return size_t(head_dim / kBlockK) * sizeof(BlockQ8A);
+    if (t == KvType::kQ8) return size_t(head_dim / kBlockK) * sizeof(BlockQ8Kv);
     return size_t(head_dim) * (t == KvType::kF16 ? 2 : 4);
 }
 
@@ -131,7 +131,7 @@ public:
 
     // Per full-attention layer (index into the config's full layers): K and V caches,
     // [n_head_kv, context, head_dim], head_dim contiguous: kv_row_bytes(kv_type, head_dim) per
-    // vector (f16, f32, or head_dim / 32 q8a blocks).
+    // vector (f16, f32, or head_dim / 32 q8kv blocks).
     void* keys(int64_t i) const { return kv_[2 * i].as<void>(); }
     void* values(int64_t i) const { return kv_[2 * i + 1].as<void>(); }
     // Per linear-attention layer: [conv_kernel - 1, conv_dim] and [n_v_head, dk, dv].

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "quant/formats.h"
 
+#include <cmath>
 #include <cstring>
 
 namespace qe {
@@ -19,6 +20,24 @@ constexpr struct {
 uint64_t align_up(uint64_t n) { return (n + kSectionAlign - 1) / kSectionAlign * kSectionAlign; }
 
 }  // namespace
+
+float quantize_block_q8(const float* x, int8_t* q) {
+    float amax = 0.0f;  // fmax drops NaN
+    for (int j = 0; j < kBlockK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < kBlockK; ++j) {
+        // Clamp before rounding: the same result for finite values, and defined when 1/d
+        // overflowed (a subnormal d) or x is NaN (fmax/fmin drop it: -127).
+        const float v = std::fmin(std::fmax(x[j] * inv, -127.0f), 127.0f);
+        q[j] = int8_t(std::lround(v));
+    }
+    return d;
+}
+
+void quantize_q8kv(const float* x, BlockQ8Kv* out, int64_t k) {
+    for (int64_t b = 0; b < k / kBlockK; ++b) out[b].d = quantize_block_q8(x + b * kBlockK, out[b].q);
+}
 
 const char* format_name(WeightFormat f) {
     for (const auto& entry : kNames) {

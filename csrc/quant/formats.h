@@ -103,6 +103,27 @@ struct BlockQ8A {
 };
 static_assert(sizeof(BlockQ8A) == 40, "BlockQ8A is part of the kernel ABI");
 
+// q8kv: one block of 32 cached keys' or values' elements (runtime only, in a state's int8 KV
+// cache): x ~= d * q, symmetric, the values of q8a (the same d and q) without its sum, which
+// attention never reads. 36 bytes per 32 values instead of 40: a long-context decode step reads
+// every block, and a 262k-token state is mostly blocks. The float scale after the codes is one
+// broadcast load (a bf16 scale, 34 bytes as llama.cpp's q8_0, needs a mask too: a decode call
+// from cache ran 7-10 % slower on x86 for its 6 % fewer bytes).
+struct BlockQ8Kv {
+    int8_t q[kBlockK];
+    float d;
+};
+static_assert(sizeof(BlockQ8Kv) == 36, "BlockQ8Kv is part of the kernel ABI");
+
+// One symmetric int8 block, the definition of q8a and q8kv: d = amax / 127, q = round(x / d)
+// (half away from zero) within +-127; returns d.
+float quantize_block_q8(const float* x, int8_t* q);
+
+// Quantizes x [k] (k a multiple of 32) into k / 32 blocks (quantize_block_q8 each): scalar, the
+// same bytes on every CPU. A cache row is written once and read at every later step, so its
+// speed hardly matters.
+void quantize_q8kv(const float* x, BlockQ8Kv* out, int64_t k);
+
 // IEEE half and bfloat16 to float (exact).
 float f16_to_f32(uint16_t h);
 inline float bf16_to_f32(uint16_t h) {

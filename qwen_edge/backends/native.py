@@ -343,7 +343,7 @@ class Model:
             context: tokens a new state holds (default 4096, at most the model's limit).
             isa: kernel table tag (default: QWEN_EDGE_ISA, else the best for this CPU).
             kv_cache: "f16" (default), "f32", or "q8" keys and values (int8 in blocks of 32
-                with a float scale: 1.25 bytes per element, for long contexts).
+                with a float scale: 1.125 bytes per element, for long contexts).
             batch: tokens per native pass of a long prompt (scratch is sized by it).
             pin: pin thread i to the i-th allowed CPU.
             spin_us: how long idle workers spin before sleeping.

@@ -25,8 +25,8 @@ QE_NEON_INLINE float32x4_t load4(const float* c, int64_t i) {
 QE_NEON_INLINE float32x4_t load4(const uint16_t* c, int64_t i) {
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(c + i)));
 }
-QE_NEON_INLINE float32x4_t load4(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[i / kBlockK];
+QE_NEON_INLINE float32x4_t load4(const BlockQ8Kv* c, int64_t i) {
+    const BlockQ8Kv& b = c[i / kBlockK];
     int32_t word;
     std::memcpy(&word, b.q + i % kBlockK, 4);
     const int16x4_t w16 = vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(word))));
@@ -41,9 +41,9 @@ QE_NEON_INLINE float32x4x2_t load8(const uint16_t* c, int64_t i) {
     const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(c + i));
     return float32x4x2_t{{vcvt_f32_f16(vget_low_f16(h)), vcvt_high_f32_f16(h)}};
 }
-QE_NEON_INLINE float32x4x2_t load8(const BlockQ8A* c, int64_t i) {
+QE_NEON_INLINE float32x4x2_t load8(const BlockQ8Kv* c, int64_t i) {
     // i >= 0: unsigned, the block and offset are a shift and a mask.
-    const BlockQ8A& b = c[uint64_t(i) / kBlockK];
+    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
     const int16x8_t w16 = vmovl_s8(vld1_s8(b.q + uint64_t(i) % kBlockK));
     return float32x4x2_t{{vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w16))), b.d),
                           vmulq_n_f32(vcvtq_f32_s32(vmovl_high_s16(w16)), b.d)}};
@@ -54,8 +54,8 @@ QE_NEON_INLINE float widen(const float* c, int64_t i) {
 QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
 }
-QE_NEON_INLINE float widen(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[i / kBlockK];
+QE_NEON_INLINE float widen(const BlockQ8Kv* c, int64_t i) {
+    const BlockQ8Kv& b = c[i / kBlockK];
     return b.d * float(b.q[i % kBlockK]);
 }
 

@@ -19,8 +19,8 @@ inline float at(const float* c, int64_t i) {
 inline float at(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
 }
-inline float at(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[i / kBlockK];
+inline float at(const BlockQ8Kv* c, int64_t i) {
+    const BlockQ8Kv& b = c[i / kBlockK];
     return b.d * float(b.q[i % kBlockK]);
 }
 

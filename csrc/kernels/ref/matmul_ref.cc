@@ -130,20 +130,9 @@ void gemm_bf16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int6
 
 void quantize_q8a(const float* x, BlockQ8A* out, int64_t k) {
     for (int64_t b = 0; b < k / kBlockK; ++b) {
-        const float* xb = x + b * kBlockK;
-        float amax = 0.0f;
-        for (int j = 0; j < kBlockK; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
-        const float d = amax / 127.0f;
-        const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = quantize_block_q8(x + b * kBlockK, out[b].q);
         int32_t sum = 0;
-        for (int j = 0; j < kBlockK; ++j) {
-            // Clamp before rounding: the same result for finite values, and defined when 1/d
-            // overflowed (a subnormal d) or x is NaN (fmax/fmin drop it: -127).
-            const float v = std::fmin(std::fmax(xb[j] * inv, -127.0f), 127.0f);
-            out[b].q[j] = int8_t(std::lround(v));
-            sum += out[b].q[j];
-        }
-        out[b].d = d;
+        for (int j = 0; j < kBlockK; ++j) sum += out[b].q[j];
         out[b].sum = sum;
     }
 }

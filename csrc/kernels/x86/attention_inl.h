@@ -90,8 +90,8 @@ static inline Vec vload(const float* c, int64_t i) {
 static inline Vec vload(const uint16_t* c, int64_t i) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
 }
-static inline Vec vload(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[uint64_t(i) / kBlockK];
+static inline Vec vload(const BlockQ8Kv* c, int64_t i) {
+    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
     const __m128i q =
         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.q + uint64_t(i) % kBlockK));
     return _mm256_mul_ps(_mm256_set1_ps(b.d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
@@ -100,8 +100,8 @@ static inline Vec vload(const BlockQ8A* c, int64_t i) {
 static inline Vec vload(const uint16_t* c, int64_t i) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
 }
-static inline Vec vload(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[uint64_t(i) / kBlockK];
+static inline Vec vload(const BlockQ8Kv* c, int64_t i) {
+    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
     const __m128i q =
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + uint64_t(i) % kBlockK));
     return _mm512_mul_ps(_mm512_set1_ps(b.d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
@@ -113,8 +113,8 @@ static inline float load1(const float* c, int64_t i) {
 static inline float load1(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
 }
-static inline float load1(const BlockQ8A* c, int64_t i) {
-    const BlockQ8A& b = c[uint64_t(i) / kBlockK];
+static inline float load1(const BlockQ8Kv* c, int64_t i) {
+    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
     return b.d * float(b.q[uint64_t(i) % kBlockK]);
 }
 
@@ -128,7 +128,7 @@ static inline const void* element_at(const float* c, int64_t i) {
 static inline const void* element_at(const uint16_t* c, int64_t i) {
     return c + i;
 }
-static inline const void* element_at(const BlockQ8A* c, int64_t i) {
+static inline const void* element_at(const BlockQ8Kv* c, int64_t i) {
     return c + uint64_t(i) / kBlockK;
 }
 template <typename T>

@@ -74,6 +74,29 @@ def test_attention_q8(isa: str, n_q: int, n: int, d: int) -> None:
     np.testing.assert_allclose(got, p @ vd, rtol=1e-4, atol=2e-5 * np.abs(vd).max())
 
 
+def test_q8kv_blocks_hold_the_values_of_q8a() -> None:
+    """The int8 cache's blocks: q8a's scale and codes (so the cache holds what it held with
+    q8a blocks), every value within half a step; NaN reads back as zero, nothing crashes."""
+    rng = np.random.default_rng(3)
+    cases = [
+        rng.standard_normal(256).astype(np.float32) * 4,
+        np.float32(1e-30) * rng.standard_normal(64).astype(np.float32),  # subnormal scales
+        np.zeros(32, np.float32),
+        np.tile(np.float32([127, -127, 63.5, -1e5]), 8),
+        (rng.standard_normal(96) * 10.0 ** rng.integers(-8, 8, 96)).astype(np.float32),
+    ]
+    for x in cases:
+        d, q = _core.quantize_q8kv(x)
+        with np.errstate(over="ignore", invalid="ignore"):  # a subnormal d overflows 1/d
+            nd, _, nq = quantize_q8a(x)
+        np.testing.assert_array_equal(d.view(np.uint32), nd.view(np.uint32))
+        np.testing.assert_array_equal(q, nq)
+        err = np.abs(d[:, None].astype(np.float64) * q - x.reshape(-1, 32))
+        assert (err <= d[:, None].astype(np.float64) * (0.5 + 1e-6) + 1e-45).all()
+    d, q = _core.quantize_q8kv(np.full(32, np.nan, np.float32))
+    assert d[0] == 0 and (d[:, None] * q == 0).all()
+
+
 def test_attention_q8_needs_whole_blocks() -> None:
     x = np.zeros((2, 48), np.float32)
     with pytest.raises(RuntimeError, match="d % 32"):
@@ -148,9 +171,10 @@ def test_attention_tokens(isa: str, kv: str, n_t: int, n_q: int, n: int, d: int)
         def run(qq: np.ndarray, m: int) -> np.ndarray:
             return _core.attention(qq, k[:m], v[:m], 0.25, isa=isa)
     else:
+        k32, v32 = k, v  # the cache is quantized from these; the reference sees its values
 
         def run(qq: np.ndarray, m: int) -> np.ndarray:
-            return _core.attention_q8(qq, k[:m], v[:m], 0.25, isa=isa)
+            return _core.attention_q8(qq, k32[:m], v32[:m], 0.25, isa=isa)
 
         def dequantized(x: np.ndarray) -> np.ndarray:
             scale, _, codes = quantize_q8a(x.reshape(-1))

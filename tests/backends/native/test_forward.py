@@ -156,7 +156,7 @@ def test_set_threads_between_steps_is_bitwise(small: tuple) -> None:
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_q8_kv_cache(small: tuple, isa: str) -> None:
-    """The int8 KV cache keeps the bitwise invariants, and holds 1.25 bytes per element."""
+    """The int8 KV cache keeps the bitwise invariants, and holds 1.125 bytes per element."""
     config, weights = small
     tensors, _, _ = quantized_tensors(weights, "q4k")
     ids = np.random.default_rng(4).integers(0, config.vocab_size, 40)
@@ -177,7 +177,7 @@ def test_q8_kv_cache(small: tuple, isa: str) -> None:
     # The int8 cache differs from the f16 one (it is really used), but only a little.
     f16 = native(config, tensors, isa=isa, threads=1, kv_cache="f16", batch=16).logits(ids)
     assert 0 < nmse(whole, f16) < PACKED_NMSE
-    # Cache size: KV rows are head_dim / 32 blocks of 40 bytes instead of 2 * head_dim bytes.
+    # Cache size: KV rows are head_dim / 32 blocks of 36 bytes instead of 2 * head_dim bytes.
     ctx = 64
     n_full = config.layer_types.count("full_attention")
     kv_elems = 2 * n_full * config.num_key_value_heads * ctx * config.head_dim
@@ -185,7 +185,7 @@ def test_q8_kv_cache(small: tuple, isa: str) -> None:
         kv: native(config, tensors, kv_cache=kv, context=ctx).new_state().cache_bytes
         for kv in ("f16", "q8")
     }
-    assert sizes["f16"] - sizes["q8"] == kv_elems * (2 - 1.25)
+    assert sizes["f16"] - sizes["q8"] == kv_elems * (2 - 36 / 32)
     with pytest.raises(ValueError, match="kv_cache must be one of"):
         native(config, tensors, kv_cache="q4")
 
