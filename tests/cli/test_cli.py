@@ -536,7 +536,7 @@ def test_run_262k_context_on_4b_shapes(
     err = capsys.readouterr().err
     said = re.search(r"state: ([0-9.]+) MiB for 262144 tokens \(q8 KV cache\)", err)
     assert said is not None, err
-    assert 5 * 1024 < float(said.group(1)) < 5 * 1024 + 200  # 5 GiB of int8 K and V
+    assert 4.5 * 1024 < float(said.group(1)) < 4.5 * 1024 + 200  # 4.5 GiB of int8 K and V
     refused = err.index("a state for 262144 tokens needs")
     assert said.start() < refused and "at most" in err[refused:] and "Traceback" not in err
     # With the memory of an 8 GB board left for it, the same command runs.
