@@ -28,6 +28,12 @@ class ContextLengthError(QwenEdgeError):
     """A prompt or generation that does not fit the model state's context length."""
 
 
+class MemoryLimitError(ContextLengthError):
+    """A state that cannot grow: the memory its next tokens' cache rows need is not available
+    (other states, other processes). Generation ends there as at a full context; a prompt
+    that cannot be held is refused."""
+
+
 class ModelStoppedError(QwenEdgeError):
     """A forward pass of a model that was stopped (`Model.stop()`, or the interpreter exiting)."""
 

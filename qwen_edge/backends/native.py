@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ContextLengthError, ModelFileError, ModelStoppedError, QwenEdgeError
+from ..errors import (
+    ContextLengthError,
+    MemoryLimitError,
+    ModelFileError,
+    ModelStoppedError,
+    QwenEdgeError,
+)
 from ..formats.config import ModelConfig
 from ..hardware.boards import mem_available_bytes
 
@@ -127,6 +133,10 @@ def state_bytes_for(
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
 DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
 KV_CACHE_TYPES = ("f16", "f32", "q8")
+# A state grows only while the memory of its next GROWTH_AHEAD tokens is available (MemAvailable,
+# read once per GROWTH_AHEAD tokens): its cache pages are mapped, not written, when allocated, so
+# the check at new_state cannot see what states made since, or other processes, take meanwhile.
+GROWTH_AHEAD = 1024
 
 
 def _default_threads() -> int:
@@ -146,6 +156,9 @@ class State:
     def __init__(self, native: Any, model: Model):
         self._native = native
         self._model = model
+        # Positions whose cache rows are resident (written since allocation), and up to which
+        # memory was found available (Model._check_growth).
+        self._resident = self._checked = self.position
 
     @property
     def position(self) -> int:
@@ -192,6 +205,7 @@ class State:
             self._native.copy_from(snapshot._native)
         except RuntimeError as e:
             raise _map_error(e, ValueError) from None
+        self._resident = max(self._resident, self.position)
 
     def reset(self) -> None:
         """Back to position 0, as a fresh state (recurrent and conv states zeroed)."""
@@ -475,6 +489,7 @@ class Model:
 
         Raises:
             ContextLengthError: the tokens do not fit the state (the state is unchanged).
+            MemoryLimitError: the memory their cache rows need is not available (unchanged).
             ValueError: no tokens, or an id outside the vocabulary.
         """
         ids = _token_array(tokens, self.config.vocab_size)
@@ -482,6 +497,7 @@ class Model:
             raise ContextLengthError(
                 f"{state.position} + {ids.size} tokens exceed the context of {state.context} tokens"
             )
+        self._check_growth(state, ids.size)
         vocab = self.config.vocab_size
         if out is None:
             out = np.empty((ids.size, vocab) if all_logits else (vocab,), np.float32)
@@ -489,7 +505,34 @@ class Model:
             self._native.forward(ids, state._native, out, all_logits, hidden, checkpoint)
         except RuntimeError as e:
             raise _map_error(e, QwenEdgeError) from None
+        state._resident = max(state._resident, state.position)
         return out
+
+    def _check_growth(self, state: State, n: int) -> None:
+        """Before `n` more tokens go into `state`: where they pass what memory was last found
+        for, checks that MemAvailable holds the cache rows up to GROWTH_AHEAD tokens past them
+        (not yet resident ones only), or at least up to them; else MemoryLimitError, not the
+        OOM killer a few tokens later."""
+        end = state.position + n
+        if end <= state._checked:
+            return
+        available = mem_available_bytes()
+        if available is None:  # not Linux: nothing to check against
+            state._checked = state.context
+            return
+        held = self.state_bytes(max(1, state._resident))
+        ahead = min(state.context, end + GROWTH_AHEAD)
+        if self.state_bytes(ahead) - held <= available:
+            state._checked = ahead
+            return
+        need = self.state_bytes(end) - held
+        if need > available:
+            raise MemoryLimitError(
+                f"the state cannot grow to {end} tokens: their cache needs {need / 2**20:.0f} "
+                f"MiB more but only {available / 2**20:.0f} MiB of memory is available"
+                + ("" if self.kv_cache == "q8" else "; --kv-cache q8 needs less")
+            )
+        state._checked = end
 
     def forward_batch(
         self,
@@ -511,6 +554,7 @@ class Model:
 
         Raises:
             ContextLengthError: a sequence's tokens do not fit its state (no state changes).
+            MemoryLimitError: the memory a sequence's cache rows need is not available.
             ValueError: an empty batch or token list, a bad id, a state given twice.
         """
         if not batch:
@@ -531,11 +575,15 @@ class Model:
             states.append(state._native)
         if len({id(s) for s in states}) != len(states):
             raise ValueError("forward_batch: a state appears twice in one step")
+        for ids, (_, state) in zip(arrays, batch, strict=True):
+            self._check_growth(state, ids.size)
         out = np.zeros((len(batch), vocab), np.float32)
         try:
             self._native.forward_multi(arrays, states, out, want)
         except RuntimeError as e:
             raise _map_error(e, QwenEdgeError) from None
+        for _, state in batch:
+            state._resident = max(state._resident, state.position)
         return out
 
     # --- the MTP head (docs/model.md §5, docs/speculative.md) ---

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import Backend
-from ..errors import ContextLengthError, QwenEdgeError, TokenizerError
+from ..errors import ContextLengthError, MemoryLimitError, QwenEdgeError, TokenizerError
 from .sampling import Sampler
 from .settings import GenerationConfig
 from .speculative import SpeculativeStats, speculative_step, supports_speculation
@@ -352,24 +352,30 @@ def stream_generate(
         )
     n = 0
     try:
-        for token, logprob in steps:
-            if n == 0:
-                timing["first_token"] = time.perf_counter()
-            if token in stop_ids:
-                yield GenerationResponse(drain(), None, None, "stop", token, stats(n))
-                return
-            n += 1
-            text = stops.feed(detok.add(token)) if detok is not None else ""
-            if stops.matched is None and n >= config.max_tokens:
-                text += drain()
-                reason = "length" if stops.matched is None else "stop"
-                yield GenerationResponse(text, token, logprob, reason, stops.matched, stats(n))
-                return
-            if stops.matched is not None:
-                yield GenerationResponse(text, token, logprob, "stop", stops.matched, stats(n))
-                return
-            yield GenerationResponse(text, token, logprob, None, None, stats(n))
-        # generate_step ended: the context is full
+        try:
+            for token, logprob in steps:
+                if n == 0:
+                    timing["first_token"] = time.perf_counter()
+                if token in stop_ids:
+                    yield GenerationResponse(drain(), None, None, "stop", token, stats(n))
+                    return
+                n += 1
+                text = stops.feed(detok.add(token)) if detok is not None else ""
+                if stops.matched is None and n >= config.max_tokens:
+                    text += drain()
+                    reason = "length" if stops.matched is None else "stop"
+                    yield GenerationResponse(text, token, logprob, reason, stops.matched, stats(n))
+                    return
+                if stops.matched is not None:
+                    yield GenerationResponse(text, token, logprob, "stop", stops.matched, stats(n))
+                    return
+                yield GenerationResponse(text, token, logprob, None, None, stats(n))
+        except MemoryLimitError as e:
+            if n == 0:  # the prompt itself cannot be held: refused, as one over the context
+                raise
+            # The state cannot grow: the answer so far stands, ended as at a full context.
+            log.warning("generation stopped after %d tokens: %s", n, e)
+        # generate_step ended: the context (or the memory for it) is full
         text = drain()
         reason = "length" if stops.matched is None else "stop"
         yield GenerationResponse(text, None, None, reason, stops.matched, stats(n))

@@ -45,7 +45,10 @@ The HTTP layer (`app.py`) uses only this interface:
 
 * `submit(job)` yields `("delta", GenerationResponse)` events, then `("done", None)` or
   `("error", APIError)`. A full queue yields `("error", APIError(429))` and a scheduler that no
-  longer admits (draining, closed) `("error", APIError(503))`, both before anything runs.
+  longer admits (draining, closed) `("error", APIError(503))`, both before anything runs; so
+  does a prompt whose cache rows the memory available cannot hold (503, `insufficient_memory`:
+  the running requests may free it). A state that cannot grow while decoding ends its answer
+  as a full context does (`finish_reason` "length").
   Setting `job.cancelled` stops the job at its next token (or before it starts); its events
   still end with `("done", None)`, without a last response carrying a `finish_reason`.
 * `queue_depth` (jobs waiting), `active` (jobs generating), `stats()`, `drain(timeout)`,
@@ -71,7 +74,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ChatTemplateError, ContextLengthError, GenerationConfigError, QwenEdgeError
+from ..errors import (
+    ChatTemplateError,
+    ContextLengthError,
+    GenerationConfigError,
+    MemoryLimitError,
+    QwenEdgeError,
+)
 from ..generation.loop import PREFILL_CHUNK
 from ..generation.pacing import forward_batch
 from .openai_api import APIError, Job
@@ -397,6 +406,8 @@ class Scheduler:
             self._generate(job)
         except Closed:
             job.events.put(("done", None))
+        except MemoryLimitError as e:  # the memory is held, by running requests or others: retry
+            job.events.put(("error", APIError(503, str(e), code="insufficient_memory")))
         except (ContextLengthError, ChatTemplateError, GenerationConfigError, ValueError) as e:
             code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
             job.events.put(("error", APIError(400, str(e), code=code)))

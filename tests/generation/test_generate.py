@@ -14,6 +14,7 @@ from qwen_edge.backends.reference import ReferenceModel
 from qwen_edge.errors import (
     ContextLengthError,
     GenerationConfigError,
+    MemoryLimitError,
     QwenEdgeError,
     TokenizerError,
 )
@@ -175,10 +176,12 @@ def test_progress_counts_the_prompt_tokens_evaluated(llm: LLM) -> None:
 
 
 class CountingModel:
-    """Forwards to a model, counting calls and raising KeyboardInterrupt on request."""
+    """Forwards to a model, counting calls and raising KeyboardInterrupt (or, from call
+    `out_of_memory_at` on, the native runtime's MemoryLimitError) on request."""
 
     def __init__(self, model: ReferenceModel):
         self.model, self.calls, self.interrupt_at = model, 0, -1
+        self.out_of_memory_at = -1
         self.config, self.context = model.config, model.context
 
     def new_state(self):  # type: ignore[no-untyped-def]
@@ -188,10 +191,37 @@ class CountingModel:
         self.calls += 1
         if self.calls == self.interrupt_at:
             raise KeyboardInterrupt
+        if 0 < self.out_of_memory_at <= self.calls:
+            raise MemoryLimitError("the state cannot grow")
         return self.model.forward(tokens, state, all_logits=all_logits)
 
     def logits(self, tokens):  # type: ignore[no-untyped-def]
         return self.model.logits(tokens)
+
+
+def test_memory_running_out_ends_the_answer_as_a_full_context(
+    llm: LLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state that cannot grow while decoding: the answer so far stands, ended with
+    finish_reason "length" and a warning; a prompt that cannot be held is refused."""
+    prompt = list(range(1000, 1012))
+    args = {"max_tokens": 8, "stop_token_ids": (), **GREEDY}
+    whole = fresh(llm).generate(prompt, **args)
+    model = CountingModel(llm.model)
+    model.out_of_memory_at = 4  # the prefill and two decode steps ran: three tokens
+    short = fresh(llm, model).generate(prompt, **args)
+    assert short.finish_reason == "length" and short.tokens == whole.tokens[:3]
+    assert "generation stopped after 3 tokens: the state cannot grow" in caplog.text
+    streamed = list(fresh(llm, CountingModel(llm.model)).generate(prompt, stream=True, **args))
+    model = CountingModel(llm.model)
+    model.out_of_memory_at = 4
+    parts = list(fresh(llm, model).generate(prompt, stream=True, **args))
+    assert [p.token for p in parts[:3]] == [p.token for p in streamed[:3]]
+    assert parts[-1].finish_reason == "length" and parts[-1].token is None
+    model = CountingModel(llm.model)
+    model.out_of_memory_at = 1
+    with pytest.raises(MemoryLimitError):
+        fresh(llm, model).generate(prompt, **args)
 
 
 def test_ctrl_c_and_close_stop_at_once(llm: LLM) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from qwen_edge.errors import MemoryLimitError
 from qwen_edge.generation.llm import LLM, load
 from qwen_edge.generation.pacing import PacedModel
 from qwen_edge.serving import scheduler as scheduler_module
@@ -262,6 +263,56 @@ def test_cancel_frees_the_slot_and_a_queued_job_joins(llm: LLM) -> None:
         assert kinds[-1] == "done"
         waiter.join()
         assert len(result[0]) == 3 and scheduler.cancelled_jobs == 1
+    finally:
+        scheduler.close()
+
+
+class Starved:
+    """The model, whose states cannot grow past `limit` positions, as the native runtime's
+    when the memory runs out: a forward that would take one there raises MemoryLimitError."""
+
+    def __init__(self, model: Any, limit: int):
+        self.model, self.limit = model, limit
+
+    def _check(self, tokens: Any, state: Any) -> None:
+        if state.position + len(tokens) > self.limit:
+            raise MemoryLimitError(f"the state cannot grow to {state.position + len(tokens)}")
+
+    def forward(self, tokens: Any, state: Any, **kwargs: Any) -> np.ndarray:
+        self._check(tokens, state)
+        return self.model.forward(tokens, state, **kwargs)
+
+    def forward_batch(self, batch: Any, *, want: Any = None) -> np.ndarray:
+        for tokens, state in batch:
+            self._check(tokens, state)
+        return np.stack([self.model.forward(t, s) for t, s in batch])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def test_memory_running_out_refuses_a_prompt_and_ends_a_decoding_answer(llm: LLM) -> None:
+    """States that cannot grow past 10 positions: a 40-token prompt is refused with 503
+    insufficient_memory (the memory may free up: retry), and beside it a 4-token prompt's
+    answer stops at the 10th position with finish_reason "length", as alone up to there."""
+    alone = llm.generate([7, 8, 9, 10], max_tokens=20, **GREEDY).tokens
+    scheduler = Scheduler(llm.with_model(Starved(llm.model, 10)), max_batch=2, max_queue=0)
+    try:
+        long_events: list[Any] = []
+        waiter = threading.Thread(target=lambda: long_events.extend(scheduler.submit(
+            Job("completion", list(range(100, 140)), {"max_tokens": 4, **GREEDY}))))  # fmt: skip
+        waiter.start()
+        events = list(
+            scheduler.submit(Job("completion", [7, 8, 9, 10], {"max_tokens": 20, **GREEDY}))
+        )
+        waiter.join()
+        kind, error = long_events[-1]
+        assert kind == "error" and error.status == 503 and error.code == "insufficient_memory"
+        assert "cannot grow to 40" in error.message
+        deltas = [value for kind, value in events if kind == "delta"]
+        tokens = [d.token for d in deltas if d.token is not None]
+        assert tokens == alone[:7]  # the prompt's 4 positions and 6 decoded: 10
+        assert deltas[-1].finish_reason == "length" and events[-1] == ("done", None)
     finally:
         scheduler.close()
 

@@ -1,6 +1,7 @@
 """State sizing: `Model.state_bytes` (C++ `State::bytes_for`) equals what a state allocates, and a
 context whose state does not fit the available memory is a clear `ContextLengthError` before
-anything is allocated, not an OOM kill."""
+anything is allocated, not an OOM kill; nor is a state that later cannot grow (other states,
+other processes took the memory its mapped pages would need): `MemoryLimitError`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from qwen_edge.backends import native
 from qwen_edge.backends.native import Model
-from qwen_edge.errors import ContextLengthError
+from qwen_edge.errors import ContextLengthError, MemoryLimitError
 from qwen_edge.export import presets
 from qwen_edge.export.random_checkpoint import random_tensor
 from qwen_edge.formats.config import ModelConfig
@@ -72,6 +73,58 @@ def test_context_that_does_not_fit_is_a_clear_error(
     assert "--kv-cache q8" in msg
     assert model.max_context_for(budget) == 3000
     assert model.max_context_for(model.state_bytes(1) - 1) == 0
+
+
+def test_a_state_grows_only_while_memory_holds_its_next_rows(
+    tiny_model_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """new_state checks the whole state, but its cache pages are mapped, not written: what
+    other states and processes take later is seen only as the state grows. So each forward
+    that passes what memory was last found for reads MemAvailable again (once per
+    GROWTH_AHEAD tokens while memory is plentiful), and refuses tokens whose rows would not
+    fit, leaving the state as it was."""
+    model = Model.load(tiny_model_file("q4"), threads=1, batch=16)
+    ahead = native.GROWTH_AHEAD
+    context = 2 * ahead + 100
+    reads: list[int] = []
+    available = [10 * model.state_bytes(context)]
+
+    def meminfo() -> int:
+        reads.append(available[0])
+        return available[0]
+
+    monkeypatch.setattr(native, "mem_available_bytes", meminfo)
+    state = model.new_state(context)
+    reads.clear()
+    ids = np.arange(10, 30)
+    model.forward(ids, state)
+    assert len(reads) == 1  # found room up to 20 + GROWTH_AHEAD tokens
+    for _ in range(ahead // 20):  # to 20 + ahead // 20 * 20 <= 20 + ahead: no read
+        model.forward(ids, state)
+    assert len(reads) == 1
+    model.forward(ids, state)  # past it: read again
+    assert len(reads) == 2
+    # Filled up to where memory was found for: still no read.
+    checked = state._checked
+    model.forward(np.arange(checked - state.position) % 1000 + 10, state)
+    assert state.position == checked and len(reads) == 2
+    # Now only the rows of 10 more tokens fit (other states took the rest): 20 are refused,
+    # before anything runs; 10 go in.
+    sb = model.state_bytes
+    available[0] = sb(checked + 10) - sb(checked)
+    with pytest.raises(MemoryLimitError) as e:
+        model.forward(ids, state)
+    assert state.position == checked
+    msg = str(e.value)
+    assert f"cannot grow to {checked + 20} tokens" in msg and "--kv-cache q8" in msg
+    model.forward(ids[:10], state)
+    assert state.position == checked + 10
+    # After a reset the pages it wrote stay resident: refilling them takes no new memory,
+    # and past them only the new rows count.
+    state.reset()
+    available[0] = sb(checked + 16) - sb(checked + 10)
+    model.forward(np.arange(checked + 16) % 1000 + 10, state)
+    assert state.position == checked + 16
 
 
 def test_bad_context_is_a_value_error(tiny_model_file: Callable[[str], Path]) -> None:
