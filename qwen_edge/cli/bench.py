@@ -16,6 +16,7 @@ from .common import (
     apply_board,
     generation_overrides,
     open_power,
+    prompt_progress,
 )
 
 HELP = "measure load, prefill, TTFT, decode, peak RSS and energy (JSON; --sweep: JSON lines)"
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             n = sweep.write_rows(sweep.sweep(grid, power), args.out, show)
             print(f"wrote {n} rows to {args.out}")
             return 0
-        record = bench.run(args.models[0], cfg, power)
+        record = bench.run(args.models[0], cfg, power, progress=prompt_progress())
         if board is not None:
             record["board"] = board.name
     finally:

@@ -260,14 +260,19 @@ def prompt_progress(
     """A `progress` callback for `LLM.generate`/`chat`: a prompt of `min_tokens` or more gets
     one line on the terminal (tokens done, rate, time left), rewritten after each prefill
     chunk and erased before the answer; tens of thousands of tokens take minutes on a board.
-    None when `out` (stderr) is not a terminal, so pipes and logs stay clean."""
+    `progress(0, total)` says a prefill starts (the rate counts from there; else from the
+    callback's making). None when `out` (stderr) is not a terminal, so pipes and logs stay
+    clean."""
     out = sys.stderr if out is None else out
     if not out.isatty():
         return None
     start = time.perf_counter()
 
     def show(done: int, total: int) -> None:
-        if total < min_tokens:
+        nonlocal start
+        if done == 0:
+            start = time.perf_counter()
+        if total < min_tokens or done == 0:
             return
         if done >= total:
             out.write("\r\x1b[K")

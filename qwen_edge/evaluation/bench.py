@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import QwenEdgeError
 from ..formats.atomic_files import write_atomically
+from ..generation.loop import Progress, counting, prefill
 from ..generation.pacing import PacedModel
 from ..generation.speculative import SpeculativeStats, speculative_step, supports_speculation
 from ..hardware import thermal
@@ -213,9 +214,12 @@ def _argmax(logits: np.ndarray) -> tuple[int, None]:
     return int(np.argmax(logits)), None
 
 
-def _greedy_steps(model: Any, prompt: np.ndarray, state: Any) -> Iterator[None]:
-    """Prefills, then one greedy single-token forward per next()."""
-    logits = model.forward(prompt, state)
+def _greedy_steps(
+    model: Any, prompt: np.ndarray, state: Any, progress: Progress | None = None
+) -> Iterator[None]:
+    """Prefills (in chunks, as generation does: a deep prompt takes minutes on a board, and
+    `progress` hears of each), then one greedy single-token forward per next()."""
+    logits = prefill(model, [int(t) for t in prompt], state, progress=progress)
     while True:
         yield
         logits = model.forward([int(np.argmax(logits))], state)
@@ -261,9 +265,11 @@ def bench_threads(
     cfg: BenchConfig,
     power: Power | None = None,
     load: Loader = _native_loader,
+    progress: Callable[[int, int], None] | None = None,
 ) -> RunResult:
     """All repetitions for one thread count (after `cfg.warmup` unrecorded ones); with
-    `power`, the energy of each phase too."""
+    `power`, the energy of each phase too; `progress(done, total)` after each chunk of the
+    decode phase's prompt (`cfg.decode_prompt` tokens)."""
     clock: Clock = power.clock if power is not None else RealClock()
     rng = np.random.default_rng(cfg.seed)
     result = RunResult(threads=threads)
@@ -292,15 +298,20 @@ def bench_threads(
 
         state = model.new_state()
         decode_prompt = rng.integers(0, vocab, cfg.decode_prompt)
+        tick = None
+        if progress is not None:
+            progress(0, cfg.decode_prompt)  # a prefill starts (after loading, the short prompt)
+            tick = counting(progress, cfg.decode_prompt)
         spec = None
         if cfg.speculative in ("mtp", "auto") and supports_speculation(model):
             spec = SpeculativeStats()
             tokens = speculative_step(
                 model, [int(t) for t in decode_prompt], _argmax, state=state,
                 context=context - slack, draft_tokens=cfg.draft_tokens, stats=spec,
+                progress=tick,
             )  # fmt: skip
         else:
-            tokens = _greedy_steps(model, decode_prompt, state)
+            tokens = _greedy_steps(model, decode_prompt, state, tick)
         next(tokens)  # the prefill (and, speculating, the first token)
         start = mark()
         steps = 0
@@ -395,10 +406,15 @@ def finish_governed(governor: Governor, power: Power) -> dict[str, Any]:
 
 
 def run(
-    path: str | Path, cfg: BenchConfig, power: Power | None = None, load: Loader | None = None
+    path: str | Path,
+    cfg: BenchConfig,
+    power: Power | None = None,
+    load: Loader | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmarks a model file (`.qe` natively, `.onnx` on onnxruntime unless `load` says
-    otherwise); returns the JSON record (see `SCHEMA`, docs/energy.md)."""
+    otherwise); returns the JSON record (see `SCHEMA`, docs/energy.md). `progress` hears of
+    the decode phase's prompt as `bench_threads` says."""
     path = Path(path)
     load = load or loader_for(path)
     record: dict[str, Any] = {
@@ -450,7 +466,7 @@ def run(
         }
     record["rss_before_load_bytes"] = current_rss_bytes()
     for n in cfg.threads:
-        r = bench_threads(path, n, cfg, power, load)
+        r = bench_threads(path, n, cfg, power, load, progress)
         run_record = asdict(r)
         for key in ("load_s", "prefill_tok_s", "ttft_s", "decode_tok_s", "decode_bandwidth_gbs"):
             m, s = mean_std(getattr(r, key))

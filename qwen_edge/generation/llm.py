@@ -25,6 +25,7 @@ from .loop import (
     GenerationResponse,
     GenerationResult,
     collect,
+    counting,
     fit_prompt,
     prefill,
     stream_generate,
@@ -299,7 +300,7 @@ class LLM:
         reused = cached
         if state is None:
             state = self.model.new_state()
-        tick = _counting(progress, len(ids) - reused) if progress is not None else None
+        tick = counting(progress, len(ids) - reused) if progress is not None else None
         if self.prefix_cache.enabled:
             for cut in chat_boundaries(ids):
                 if cut > cached:
@@ -333,18 +334,6 @@ class LLM:
         backend = type(self.model).__name__
         tok = self.tokenizer.backend_name if self.tokenizer else "none"
         return f"LLM({self.source!r}, backend={backend}, tokenizer={tok})"
-
-
-def _counting(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
-    """Per-chunk counts -> `progress(done, total)`: a request's prefills make one total."""
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        progress(done, total)
-
-    return tick
 
 
 def chat_boundaries(ids: Sequence[int]) -> list[int]:

@@ -40,6 +40,19 @@ PREFILL_CHUNK = 512  # prompt tokens per forward call: bounds memory, lets Ctrl-
 Progress = Callable[[int], None]
 
 
+def counting(progress: Callable[[int, int], None], total: int) -> Progress:
+    """Per-chunk counts -> `progress(done, total)`, `total` the tokens of every prefill the
+    caller will run (a request's prefills make one total)."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, total)
+
+    return tick
+
+
 # --- results ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Stats:

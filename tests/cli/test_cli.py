@@ -320,6 +320,10 @@ def test_prompt_progress_only_for_long_prompts() -> None:
     assert re.fullmatch(r"\rprompt: 512/1024 tokens, \d+ tok/s, \d+ s left\x1b\[K", out.getvalue())
     show(1024, 1024)
     assert out.getvalue().endswith("\r\x1b[K")
+    # (0, total) marks a prefill's start (a benchmark's next repetition): nothing drawn.
+    before = out.getvalue()
+    show(0, 2048)
+    assert out.getvalue() == before
 
 
 def test_chat_ctrl_c_stops_the_answer_not_the_session(tiny_chat_checkpoint: Path) -> None:

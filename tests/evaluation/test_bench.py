@@ -87,5 +87,17 @@ def test_kv_cache_type_and_the_bytes_a_step_reads_at_depth(tmp_path: Path) -> No
     assert q8["decode_bytes_per_token"] < f16["decode_bytes_per_token"]
 
 
+def test_the_deep_prompt_reports_its_progress(tmp_path: Path) -> None:
+    # `--decode-prompt 65536` prefills for minutes on a board: each repetition (warm-up too)
+    # says its prefill starts, then counts its chunks up to the total; nothing else reports.
+    path = tiny_model_file(tmp_path / "tiny.qe")
+    cfg = bench.BenchConfig(threads=(1,), prompt=8, decode=2, decode_prompt=1100,
+                            repetitions=1, warmup=1, measure_bandwidth=False)  # fmt: skip
+    calls: list[tuple[int, int]] = []
+    bench.run(path, cfg, progress=lambda *a: calls.append(a))
+    one = [(0, 1100), (512, 1100), (1024, 1100), (1100, 1100)]
+    assert calls == one * 2
+
+
 def test_read_bandwidth_is_positive() -> None:
     assert bench.read_bandwidth_gbs(2, size_bytes=8 << 20, repetitions=1) > 0
