@@ -438,6 +438,27 @@ class Model:
                 hi = mid - 1
         return int(lo)
 
+    def fit_context(self, share: float = 0.9) -> int:
+        """Sets `context` to the longest (at most the model's limit) whose state fits `share`
+        of the memory available now, and returns it: `--context max`. The rest is left to the
+        system and to the state's own growth checks.
+
+        Raises:
+            ContextLengthError: not even a one-token state fits, or MemAvailable is unknown.
+        """
+        available = mem_available_bytes()
+        if available is None:
+            raise ContextLengthError(
+                "cannot tell how much memory is available (no /proc/meminfo): give --context N"
+            )
+        fits = self.max_context_for(int(available * share))
+        if fits < 1:
+            raise ContextLengthError(
+                f"no state fits: only {available / 2**20:.0f} MiB of memory is available"
+            )
+        self.context = fits
+        return fits
+
     # --- the protocol ---
     def new_state(self, context: int | None = None) -> State:
         """A fresh state for `context` tokens (default: the model's context).

@@ -81,6 +81,43 @@ def apply_board(
 
 
 # --- loading a model ----------------------------------------------------------------------------
+def _context(text: str) -> int | str:
+    """A number of tokens (its range is the loader's to check) or "max"."""
+    if text == "max":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of tokens or max, got {text!r}"
+        ) from None
+
+
+def add_context_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--context",
+        type=_context,
+        metavar="N|max",
+        help="context length in tokens; max: the longest whose state fits 90%% of the memory "
+        "available now (default: the --board's, else 4096)",
+    )
+
+
+def fit_context(llm: Any, args: argparse.Namespace) -> None:
+    """`--context max`: sizes the loaded model's context to the memory available now.
+
+    Raises:
+        QwenEdgeError: a backend that cannot size its state (not the native runtime).
+        ContextLengthError: not even a short state fits.
+    """
+    if args.context != "max":
+        return
+    model = getattr(llm, "model", None)
+    if not hasattr(model, "fit_context"):
+        raise QwenEdgeError("--context max needs a .qe model file (the native runtime)")
+    model.fit_context()
+
+
 def add_kv_cache_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kv-cache",
@@ -105,7 +142,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "model", help="model file (.qe), ONNX graph (.onnx) or Hugging Face checkpoint folder"
     )
     p.add_argument("--threads", type=int, help="worker threads of the native runtime")
-    p.add_argument("--context", type=int, help="context length in tokens (default: the model's)")
+    add_context_argument(p)
     add_kv_cache_argument(p)
     add_board_argument(p)
     p.add_argument(
@@ -126,11 +163,12 @@ def load_model(args: argparse.Namespace) -> Any:
     llm = load(
         args.model,
         threads=args.threads,
-        context=args.context,
+        context=None if args.context == "max" else args.context,
         kv_cache=args.kv_cache,
         backend=getattr(args, "backend", "auto"),
         tokenizer_backend=getattr(args, "tokenizer_backend", "auto"),
     )
+    fit_context(llm, args)
     model = getattr(llm, "model", None)
     if hasattr(model, "state_bytes"):  # the native backend: say what a state will take
         print(

@@ -14,11 +14,13 @@ from typing import Any
 from ..errors import QwenEdgeError
 from .common import (
     add_board_argument,
+    add_context_argument,
     add_kv_cache_argument,
     add_power_arguments,
     add_speculative_arguments,
     apply_board,
     finish_power,
+    fit_context,
     generation_overrides,
     govern,
     open_power,
@@ -34,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", help="the model id clients see (default: the file name)")
     p.add_argument("--threads", type=int, help="native worker threads (default: all cores)")
-    p.add_argument("--context", type=int, help="context length in tokens")
+    add_context_argument(p)
     add_kv_cache_argument(p)
     add_board_argument(p)
     add_power_arguments(p)
@@ -133,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
     board = apply_board(args)  # --board: threads, context and cores where the user gave none
     power = open_power(args, board)
     llm = load(
-        args.model, threads=args.threads, context=args.context, kv_cache=args.kv_cache,
-        cache_mb=args.cache_mb,
+        args.model, threads=args.threads, kv_cache=args.kv_cache, cache_mb=args.cache_mb,
+        context=None if args.context == "max" else args.context,
     )  # fmt: skip
+    fit_context(llm, args)
     llm.generation_config = llm.generation_config.replace(**speculative)
     # The scheduler runs every request's forward passes, so the governor paces them all (one
     # batched step counts as one pass: docs/serving.md).

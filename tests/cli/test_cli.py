@@ -470,6 +470,38 @@ def test_serve_takes_the_speculative_settings() -> None:
         p.parse_args(["m.qe", "--speculative", "eagle"])
 
 
+def test_context_max_takes_the_longest_that_fits(
+    qwen35_tokenizer_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `--context max`: the longest context whose state fits 90 % of MemAvailable, said on the
+    # state line; a backend that cannot size its state, or too little memory, is an error.
+    from qwen_edge.backends import native
+    from qwen_edge.export.random_checkpoint import write_random_checkpoint
+
+    files = {f.name: f.read_text("utf-8") for f in qwen35_tokenizer_dir.iterdir() if f.is_file()}
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", presets.hf_config("tiny"), extra_files=files)
+    path = tmp_path / "tiny.qe"
+    assert main(["export", str(ckpt), "-o", str(path), "--quant", "q8"]) == 0
+    capsys.readouterr()
+    model = native.load(path, kv_cache="q8")
+    available = int(model.state_bytes(5000) / 0.9) + 1
+    monkeypatch.setattr(native, "mem_available_bytes", lambda: available)
+    args = ["run", "-p", "Hello", "-n", "2", "--context", "max", "--kv-cache", "q8"]
+    assert main([args[0], str(path), *args[1:]]) == 0
+    assert "MiB for 5000 tokens (q8 KV cache)" in capsys.readouterr().err
+    assert main([args[0], str(ckpt), *args[1:]]) == 1
+    assert "--context max needs a .qe model file" in capsys.readouterr().err
+    monkeypatch.setattr(native, "mem_available_bytes", lambda: 1000)
+    assert main([args[0], str(path), *args[1:]]) == 1
+    assert "no state fits: only 0 MiB of memory is available" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([args[0], str(path), "--context", "lots"])
+    assert "expected a number of tokens or max, got 'lots'" in capsys.readouterr().err
+
+
 def test_run_and_bench_speculative(
     qwen35_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
