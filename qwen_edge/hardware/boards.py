@@ -236,27 +236,99 @@ def _parse(data: Any, path: Path) -> Board:
 
 
 # --- this machine -------------------------------------------------------------------------------
-def ram_gb(meminfo: Path = Path("/proc/meminfo")) -> float | None:
-    """Total RAM in GB (10^9 bytes) from /proc/meminfo, None where it is unavailable."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """Memory the kernel says can be allocated without swapping (MemAvailable), in bytes; None
-    where it is unavailable (not Linux)."""
+def _meminfo_bytes(meminfo: Path, key: str) -> int | None:
     try:
         for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # missing, unreadable, "max", garbage
+        return None
+
+
+def _stat_value(path: Path, keys: tuple[str, ...]) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name in keys:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_memory(
+    proc_cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT
+) -> tuple[int, int] | None:
+    """(limit, available) bytes under the tightest memory limit on this process's cgroup and
+    its ancestors (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`): available = limit -
+    usage + the inactive page cache the cgroup can drop. None where no limit is set. A
+    container started with `--memory 4g` reads the host's MemTotal and MemAvailable, but the
+    kernel kills it at 4 GB."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    found: list[tuple[int, int]] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":  # v2 (in a container, "/" is its own)
+            base, files = root, ("memory.max", "memory.current", ("inactive_file",))
+        elif "memory" in controllers.split(","):  # v1
+            base = root / "memory"
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                     ("total_inactive_file", "inactive_file"))  # fmt: skip
+        else:
+            continue
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):
+            d = base.joinpath(*parts[:depth])
+            limit = _read_int(d / files[0])
+            if limit is None or limit >= 2**60:  # "max", or v1's "no limit" (about 2^63)
+                continue
+            usage = _read_int(d / files[1]) or 0
+            cache = _stat_value(d / "memory.stat", files[2])
+            found.append((limit, max(0, limit - usage + cache)))
+    if not found:
+        return None
+    return min(limit for limit, _ in found), min(available for _, available in found)
+
+
+def ram_gb(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT
+) -> float | None:
+    """Total RAM in GB (10^9 bytes) from /proc/meminfo, or the cgroup's memory limit where that
+    is lower (a container); None where it is unavailable."""
+    total = _meminfo_bytes(meminfo, "MemTotal")
+    limited = cgroup_memory(cgroup, root)
+    if limited is not None:
+        total = limited[0] if total is None else min(total, limited[0])
+    return None if total is None else total / 1e9
+
+
+def mem_available_bytes(
+    meminfo: Path = Path("/proc/meminfo"), cgroup: Path = PROC_CGROUP, root: Path = CGROUP_ROOT
+) -> int | None:
+    """Memory that can be allocated without swapping (MemAvailable), in bytes, or what the
+    cgroup's limit leaves where that is less (a container); None where neither is known (not
+    Linux)."""
+    available = _meminfo_bytes(meminfo, "MemAvailable")
+    limited = cgroup_memory(cgroup, root)
+    if limited is not None:
+        available = limited[1] if available is None else min(available, limited[1])
+    return available
 
 
 def _online_cpus() -> set[int] | None:

@@ -250,3 +250,58 @@ def test_run_and_chat_take_the_board() -> None:
     )
     apply_board(args, ram=4.0, set_affinity=False)
     assert args.threads == 2  # the user's value wins
+
+
+# --- memory limits of a container (cgroups) -----------------------------------------------------
+GIB = 2**30
+
+
+def _files(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_cgroup_v2_limit_on_an_ancestor(tmp_path: Path) -> None:
+    # A service inside a slice limited to 4 GiB, 3 GiB used of which 0.5 GiB inactive page
+    # cache: 1.5 GiB can still be had; the service's own `max` and a looser limit above do not
+    # count; MemAvailable and MemTotal give way to the limit.
+    proc, root = tmp_path / "cgroup", tmp_path / "sys"
+    proc.write_text("0::/slice/service\n")
+    _files(root, {
+        "slice/memory.max": f"{4 * GIB}\n", "slice/memory.current": f"{3 * GIB}\n",
+        "slice/memory.stat": f"anon 100\ninactive_file {GIB // 2}\nactive_file 7\n",
+        "slice/service/memory.max": "max\n", "slice/service/memory.current": "5\n",
+        "memory.max": f"{64 * GIB}\n", "memory.current": "0\n",
+    })  # fmt: skip
+    assert boards.cgroup_memory(proc, root) == (4 * GIB, 3 * GIB // 2)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {16 * GIB // 1024} kB\nMemAvailable: {12 * GIB // 1024} kB\n")
+    assert boards.mem_available_bytes(meminfo, proc, root) == 3 * GIB // 2
+    assert boards.ram_gb(meminfo, proc, root) == 4 * GIB / 1e9
+    # A cgroup over its limit (page cache not yet dropped) has nothing left, not a negative.
+    _files(root, {"slice/memory.current": f"{5 * GIB}\n", "slice/memory.stat": ""})
+    assert boards.cgroup_memory(proc, root) == (4 * GIB, 0)
+
+
+def test_cgroup_v1_limit_and_no_limit(tmp_path: Path) -> None:
+    proc, root = tmp_path / "cgroup", tmp_path / "sys"
+    proc.write_text("12:cpu,cpuacct:/x\n4:memory:/x\n0::/\n")
+    _files(root, {
+        "memory/x/memory.limit_in_bytes": f"{2 * GIB}\n",
+        "memory/x/memory.usage_in_bytes": f"{GIB}\n",
+        "memory/x/memory.stat": "cache 9\ntotal_inactive_file 100\n",
+    })  # fmt: skip
+    assert boards.cgroup_memory(proc, root) == (2 * GIB, GIB + 100)
+    # v1's "no limit" (about 2^63), a limit file that is garbage or missing: no limit known.
+    _files(root, {"memory/x/memory.limit_in_bytes": "9223372036854771712\n"})
+    assert boards.cgroup_memory(proc, root) is None
+    _files(root, {"memory/x/memory.limit_in_bytes": "lots\n"})
+    assert boards.cgroup_memory(proc, root) is None
+    assert boards.cgroup_memory(tmp_path / "missing", root) is None
+    # The path cannot climb out of the hierarchy.
+    proc.write_text("4:memory:/../../etc\n")
+    assert boards.cgroup_memory(proc, root) is None
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {8 * GIB // 1024} kB\nMemAvailable: {GIB // 1024} kB\n")
+    assert boards.mem_available_bytes(meminfo, proc, root) == GIB
