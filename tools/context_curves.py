@@ -26,6 +26,7 @@ import json
 import os
 import resource
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -189,8 +190,11 @@ class Worker:
         JSON are the engine's own)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         start = time.monotonic()
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(command.encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError(f"{self.engine} {self._ended()} before {command!r}") from None
         fd = self.proc.stdout.fileno()
         while True:
             line, sep, rest = self._buf.partition(b"\n")
@@ -207,8 +211,19 @@ class Worker:
             if not data:
                 self._err.seek(0)
                 tail = self._err.read().decode(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.engine} exited during {command!r}:\n{tail}")
+                raise RuntimeError(f"{self.engine} {self._ended()} during {command!r}:\n{tail}")
             self._buf += data
+
+    def _ended(self) -> str:
+        """How the worker ended: its exit status, or the signal (SIGILL: a build for
+        instructions this CPU lacks, as llama.cpp with GGML_AVX_VNNI on a Zen 4)."""
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return "closed its output"
+        if code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with status {code}"
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -294,6 +309,8 @@ def state_memory(depths: list[int], threads: int) -> list[dict[str, Any]]:
 def cmd_run(a: argparse.Namespace) -> int:
     if a.llama and a.kv_cache == "q8" and a.llama_flash_attn == "off":
         raise SystemExit("llama.cpp's q8_0 KV cache needs --llama-flash-attn on")
+    if a.llama and not Path(a.peers_python).is_file():
+        raise SystemExit(f"no python at {a.peers_python}: give --peers-python, one with llama_cpp")
     engines = {"qwen-edge": a.qwen_edge, "llama": a.llama}
     engines = {k: v for k, v in engines.items() if v}
     runs: list[dict[str, Any]] = []

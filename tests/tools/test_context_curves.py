@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from tool_scripts import load_tool
@@ -41,6 +44,23 @@ def test_llama_int8_cache_needs_flash_attention() -> None:
     cc = _tool()
     with pytest.raises(SystemExit, match="flash-attn on"):
         cc.main(["run", "--llama", "x.gguf", "--kv-cache", "q8"])
+
+
+def test_a_missing_peers_python_and_a_crashed_worker_are_named(tmp_path: Path) -> None:
+    cc = _tool()
+    missing = str(tmp_path / "nope" / "python")
+    with pytest.raises(SystemExit, match="no python at .*nope/python: give --peers-python"):
+        cc.main(["run", "--llama", "x.gguf", "--peers-python", missing])
+    # A worker killed by a signal (llama.cpp built for instructions the CPU lacks: SIGILL).
+    a = argparse.Namespace(
+        peers_python=sys.executable, threads=1, depths="8", chunk=8, decode=1, probes=1,
+        kv_cache="f16", llama_flash_attn="off",
+    )  # fmt: skip
+    worker = cc.Worker("llama", "x.gguf", a, 0)
+    worker.proc.kill()
+    with pytest.raises(RuntimeError, match="llama was killed by SIGKILL (during|before) 'warm'"):
+        worker.ask("warm", time.monotonic() + 30)
+    worker.close()
 
 
 def _run(engine: str, kv: str, decode: list[float], flash: str | None = None) -> dict:
