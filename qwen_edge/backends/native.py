@@ -18,13 +18,12 @@ import numpy as np
 
 from ..errors import (
     ContextLengthError,
-    MemoryLimitError,
     ModelFileError,
     ModelStoppedError,
     QwenEdgeError,
 )
 from ..formats.config import ModelConfig
-from ..hardware.boards import mem_available_bytes
+from . import memory
 
 try:
     from .. import _core
@@ -133,10 +132,6 @@ def state_bytes_for(
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
 DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
 KV_CACHE_TYPES = ("f16", "f32", "q8")
-# A state grows only while the memory of its next GROWTH_AHEAD tokens is available (MemAvailable,
-# read once per GROWTH_AHEAD tokens): its cache pages are mapped, not written, when allocated, so
-# the check at new_state cannot see what states made since, or other processes, take meanwhile.
-GROWTH_AHEAD = 1024
 
 
 def _default_threads() -> int:
@@ -426,38 +421,19 @@ class Model:
             raise _map_error(e, ValueError) from None
 
     def max_context_for(self, budget: int) -> int:
-        """The longest context whose state fits in `budget` bytes (0 if none does). The state
-        grows with the context (linearly, plus the attention scratch up to one tile), so a
-        binary search over `state_bytes` finds it."""
-        lo, hi = 0, self.config.max_position_embeddings
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.state_bytes(mid) <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        return int(lo)
+        """The longest context whose state fits in `budget` bytes (0 if none does)."""
+        return memory.longest_context(self.state_bytes, self.config.max_position_embeddings, budget)
 
     def fit_context(self, share: float = 0.9) -> int:
         """Sets `context` to the longest (at most the model's limit) whose state fits `share`
-        of the memory available now, and returns it: `--context max`. The rest is left to the
-        system and to the state's own growth checks.
+        of the memory available now, and returns it: `--context max`.
 
         Raises:
-            ContextLengthError: not even a one-token state fits, or MemAvailable is unknown.
+            ContextLengthError: not even a one-token state fits, or available memory is unknown.
         """
-        available = mem_available_bytes()
-        if available is None:
-            raise ContextLengthError(
-                "cannot tell how much memory is available (no /proc/meminfo): give --context N"
-            )
-        fits = self.max_context_for(int(available * share))
-        if fits < 1:
-            raise ContextLengthError(
-                f"no state fits: only {available / 2**20:.0f} MiB of memory is available"
-            )
-        self.context = fits
-        return fits
+        limit = self.config.max_position_embeddings
+        self.context = memory.fitting_context(self.state_bytes, limit, share)
+        return self.context
 
     # --- the protocol ---
     def new_state(self, context: int | None = None) -> State:
@@ -469,16 +445,8 @@ class Model:
             ValueError: a context outside 1..max_position_embeddings.
         """
         context = context or self.context
-        need = self.state_bytes(context)
-        available = mem_available_bytes()
-        if available is not None and need > available:
-            fits = self.max_context_for(available)
-            raise ContextLengthError(
-                f"a state for {context} tokens needs {need / 2**20:.0f} MiB "
-                f"({self.kv_cache} KV cache) but only {available / 2**20:.0f} MiB of memory is "
-                f"available; use a smaller --context (at most {fits} tokens fit now)"
-                + ("" if self.kv_cache == "q8" else " or --kv-cache q8")
-            )
+        limit = self.config.max_position_embeddings
+        memory.check_new_state(self.state_bytes, limit, context, self.kv_cache)
         try:
             native = self._native.new_state(context, self.batch, self.kv_cache)
         except RuntimeError as e:
@@ -530,30 +498,15 @@ class Model:
         return out
 
     def _check_growth(self, state: State, n: int) -> None:
-        """Before `n` more tokens go into `state`: where they pass what memory was last found
-        for, checks that MemAvailable holds the cache rows up to GROWTH_AHEAD tokens past them
-        (not yet resident ones only), or at least up to them; else MemoryLimitError, not the
-        OOM killer a few tokens later."""
-        end = state.position + n
-        if end <= state._checked:
-            return
-        available = mem_available_bytes()
-        if available is None:  # not Linux: nothing to check against
-            state._checked = state.context
-            return
-        held = self.state_bytes(max(1, state._resident))
-        ahead = min(state.context, end + GROWTH_AHEAD)
-        if self.state_bytes(ahead) - held <= available:
-            state._checked = ahead
-            return
-        need = self.state_bytes(end) - held
-        if need > available:
-            raise MemoryLimitError(
-                f"the state cannot grow to {end} tokens: their cache needs {need / 2**20:.0f} "
-                f"MiB more but only {available / 2**20:.0f} MiB of memory is available"
-                + ("" if self.kv_cache == "q8" else "; --kv-cache q8 needs less")
-            )
-        state._checked = end
+        """Before `n` more tokens go into `state` (`memory.check_growth`)."""
+        state._checked = memory.check_growth(
+            self.state_bytes,
+            self.kv_cache,
+            end=state.position + n,
+            resident=state._resident,
+            checked=state._checked,
+            context=state.context,
+        )
 
     def forward_batch(
         self,

@@ -478,7 +478,7 @@ def test_context_max_takes_the_longest_that_fits(
 ) -> None:
     # `--context max`: the longest context whose state fits 90 % of MemAvailable, said on the
     # state line; a backend that cannot size its state, or too little memory, is an error.
-    from qwen_edge.backends import native
+    from qwen_edge.backends import memory, native
     from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
     files = {f.name: f.read_text("utf-8") for f in qwen35_tokenizer_dir.iterdir() if f.is_file()}
@@ -488,13 +488,13 @@ def test_context_max_takes_the_longest_that_fits(
     capsys.readouterr()
     model = native.load(path, kv_cache="q8")
     available = int(model.state_bytes(5000) / 0.9) + 1
-    monkeypatch.setattr(native, "mem_available_bytes", lambda: available)
+    monkeypatch.setattr(memory, "mem_available_bytes", lambda: available)
     args = ["run", "-p", "Hello", "-n", "2", "--context", "max", "--kv-cache", "q8"]
     assert main([args[0], str(path), *args[1:]]) == 0
     assert "MiB for 5000 tokens (q8 KV cache)" in capsys.readouterr().err
     assert main([args[0], str(ckpt), *args[1:]]) == 1
     assert "--context max needs a .qe model file" in capsys.readouterr().err
-    monkeypatch.setattr(native, "mem_available_bytes", lambda: 1000)
+    monkeypatch.setattr(memory, "mem_available_bytes", lambda: 1000)
     assert main([args[0], str(path), *args[1:]]) == 1
     assert "no state fits: only 0 MiB of memory is available" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -555,7 +555,7 @@ def test_run_262k_context_on_4b_shapes(
     """`--context 262144` on a model with the 4B's layer and head shapes (hidden size 64): the
     command prints the state's size before allocating it, and where the memory available
     cannot hold it, ends with a clear error naming the context that fits (no OOM kill)."""
-    from qwen_edge.backends import native
+    from qwen_edge.backends import memory
     from qwen_edge.export.convert import export
     from qwen_edge.export.random_checkpoint import write_random_checkpoint
 
@@ -567,7 +567,7 @@ def test_run_262k_context_on_4b_shapes(
     model = tmp_path / "4b-shapes.qe"
     export(ckpt, model, "bf16")
     args = ["run", str(model), "-p", "Hello", "-n", "2", "--context", "262144"]
-    monkeypatch.setattr(native, "mem_available_bytes", lambda: 4 * 2**30)
+    monkeypatch.setattr(memory, "mem_available_bytes", lambda: 4 * 2**30)
     assert main([*args, "--kv-cache", "q8"]) == 1
     err = capsys.readouterr().err
     said = re.search(r"state: ([0-9.]+) MiB for 262144 tokens \(q8 KV cache\)", err)
@@ -576,6 +576,6 @@ def test_run_262k_context_on_4b_shapes(
     refused = err.index("a state for 262144 tokens needs")
     assert said.start() < refused and "at most" in err[refused:] and "Traceback" not in err
     # With the memory of an 8 GB board left for it, the same command runs.
-    monkeypatch.setattr(native, "mem_available_bytes", lambda: 6 * 2**30)
+    monkeypatch.setattr(memory, "mem_available_bytes", lambda: 6 * 2**30)
     assert main([*args, "--kv-cache", "q8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["prompt_tokens"] >= 1

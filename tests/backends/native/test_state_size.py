@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qwen_edge.backends import native
+from qwen_edge.backends import memory, native
 from qwen_edge.backends.native import Model
 from qwen_edge.errors import ContextLengthError, MemoryLimitError
 from qwen_edge.export import presets
@@ -64,7 +64,7 @@ def test_context_that_does_not_fit_is_a_clear_error(
 ) -> None:
     model = Model.load(tiny_model_file("q4"), threads=1)
     budget = model.state_bytes(3000)
-    monkeypatch.setattr(native, "mem_available_bytes", lambda: budget)
+    monkeypatch.setattr(memory, "mem_available_bytes", lambda: budget)
     assert model.new_state(3000).context == 3000  # exactly fits
     with pytest.raises(ContextLengthError) as e:
         model.new_state(3001)
@@ -84,7 +84,7 @@ def test_a_state_grows_only_while_memory_holds_its_next_rows(
     GROWTH_AHEAD tokens while memory is plentiful), and refuses tokens whose rows would not
     fit, leaving the state as it was."""
     model = Model.load(tiny_model_file("q4"), threads=1, batch=16)
-    ahead = native.GROWTH_AHEAD
+    ahead = memory.GROWTH_AHEAD
     context = 2 * ahead + 100
     reads: list[int] = []
     available = [10 * model.state_bytes(context)]
@@ -93,7 +93,7 @@ def test_a_state_grows_only_while_memory_holds_its_next_rows(
         reads.append(available[0])
         return available[0]
 
-    monkeypatch.setattr(native, "mem_available_bytes", meminfo)
+    monkeypatch.setattr(memory, "mem_available_bytes", meminfo)
     state = model.new_state(context)
     reads.clear()
     ids = np.arange(10, 30)
@@ -184,7 +184,7 @@ def test_4b_shapes_262k_context_is_a_clear_error_when_it_does_not_fit(
     need = model.state_bytes()
     real = native.state_bytes_for(_four_b(), FOUR_B_CONTEXT, "q8", threads=2)
     assert abs(need - real) < 64 * 2**20  # only the hidden-size scratch differs
-    monkeypatch.setattr(native, "mem_available_bytes", lambda: 4 * 2**30)
+    monkeypatch.setattr(memory, "mem_available_bytes", lambda: 4 * 2**30)
     with pytest.raises(ContextLengthError) as e:
         model.new_state()
     msg = str(e.value)
@@ -192,5 +192,5 @@ def test_4b_shapes_262k_context_is_a_clear_error_when_it_does_not_fit(
     assert 190_000 < fits < FOUR_B_CONTEXT
     assert f"a state for {FOUR_B_CONTEXT} tokens needs {need / 2**20:.0f} MiB (q8 KV" in msg
     assert f"at most {fits} tokens fit now" in msg and "--kv-cache q8" not in msg
-    monkeypatch.setattr(native, "mem_available_bytes", lambda: need)
+    monkeypatch.setattr(memory, "mem_available_bytes", lambda: need)
     assert model.max_context_for(need) == FOUR_B_CONTEXT
