@@ -188,9 +188,12 @@ using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n
                             float* scratch, float* out, int64_t ldo, int64_t ldot);
 // attention_q8, over the int8 cache (the long-context option): each key and value row is
 // d / 32 q8kv blocks (d a multiple of 32), element e of row j worth
-// k[j * d / 32 + e / 32].d * q[e % 32] (the cache is written with quantize_q8kv).
-// Reordered + approx exp, like attention_f32 on the dequantized rows, with the same
-// independence.
+// k[j * d / 32 + e / 32].d * q[e % 32] (the cache is written with quantize_q8kv). Scores
+// are integer dot products: each query is rounded to int16 with one scale qs per row
+// (quantize_row_q16), and scale * q . k[j] is scale * qs * sum_b dk_b (qc_b . kc_b), each
+// block's products summed exactly in int32; the weighted sum is attention_f32's on the
+// dequantized values. Reordered + approx exp, with the same independence (a query's codes are
+// its own).
 using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                            const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t n, int64_t d, float scale,
                            float* scratch, float* out, int64_t ldo, int64_t ldot);

@@ -35,6 +35,18 @@ float quantize_block_q8(const float* x, int8_t* q) {
     return d;
 }
 
+float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
+    float amax = 0.0f;  // fmax drops NaN
+    for (int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float s = amax / 32767.0f;
+    const float inv = s != 0.0f ? 1.0f / s : 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+        const float v = std::fmin(std::fmax(x[j] * inv, -32767.0f), 32767.0f);  // as q8's
+        q[j] = int16_t(std::lround(v));
+    }
+    return s;
+}
+
 void quantize_q8kv(const float* x, BlockQ8Kv* out, int64_t k) {
     for (int64_t b = 0; b < k / kBlockK; ++b) out[b].d = quantize_block_q8(x + b * kBlockK, out[b].q);
 }

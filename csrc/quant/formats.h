@@ -119,6 +119,10 @@ static_assert(sizeof(BlockQ8Kv) == 36, "BlockQ8Kv is part of the kernel ABI");
 // (half away from zero) within +-127; returns d.
 float quantize_block_q8(const float* x, int8_t* q);
 
+// A query row for integer dot products with an int8 cache: s = amax / 32767, q = round(x / s)
+// (half away from zero) within +-32767; returns s. Scalar, the same codes on every table.
+float quantize_row_q16(const float* x, int16_t* q, int64_t n);
+
 // Quantizes x [k] (k a multiple of 32) into k / 32 blocks (quantize_block_q8 each): scalar, the
 // same bytes on every CPU. A cache row is written once and read at every later step, so its
 // speed hardly matters.

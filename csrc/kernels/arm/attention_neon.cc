@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 // NEON softmax attention of a call's queries over one KV head's cache (f16 by default, f32
-// optional, or int8): scores by 4-lane dot products over the head dimension, streaming over
-// tiles of kAttentionTile positions with an online softmax (kernels.h): a tile's scores, their
-// max and exp_f32x4, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end.
-// The queries walk the tiles in blocks, so each tile is read from memory once per block, and
-// a token's heads go through a tile together, sharing each key and value load. f16
-// keys and values are widened exactly with fcvtl (ARMv8.0); no fp16 arithmetic, so long contexts
-// cannot overflow a half-precision sum.
+// optional, or int8): scores by 4-lane dot products over the head dimension (integer ones
+// against the int8 cache), streaming over tiles of kAttentionTile positions with an online
+// softmax (kernels.h): a tile's scores, their max and exp_f32x4, then out = out * exp(m_old -
+// m_new) + sum_j p_j v_j; out / sum at the end. The queries walk the tiles in blocks, so each
+// tile is read from memory once per block, and a token's heads go through a tile together,
+// sharing each key and value load. f16 keys and values are widened exactly with fcvtl
+// (ARMv8.0); no fp16 arithmetic, so long contexts cannot overflow a half-precision sum.
 #include <arm_neon.h>
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/arm/neon_inl.h"
 
@@ -60,13 +62,16 @@ QE_NEON_INLINE float widen(const BlockQ8Kv* c, int64_t i) {
 }
 
 // One query vector of a call: q [d], out [d], the positions it sees, its scratch row p for a
-// tile's scores, and its running softmax max m and sum l.
+// tile's scores, and its running softmax max m and sum l; against the int8 cache also the
+// query in int16 codes qc [d] and their scale qs (quantize_row_q16).
 struct Row {
     const float* q;
     float* out;
     float* p;
     int64_t n;
     float m, l;
+    const int16_t* qc = nullptr;
+    float qs = 0.0f;
 };
 
 // Scores of the tile's positions j .. j + P - 1 (key rows j0 + j ..) against R queries that see
@@ -105,6 +110,40 @@ QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t 
             rows[r].p[j + i] = dot * scale;
         }
     }
+}
+
+// score on the int8 cache: the query in int16, each key block's codes widened once to int16
+// for all rows, a block's products summed in int32 lanes (vmull / vmlal), the lanes scaled by
+// the key block's scale into float chains, the row's scale once per score: 10 operations per
+// block and row where float scores took 8 FMAs plus the key's widening and scaling.
+template <int R, int P>
+QE_NEON_INLINE void score(Row* rows, const BlockQ8Kv* k, int64_t j0, int64_t j, int64_t d,
+                          int64_t, float scale) {
+    const int64_t nb = d / kBlockK;
+    const BlockQ8Kv* kj = k + (j0 + j) * nb;
+    float32x4_t acc[P][R];
+    for (int i = 0; i < P; ++i)
+        for (int r = 0; r < R; ++r) acc[i][r] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int i = 0; i < P; ++i) {
+            const BlockQ8Kv& kb = kj[i * nb + b];
+            const int8x16_t k0 = vld1q_s8(kb.q), k1 = vld1q_s8(kb.q + 16);
+            const int16x8_t kw[4] = {vmovl_s8(vget_low_s8(k0)), vmovl_high_s8(k0),
+                                     vmovl_s8(vget_low_s8(k1)), vmovl_high_s8(k1)};
+            for (int r = 0; r < R; ++r) {
+                const int16_t* qc = rows[r].qc + b * kBlockK;
+                int32x4_t sum = vdupq_n_s32(0);
+                for (int c = 0; c < 4; ++c) {
+                    const int16x8_t qv = vld1q_s16(qc + 8 * c);
+                    sum = vmlal_s16(sum, vget_low_s16(qv), vget_low_s16(kw[c]));
+                    sum = vmlal_high_s16(sum, qv, kw[c]);
+                }
+                acc[i][r] = vfmaq_n_f32(acc[i][r], vcvtq_f32_s32(sum), kb.d);
+            }
+        }
+    }
+    for (int i = 0; i < P; ++i)
+        for (int r = 0; r < R; ++r) rows[r].p[j + i] = vaddvq_f32(acc[i][r]) * rows[r].qs * scale;
 }
 
 // Columns e0 .. e0 + 4C - 1 of R rows' out += sum_j p_j v_j over the tile's nt positions (rows
@@ -191,12 +230,23 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
                int64_t ldo, int64_t ldot) {
     const int64_t ldp = attention_scratch(1, n), total = n_t * n_q;
     Row rows[kBlock];
+    // The int8 cache's quantized queries, a slot per row of a block, kept by the thread from
+    // call to call.
+    thread_local std::vector<int16_t> codes;
+    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+        if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
+    }
     for (int64_t first = 0; first < total; first += kBlock) {
         const int64_t count = total - first < kBlock ? total - first : kBlock;
         for (int64_t b = 0; b < count; ++b) {
             const int64_t r = (first + b) / n_q, i = (first + b) % n_q;
             rows[b] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, scratch + b * ldp,
                           n - (n_t - 1 - r), -INFINITY, 0.0f};
+            if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+                int16_t* qc = codes.data() + b * d;
+                rows[b].qs = quantize_row_q16(rows[b].q, qc, d);
+                rows[b].qc = qc;
+            }
         }
         // Rows go token by token, so the block's last row sees the most positions.
         // A token's n_q heads see the same positions: they go through a tile in runs of up to

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Scalar reference of softmax attention over one KV head (docs/model.md §4.7 step 5), for an f16,
-// f32 or int8 KV cache, streaming: per tile of kAttentionTile positions the scores, the tile's
+// f32 or int8 KV cache (whose scores are integer dot products with the query in int16), streaming: per tile of kAttentionTile positions the scores, the tile's
 // max, then the online-softmax update (running max m and sum l per query; out rescaled by
 // exp(m_old - m_new) when the max grows); out / l at the end. Scratch: one tile of scores per
 // query, whatever n. Several tokens are attended one after the other: the definition of what a
 // kernel that shares K/V tiles among them must give.
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/kernels.h"
 
@@ -24,11 +27,42 @@ inline float at(const BlockQ8Kv* c, int64_t i) {
     return b.d * float(b.q[i % kBlockK]);
 }
 
+// The query's dot product with key row j: in float against f16 and f32 keys; against the int8
+// cache the query is rounded to int16 codes qc with one scale qs (quantize_row_q16), each
+// block's products summed exactly in integers and scaled by the block's scale, the blocks
+// summed in order, times qs.
+struct Query {
+    const float* q;
+    std::vector<int16_t> qc;
+    float qs;
+};
+template <typename T>
+float dot(const Query& query, const T* k, int64_t j, int64_t d) {
+    float dot = 0.0f;
+    for (int64_t e = 0; e < d; ++e) dot += query.q[e] * at(k, j * d + e);
+    return dot;
+}
+float dot(const Query& query, const BlockQ8Kv* k, int64_t j, int64_t d) {
+    float dot = 0.0f;
+    for (int64_t b = 0; b < d / kBlockK; ++b) {
+        const BlockQ8Kv& kb = k[j * (d / kBlockK) + b];
+        int32_t sum = 0;
+        for (int e = 0; e < kBlockK; ++e) sum += int32_t(query.qc[b * kBlockK + e]) * kb.q[e];
+        dot += kb.d * float(sum);
+    }
+    return dot * query.qs;
+}
+
 template <typename T>
 void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n, int64_t d,
             float scale, float* scratch, float* out, int64_t ldo) {
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
+        Query query{qi, {}, 0.0f};
+        if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+            query.qc.resize(size_t(d));
+            query.qs = quantize_row_q16(qi, query.qc.data(), d);
+        }
         float* p = scratch + i * (n < kAttentionTile ? n : kAttentionTile);
         float* oi = out + i * ldo;
         for (int64_t e = 0; e < d; ++e) oi[e] = 0.0f;
@@ -37,9 +71,7 @@ void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, in
             const int64_t nt = n - j0 < kAttentionTile ? n - j0 : kAttentionTile;
             float mt = -INFINITY;
             for (int64_t j = 0; j < nt; ++j) {
-                float dot = 0.0f;
-                for (int64_t e = 0; e < d; ++e) dot += qi[e] * at(k, (j0 + j) * d + e);
-                p[j] = dot * scale;
+                p[j] = dot(query, k, j0 + j, d) * scale;
                 mt = std::fmax(mt, p[j]);
             }
             const float mn = std::fmax(m, mt);

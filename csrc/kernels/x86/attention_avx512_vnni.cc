@@ -5,6 +5,8 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/kernels.h"
 #include "kernels/x86/avx2_inl.h"

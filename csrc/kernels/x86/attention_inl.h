@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Attention over one KV head (f16, f32 or q8 cache) on float vectors, shared by the avx2
-// (8 lanes) and avx512_vnni (16 lanes) tables. Included INSIDE the ISA namespace of a
-// translation unit compiled with that ISA's flags (after <immintrin.h>, <cmath>, kernels.h and
-// avx2_inl.h), with QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA
+// Attention over one KV head (f16, f32 or q8 cache) on float vectors (the int8 cache's scores
+// on integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
+// INSIDE the ISA namespace of a translation unit compiled with that ISA's flags (after
+// <immintrin.h>, <cmath>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA
 // keeps its own copy (STYLE.md §5).
 //
 // The query vectors of a call (n_q heads of n_t consecutive tokens) go in runs of up to kRun
@@ -167,18 +167,22 @@ static inline float tile_max(const float* x, int64_t n) {
     return m;
 }
 
-// One query vector: q [d], out [d], and the number of positions it sees.
+// One query vector: q [d], out [d], and the number of positions it sees; against the int8
+// cache also the query in int16 codes qc [d] and their scale qs (quantize_row_q16).
 struct Row {
     const float* q;
     float* out;
     int64_t n;
+    const int16_t* qc = nullptr;
+    float qs = 0.0f;
 };
 
 // scale * q . k[j] for k's row starting at element kj: kLanes-wide FMAs over dv, the lanes'
 // sum, the scalar tail; exactly what attend_run does per row.
 template <typename T>
-static inline float score1(const float* q, const T* k, int64_t kj, int64_t d, int64_t dv,
+static inline float score1(const Row& row, const T* k, int64_t kj, int64_t d, int64_t dv,
                            float scale) {
+    const float* q = row.q;
     Vec acc = QE_V(setzero_ps)();
     for (int64_t e = 0; e < dv; e += kLanes)
         acc = QE_V(fmadd_ps)(QE_V(loadu_ps)(q + e), vload(k, kj + e), acc);
@@ -238,6 +242,95 @@ static inline void score_pass(const Row* rows, const T* k, int64_t j, int64_t d,
             p[r * ldp + i] = dot * scale;
         }
     }
+}
+
+// ---- Scores against the int8 cache: integer dot products ----------------------------------
+// The query is rounded to int16 with one scale per row (quantize_row_q16: ~256 times finer
+// than a cache block's int8), each key block's codes widened once to int16 for all rows, and
+// the products of a block summed in int32 lanes by one vpmaddwd per 32 (avx512) or 16 codes;
+// only the lanes are scaled by the key block's scale, the row's scale once per score. Per
+// position, row and 32 codes one vpmaddwd, a convert and one FMA, where float scores took 2
+// FMAs on avx512 plus a widening and a scaling of each key vector: the FMA pipes bound the
+// int8 decode step on Zen 4 (its 512-bit operations take both halves). A lane sums at most 4
+// products of 32767 * 127, below 2^24: its float is exact.
+constexpr int kCodes = 32;  // one block per step
+#if QE_ATTENTION_LANES == 16
+struct KeyCodes {
+    __m512i c;
+    Vec s;
+};
+static inline KeyCodes key_codes(const BlockQ8Kv& b) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.q));
+    return {_mm512_cvtepi8_epi16(c), _mm512_set1_ps(b.d)};
+}
+static inline Vec code_dot(const KeyCodes& k, const int16_t* qc) {
+    return _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_loadu_si512(qc), k.c));
+}
+#else
+struct KeyCodes {
+    __m256i lo, hi;
+    Vec s;
+};
+static inline KeyCodes key_codes(const BlockQ8Kv& b) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + 16));
+    return {_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi), _mm256_set1_ps(b.d)};
+}
+static inline Vec code_dot(const KeyCodes& k, const int16_t* qc) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qc));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qc + 16));
+    return _mm256_cvtepi32_ps(
+        _mm256_add_epi32(_mm256_madd_epi16(lo, k.lo), _mm256_madd_epi16(hi, k.hi)));
+}
+#endif
+
+// The 32 codes of block b of P key rows against R rows, scaled by the key block's scale, into
+// acc.
+template <int R, int P>
+static inline void code_step(const Row* rows, const BlockQ8Kv* k, int64_t nb, int64_t b,
+                             Vec (&acc)[P][R]) {
+    KeyCodes kc[P];
+    for (int i = 0; i < P; ++i) kc[i] = key_codes(k[i * nb + b]);
+    for (int r = 0; r < R; ++r) {
+        const int16_t* qc = rows[r].qc + b * kCodes;
+        for (int i = 0; i < P; ++i)
+            acc[i][r] = QE_V(fmadd_ps)(code_dot(kc[i], qc), kc[i].s, acc[i][r]);
+    }
+}
+
+// score_pass on the int8 cache: the same results for the same rows and positions, whatever P,
+// R and company (independent chains only), fetching as score_pass does.
+template <int R, int P>
+static inline void score_pass(const Row* rows, const BlockQ8Kv* k, int64_t j, int64_t d, int64_t,
+                              float scale, float* p, int64_t ldp, const char* pf = nullptr,
+                              int64_t pf_lines = 0) {
+    const int64_t nb = d / kBlockK;
+    const BlockQ8Kv* kj = k + j * nb;
+    Vec acc[P][R];
+    for (int i = 0; i < P; ++i)
+        for (int r = 0; r < R; ++r) acc[i][r] = QE_V(setzero_ps)();
+    int64_t owed = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        if constexpr (P > 1) {
+            for (owed += pf_lines; owed >= nb; owed -= nb, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+        }
+        code_step<R, P>(rows, kj, nb, b, acc);
+    }
+    float dots[P * R];
+    const Vec* flat = &acc[0][0];
+    int f = 0;
+    for (; f + 4 <= P * R; f += 4) vsum4(flat + f, dots + f);
+    for (; f < P * R; ++f) dots[f] = vsum(flat[f]);
+    for (int i = 0; i < P; ++i)
+        for (int r = 0; r < R; ++r) p[r * ldp + i] = dots[i * R + r] * rows[r].qs * scale;
+}
+
+// score1 on the int8 cache: one row and position (kj = its first element), as score_pass.
+static inline float score1(const Row& row, const BlockQ8Kv* k, int64_t kj, int64_t d, int64_t,
+                           float scale) {
+    float p;
+    score_pass<1, 1>(&row, k, kj / d, d, d, scale, &p, 1);
+    return p;
 }
 
 // Columns e0 .. e0 + C * kLanes - 1 of every row's out: (first tile ? 0 : out * alpha) +
@@ -313,7 +406,7 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
     for (; js < nt_hi; ++js) {
         for (int r = 0; r < R; ++r) {
             if (js >= nt[r]) continue;
-            p[r * ldp + js] = score1(rows[r].q, k, (j0 + js) * d, d, dv, scale);
+            p[r * ldp + js] = score1(rows[r], k, (j0 + js) * d, d, dv, scale);
         }
     }
     for (int r = 0; r < R; ++r) {
@@ -428,6 +521,12 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
                       float* out, int64_t ldo, int64_t ldot) {
     const int64_t ldp = n < kAttentionTile ? n : kAttentionTile;
     Block b;
+    // The int8 cache's quantized queries, a slot per row of a block (24 KiB at d = 256), kept
+    // by the thread from call to call.
+    thread_local std::vector<int16_t> codes;
+    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+        if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
+    }
     for (int64_t r = 0; r < n_t; ++r) {
         const int64_t n_r = n - (n_t - 1 - r);
         for (int64_t i = 0; i < n_q; ++i) {
@@ -445,7 +544,13 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
             } else {
                 b.run_end[b.runs++] = b.count + 1;
             }
-            b.rows[b.count++] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
+            Row row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
+            if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+                int16_t* qc = codes.data() + b.count * d;
+                row.qs = quantize_row_q16(row.q, qc, d);
+                row.qc = qc;
+            }
+            b.rows[b.count++] = row;
         }
     }
     if (b.count > 0) attend_block(b, k, v, d, scale, scratch, ldp);

@@ -48,12 +48,31 @@ def test_attention(isa: str, kv: str, n_q: int, n: int, d: int) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(v).max())
 
 
+def _dequantized(x: np.ndarray) -> np.ndarray:
+    """x through q8a blocks along its last axis (as the int8 cache stores rows), back in
+    float64."""
+    scale, _, codes = quantize_q8a(x.reshape(-1))
+    return (scale[:, None].astype(np.float64) * codes).reshape(x.shape)
+
+
+def _query_q16(q: np.ndarray) -> np.ndarray:
+    """Each query row rounded to int16 with one scale (amax / 32767, half away from zero), as
+    the int8 cache's integer scores take it, back in float64."""
+    q = q.astype(np.float32)
+    s = np.abs(q).max(axis=-1, keepdims=True) / np.float32(32767)
+    inv = np.where(s != 0, np.float32(1) / np.where(s != 0, s, 1), 0).astype(np.float32)
+    v = np.clip(q * inv, -32767, 32767)
+    codes = np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return s.astype(np.float64) * codes
+
+
 @pytest.mark.parametrize(
     ("n_q", "n", "d"), [(1, 1, 32), (4, 7, 32), (4, 130, 256), (3, 17, 64), (4, 777, 64)]
 )
 def test_attention_q8(isa: str, n_q: int, n: int, d: int) -> None:
-    """The int8 cache: rows through q8a (as the model stores them), then float64 attention on
-    the dequantized rows; the kernel's only differences are summation orders."""
+    """The int8 cache: rows through q8a (as the model stores them), scores against the query
+    in int16 (integer dot products), then float64 attention on the dequantized values; the
+    kernel's only differences are summation orders."""
     rng = np.random.default_rng(n_q * 1000 + n + d)
     q = rng.standard_normal((n_q, d)).astype(np.float32)
     k = rng.standard_normal((n, d)).astype(np.float32)
@@ -62,16 +81,28 @@ def test_attention_q8(isa: str, n_q: int, n: int, d: int) -> None:
         k[0, :32] = 0.0  # an all-zero block has scale 0
     got = _core.attention_q8(q, k, v, 0.25, isa=isa)
 
-    def dequantized(x: np.ndarray) -> np.ndarray:
-        scale, _, codes = quantize_q8a(x.reshape(-1))
-        return (scale[:, None].astype(np.float64) * codes).reshape(x.shape)
-
-    kd, vd = dequantized(k), dequantized(v)
+    qd, kd, vd = _query_q16(q), _dequantized(k), _dequantized(v)
     assert np.abs(kd - k).max() > 1e-3  # the test would notice a kernel reading floats
-    s = 0.25 * q.astype(np.float64) @ kd.T
+    s = 0.25 * qd @ kd.T
     p = np.exp(s - s.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(got, p @ vd, rtol=1e-4, atol=2e-5 * np.abs(vd).max())
+
+
+def test_attention_q8_integer_sums_at_their_largest(isa: str) -> None:
+    """Every product at its largest (query codes +-32767, key codes +-127, all of one sign per
+    row): the int32 sums of a block cannot overflow nor lose a bit, whatever the ISA's lanes."""
+    d, n = 256, 40
+    q = np.full((4, d), 3.0, np.float32)
+    q[1] *= -1
+    q[2, ::2] = -3.0
+    q[3, :128] = 1e4  # a large outlier half: one scale per row must hold both halves
+    k = np.where(np.arange(n)[:, None] % 2 == 0, 1.0, -1.0) * np.ones((n, d), np.float32)
+    v = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    got = _core.attention_q8(q, k, v, 1e-3, isa=isa)
+    np.testing.assert_allclose(
+        got, _reference(_query_q16(q), _dequantized(k), _dequantized(v), 1e-3), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_q8kv_blocks_hold_the_values_of_q8a() -> None:
@@ -158,6 +189,7 @@ def test_attention_tokens(isa: str, kv: str, n_t: int, n_q: int, n: int, d: int)
     q = rng.standard_normal((n_t, n_q, d)).astype(np.float32)
     k = rng.standard_normal((n, d)).astype(np.float32)
     v = rng.standard_normal((n, d)).astype(np.float32)
+    q_ref = q
     if kv == "f16":
         k16, v16 = k.astype(np.float16), v.astype(np.float16)
         k, v = k16.astype(np.float32), v16.astype(np.float32)
@@ -176,18 +208,16 @@ def test_attention_tokens(isa: str, kv: str, n_t: int, n_q: int, n: int, d: int)
         def run(qq: np.ndarray, m: int) -> np.ndarray:
             return _core.attention_q8(qq, k32[:m], v32[:m], 0.25, isa=isa)
 
-        def dequantized(x: np.ndarray) -> np.ndarray:
-            scale, _, codes = quantize_q8a(x.reshape(-1))
-            return (scale[:, None].astype(np.float64) * codes).reshape(x.shape).astype(np.float32)
-
-        k, v = dequantized(k), dequantized(v)
+        # The reference's float32 inputs hold the values the kernel computes with.
+        q_ref = _query_q16(q).astype(np.float32)
+        k, v = _dequantized(k).astype(np.float32), _dequantized(v).astype(np.float32)
     got = run(q, n)
     assert got.shape == q.shape
     for r in range(n_t):
         m = n - (n_t - 1 - r)
         np.testing.assert_array_equal(got[r], run(q[r], m), err_msg=f"token {r} of {n_t}")
         np.testing.assert_allclose(
-            got[r], _reference(q[r], k[:m], v[:m], 0.25), rtol=1e-4, atol=2e-5 * np.abs(v).max()
+            got[r], _reference(q_ref[r], k[:m], v[:m], 0.25), rtol=1e-4, atol=2e-5 * np.abs(v).max()
         )
 
 
