@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // Scalar reference of softmax attention over one KV head (docs/model.md §4.7 step 5), for an f16,
-// f32 or int8 KV cache (whose scores are integer dot products with the query in int16), streaming: per tile of kAttentionTile positions the scores, the tile's
-// max, then the online-softmax update (running max m and sum l per query; out rescaled by
-// exp(m_old - m_new) when the max grows); out / l at the end. Scratch: one tile of scores per
-// query, whatever n. Several tokens are attended one after the other: the definition of what a
-// kernel that shares K/V tiles among them must give.
+// f32 or int8 KV cache (whose scores are integer dot products with the query in int16),
+// streaming: per tile of kAttentionTile positions the scores, the tile's max, then the
+// online-softmax update (running max m and sum l per query; out rescaled by exp(m_old - m_new)
+// when the max grows); out / l at the end. Scratch: one tile of scores per query, whatever n.
+// Several tokens are attended one after the other: the definition of what a kernel that
+// shares K/V tiles among them must give.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -38,19 +39,19 @@ struct Query {
 };
 template <typename T>
 float dot(const Query& query, const T* k, int64_t j, int64_t d) {
-    float dot = 0.0f;
-    for (int64_t e = 0; e < d; ++e) dot += query.q[e] * at(k, j * d + e);
-    return dot;
+    float total = 0.0f;
+    for (int64_t e = 0; e < d; ++e) total += query.q[e] * at(k, j * d + e);
+    return total;
 }
 float dot(const Query& query, const BlockQ8Kv* k, int64_t j, int64_t d) {
-    float dot = 0.0f;
+    float total = 0.0f;
     for (int64_t b = 0; b < d / kBlockK; ++b) {
         const BlockQ8Kv& kb = k[j * (d / kBlockK) + b];
         int32_t sum = 0;
         for (int e = 0; e < kBlockK; ++e) sum += int32_t(query.qc[b * kBlockK + e]) * kb.q[e];
-        dot += kb.d * float(sum);
+        total += kb.d * float(sum);
     }
-    return dot * query.qs;
+    return total * query.qs;
 }
 
 template <typename T>

@@ -2,8 +2,9 @@
 // Attention over one KV head (f16, f32 or q8 cache) on float vectors (the int8 cache's scores
 // on integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
 // INSIDE the ISA namespace of a translation unit compiled with that ISA's flags (after
-// <immintrin.h>, <cmath>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA
-// keeps its own copy (STYLE.md §5).
+// <immintrin.h>, <cmath>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with
+// QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA keeps its own copy
+// (STYLE.md §5).
 //
 // The query vectors of a call (n_q heads of n_t consecutive tokens) go in runs of up to kRun
 // rows that share every key and value load: scores are kRun dot products per key row (one K
