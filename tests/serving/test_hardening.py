@@ -120,12 +120,18 @@ def test_full_queue_answers_429_with_retry_after(make_server: Callable[..., Serv
 def test_non_streaming_request_stops_when_its_client_leaves(
     make_server: Callable[..., Server],
 ) -> None:
-    srv = make_server()
+    gates: list[Gate] = []
+    srv = make_server(wrap=gated(gates))
     addr, worker = srv.server_address[:2], srv.worker
     body = {**CHAT, "max_tokens": 250, "temperature": 1.0, "logit_bias": NO_END}
     with socket.create_connection(addr, timeout=30) as s:
         s.sendall(post("/v1/chat/completions", body))
         wait_for(lambda: worker.active == 1, "the generation to start")
+    # held at its first step until the watch has seen the client leave: ungated, a fast
+    # machine could finish all 250 tokens first
+    jobs = [slot.job for slot in worker._running.values()]
+    wait_for(lambda: all(job.cancelled.is_set() for job in jobs), "the disconnect to be seen")
+    gates[0].release.set()
     # the worker stops it at its next token instead of generating 250 tokens for nobody
     wait_for(lambda: worker.cancelled_jobs == 1, "the generation to be cancelled")
     wait_for(lambda: worker.active == 0, "the worker to be free")
