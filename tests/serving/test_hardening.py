@@ -47,8 +47,10 @@ class Gate:
     def __init__(self, model: Any):
         self.model = model
         self.release = threading.Event()
+        self.reached = threading.Event()  # a forward pass is waiting (or went through)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.reached.set()
         self.release.wait()
         return self.model.forward(*args, **kwargs)
 
@@ -126,10 +128,10 @@ def test_non_streaming_request_stops_when_its_client_leaves(
     body = {**CHAT, "max_tokens": 250, "temperature": 1.0, "logit_bias": NO_END}
     with socket.create_connection(addr, timeout=30) as s:
         s.sendall(post("/v1/chat/completions", body))
-        wait_for(lambda: worker.active == 1, "the generation to start")
+        wait_for(gates[0].reached.is_set, "the generation's first step")
+        jobs = [slot.job for slot in worker._running.values()]
     # held at its first step until the watch has seen the client leave: ungated, a fast
     # machine could finish all 250 tokens first
-    jobs = [slot.job for slot in worker._running.values()]
     wait_for(lambda: all(job.cancelled.is_set() for job in jobs), "the disconnect to be seen")
     gates[0].release.set()
     # the worker stops it at its next token instead of generating 250 tokens for nobody
@@ -152,7 +154,8 @@ def test_queued_request_of_a_client_that_left_never_runs(
     with socket.create_connection(addr, timeout=30) as s:
         s.sendall(post("/v1/chat/completions", CHAT))
         wait_for(lambda: worker.queue_depth == 1, "the second request to wait")
-    time.sleep(0.5)  # the watch notices within a poll
+        queued = list(worker._queue)
+    wait_for(lambda: queued[0].cancelled.is_set(), "the watch to see the client leave")
     gates[0].release.set()
     first.join()
     wait_for(lambda: worker.queue_depth == 0 and worker.active == 0, "the queue to empty")
