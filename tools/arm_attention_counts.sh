@@ -43,8 +43,8 @@ printf '| %-5s | %-15s | %-12s | %-14s | %-14s | %5s |\n' cache "tokens per call
     instructions "KiB fetched" "KiB of K + V" ratio
 echo "|-------|-----------------|--------------|----------------|----------------|-------|"
 for cache in f16 q8; do
-    # K and V rows of d = 256 at the chunk's mean depth: 512 bytes (f16) or 8 blocks of 40 (q8).
-    row=$([ "$cache" = f16 ] && echo 512 || echo 320)
+    # K and V rows of d = 256 at the chunk's mean depth: 512 bytes (f16) or 8 blocks of 36 (q8).
+    row=$([ "$cache" = f16 ] && echo 512 || echo 288)
     kv=$(((depth + chunk / 2) * row * 2))
     for per_call in 1 $chunk; do
         insns=$(per_token insn_count.so "$per_call" "$cache")
