@@ -95,7 +95,8 @@ def test_sigterm_drains(serve_process: Any) -> None:
     # paced to 40 tokens/s so that no machine finishes the long stream within the drain timeout;
     # one sequence at a time, so that the second request waits in the queue
     proc, addr = serve_process("--drain-timeout", "4", "--max-batch", "1", *PACED)
-    short = Stream(addr, max_tokens=6)  # finishes within the drain timeout
+    # finishes within the drain timeout, and runs long enough (0.4 s) for the queue to be seen
+    short = Stream(addr, max_tokens=16)
     assert short.first.wait(60)
     long = Stream(addr, max_tokens=400)  # queued behind it; cut by the drain timeout
     wait_for_metric(addr, "queue_depth", 1)
@@ -110,7 +111,7 @@ def test_sigterm_drains(serve_process: Any) -> None:
     assert status == 503 and body["error"]["code"] == "draining" and resp.getheader("Retry-After")
     assert call(addr, "GET", "/health")[:2] == (200, {"status": "draining"})
     assert call(addr, "GET", "/v1/models")[0] == 200
-    assert ending(short.events()) == ("length", 6)  # finished on its own: all 6 tokens
+    assert ending(short.events()) == ("length", 16)  # finished on its own: all 16 tokens
     reason, tokens = ending(long.events())  # ended by the drain, properly
     assert reason == "length" and 0 < tokens < 400
     assert proc.wait(60) == 0
