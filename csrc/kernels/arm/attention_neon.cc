@@ -113,7 +113,7 @@ QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t 
 }
 
 // score on the int8 cache: the query in int16, each key block's codes widened once to int16
-// for all rows, a block's products summed in int32 lanes (vmull / vmlal), the lanes scaled by
+// for all rows, a block's products summed in int32 lanes (vmlal_s16), the lanes scaled by
 // the key block's scale into float chains, the row's scale once per score: 10 operations per
 // block and row where float scores took 8 FMAs plus the key's widening and scaling.
 template <int R, int P>
