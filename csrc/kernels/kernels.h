@@ -192,8 +192,16 @@ using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n
 // are integer dot products: each query is rounded to int16 with one scale qs per row
 // (quantize_row_q16), and scale * q . k[j] is scale * qs * sum_b dk_b (qc_b . kc_b), each
 // block's products summed exactly in int32; the weighted sum is attention_f32's on the
-// dequantized values. Reordered + approx exp, with the same independence (a query's codes are
-// its own).
+// dequantized values, but on avx512_vnni and neon in integers too: per tile, query and value
+// block b, the weights p_j * dv_jb (p_j = exp(score_j - running max) <= 1, dv_jb the block's
+// scale) rounded to int16 against the bound W = max_j p_j * max_j dv_jb over the tile's
+// positions, w_j = rint(p_j * dv_jb * kWeightOne / W), and out gets (W / kWeightOne) *
+// sum_j w_j * codes_jb, the sum exact in int32 (256 * 32767 * 127 < 2^31). A weight's
+// rounding moves a term by at most W * 127 / 65534: 1/258 of what the codes' own rounding
+// can move the largest (W / 2). Reordered + approx exp, with the same independence (a
+// query's codes and weights are its own).
+inline constexpr int kWeightOne = 32767;
+static_assert(kAttentionTile * kWeightOne * 127LL < (1LL << 31), "a tile's int32 sums overflow");
 using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                            const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t n, int64_t d, float scale,
                            float* scratch, float* out, int64_t ldo, int64_t ldot);
@@ -226,8 +234,12 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
     QE_DECLARE_MATMUL(isa) QE_DECLARE_VEC(isa) QE_DECLARE_DELTA(isa) QE_DECLARE_ATTENTION(isa)
 // clang-format on
 
-// ref: every kernel.
+// ref: every kernel; and attention_q8 with the weighted sum in integers, as avx512_vnni's and
+// neon's.
 QE_DECLARE_ALL(ref)
+namespace ref {
+AttentionQ8Fn attention_q8_integer_weights;
+}  // namespace ref
 
 #if defined(__x86_64__) || defined(_M_X64)
 // avx2 (+FMA, F16C): every kernel. avx_vnni: the packed products; avx512_vnni: the packed

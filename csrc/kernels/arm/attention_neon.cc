@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // NEON softmax attention of a call's queries over one KV head's cache (f16 by default, f32
 // optional, or int8): scores by 4-lane dot products over the head dimension (integer ones
-// against the int8 cache), streaming over tiles of kAttentionTile positions with an online
-// softmax (kernels.h): a tile's scores, their max and exp_f32x4, then out = out * exp(m_old -
-// m_new) + sum_j p_j v_j; out / sum at the end. The queries walk the tiles in blocks, so each
-// tile is read from memory once per block, and a token's heads go through a tile together,
-// sharing each key and value load. f16 keys and values are widened exactly with fcvtl
-// (ARMv8.0); no fp16 arithmetic, so long contexts cannot overflow a half-precision sum.
+// against the int8 cache, and so is its weighted sum), streaming over tiles of
+// kAttentionTile positions with an online softmax (kernels.h): a tile's scores, their max and
+// exp_f32x4, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end. The
+// queries walk the tiles in blocks, so each tile is read from memory once per block, and a
+// token's heads go through a tile together, sharing each key and value load. f16 keys and
+// values are widened exactly with fcvtl (ARMv8.0); no fp16 arithmetic, so long contexts cannot
+// overflow a half-precision sum.
 #include <arm_neon.h>
 
 #include <cmath>
@@ -177,6 +178,109 @@ QE_NEON_INLINE void weigh(Row* rows, const T* v, int64_t v0, int64_t d, int64_t 
         for (int r = 0; r < R; ++r) vst1q_f32(rows[r].out + e0 + 4 * c, o[c][r]);
 }
 
+// ---- The weighted sum on the int8 cache in integers (kernels.h) ----------------------------
+// Per tile, row and value block b the weights w_j = rint(p_j dv_jb * kWeightOne / W) in int16
+// (W = max_j p_j * max_j dv_jb); each value vector is widened once to int16 for all R rows and
+// its products with a row's weight go into int32 lanes by smlal, 2 per row and 8 columns,
+// where the float sum took 2 FMAs after widening, converting and scaling every value vector
+// (7 operations per 8 columns, shared by the rows).
+
+// Weights w[(r * nb + b) * nt + j], units unit[r * nb + b] = W / kWeightOne, and the tile's
+// value-block scales s[b * nt + j], kept by the thread from call to call (24 KiB at d = 256);
+// s_max [nb] the scales' max per block.
+struct Q8Scratch {
+    std::vector<float> s, unit, s_max;
+    std::vector<int16_t> w;
+};
+QE_NEON_INLINE Q8Scratch& q8_scratch(int64_t nb) {
+    thread_local Q8Scratch x;
+    if (x.s_max.size() < size_t(nb)) {
+        x.s.resize(size_t(nb * kAttentionTile));
+        x.w.resize(size_t(4 * nb * kAttentionTile));
+        x.unit.resize(size_t(4 * nb));
+        x.s_max.resize(size_t(nb));
+    }
+    return x;
+}
+
+// The tile's weights (vt: its first value row; the rows see its nt positions, scores in p).
+template <int R>
+QE_NEON_INLINE void q8_weights(const Row* rows, const BlockQ8Kv* vt, int64_t nb, int64_t nt,
+                               Q8Scratch& x) {
+    float* s = x.s.data();
+    for (int64_t j = 0; j < nt; ++j)
+        for (int64_t b = 0; b < nb; ++b) s[b * nt + j] = vt[j * nb + b].d;
+    for (int64_t b = 0; b < nb; ++b) {
+        float s_max = 0.0f;
+        for (int64_t j = 0; j < nt; ++j) s_max = std::fmax(s_max, s[b * nt + j]);
+        x.s_max[b] = s_max;
+    }
+    for (int r = 0; r < R; ++r) {
+        const float* p = rows[r].p;
+        float p_max = 0.0f;
+        for (int64_t j = 0; j < nt; ++j) p_max = std::fmax(p_max, p[j]);
+        for (int64_t b = 0; b < nb; ++b) {
+            const float* sb = s + b * nt;
+            const float w_max = p_max * x.s_max[b];
+            const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
+            x.unit[r * nb + b] = w_max / float(kWeightOne);
+            int16_t* w = x.w.data() + (r * nb + b) * nt;
+            int64_t j = 0;
+            for (; j + 4 <= nt; j += 4) {
+                const float32x4_t t = vmulq_f32(vld1q_f32(p + j), vld1q_f32(sb + j));
+                // Nearest, ties to even; saturating, so a NaN cannot overflow.
+                vst1_s16(w + j, vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(t, inv))));
+            }
+            for (; j < nt; ++j) {
+                const float t = std::fmin(std::fmax(p[j] * sb[j] * inv, 0.0f), float(kWeightOne));
+                w[j] = int16_t(std::nearbyint(t));
+            }
+        }
+    }
+}
+
+// out += unit * sum_j w_j codes_j over the tile for R rows (out already scaled by alpha),
+// block by block, H halves of a block (16 columns each) per pass: 4H x R int32 chains (smlal
+// waits ~4 cycles, and two pipes want ~8 in flight).
+template <int R>
+QE_NEON_INLINE void weigh_q8(Row* rows, const BlockQ8Kv* vt, int64_t d, int64_t nt) {
+    constexpr int H = R <= 2 ? 2 : 1;
+    const int64_t nb = d / kBlockK;
+    Q8Scratch& x = q8_scratch(nb);
+    q8_weights<R>(rows, vt, nb, nt, x);
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int h0 = 0; h0 < 2; h0 += H) {
+            int32x4_t acc[R][4 * H];
+            for (int r = 0; r < R; ++r)
+                for (int c = 0; c < 4 * H; ++c) acc[r][c] = vdupq_n_s32(0);
+            for (int64_t j = 0; j < nt; ++j) {
+                int16x8_t codes[2 * H];
+                for (int h = 0; h < H; ++h) {
+                    const int8x16_t c = vld1q_s8(vt[j * nb + b].q + 16 * (h0 + h));
+                    codes[2 * h] = vmovl_s8(vget_low_s8(c));
+                    codes[2 * h + 1] = vmovl_high_s8(c);
+                }
+                for (int r = 0; r < R; ++r) {
+                    const int16x8_t w = vld1q_dup_s16(x.w.data() + (r * nb + b) * nt + j);
+                    for (int c = 0; c < 2 * H; ++c) {
+                        acc[r][2 * c] =
+                            vmlal_s16(acc[r][2 * c], vget_low_s16(codes[c]), vget_low_s16(w));
+                        acc[r][2 * c + 1] = vmlal_high_s16(acc[r][2 * c + 1], codes[c], w);
+                    }
+                }
+            }
+            for (int r = 0; r < R; ++r) {
+                const float u = x.unit[r * nb + b];
+                float* out = rows[r].out + b * kBlockK + 16 * h0;
+                for (int c = 0; c < 4 * H; ++c) {
+                    vst1q_f32(out + 4 * c,
+                              vfmaq_n_f32(vld1q_f32(out + 4 * c), vcvtq_f32_s32(acc[r][c]), u));
+                }
+            }
+        }
+    }
+}
+
 // Tile j0 of R rows that see the same positions (j0 < n): the tile's scores, their max and
 // exp, then out = (first tile ? 0 : out * exp(m_old - m_new)) + sum_j p_j v_j. Each row does the
 // same operations in the same order whatever rows share the tile or the call: a query is
@@ -203,6 +307,10 @@ void attend_tile(Row* rows, const T* k, const T* v, int64_t j0, int64_t d, float
         } else {
             for (int64_t e = 0; e < d; ++e) row.out[e] *= alpha;
         }
+    }
+    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+        weigh_q8<R>(rows, v + j0 * (d / kBlockK), d, nt);
+        return;
     }
     const int64_t v0 = j0 * d;
     int64_t e = 0;

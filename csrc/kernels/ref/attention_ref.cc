@@ -5,7 +5,8 @@
 // online-softmax update (running max m and sum l per query; out rescaled by exp(m_old - m_new)
 // when the max grows); out / l at the end. Scratch: one tile of scores per query, whatever n.
 // Several tokens are attended one after the other: the definition of what a kernel that
-// shares K/V tiles among them must give.
+// shares K/V tiles among them must give. attention_q8_integer_weights defines the weighted sum
+// over the int8 cache of avx512_vnni and neon (kernels.h): int16 weights, exact int32 sums.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -54,7 +55,34 @@ float dot(const Query& query, const BlockQ8Kv* k, int64_t j, int64_t d) {
     return total * query.qs;
 }
 
-template <typename T>
+// out += sum_j p_j v[j0 + j] over a tile of the int8 cache, in integers: per value block b
+// the weights p_j * dv_jb rounded to int16 against the bound W = max_j p_j * max_j dv_jb
+// (w_j = rint(p_j * dv_jb * kWeightOne / W)), their products with the codes summed exactly
+// in int32, then scaled by W / kWeightOne.
+void weigh_integers(const float* p, const BlockQ8Kv* v, int64_t j0, int64_t nt, int64_t d,
+                    float* out) {
+    const int64_t nb = d / kBlockK;
+    float p_max = 0.0f;
+    for (int64_t j = 0; j < nt; ++j) p_max = std::fmax(p_max, p[j]);
+    for (int64_t b = 0; b < nb; ++b) {
+        float s_max = 0.0f;
+        for (int64_t j = 0; j < nt; ++j) s_max = std::fmax(s_max, v[(j0 + j) * nb + b].d);
+        const float w_max = p_max * s_max;
+        const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
+        int32_t sum[kBlockK] = {};
+        for (int64_t j = 0; j < nt; ++j) {
+            const BlockQ8Kv& vb = v[(j0 + j) * nb + b];
+            // Within [0, kWeightOne] but for a NaN, which the clamp keeps from the conversion.
+            const float t = std::fmin(std::fmax(p[j] * vb.d * inv, 0.0f), float(kWeightOne));
+            const auto w = int32_t(std::nearbyint(t));
+            for (int e = 0; e < kBlockK; ++e) sum[e] += w * vb.q[e];
+        }
+        const float unit = w_max / float(kWeightOne);
+        for (int e = 0; e < kBlockK; ++e) out[b * kBlockK + e] += unit * float(sum[e]);
+    }
+}
+
+template <bool kIntegerWeights = false, typename T>
 void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n, int64_t d,
             float scale, float* scratch, float* out, int64_t ldo) {
     for (int64_t i = 0; i < n_q; ++i) {
@@ -85,8 +113,12 @@ void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, in
             }
             l = l * alpha + sum;
             for (int64_t e = 0; e < d; ++e) oi[e] *= alpha;
-            for (int64_t j = 0; j < nt; ++j) {
-                for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * at(v, (j0 + j) * d + e);
+            if constexpr (kIntegerWeights) {
+                weigh_integers(p, v, j0, nt, d, oi);
+            } else {
+                for (int64_t j = 0; j < nt; ++j) {
+                    for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * at(v, (j0 + j) * d + e);
+                }
             }
         }
         const float inv = 1.0f / l;
@@ -94,18 +126,25 @@ void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, in
     }
 }
 
-template <typename T>
+template <bool kIntegerWeights = false, typename T>
 void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const T* k,
                const T* v, int64_t n, int64_t d, float scale, float* scratch, float* out,
                int64_t ldo, int64_t ldot) {
     for (int64_t r = 0; r < n_t; ++r) {
-        attend(q + r * ldqt, ldq, n_q, k, v, n - (n_t - 1 - r), d, scale, scratch, out + r * ldot,
-               ldo);
+        attend<kIntegerWeights>(q + r * ldqt, ldq, n_q, k, v, n - (n_t - 1 - r), d, scale,
+                                scratch, out + r * ldot, ldo);
     }
 }
 
 }  // namespace
 
 #include "kernels/attention_entries_inl.h"
+
+void attention_q8_integer_weights(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q,
+                                  int64_t n_t, const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t n,
+                                  int64_t d, float scale, float* scratch, float* out, int64_t ldo,
+                                  int64_t ldot) {
+    attention<true>(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
+}
 
 }  // namespace qe::ref

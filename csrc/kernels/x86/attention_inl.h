@@ -2,7 +2,7 @@
 // Attention over one KV head (f16, f32 or q8 cache) on float vectors (the int8 cache's scores
 // on integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
 // INSIDE the ISA namespace of a translation unit compiled with that ISA's flags (after
-// <immintrin.h>, <cmath>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with
+// <immintrin.h>, <cmath>, <cstring>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with
 // QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA keeps its own copy
 // (STYLE.md §5).
 //
@@ -370,6 +370,156 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
         for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0 + c * kLanes, o[c][r]);
 }
 
+// ---- avx512 only: the weighted sum on the int8 cache in integers (kernels.h) --------------
+// Per tile, row and value block b the weights w_j = rint(p_j dv_jb * kWeightOne / W) in int16;
+// a block's codes at two positions j, j + 1 are interleaved per column and widened to int16,
+// so one vpdpwssd per row and 16 columns multiplies both positions' codes by their weights and
+// adds them to int32 sums. Per position, row and 32 columns that is one operation plus a share
+// of the interleave, where the float sum took 2 FMAs after the widening, conversion and scaling
+// of each value vector: those bound the int8 decode step on Zen 4. On avx2 (vpmaddwd and an
+// add per 8 columns) it measured no faster than the FMAs for runs of 12, so avx2 keeps them.
+#if QE_ATTENTION_LANES == 16
+
+// The weighted sum's buffers, kept by the thread from call to call (56 KiB for runs of 12 rows
+// at d = 256): the tile's value-block scales, transposed so each block's are contiguous
+// (s[b * ldw + j]), the rows' weights and units, the scales' max per block.
+struct Q8Scratch {
+    std::vector<float> s, unit, s_max;
+    std::vector<int16_t> w;
+};
+static inline Q8Scratch& q8_scratch(int64_t nb) {
+    thread_local Q8Scratch x;
+    if (x.s_max.size() < size_t(nb)) {
+        x.s.resize(size_t(nb * kAttentionTile));
+        x.w.resize(size_t(kRun * nb * kAttentionTile));
+        x.unit.resize(size_t(kRun * nb));
+        x.s_max.resize(size_t(nb));
+    }
+    return x;
+}
+
+// The value-block scales of the tile's n positions (v: its first row) into s. A row's are 36
+// bytes apart: loads and stores at fixed offsets where the row is 8 blocks (d = 256); a loop
+// over the blocks took longer, and gathers as long.
+static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, float* s, int64_t ldw) {
+    if (nb == 8) {
+        for (int64_t j = 0; j < n; ++j) {
+            const BlockQ8Kv* row = v + j * 8;
+            for (int b = 0; b < 8; ++b) s[b * ldw + j] = row[b].d;
+        }
+        return;
+    }
+    for (int64_t j = 0; j < n; ++j)
+        for (int64_t b = 0; b < nb; ++b) s[b * ldw + j] = v[j * nb + b].d;
+}
+
+// The tile's weights: w[(r * nb + b) * ldw + j] for j < nt[r], zeros up to ldw (the tile's
+// positions rounded up to even, so every pair is whole); unit[r * nb + b] = W / kWeightOne.
+// W is the bound max_j p_j * max_j dv_jb over the row's positions (kernels.h), so the max
+// needs no pass over the products, and rows that see the same positions share the scales'.
+// s [nb * ldw]: the tile's value-block scales (take_scales); s_max [nb] a scratch.
+template <int R>
+static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, int64_t nb,
+                              int64_t ldw, const float* s, float* s_max, int16_t* w, float* unit) {
+    for (int r = 0; r < R; ++r) {
+        const int64_t n = nt[r];
+        if (r == 0 || n != nt[r - 1]) {
+            for (int64_t b = 0; b < nb; ++b) s_max[b] = tile_max(s + b * ldw, n);
+        }
+        const float* pr = p + r * ldp;
+        const float p_max = tile_max(pr, n);
+        for (int64_t b = 0; b < nb; ++b) {
+            const float* sb = s + b * ldw;
+            int16_t* wb = w + (r * nb + b) * ldw;
+            const float w_max = p_max * s_max[b];
+            const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
+            unit[r * nb + b] = w_max / float(kWeightOne);
+            const __m512 iv = _mm512_set1_ps(inv);
+            int64_t j = 0;
+            for (; j + 16 <= n; j += 16) {
+                const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(pr + j), _mm512_loadu_ps(sb + j));
+                const __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(t, iv));  // nearest, even
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(wb + j), _mm512_cvtsepi32_epi16(c));
+            }
+            for (; j < n; ++j) {
+                // Clamped so a NaN cannot reach the conversion (the vectors' saturates).
+                const float t = std::fmin(std::fmax(pr[j] * sb[j] * inv, 0.0f), float(kWeightOne));
+                wb[j] = int16_t(std::nearbyint(t));
+            }
+            for (; j < ldw; ++j) wb[j] = 0;
+        }
+    }
+}
+
+// The int32 sums of value block b (vb = its block in the tile's first row) for R rows over the
+// tile's nt_hi positions, a pair at a time (a lone last position pairs with itself under a
+// zero weight): columns 0-7 and 16-23 (an in-lane interleave's order) in sums[r], 8-15 and
+// 24-31 in sums[R + r]; fetching pf_step bytes from pf per pair. A function of its own: with
+// the flush in the same body, gcc 12 copies every sum twice per pair (its register
+// allocator's doing, not the arithmetic's).
+template <int R>
+__attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb, int64_t nt_hi,
+                                                const int16_t* w, int64_t ldw, const char* pf,
+                                                int64_t pf_step, __m512i* sums) {
+    __m512i lo[R], hi[R];
+    for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
+    for (int64_t j = 0; j < nt_hi; j += 2) {
+        for (int64_t b = 0; b < pf_step; b += 64)
+            _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb[j * nb].q));
+        const __m256i z = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(vb[(j + 1 < nt_hi ? j + 1 : j) * nb].q));
+        const __m512i c0 = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a, z));
+        const __m512i c1 = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, z));
+        for (int r = 0; r < R; ++r) {
+            int32_t pair;
+            std::memcpy(&pair, w + r * nb * ldw + j, sizeof pair);
+            const __m512i wp = _mm512_set1_epi32(pair);
+            lo[r] = _mm512_dpwssd_epi32(lo[r], c0, wp);
+            hi[r] = _mm512_dpwssd_epi32(hi[r], c1, wp);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        sums[r] = lo[r];
+        sums[R + r] = hi[r];
+    }
+}
+
+// The weighted sum of a tile on the int8 cache (j0: its first row; nt [R], nt_hi as in
+// attend_tile): out = (first tile ? 0 : out * alpha) + unit * sums, block by block, fetching
+// pf_bytes from pf (the next tile's keys) along the way.
+template <int R>
+static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int64_t d,
+                            const float* p, int64_t ldp, const int64_t* nt, int64_t nt_hi,
+                            bool first, const float* alpha, const char* pf, int64_t pf_bytes) {
+    const int64_t nb = d / kBlockK, ldw = (nt_hi + 1) & ~int64_t{1}, pairs = ldw / 2;
+    Q8Scratch& x = q8_scratch(nb);
+    const BlockQ8Kv* vt = v + j0 * nb;
+    take_scales(vt, nb, nt_hi, x.s.data(), ldw);
+    q8_weights<R>(p, ldp, nt, nb, ldw, x.s.data(), x.s_max.data(), x.w.data(), x.unit.data());
+    const int64_t pf_step = pf ? (pf_bytes + nb * pairs * 64 - 1) / (nb * pairs * 64) * 64 : 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i sums[2 * R];
+        pair_sums<R>(vt + b, nb, nt_hi, x.w.data() + b * ldw, ldw, pf + b * pairs * pf_step,
+                     pf_step, sums);
+        for (int r = 0; r < R; ++r) {
+            const __m512 u = _mm512_set1_ps(x.unit[r * nb + b]);
+            const __m512 f0 = _mm512_cvtepi32_ps(sums[r]), f1 = _mm512_cvtepi32_ps(sums[R + r]);
+            const __m512 cols[2] = {_mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(3, 2, 3, 2))};
+            float* out = rows[r].out + b * kBlockK;
+            for (int h = 0; h < 2; ++h) {
+                const __m512 o = first ? _mm512_setzero_ps()
+                                       : _mm512_mul_ps(_mm512_loadu_ps(out + 16 * h),
+                                                       _mm512_set1_ps(alpha[r]));
+                _mm512_storeu_ps(out + 16 * h, _mm512_fmadd_ps(cols[h], u, o));
+            }
+        }
+    }
+}
+
+#endif  // QE_ATTENTION_LANES == 16
+
 // Tile j0 of a run of R rows with the same number of tiles, sorted by n (rows[0] sees the
 // fewest positions); p [R, ldp] the tile's scores; m, l [R] the rows' running max and sum,
 // carried from tile to tile by the caller (-inf and 0 before the first).
@@ -424,15 +574,21 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
     // The weighted sum reads only cache, so memory would idle: fetch the next tile's keys
     // meanwhile, pf_step bytes per position and pass.
     const char* pf = nullptr;
-    int64_t pf_step = 0;
+    int64_t pf_bytes = 0, pf_step = 0;
     const int64_t next = j0 + kAttentionTile;
     if (fetch_next && next < rows[R - 1].n && nt_lo > 0) {
         const int64_t rows_next = std::min(kAttentionTile, rows[R - 1].n - next);
         pf = row_at(k, next, d);
-        const int64_t bytes = row_at(k, next + rows_next, d) - pf;
+        pf_bytes = row_at(k, next + rows_next, d) - pf;
         const int64_t passes = dv / (kCols * kLanes) > 0 ? dv / (kCols * kLanes) : 1;
-        pf_step = (bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
+        pf_step = (pf_bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
     }
+#if QE_ATTENTION_LANES == 16
+    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+        weigh_q8<R>(rows, v, j0, d, p, ldp, nt, nt_hi, first, alpha, pf, pf_bytes);
+        return;
+    }
+#endif
     int64_t pass = 0;
     int64_t e0 = 0;
     for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes, ++pass)
