@@ -398,17 +398,9 @@ static inline Q8Scratch& q8_scratch(int64_t nb) {
     return x;
 }
 
-// The value-block scales of the tile's n positions (v: its first row) into s. A row's are 36
-// bytes apart: loads and stores at fixed offsets where the row is 8 blocks (d = 256); a loop
-// over the blocks took longer, and gathers as long.
+// The value-block scales of the tile's n positions (v: its first row) into s; a row's are 36
+// bytes apart (gathers took as long as these loads).
 static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, float* s, int64_t ldw) {
-    if (nb == 8) {
-        for (int64_t j = 0; j < n; ++j) {
-            const BlockQ8Kv* row = v + j * 8;
-            for (int b = 0; b < 8; ++b) s[b * ldw + j] = row[b].d;
-        }
-        return;
-    }
     for (int64_t j = 0; j < n; ++j)
         for (int64_t b = 0; b < nb; ++b) s[b * ldw + j] = v[j * nb + b].d;
 }
