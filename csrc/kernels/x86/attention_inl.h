@@ -334,6 +334,37 @@ static inline float score1(const Row& row, const BlockQ8Kv* k, int64_t kj, int64
     return p;
 }
 
+// The scores of a tile (j0: its first position) for R rows: p[r * ldp + j] for j < nt[r]
+// (nt_lo: every row's), key row by key row, fetching the V rows of the positions scored.
+template <int R, typename T>
+static inline void score_tile(const Row* rows, const T* k, const T* v, int64_t j0, int64_t nt_lo,
+                              const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
+    // Key rows per score pass: >= 8 chains where the accumulators, loads and a broadcast fit
+    // in the registers (a decode group on avx512: 4 key rows, so each query load feeds 4
+    // FMAs). Runs of 8 or more already have their chains (2 key rows measured 5-8 % slower
+    // for runs of 12).
+    constexpr int kPos = R >= 8 ? 1 : 4 * R + 5 <= kRegs ? 4 : 2 * R + 3 <= kRegs ? 2 : 1;
+    const int64_t dv = d & ~int64_t{kLanes - 1};
+    int64_t js = 0;
+    for (; js + kPos <= nt_lo; js += kPos) {
+        // The weighted sum reads V in column blocks, rows 512 bytes apart (f16, d = 256):
+        // fetch each scored position's V row now, so the tile is in cache by then.
+        const char* vrows = row_at(v, j0 + js, d);
+        const int64_t lines = (row_at(v, j0 + js + kPos, d) - vrows + 63) / 64;
+        if constexpr (kPos == 1) {
+            for (int64_t i = 0; i < lines; ++i) _mm_prefetch(vrows + 64 * i, _MM_HINT_T1);
+        }
+        score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp, vrows, lines);
+    }
+    for (; js < nt_lo; ++js) score_pass<R, 1>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
+    for (; js < nt[R - 1]; ++js) {
+        for (int r = 0; r < R; ++r) {
+            if (js >= nt[r]) continue;
+            p[r * ldp + js] = score1(rows[r], k, (j0 + js) * d, d, dv, scale);
+        }
+    }
+}
+
 // Columns e0 .. e0 + C * kLanes - 1 of every row's out: (first tile ? 0 : out * alpha) +
 // sum_j p_j v_j in position order, row r over its own nt[r] positions (< nt_lo: all rows').
 template <int R, int C, typename T>
@@ -370,26 +401,27 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
         for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0 + c * kLanes, o[c][r]);
 }
 
-// ---- avx512 only: the weighted sum on the int8 cache in integers (kernels.h) --------------
-// Per tile, row and value block b the weights w_j = rint(p_j dv_jb * kWeightOne / W) in int16;
-// a block's codes at two positions j, j + 1 are interleaved per column and widened to int16,
-// so one vpdpwssd per row and 16 columns multiplies both positions' codes by their weights and
-// adds them to int32 sums. Per position, row and 32 columns that is one operation plus a share
-// of the interleave, where the float sum took 2 FMAs after the widening, conversion and scaling
-// of each value vector: those bound the int8 decode step on Zen 4. On avx2 (vpmaddwd and an
-// add per 8 columns) it measured no faster than the FMAs for runs of 12, so avx2 keeps them.
+// ---- avx512 only: the int8 cache in integers (kernels.h) ----------------------------------
 #if QE_ATTENTION_LANES == 16
 
-// The weighted sum's buffers, kept by the thread from call to call (56 KiB for runs of 12 rows
-// at d = 256): the tile's value-block scales, transposed so each block's are contiguous
-// (s[b * ldw + j]), the rows' weights and units, the scales' max per block.
+// The buffers of a tile on the int8 cache, kept by the thread from call to call (66 KiB for
+// runs of 12 rows at d = 256). Scores: a group of 16 key rows transposed (kt, 16 vectors per
+// block) and their block scales (ks, 16 floats per block). Weighted sum: the tile's value-
+// block scales, transposed so each block's are contiguous (s[b * ldw + j]), the rows' weights
+// and units, the scales' max per block.
 struct Q8Scratch {
+    struct alignas(64) Zmm {
+        int32_t lanes[16];
+    };
+    std::vector<Zmm> kt, ks;  // std::vector<__m512i> would drop the type's alignment
     std::vector<float> s, unit, s_max;
     std::vector<int16_t> w;
 };
 static inline Q8Scratch& q8_scratch(int64_t nb) {
     thread_local Q8Scratch x;
     if (x.s_max.size() < size_t(nb)) {
+        x.kt.resize(size_t(nb * 16));
+        x.ks.resize(size_t(nb));
         x.s.resize(size_t(nb * kAttentionTile));
         x.w.resize(size_t(kRun * nb * kAttentionTile));
         x.unit.resize(size_t(kRun * nb));
@@ -397,6 +429,139 @@ static inline Q8Scratch& q8_scratch(int64_t nb) {
     }
     return x;
 }
+
+// -- Scores with positions in lanes: a group of 16 key rows is transposed once per tile and
+// run, so that lane l of a vector holds key row l. One vpdpwssd per row and pair of columns (a
+// broadcast of the query's two codes) then adds that pair's products for all 16 positions, a
+// block's sums stay exact in int32 (kernels.h), and one convert and one FMA per row, block
+// and 16 positions scale them by the 16 key-block scales. Rows along lanes (score_pass) took
+// a vpmaddwd, a convert and an FMA per row, position and block, and a horizontal sum per
+// score: the scores were half of a prefill chunk at depth. The transposition costs about as
+// much as the dot products in decode (runs of 4), so there the two schemes measured level.
+constexpr int kGroup = 16;
+
+// The 32 codes at rows[0..15] (a block of 16 key rows) as 16 vectors t[e]: lane l holds codes
+// 2e and 2e + 1 of row l, widened to int16. A 16 x 16 transposition of 16-bit pairs in four
+// rounds of in-lane interleaves (each doubling the rows a 128-bit lane holds of one column),
+// on ymm (half the cost of zmm shuffles on Zen 4), then a widening.
+static inline void transpose_codes(const int8_t* const* rows, __m512i* t) {
+    __m256i r[16];
+    for (int l = 0; l < 16; ++l)
+        r[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[l]));
+    // x[h][k]: rows 2k, 2k + 1 at columns 4h .. 4h + 3 (low lane; + 8 in the high lane).
+    __m256i x[2][8];
+    for (int k = 0; k < 8; ++k) {
+        x[0][k] = _mm256_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
+        x[1][k] = _mm256_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
+    }
+    // y[h][g][m]: rows 4m .. 4m + 3 at columns 4h + 2g, 4h + 2g + 1.
+    __m256i y[2][2][4];
+    for (int h = 0; h < 2; ++h) {
+        for (int m = 0; m < 4; ++m) {
+            y[h][0][m] = _mm256_unpacklo_epi32(x[h][2 * m], x[h][2 * m + 1]);
+            y[h][1][m] = _mm256_unpackhi_epi32(x[h][2 * m], x[h][2 * m + 1]);
+        }
+    }
+    // z[i][n]: rows 8n .. 8n + 7 at column 4h + 2g + i; then both halves of the rows.
+    for (int h = 0; h < 2; ++h) {
+        for (int g = 0; g < 2; ++g) {
+            __m256i z[2][2];
+            for (int n = 0; n < 2; ++n) {
+                z[0][n] = _mm256_unpacklo_epi64(y[h][g][2 * n], y[h][g][2 * n + 1]);
+                z[1][n] = _mm256_unpackhi_epi64(y[h][g][2 * n], y[h][g][2 * n + 1]);
+            }
+            for (int i = 0; i < 2; ++i) {
+                const int e = 4 * h + 2 * g + i;
+                t[e] = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(z[i][0], z[i][1], 0x20));
+                t[e + 8] = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(z[i][0], z[i][1], 0x31));
+            }
+        }
+    }
+}
+
+// Key rows kg[0 .. m - 1] (m <= 16; the rest count as zeros) transposed block by block into
+// t [nb * 16] and their block scales gathered into s [nb * 16] (s[b * 16 + l]: row l's;
+// scalar loads measured slower), fetching pf_lines lines from pf meanwhile.
+static inline void key_group(const BlockQ8Kv* kg, int64_t nb, int m, __m512i* t, float* s,
+                             const char* pf, int64_t pf_lines) {
+    alignas(32) static const int8_t zeros[kBlockK] = {};
+    const __mmask16 live = __mmask16((1u << m) - 1);
+    static_assert(sizeof(BlockQ8Kv) == 9 * sizeof(float), "key_group indexes blocks in floats");
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(int(9 * nb)));
+    int64_t owed = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+        for (owed += pf_lines; owed >= nb; owed -= nb, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+        const int8_t* rows[16];
+        for (int l = 0; l < 16; ++l) rows[l] = l < m ? kg[l * nb + b].q : zeros;
+        transpose_codes(rows, t + b * 16);
+        const __m512 sb = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, &kg[b].d, 4);
+        _mm512_store_ps(s + b * 16, sb);
+    }
+}
+
+// The scores of R rows against a key group (t, s: key_group's), unscaled by the rows' qs,
+// into f [R]: per block the int32 sums over the block's 16 column pairs, converted and scaled
+// by the 16 rows' block scales. A function of its own, the columns unrolled: inlined into
+// score_tile, or rolled, gcc 12 copied every sum once per column.
+template <int R>
+__attribute__((noinline)) static void group_scores(const __m512i* t, const float* s, int64_t nb,
+                                                   const Row* rows, __m512* f) {
+    __m512 acc_f[R];
+    for (int r = 0; r < R; ++r) acc_f[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+#pragma GCC unroll 16
+        for (int e = 0; e < 16; ++e) {
+            const __m512i te = t[b * 16 + e];
+            for (int r = 0; r < R; ++r) {
+                int32_t pair;
+                std::memcpy(&pair, rows[r].qc + b * kBlockK + 2 * e, sizeof pair);
+                acc[r] = _mm512_dpwssd_epi32(acc[r], te, _mm512_set1_epi32(pair));
+            }
+        }
+        const __m512 sb = _mm512_load_ps(s + b * 16);
+        for (int r = 0; r < R; ++r)
+            acc_f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), sb, acc_f[r]);
+    }
+    for (int r = 0; r < R; ++r) f[r] = acc_f[r];
+}
+
+// score_tile on the int8 cache: p[r * ldp + j] = scale * qs_r * sum_b dk_jb (qc_rb . kc_jb),
+// 16 positions at a time, every row to the tile's last position nt[R - 1] (a row that sees
+// fewer gets values past its own it never reads), fetching the V rows of each group.
+template <int R>
+static void score_tile(const Row* rows, const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t j0,
+                       int64_t, const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
+    const int64_t nb = d / kBlockK, n = nt[R - 1];
+    Q8Scratch& x = q8_scratch(nb);
+    __m512i* t = reinterpret_cast<__m512i*>(x.kt.data());
+    float* s = reinterpret_cast<float*>(x.ks.data());
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t g = 0; g < n; g += kGroup) {
+        const int m = int(n - g < kGroup ? n - g : kGroup);
+        const char* pf = row_at(v, j0 + g, d);
+        key_group(k + (j0 + g) * nb, nb, m, t, s, pf, (row_at(v, j0 + g + m, d) - pf + 63) / 64);
+        __m512 f[R];
+        group_scores<R>(t, s, nb, rows, f);
+        const __mmask16 live = __mmask16((1u << m) - 1);
+        for (int r = 0; r < R; ++r) {
+            const __m512 pr = _mm512_mul_ps(_mm512_mul_ps(f[r], _mm512_set1_ps(rows[r].qs)), sc);
+            _mm512_mask_storeu_ps(p + r * ldp + g, live, pr);
+        }
+    }
+}
+
+// -- The weighted sum in integers: per tile, row and value block b the weights w_j =
+// rint(p_j dv_jb * kWeightOne / W) in int16; a block's codes at two positions j, j + 1 are
+// interleaved per column and widened to int16, so one vpdpwssd per row and 16 columns
+// multiplies both positions' codes by their weights and adds them to int32 sums. Per
+// position, row and 32 columns that is one operation plus a share of the interleave, where
+// the float sum took 2 FMAs after the widening, conversion and scaling of each value vector:
+// those bound the int8 decode step on Zen 4. On avx2 (vpmaddwd and an add per 8 columns) it
+// measured no faster than the FMAs for runs of 12, so avx2 keeps them.
 
 // The value-block scales of the tile's n positions (v: its first row) into s; a row's are 36
 // bytes apart (gathers took as long as these loads).
@@ -516,11 +681,8 @@ static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int
 template <int R, typename T>
 static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, float scale,
                         float* p, int64_t ldp, int64_t j0, float* m, float* l, bool fetch_next) {
-    // Key rows per score pass and column vectors per weighted-sum pass: >= 8 chains where
-    // the accumulators, loads and a broadcast fit in the registers (a decode group on
-    // avx512: 4 key rows, so each query load feeds 4 FMAs). Runs of 8 or more already have
-    // their chains (2 key rows measured 5-8 % slower for runs of 12).
-    constexpr int kPos = R >= 8 ? 1 : 4 * R + 5 <= kRegs ? 4 : 2 * R + 3 <= kRegs ? 2 : 1;
+    // Column vectors per weighted-sum pass: >= 8 chains where the accumulators, a value and
+    // a broadcast fit in the registers.
     constexpr int kCols = 4 * (R + 1) + 2 <= kRegs ? 4 : 2 * (R + 1) + 2 <= kRegs ? 2 : 1;
     const int64_t dv = d & ~int64_t{kLanes - 1};
     const int64_t n_lo = rows[0].n;
@@ -531,25 +693,7 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
     int64_t nt[R];
     for (int r = 0; r < R; ++r)
         nt[r] = rows[r].n - j0 < kAttentionTile ? rows[r].n - j0 : kAttentionTile;
-    const int64_t nt_hi = nt[R - 1];
-    int64_t js = 0;
-    for (; js + kPos <= nt_lo; js += kPos) {
-        // The weighted sum reads V in column blocks, rows 512 bytes apart (f16, d = 256):
-        // fetch each scored position's V row now, so the tile is in cache by then.
-        const char* vrows = row_at(v, j0 + js, d);
-        const int64_t lines = (row_at(v, j0 + js + kPos, d) - vrows + 63) / 64;
-        if constexpr (kPos == 1) {
-            for (int64_t i = 0; i < lines; ++i) _mm_prefetch(vrows + 64 * i, _MM_HINT_T1);
-        }
-        score_pass<R, kPos>(rows, k, j0 + js, d, dv, scale, p + js, ldp, vrows, lines);
-    }
-    for (; js < nt_lo; ++js) score_pass<R, 1>(rows, k, j0 + js, d, dv, scale, p + js, ldp);
-    for (; js < nt_hi; ++js) {
-        for (int r = 0; r < R; ++r) {
-            if (js >= nt[r]) continue;
-            p[r * ldp + js] = score1(rows[r], k, (j0 + js) * d, d, dv, scale);
-        }
-    }
+    score_tile<R>(rows, k, v, j0, nt_lo, nt, d, scale, p, ldp);
     for (int r = 0; r < R; ++r) {
         const float mn = std::fmax(m[r], tile_max(p + r * ldp, nt[r]));
         alpha[r] = j0 == 0 ? 0.0f : std::exp(m[r] - mn);
@@ -575,7 +719,7 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
     }
 #if QE_ATTENTION_LANES == 16
     if constexpr (std::is_same_v<T, BlockQ8Kv>) {
-        weigh_q8<R>(rows, v, j0, d, p, ldp, nt, nt_hi, first, alpha, pf, pf_bytes);
+        weigh_q8<R>(rows, v, j0, d, p, ldp, nt, nt[R - 1], first, alpha, pf, pf_bytes);
         return;
     }
 #endif
