@@ -10,7 +10,8 @@
 // rows that share every key and value load: scores are kRun dot products per key row (one K
 // load and widening for all), the output accumulates kRun x kLanes columns per value row in
 // registers (kRun accumulators, a value and a broadcast: 14 of AVX2's 16 registers). So a
-// prefill chunk reads each K/V tile once per run instead of once per query token. Streaming
+// prefill chunk reads each K/V tile once per run instead of once per query token (on avx512
+// the int8 cache's scores and weighted sum go in integers: their own section). Streaming
 // over tiles of kAttentionTile positions with an online softmax (kernels.h): a tile's scores,
 // their max and exp, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end.
 //
@@ -245,29 +246,16 @@ static inline void score_pass(const Row* rows, const T* k, int64_t j, int64_t d,
     }
 }
 
-// ---- Scores against the int8 cache: integer dot products ----------------------------------
+// ---- avx2: scores against the int8 cache, integer dot products along lanes ---------------
 // The query is rounded to int16 with one scale per row (quantize_row_q16: ~256 times finer
 // than a cache block's int8), each key block's codes widened once to int16 for all rows, and
-// the products of a block summed in int32 lanes by one vpmaddwd per 32 (avx512) or 16 codes;
-// only the lanes are scaled by the key block's scale, the row's scale once per score. Per
-// position, row and 32 codes one vpmaddwd, a convert and one FMA, where float scores took 2
-// FMAs on avx512 plus a widening and a scaling of each key vector: the FMA pipes bound the
-// int8 decode step on Zen 4 (its 512-bit operations take both halves). A lane sums at most 4
-// products of 32767 * 127, below 2^24: its float is exact.
+// the products of a block summed in int32 lanes by two vpmaddwd and an add; only the lanes
+// are scaled by the key block's scale, the row's scale once per score. Per position, row and
+// 32 codes that is 5 operations where float scores took 4 FMAs plus a widening and a scaling
+// of each key vector. A lane sums at most 4 products of 32767 * 127, below 2^24: its float
+// is exact. (avx512 puts positions along lanes instead: score_tile below.)
+#if QE_ATTENTION_LANES == 8
 constexpr int kCodes = 32;  // one block per step
-#if QE_ATTENTION_LANES == 16
-struct KeyCodes {
-    __m512i c;
-    Vec s;
-};
-static inline KeyCodes key_codes(const BlockQ8Kv& b) {
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.q));
-    return {_mm512_cvtepi8_epi16(c), _mm512_set1_ps(b.d)};
-}
-static inline Vec code_dot(const KeyCodes& k, const int16_t* qc) {
-    return _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_loadu_si512(qc), k.c));
-}
-#else
 struct KeyCodes {
     __m256i lo, hi;
     Vec s;
@@ -283,7 +271,6 @@ static inline Vec code_dot(const KeyCodes& k, const int16_t* qc) {
     return _mm256_cvtepi32_ps(
         _mm256_add_epi32(_mm256_madd_epi16(lo, k.lo), _mm256_madd_epi16(hi, k.hi)));
 }
-#endif
 
 // The 32 codes of block b of P key rows against R rows, scaled by the key block's scale, into
 // acc.
@@ -333,6 +320,7 @@ static inline float score1(const Row& row, const BlockQ8Kv* k, int64_t kj, int64
     score_pass<1, 1>(&row, k, kj / d, d, d, scale, &p, 1);
     return p;
 }
+#endif  // QE_ATTENTION_LANES == 8
 
 // The scores of a tile (j0: its first position) for R rows: p[r * ldp + j] for j < nt[r]
 // (nt_lo: every row's), key row by key row, fetching the V rows of the positions scored.
@@ -436,8 +424,9 @@ static inline Q8Scratch& q8_scratch(int64_t nb) {
 // block's sums stay exact in int32 (kernels.h), and one convert and one FMA per row, block
 // and 16 positions scale them by the 16 key-block scales. Rows along lanes (score_pass) took
 // a vpmaddwd, a convert and an FMA per row, position and block, and a horizontal sum per
-// score: the scores were half of a prefill chunk at depth. The transposition costs about as
-// much as the dot products in decode (runs of 4), so there the two schemes measured level.
+// score: the scores were half of a prefill chunk at depth (now 16-24 % faster). In decode
+// (runs of 4) the transposition costs about as much as the dot products: 4-5 % faster from
+// cache, level at 64k where memory bounds the call.
 constexpr int kGroup = 16;
 
 // The 32 codes at rows[0..15] (a block of 16 key rows) as 16 vectors t[e]: lane l holds codes
