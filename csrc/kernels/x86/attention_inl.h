@@ -392,24 +392,27 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 // ---- avx512 only: the int8 cache in integers (kernels.h) ----------------------------------
 #if QE_ATTENTION_LANES == 16
 
-// The buffers of a tile on the int8 cache, kept by the thread from call to call (65 KiB for
-// runs of 12 rows at d = 256). Scores: a group of 16 key rows transposed (kt, 16 vectors per
-// block) and their block scales (ks, 16 floats per block). Weighted sum: the tile's value-
-// block scales, transposed so each block's are contiguous (s[b * ldw + j]), the rows' weights
-// and units, the scales' max per block.
+// The buffers of a tile on the int8 cache, kept by the thread from call to call (193 KiB at
+// d = 256). Scores: the tile's key rows transposed in groups of 16 (kt, 16 vectors per group
+// and block; ks, 16 floats per group and block), the groups' first tiled_keys positions of
+// the tile at tiled_base (null: none) valid for the runs after the first. Weighted sum: the
+// tile's value-block scales, transposed so each block's are contiguous (s[b * ldw + j]), the
+// rows' weights and units, the scales' max per block.
 struct Q8Scratch {
     struct alignas(64) Zmm {
         int32_t lanes[16];
     };
     std::vector<Zmm> kt, ks;  // std::vector<__m512i> would drop the type's alignment
+    const BlockQ8Kv* tiled_base = nullptr;
+    int64_t tiled_keys = 0;
     std::vector<float> s, unit, s_max;
     std::vector<int16_t> w;
 };
 static inline Q8Scratch& q8_scratch(int64_t nb) {
     thread_local Q8Scratch x;
     if (x.s_max.size() < size_t(nb)) {
-        x.kt.resize(size_t(nb * 16));
-        x.ks.resize(size_t(nb));
+        x.kt.resize(size_t(kAttentionTile * nb));
+        x.ks.resize(size_t(kAttentionTile / 16 * nb));
         x.s.resize(size_t(nb * kAttentionTile));
         x.w.resize(size_t(kRun * nb * kAttentionTile));
         x.unit.resize(size_t(kRun * nb));
@@ -520,19 +523,30 @@ __attribute__((noinline)) static void group_scores(const __m512i* t, const float
 
 // score_tile on the int8 cache: p[r * ldp + j] = scale * qs_r * sum_b dk_jb (qc_rb . kc_jb),
 // 16 positions at a time, every row to the tile's last position nt[R - 1] (a row that sees
-// fewer gets values past its own it never reads), fetching the V rows of each group.
+// fewer gets values past its own it never reads), fetching the V rows of each group. Runs of
+// 8 or more (prefill) keep each group they transpose for the block's later runs on the same
+// tile (up to 4 in a block): transposing once per tile instead of once per run; decode-sized
+// runs reuse one group's space, which stays in L1.
 template <int R>
 static void score_tile(const Row* rows, const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t j0,
                        int64_t, const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
+    constexpr bool kKeep = R >= 8;
     const int64_t nb = d / kBlockK, n = nt[R - 1];
+    const BlockQ8Kv* tile = k + j0 * nb;
     Q8Scratch& x = q8_scratch(nb);
-    __m512i* t = reinterpret_cast<__m512i*>(x.kt.data());
-    float* s = reinterpret_cast<float*>(x.ks.data());
     const __m512 sc = _mm512_set1_ps(scale);
+    if (x.tiled_base != tile) x.tiled_keys = 0;
+    x.tiled_base = kKeep ? tile : nullptr;
     for (int64_t g = 0; g < n; g += kGroup) {
         const int m = int(n - g < kGroup ? n - g : kGroup);
-        const char* pf = row_at(v, j0 + g, d);
-        key_group(k + (j0 + g) * nb, nb, m, t, s, pf, (row_at(v, j0 + g + m, d) - pf + 63) / 64);
+        const int64_t slot = kKeep ? g / kGroup * nb : 0;
+        __m512i* t = reinterpret_cast<__m512i*>(x.kt.data() + slot * 16);
+        float* s = reinterpret_cast<float*>(x.ks.data() + slot);
+        if (!kKeep || g + m > x.tiled_keys) {
+            const char* pf = row_at(v, j0 + g, d);
+            key_group(tile + g * nb, nb, m, t, s, pf, (row_at(v, j0 + g + m, d) - pf + 63) / 64);
+            x.tiled_keys = kKeep ? g + m : 0;
+        }
         __m512 f[R];
         group_scores<R>(t, s, nb, rows, f);
         const __mmask16 live = __mmask16((1u << m) - 1);
@@ -806,6 +820,9 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     thread_local std::vector<int16_t> codes;
     if constexpr (std::is_same_v<T, BlockQ8Kv>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
+#if QE_ATTENTION_LANES == 16
+        q8_scratch(d / kBlockK).tiled_base = nullptr;  // the cache may have changed since
+#endif
     }
     for (int64_t r = 0; r < n_t; ++r) {
         const int64_t n_r = n - (n_t - 1 - r);
