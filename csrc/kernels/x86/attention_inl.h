@@ -392,12 +392,12 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 // ---- avx512 only: the int8 cache in integers (kernels.h) ----------------------------------
 #if QE_ATTENTION_LANES == 16
 
-// The buffers of a tile on the int8 cache, kept by the thread from call to call (193 KiB at
+// The buffers of a tile on the int8 cache, kept by the thread from call to call (150 KiB at
 // d = 256). Scores: the tile's key rows transposed in groups of 16 (kt, 16 vectors per group
 // and block; ks, 16 floats per group and block), the groups' first tiled_keys positions of
 // the tile at tiled_base (null: none) valid for the runs after the first. Weighted sum: the
-// tile's value-block scales, transposed so each block's are contiguous (s[b * ldw + j]), the
-// rows' weights and units, the scales' max per block.
+// tile's value-block scales, transposed so each block's are contiguous (s[b * ldw + j]), and
+// one block's weights for the rows of a run (w).
 struct Q8Scratch {
     struct alignas(64) Zmm {
         int32_t lanes[16];
@@ -405,18 +405,16 @@ struct Q8Scratch {
     std::vector<Zmm> kt, ks;  // std::vector<__m512i> would drop the type's alignment
     const BlockQ8Kv* tiled_base = nullptr;
     int64_t tiled_keys = 0;
-    std::vector<float> s, unit, s_max;
+    std::vector<float> s;
     std::vector<int16_t> w;
 };
 static inline Q8Scratch& q8_scratch(int64_t nb) {
     thread_local Q8Scratch x;
-    if (x.s_max.size() < size_t(nb)) {
+    if (x.s.size() < size_t(nb * kAttentionTile)) {
         x.kt.resize(size_t(kAttentionTile * nb));
         x.ks.resize(size_t(kAttentionTile / 16 * nb));
         x.s.resize(size_t(nb * kAttentionTile));
-        x.w.resize(size_t(kRun * nb * kAttentionTile));
-        x.unit.resize(size_t(kRun * nb));
-        x.s_max.resize(size_t(nb));
+        x.w.resize(size_t(kRun * kAttentionTile));
     }
     return x;
 }
@@ -573,41 +571,37 @@ static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, float*
         for (int64_t b = 0; b < nb; ++b) s[b * ldw + j] = v[j * nb + b].d;
 }
 
-// The tile's weights: w[(r * nb + b) * ldw + j] for j < nt[r], zeros up to ldw (the tile's
-// positions rounded up to even, so every pair is whole); unit[r * nb + b] = W / kWeightOne.
-// W is the bound max_j p_j * max_j dv_jb over the row's positions (kernels.h), so the max
-// needs no pass over the products, and rows that see the same positions share the scales'.
-// s [nb * ldw]: the tile's value-block scales (take_scales); s_max [nb] a scratch.
+// Value block b's weights: w[r * ldw + j] for j < nt[r], zeros up to ldw (the tile's
+// positions rounded up to even, so every pair is whole); unit[r] = W / kWeightOne. W is the
+// bound p_max[r] * max_j dv_jb over the row's positions (kernels.h), so the max needs no pass
+// over the products, and rows that see the same positions share the scales'. sb [ldw]: the
+// block's scales (take_scales). One block at a time, so the weights (6 KiB for runs of 12)
+// stay in L1 for pair_sums: the whole tile's took 48 KiB, more than Zen 4's L1.
 template <int R>
-static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, int64_t nb,
-                              int64_t ldw, const float* s, float* s_max, int16_t* w, float* unit) {
+static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, const float* p_max,
+                              int64_t ldw, const float* sb, int16_t* w, float* unit) {
+    float s_max = 0.0f;
     for (int r = 0; r < R; ++r) {
         const int64_t n = nt[r];
-        if (r == 0 || n != nt[r - 1]) {
-            for (int64_t b = 0; b < nb; ++b) s_max[b] = tile_max(s + b * ldw, n);
-        }
+        if (r == 0 || n != nt[r - 1]) s_max = tile_max(sb, n);
         const float* pr = p + r * ldp;
-        const float p_max = tile_max(pr, n);
-        for (int64_t b = 0; b < nb; ++b) {
-            const float* sb = s + b * ldw;
-            int16_t* wb = w + (r * nb + b) * ldw;
-            const float w_max = p_max * s_max[b];
-            const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
-            unit[r * nb + b] = w_max / float(kWeightOne);
-            const __m512 iv = _mm512_set1_ps(inv);
-            int64_t j = 0;
-            for (; j + 16 <= n; j += 16) {
-                const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(pr + j), _mm512_loadu_ps(sb + j));
-                const __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(t, iv));  // nearest, even
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(wb + j), _mm512_cvtsepi32_epi16(c));
-            }
-            for (; j < n; ++j) {
-                // Clamped so a NaN cannot reach the conversion (the vectors' saturates).
-                const float t = std::fmin(std::fmax(pr[j] * sb[j] * inv, 0.0f), float(kWeightOne));
-                wb[j] = int16_t(std::nearbyint(t));
-            }
-            for (; j < ldw; ++j) wb[j] = 0;
+        int16_t* wr = w + r * ldw;
+        const float w_max = p_max[r] * s_max;
+        const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
+        unit[r] = w_max / float(kWeightOne);
+        const __m512 iv = _mm512_set1_ps(inv);
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) {
+            const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(pr + j), _mm512_loadu_ps(sb + j));
+            const __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(t, iv));  // nearest, even
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(wr + j), _mm512_cvtsepi32_epi16(c));
         }
+        for (; j < n; ++j) {
+            // Clamped so a NaN cannot reach the conversion (the vectors' saturates).
+            const float t = std::fmin(std::fmax(pr[j] * sb[j] * inv, 0.0f), float(kWeightOne));
+            wr[j] = int16_t(std::nearbyint(t));
+        }
+        for (; j < ldw; ++j) wr[j] = 0;
     }
 }
 
@@ -634,7 +628,7 @@ __attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb,
                               _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, z))};
         for (int r = 0; r < R; ++r) {
             int32_t pair;
-            std::memcpy(&pair, w + r * nb * ldw + j, sizeof pair);
+            std::memcpy(&pair, w + r * ldw + j, sizeof pair);
             const __m512i wp = _mm512_set1_epi32(pair);
             for (int h = 0; h < 2; ++h) acc[h][r] = _mm512_dpwssd_epi32(acc[h][r], c[h], wp);
         }
@@ -654,14 +648,15 @@ static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int
     Q8Scratch& x = q8_scratch(nb);
     const BlockQ8Kv* vt = v + j0 * nb;
     take_scales(vt, nb, nt_hi, x.s.data(), ldw);
-    q8_weights<R>(p, ldp, nt, nb, ldw, x.s.data(), x.s_max.data(), x.w.data(), x.unit.data());
+    float p_max[R], unit[R];
+    for (int r = 0; r < R; ++r) p_max[r] = tile_max(p + r * ldp, nt[r]);
     const int64_t pf_step = pf ? (pf_bytes + nb * pairs * 64 - 1) / (nb * pairs * 64) * 64 : 0;
     for (int64_t b = 0; b < nb; ++b) {
+        q8_weights<R>(p, ldp, nt, p_max, ldw, x.s.data() + b * ldw, x.w.data(), unit);
         __m512i sums[2 * R];
-        pair_sums<R>(vt + b, nb, nt_hi, x.w.data() + b * ldw, ldw, pf + b * pairs * pf_step,
-                     pf_step, sums);
+        pair_sums<R>(vt + b, nb, nt_hi, x.w.data(), ldw, pf + b * pairs * pf_step, pf_step, sums);
         for (int r = 0; r < R; ++r) {
-            const __m512 u = _mm512_set1_ps(x.unit[r * nb + b]);
+            const __m512 u = _mm512_set1_ps(unit[r]);
             const __m512 f0 = _mm512_cvtepi32_ps(sums[r]), f1 = _mm512_cvtepi32_ps(sums[R + r]);
             const __m512 cols[2] = {_mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)),
                                     _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(3, 2, 3, 2))};
