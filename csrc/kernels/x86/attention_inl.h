@@ -396,8 +396,9 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 // d = 256). Scores: the tile's key rows transposed in groups of 16 (kt, 16 vectors per group
 // and block; ks, 16 floats per group and block), the groups' first tiled_keys positions of
 // the tile at tiled_base (null: none) valid for the runs after the first. Weighted sum: the
-// tile's value-block scales, transposed so each block's are contiguous (s[b * ldw + j]), and
-// one block's weights for the rows of a run (w).
+// tile's value-block scales, transposed so each block's are contiguous (s[b * kAttentionTile
+// + j]; the first scaled positions of the tile at scaled_base), and one block's weights for
+// the rows of a run (w).
 struct Q8Scratch {
     struct alignas(64) Zmm {
         int32_t lanes[16];
@@ -405,6 +406,8 @@ struct Q8Scratch {
     std::vector<Zmm> kt, ks;  // std::vector<__m512i> would drop the type's alignment
     const BlockQ8Kv* tiled_base = nullptr;
     int64_t tiled_keys = 0;
+    const BlockQ8Kv* scaled_base = nullptr;
+    int64_t scaled = 0;
     std::vector<float> s;
     std::vector<int16_t> w;
 };
@@ -564,17 +567,22 @@ static void score_tile(const Row* rows, const BlockQ8Kv* k, const BlockQ8Kv* v, 
 // those bound the int8 decode step on Zen 4. On avx2 (vpmaddwd and an add per 8 columns) it
 // measured no faster than the FMAs for runs of 12, so avx2 keeps them.
 
-// The value-block scales of the tile's n positions (v: its first row) into s; a row's are 36
-// bytes apart (gathers took as long as these loads).
-static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, float* s, int64_t ldw) {
+// The value-block scales of the tile's first n positions (v: its first row) into x.s,
+// unless the block's previous run took them; a row's are 36 bytes apart (gathers took as
+// long as these loads).
+static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, Q8Scratch& x) {
+    if (x.scaled_base == v && x.scaled >= n) return;
+    float* s = x.s.data();
     for (int64_t j = 0; j < n; ++j)
-        for (int64_t b = 0; b < nb; ++b) s[b * ldw + j] = v[j * nb + b].d;
+        for (int64_t b = 0; b < nb; ++b) s[b * kAttentionTile + j] = v[j * nb + b].d;
+    x.scaled_base = v;
+    x.scaled = n;
 }
 
 // Value block b's weights: w[r * ldw + j] for j < nt[r], zeros up to ldw (the tile's
 // positions rounded up to even, so every pair is whole); unit[r] = W / kWeightOne. W is the
 // bound p_max[r] * max_j dv_jb over the row's positions (kernels.h), so the max needs no pass
-// over the products, and rows that see the same positions share the scales'. sb [ldw]: the
+// over the products, and rows that see the same positions share the scales'. sb: the
 // block's scales (take_scales). One block at a time, so the weights (6 KiB for runs of 12)
 // stay in L1 for pair_sums: the whole tile's took 48 KiB, more than Zen 4's L1.
 template <int R>
@@ -647,12 +655,12 @@ static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int
     const int64_t nb = d / kBlockK, ldw = (nt_hi + 1) & ~int64_t{1}, pairs = ldw / 2;
     Q8Scratch& x = q8_scratch(nb);
     const BlockQ8Kv* vt = v + j0 * nb;
-    take_scales(vt, nb, nt_hi, x.s.data(), ldw);
+    take_scales(vt, nb, nt_hi, x);
     float p_max[R], unit[R];
     for (int r = 0; r < R; ++r) p_max[r] = tile_max(p + r * ldp, nt[r]);
     const int64_t pf_step = pf ? (pf_bytes + nb * pairs * 64 - 1) / (nb * pairs * 64) * 64 : 0;
     for (int64_t b = 0; b < nb; ++b) {
-        q8_weights<R>(p, ldp, nt, p_max, ldw, x.s.data() + b * ldw, x.w.data(), unit);
+        q8_weights<R>(p, ldp, nt, p_max, ldw, x.s.data() + b * kAttentionTile, x.w.data(), unit);
         __m512i sums[2 * R];
         pair_sums<R>(vt + b, nb, nt_hi, x.w.data(), ldw, pf + b * pairs * pf_step, pf_step, sums);
         for (int r = 0; r < R; ++r) {
@@ -816,7 +824,8 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     if constexpr (std::is_same_v<T, BlockQ8Kv>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
 #if QE_ATTENTION_LANES == 16
-        q8_scratch(d / kBlockK).tiled_base = nullptr;  // the cache may have changed since
+        Q8Scratch& x = q8_scratch(d / kBlockK);
+        x.tiled_base = x.scaled_base = nullptr;  // the cache may have changed since
 #endif
     }
     for (int64_t r = 0; r < n_t; ++r) {
