@@ -422,15 +422,15 @@ static inline Q8Scratch& q8_scratch(int64_t nb) {
     return x;
 }
 
-// -- Scores with positions in lanes: a group of 16 key rows is transposed once per tile and
-// run, so that lane l of a vector holds key row l. One vpdpwssd per row and pair of columns (a
-// broadcast of the query's two codes) then adds that pair's products for all 16 positions, a
-// block's sums stay exact in int32 (kernels.h), and one convert and one FMA per row, block
-// and 16 positions scale them by the 16 key-block scales. Rows along lanes (score_pass) took
-// a vpmaddwd, a convert and an FMA per row, position and block, and a horizontal sum per
-// score: the scores were half of a prefill chunk at depth (now 16-24 % faster). In decode
-// (runs of 4) the transposition costs about as much as the dot products: 4-5 % faster from
-// cache, level at 64k where memory bounds the call.
+// -- Scores with positions in lanes: a group of 16 key rows is transposed once per tile (and
+// prefill block), so that lane l of a vector holds key row l. One vpdpwssd per row and pair of
+// columns (a broadcast of the query's two codes) then adds that pair's products for all 16
+// positions, a block's sums stay exact in int32 (kernels.h), and one convert and one FMA per
+// row, block and 16 positions scale them by the 16 key-block scales. Rows along lanes (avx2's
+// score_pass) took a vpmaddwd, a convert and an FMA per row, position and block, and a
+// horizontal sum per score: half of a prefill chunk at depth. In decode (runs of 4) the
+// transposition costs about as much as the dot products it saves: a few % from cache, level
+// at 64k, where memory bounds the call.
 constexpr int kGroup = 16;
 
 // The 32 codes at rows[0..15] (a block of 16 key rows) as 16 vectors t[e]: lane l holds codes
