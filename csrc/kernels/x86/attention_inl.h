@@ -546,7 +546,7 @@ static void score_tile(const Row* rows, const BlockQ8Kv* k, const BlockQ8Kv* v, 
         if (!kKeep || g + m > x.tiled_keys) {
             const char* pf = row_at(v, j0 + g, d);
             key_group(tile + g * nb, nb, m, t, s, pf, (row_at(v, j0 + g + m, d) - pf + 63) / 64);
-            x.tiled_keys = kKeep ? g + m : 0;
+            x.tiled_keys = g + m;  // read only while tiled_base is this tile (kKeep)
         }
         __m512 f[R];
         group_scores<R>(t, s, nb, rows, f);
