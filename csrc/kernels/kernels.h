@@ -192,7 +192,7 @@ using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n
 // are integer dot products: each query is rounded to int16 with one scale qs per row
 // (quantize_row_q16), and scale * q . k[j] is scale * qs * sum_b dk_b (qc_b . kc_b), each
 // block's products summed exactly in int32; the weighted sum is attention_f32's on the
-// dequantized values, but on avx512_vnni and neon in integers too: per tile, query and value
+// dequantized values, but on every SIMD table in integers too: per tile, query and value
 // block b, the weights p_j * dv_jb (p_j = exp(score_j - running max) <= 1, dv_jb the block's
 // scale) rounded to int16 against the bound W = max_j p_j * max_j dv_jb over the tile's
 // positions, w_j = rint(p_j * dv_jb * kWeightOne / W), and out gets (W / kWeightOne) *
@@ -234,8 +234,7 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
     QE_DECLARE_MATMUL(isa) QE_DECLARE_VEC(isa) QE_DECLARE_DELTA(isa) QE_DECLARE_ATTENTION(isa)
 // clang-format on
 
-// ref: every kernel; and attention_q8 with the weighted sum in integers, as avx512_vnni's and
-// neon's.
+// ref: every kernel; and attention_q8 with the weighted sum in integers, as the SIMD tables'.
 QE_DECLARE_ALL(ref)
 namespace ref {
 AttentionQ8Fn attention_q8_integer_weights;

@@ -394,17 +394,11 @@ QE_TEST(attention_matches_ref) {
                 qe::quantize_q8kv(v.data(), v8.data(), n * d);
                 t->attention_q8(q.data(), d, n_q * d, n_q, 1, k8.data(), v8.data(), n, d, 0.2f,
                                 scratch.data(), o.data(), d, n_q * d);
-                // avx512_vnni's and neon's weighted sums are in integers (kernels.h; other
-                // tables may borrow them): so is their reference's. A weight whose product
-                // lies near a rounding midpoint rounds the other way under the kernel's exp,
-                // moving the output by up to 127 / 32767 of the tile's largest term: a few of
-                // those are the 1e-4 allowed.
-                bool integers = false;
-#if defined(__x86_64__) || defined(_M_X64)
-                integers = t->attention_q8 == qe::avx512_vnni::attention_q8;
-#elif defined(__aarch64__)
-                integers = t->attention_q8 == qe::neon::attention_q8;
-#endif
+                // Every SIMD table's weighted sum is in integers (kernels.h): so is their
+                // reference's. A weight whose product lies near a rounding midpoint rounds the
+                // other way under the kernel's exp, moving the output by up to 127 / 32767 of
+                // the tile's largest term: a few of those are the 1e-4 allowed.
+                const bool integers = t->attention_q8 != ref().attention_q8;
                 (integers ? qe::ref::attention_q8_integer_weights : ref().attention_q8)(
                     q.data(), d, n_q * d, n_q, 1, k8.data(), v8.data(), n, d, 0.2f,
                     scratch.data(), orf.data(), d, n_q * d);

@@ -6,7 +6,7 @@
 // when the max grows); out / l at the end. Scratch: one tile of scores per query, whatever n.
 // Several tokens are attended one after the other: the definition of what a kernel that
 // shares K/V tiles among them must give. attention_q8_integer_weights defines the weighted sum
-// over the int8 cache of avx512_vnni and neon (kernels.h): int16 weights, exact int32 sums.
+// over the int8 cache of the SIMD tables (kernels.h): int16 weights, exact int32 sums.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Attention over one KV head (f16, f32 or q8 cache) on float vectors (the int8 cache's scores
-// on integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
+// Attention over one KV head (f16, f32 or q8 cache) on float vectors (the int8 cache's on
+// integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
 // INSIDE the ISA namespace of a translation unit compiled with that ISA's flags (after
 // <immintrin.h>, <cmath>, <cstring>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with
 // QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA keeps its own copy
@@ -10,8 +10,8 @@
 // rows that share every key and value load: scores are kRun dot products per key row (one K
 // load and widening for all), the output accumulates kRun x kLanes columns per value row in
 // registers (kRun accumulators, a value and a broadcast: 14 of AVX2's 16 registers). So a
-// prefill chunk reads each K/V tile once per run instead of once per query token (on avx512
-// the int8 cache's scores and weighted sum go in integers: their own section). Streaming
+// prefill chunk reads each K/V tile once per run instead of once per query token (the int8
+// cache's scores and weighted sum go in integers: their own section). Streaming
 // over tiles of kAttentionTile positions with an online softmax (kernels.h): a tile's scores,
 // their max and exp, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end.
 //
@@ -246,82 +246,6 @@ static inline void score_pass(const Row* rows, const T* k, int64_t j, int64_t d,
     }
 }
 
-// ---- avx2: scores against the int8 cache, integer dot products along lanes ---------------
-// The query is rounded to int16 with one scale per row (quantize_row_q16: ~256 times finer
-// than a cache block's int8), each key block's codes widened once to int16 for all rows, and
-// the products of a block summed in int32 lanes by two vpmaddwd and an add; only the lanes
-// are scaled by the key block's scale, the row's scale once per score. Per position, row and
-// 32 codes that is 5 operations where float scores took 4 FMAs plus a widening and a scaling
-// of each key vector. A lane sums at most 4 products of 32767 * 127, below 2^24: its float
-// is exact. (avx512 puts positions along lanes instead: score_tile below.)
-#if QE_ATTENTION_LANES == 8
-constexpr int kCodes = 32;  // one block per step
-struct KeyCodes {
-    __m256i lo, hi;
-    Vec s;
-};
-static inline KeyCodes key_codes(const BlockQ8Kv& b) {
-    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q));
-    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + 16));
-    return {_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi), _mm256_set1_ps(b.d)};
-}
-static inline Vec code_dot(const KeyCodes& k, const int16_t* qc) {
-    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qc));
-    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qc + 16));
-    return _mm256_cvtepi32_ps(
-        _mm256_add_epi32(_mm256_madd_epi16(lo, k.lo), _mm256_madd_epi16(hi, k.hi)));
-}
-
-// The 32 codes of block b of P key rows against R rows, scaled by the key block's scale, into
-// acc.
-template <int R, int P>
-static inline void code_step(const Row* rows, const BlockQ8Kv* k, int64_t nb, int64_t b,
-                             Vec (&acc)[P][R]) {
-    KeyCodes kc[P];
-    for (int i = 0; i < P; ++i) kc[i] = key_codes(k[i * nb + b]);
-    for (int r = 0; r < R; ++r) {
-        const int16_t* qc = rows[r].qc + b * kCodes;
-        for (int i = 0; i < P; ++i)
-            acc[i][r] = QE_V(fmadd_ps)(code_dot(kc[i], qc), kc[i].s, acc[i][r]);
-    }
-}
-
-// score_pass on the int8 cache: the same results for the same rows and positions, whatever P,
-// R and company (independent chains only), fetching as score_pass does.
-template <int R, int P>
-static inline void score_pass(const Row* rows, const BlockQ8Kv* k, int64_t j, int64_t d, int64_t,
-                              float scale, float* p, int64_t ldp, const char* pf = nullptr,
-                              int64_t pf_lines = 0) {
-    const int64_t nb = d / kBlockK;
-    const BlockQ8Kv* kj = k + j * nb;
-    Vec acc[P][R];
-    for (int i = 0; i < P; ++i)
-        for (int r = 0; r < R; ++r) acc[i][r] = QE_V(setzero_ps)();
-    int64_t owed = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-        if constexpr (P > 1) {
-            for (owed += pf_lines; owed >= nb; owed -= nb, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
-        }
-        code_step<R, P>(rows, kj, nb, b, acc);
-    }
-    float dots[P * R];
-    const Vec* flat = &acc[0][0];
-    int f = 0;
-    for (; f + 4 <= P * R; f += 4) vsum4(flat + f, dots + f);
-    for (; f < P * R; ++f) dots[f] = vsum(flat[f]);
-    for (int i = 0; i < P; ++i)
-        for (int r = 0; r < R; ++r) p[r * ldp + i] = dots[i * R + r] * rows[r].qs * scale;
-}
-
-// score1 on the int8 cache: one row and position (kj = its first element), as score_pass.
-static inline float score1(const Row& row, const BlockQ8Kv* k, int64_t kj, int64_t d, int64_t,
-                           float scale) {
-    float p;
-    score_pass<1, 1>(&row, k, kj / d, d, d, scale, &p, 1);
-    return p;
-}
-#endif  // QE_ATTENTION_LANES == 8
-
 // The scores of a tile (j0: its first position) for R rows: p[r * ldp + j] for j < nt[r]
 // (nt_lo: every row's), key row by key row, fetching the V rows of the positions scored.
 template <int R, typename T>
@@ -389,21 +313,20 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
         for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0 + c * kLanes, o[c][r]);
 }
 
-// ---- avx512 only: the int8 cache in integers (kernels.h) ----------------------------------
-#if QE_ATTENTION_LANES == 16
+// ---- The int8 cache in integers (kernels.h) -------------------------------------------------
 
 // The buffers of a tile on the int8 cache, kept by the thread from call to call (150 KiB at
-// d = 256). Scores: the tile's key rows transposed in groups of 16 (kt, 16 vectors per group
-// and block; ks, 16 floats per group and block), the groups' first tiled_keys positions of
-// the tile at tiled_base (null: none) valid for the runs after the first. Weighted sum: the
-// tile's value-block scales, transposed so each block's are contiguous (s[b * kAttentionTile
-// + j]; the first scaled positions of the tile at scaled_base), and one block's weights for
-// the rows of a run (w).
+// d = 256). Scores: the tile's key rows transposed in groups of kLanes (kt, 16 vectors per
+// group and block; ks, kLanes floats per group and block), the groups' first tiled_keys
+// positions of the tile at tiled_base (null: none) valid for the runs after the first.
+// Weighted sum: the tile's value-block scales, transposed so each block's are
+// contiguous (s[b * kAttentionTile + j]; the first scaled positions of the tile at
+// scaled_base), and one block's weights for the rows of a run (w).
 struct Q8Scratch {
-    struct alignas(64) Zmm {
-        int32_t lanes[16];
+    struct alignas(kLanes * sizeof(int32_t)) Lanes {
+        int32_t lanes[kLanes];
     };
-    std::vector<Zmm> kt, ks;  // std::vector<__m512i> would drop the type's alignment
+    std::vector<Lanes> kt, ks;  // std::vector<IVec> would drop the type's alignment
     const BlockQ8Kv* tiled_base = nullptr;
     int64_t tiled_keys = 0;
     const BlockQ8Kv* scaled_base = nullptr;
@@ -414,30 +337,97 @@ struct Q8Scratch {
 static inline Q8Scratch& q8_scratch(int64_t nb) {
     thread_local Q8Scratch x;
     if (x.s.size() < size_t(nb * kAttentionTile)) {
-        x.kt.resize(size_t(kAttentionTile * nb));
-        x.ks.resize(size_t(kAttentionTile / 16 * nb));
+        x.kt.resize(size_t(kAttentionTile / kLanes * nb * 16));
+        x.ks.resize(size_t(kAttentionTile / kLanes * nb));
         x.s.resize(size_t(nb * kAttentionTile));
         x.w.resize(size_t(kRun * kAttentionTile));
     }
     return x;
 }
 
-// -- Scores with positions in lanes: a group of 16 key rows is transposed once per tile (and
-// prefill block), so that lane l of a vector holds key row l. One vpdpwssd per row and pair of
-// columns (a broadcast of the query's two codes) then adds that pair's products for all 16
-// positions, a block's sums stay exact in int32 (kernels.h), and one convert and one FMA per
-// row, block and 16 positions scale them by the 16 key-block scales. Rows along lanes (avx2's
-// score_pass) took a vpmaddwd, a convert and an FMA per row, position and block, and a
-// horizontal sum per score: half of a prefill chunk at depth. In decode (runs of 4) the
-// transposition costs about as much as the dot products it saves: a few % from cache, level
-// at 64k, where memory bounds the call.
-constexpr int kGroup = 16;
+// -- Scores with positions in lanes: a group of kLanes key rows is transposed once per tile
+// (and prefill block), so that lane l of a vector holds key row l. Per row and pair of columns
+// one dot_pairs (a broadcast of the query's two codes) then adds that pair's products for all
+// kLanes positions, a block's sums stay exact in int32 (kernels.h), and one convert and one
+// FMA per row, block and kLanes positions scale them by the key-block scales. Rows along lanes
+// took a vpmaddwd, a convert and an FMA per row, position and block, and a horizontal sum per
+// score: half of a prefill chunk at depth on avx512 (now 25-32 % faster). avx2 does as many
+// vpmaddwd either way (16 products each) and gains only the rest: 5 %. In decode (runs of 4)
+// the transposition costs about as much as the dot products it saves.
+#if QE_ATTENTION_LANES == 8
+using IVec = __m256i;
+static inline IVec izero() {
+    return _mm256_setzero_si256();
+}
+// acc + per int32 lane the two products of t's int16 pair and the query's (an exact int32:
+// kernels.h's bound). The empty asm keeps gcc from reassociating a block's 16 adds into a
+// tree whose vpmaddwd results all wait in memory (a run's sums spilled: 15 % slower).
+static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
+    IVec sum = _mm256_add_epi32(acc, _mm256_madd_epi16(t, _mm256_set1_epi32(pair)));
+    asm("" : "+x"(sum));
+    return sum;
+}
 
-// The 32 codes at rows[0..15] (a block of 16 key rows) as 16 vectors t[e]: lane l holds codes
-// 2e and 2e + 1 of row l, widened to int16. A 16 x 16 transposition of 16-bit pairs in four
+// The 32 codes at rows[0..7] (a block of 8 key rows) as 16 vectors t[e]: lane l holds codes
+// 2e and 2e + 1 of row l, widened to int16. An 8 x 16 transposition of 16-bit pairs in three
 // rounds of in-lane interleaves (each doubling the rows a 128-bit lane holds of one column),
-// on ymm (half the cost of zmm shuffles on Zen 4), then a widening.
-static inline void transpose_codes(const int8_t* const* rows, __m512i* t) {
+// then a widening of each half.
+static inline void transpose_codes(const int8_t* const* rows, IVec* t) {
+    __m256i r[8];
+    for (int l = 0; l < 8; ++l)
+        r[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[l]));
+    // x[h][k]: rows 2k, 2k + 1 at columns 4h .. 4h + 3 (low lane; + 8 in the high lane).
+    __m256i x[2][4];
+    for (int k = 0; k < 4; ++k) {
+        x[0][k] = _mm256_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
+        x[1][k] = _mm256_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {
+        // y[g][m]: rows 4m .. 4m + 3 at columns 4h + 2g, 4h + 2g + 1.
+        __m256i y[2][2];
+        for (int m = 0; m < 2; ++m) {
+            y[0][m] = _mm256_unpacklo_epi32(x[h][2 * m], x[h][2 * m + 1]);
+            y[1][m] = _mm256_unpackhi_epi32(x[h][2 * m], x[h][2 * m + 1]);
+        }
+        // All 8 rows at column 4h + 2g + i (low lane) and + 8 (high lane).
+        for (int g = 0; g < 2; ++g) {
+            const __m256i z[2] = {_mm256_unpacklo_epi64(y[g][0], y[g][1]),
+                                  _mm256_unpackhi_epi64(y[g][0], y[g][1])};
+            for (int i = 0; i < 2; ++i) {
+                const int e = 4 * h + 2 * g + i;
+                t[e] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(z[i]));
+                t[e + 8] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(z[i], 1));
+            }
+        }
+    }
+}
+
+// Row l's scale of block b (kg[l * nb + b]) into s[l] for l < m, zeros after.
+static inline void group_scales(const BlockQ8Kv* kg, int64_t nb, int64_t b, int m, float* s) {
+    for (int l = 0; l < 8; ++l) s[l] = l < m ? kg[l * nb + b].d : 0.0f;
+}
+
+static inline void store_first(float* p, Vec f, int m) {
+    if (m == 8) {
+        _mm256_storeu_ps(p, f);
+        return;
+    }
+    alignas(32) float lane[8];
+    _mm256_store_ps(lane, f);
+    std::memcpy(p, lane, size_t(m) * sizeof(float));
+}
+#else
+using IVec = __m512i;
+static inline IVec izero() {
+    return _mm512_setzero_si512();
+}
+static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
+    return _mm512_dpwssd_epi32(acc, t, _mm512_set1_epi32(pair));
+}
+
+// transpose_codes for 16 rows: a 16 x 16 transposition in four rounds, on ymm (half the cost
+// of zmm shuffles on Zen 4), then a widening.
+static inline void transpose_codes(const int8_t* const* rows, IVec* t) {
     __m256i r[16];
     for (int l = 0; l < 16; ++l)
         r[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[l]));
@@ -472,58 +462,67 @@ static inline void transpose_codes(const int8_t* const* rows, __m512i* t) {
     }
 }
 
-// Key rows kg[0 .. m - 1] (m <= 16; the rest count as zeros) transposed block by block into
-// t [nb * 16] and their block scales gathered into s [nb * 16] (s[b * 16 + l]: row l's;
-// scalar loads measured slower), fetching pf_lines lines from pf meanwhile.
-static inline void key_group(const BlockQ8Kv* kg, int64_t nb, int m, __m512i* t, float* s,
-                             const char* pf, int64_t pf_lines) {
-    alignas(32) static const int8_t zeros[kBlockK] = {};
-    const __mmask16 live = __mmask16((1u << m) - 1);
-    static_assert(sizeof(BlockQ8Kv) == 9 * sizeof(float), "key_group indexes blocks in floats");
+// group_scales for 16 rows: one masked gather (scalar loads measured 2-5 % slower).
+static inline void group_scales(const BlockQ8Kv* kg, int64_t nb, int64_t b, int m, float* s) {
+    static_assert(sizeof(BlockQ8Kv) == 9 * sizeof(float), "group_scales indexes blocks in floats");
     const __m512i idx = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(int(9 * nb)));
+    const __mmask16 live = __mmask16((1u << m) - 1);
+    _mm512_store_ps(s, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, &kg[b].d, 4));
+}
+
+static inline void store_first(float* p, Vec f, int m) {
+    _mm512_mask_storeu_ps(p, __mmask16((1u << m) - 1), f);
+}
+#endif
+
+// Key rows kg[0 .. m - 1] (m <= kLanes; the rest count as zeros) transposed block by block
+// into t [nb * 16] and their block scales into s [nb * kLanes] (s[b * kLanes + l]: row l's),
+// fetching pf_lines lines from pf meanwhile.
+static inline void key_group(const BlockQ8Kv* kg, int64_t nb, int m, IVec* t, float* s,
+                             const char* pf, int64_t pf_lines) {
+    alignas(32) static const int8_t zeros[kBlockK] = {};
     int64_t owed = 0;
     for (int64_t b = 0; b < nb; ++b) {
         for (owed += pf_lines; owed >= nb; owed -= nb, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
-        const int8_t* rows[16];
-        for (int l = 0; l < 16; ++l) rows[l] = l < m ? kg[l * nb + b].q : zeros;
+        const int8_t* rows[kLanes];
+        for (int l = 0; l < kLanes; ++l) rows[l] = l < m ? kg[l * nb + b].q : zeros;
         transpose_codes(rows, t + b * 16);
-        const __m512 sb = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, &kg[b].d, 4);
-        _mm512_store_ps(s + b * 16, sb);
+        group_scales(kg, nb, b, m, s + b * kLanes);
     }
 }
 
 // The scores of R rows against a key group (t, s: key_group's), unscaled by the rows' qs,
 // into f [R]: per block the int32 sums over the block's 16 column pairs, converted and scaled
-// by the 16 rows' block scales. A function of its own, the columns unrolled: inlined into
-// score_tile, unrolled or not, a decode call measured 2 % slower.
+// by the kLanes rows' block scales. A function of its own, the columns unrolled: inlined into
+// score_tile, unrolled or not, an avx512 decode call measured 2 % slower.
 template <int R>
-__attribute__((noinline)) static void group_scores(const __m512i* t, const float* s, int64_t nb,
-                                                   const Row* rows, __m512* f) {
-    __m512 acc_f[R];
-    for (int r = 0; r < R; ++r) acc_f[r] = _mm512_setzero_ps();
+__attribute__((noinline)) static void group_scores(const IVec* t, const float* s, int64_t nb,
+                                                   const Row* rows, Vec* f) {
+    Vec acc_f[R];
+    for (int r = 0; r < R; ++r) acc_f[r] = QE_V(setzero_ps)();
     for (int64_t b = 0; b < nb; ++b) {
-        __m512i acc[R];
-        for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+        IVec acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = izero();
 #pragma GCC unroll 16
         for (int e = 0; e < 16; ++e) {
-            const __m512i te = t[b * 16 + e];
+            const IVec te = t[b * 16 + e];
             for (int r = 0; r < R; ++r) {
                 int32_t pair;
                 std::memcpy(&pair, rows[r].qc + b * kBlockK + 2 * e, sizeof pair);
-                acc[r] = _mm512_dpwssd_epi32(acc[r], te, _mm512_set1_epi32(pair));
+                acc[r] = dot_pairs(acc[r], te, pair);
             }
         }
-        const __m512 sb = _mm512_load_ps(s + b * 16);
+        const Vec sb = QE_V(load_ps)(s + b * kLanes);
         for (int r = 0; r < R; ++r)
-            acc_f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), sb, acc_f[r]);
+            acc_f[r] = QE_V(fmadd_ps)(QE_V(cvtepi32_ps)(acc[r]), sb, acc_f[r]);
     }
     for (int r = 0; r < R; ++r) f[r] = acc_f[r];
 }
 
 // score_tile on the int8 cache: p[r * ldp + j] = scale * qs_r * sum_b dk_jb (qc_rb . kc_jb),
-// 16 positions at a time, every row to the tile's last position nt[R - 1] (a row that sees
+// kLanes positions at a time, every row to the tile's last position nt[R - 1] (a row that sees
 // fewer gets values past its own it never reads), fetching the V rows of each group. Runs of
 // 8 or more (prefill) keep each group they transpose for the block's later runs on the same
 // tile (up to 4 in a block): transposing once per tile instead of once per run; decode-sized
@@ -535,37 +534,36 @@ static void score_tile(const Row* rows, const BlockQ8Kv* k, const BlockQ8Kv* v, 
     const int64_t nb = d / kBlockK, n = nt[R - 1];
     const BlockQ8Kv* tile = k + j0 * nb;
     Q8Scratch& x = q8_scratch(nb);
-    const __m512 sc = _mm512_set1_ps(scale);
+    const Vec sc = QE_V(set1_ps)(scale);
     if (x.tiled_base != tile) x.tiled_keys = 0;
     x.tiled_base = kKeep ? tile : nullptr;
-    for (int64_t g = 0; g < n; g += kGroup) {
-        const int m = int(n - g < kGroup ? n - g : kGroup);
-        const int64_t slot = kKeep ? g / kGroup * nb : 0;
-        __m512i* t = reinterpret_cast<__m512i*>(x.kt.data() + slot * 16);
+    for (int64_t g = 0; g < n; g += kLanes) {
+        const int m = int(n - g < kLanes ? n - g : kLanes);
+        const int64_t slot = kKeep ? g / kLanes * nb : 0;
+        IVec* t = reinterpret_cast<IVec*>(x.kt.data() + slot * 16);
         float* s = reinterpret_cast<float*>(x.ks.data() + slot);
         if (!kKeep || g + m > x.tiled_keys) {
             const char* pf = row_at(v, j0 + g, d);
             key_group(tile + g * nb, nb, m, t, s, pf, (row_at(v, j0 + g + m, d) - pf + 63) / 64);
             x.tiled_keys = g + m;  // read only while tiled_base is this tile (kKeep)
         }
-        __m512 f[R];
+        Vec f[R];
         group_scores<R>(t, s, nb, rows, f);
-        const __mmask16 live = __mmask16((1u << m) - 1);
         for (int r = 0; r < R; ++r) {
-            const __m512 pr = _mm512_mul_ps(_mm512_mul_ps(f[r], _mm512_set1_ps(rows[r].qs)), sc);
-            _mm512_mask_storeu_ps(p + r * ldp + g, live, pr);
+            const Vec qs = QE_V(set1_ps)(rows[r].qs);
+            store_first(p + r * ldp + g, QE_V(mul_ps)(QE_V(mul_ps)(f[r], qs), sc), m);
         }
     }
 }
 
 // -- The weighted sum in integers: per tile, row and value block b the weights w_j =
 // rint(p_j dv_jb * kWeightOne / W) in int16; a block's codes at two positions j, j + 1 are
-// interleaved per column and widened to int16, so one vpdpwssd per row and 16 columns
+// interleaved per column and widened to int16, so one dot_pairs per row and kLanes columns
 // multiplies both positions' codes by their weights and adds them to int32 sums. Per
-// position, row and 32 columns that is one operation plus a share of the interleave, where
-// the float sum took 2 FMAs after the widening, conversion and scaling of each value vector:
-// those bound the int8 decode step on Zen 4. On avx2 (vpmaddwd and an add per 8 columns) it
-// measured no faster than the FMAs for runs of 12, so avx2 keeps them.
+// position, row and 32 columns that is one vpdpwssd plus a share of the interleave on avx512
+// (two vpmaddwd and two adds on avx2), where the float sum took 2 (4) FMAs after the
+// widening, conversion and scaling of each value vector: those bound the int8 decode step
+// on Zen 4, and half of an avx2 prefill chunk at depth.
 
 // The value-block scales of the tile's first n positions (v: its first row) into x.s,
 // unless the block's previous run took them; a row's are 36 bytes apart (gathers took as
@@ -579,7 +577,25 @@ static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, Q8Scra
     x.scaled = n;
 }
 
-// Value block b's weights: w[r * ldw + j] for j < nt[r], zeros up to ldw (the tile's
+// kLanes float weights, already rounded to integers in [0, kWeightOne] (NaN saturates), as
+// int16 at w.
+static inline void store_weights(int16_t* w, Vec t) {
+#if QE_ATTENTION_LANES == 8
+    const __m256i c = _mm256_cvtps_epi32(t);  // nearest, even
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(w),
+                     _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
+#else
+    const __m512i c = _mm512_cvtps_epi32(t);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w), _mm512_cvtsepi32_epi16(c));
+#endif
+}
+
+// A row's weights are kLdw apart whatever the tile's length: a compile-time stride, so each
+// row's pair is a fixed offset from one pointer (a run of 12 otherwise kept its rows' pointers
+// on the stack and loaded one per row and pair).
+constexpr int64_t kLdw = kAttentionTile;
+
+// Value block b's weights: w[r * kLdw + j] for j < nt[r], zeros up to n_even (the tile's
 // positions rounded up to even, so every pair is whole); unit[r] = W / kWeightOne. W is the
 // bound p_max[r] * max_j dv_jb over the row's positions (kernels.h), so the max needs no pass
 // over the products, and rows that see the same positions share the scales'. sb: the
@@ -587,62 +603,110 @@ static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, Q8Scra
 // stay in L1 for pair_sums: the whole tile's took 48 KiB, more than Zen 4's L1.
 template <int R>
 static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, const float* p_max,
-                              int64_t ldw, const float* sb, int16_t* w, float* unit) {
+                              int64_t n_even, const float* sb, int16_t* w, float* unit) {
     float s_max = 0.0f;
     for (int r = 0; r < R; ++r) {
         const int64_t n = nt[r];
         if (r == 0 || n != nt[r - 1]) s_max = tile_max(sb, n);
         const float* pr = p + r * ldp;
-        int16_t* wr = w + r * ldw;
+        int16_t* wr = w + r * kLdw;
         const float w_max = p_max[r] * s_max;
         const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
         unit[r] = w_max / float(kWeightOne);
-        const __m512 iv = _mm512_set1_ps(inv);
+        const Vec iv = QE_V(set1_ps)(inv);
         int64_t j = 0;
-        for (; j + 16 <= n; j += 16) {
-            const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(pr + j), _mm512_loadu_ps(sb + j));
-            const __m512i c = _mm512_cvtps_epi32(_mm512_mul_ps(t, iv));  // nearest, even
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(wr + j), _mm512_cvtsepi32_epi16(c));
+        for (; j + kLanes <= n; j += kLanes) {
+            const Vec t = QE_V(mul_ps)(QE_V(loadu_ps)(pr + j), QE_V(loadu_ps)(sb + j));
+            store_weights(wr + j, QE_V(mul_ps)(t, iv));
         }
         for (; j < n; ++j) {
             // Clamped so a NaN cannot reach the conversion (the vectors' saturates).
             const float t = std::fmin(std::fmax(pr[j] * sb[j] * inv, 0.0f), float(kWeightOne));
             wr[j] = int16_t(std::nearbyint(t));
         }
-        for (; j < ldw; ++j) wr[j] = 0;
+        for (; j < n_even; ++j) wr[j] = 0;
     }
 }
 
-// The int32 sums of value block b (vb = its block in the tile's first row) for R rows over the
-// tile's nt_hi positions, a pair at a time (a lone last position pairs with itself under a
-// zero weight): columns 0-7 and 16-23 (an in-lane interleave's order) in sums[r], 8-15 and
-// 24-31 in sums[R + r]; fetching pf_step bytes from pf per pair. A function of its own, its
-// sums one [2][R] array: with the flush in the same body, or as two arrays, gcc 12 copies
-// every sum twice per pair for runs of 4 or more (a 4k prefill chunk 185 -> 231 us per token).
+#if QE_ATTENTION_LANES == 8
+// Quarters of a value block (8 columns each) pair_sums takes at once for a run of R: all of a
+// run's sums, a value vector per quarter and a broadcast in the 16 registers.
+template <int R>
+constexpr int kQuarters = R <= 4 ? 2 : 1;
+
+// Value block vb's (its block in the tile's first row) int32 sums for R rows over the tile's
+// nt_hi positions, a pair at a time (a lone last position pairs with itself under a zero
+// weight), at columns 8h .. 8h + 8 kQuarters - 1 into sums[q * R + r]; fetching pf_step
+// bytes from pf per pair. A function of its own, as avx512's.
 template <int R>
 __attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb, int64_t nt_hi,
-                                                const int16_t* w, int64_t ldw, const char* pf,
-                                                int64_t pf_step, __m512i* sums) {
-    __m512i acc[2][R];
+                                                int h, const int16_t* w, const char* pf,
+                                                int64_t pf_step, IVec* sums) {
+    constexpr int Q = kQuarters<R>;
+    IVec acc[Q][R];
+    for (int q = 0; q < Q; ++q)
+        for (int r = 0; r < R; ++r) acc[q][r] = izero();
+    for (int64_t j = 0; j < nt_hi; j += 2) {
+        for (int64_t b = 0; b < pf_step; b += 64)
+            _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
+        const int8_t* a = vb[j * nb].q + 8 * h;
+        const int8_t* z = vb[(j + 1 < nt_hi ? j + 1 : j) * nb].q + 8 * h;
+        IVec c[Q];
+        if constexpr (Q == 1) {
+            c[0] = _mm256_cvtepi8_epi16(
+                _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)),
+                                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(z))));
+        } else {
+            const __m128i a16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
+            const __m128i z16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(z));
+            c[0] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a16, z16));
+            c[1] = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a16, z16));
+        }
+        for (int r = 0; r < R; ++r) {
+            int32_t pair;
+            std::memcpy(&pair, w + r * kLdw + j, sizeof pair);
+            for (int q = 0; q < Q; ++q) acc[q][r] = dot_pairs(acc[q][r], c[q], pair);
+        }
+    }
+    for (int q = 0; q < Q; ++q)
+        for (int r = 0; r < R; ++r) sums[q * R + r] = acc[q][r];
+}
+#else
+// pair_sums for 16 lanes, the whole block at once: columns 0-7 and 16-23 (an in-lane
+// interleave's order) in sums[r], 8-15 and 24-31 in sums[R + r]. Its sums one [2][R] array:
+// with the flush in the same body, or as two arrays, gcc 12 copies every sum twice per pair
+// for runs of 4 or more (a 4k prefill chunk 185 -> 231 us per token).
+template <int R>
+__attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb, int64_t nt_hi,
+                                                const int16_t* w, const char* pf,
+                                                int64_t pf_step, IVec* sums) {
+    IVec acc[2][R];
     for (int h = 0; h < 2; ++h)
-        for (int r = 0; r < R; ++r) acc[h][r] = _mm512_setzero_si512();
+        for (int r = 0; r < R; ++r) acc[h][r] = izero();
     for (int64_t j = 0; j < nt_hi; j += 2) {
         for (int64_t b = 0; b < pf_step; b += 64)
             _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
         const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb[j * nb].q));
         const __m256i z = _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(vb[(j + 1 < nt_hi ? j + 1 : j) * nb].q));
-        const __m512i c[2] = {_mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a, z)),
-                              _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, z))};
+        const IVec c[2] = {_mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a, z)),
+                           _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, z))};
         for (int r = 0; r < R; ++r) {
             int32_t pair;
-            std::memcpy(&pair, w + r * ldw + j, sizeof pair);
-            const __m512i wp = _mm512_set1_epi32(pair);
-            for (int h = 0; h < 2; ++h) acc[h][r] = _mm512_dpwssd_epi32(acc[h][r], c[h], wp);
+            std::memcpy(&pair, w + r * kLdw + j, sizeof pair);
+            for (int h = 0; h < 2; ++h) acc[h][r] = dot_pairs(acc[h][r], c[h], pair);
         }
     }
     for (int h = 0; h < 2; ++h)
         for (int r = 0; r < R; ++r) sums[h * R + r] = acc[h][r];
+}
+#endif
+
+// out[e] (one row's, kLanes columns) = (first tile ? 0 : out * alpha) + unit * sums.
+static inline void flush_sums(float* out, Vec sums, bool first, float alpha, float unit) {
+    const Vec o =
+        first ? QE_V(setzero_ps)() : QE_V(mul_ps)(QE_V(loadu_ps)(out), QE_V(set1_ps)(alpha));
+    QE_V(storeu_ps)(out, QE_V(fmadd_ps)(sums, QE_V(set1_ps)(unit), o));
 }
 
 // The weighted sum of a tile on the int8 cache (j0: its first row; nt [R], nt_hi as in
@@ -652,7 +716,7 @@ template <int R>
 static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int64_t d,
                             const float* p, int64_t ldp, const int64_t* nt, int64_t nt_hi,
                             bool first, const float* alpha, const char* pf, int64_t pf_bytes) {
-    const int64_t nb = d / kBlockK, ldw = (nt_hi + 1) & ~int64_t{1}, pairs = ldw / 2;
+    const int64_t nb = d / kBlockK, n_even = (nt_hi + 1) & ~int64_t{1}, pairs = n_even / 2;
     Q8Scratch& x = q8_scratch(nb);
     const BlockQ8Kv* vt = v + j0 * nb;
     take_scales(vt, nb, nt_hi, x);
@@ -660,26 +724,36 @@ static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int
     for (int r = 0; r < R; ++r) p_max[r] = tile_max(p + r * ldp, nt[r]);
     const int64_t pf_step = pf ? (pf_bytes + nb * pairs * 64 - 1) / (nb * pairs * 64) * 64 : 0;
     for (int64_t b = 0; b < nb; ++b) {
-        q8_weights<R>(p, ldp, nt, p_max, ldw, x.s.data() + b * kAttentionTile, x.w.data(), unit);
-        __m512i sums[2 * R];
-        pair_sums<R>(vt + b, nb, nt_hi, x.w.data(), ldw, pf + b * pairs * pf_step, pf_step, sums);
-        for (int r = 0; r < R; ++r) {
-            const __m512 u = _mm512_set1_ps(unit[r]);
-            const __m512 f0 = _mm512_cvtepi32_ps(sums[r]), f1 = _mm512_cvtepi32_ps(sums[R + r]);
-            const __m512 cols[2] = {_mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(3, 2, 3, 2))};
-            float* out = rows[r].out + b * kBlockK;
-            for (int h = 0; h < 2; ++h) {
-                const __m512 o = first ? _mm512_setzero_ps()
-                                       : _mm512_mul_ps(_mm512_loadu_ps(out + 16 * h),
-                                                       _mm512_set1_ps(alpha[r]));
-                _mm512_storeu_ps(out + 16 * h, _mm512_fmadd_ps(cols[h], u, o));
+        q8_weights<R>(p, ldp, nt, p_max, n_even, x.s.data() + b * kAttentionTile, x.w.data(),
+                      unit);
+        const char* pfb = pf + b * pairs * pf_step;
+#if QE_ATTENTION_LANES == 8
+        constexpr int Q = kQuarters<R>;
+        for (int h = 0; h < 4; h += Q) {
+            IVec sums[Q * R];
+            // The block's fetches ride on its first quarters.
+            pair_sums<R>(vt + b, nb, nt_hi, h, x.w.data(), pfb, h == 0 ? pf_step : 0, sums);
+            for (int q = 0; q < Q; ++q) {
+                for (int r = 0; r < R; ++r) {
+                    flush_sums(rows[r].out + b * kBlockK + 8 * (h + q),
+                               _mm256_cvtepi32_ps(sums[q * R + r]), first, alpha[r], unit[r]);
+                }
             }
         }
+#else
+        IVec sums[2 * R];
+        pair_sums<R>(vt + b, nb, nt_hi, x.w.data(), pfb, pf_step, sums);
+        for (int r = 0; r < R; ++r) {
+            const __m512 f0 = _mm512_cvtepi32_ps(sums[r]), f1 = _mm512_cvtepi32_ps(sums[R + r]);
+            float* out = rows[r].out + b * kBlockK;
+            flush_sums(out, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)), first, alpha[r],
+                       unit[r]);
+            flush_sums(out + 16, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(3, 2, 3, 2)), first,
+                       alpha[r], unit[r]);
+        }
+#endif
     }
 }
-
-#endif  // QE_ATTENTION_LANES == 16
 
 // Tile j0 of a run of R rows with the same number of tiles, sorted by n (rows[0] sees the
 // fewest positions); p [R, ldp] the tile's scores; m, l [R] the rows' running max and sum,
@@ -723,12 +797,10 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
         const int64_t passes = dv / (kCols * kLanes) > 0 ? dv / (kCols * kLanes) : 1;
         pf_step = (pf_bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
     }
-#if QE_ATTENTION_LANES == 16
     if constexpr (std::is_same_v<T, BlockQ8Kv>) {
         weigh_q8<R>(rows, v, j0, d, p, ldp, nt, nt[R - 1], first, alpha, pf, pf_bytes);
         return;
     }
-#endif
     int64_t pass = 0;
     int64_t e0 = 0;
     for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes, ++pass)
@@ -823,10 +895,8 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     thread_local std::vector<int16_t> codes;
     if constexpr (std::is_same_v<T, BlockQ8Kv>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
-#if QE_ATTENTION_LANES == 16
         Q8Scratch& x = q8_scratch(d / kBlockK);
         x.tiled_base = x.scaled_base = nullptr;  // the cache may have changed since
-#endif
     }
     for (int64_t r = 0; r < n_t; ++r) {
         const int64_t n_r = n - (n_t - 1 - r);

@@ -66,9 +66,9 @@ def _query_q16(q: np.ndarray) -> np.ndarray:
     return s.astype(np.float64) * codes
 
 
-# The tables whose int8-cache weighted sum is in integers (kernels.h; neon_dotprod and
-# neon_i8mm borrow neon's attention); the others' is float.
-INTEGER_WEIGHTS = {"avx512_vnni", "neon", "neon_dotprod", "neon_i8mm"}
+# The tables whose int8-cache weighted sum is in integers (kernels.h): every SIMD table; the
+# portable one's is float.
+INTEGER_WEIGHTS = {"avx2", "avx_vnni", "avx512_vnni", "neon", "neon_dotprod", "neon_i8mm"}
 
 
 def _reference_q8(
