@@ -47,13 +47,17 @@ KernelTable make_avx2() {
     return t;
 }
 
-// AVX-VNNI (256-bit vpdpbusd): the integer products; everything else as avx2.
+// AVX-VNNI (256-bit vpdpbusd, vpdpwssd): the integer products and attention (the int8
+// cache's sums); everything else as avx2.
 KernelTable make_avx_vnni() {
     KernelTable t = make_avx2();
     t.tag = "avx_vnni";
     t.required = kFeatureAvx2 | kFeatureAvxVnni;
     t.gemv_q8a = avx_vnni::gemv_q8a;
     t.gemm_q8a = avx_vnni::gemm_q8a;
+    t.attention_f16 = avx_vnni::attention_f16;
+    t.attention_f32 = avx_vnni::attention_f32;
+    t.attention_q8 = avx_vnni::attention_q8;
     return t;
 }
 

@@ -241,12 +241,15 @@ AttentionQ8Fn attention_q8_integer_weights;
 }  // namespace ref
 
 #if defined(__x86_64__) || defined(_M_X64)
-// avx2 (+FMA, F16C): every kernel. avx_vnni: the packed products; avx512_vnni: the packed
-// products, the delta rule and attention.
+// avx2 (+FMA, F16C): every kernel. avx_vnni: the packed products and attention; avx512_vnni:
+// the packed products, the delta rule and attention.
 QE_DECLARE_ALL(avx2)
 namespace avx_vnni {
 GemvQ8aFn gemv_q8a;
 GemmQ8aFn gemm_q8a;
+AttentionF16Fn attention_f16;
+AttentionF32Fn attention_f32;
+AttentionQ8Fn attention_q8;
 }  // namespace avx_vnni
 namespace avx512_vnni {
 GemvQ8aFn gemv_q8a;

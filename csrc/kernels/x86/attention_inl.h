@@ -3,8 +3,8 @@
 // integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
 // INSIDE the ISA namespace of a translation unit compiled with that ISA's flags (after
 // <immintrin.h>, <cmath>, <cstring>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with
-// QE_ATTENTION_LANES defined as 8 or 16, which it undefines; so each ISA keeps its own copy
-// (STYLE.md §5).
+// QE_ATTENTION_LANES defined as 8 or 16 (and for 8, QE_ATTENTION_AVX_VNNI where the file has
+// AVX-VNNI), which it undefines; so each ISA keeps its own copy (STYLE.md §5).
 //
 // The query vectors of a call (n_q heads of n_t consecutive tokens) go in runs of up to kRun
 // rows that share every key and value load: scores are kRun dot products per key row (one K
@@ -360,12 +360,17 @@ static inline IVec izero() {
     return _mm256_setzero_si256();
 }
 // acc + per int32 lane the two products of t's int16 pair and the query's (an exact int32:
-// kernels.h's bound). The empty asm keeps gcc from reassociating a block's 16 adds into a
-// tree whose vpmaddwd results all wait in memory (a run's sums spilled: 15 % slower).
+// kernels.h's bound): one vpdpwssd with AVX-VNNI. On avx2 the empty asm keeps gcc from
+// reassociating a block's 16 adds into a tree whose vpmaddwd results all wait in memory (a
+// run's sums spilled: 15 % slower).
 static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
+#ifdef QE_ATTENTION_AVX_VNNI
+    return _mm256_dpwssd_avx_epi32(acc, t, _mm256_set1_epi32(pair));
+#else
     IVec sum = _mm256_add_epi32(acc, _mm256_madd_epi16(t, _mm256_set1_epi32(pair)));
     asm("" : "+x"(sum));
     return sum;
+#endif
 }
 
 // The 32 codes at rows[0..7] (a block of 8 key rows) as 16 vectors t[e]: lane l holds codes
@@ -931,3 +936,4 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
 
 #undef QE_V
 #undef QE_ATTENTION_LANES
+#undef QE_ATTENTION_AVX_VNNI
