@@ -412,6 +412,7 @@ static inline void group_scales(const BlockQ8Kv* kg, int64_t nb, int64_t b, int 
     for (int l = 0; l < 8; ++l) s[l] = l < m ? kg[l * nb + b].d : 0.0f;
 }
 
+// The first m lanes of f at p.
 static inline void store_first(float* p, Vec f, int m) {
     if (m == 8) {
         _mm256_storeu_ps(p, f);
@@ -566,9 +567,9 @@ static void score_tile(const Row* rows, const BlockQ8Kv* k, const BlockQ8Kv* v, 
 // interleaved per column and widened to int16, so one dot_pairs per row and kLanes columns
 // multiplies both positions' codes by their weights and adds them to int32 sums. Per
 // position, row and 32 columns that is one vpdpwssd plus a share of the interleave on avx512
-// (two vpmaddwd and two adds on avx2), where the float sum took 2 (4) FMAs after the
-// widening, conversion and scaling of each value vector: those bound the int8 decode step
-// on Zen 4, and half of an avx2 prefill chunk at depth.
+// (two vpmaddwd and two adds on avx2, two vpdpwssd with AVX-VNNI), where the float sum took 2
+// (4) FMAs after the widening, conversion and scaling of each value vector: those bound the
+// int8 decode step on Zen 4, and half of an avx2 prefill chunk at depth.
 
 // The value-block scales of the tile's first n positions (v: its first row) into x.s,
 // unless the block's previous run took them; a row's are 36 bytes apart (gathers took as
@@ -582,8 +583,8 @@ static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, Q8Scra
     x.scaled = n;
 }
 
-// kLanes float weights, already rounded to integers in [0, kWeightOne] (NaN saturates), as
-// int16 at w.
+// kLanes weights (floats in [0, kWeightOne]) rounded to the nearest int16, ties to even, at
+// w (a NaN saturates).
 static inline void store_weights(int16_t* w, Vec t) {
 #if QE_ATTENTION_LANES == 8
     const __m256i c = _mm256_cvtps_epi32(t);  // nearest, even
