@@ -408,13 +408,21 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merged(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several walks as one record: their runs together (an engine's samples pooled), the
+    first's config and state memory (the state depends on the shape, not on the walk)."""
+    out = dict(records[0])
+    out["runs"] = [r for rec in records for r in rec["runs"]]
+    return out
+
+
 def cmd_plot(a: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    record = json.loads(Path(a.json).read_text())
+    record = merged([json.loads(Path(j).read_text()) for j in a.json])
     c = curves(record)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for label, by_depth in c.items():
@@ -524,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true", help="add these runs to --json's")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("plot", help="tables and a PNG from a run's JSON")
-    p.add_argument("--json", required=True)
+    p.add_argument(
+        "--json", required=True, nargs="+", help="one or more runs' records (their runs pooled)"
+    )
     p.add_argument("--png", required=True)
     p.add_argument("--markdown")
     p.set_defaults(func=cmd_plot)

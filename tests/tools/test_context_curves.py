@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """`tools/context_curves.py`: a worker answers the run's commands (the prompt fed in chunks to
 each depth, decode probes on demand), llama.cpp's int8 cache is refused without its flash
-attention, and the ratio tables pair each of our caches with the peer's same cache."""
+attention, the ratio tables pair each of our caches with the peer's same cache, and walks
+plotted together pool an engine's samples."""
 
 from __future__ import annotations
 
@@ -131,3 +132,31 @@ def test_an_interrupted_walk_keeps_the_depths_it_finished(monkeypatch, tmp_path)
     assert run["interrupted"] is True
     assert [p["depth"] for p in run["points"]] == [1024]
     assert run["points"][0]["decode_probes_tok_s"] == [2.0, 2.0]
+
+
+def test_walks_plotted_together_pool_an_engines_samples() -> None:
+    cc = _tool()
+    first = {
+        "config": {"threads": 2},
+        "runs": [_run("qwen-edge", "q8", [40.0, 30.0])],
+        "state_memory": [{"context": 1024, "f16": 2**20, "q8": 2**19}],
+    }
+    second = {
+        "config": {"threads": 1},
+        "runs": [
+            _run("qwen-edge", "q8", [42.0, 32.0]),
+            _run("llama.cpp", "q8", [12.0, 6.0], flash="on"),
+        ],
+        "state_memory": [],
+    }
+    record = cc.merged([first, second])
+    assert record["config"] == {"threads": 2} and record["state_memory"][0]["context"] == 1024
+    c = cc.curves(record)
+    assert set(c) == {"qwen-edge (q8 KV)", "llama.cpp (q8 KV, flash attn)"}
+    ours = c["qwen-edge (q8 KV)"]
+    assert ours[1024]["decode_tok_s"] == [40.0, 40.0, 42.0, 42.0]  # both walks' probes
+    assert ours[4096]["prefill_chunk_tok_s"] == [100.0, 100.0]
+    assert (
+        "| qwen-edge (q8 KV) | 1024 | 100.0 ± 0.0 | 100.0 ± 0.0 | 41.0 ± 1.2 (n=4) | 1.00 |"
+        in cc.markdown(record)
+    )
