@@ -128,12 +128,17 @@ double thread_cpu_seconds() {
     return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
-// The benches' KV caches: rows of d values as the model stores them, f16 or int8 (q8).
-std::vector<char> encode_cache(const qe::KernelTable& kt, bool f16, const float* x, int64_t n) {
+// The benches' KV caches: n values (rows of d) as the model stores them, f16 or int8 (q8:
+// keys in q8k16 groups, values in q8kv rows).
+std::vector<char> encode_cache(const qe::KernelTable& kt, bool f16, bool key, const float* x,
+                               int64_t n, int64_t d) {
     std::vector<char> out;
     if (f16) {
         out.resize(size_t(n) * sizeof(uint16_t));
         kt.cvt_f32_f16(x, reinterpret_cast<uint16_t*>(out.data()), n);
+    } else if (key) {
+        out.resize(size_t(qe::key_groups(n / d, d)) * sizeof(qe::KeyGroupQ8));
+        qe::quantize_keys_q8(x, reinterpret_cast<qe::KeyGroupQ8*>(out.data()), n / d, d);
     } else {
         out.resize(size_t(n / qe::kBlockK) * sizeof(qe::BlockQ8Kv));
         qe::quantize_q8kv(x, reinterpret_cast<qe::BlockQ8Kv*>(out.data()), n);
@@ -151,7 +156,7 @@ void attend(const qe::KernelTable& kt, bool f16, const float* q, int64_t nt, con
                          reinterpret_cast<const uint16_t*>(v), seen, d, 0.0625f, scratch, out, d,
                          group * d);
     } else {
-        kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::BlockQ8Kv*>(k),
+        kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::KeyGroupQ8*>(k),
                         reinterpret_cast<const qe::BlockQ8Kv*>(v), seen, d, 0.0625f, scratch, out,
                         d, group * d);
     }
@@ -179,8 +184,8 @@ int bench_attention(int argc, char** argv) {
     for (auto& x : kf) x = normal(rng);
     for (auto& x : vf) x = normal(rng);
     const bool f16 = cache == "f16";
-    const std::vector<char> k = encode_cache(kt, f16, kf.data(), n * d);
-    const std::vector<char> v = encode_cache(kt, f16, vf.data(), n * d);
+    const std::vector<char> k = encode_cache(kt, f16, true, kf.data(), n * d, d);
+    const std::vector<char> v = encode_cache(kt, f16, false, vf.data(), n * d, d);
     std::vector<float> scratch(size_t(qe::attention_scratch(group * per_call, n)));
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
@@ -225,13 +230,16 @@ int bench_attention_step(int argc, char** argv) {
     std::vector<float> pool_f(pool_rows * d), q(heads * group * d), out(q.size());
     for (auto& x : pool_f) x = normal(rng);
     for (auto& x : q) x = normal(rng);
-    const std::vector<char> pool = encode_cache(kt, f16, pool_f.data(), pool_rows * d);
+    // Rows in whole key groups (a pool of 4096 rows is 256 of them), as a state holds them.
+    const std::vector<char> pool[2] = {
+        encode_cache(kt, f16, true, pool_f.data(), pool_rows * d, d),
+        encode_cache(kt, f16, false, pool_f.data(), pool_rows * d, d)};
     std::vector<qe::Buffer> kv;  // [layer][head][K, V]
     for (int64_t i = 0; i < layers * heads * 2; ++i) {
-        kv.emplace_back(size_t(depth) * row);
+        kv.emplace_back(size_t(qe::kv_rows(qe::KvType::kQ8, depth)) * row);
         for (int64_t j = 0; j < depth; j += pool_rows) {
-            const int64_t n = std::min(pool_rows, depth - j);
-            std::memcpy(kv.back().as<char>() + j * row, pool.data(), size_t(n) * row);
+            const int64_t n = qe::kv_rows(qe::KvType::kQ8, std::min(pool_rows, depth - j));
+            std::memcpy(kv.back().as<char>() + j * row, pool[i % 2].data(), size_t(n) * row);
         }
     }
     qe::ThreadPool tp(qe::ThreadPool::Options{threads, false, 100});

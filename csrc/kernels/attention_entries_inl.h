@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // The three attention entry points of a table (kernels.h: attention_f16, attention_f32,
 // attention_q8), one per cache element type, over the table's own
-//   template <typename T> void attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch,
-//                                        out, ldo, ldot);
+//   template <typename K, typename V> void attention(q, ldq, ldqt, n_q, n_t, k, v, n, d,
+//                                                    scale, scratch, out, ldo, ldot);
 // which must be declared (with internal linkage) before this header is included inside the
-// table's namespace. The element type picks the loads; everything else is the template's.
+// table's namespace. The cache's types pick the loads; everything else is the template's.
 
 void attention_f16(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                    const uint16_t* k, const uint16_t* v, int64_t n, int64_t d, float scale,
@@ -19,7 +19,7 @@ void attention_f32(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64
 }
 
 void attention_q8(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                  const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t n, int64_t d, float scale,
+                  const KeyGroupQ8* k, const BlockQ8Kv* v, int64_t n, int64_t d, float scale,
                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
     attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }

@@ -459,8 +459,10 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
     auto values_of = [&](const Seg& g) {
         return g.mtp ? g.state->mtp_values() : g.state->values(L.index);
     };
-    // One key or value vector into its cache row, in the cache's element type.
-    auto store_kv = [&](KvType kv_type, const float* src, char* dst) {
+    // One key or value vector as position `at` of a head's cache (`head`), in the cache's
+    // element type; the int8 cache's keys go into their q8k16 group.
+    auto store_kv = [&](KvType kv_type, bool key, const float* src, char* head, int64_t at) {
+        char* dst = head + at * int64_t(kv_row_bytes(kv_type, hd));
         switch (kv_type) {
             case KvType::kF16:
                 kt_.cvt_f32_f16(src, reinterpret_cast<uint16_t*>(dst), hd);
@@ -469,7 +471,11 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
                 std::memcpy(dst, src, size_t(hd) * sizeof(float));
                 break;
             case KvType::kQ8:
-                quantize_q8kv(src, reinterpret_cast<BlockQ8Kv*>(dst), hd);
+                if (key) {
+                    store_key_q8(src, reinterpret_cast<KeyGroupQ8*>(head), at, hd);
+                } else {
+                    quantize_q8kv(src, reinterpret_cast<BlockQ8Kv*>(dst), hd);
+                }
                 break;
         }
     };
@@ -490,13 +496,13 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
             kt_.rope(kt, nkv, hd, cos_t, sin_t, half);
             const Seg& g = rows.segs[rows.seg[t]];
             const State& st = *g.state;
-            const int64_t kv_row = int64_t(kv_row_bytes(st.kv_type_, hd));
+            const auto head = int64_t(kv_head_bytes(st.kv_type_, st.context_, hd));
             char* kcache = static_cast<char*>(keys_of(g));
             char* vcache = static_cast<char*>(values_of(g));
+            const int64_t at = g.pos0 + t - g.row0;
             for (int64_t j = 0; j < nkv; ++j) {
-                const int64_t at = (j * st.context_ + g.pos0 + t - g.row0) * kv_row;
-                store_kv(st.kv_type_, kt + j * hd, kcache + at);
-                store_kv(st.kv_type_, vt + j * hd, vcache + at);
+                store_kv(st.kv_type_, true, kt + j * hd, kcache + j * head, at);
+                store_kv(st.kv_type_, false, vt + j * hd, vcache + j * head, at);
             }
         }
     });
@@ -517,13 +523,13 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
                 const Seg& g = rows.segs[rows.seg[t]];
                 State& st = *g.state;
                 const int64_t ctx = st.context_, nt = t1 - t;
-                const int64_t kv_row = int64_t(kv_row_bytes(st.kv_type_, hd));
+                const auto head = int64_t(kv_head_bytes(st.kv_type_, ctx, hd));
                 float* scratch = st.scratch_.scores.as<float>() +
                                  int64_t(thread) * attention_scratch(group * kAttentionTokens, ctx);
                 const float* qi = q + (t * nh + j * group) * hd;
                 float* oi = heads + (t * nh + j * group) * hd;
-                const char* kc = static_cast<const char*>(keys_of(g)) + j * ctx * kv_row;
-                const char* vc = static_cast<const char*>(values_of(g)) + j * ctx * kv_row;
+                const char* kc = static_cast<const char*>(keys_of(g)) + j * head;
+                const char* vc = static_cast<const char*>(values_of(g)) + j * head;
                 const int64_t len = g.pos0 + t1 - 1 - g.row0 + 1;  // the last token's
                 switch (st.kv_type_) {
                     case KvType::kF16:
@@ -540,7 +546,7 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
                         break;
                     case KvType::kQ8:
                         kt_.attention_q8(qi, hd, nh * hd, group, nt,
-                                         reinterpret_cast<const BlockQ8Kv*>(kc),
+                                         reinterpret_cast<const KeyGroupQ8*>(kc),
                                          reinterpret_cast<const BlockQ8Kv*>(vc), len, hd, scale,
                                          scratch, oi, hd, nh * hd);
                         break;

@@ -36,7 +36,7 @@ StateSizes State::sizes_for(const ModelConfig& c, int64_t context, int64_t batch
     StateSizes z;
     z.full_layers = count_layers(c, LayerType::kFull);
     z.linear_layers = count_layers(c, LayerType::kLinear);
-    z.kv = bytes_of(c.n_head_kv, context, kv_row_bytes(kv_type, c.head_dim));
+    z.kv = bytes_of(c.n_head_kv, kv_rows(kv_type, context), kv_row_bytes(kv_type, c.head_dim));
     z.conv = bytes_of(c.conv_kernel - 1, c.conv_dim(), 4);
     z.recurrent = bytes_of(c.n_v_head, c.k_head_dim, c.v_head_dim, 4);
     const uint64_t b = uint64_t(batch), f = sizeof(float);
@@ -140,22 +140,19 @@ void State::copy_from(const State& other) {
     mtp_hidden_at_ = other.speculation_enabled() ? other.mtp_hidden_at_ : -1;
     if (mtp_hidden_at_ >= 0)
         std::memcpy(mtp_hidden_.as<void>(), other.mtp_hidden_.as<void>(), mtp_hidden_.size());
-    // Only the filled part of each head's KV rows (heads are context_ rows apart in each).
-    const size_t row = kv_row_bytes(kv_type_, config_.head_dim);
-    for (size_t i = 0; i < kv_.size(); ++i) {
-        for (int64_t h = 0; h < config_.n_head_kv; ++h) {
-            std::memcpy(kv_[i].as<char>() + size_t(h) * size_t(context_) * row,
-                        other.kv_[i].as<char>() + size_t(h) * size_t(other.context_) * row,
-                        size_t(position_) * row);
-        }
-    }
-    for (size_t i = 0; other.speculation_enabled() && i < mtp_kv_.size(); ++i) {
-        for (int64_t h = 0; h < config_.n_head_kv; ++h) {
-            std::memcpy(mtp_kv_[i].as<char>() + size_t(h) * size_t(context_) * row,
-                        other.mtp_kv_[i].as<char>() + size_t(h) * size_t(other.context_) * row,
-                        size_t(mtp_position_) * row);
-        }
-    }
+    // Only the filled part of each head's KV rows (the int8 cache's in whole key groups, which
+    // both states hold whole).
+    const size_t to = kv_head_bytes(kv_type_, context_, config_.head_dim);
+    const size_t from = kv_head_bytes(kv_type_, other.context_, config_.head_dim);
+    auto copy_heads = [&](char* dst, const char* src, int64_t filled) {
+        for (int64_t h = 0; h < config_.n_head_kv; ++h)
+            std::memcpy(dst + size_t(h) * to, src + size_t(h) * from,
+                        kv_head_bytes(kv_type_, filled, config_.head_dim));
+    };
+    for (size_t i = 0; i < kv_.size(); ++i)
+        copy_heads(kv_[i].as<char>(), other.kv_[i].as<char>(), position_);
+    for (size_t i = 0; other.speculation_enabled() && i < mtp_kv_.size(); ++i)
+        copy_heads(mtp_kv_[i].as<char>(), other.mtp_kv_[i].as<char>(), mtp_position_);
     for (size_t i = 0; i < conv_.size(); ++i) {
         std::memcpy(conv_[i].as<void>(), other.conv_[i].as<void>(), conv_[i].size());
         std::memcpy(recurrent_[i].as<void>(), other.recurrent_[i].as<void>(), recurrent_[i].size());
@@ -166,8 +163,8 @@ void State::enable_speculation(int64_t slots) {
     QE_CHECK(slots >= 0 && slots < batch_, "speculation: checkpoint slots must be in 0..",
              batch_ - 1, " (the state's batch - 1), got ", slots);
     if (mtp_kv_.empty()) {
-        const size_t kv_bytes =
-            bytes_of(config_.n_head_kv, context_, kv_row_bytes(kv_type_, config_.head_dim));
+        const size_t kv_bytes = bytes_of(config_.n_head_kv, kv_rows(kv_type_, context_),
+                                         kv_row_bytes(kv_type_, config_.head_dim));
         mtp_kv_.emplace_back(kv_bytes);
         mtp_kv_.emplace_back(kv_bytes);
         scratch_.mtp_in = Buffer(bytes_of(batch_, 2 * config_.n_embd, sizeof(float)));

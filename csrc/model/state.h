@@ -27,6 +27,16 @@ inline size_t kv_row_bytes(KvType t, int64_t head_dim) {
     return size_t(head_dim) * (t == KvType::kF16 ? 2 : 4);
 }
 
+// Rows each head's K and V caches hold for `context` tokens: `context`, but whole groups of 16
+// for the int8 cache, whose keys are written and read in q8k16 groups (formats.h).
+inline int64_t kv_rows(KvType t, int64_t context) {
+    return t == KvType::kQ8 ? (context + kKeyGroup - 1) / kKeyGroup * kKeyGroup : context;
+}
+// Bytes from one head's cache to the next's.
+inline size_t kv_head_bytes(KvType t, int64_t context, int64_t head_dim) {
+    return size_t(kv_rows(t, context)) * kv_row_bytes(t, head_dim);
+}
+
 // Tokens per attention work item (Qwen35Model::attention_block): a kernel call reads each K/V
 // tile once for all its tokens; 12 tokens of a 4-head GQA group (every Qwen3.5 size) are one
 // block of the x86 kernels (4 runs of 12 rows sharing each tile), and a 128-token batch still
@@ -130,8 +140,9 @@ public:
     void* mtp_values() const { return mtp_kv_[1].as<void>(); }
 
     // Per full-attention layer (index into the config's full layers): K and V caches,
-    // [n_head_kv, context, head_dim], head_dim contiguous: kv_row_bytes(kv_type, head_dim) per
-    // vector (f16, f32, or head_dim / 32 q8kv blocks).
+    // [n_head_kv, kv_rows(kv_type, context), head_dim], head_dim contiguous:
+    // kv_row_bytes(kv_type, head_dim) per vector (f16, f32, or head_dim / 32 q8kv blocks; the
+    // int8 keys in q8k16 groups of 16 positions, the same bytes).
     void* keys(int64_t i) const { return kv_[2 * i].as<void>(); }
     void* values(int64_t i) const { return kv_[2 * i + 1].as<void>(); }
     // Per linear-attention layer: [conv_kernel - 1, conv_dim] and [n_v_head, dk, dv].

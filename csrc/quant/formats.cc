@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace qe {
 namespace {
@@ -49,6 +50,32 @@ float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
 
 void quantize_q8kv(const float* x, BlockQ8Kv* out, int64_t k) {
     for (int64_t b = 0; b < k / kBlockK; ++b) out[b].d = quantize_block_q8(x + b * kBlockK, out[b].q);
+}
+
+void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d) {
+    const int64_t nb = d / kBlockK, l = j % kKeyGroup;
+    KeyGroupQ8* g = groups + j / kKeyGroup * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+        int8_t q[kBlockK];
+        g[b].d[l] = quantize_block_q8(x + b * kBlockK, q);
+        for (int p = 0; p < kBlockK / 2; ++p) {
+            g[b].q[p][l][0] = q[2 * p];
+            g[b].q[p][l][1] = q[2 * p + 1];
+        }
+    }
+}
+
+void quantize_keys_q8(const float* k, KeyGroupQ8* groups, int64_t n, int64_t d) {
+    const int64_t whole = (n + kKeyGroup - 1) / kKeyGroup * kKeyGroup;
+    const std::vector<float> zeros(size_t(d), 0.0f);
+    for (int64_t j = 0; j < whole; ++j)
+        store_key_q8(j < n ? k + j * d : zeros.data(), groups, j, d);
+}
+
+float key_q8_at(const KeyGroupQ8* groups, int64_t j, int64_t e, int64_t d) {
+    const KeyGroupQ8& g = groups[j / kKeyGroup * (d / kBlockK) + e / kBlockK];
+    const int64_t l = j % kKeyGroup, c = e % kBlockK;
+    return g.d[l] * float(g.q[c / 2][l][c % 2]);
 }
 
 const char* format_name(WeightFormat f) {

@@ -115,6 +115,20 @@ struct BlockQ8Kv {
 };
 static_assert(sizeof(BlockQ8Kv) == 36, "BlockQ8Kv is part of the kernel ABI");
 
+// q8k16: the int8 cache's keys, block b (32 elements) of 16 consecutive positions in one
+// 576-byte piece ("key group"), codes transposed so that one vector load gives a column pair
+// of every position: q[p][l] holds elements 2p and 2p + 1 of position l, d[l] its scale (the
+// values and scales of q8kv). A head's keys are groups [j / 16][b], b < d / 32: the same 36
+// bytes per 32 values as rows of q8kv blocks, allocated in whole groups. Scores go with
+// positions along vector lanes; rows of blocks had each kernel call transpose every key it
+// read (a fifth of an avx512 decode call at 16k), and gathered their scales 36 bytes apart.
+inline constexpr int kKeyGroup = 16;
+struct KeyGroupQ8 {
+    int8_t q[kBlockK / 2][kKeyGroup][2];
+    float d[kKeyGroup];
+};
+static_assert(sizeof(KeyGroupQ8) == kKeyGroup * sizeof(BlockQ8Kv), "KeyGroupQ8 is kernel ABI");
+
 // One symmetric int8 block, the definition of q8a and q8kv: d = amax / 127, q = round(x / d)
 // (half away from zero) within +-127; returns d.
 float quantize_block_q8(const float* x, int8_t* q);
@@ -127,6 +141,18 @@ float quantize_row_q16(const float* x, int16_t* q, int64_t n);
 // same bytes on every CPU. A cache row is written once and read at every later step, so its
 // speed hardly matters.
 void quantize_q8kv(const float* x, BlockQ8Kv* out, int64_t k);
+
+// Key x [d] (d a multiple of 32) as position j of a head's q8k16 keys `groups` (quantize_q8kv's
+// codes and scales, transposed).
+void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d);
+// Keys k [n, d] as a head's first n positions into key_groups(n, d) groups, the rest of the
+// last group zeroed.
+inline int64_t key_groups(int64_t n, int64_t d) {
+    return (n + kKeyGroup - 1) / kKeyGroup * (d / kBlockK);
+}
+void quantize_keys_q8(const float* k, KeyGroupQ8* groups, int64_t n, int64_t d);
+// Element e of position j of a head's q8k16 keys, as float (d * code).
+float key_q8_at(const KeyGroupQ8* groups, int64_t j, int64_t e, int64_t d);
 
 // IEEE half and bfloat16 to float (exact).
 float f16_to_f32(uint16_t h);

@@ -388,9 +388,10 @@ QE_TEST(attention_matches_ref) {
             ref().attention_f32(q.data(), d, n_q * d, n_q, 1, k.data(), v.data(), n, d, 0.2f,
                                 scratch.data(), orf.data(), d, n_q * d);
             expect_close(o, orf, 1e-5, 1e-5, "attention_f32", t->tag);
-            if (d % qe::kBlockK == 0) {  // the int8 cache: rows of q8kv blocks
-                std::vector<qe::BlockQ8Kv> k8(n * d / qe::kBlockK), v8(k8.size());
-                qe::quantize_q8kv(k.data(), k8.data(), n * d);
+            if (d % qe::kBlockK == 0) {  // the int8 cache: q8k16 keys, rows of q8kv blocks
+                std::vector<qe::KeyGroupQ8> k8(size_t(qe::key_groups(n, d)));
+                std::vector<qe::BlockQ8Kv> v8(size_t(n * d / qe::kBlockK));
+                qe::quantize_keys_q8(k.data(), k8.data(), n, d);
                 qe::quantize_q8kv(v.data(), v8.data(), n * d);
                 t->attention_q8(q.data(), d, n_q * d, n_q, 1, k8.data(), v8.data(), n, d, 0.2f,
                                 scratch.data(), o.data(), d, n_q * d);
@@ -427,11 +428,12 @@ QE_TEST(attention_tokens_equal_one_at_a_time) {
             std::vector<uint16_t> k16(k.size()), v16(v.size());
             ref().cvt_f32_f16(k.data(), k16.data(), int64_t(k.size()));
             ref().cvt_f32_f16(v.data(), v16.data(), int64_t(v.size()));
-            std::vector<qe::BlockQ8Kv> k8, v8;
+            std::vector<qe::KeyGroupQ8> k8;
+            std::vector<qe::BlockQ8Kv> v8;
             if (d % qe::kBlockK == 0) {
-                k8.resize(n * d / qe::kBlockK);
-                v8.resize(k8.size());
-                qe::quantize_q8kv(k.data(), k8.data(), n * d);
+                k8.resize(size_t(qe::key_groups(n, d)));
+                v8.resize(size_t(n * d / qe::kBlockK));
+                qe::quantize_keys_q8(k.data(), k8.data(), n, d);
                 qe::quantize_q8kv(v.data(), v8.data(), n * d);
             }
             std::vector<float> scratch(size_t(qe::attention_scratch(n_t * n_q, n)));

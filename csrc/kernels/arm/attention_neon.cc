@@ -113,38 +113,61 @@ QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t 
     }
 }
 
-// score on the int8 cache: the query in int16, each key block's codes widened once to int16
-// for all rows, a block's products summed in int32 lanes (vmlal_s16), the lanes scaled by
-// the key block's scale into float chains, the row's scale once per score: 10 operations per
-// block and row where float scores took 8 FMAs plus the key's widening and scaling.
-template <int R, int P>
-QE_NEON_INLINE void score(Row* rows, const BlockQ8Kv* k, int64_t j0, int64_t j, int64_t d,
-                          int64_t, float scale) {
+// Scores on the int8 cache: the query in int16 against the q8k16 keys (formats.h), 4G
+// positions at a time along lanes. A load of a column pair for 4 positions, widened once to
+// int16 for all rows, times the row's pair of codes (broadcast) by smlal into int32 lanes
+// (position, element), a pairwise add per block to the positions' exact sums, scaled by the
+// positions' block scales (beside the codes) into float chains, the row's scale once per
+// score. Rows of keys along lanes took, per position and block, a widening, a convert, an FMA
+// and later a horizontal sum on top of the same smlal count. A tile starts a group, so a
+// quad (G = 2: an octet) never straddles one; positions past nt are computed from the
+// group's rest (allocated whole) and not stored.
+template <int R>
+QE_NEON_INLINE void score_q8(Row* rows, const KeyGroupQ8* k, int64_t j0, int64_t nt, int64_t d,
+                             float scale) {
+    constexpr int G = R <= 2 ? 2 : 1;  // 4G x 2R int32 chains
+    static_assert(kAttentionTile % kKeyGroup == 0 && kKeyGroup % (4 * G) == 0,
+                  "a tile's quads fall in whole key groups");
     const int64_t nb = d / kBlockK;
-    const BlockQ8Kv* kj = k + (j0 + j) * nb;
-    float32x4_t acc[P][R];
-    for (int i = 0; i < P; ++i)
-        for (int r = 0; r < R; ++r) acc[i][r] = vdupq_n_f32(0.0f);
-    for (int64_t b = 0; b < nb; ++b) {
-        for (int i = 0; i < P; ++i) {
-            const BlockQ8Kv& kb = kj[i * nb + b];
-            const int8x16_t k0 = vld1q_s8(kb.q), k1 = vld1q_s8(kb.q + 16);
-            const int16x8_t kw[4] = {vmovl_s8(vget_low_s8(k0)), vmovl_high_s8(k0),
-                                     vmovl_s8(vget_low_s8(k1)), vmovl_high_s8(k1)};
-            for (int r = 0; r < R; ++r) {
-                const int16_t* qc = rows[r].qc + b * kBlockK;
-                int32x4_t sum = vdupq_n_s32(0);
-                for (int c = 0; c < 4; ++c) {
-                    const int16x8_t qv = vld1q_s16(qc + 8 * c);
-                    sum = vmlal_s16(sum, vget_low_s16(qv), vget_low_s16(kw[c]));
-                    sum = vmlal_high_s16(sum, qv, kw[c]);
+    for (int64_t j = 0; j < nt; j += 4 * G) {
+        const KeyGroupQ8* kg = k + (j0 + j) / kKeyGroup * nb;
+        const int l = int((j0 + j) % kKeyGroup);
+        float32x4_t acc_f[G][R];
+        for (int g = 0; g < G; ++g)
+            for (int r = 0; r < R; ++r) acc_f[g][r] = vdupq_n_f32(0.0f);
+        for (int64_t b = 0; b < nb; ++b) {
+            int32x4_t acc[G][R][2];
+            for (int g = 0; g < G; ++g)
+                for (int r = 0; r < R; ++r) acc[g][r][0] = acc[g][r][1] = vdupq_n_s32(0);
+            for (int e = 0; e < kBlockK / 2; ++e) {
+                int16x8_t c[G];  // (position, element) pairs of positions l + 4g ..
+                for (int g = 0; g < G; ++g) c[g] = vmovl_s8(vld1_s8(kg[b].q[e][l + 4 * g]));
+                for (int r = 0; r < R; ++r) {
+                    int32_t pair;
+                    std::memcpy(&pair, rows[r].qc + b * kBlockK + 2 * e, sizeof pair);
+                    const int16x4_t qp = vreinterpret_s16_s32(vdup_n_s32(pair));
+                    for (int g = 0; g < G; ++g) {
+                        acc[g][r][0] = vmlal_s16(acc[g][r][0], vget_low_s16(c[g]), qp);
+                        acc[g][r][1] = vmlal_s16(acc[g][r][1], vget_high_s16(c[g]), qp);
+                    }
                 }
-                acc[i][r] = vfmaq_n_f32(acc[i][r], vcvtq_f32_s32(sum), kb.d);
+            }
+            for (int g = 0; g < G; ++g) {
+                const float32x4_t sb = vld1q_f32(kg[b].d + l + 4 * g);
+                for (int r = 0; r < R; ++r) {
+                    const int32x4_t sums = vpaddq_s32(acc[g][r][0], acc[g][r][1]);
+                    acc_f[g][r] = vfmaq_f32(acc_f[g][r], vcvtq_f32_s32(sums), sb);
+                }
             }
         }
+        const int64_t m = nt - j < 4 * G ? nt - j : 4 * G;
+        for (int r = 0; r < R; ++r) {
+            float lanes[4 * G];
+            for (int g = 0; g < G; ++g)
+                vst1q_f32(lanes + 4 * g, vmulq_n_f32(vmulq_n_f32(acc_f[g][r], rows[r].qs), scale));
+            std::memcpy(rows[r].p + j, lanes, size_t(m) * sizeof(float));
+        }
     }
-    for (int i = 0; i < P; ++i)
-        for (int r = 0; r < R; ++r) rows[r].p[j + i] = vaddvq_f32(acc[i][r]) * rows[r].qs * scale;
 }
 
 // Columns e0 .. e0 + 4C - 1 of R rows' out += sum_j p_j v_j over the tile's nt positions (rows
@@ -285,15 +308,19 @@ QE_NEON_INLINE void weigh_q8(Row* rows, const BlockQ8Kv* vt, int64_t d, int64_t 
 // exp, then out = (first tile ? 0 : out * exp(m_old - m_new)) + sum_j p_j v_j. Each row does the
 // same operations in the same order whatever rows share the tile or the call: a query is
 // independent of its company.
-template <int R, typename T>
-void attend_tile(Row* rows, const T* k, const T* v, int64_t j0, int64_t d, float scale) {
+template <int R, typename K, typename V>
+void attend_tile(Row* rows, const K* k, const V* v, int64_t j0, int64_t d, float scale) {
     // Chains (P x R, C x R) and the key and value vectors in flight fit the 32 registers.
     constexpr int kPos = R == 1 ? 8 : 4, kCols = R == 1 ? 8 : 4;
     const int64_t d4 = d & ~int64_t{3};
     const int64_t nt = rows[0].n - j0 < kAttentionTile ? rows[0].n - j0 : kAttentionTile;
     int64_t j = 0;
-    for (; j + kPos <= nt; j += kPos) score<R, kPos>(rows, k, j0, j, d, d4, scale);
-    for (; j < nt; ++j) score<R, 1>(rows, k, j0, j, d, d4, scale);
+    if constexpr (std::is_same_v<K, KeyGroupQ8>) {
+        score_q8<R>(rows, k, j0, nt, d, scale);
+    } else {
+        for (; j + kPos <= nt; j += kPos) score<R, kPos>(rows, k, j0, j, d, d4, scale);
+        for (; j < nt; ++j) score<R, 1>(rows, k, j0, j, d, d4, scale);
+    }
     for (int r = 0; r < R; ++r) {
         Row& row = rows[r];
         float mt = -INFINITY;
@@ -308,7 +335,7 @@ void attend_tile(Row* rows, const T* k, const T* v, int64_t j0, int64_t d, float
             for (int64_t e = 0; e < d; ++e) row.out[e] *= alpha;
         }
     }
-    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+    if constexpr (std::is_same_v<V, BlockQ8Kv>) {
         weigh_q8<R>(rows, v + j0 * (d / kBlockK), d, nt);
         return;
     }
@@ -332,16 +359,16 @@ void attend_tile(Row* rows, const T* k, const T* v, int64_t j0, int64_t d, float
 // block keeps its tile's scores in scratch row b (the scratch has a row per query).
 constexpr int64_t kBlock = 48;
 
-template <typename T>
-void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const T* k,
-               const T* v, int64_t n, int64_t d, float scale, float* scratch, float* out,
+template <typename K, typename V>
+void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const K* k,
+               const V* v, int64_t n, int64_t d, float scale, float* scratch, float* out,
                int64_t ldo, int64_t ldot) {
     const int64_t ldp = attention_scratch(1, n), total = n_t * n_q;
     Row rows[kBlock];
     // The int8 cache's quantized queries, a slot per row of a block, kept by the thread from
     // call to call.
     thread_local std::vector<int16_t> codes;
-    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+    if constexpr (std::is_same_v<K, KeyGroupQ8>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
     }
     for (int64_t first = 0; first < total; first += kBlock) {
@@ -350,7 +377,7 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
             const int64_t r = (first + b) / n_q, i = (first + b) % n_q;
             rows[b] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, scratch + b * ldp,
                           n - (n_t - 1 - r), -INFINITY, 0.0f};
-            if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+            if constexpr (std::is_same_v<K, KeyGroupQ8>) {
                 int16_t* qc = codes.data() + b * d;
                 rows[b].qs = quantize_row_q16(rows[b].q, qc, d);
                 rows[b].qc = qc;

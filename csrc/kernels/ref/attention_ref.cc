@@ -30,9 +30,9 @@ inline float at(const BlockQ8Kv* c, int64_t i) {
 }
 
 // The query's dot product with key row j: in float against f16 and f32 keys; against the int8
-// cache the query is rounded to int16 codes qc with one scale qs (quantize_row_q16), each
-// block's products summed exactly in integers and scaled by the block's scale, the blocks
-// summed in order, times qs.
+// cache's q8k16 keys the query is rounded to int16 codes qc with one scale qs
+// (quantize_row_q16), each block's products summed exactly in integers and scaled by the
+// block's scale, the blocks summed in order, times qs.
 struct Query {
     const float* q;
     std::vector<int16_t> qc;
@@ -44,13 +44,15 @@ float dot(const Query& query, const T* k, int64_t j, int64_t d) {
     for (int64_t e = 0; e < d; ++e) total += query.q[e] * at(k, j * d + e);
     return total;
 }
-float dot(const Query& query, const BlockQ8Kv* k, int64_t j, int64_t d) {
+float dot(const Query& query, const KeyGroupQ8* k, int64_t j, int64_t d) {
+    const int64_t nb = d / kBlockK, l = j % kKeyGroup;
     float total = 0.0f;
-    for (int64_t b = 0; b < d / kBlockK; ++b) {
-        const BlockQ8Kv& kb = k[j * (d / kBlockK) + b];
+    for (int64_t b = 0; b < nb; ++b) {
+        const KeyGroupQ8& kb = k[j / kKeyGroup * nb + b];
         int32_t sum = 0;
-        for (int e = 0; e < kBlockK; ++e) sum += int32_t(query.qc[b * kBlockK + e]) * kb.q[e];
-        total += kb.d * float(sum);
+        for (int e = 0; e < kBlockK; ++e)
+            sum += int32_t(query.qc[b * kBlockK + e]) * kb.q[e / 2][l][e % 2];
+        total += kb.d[l] * float(sum);
     }
     return total * query.qs;
 }
@@ -82,13 +84,13 @@ void weigh_integers(const float* p, const BlockQ8Kv* v, int64_t j0, int64_t nt, 
     }
 }
 
-template <bool kIntegerWeights = false, typename T>
-void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, int64_t n, int64_t d,
+template <bool kIntegerWeights = false, typename K, typename V>
+void attend(const float* q, int64_t ldq, int64_t n_q, const K* k, const V* v, int64_t n, int64_t d,
             float scale, float* scratch, float* out, int64_t ldo) {
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
         Query query{qi, {}, 0.0f};
-        if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+        if constexpr (std::is_same_v<K, KeyGroupQ8>) {
             query.qc.resize(size_t(d));
             query.qs = quantize_row_q16(qi, query.qc.data(), d);
         }
@@ -126,9 +128,9 @@ void attend(const float* q, int64_t ldq, int64_t n_q, const T* k, const T* v, in
     }
 }
 
-template <bool kIntegerWeights = false, typename T>
-void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const T* k,
-               const T* v, int64_t n, int64_t d, float scale, float* scratch, float* out,
+template <bool kIntegerWeights = false, typename K, typename V>
+void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t, const K* k,
+               const V* v, int64_t n, int64_t d, float scale, float* scratch, float* out,
                int64_t ldo, int64_t ldot) {
     for (int64_t r = 0; r < n_t; ++r) {
         attend<kIntegerWeights>(q + r * ldqt, ldq, n_q, k, v, n - (n_t - 1 - r), d, scale,
@@ -141,7 +143,7 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
 #include "kernels/attention_entries_inl.h"
 
 void attention_q8_integer_weights(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q,
-                                  int64_t n_t, const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t n,
+                                  int64_t n_t, const KeyGroupQ8* k, const BlockQ8Kv* v, int64_t n,
                                   int64_t d, float scale, float* scratch, float* out, int64_t ldo,
                                   int64_t ldot) {
     attention<true>(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);

@@ -133,6 +133,11 @@ static inline const void* element_at(const uint16_t* c, int64_t i) {
 static inline const void* element_at(const BlockQ8Kv* c, int64_t i) {
     return c + uint64_t(i) / kBlockK;
 }
+// Keys in q8k16 groups: 36 bytes per 32 values, as rows of q8kv blocks, so a position's share
+// of its group lies where its row would (exact at group boundaries, which is what fetches use).
+static inline const void* element_at(const KeyGroupQ8* c, int64_t i) {
+    return reinterpret_cast<const char*>(c) + uint64_t(i) / kBlockK * sizeof(BlockQ8Kv);
+}
 template <typename T>
 static inline const char* row_at(const T* c, int64_t j, int64_t d) {
     return static_cast<const char*>(element_at(c, j * d));
@@ -315,20 +320,20 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 
 // ---- The int8 cache in integers (kernels.h) -------------------------------------------------
 
-// The buffers of a tile on the int8 cache, kept by the thread from call to call (150 KiB at
-// d = 256). Scores: the tile's key rows transposed in groups of kLanes (kt, 16 vectors per
-// group and block; ks, kLanes floats per group and block), the groups' first tiled_keys
-// positions of the tile at tiled_base (null: none) valid for the runs after the first.
-// Weighted sum: the tile's value-block scales, transposed so each block's are
-// contiguous (s[b * kAttentionTile + j]; the first scaled positions of the tile at
-// scaled_base), and one block's weights for the rows of a run (w).
+// The buffers of a tile on the int8 cache, kept by the thread from call to call (140 KiB at
+// d = 256). Scores of runs of 8 or more (prefill): the tile's key pairs widened to int16 (kt,
+// 16 vectors per kLanes positions and block), its first `widened` positions at widened_base
+// (null: none) valid for the block's later runs. Weighted sum: the tile's value-block
+// scales, transposed so each block's are contiguous (s[b * kAttentionTile + j]; the first
+// scaled positions of the tile at scaled_base), and one block's weights for the rows of a run
+// (w).
 struct Q8Scratch {
     struct alignas(kLanes * sizeof(int32_t)) Lanes {
         int32_t lanes[kLanes];
     };
-    std::vector<Lanes> kt, ks;  // std::vector<IVec> would drop the type's alignment
-    const BlockQ8Kv* tiled_base = nullptr;
-    int64_t tiled_keys = 0;
+    std::vector<Lanes> kt;  // std::vector<IVec> would drop the type's alignment
+    const KeyGroupQ8* widened_base = nullptr;
+    int64_t widened = 0;
     const BlockQ8Kv* scaled_base = nullptr;
     int64_t scaled = 0;
     std::vector<float> s;
@@ -338,22 +343,21 @@ static inline Q8Scratch& q8_scratch(int64_t nb) {
     thread_local Q8Scratch x;
     if (x.s.size() < size_t(nb * kAttentionTile)) {
         x.kt.resize(size_t(kAttentionTile / kLanes * nb * 16));
-        x.ks.resize(size_t(kAttentionTile / kLanes * nb));
         x.s.resize(size_t(nb * kAttentionTile));
         x.w.resize(size_t(kRun * kAttentionTile));
     }
     return x;
 }
 
-// -- Scores with positions in lanes: a group of kLanes key rows is transposed once per tile
-// (and prefill block), so that lane l of a vector holds key row l. Per row and pair of columns
-// one dot_pairs (a broadcast of the query's two codes) then adds that pair's products for all
-// kLanes positions, a block's sums stay exact in int32 (kernels.h), and one convert and one
-// FMA per row, block and kLanes positions scale them by the key-block scales. Rows along lanes
-// took a vpmaddwd, a convert and an FMA per row, position and block, and a horizontal sum per
-// score: half of a prefill chunk at depth on avx512 (now 25-32 % faster). avx2 does as many
-// vpmaddwd either way (16 products each) and gains only the rest: 5 %. In decode (runs of 4)
-// the transposition costs about as much as the dot products it saves.
+// -- Scores with positions in lanes: the q8k16 keys (formats.h) hold each column pair of 16
+// positions in 32 bytes, so one load and one widening give a vector whose lane l holds
+// position l's pair, shared by the rows of the run; per row and pair one dot_pairs (a
+// broadcast of the query's two codes) adds that pair's products for all kLanes positions, a
+// block's sums stay exact in int32 (kernels.h), and one convert and one FMA per row, block
+// and kLanes positions scale them by the keys' scales, which lie beside the codes. Rows of
+// keys along lanes took a vpmaddwd, a convert and an FMA per row, position and block, and a
+// horizontal sum per score; keys stored as rows had every call transpose them first (22 % of
+// an avx512 decode call at 16k, and the scales gathered 36 bytes apart).
 #if QE_ATTENTION_LANES == 8
 using IVec = __m256i;
 static inline IVec izero() {
@@ -373,43 +377,9 @@ static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
 #endif
 }
 
-// The 32 codes at rows[0..7] (a block of 8 key rows) as 16 vectors t[e]: lane l holds codes
-// 2e and 2e + 1 of row l, widened to int16. An 8 x 16 transposition of 16-bit pairs in three
-// rounds of in-lane interleaves (each doubling the rows a 128-bit lane holds of one column),
-// then a widening of each half.
-static inline void transpose_codes(const int8_t* const* rows, IVec* t) {
-    __m256i r[8];
-    for (int l = 0; l < 8; ++l)
-        r[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[l]));
-    // x[h][k]: rows 2k, 2k + 1 at columns 4h .. 4h + 3 (low lane; + 8 in the high lane).
-    __m256i x[2][4];
-    for (int k = 0; k < 4; ++k) {
-        x[0][k] = _mm256_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
-        x[1][k] = _mm256_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
-    }
-    for (int h = 0; h < 2; ++h) {
-        // y[g][m]: rows 4m .. 4m + 3 at columns 4h + 2g, 4h + 2g + 1.
-        __m256i y[2][2];
-        for (int m = 0; m < 2; ++m) {
-            y[0][m] = _mm256_unpacklo_epi32(x[h][2 * m], x[h][2 * m + 1]);
-            y[1][m] = _mm256_unpackhi_epi32(x[h][2 * m], x[h][2 * m + 1]);
-        }
-        // All 8 rows at column 4h + 2g + i (low lane) and + 8 (high lane).
-        for (int g = 0; g < 2; ++g) {
-            const __m256i z[2] = {_mm256_unpacklo_epi64(y[g][0], y[g][1]),
-                                  _mm256_unpackhi_epi64(y[g][0], y[g][1])};
-            for (int i = 0; i < 2; ++i) {
-                const int e = 4 * h + 2 * g + i;
-                t[e] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(z[i]));
-                t[e + 8] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(z[i], 1));
-            }
-        }
-    }
-}
-
-// Row l's scale of block b (kg[l * nb + b]) into s[l] for l < m, zeros after.
-static inline void group_scales(const BlockQ8Kv* kg, int64_t nb, int64_t b, int m, float* s) {
-    for (int l = 0; l < 8; ++l) s[l] = l < m ? kg[l * nb + b].d : 0.0f;
+// Column pair e of positions l0 .. l0 + 7 of a key group (l0: 0 or 8), widened to int16.
+static inline IVec key_pairs(const KeyGroupQ8& g, int e, int l0) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[e][l0])));
 }
 
 // The first m lanes of f at p.
@@ -431,51 +401,9 @@ static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
     return _mm512_dpwssd_epi32(acc, t, _mm512_set1_epi32(pair));
 }
 
-// transpose_codes for 16 rows: a 16 x 16 transposition in four rounds, on ymm (half the cost
-// of zmm shuffles on Zen 4), then a widening.
-static inline void transpose_codes(const int8_t* const* rows, IVec* t) {
-    __m256i r[16];
-    for (int l = 0; l < 16; ++l)
-        r[l] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[l]));
-    // x[h][k]: rows 2k, 2k + 1 at columns 4h .. 4h + 3 (low lane; + 8 in the high lane).
-    __m256i x[2][8];
-    for (int k = 0; k < 8; ++k) {
-        x[0][k] = _mm256_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
-        x[1][k] = _mm256_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
-    }
-    // y[h][g][m]: rows 4m .. 4m + 3 at columns 4h + 2g, 4h + 2g + 1.
-    __m256i y[2][2][4];
-    for (int h = 0; h < 2; ++h) {
-        for (int m = 0; m < 4; ++m) {
-            y[h][0][m] = _mm256_unpacklo_epi32(x[h][2 * m], x[h][2 * m + 1]);
-            y[h][1][m] = _mm256_unpackhi_epi32(x[h][2 * m], x[h][2 * m + 1]);
-        }
-    }
-    // z[i][n]: rows 8n .. 8n + 7 at column 4h + 2g + i; then both halves of the rows.
-    for (int h = 0; h < 2; ++h) {
-        for (int g = 0; g < 2; ++g) {
-            __m256i z[2][2];
-            for (int n = 0; n < 2; ++n) {
-                z[0][n] = _mm256_unpacklo_epi64(y[h][g][2 * n], y[h][g][2 * n + 1]);
-                z[1][n] = _mm256_unpackhi_epi64(y[h][g][2 * n], y[h][g][2 * n + 1]);
-            }
-            for (int i = 0; i < 2; ++i) {
-                const int e = 4 * h + 2 * g + i;
-                t[e] = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(z[i][0], z[i][1], 0x20));
-                t[e + 8] = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(z[i][0], z[i][1], 0x31));
-            }
-        }
-    }
-}
-
-// group_scales for 16 rows: one masked gather (scalar loads measured 2-5 % slower).
-static inline void group_scales(const BlockQ8Kv* kg, int64_t nb, int64_t b, int m, float* s) {
-    static_assert(sizeof(BlockQ8Kv) == 9 * sizeof(float), "group_scales indexes blocks in floats");
-    const __m512i idx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(int(9 * nb)));
-    const __mmask16 live = __mmask16((1u << m) - 1);
-    _mm512_store_ps(s, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, &kg[b].d, 4));
+// Column pair e of the group's 16 positions (l0 = 0), widened to int16.
+static inline IVec key_pairs(const KeyGroupQ8& g, int e, int) {
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.q[e])));
 }
 
 static inline void store_first(float* p, Vec f, int m) {
@@ -483,44 +411,34 @@ static inline void store_first(float* p, Vec f, int m) {
 }
 #endif
 
-// Key rows kg[0 .. m - 1] (m <= kLanes; the rest count as zeros) transposed block by block
-// into t [nb * 16] and their block scales into s [nb * kLanes] (s[b * kLanes + l]: row l's),
-// fetching pf_lines lines from pf meanwhile.
-static inline void key_group(const BlockQ8Kv* kg, int64_t nb, int m, IVec* t, float* s,
-                             const char* pf, int64_t pf_lines) {
-    alignas(32) static const int8_t zeros[kBlockK] = {};
+// The scores of R rows against kLanes positions of a key group (kg: its nb blocks; l0: the
+// first position's place in it; runs of 8 or more read the pairs widened at `wide`),
+// unscaled by the rows' qs, into f [R]: per block the int32 sums over the block's 16 column
+// pairs, converted and scaled by the positions' block scales; fetching pf_lines cache lines
+// from pf meanwhile, a few per block. A function of its
+// own, the columns unrolled: inlined into score_tile, unrolled or not, an avx512 decode call
+// measured 2 % slower.
+template <int R>
+__attribute__((noinline)) static void group_scores(const KeyGroupQ8* kg, int l0, int64_t nb,
+                                                   const Row* rows, Vec* f, const char* pf,
+                                                   int64_t pf_lines, const IVec* wide) {
+    Vec acc_f[R];
+    for (int r = 0; r < R; ++r) acc_f[r] = QE_V(setzero_ps)();
     int64_t owed = 0;
     for (int64_t b = 0; b < nb; ++b) {
         for (owed += pf_lines; owed >= nb; owed -= nb, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
-        const int8_t* rows[kLanes];
-        for (int l = 0; l < kLanes; ++l) rows[l] = l < m ? kg[l * nb + b].q : zeros;
-        transpose_codes(rows, t + b * 16);
-        group_scales(kg, nb, b, m, s + b * kLanes);
-    }
-}
-
-// The scores of R rows against a key group (t, s: key_group's), unscaled by the rows' qs,
-// into f [R]: per block the int32 sums over the block's 16 column pairs, converted and scaled
-// by the kLanes rows' block scales. A function of its own, the columns unrolled: inlined into
-// score_tile, unrolled or not, an avx512 decode call measured 2 % slower.
-template <int R>
-__attribute__((noinline)) static void group_scores(const IVec* t, const float* s, int64_t nb,
-                                                   const Row* rows, Vec* f) {
-    Vec acc_f[R];
-    for (int r = 0; r < R; ++r) acc_f[r] = QE_V(setzero_ps)();
-    for (int64_t b = 0; b < nb; ++b) {
         IVec acc[R];
         for (int r = 0; r < R; ++r) acc[r] = izero();
 #pragma GCC unroll 16
         for (int e = 0; e < 16; ++e) {
-            const IVec te = t[b * 16 + e];
+            const IVec te = R >= 8 ? wide[b * 16 + e] : key_pairs(kg[b], e, l0);
             for (int r = 0; r < R; ++r) {
                 int32_t pair;
                 std::memcpy(&pair, rows[r].qc + b * kBlockK + 2 * e, sizeof pair);
                 acc[r] = dot_pairs(acc[r], te, pair);
             }
         }
-        const Vec sb = QE_V(load_ps)(s + b * kLanes);
+        const Vec sb = QE_V(loadu_ps)(kg[b].d + l0);
         for (int r = 0; r < R; ++r)
             acc_f[r] = QE_V(fmadd_ps)(QE_V(cvtepi32_ps)(acc[r]), sb, acc_f[r]);
     }
@@ -528,33 +446,38 @@ __attribute__((noinline)) static void group_scores(const IVec* t, const float* s
 }
 
 // score_tile on the int8 cache: p[r * ldp + j] = scale * qs_r * sum_b dk_jb (qc_rb . kc_jb),
-// kLanes positions at a time, every row to the tile's last position nt[R - 1] (a row that sees
-// fewer gets values past its own it never reads), fetching the V rows of each group. Runs of
-// 8 or more (prefill) keep each group they transpose for the block's later runs on the same
-// tile (up to 4 in a block): transposing once per tile instead of once per run; decode-sized
-// runs reuse one group's space, which stays in L1.
+// kLanes positions at a time (a tile starts a group, so they never straddle one), every row
+// to the tile's last position nt[R - 1] (a row that sees fewer gets values past its own it
+// never reads), fetching the V rows of the positions scored. Runs of 8 or more (prefill)
+// widen each group's pairs once per tile into the scratch for the block's later runs (up to
+// 4): widening per run left a 4k prefill chunk 3-5 % slower than transposing rows had been;
+// decode-sized runs widen as they go.
 template <int R>
-static void score_tile(const Row* rows, const BlockQ8Kv* k, const BlockQ8Kv* v, int64_t j0,
+static void score_tile(const Row* rows, const KeyGroupQ8* k, const BlockQ8Kv* v, int64_t j0,
                        int64_t, const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
-    constexpr bool kKeep = R >= 8;
+    static_assert(kAttentionTile % kKeyGroup == 0 && kKeyGroup % kLanes == 0,
+                  "a tile's lanes fall in whole key groups");
     const int64_t nb = d / kBlockK, n = nt[R - 1];
-    const BlockQ8Kv* tile = k + j0 * nb;
-    Q8Scratch& x = q8_scratch(nb);
     const Vec sc = QE_V(set1_ps)(scale);
-    if (x.tiled_base != tile) x.tiled_keys = 0;
-    x.tiled_base = kKeep ? tile : nullptr;
+    Q8Scratch& x = q8_scratch(nb);
+    const KeyGroupQ8* tile = k + j0 / kKeyGroup * nb;
+    if (x.widened_base != tile) x.widened = 0;
+    x.widened_base = R >= 8 ? tile : nullptr;
     for (int64_t g = 0; g < n; g += kLanes) {
         const int m = int(n - g < kLanes ? n - g : kLanes);
-        const int64_t slot = kKeep ? g / kLanes * nb : 0;
-        IVec* t = reinterpret_cast<IVec*>(x.kt.data() + slot * 16);
-        float* s = reinterpret_cast<float*>(x.ks.data() + slot);
-        if (!kKeep || g + m > x.tiled_keys) {
-            const char* pf = row_at(v, j0 + g, d);
-            key_group(tile + g * nb, nb, m, t, s, pf, (row_at(v, j0 + g + m, d) - pf + 63) / 64);
-            x.tiled_keys = g + m;  // read only while tiled_base is this tile (kKeep)
+        const int64_t j = j0 + g;
+        const KeyGroupQ8* kg = k + j / kKeyGroup * nb;
+        const int l0 = int(j % kKeyGroup);
+        IVec* wide = reinterpret_cast<IVec*>(x.kt.data() + g / kLanes * nb * 16);
+        if (R >= 8 && g + m > x.widened) {
+            for (int64_t b = 0; b < nb; ++b)
+                for (int e = 0; e < 16; ++e) wide[b * 16 + e] = key_pairs(kg[b], e, l0);
+            x.widened = g + m;
         }
+        const char* pf = row_at(v, j, d);
         Vec f[R];
-        group_scores<R>(t, s, nb, rows, f);
+        group_scores<R>(kg, l0, nb, rows, f, pf,
+                        (row_at(v, j + m, d) - pf + 63) / 64, wide);
         for (int r = 0; r < R; ++r) {
             const Vec qs = QE_V(set1_ps)(rows[r].qs);
             store_first(p + r * ldp + g, QE_V(mul_ps)(QE_V(mul_ps)(f[r], qs), sc), m);
@@ -764,8 +687,8 @@ static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int
 // Tile j0 of a run of R rows with the same number of tiles, sorted by n (rows[0] sees the
 // fewest positions); p [R, ldp] the tile's scores; m, l [R] the rows' running max and sum,
 // carried from tile to tile by the caller (-inf and 0 before the first).
-template <int R, typename T>
-static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, float scale,
+template <int R, typename K, typename V>
+static void attend_tile(const Row* rows, const K* k, const V* v, int64_t d, float scale,
                         float* p, int64_t ldp, int64_t j0, float* m, float* l, bool fetch_next) {
     // Column vectors per weighted-sum pass: >= 8 chains where the accumulators, a value and
     // a broadcast fit in the registers.
@@ -803,7 +726,7 @@ static void attend_tile(const Row* rows, const T* k, const T* v, int64_t d, floa
         const int64_t passes = dv / (kCols * kLanes) > 0 ? dv / (kCols * kLanes) : 1;
         pf_step = (pf_bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
     }
-    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+    if constexpr (std::is_same_v<V, BlockQ8Kv>) {
         weigh_q8<R>(rows, v, j0, d, p, ldp, nt, nt[R - 1], first, alpha, pf, pf_bytes);
         return;
     }
@@ -837,8 +760,8 @@ struct Block {
     int count = 0, runs = 0;
 };
 
-template <typename T>
-static void attend_block(const Block& b, const T* k, const T* v, int64_t d, float scale, float* p,
+template <typename K, typename V>
+static void attend_block(const Block& b, const K* k, const V* v, int64_t d, float scale, float* p,
                          int64_t ldp) {
     static_assert(kRun == 12, "attend_block instantiates runs of at most 12 rows");
     float m[kBlock], l[kBlock];
@@ -890,19 +813,20 @@ static void attend_block(const Block& b, const T* k, const T* v, int64_t d, floa
 // Rows token by token (n ascending), cut into runs of at most kRun rows whose last positions
 // fall in the same tile, and the runs into blocks of at most kBlock rows. Row i of a block
 // keeps its tile's scores in scratch row i (the scratch has a row per query of the call).
-template <typename T>
+template <typename K, typename V>
 static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                      const T* k, const T* v, int64_t n, int64_t d, float scale, float* scratch,
+                      const K* k, const V* v, int64_t n, int64_t d, float scale, float* scratch,
                       float* out, int64_t ldo, int64_t ldot) {
     const int64_t ldp = n < kAttentionTile ? n : kAttentionTile;
     Block b;
     // The int8 cache's quantized queries, a slot per row of a block (24 KiB at d = 256), kept
     // by the thread from call to call.
     thread_local std::vector<int16_t> codes;
-    if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+    if constexpr (std::is_same_v<K, KeyGroupQ8>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
         Q8Scratch& x = q8_scratch(d / kBlockK);
-        x.tiled_base = x.scaled_base = nullptr;  // the cache may have changed since
+        x.widened_base = nullptr;  // the cache may have changed since
+        x.scaled_base = nullptr;
     }
     for (int64_t r = 0; r < n_t; ++r) {
         const int64_t n_r = n - (n_t - 1 - r);
@@ -922,7 +846,7 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
                 b.run_end[b.runs++] = b.count + 1;
             }
             Row row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
-            if constexpr (std::is_same_v<T, BlockQ8Kv>) {
+            if constexpr (std::is_same_v<K, KeyGroupQ8>) {
                 int16_t* qc = codes.data() + b.count * d;
                 row.qs = quantize_row_q16(row.q, qc, d);
                 row.qc = qc;

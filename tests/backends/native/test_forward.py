@@ -174,6 +174,11 @@ def test_q8_kv_cache(small: tuple, isa: str) -> None:
     snapshot = state.copy()
     assert snapshot.kv_type == "q8"
     np.testing.assert_array_equal(model.forward(ids[25:], snapshot, all_logits=True), whole[25:])
+    # A compact snapshot of 25 positions (keys in groups of 16: two, the second partly
+    # filled) restored into a full state, which then writes the rest of that group.
+    restored = model.new_state()
+    restored.restore(state.snapshot())
+    np.testing.assert_array_equal(model.forward(ids[25:], restored, all_logits=True), whole[25:])
     # The int8 cache differs from the f16 one (it is really used), but only a little.
     f16 = native(config, tensors, isa=isa, threads=1, kv_cache="f16", batch=16).logits(ids)
     assert 0 < nmse(whole, f16) < PACKED_NMSE
