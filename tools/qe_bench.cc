@@ -129,7 +129,7 @@ double thread_cpu_seconds() {
 }
 
 // The benches' KV caches: n values (rows of d) as the model stores them, f16 or int8 (q8:
-// keys in q8k16 groups, values in q8kv rows).
+// groups of 16 positions).
 std::vector<char> encode_cache(const qe::KernelTable& kt, bool f16, bool key, const float* x,
                                int64_t n, int64_t d) {
     std::vector<char> out;
@@ -137,11 +137,11 @@ std::vector<char> encode_cache(const qe::KernelTable& kt, bool f16, bool key, co
         out.resize(size_t(n) * sizeof(uint16_t));
         kt.cvt_f32_f16(x, reinterpret_cast<uint16_t*>(out.data()), n);
     } else if (key) {
-        out.resize(size_t(qe::key_groups(n / d, d)) * sizeof(qe::KeyGroupQ8));
+        out.resize(size_t(qe::kv_groups(n / d, d)) * sizeof(qe::KeyGroupQ8));
         qe::quantize_keys_q8(x, reinterpret_cast<qe::KeyGroupQ8*>(out.data()), n / d, d);
     } else {
-        out.resize(size_t(n / qe::kBlockK) * sizeof(qe::BlockQ8Kv));
-        qe::quantize_q8kv(x, reinterpret_cast<qe::BlockQ8Kv*>(out.data()), n);
+        out.resize(size_t(qe::kv_groups(n / d, d)) * sizeof(qe::ValueGroupQ8));
+        qe::quantize_values_q8(x, reinterpret_cast<qe::ValueGroupQ8*>(out.data()), n / d, d);
     }
     return out;
 }
@@ -157,8 +157,8 @@ void attend(const qe::KernelTable& kt, bool f16, const float* q, int64_t nt, con
                          group * d);
     } else {
         kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::KeyGroupQ8*>(k),
-                        reinterpret_cast<const qe::BlockQ8Kv*>(v), seen, d, 0.0625f, scratch, out,
-                        d, group * d);
+                        reinterpret_cast<const qe::ValueGroupQ8*>(v), seen, d, 0.0625f, scratch,
+                        out, d, group * d);
     }
 }
 

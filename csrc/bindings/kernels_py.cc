@@ -286,11 +286,11 @@ void bind_kernels(py::module_& m) {
         [](const F32& q, const F32& k, const F32& v, float scale, const std::string& isa) {
             const auto [n_t, n_q, d, n] = attention_shape(q, k, v, "attention_q8");
             QE_CHECK(d % qe::kBlockK == 0, "attention_q8: expected d % 32 == 0, got d = ", d);
-            // The cache as the model writes it: keys in q8k16 groups, values row by row.
-            std::vector<qe::KeyGroupQ8> kq(size_t(qe::key_groups(n, d)));
-            std::vector<qe::BlockQ8Kv> vq(size_t(n * d / qe::kBlockK));
+            // The cache as the model writes it, in groups of 16 positions.
+            std::vector<qe::KeyGroupQ8> kq(size_t(qe::kv_groups(n, d)));
+            std::vector<qe::ValueGroupQ8> vq(kq.size());
             qe::quantize_keys_q8(k.data(), kq.data(), n, d);
-            qe::quantize_q8kv(v.data(), vq.data(), n * d);
+            qe::quantize_values_q8(v.data(), vq.data(), n, d);
             py::array_t<float> out(shape_of(q));
             ScratchGuard scratch(qe::attention_scratch(n_t * n_q, n));
             table(isa).attention_q8(q.data(), d, n_q * d, n_q, n_t, kq.data(), vq.data(), n, d,
@@ -300,7 +300,7 @@ void bind_kernels(py::module_& m) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",
         "attention over an int8 KV head: k, v [n, d] float32 are quantized as the model's "
-        "cache stores them (keys in q8k16 groups, values in q8kv rows); q as for attention.");
+        "cache stores them (groups of 16 positions); q as for attention.");
 }
 
 }  // namespace qe_py

@@ -85,20 +85,27 @@ py::tuple quantize_q8a(const F32Array& x, const std::string& isa) {
     return py::make_tuple(d, sum, q);
 }
 
-// The int8 KV cache's blocks of x: (d [nb] as float, q [nb, 32]).
-py::tuple quantize_q8kv(const F32Array& x) {
-    QE_CHECK(x.ndim() == 1 && x.shape(0) % qe::kBlockK == 0,
-             "quantize_q8kv: x must be 1-D with a multiple of 32 entries");
-    const int64_t nb = x.shape(0) / qe::kBlockK;
-    std::vector<qe::BlockQ8Kv> blocks(nb);
-    qe::quantize_q8kv(x.data(), blocks.data(), x.shape(0));
-    py::array_t<float> d(nb);
-    py::array_t<int8_t> q({nb, int64_t{qe::kBlockK}});
+// x as position j of the int8 KV cache, stored as a key and as a value, read back from the
+// groups: (key d [nb], key q [nb, 32], value d [nb], value q [nb, 32]).
+py::tuple quantize_kv_q8(const F32Array& x, int64_t j) {
+    QE_CHECK(x.ndim() == 1 && x.shape(0) % qe::kBlockK == 0 && j >= 0 && j < qe::kKvGroup,
+             "quantize_kv_q8: x must be 1-D with a multiple of 32 entries, j in 0..15");
+    const int64_t d = x.shape(0), nb = d / qe::kBlockK;
+    std::vector<qe::KeyGroupQ8> keys(size_t(qe::kv_groups(1, d)));
+    std::vector<qe::ValueGroupQ8> values(keys.size());
+    qe::store_key_q8(x.data(), keys.data(), j, d);
+    qe::store_value_q8(x.data(), values.data(), j, d);
+    py::array_t<float> kd(nb), vd(nb);
+    py::array_t<int8_t> kq({nb, int64_t{qe::kBlockK}}), vq({nb, int64_t{qe::kBlockK}});
     for (int64_t b = 0; b < nb; ++b) {
-        d.mutable_at(b) = blocks[b].d;
-        for (int j = 0; j < qe::kBlockK; ++j) q.mutable_at(b, j) = blocks[b].q[j];
+        kd.mutable_at(b) = keys[b].d[j];
+        vd.mutable_at(b) = values[b].d[j];
+        for (int e = 0; e < qe::kBlockK; ++e) {
+            kq.mutable_at(b, e) = keys[b].q[e / 2][j][e % 2];
+            vq.mutable_at(b, e) = values[b].q[j][e];
+        }
     }
-    return py::make_tuple(d, q);
+    return py::make_tuple(kd, kq, vd, vq);
 }
 
 // y [m, rows] = x [m, k] @ W.T with activations quantized to q8a; m == 1 uses the gemv kernel.
@@ -270,8 +277,9 @@ PYBIND11_MODULE(_core, m) {
           "y = w @ x in float32 with the kernel table `isa` (test surface).");
     m.def("quantize_q8a", &quantize_q8a, py::arg("x"), py::arg("isa") = "",
           "q8a blocks of x as (d [nb], sum [nb], q [nb, 32]) (test surface).");
-    m.def("quantize_q8kv", &quantize_q8kv, py::arg("x"),
-          "The int8 KV cache's blocks of x as (d [nb], q [nb, 32]) (test surface).");
+    m.def("quantize_kv_q8", &quantize_kv_q8, py::arg("x"), py::arg("j") = 0,
+          "x as position j of the int8 KV cache, read back from its key and value groups: "
+          "(key d [nb], key q [nb, 32], value d [nb], value q [nb, 32]) (test surface).");
     m.def("matmul_q8a", &matmul_q8a, py::arg("format"), py::arg("data"), py::arg("rows"),
           py::arg("k"), py::arg("x"), py::arg("isa") = "",
           "x [m, k] @ W.T for a packed W given as bytes, activations as q8a (test surface).");

@@ -19,7 +19,7 @@ void attention_f32(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64
 }
 
 void attention_q8(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                  const KeyGroupQ8* k, const BlockQ8Kv* v, int64_t n, int64_t d, float scale,
+                  const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t n, int64_t d, float scale,
                   float* scratch, float* out, int64_t ldo, int64_t ldot) {
     attention(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }

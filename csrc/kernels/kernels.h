@@ -186,11 +186,10 @@ using AttentionF16Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n
 using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                             const float* k, const float* v, int64_t n, int64_t d, float scale,
                             float* scratch, float* out, int64_t ldo, int64_t ldot);
-// attention_q8, over the int8 cache (the long-context option), d a multiple of 32: each
-// value row is d / 32 q8kv blocks, element e of row j worth v[j * d / 32 + e / 32].d *
-// q[e % 32] (written with quantize_q8kv); the keys are q8k16 groups of 16 positions
-// (formats.h: key_q8_at, written with store_key_q8), ceil(n / 16) whole groups, whose
-// positions past n a kernel may read but never uses. Scores
+// attention_q8, over the int8 cache (the long-context option), d a multiple of 32: keys and
+// values in groups of 16 positions (formats.h: KeyGroupQ8, ValueGroupQ8, as store_key_q8 and
+// store_value_q8 write them), kv_groups(n, d) whole groups each, whose positions past n a
+// kernel may read but never uses. Scores
 // are integer dot products: each query is rounded to int16 with one scale qs per row
 // (quantize_row_q16), and scale * q . k[j] is scale * qs * sum_b dk_b (qc_b . kc_b), each
 // block's products summed exactly in int32; the weighted sum is attention_f32's on the
@@ -205,7 +204,7 @@ using AttentionF32Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n
 inline constexpr int kWeightOne = 32767;
 static_assert(kAttentionTile * kWeightOne * 127LL < (1LL << 31), "a tile's int32 sums overflow");
 using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
-                           const KeyGroupQ8* k, const BlockQ8Kv* v, int64_t n, int64_t d,
+                           const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t n, int64_t d,
                            float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);
 
 // ==== which ISA implements what ===============================================================

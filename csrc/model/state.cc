@@ -140,8 +140,8 @@ void State::copy_from(const State& other) {
     mtp_hidden_at_ = other.speculation_enabled() ? other.mtp_hidden_at_ : -1;
     if (mtp_hidden_at_ >= 0)
         std::memcpy(mtp_hidden_.as<void>(), other.mtp_hidden_.as<void>(), mtp_hidden_.size());
-    // Only the filled part of each head's KV rows (the int8 cache's in whole key groups, which
-    // both states hold whole).
+    // Only the filled part of each head's KV rows (the int8 cache's in whole groups, which both
+    // states hold whole).
     const size_t to = kv_head_bytes(kv_type_, context_, config_.head_dim);
     const size_t from = kv_head_bytes(kv_type_, other.context_, config_.head_dim);
     auto copy_heads = [&](char* dst, const char* src, int64_t filled) {

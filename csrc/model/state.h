@@ -17,20 +17,20 @@
 
 namespace qe {
 
-// Element type of the KV cache: f16 (default), f32, or q8 (int8 in q8kv blocks of 32, one
-// float scale each: 1.125 bytes per element, for long contexts; needs head_dim % 32 == 0).
+// Element type of the KV cache: f16 (default), f32, or q8 (int8 in blocks of 32, one float
+// scale each: 1.125 bytes per element, for long contexts; needs head_dim % 32 == 0).
 enum class KvType : uint8_t { kF16, kF32, kQ8 };
 
 // Bytes of one cached key or value vector of head_dim elements.
 inline size_t kv_row_bytes(KvType t, int64_t head_dim) {
-    if (t == KvType::kQ8) return size_t(head_dim / kBlockK) * sizeof(BlockQ8Kv);
+    if (t == KvType::kQ8) return size_t(head_dim / kBlockK * kKvBlockBytes);
     return size_t(head_dim) * (t == KvType::kF16 ? 2 : 4);
 }
 
 // Rows each head's K and V caches hold for `context` tokens: `context`, but whole groups of 16
-// for the int8 cache, whose keys are written and read in q8k16 groups (formats.h).
+// for the int8 cache, which is written and read in groups (formats.h).
 inline int64_t kv_rows(KvType t, int64_t context) {
-    return t == KvType::kQ8 ? (context + kKeyGroup - 1) / kKeyGroup * kKeyGroup : context;
+    return t == KvType::kQ8 ? (context + kKvGroup - 1) / kKvGroup * kKvGroup : context;
 }
 // Bytes from one head's cache to the next's.
 inline size_t kv_head_bytes(KvType t, int64_t context, int64_t head_dim) {
@@ -141,8 +141,8 @@ public:
 
     // Per full-attention layer (index into the config's full layers): K and V caches,
     // [n_head_kv, kv_rows(kv_type, context), head_dim], head_dim contiguous:
-    // kv_row_bytes(kv_type, head_dim) per vector (f16, f32, or head_dim / 32 q8kv blocks; the
-    // int8 keys in q8k16 groups of 16 positions, the same bytes).
+    // kv_row_bytes(kv_type, head_dim) per vector (f16, f32, or the int8 cache's groups of 16
+    // positions, formats.h).
     void* keys(int64_t i) const { return kv_[2 * i].as<void>(); }
     void* values(int64_t i) const { return kv_[2 * i + 1].as<void>(); }
     // Per linear-attention layer: [conv_kernel - 1, conv_dim] and [n_v_head, dk, dv].

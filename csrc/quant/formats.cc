@@ -48,13 +48,9 @@ float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
     return s;
 }
 
-void quantize_q8kv(const float* x, BlockQ8Kv* out, int64_t k) {
-    for (int64_t b = 0; b < k / kBlockK; ++b) out[b].d = quantize_block_q8(x + b * kBlockK, out[b].q);
-}
-
 void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d) {
-    const int64_t nb = d / kBlockK, l = j % kKeyGroup;
-    KeyGroupQ8* g = groups + j / kKeyGroup * nb;
+    const int64_t nb = d / kBlockK, l = j % kKvGroup;
+    KeyGroupQ8* g = groups + j / kKvGroup * nb;
     for (int64_t b = 0; b < nb; ++b) {
         int8_t q[kBlockK];
         g[b].d[l] = quantize_block_q8(x + b * kBlockK, q);
@@ -65,17 +61,27 @@ void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d) {
     }
 }
 
-void quantize_keys_q8(const float* k, KeyGroupQ8* groups, int64_t n, int64_t d) {
-    const int64_t whole = (n + kKeyGroup - 1) / kKeyGroup * kKeyGroup;
-    const std::vector<float> zeros(size_t(d), 0.0f);
-    for (int64_t j = 0; j < whole; ++j)
-        store_key_q8(j < n ? k + j * d : zeros.data(), groups, j, d);
+void store_value_q8(const float* x, ValueGroupQ8* groups, int64_t j, int64_t d) {
+    const int64_t nb = d / kBlockK, l = j % kKvGroup;
+    ValueGroupQ8* g = groups + j / kKvGroup * nb;
+    for (int64_t b = 0; b < nb; ++b) g[b].d[l] = quantize_block_q8(x + b * kBlockK, g[b].q[l]);
 }
 
-float key_q8_at(const KeyGroupQ8* groups, int64_t j, int64_t e, int64_t d) {
-    const KeyGroupQ8& g = groups[j / kKeyGroup * (d / kBlockK) + e / kBlockK];
-    const int64_t l = j % kKeyGroup, c = e % kBlockK;
-    return g.d[l] * float(g.q[c / 2][l][c % 2]);
+namespace {
+template <typename Group, typename Store>
+void quantize_rows(const float* x, Group* groups, int64_t n, int64_t d, Store store) {
+    const int64_t whole = (n + kKvGroup - 1) / kKvGroup * kKvGroup;
+    const std::vector<float> zeros(size_t(d), 0.0f);
+    for (int64_t j = 0; j < whole; ++j) store(j < n ? x + j * d : zeros.data(), groups, j, d);
+}
+}  // namespace
+
+void quantize_keys_q8(const float* x, KeyGroupQ8* groups, int64_t n, int64_t d) {
+    quantize_rows(x, groups, n, d, store_key_q8);
+}
+
+void quantize_values_q8(const float* x, ValueGroupQ8* groups, int64_t n, int64_t d) {
+    quantize_rows(x, groups, n, d, store_value_q8);
 }
 
 const char* format_name(WeightFormat f) {

@@ -103,31 +103,30 @@ struct BlockQ8A {
 };
 static_assert(sizeof(BlockQ8A) == 40, "BlockQ8A is part of the kernel ABI");
 
-// q8kv: one block of 32 cached keys' or values' elements (runtime only, in a state's int8 KV
-// cache): x ~= d * q, symmetric, the values of q8a (the same d and q) without its sum, which
-// attention never reads. 36 bytes per 32 values instead of 40: a long-context decode step reads
-// every block, and a 262k-token state is mostly blocks. The float scale after the codes is one
-// broadcast load (a bf16 scale, 34 bytes as llama.cpp's q8_0, needs a mask too: a decode call
-// from cache ran 7-10 % slower on x86 for its 6 % fewer bytes).
-struct BlockQ8Kv {
-    int8_t q[kBlockK];
-    float d;
-};
-static_assert(sizeof(BlockQ8Kv) == 36, "BlockQ8Kv is part of the kernel ABI");
-
-// q8k16: the int8 cache's keys, block b (32 elements) of 16 consecutive positions in one
-// 576-byte piece ("key group"), codes transposed so that one vector load gives a column pair
-// of every position: q[p][l] holds elements 2p and 2p + 1 of position l, d[l] its scale (the
-// values and scales of q8kv). A head's keys are groups [j / 16][b], b < d / 32: the same 36
-// bytes per 32 values as rows of q8kv blocks, allocated in whole groups. Scores go with
-// positions along vector lanes; rows of blocks had each kernel call transpose every key it
-// read (a fifth of an avx512 decode call at 16k), and gathered their scales 36 bytes apart.
-inline constexpr int kKeyGroup = 16;
+// The int8 KV cache (runtime only, in a state): each block of 32 elements of a cached key or
+// value is q8a's d and codes (x ~= d * q, symmetric) without its sum, which attention never
+// reads. The blocks of 16 consecutive positions share a 576-byte group, the codes first, then
+// the 16 float scales: 36 bytes per 32 values (a long-context decode step reads every block,
+// and a 262k-token state is mostly blocks; a bf16 scale, 34 bytes as llama.cpp's q8_0, ran a
+// decode call from cache 7-10 % slower on x86 for its 6 % fewer bytes). A head's cache is
+// groups [j / 16][b], b < d / 32, allocated whole. Kernels put positions along vector lanes:
+// the scales of kLanes positions are one load, and keys (q8k16) keep each column pair of the
+// 16 positions in 32 bytes, so one load and one widening give that pair for every position
+// (keys stored as rows had each call transpose the 16 rows it read: a fifth of an avx512
+// decode call at 16k). Values (q8v16) stay rows of 32 codes, weighed position by position.
+inline constexpr int kKvGroup = 16;
 struct KeyGroupQ8 {
-    int8_t q[kBlockK / 2][kKeyGroup][2];
-    float d[kKeyGroup];
+    int8_t q[kBlockK / 2][kKvGroup][2];  // elements 2p, 2p + 1 of position l at q[p][l]
+    float d[kKvGroup];
 };
-static_assert(sizeof(KeyGroupQ8) == kKeyGroup * sizeof(BlockQ8Kv), "KeyGroupQ8 is kernel ABI");
+struct ValueGroupQ8 {
+    int8_t q[kKvGroup][kBlockK];  // position l's codes at q[l]
+    float d[kKvGroup];
+};
+static_assert(sizeof(KeyGroupQ8) == 576 && sizeof(ValueGroupQ8) == 576,
+              "the int8 cache's groups are part of the kernel ABI");
+// Bytes per 32 cached values.
+inline constexpr int64_t kKvBlockBytes = sizeof(KeyGroupQ8) / kKvGroup;
 
 // One symmetric int8 block, the definition of q8a and q8kv: d = amax / 127, q = round(x / d)
 // (half away from zero) within +-127; returns d.
@@ -137,22 +136,19 @@ float quantize_block_q8(const float* x, int8_t* q);
 // (half away from zero) within +-32767; returns s. Scalar, the same codes on every table.
 float quantize_row_q16(const float* x, int16_t* q, int64_t n);
 
-// Quantizes x [k] (k a multiple of 32) into k / 32 blocks (quantize_block_q8 each): scalar, the
-// same bytes on every CPU. A cache row is written once and read at every later step, so its
-// speed hardly matters.
-void quantize_q8kv(const float* x, BlockQ8Kv* out, int64_t k);
-
-// Key x [d] (d a multiple of 32) as position j of a head's q8k16 keys `groups` (quantize_q8kv's
-// codes and scales, transposed).
+// Key or value x [d] (d a multiple of 32) as position j of a head's int8 cache `groups`
+// (quantize_block_q8 per block): scalar, the same bytes on every CPU. A cache row is written
+// once and read at every later step, so its speed hardly matters.
 void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d);
-// Keys k [n, d] as a head's first n positions into key_groups(n, d) groups, the rest of the
-// last group zeroed.
-inline int64_t key_groups(int64_t n, int64_t d) {
-    return (n + kKeyGroup - 1) / kKeyGroup * (d / kBlockK);
+void store_value_q8(const float* x, ValueGroupQ8* groups, int64_t j, int64_t d);
+// Groups of a head's int8 cache for n positions of d elements.
+inline int64_t kv_groups(int64_t n, int64_t d) {
+    return (n + kKvGroup - 1) / kKvGroup * (d / kBlockK);
 }
-void quantize_keys_q8(const float* k, KeyGroupQ8* groups, int64_t n, int64_t d);
-// Element e of position j of a head's q8k16 keys, as float (d * code).
-float key_q8_at(const KeyGroupQ8* groups, int64_t j, int64_t e, int64_t d);
+// Rows x [n, d] as a head's first n positions into kv_groups(n, d) groups, the rest of the
+// last group zeroed (tests and benches).
+void quantize_keys_q8(const float* x, KeyGroupQ8* groups, int64_t n, int64_t d);
+void quantize_values_q8(const float* x, ValueGroupQ8* groups, int64_t n, int64_t d);
 
 // IEEE half and bfloat16 to float (exact).
 float f16_to_f32(uint16_t h);

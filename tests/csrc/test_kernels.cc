@@ -388,11 +388,11 @@ QE_TEST(attention_matches_ref) {
             ref().attention_f32(q.data(), d, n_q * d, n_q, 1, k.data(), v.data(), n, d, 0.2f,
                                 scratch.data(), orf.data(), d, n_q * d);
             expect_close(o, orf, 1e-5, 1e-5, "attention_f32", t->tag);
-            if (d % qe::kBlockK == 0) {  // the int8 cache: q8k16 keys, rows of q8kv blocks
-                std::vector<qe::KeyGroupQ8> k8(size_t(qe::key_groups(n, d)));
-                std::vector<qe::BlockQ8Kv> v8(size_t(n * d / qe::kBlockK));
+            if (d % qe::kBlockK == 0) {  // the int8 cache, in groups of 16 positions
+                std::vector<qe::KeyGroupQ8> k8(size_t(qe::kv_groups(n, d)));
+                std::vector<qe::ValueGroupQ8> v8(k8.size());
                 qe::quantize_keys_q8(k.data(), k8.data(), n, d);
-                qe::quantize_q8kv(v.data(), v8.data(), n * d);
+                qe::quantize_values_q8(v.data(), v8.data(), n, d);
                 t->attention_q8(q.data(), d, n_q * d, n_q, 1, k8.data(), v8.data(), n, d, 0.2f,
                                 scratch.data(), o.data(), d, n_q * d);
                 // Every SIMD table's weighted sum is in integers (kernels.h): so is their
@@ -429,12 +429,12 @@ QE_TEST(attention_tokens_equal_one_at_a_time) {
             ref().cvt_f32_f16(k.data(), k16.data(), int64_t(k.size()));
             ref().cvt_f32_f16(v.data(), v16.data(), int64_t(v.size()));
             std::vector<qe::KeyGroupQ8> k8;
-            std::vector<qe::BlockQ8Kv> v8;
+            std::vector<qe::ValueGroupQ8> v8;
             if (d % qe::kBlockK == 0) {
-                k8.resize(size_t(qe::key_groups(n, d)));
-                v8.resize(size_t(n * d / qe::kBlockK));
+                k8.resize(size_t(qe::kv_groups(n, d)));
+                v8.resize(k8.size());
                 qe::quantize_keys_q8(k.data(), k8.data(), n, d);
-                qe::quantize_q8kv(v.data(), v8.data(), n * d);
+                qe::quantize_values_q8(v.data(), v8.data(), n, d);
             }
             std::vector<float> scratch(size_t(qe::attention_scratch(n_t * n_q, n)));
             for (int kind = 0; kind < 3; ++kind) {

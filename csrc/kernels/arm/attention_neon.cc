@@ -20,23 +20,15 @@
 namespace qe::neon {
 namespace {
 
-// Elements i..i+3 (or i) of a cache laid out row after row (i = j * d + e); a q8 row's 4
-// elements never straddle a 32-wide block (d and i are multiples of 4).
+// Elements i..i+3 (or i) of a float or f16 cache laid out row after row (i = j * d + e).
 QE_NEON_INLINE float32x4_t load4(const float* c, int64_t i) {
     return vld1q_f32(c + i);
 }
 QE_NEON_INLINE float32x4_t load4(const uint16_t* c, int64_t i) {
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(c + i)));
 }
-QE_NEON_INLINE float32x4_t load4(const BlockQ8Kv* c, int64_t i) {
-    const BlockQ8Kv& b = c[i / kBlockK];
-    int32_t word;
-    std::memcpy(&word, b.q + i % kBlockK, 4);
-    const int16x4_t w16 = vget_low_s16(vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(word))));
-    return vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(w16)), b.d);
-}
-// Elements i..i+7 as two load4's, with one load and one widening for all eight (i a multiple
-// of 8, so a q8 row's eight never straddle a block); the same values, bit for bit.
+// Elements i..i+7 as two load4's, with one load and one widening for all eight; the same
+// values, bit for bit.
 QE_NEON_INLINE float32x4x2_t load8(const float* c, int64_t i) {
     return float32x4x2_t{{vld1q_f32(c + i), vld1q_f32(c + i + 4)}};
 }
@@ -44,22 +36,11 @@ QE_NEON_INLINE float32x4x2_t load8(const uint16_t* c, int64_t i) {
     const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(c + i));
     return float32x4x2_t{{vcvt_f32_f16(vget_low_f16(h)), vcvt_high_f32_f16(h)}};
 }
-QE_NEON_INLINE float32x4x2_t load8(const BlockQ8Kv* c, int64_t i) {
-    // i >= 0: unsigned, the block and offset are a shift and a mask.
-    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
-    const int16x8_t w16 = vmovl_s8(vld1_s8(b.q + uint64_t(i) % kBlockK));
-    return float32x4x2_t{{vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(w16))), b.d),
-                          vmulq_n_f32(vcvtq_f32_s32(vmovl_high_s16(w16)), b.d)}};
-}
 QE_NEON_INLINE float widen(const float* c, int64_t i) {
     return c[i];
 }
 QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
-}
-QE_NEON_INLINE float widen(const BlockQ8Kv* c, int64_t i) {
-    const BlockQ8Kv& b = c[i / kBlockK];
-    return b.d * float(b.q[i % kBlockK]);
 }
 
 // One query vector of a call: q [d], out [d], the positions it sees, its scratch row p for a
@@ -126,12 +107,12 @@ template <int R>
 QE_NEON_INLINE void score_q8(Row* rows, const KeyGroupQ8* k, int64_t j0, int64_t nt, int64_t d,
                              float scale) {
     constexpr int G = R <= 2 ? 2 : 1;  // 4G x 2R int32 chains
-    static_assert(kAttentionTile % kKeyGroup == 0 && kKeyGroup % (4 * G) == 0,
+    static_assert(kAttentionTile % kKvGroup == 0 && kKvGroup % (4 * G) == 0,
                   "a tile's quads fall in whole key groups");
     const int64_t nb = d / kBlockK;
     for (int64_t j = 0; j < nt; j += 4 * G) {
-        const KeyGroupQ8* kg = k + (j0 + j) / kKeyGroup * nb;
-        const int l = int((j0 + j) % kKeyGroup);
+        const KeyGroupQ8* kg = k + (j0 + j) / kKvGroup * nb;
+        const int l = int((j0 + j) % kKvGroup);
         float32x4_t acc_f[G][R];
         for (int g = 0; g < G; ++g)
             for (int r = 0; r < R; ++r) acc_f[g][r] = vdupq_n_f32(0.0f);
@@ -226,13 +207,13 @@ QE_NEON_INLINE Q8Scratch& q8_scratch(int64_t nb) {
     return x;
 }
 
-// The tile's weights (vt: its first value row; the rows see its nt positions, scores in p).
+// The tile's weights (vt: its first value group; the rows see its nt positions, scores in p).
 template <int R>
-QE_NEON_INLINE void q8_weights(const Row* rows, const BlockQ8Kv* vt, int64_t nb, int64_t nt,
+QE_NEON_INLINE void q8_weights(const Row* rows, const ValueGroupQ8* vt, int64_t nb, int64_t nt,
                                Q8Scratch& x) {
     float* s = x.s.data();
-    for (int64_t j = 0; j < nt; ++j)
-        for (int64_t b = 0; b < nb; ++b) s[b * nt + j] = vt[j * nb + b].d;
+    for (int64_t b = 0; b < nb; ++b)
+        for (int64_t j = 0; j < nt; ++j) s[b * nt + j] = vt[j / kKvGroup * nb + b].d[j % kKvGroup];
     for (int64_t b = 0; b < nb; ++b) {
         float s_max = 0.0f;
         for (int64_t j = 0; j < nt; ++j) s_max = std::fmax(s_max, s[b * nt + j]);
@@ -266,7 +247,7 @@ QE_NEON_INLINE void q8_weights(const Row* rows, const BlockQ8Kv* vt, int64_t nb,
 // block by block, H halves of a block (16 columns each) per pass: 4H x R int32 chains (smlal
 // waits ~4 cycles, and two pipes want ~8 in flight).
 template <int R>
-QE_NEON_INLINE void weigh_q8(Row* rows, const BlockQ8Kv* vt, int64_t d, int64_t nt) {
+QE_NEON_INLINE void weigh_q8(Row* rows, const ValueGroupQ8* vt, int64_t d, int64_t nt) {
     constexpr int H = R <= 2 ? 2 : 1;
     const int64_t nb = d / kBlockK;
     Q8Scratch& x = q8_scratch(nb);
@@ -279,7 +260,8 @@ QE_NEON_INLINE void weigh_q8(Row* rows, const BlockQ8Kv* vt, int64_t d, int64_t 
             for (int64_t j = 0; j < nt; ++j) {
                 int16x8_t codes[2 * H];
                 for (int h = 0; h < H; ++h) {
-                    const int8x16_t c = vld1q_s8(vt[j * nb + b].q + 16 * (h0 + h));
+                    const int8x16_t c =
+                        vld1q_s8(vt[j / kKvGroup * nb + b].q[j % kKvGroup] + 16 * (h0 + h));
                     codes[2 * h] = vmovl_s8(vget_low_s8(c));
                     codes[2 * h + 1] = vmovl_high_s8(c);
                 }
@@ -335,17 +317,18 @@ void attend_tile(Row* rows, const K* k, const V* v, int64_t j0, int64_t d, float
             for (int64_t e = 0; e < d; ++e) row.out[e] *= alpha;
         }
     }
-    if constexpr (std::is_same_v<V, BlockQ8Kv>) {
-        weigh_q8<R>(rows, v + j0 * (d / kBlockK), d, nt);
-        return;
-    }
-    const int64_t v0 = j0 * d;
-    int64_t e = 0;
-    for (; e + 4 * kCols <= d4; e += 4 * kCols) weigh<R, kCols>(rows, v, v0, d, e, nt);
-    for (; e < d4; e += 4) weigh<R, 1>(rows, v, v0, d, e, nt);
-    for (; e < d; ++e) {
-        for (int r = 0; r < R; ++r) {
-            for (j = 0; j < nt; ++j) rows[r].out[e] += rows[r].p[j] * widen(v, v0 + j * d + e);
+    if constexpr (std::is_same_v<V, ValueGroupQ8>) {
+        weigh_q8<R>(rows, v + j0 / kKvGroup * (d / kBlockK), d, nt);
+    } else {
+        const int64_t v0 = j0 * d;
+        int64_t e = 0;
+        for (; e + 4 * kCols <= d4; e += 4 * kCols) weigh<R, kCols>(rows, v, v0, d, e, nt);
+        for (; e < d4; e += 4) weigh<R, 1>(rows, v, v0, d, e, nt);
+        for (; e < d; ++e) {
+            for (int r = 0; r < R; ++r) {
+                for (j = 0; j < nt; ++j)
+                    rows[r].out[e] += rows[r].p[j] * widen(v, v0 + j * d + e);
+            }
         }
     }
 }

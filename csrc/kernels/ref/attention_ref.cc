@@ -24,9 +24,18 @@ inline float at(const float* c, int64_t i) {
 inline float at(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
 }
-inline float at(const BlockQ8Kv* c, int64_t i) {
-    const BlockQ8Kv& b = c[i / kBlockK];
-    return b.d * float(b.q[i % kBlockK]);
+
+// Element e of value row j, as float; the int8 cache's from its group (formats.h).
+template <typename T>
+float value(const T* v, int64_t j, int64_t e, int64_t d) {
+    return at(v, j * d + e);
+}
+const ValueGroupQ8& value_block(const ValueGroupQ8* v, int64_t j, int64_t b, int64_t d) {
+    return v[j / kKvGroup * (d / kBlockK) + b];
+}
+float value(const ValueGroupQ8* v, int64_t j, int64_t e, int64_t d) {
+    const ValueGroupQ8& g = value_block(v, j, e / kBlockK, d);
+    return g.d[j % kKvGroup] * float(g.q[j % kKvGroup][e % kBlockK]);
 }
 
 // The query's dot product with key row j: in float against f16 and f32 keys; against the int8
@@ -45,10 +54,10 @@ float dot(const Query& query, const T* k, int64_t j, int64_t d) {
     return total;
 }
 float dot(const Query& query, const KeyGroupQ8* k, int64_t j, int64_t d) {
-    const int64_t nb = d / kBlockK, l = j % kKeyGroup;
+    const int64_t nb = d / kBlockK, l = j % kKvGroup;
     float total = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
-        const KeyGroupQ8& kb = k[j / kKeyGroup * nb + b];
+        const KeyGroupQ8& kb = k[j / kKvGroup * nb + b];
         int32_t sum = 0;
         for (int e = 0; e < kBlockK; ++e)
             sum += int32_t(query.qc[b * kBlockK + e]) * kb.q[e / 2][l][e % 2];
@@ -61,23 +70,25 @@ float dot(const Query& query, const KeyGroupQ8* k, int64_t j, int64_t d) {
 // the weights p_j * dv_jb rounded to int16 against the bound W = max_j p_j * max_j dv_jb
 // (w_j = rint(p_j * dv_jb * kWeightOne / W)), their products with the codes summed exactly
 // in int32, then scaled by W / kWeightOne.
-void weigh_integers(const float* p, const BlockQ8Kv* v, int64_t j0, int64_t nt, int64_t d,
+void weigh_integers(const float* p, const ValueGroupQ8* v, int64_t j0, int64_t nt, int64_t d,
                     float* out) {
     const int64_t nb = d / kBlockK;
     float p_max = 0.0f;
     for (int64_t j = 0; j < nt; ++j) p_max = std::fmax(p_max, p[j]);
     for (int64_t b = 0; b < nb; ++b) {
         float s_max = 0.0f;
-        for (int64_t j = 0; j < nt; ++j) s_max = std::fmax(s_max, v[(j0 + j) * nb + b].d);
+        for (int64_t j = j0; j < j0 + nt; ++j)
+            s_max = std::fmax(s_max, value_block(v, j, b, d).d[j % kKvGroup]);
         const float w_max = p_max * s_max;
         const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
         int32_t sum[kBlockK] = {};
         for (int64_t j = 0; j < nt; ++j) {
-            const BlockQ8Kv& vb = v[(j0 + j) * nb + b];
+            const ValueGroupQ8& vb = value_block(v, j0 + j, b, d);
+            const int64_t l = (j0 + j) % kKvGroup;
             // Within [0, kWeightOne] but for a NaN, which the clamp keeps from the conversion.
-            const float t = std::fmin(std::fmax(p[j] * vb.d * inv, 0.0f), float(kWeightOne));
+            const float t = std::fmin(std::fmax(p[j] * vb.d[l] * inv, 0.0f), float(kWeightOne));
             const auto w = int32_t(std::nearbyint(t));
-            for (int e = 0; e < kBlockK; ++e) sum[e] += w * vb.q[e];
+            for (int e = 0; e < kBlockK; ++e) sum[e] += w * vb.q[l][e];
         }
         const float unit = w_max / float(kWeightOne);
         for (int e = 0; e < kBlockK; ++e) out[b * kBlockK + e] += unit * float(sum[e]);
@@ -119,7 +130,7 @@ void attend(const float* q, int64_t ldq, int64_t n_q, const K* k, const V* v, in
                 weigh_integers(p, v, j0, nt, d, oi);
             } else {
                 for (int64_t j = 0; j < nt; ++j) {
-                    for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * at(v, (j0 + j) * d + e);
+                    for (int64_t e = 0; e < d; ++e) oi[e] += p[j] * value(v, j0 + j, e, d);
                 }
             }
         }
@@ -143,9 +154,9 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
 #include "kernels/attention_entries_inl.h"
 
 void attention_q8_integer_weights(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q,
-                                  int64_t n_t, const KeyGroupQ8* k, const BlockQ8Kv* v, int64_t n,
-                                  int64_t d, float scale, float* scratch, float* out, int64_t ldo,
-                                  int64_t ldot) {
+                                  int64_t n_t, const KeyGroupQ8* k, const ValueGroupQ8* v,
+                                  int64_t n, int64_t d, float scale, float* scratch, float* out,
+                                  int64_t ldo, int64_t ldot) {
     attention<true>(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
 }
 

@@ -82,9 +82,7 @@ static inline void vsum4(const Vec* v, float* out) {
 #endif
 }
 
-// Elements i..i+kLanes-1 (or i) of a cache laid out row after row (i = j * d + e). A q8 row's
-// lanes never straddle a block: d and i are multiples of kLanes and blocks are 32 wide. i >= 0,
-// so q8 takes it unsigned: its block and offset are a shift and a mask, not a signed division.
+// Elements i..i+kLanes-1 (or i) of a float or f16 cache laid out row after row (i = j * d + e).
 static inline Vec vload(const float* c, int64_t i) {
     return QE_V(loadu_ps)(c + i);
 }
@@ -92,21 +90,9 @@ static inline Vec vload(const float* c, int64_t i) {
 static inline Vec vload(const uint16_t* c, int64_t i) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
 }
-static inline Vec vload(const BlockQ8Kv* c, int64_t i) {
-    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
-    const __m128i q =
-        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.q + uint64_t(i) % kBlockK));
-    return _mm256_mul_ps(_mm256_set1_ps(b.d), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
-}
 #else
 static inline Vec vload(const uint16_t* c, int64_t i) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
-}
-static inline Vec vload(const BlockQ8Kv* c, int64_t i) {
-    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
-    const __m128i q =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.q + uint64_t(i) % kBlockK));
-    return _mm512_mul_ps(_mm512_set1_ps(b.d), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
 }
 #endif
 static inline float load1(const float* c, int64_t i) {
@@ -115,13 +101,9 @@ static inline float load1(const float* c, int64_t i) {
 static inline float load1(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
 }
-static inline float load1(const BlockQ8Kv* c, int64_t i) {
-    const BlockQ8Kv& b = c[uint64_t(i) / kBlockK];
-    return b.d * float(b.q[uint64_t(i) % kBlockK]);
-}
 
-// Where element i (or row j) of a cache lies (prefetches never fault, so a fetch to a q8
-// row's inexact end does no harm). Fetches go to L2 (T1), as the matmuls' do: a tile's K and V
+// Where element i (or row j) of a cache lies (prefetches never fault, so a fetch to an inexact
+// end does no harm). Fetches go to L2 (T1), as the matmuls' do: a tile's K and V
 // (256 KiB at f16, d = 256) are 8 times L1, and requests into L1 wait on its few miss buffers:
 // a 64k decode call streamed 11 GB/s with T0, ~18 with T1.
 static inline const void* element_at(const float* c, int64_t i) {
@@ -130,13 +112,13 @@ static inline const void* element_at(const float* c, int64_t i) {
 static inline const void* element_at(const uint16_t* c, int64_t i) {
     return c + i;
 }
-static inline const void* element_at(const BlockQ8Kv* c, int64_t i) {
-    return c + uint64_t(i) / kBlockK;
-}
-// Keys in q8k16 groups: 36 bytes per 32 values, as rows of q8kv blocks, so a position's share
-// of its group lies where its row would (exact at group boundaries, which is what fetches use).
+// The int8 cache's groups hold 36 bytes per 32 values, as rows of blocks would, so a position's
+// share of its group lies where its row would (exact at group boundaries: what fetches use).
 static inline const void* element_at(const KeyGroupQ8* c, int64_t i) {
-    return reinterpret_cast<const char*>(c) + uint64_t(i) / kBlockK * sizeof(BlockQ8Kv);
+    return reinterpret_cast<const char*>(c) + uint64_t(i) / kBlockK * kKvBlockBytes;
+}
+static inline const void* element_at(const ValueGroupQ8* c, int64_t i) {
+    return reinterpret_cast<const char*>(c) + uint64_t(i) / kBlockK * kKvBlockBytes;
 }
 template <typename T>
 static inline const char* row_at(const T* c, int64_t j, int64_t d) {
@@ -320,13 +302,11 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 
 // ---- The int8 cache in integers (kernels.h) -------------------------------------------------
 
-// The buffers of a tile on the int8 cache, kept by the thread from call to call (140 KiB at
+// The buffers of a tile on the int8 cache, kept by the thread from call to call (134 KiB at
 // d = 256). Scores of runs of 8 or more (prefill): the tile's key pairs widened to int16 (kt,
 // 16 vectors per kLanes positions and block), its first `widened` positions at widened_base
-// (null: none) valid for the block's later runs. Weighted sum: the tile's value-block
-// scales, transposed so each block's are contiguous (s[b * kAttentionTile + j]; the first
-// scaled positions of the tile at scaled_base), and one block's weights for the rows of a run
-// (w).
+// (null: none) valid for the block's later runs. Weighted sum: one value block's weights for
+// the rows of a run (w).
 struct Q8Scratch {
     struct alignas(kLanes * sizeof(int32_t)) Lanes {
         int32_t lanes[kLanes];
@@ -334,16 +314,12 @@ struct Q8Scratch {
     std::vector<Lanes> kt;  // std::vector<IVec> would drop the type's alignment
     const KeyGroupQ8* widened_base = nullptr;
     int64_t widened = 0;
-    const BlockQ8Kv* scaled_base = nullptr;
-    int64_t scaled = 0;
-    std::vector<float> s;
     std::vector<int16_t> w;
 };
 static inline Q8Scratch& q8_scratch(int64_t nb) {
     thread_local Q8Scratch x;
-    if (x.s.size() < size_t(nb * kAttentionTile)) {
+    if (x.kt.size() < size_t(kAttentionTile / kLanes * nb * 16)) {
         x.kt.resize(size_t(kAttentionTile / kLanes * nb * 16));
-        x.s.resize(size_t(nb * kAttentionTile));
         x.w.resize(size_t(kRun * kAttentionTile));
     }
     return x;
@@ -453,21 +429,21 @@ __attribute__((noinline)) static void group_scores(const KeyGroupQ8* kg, int l0,
 // 4): widening per run left a 4k prefill chunk 3-5 % slower than transposing rows had been;
 // decode-sized runs widen as they go.
 template <int R>
-static void score_tile(const Row* rows, const KeyGroupQ8* k, const BlockQ8Kv* v, int64_t j0,
+static void score_tile(const Row* rows, const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t j0,
                        int64_t, const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
-    static_assert(kAttentionTile % kKeyGroup == 0 && kKeyGroup % kLanes == 0,
+    static_assert(kAttentionTile % kKvGroup == 0 && kKvGroup % kLanes == 0,
                   "a tile's lanes fall in whole key groups");
     const int64_t nb = d / kBlockK, n = nt[R - 1];
     const Vec sc = QE_V(set1_ps)(scale);
     Q8Scratch& x = q8_scratch(nb);
-    const KeyGroupQ8* tile = k + j0 / kKeyGroup * nb;
+    const KeyGroupQ8* tile = k + j0 / kKvGroup * nb;
     if (x.widened_base != tile) x.widened = 0;
     x.widened_base = R >= 8 ? tile : nullptr;
     for (int64_t g = 0; g < n; g += kLanes) {
         const int m = int(n - g < kLanes ? n - g : kLanes);
         const int64_t j = j0 + g;
-        const KeyGroupQ8* kg = k + j / kKeyGroup * nb;
-        const int l0 = int(j % kKeyGroup);
+        const KeyGroupQ8* kg = k + j / kKvGroup * nb;
+        const int l0 = int(j % kKvGroup);
         IVec* wide = reinterpret_cast<IVec*>(x.kt.data() + g / kLanes * nb * 16);
         if (R >= 8 && g + m > x.widened) {
             for (int64_t b = 0; b < nb; ++b)
@@ -494,16 +470,34 @@ static void score_tile(const Row* rows, const KeyGroupQ8* k, const BlockQ8Kv* v,
 // (4) FMAs after the widening, conversion and scaling of each value vector: those bound the
 // int8 decode step on Zen 4, and half of an avx2 prefill chunk at depth.
 
-// The value-block scales of the tile's first n positions (v: its first row) into x.s,
-// unless the block's previous run took them; a row's are 36 bytes apart (gathers took as
-// long as these loads).
-static inline void take_scales(const BlockQ8Kv* v, int64_t nb, int64_t n, Q8Scratch& x) {
-    if (x.scaled_base == v && x.scaled >= n) return;
-    float* s = x.s.data();
-    for (int64_t j = 0; j < n; ++j)
-        for (int64_t b = 0; b < nb; ++b) s[b * kAttentionTile + j] = v[j * nb + b].d;
-    x.scaled_base = v;
-    x.scaled = n;
+// Position j's scale of value block vb (its block in the tile's first group; groups nb blocks
+// apart). j >= 0: unsigned, the group and slot are a shift and a mask.
+static inline const float* value_scales(const ValueGroupQ8* vb, int64_t nb, int64_t j) {
+    return vb[uint64_t(j) / kKvGroup * uint64_t(nb)].d + uint64_t(j) % kKvGroup;
+}
+
+// f(a, z, j) for the tile's positions j, j + 1 in pairs (j < nt_hi, even) with a, z their codes
+// of value block vb, group by group: the codes of a pair lie 32 bytes apart, and pointers that
+// step through a group cost the loop no address arithmetic (finding each position's group
+// made an avx_vnni prefill chunk 16 % slower). A lone last position pairs with the next slot
+// of its group (allocated whole), under a zero weight.
+template <typename F>
+static inline void for_pairs(const ValueGroupQ8* vb, int64_t nb, int64_t nt_hi, F f) {
+    for (int64_t g0 = 0; g0 < nt_hi; g0 += kKvGroup, vb += nb) {
+        const int64_t m = nt_hi - g0 < kKvGroup ? nt_hi - g0 : kKvGroup;
+        for (int64_t l = 0; l < m; l += 2) f(vb->q[l], vb->q[l + 1], g0 + l);
+    }
+}
+
+// The largest scale of value block vb over the tile's first n positions (8 at a time: they
+// never straddle a group).
+static inline float scale_max(const ValueGroupQ8* vb, int64_t nb, int64_t n) {
+    __m256 mv = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(value_scales(vb, nb, j)));
+    float m = x86::hmax(mv);
+    for (; j < n; ++j) m = std::fmax(m, *value_scales(vb, nb, j));
+    return m;
 }
 
 // kLanes weights (floats in [0, kWeightOne]) rounded to the nearest int16, ties to even, at
@@ -524,19 +518,22 @@ static inline void store_weights(int16_t* w, Vec t) {
 // on the stack and loaded one per row and pair).
 constexpr int64_t kLdw = kAttentionTile;
 
-// Value block b's weights: w[r * kLdw + j] for j < nt[r], zeros up to n_even (the tile's
-// positions rounded up to even, so every pair is whole); unit[r] = W / kWeightOne. W is the
-// bound p_max[r] * max_j dv_jb over the row's positions (kernels.h), so the max needs no pass
-// over the products, and rows that see the same positions share the scales'. sb: the
-// block's scales (take_scales). One block at a time, so the weights (6 KiB for runs of 12)
+// Value block vb's weights (vb: its block in the tile's first group): w[r * kLdw + j] for
+// j < nt[r], zeros up to n_even (the tile's positions rounded up to even, so every pair is
+// whole); unit[r] = W / kWeightOne. W is the bound p_max[r] * max_j dv_jb over the row's
+// positions (kernels.h), so the max needs no pass over the products, and rows that see the
+// same positions share the scales'. The scales of kLanes positions lie together in their
+// group (rows of blocks had each call copy them out first: 8 % of an avx512 decode call at
+// 16k). One block at a time, so the weights (6 KiB for runs of 12)
 // stay in L1 for pair_sums: the whole tile's took 48 KiB, more than Zen 4's L1.
 template <int R>
 static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, const float* p_max,
-                              int64_t n_even, const float* sb, int16_t* w, float* unit) {
+                              int64_t n_even, const ValueGroupQ8* vb, int64_t nb, int16_t* w,
+                              float* unit) {
     float s_max = 0.0f;
     for (int r = 0; r < R; ++r) {
         const int64_t n = nt[r];
-        if (r == 0 || n != nt[r - 1]) s_max = tile_max(sb, n);
+        if (r == 0 || n != nt[r - 1]) s_max = scale_max(vb, nb, n);
         const float* pr = p + r * ldp;
         int16_t* wr = w + r * kLdw;
         const float w_max = p_max[r] * s_max;
@@ -545,12 +542,14 @@ static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, co
         const Vec iv = QE_V(set1_ps)(inv);
         int64_t j = 0;
         for (; j + kLanes <= n; j += kLanes) {
-            const Vec t = QE_V(mul_ps)(QE_V(loadu_ps)(pr + j), QE_V(loadu_ps)(sb + j));
+            const Vec t =
+                QE_V(mul_ps)(QE_V(loadu_ps)(pr + j), QE_V(loadu_ps)(value_scales(vb, nb, j)));
             store_weights(wr + j, QE_V(mul_ps)(t, iv));
         }
         for (; j < n; ++j) {
             // Clamped so a NaN cannot reach the conversion (the vectors' saturates).
-            const float t = std::fmin(std::fmax(pr[j] * sb[j] * inv, 0.0f), float(kWeightOne));
+            const float t = std::fmin(std::fmax(pr[j] * *value_scales(vb, nb, j) * inv, 0.0f),
+                                      float(kWeightOne));
             wr[j] = int16_t(std::nearbyint(t));
         }
         for (; j < n_even; ++j) wr[j] = 0;
@@ -563,23 +562,23 @@ static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, co
 template <int R>
 constexpr int kQuarters = R <= 4 ? 2 : 1;
 
-// Value block vb's (its block in the tile's first row) int32 sums for R rows over the tile's
-// nt_hi positions, a pair at a time (a lone last position pairs with itself under a zero
-// weight), at columns 8h .. 8h + 8 kQuarters - 1 into sums[q * R + r]; fetching pf_step
-// bytes from pf per pair. A function of its own, as avx512's.
+// Value block vb's (its block in the tile's first group) int32 sums for R rows over the tile's
+// nt_hi positions, a pair at a time (for_pairs), at columns 8h .. 8h + 8 kQuarters - 1 into
+// sums[q * R + r]; fetching pf_step bytes from pf per pair. A function of its own, as
+// avx512's.
 template <int R>
-__attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb, int64_t nt_hi,
+__attribute__((noinline)) static void pair_sums(const ValueGroupQ8* vb, int64_t nb, int64_t nt_hi,
                                                 int h, const int16_t* w, const char* pf,
                                                 int64_t pf_step, IVec* sums) {
     constexpr int Q = kQuarters<R>;
     IVec acc[Q][R];
     for (int q = 0; q < Q; ++q)
         for (int r = 0; r < R; ++r) acc[q][r] = izero();
-    for (int64_t j = 0; j < nt_hi; j += 2) {
+    for_pairs(vb, nb, nt_hi, [&](const int8_t* a, const int8_t* z, int64_t j) {
         for (int64_t b = 0; b < pf_step; b += 64)
             _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
-        const int8_t* a = vb[j * nb].q + 8 * h;
-        const int8_t* z = vb[(j + 1 < nt_hi ? j + 1 : j) * nb].q + 8 * h;
+        a += 8 * h;
+        z += 8 * h;
         IVec c[Q];
         if constexpr (Q == 1) {
             c[0] = _mm256_cvtepi8_epi16(
@@ -596,7 +595,7 @@ __attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb,
             std::memcpy(&pair, w + r * kLdw + j, sizeof pair);
             for (int q = 0; q < Q; ++q) acc[q][r] = dot_pairs(acc[q][r], c[q], pair);
         }
-    }
+    });
     for (int q = 0; q < Q; ++q)
         for (int r = 0; r < R; ++r) sums[q * R + r] = acc[q][r];
 }
@@ -606,18 +605,17 @@ __attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb,
 // with the flush in the same body, or as two arrays, gcc 12 copies every sum twice per pair
 // for runs of 4 or more (a 4k prefill chunk 185 -> 231 us per token).
 template <int R>
-__attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb, int64_t nt_hi,
+__attribute__((noinline)) static void pair_sums(const ValueGroupQ8* vb, int64_t nb, int64_t nt_hi,
                                                 const int16_t* w, const char* pf,
                                                 int64_t pf_step, IVec* sums) {
     IVec acc[2][R];
     for (int h = 0; h < 2; ++h)
         for (int r = 0; r < R; ++r) acc[h][r] = izero();
-    for (int64_t j = 0; j < nt_hi; j += 2) {
+    for_pairs(vb, nb, nt_hi, [&](const int8_t* ap, const int8_t* zp, int64_t j) {
         for (int64_t b = 0; b < pf_step; b += 64)
             _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
-        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb[j * nb].q));
-        const __m256i z = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(vb[(j + 1 < nt_hi ? j + 1 : j) * nb].q));
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ap));
+        const __m256i z = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(zp));
         const IVec c[2] = {_mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a, z)),
                            _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, z))};
         for (int r = 0; r < R; ++r) {
@@ -625,7 +623,7 @@ __attribute__((noinline)) static void pair_sums(const BlockQ8Kv* vb, int64_t nb,
             std::memcpy(&pair, w + r * kLdw + j, sizeof pair);
             for (int h = 0; h < 2; ++h) acc[h][r] = dot_pairs(acc[h][r], c[h], pair);
         }
-    }
+    });
     for (int h = 0; h < 2; ++h)
         for (int r = 0; r < R; ++r) sums[h * R + r] = acc[h][r];
 }
@@ -642,19 +640,17 @@ static inline void flush_sums(float* out, Vec sums, bool first, float alpha, flo
 // attend_tile): out = (first tile ? 0 : out * alpha) + unit * sums, block by block, fetching
 // pf_bytes from pf (the next tile's keys) along the way.
 template <int R>
-static inline void weigh_q8(const Row* rows, const BlockQ8Kv* v, int64_t j0, int64_t d,
+static inline void weigh_q8(const Row* rows, const ValueGroupQ8* v, int64_t j0, int64_t d,
                             const float* p, int64_t ldp, const int64_t* nt, int64_t nt_hi,
                             bool first, const float* alpha, const char* pf, int64_t pf_bytes) {
     const int64_t nb = d / kBlockK, n_even = (nt_hi + 1) & ~int64_t{1}, pairs = n_even / 2;
     Q8Scratch& x = q8_scratch(nb);
-    const BlockQ8Kv* vt = v + j0 * nb;
-    take_scales(vt, nb, nt_hi, x);
+    const ValueGroupQ8* vt = v + j0 / kKvGroup * nb;
     float p_max[R], unit[R];
     for (int r = 0; r < R; ++r) p_max[r] = tile_max(p + r * ldp, nt[r]);
     const int64_t pf_step = pf ? (pf_bytes + nb * pairs * 64 - 1) / (nb * pairs * 64) * 64 : 0;
     for (int64_t b = 0; b < nb; ++b) {
-        q8_weights<R>(p, ldp, nt, p_max, n_even, x.s.data() + b * kAttentionTile, x.w.data(),
-                      unit);
+        q8_weights<R>(p, ldp, nt, p_max, n_even, vt + b, nb, x.w.data(), unit);
         const char* pfb = pf + b * pairs * pf_step;
 #if QE_ATTENTION_LANES == 8
         constexpr int Q = kQuarters<R>;
@@ -726,23 +722,23 @@ static void attend_tile(const Row* rows, const K* k, const V* v, int64_t d, floa
         const int64_t passes = dv / (kCols * kLanes) > 0 ? dv / (kCols * kLanes) : 1;
         pf_step = (pf_bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
     }
-    if constexpr (std::is_same_v<V, BlockQ8Kv>) {
+    if constexpr (std::is_same_v<V, ValueGroupQ8>) {
         weigh_q8<R>(rows, v, j0, d, p, ldp, nt, nt[R - 1], first, alpha, pf, pf_bytes);
-        return;
-    }
-    int64_t pass = 0;
-    int64_t e0 = 0;
-    for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes, ++pass)
-        weigh_pass<R, kCols>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha,
-                             pf + pass * nt_lo * pf_step, pf_step);
-    for (; e0 < dv; e0 += kLanes)
-        weigh_pass<R, 1>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha, nullptr, 0);
-    for (; e0 < d; ++e0) {
-        for (int r = 0; r < R; ++r) {
-            float acc = first ? 0.0f : rows[r].out[e0] * alpha[r];
-            for (int64_t j = 0; j < nt[r]; ++j)
-                acc += p[r * ldp + j] * load1(v, v0j + j * d + e0);
-            rows[r].out[e0] = acc;
+    } else {
+        int64_t pass = 0;
+        int64_t e0 = 0;
+        for (; e0 + kCols * kLanes <= dv; e0 += kCols * kLanes, ++pass)
+            weigh_pass<R, kCols>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha,
+                                 pf + pass * nt_lo * pf_step, pf_step);
+        for (; e0 < dv; e0 += kLanes)
+            weigh_pass<R, 1>(rows, v, v0j, d, e0, p, ldp, nt_lo, nt, first, alpha, nullptr, 0);
+        for (; e0 < d; ++e0) {
+            for (int r = 0; r < R; ++r) {
+                float acc = first ? 0.0f : rows[r].out[e0] * alpha[r];
+                for (int64_t j = 0; j < nt[r]; ++j)
+                    acc += p[r * ldp + j] * load1(v, v0j + j * d + e0);
+                rows[r].out[e0] = acc;
+            }
         }
     }
 }
@@ -826,7 +822,6 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
         Q8Scratch& x = q8_scratch(d / kBlockK);
         x.widened_base = nullptr;  // the cache may have changed since
-        x.scaled_base = nullptr;
     }
     for (int64_t r = 0; r < n_t; ++r) {
         const int64_t n_r = n - (n_t - 1 - r);

@@ -160,9 +160,10 @@ def test_attention_q8_integer_sums_at_their_largest(isa: str) -> None:
     np.testing.assert_allclose(got, _reference_q8(q, k, v, 1e-3, isa), rtol=1e-4, atol=1e-5)
 
 
-def test_q8kv_blocks_hold_the_values_of_q8a() -> None:
-    """The int8 cache's blocks: q8a's scale and codes (so the cache holds what it held with
-    q8a blocks), every value within half a step; NaN reads back as zero, nothing crashes."""
+def test_int8_cache_holds_the_values_of_q8a() -> None:
+    """The int8 cache's keys and values, each in its groups' order: q8a's scales and codes per
+    block (so the cache holds what it held with q8a blocks), every value within half a step;
+    NaN reads back as zero, nothing crashes."""
     rng = np.random.default_rng(3)
     cases = [
         rng.standard_normal(256).astype(np.float32) * 4,
@@ -171,16 +172,20 @@ def test_q8kv_blocks_hold_the_values_of_q8a() -> None:
         np.tile(np.float32([127, -127, 63.5, -1e5]), 8),
         (rng.standard_normal(96) * 10.0 ** rng.integers(-8, 8, 96)).astype(np.float32),
     ]
-    for x in cases:
-        d, q = _core.quantize_q8kv(x)
+    for i, x in enumerate(cases):
+        kd, kq, vd, vq = _core.quantize_kv_q8(x, j=(7 * i) % 16)
         with np.errstate(over="ignore", invalid="ignore"):  # a subnormal d overflows 1/d
             nd, _, nq = quantize_q8a(x)
-        np.testing.assert_array_equal(d.view(np.uint32), nd.view(np.uint32))
-        np.testing.assert_array_equal(q, nq)
-        err = np.abs(d[:, None].astype(np.float64) * q - x.reshape(-1, 32))
-        assert (err <= d[:, None].astype(np.float64) * (0.5 + 1e-6) + 1e-45).all()
-    d, q = _core.quantize_q8kv(np.full(32, np.nan, np.float32))
-    assert d[0] == 0 and (d[:, None] * q == 0).all()
+        for d, q in ((kd, kq), (vd, vq)):
+            np.testing.assert_array_equal(d.view(np.uint32), nd.view(np.uint32))
+            np.testing.assert_array_equal(q, nq)
+            err = np.abs(d[:, None].astype(np.float64) * q - x.reshape(-1, 32))
+            assert (err <= d[:, None].astype(np.float64) * (0.5 + 1e-6) + 1e-45).all()
+    kd, kq, vd, vq = _core.quantize_kv_q8(np.full(32, np.nan, np.float32), j=15)
+    for d, q in ((kd, kq), (vd, vq)):
+        assert d[0] == 0 and (d[:, None] * q == 0).all()
+    with pytest.raises(RuntimeError, match="j in 0..15"):
+        _core.quantize_kv_q8(cases[0], j=16)
 
 
 def test_attention_q8_needs_whole_blocks() -> None:
