@@ -391,9 +391,8 @@ static inline void store_first(float* p, Vec f, int m) {
 // first position's place in it; runs of 8 or more read the pairs widened at `wide`),
 // unscaled by the rows' qs, into f [R]: per block the int32 sums over the block's 16 column
 // pairs, converted and scaled by the positions' block scales; fetching pf_lines cache lines
-// from pf meanwhile, a few per block. A function of its
-// own, the columns unrolled: inlined into score_tile, unrolled or not, an avx512 decode call
-// measured 2 % slower.
+// from pf meanwhile, a few per block. A function of its own, the columns unrolled: inlined
+// into score_tile, unrolled or not, an avx512 decode call measured 2 % slower.
 template <int R>
 __attribute__((noinline)) static void group_scores(const KeyGroupQ8* kg, int l0, int64_t nb,
                                                    const Row* rows, Vec* f, const char* pf,
@@ -452,8 +451,7 @@ static void score_tile(const Row* rows, const KeyGroupQ8* k, const ValueGroupQ8*
         }
         const char* pf = row_at(v, j, d);
         Vec f[R];
-        group_scores<R>(kg, l0, nb, rows, f, pf,
-                        (row_at(v, j + m, d) - pf + 63) / 64, wide);
+        group_scores<R>(kg, l0, nb, rows, f, pf, (row_at(v, j + m, d) - pf + 63) / 64, wide);
         for (int r = 0; r < R; ++r) {
             const Vec qs = QE_V(set1_ps)(rows[r].qs);
             store_first(p + r * ldp + g, QE_V(mul_ps)(QE_V(mul_ps)(f[r], qs), sc), m);
@@ -524,8 +522,8 @@ constexpr int64_t kLdw = kAttentionTile;
 // positions (kernels.h), so the max needs no pass over the products, and rows that see the
 // same positions share the scales'. The scales of kLanes positions lie together in their
 // group (rows of blocks had each call copy them out first: 8 % of an avx512 decode call at
-// 16k). One block at a time, so the weights (6 KiB for runs of 12)
-// stay in L1 for pair_sums: the whole tile's took 48 KiB, more than Zen 4's L1.
+// 16k). One block at a time, so the weights (6 KiB for runs of 12) stay in L1 for pair_sums:
+// the whole tile's took 48 KiB, more than Zen 4's L1.
 template <int R>
 static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, const float* p_max,
                               int64_t n_even, const ValueGroupQ8* vb, int64_t nb, int16_t* w,
