@@ -222,7 +222,8 @@ int bench_attention_step(int argc, char** argv) {
     }
     const int64_t layers = 6, heads = 2, group = 4, d = 256;
     const bool f16 = cache == "f16";
-    const size_t row = qe::kv_row_bytes(f16 ? qe::KvType::kF16 : qe::KvType::kQ8, d);
+    const qe::KvType type = f16 ? qe::KvType::kF16 : qe::KvType::kQ8;
+    const size_t row = qe::kv_row_bytes(type, d);
     // One pool of random rows copied over every array: the values do not change the work.
     const int64_t pool_rows = std::min<int64_t>(depth, 4096);
     std::mt19937 rng(1);
@@ -230,15 +231,15 @@ int bench_attention_step(int argc, char** argv) {
     std::vector<float> pool_f(pool_rows * d), q(heads * group * d), out(q.size());
     for (auto& x : pool_f) x = normal(rng);
     for (auto& x : q) x = normal(rng);
-    // Rows in whole key groups (a pool of 4096 rows is 256 of them), as a state holds them.
+    // As a state holds them: the int8 cache in whole groups (a pool of 4096 rows is 256).
     const std::vector<char> pool[2] = {
         encode_cache(kt, f16, true, pool_f.data(), pool_rows * d, d),
         encode_cache(kt, f16, false, pool_f.data(), pool_rows * d, d)};
     std::vector<qe::Buffer> kv;  // [layer][head][K, V]
     for (int64_t i = 0; i < layers * heads * 2; ++i) {
-        kv.emplace_back(size_t(qe::kv_rows(qe::KvType::kQ8, depth)) * row);
+        kv.emplace_back(size_t(qe::kv_rows(type, depth)) * row);
         for (int64_t j = 0; j < depth; j += pool_rows) {
-            const int64_t n = qe::kv_rows(qe::KvType::kQ8, std::min(pool_rows, depth - j));
+            const int64_t n = qe::kv_rows(type, std::min(pool_rows, depth - j));
             std::memcpy(kv.back().as<char>() + j * row, pool[i % 2].data(), size_t(n) * row);
         }
     }

@@ -128,8 +128,8 @@ static_assert(sizeof(KeyGroupQ8) == 576 && sizeof(ValueGroupQ8) == 576,
 // Bytes per 32 cached values.
 inline constexpr int64_t kKvBlockBytes = sizeof(KeyGroupQ8) / kKvGroup;
 
-// One symmetric int8 block, the definition of q8a and q8kv: d = amax / 127, q = round(x / d)
-// (half away from zero) within +-127; returns d.
+// One symmetric int8 block, the definition of q8a and of the int8 cache's blocks:
+// d = amax / 127, q = round(x / d) (half away from zero) within +-127; returns d.
 float quantize_block_q8(const float* x, int8_t* q);
 
 // A query row for integer dot products with an int8 cache: s = amax / 32767, q = round(x / s)
