@@ -15,7 +15,7 @@ namespace {
     X(cvt_f16_f32) X(cvt_bf16_f32) X(cvt_f32_f16) X(rms_norm) X(rms_norm_gated) X(l2_norm)       \
     X(rope) X(softmax) X(silu_mul) X(sigmoid_mul)                                                \
     X(conv1d_silu) X(delta_rule)                                                                 \
-    X(attention_f16) X(attention_f32) X(attention_q8)
+    X(attention_f16) X(attention_f32) X(attention_q8) X(attention_q4)
 // clang-format on
 
 #define QE_COUNT_SLOT(name) +1
@@ -58,6 +58,7 @@ KernelTable make_avx_vnni() {
     t.attention_f16 = avx_vnni::attention_f16;
     t.attention_f32 = avx_vnni::attention_f32;
     t.attention_q8 = avx_vnni::attention_q8;
+    t.attention_q4 = avx_vnni::attention_q4;
     return t;
 }
 
@@ -74,6 +75,7 @@ KernelTable make_avx512_vnni() {
     t.attention_f16 = avx512_vnni::attention_f16;
     t.attention_f32 = avx512_vnni::attention_f32;
     t.attention_q8 = avx512_vnni::attention_q8;
+    t.attention_q4 = avx512_vnni::attention_q4;
     return t;
 }
 #endif

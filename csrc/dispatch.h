@@ -45,10 +45,11 @@ struct KernelTable {
     AttentionF16Fn* attention_f16;
     AttentionF32Fn* attention_f32;
     AttentionQ8Fn* attention_q8;
+    AttentionQ4Fn* attention_q4;
 };
 
 // Number of function slots in a KernelTable and a view of them (for the completeness test).
-constexpr int kKernelSlots = 23;
+constexpr int kKernelSlots = 24;
 // Slot i of a table as an untyped pointer (nullptr if unset) and its kernel name.
 const void* kernel_slot(const KernelTable& t, int i);
 const char* kernel_slot_name(int i);

@@ -3,14 +3,14 @@
 //   qe_bench MODEL.qe [threads] [isa] [prompt_tokens] [decode_tokens] [prefill_repetitions]
 //   qe_bench --gemm FORMAT ROWS K M [isa] [repetitions]
 //   qe_bench --delta [isa] [repetitions]
-//   qe_bench --attention DEPTH TOKENS_PER_CALL [isa] [repetitions] [f16|q8]
-//   qe_bench --attention-step DEPTH [isa] [repetitions] [f16|q8] [threads]
+//   qe_bench --attention DEPTH TOKENS_PER_CALL [isa] [repetitions] [f16|q8|q4]
+//   qe_bench --attention-step DEPTH [isa] [repetitions] [f16|q8|q4] [threads]
 //   qe_bench --step MODEL.qe ISA[,ISA...] N[,N...] [steps] [context]
 // Prints load time, prefill (best of the repetitions, each from a fresh state) and decode tokens/s,
 // or one packed product's best time over the repetitions (single thread, random codes) in GOPS,
 // or the delta rule's best time per head and token on the 0.8B shape (128 tokens, 16 heads),
 // or prefill attention's best thread-CPU time per token and KV head for a 128-token chunk at
-// DEPTH (a GQA group of 4 over one KV head of 256, f16 or int8 cache, kernel calls of
+// DEPTH (a GQA group of 4 over one KV head of 256, f16, int8 or 4-bit cache, kernel calls of
 // TOKENS_PER_CALL tokens).
 // --attention-step times a 0.8B decode step's attention calls alone at DEPTH: 6 layers of 2 KV
 // heads, each its own K and V arrays (805 MB at 64k, f16: more than a last-level cache, as in a
@@ -128,43 +128,66 @@ double thread_cpu_seconds() {
     return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
-// The benches' KV caches: n values (rows of d) as the model stores them, f16 or int8 (q8:
-// groups of 16 positions).
-std::vector<char> encode_cache(const qe::KernelTable& kt, bool f16, bool key, const float* x,
-                               int64_t n, int64_t d) {
-    std::vector<char> out;
-    if (f16) {
-        out.resize(size_t(n) * sizeof(uint16_t));
-        kt.cvt_f32_f16(x, reinterpret_cast<uint16_t*>(out.data()), n);
-    } else if (key) {
-        out.resize(size_t(qe::kv_groups(n / d, d)) * sizeof(qe::KeyGroupQ8));
-        qe::quantize_keys_q8(x, reinterpret_cast<qe::KeyGroupQ8*>(out.data()), n / d, d);
-    } else {
-        out.resize(size_t(qe::kv_groups(n / d, d)) * sizeof(qe::ValueGroupQ8));
-        qe::quantize_values_q8(x, reinterpret_cast<qe::ValueGroupQ8*>(out.data()), n / d, d);
-    }
+// The benches' caches: f16, q8 (int8) or q4 (4-bit); false for another name.
+bool parse_cache(const std::string& name, qe::KvType* type) {
+    if (name == "f16") *type = qe::KvType::kF16;
+    else if (name == "q8") *type = qe::KvType::kQ8;
+    else if (name == "q4") *type = qe::KvType::kQ4;
+    else return false;
+    return true;
+}
+
+// n values (rows of d) as the model stores them (the integer caches in groups of 16 positions).
+template <typename G>
+std::vector<char> encode_groups(void (*quantize)(const float*, G*, int64_t, int64_t),
+                                const float* x, int64_t n, int64_t d) {
+    std::vector<char> out(size_t(qe::kv_groups(n / d, d)) * sizeof(G));
+    quantize(x, reinterpret_cast<G*>(out.data()), n / d, d);
     return out;
+}
+std::vector<char> encode_cache(const qe::KernelTable& kt, qe::KvType type, bool key,
+                               const float* x, int64_t n, int64_t d) {
+    switch (type) {
+        case qe::KvType::kQ8:
+            return key ? encode_groups(qe::quantize_keys_q8, x, n, d)
+                       : encode_groups(qe::quantize_values_q8, x, n, d);
+        case qe::KvType::kQ4:
+            return key ? encode_groups(qe::quantize_keys_q4, x, n, d)
+                       : encode_groups(qe::quantize_values_q4, x, n, d);
+        default: {
+            std::vector<char> out(size_t(n) * sizeof(uint16_t));
+            kt.cvt_f32_f16(x, reinterpret_cast<uint16_t*>(out.data()), n);
+            return out;
+        }
+    }
 }
 
 // One attention call of `nt` tokens of a GQA group of 4 heads of d = 256 over a cache from
 // encode_cache, as the model makes it.
-void attend(const qe::KernelTable& kt, bool f16, const float* q, int64_t nt, const char* k,
+void attend(const qe::KernelTable& kt, qe::KvType type, const float* q, int64_t nt, const char* k,
             const char* v, int64_t seen, float* scratch, float* out) {
     const int64_t group = 4, d = 256;
-    if (f16) {
-        kt.attention_f16(q, d, group * d, group, nt, reinterpret_cast<const uint16_t*>(k),
-                         reinterpret_cast<const uint16_t*>(v), seen, d, 0.0625f, scratch, out, d,
-                         group * d);
-    } else {
-        kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::KeyGroupQ8*>(k),
-                        reinterpret_cast<const qe::ValueGroupQ8*>(v), seen, d, 0.0625f, scratch,
-                        out, d, group * d);
+    switch (type) {
+        case qe::KvType::kQ8:
+            kt.attention_q8(q, d, group * d, group, nt, reinterpret_cast<const qe::KeyGroupQ8*>(k),
+                            reinterpret_cast<const qe::ValueGroupQ8*>(v), seen, d, 0.0625f,
+                            scratch, out, d, group * d);
+            break;
+        case qe::KvType::kQ4:
+            kt.attention_q4(q, d, group * d, group, nt, reinterpret_cast<const qe::KeyGroupQ4*>(k),
+                            reinterpret_cast<const qe::ValueGroupQ4*>(v), seen, d, 0.0625f,
+                            scratch, out, d, group * d);
+            break;
+        default:
+            kt.attention_f16(q, d, group * d, group, nt, reinterpret_cast<const uint16_t*>(k),
+                             reinterpret_cast<const uint16_t*>(v), seen, d, 0.0625f, scratch, out,
+                             d, group * d);
     }
 }
 
 int bench_attention(int argc, char** argv) {
     if (argc < 4) {
-        std::fprintf(stderr, "usage: %s --attention DEPTH TOKENS_PER_CALL [isa] [reps] [f16|q8]\n",
+        std::fprintf(stderr, "usage: %s --attention DEPTH TOKENS_PER_CALL [isa] [reps] [f16|q8|q4]\n",
                      argv[0]);
         return 2;
     }
@@ -172,8 +195,9 @@ int bench_attention(int argc, char** argv) {
     const qe::KernelTable& kt = qe::select_table(argc > 4 ? argv[4] : "");
     const int reps = argc > 5 ? std::atoi(argv[5]) : 5;
     const std::string cache = argc > 6 ? argv[6] : "f16";
-    if (cache != "f16" && cache != "q8") {
-        std::fprintf(stderr, "cache must be f16 or q8, not %s\n", cache.c_str());
+    qe::KvType type;
+    if (!parse_cache(cache, &type)) {
+        std::fprintf(stderr, "cache must be f16, q8 or q4, not %s\n", cache.c_str());
         return 2;
     }
     const int64_t chunk = 128, group = 4, d = 256, n = depth + chunk;
@@ -183,16 +207,15 @@ int bench_attention(int argc, char** argv) {
     for (auto& x : q) x = normal(rng);
     for (auto& x : kf) x = normal(rng);
     for (auto& x : vf) x = normal(rng);
-    const bool f16 = cache == "f16";
-    const std::vector<char> k = encode_cache(kt, f16, true, kf.data(), n * d, d);
-    const std::vector<char> v = encode_cache(kt, f16, false, vf.data(), n * d, d);
+    const std::vector<char> k = encode_cache(kt, type, true, kf.data(), n * d, d);
+    const std::vector<char> v = encode_cache(kt, type, false, vf.data(), n * d, d);
     std::vector<float> scratch(size_t(qe::attention_scratch(group * per_call, n)));
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
         const double c0 = thread_cpu_seconds();
         for (int64_t t = 0; t < chunk; t += per_call) {
             const int64_t nt = std::min(per_call, chunk - t), seen = depth + t + nt;
-            attend(kt, f16, q.data() + t * group * d, nt, k.data(), v.data(), seen,
+            attend(kt, type, q.data() + t * group * d, nt, k.data(), v.data(), seen,
                    scratch.data(), out.data() + t * group * d);
         }
         best = std::min(best, thread_cpu_seconds() - c0);
@@ -207,7 +230,7 @@ int bench_attention(int argc, char** argv) {
 
 int bench_attention_step(int argc, char** argv) {
     if (argc < 3) {
-        std::fprintf(stderr, "usage: %s --attention-step DEPTH [isa] [reps] [f16|q8] [threads]\n",
+        std::fprintf(stderr, "usage: %s --attention-step DEPTH [isa] [reps] [f16|q8|q4] [threads]\n",
                      argv[0]);
         return 2;
     }
@@ -216,13 +239,12 @@ int bench_attention_step(int argc, char** argv) {
     const int reps = argc > 4 ? std::max(1, std::atoi(argv[4])) : 5;
     const std::string cache = argc > 5 ? argv[5] : "f16";
     const int threads = argc > 6 ? std::max(1, std::atoi(argv[6])) : 2;
-    if (depth < 1 || (cache != "f16" && cache != "q8")) {
-        std::fprintf(stderr, "DEPTH must be >= 1 and the cache f16 or q8\n");
+    qe::KvType type;
+    if (depth < 1 || !parse_cache(cache, &type)) {
+        std::fprintf(stderr, "DEPTH must be >= 1 and the cache f16, q8 or q4\n");
         return 2;
     }
     const int64_t layers = 6, heads = 2, group = 4, d = 256;
-    const bool f16 = cache == "f16";
-    const qe::KvType type = f16 ? qe::KvType::kF16 : qe::KvType::kQ8;
     const size_t row = qe::kv_row_bytes(type, d);
     // One pool of random rows copied over every array: the values do not change the work.
     const int64_t pool_rows = std::min<int64_t>(depth, 4096);
@@ -233,8 +255,8 @@ int bench_attention_step(int argc, char** argv) {
     for (auto& x : q) x = normal(rng);
     // As a state holds them: the int8 cache in whole groups (a pool of 4096 rows is 256).
     const std::vector<char> pool[2] = {
-        encode_cache(kt, f16, true, pool_f.data(), pool_rows * d, d),
-        encode_cache(kt, f16, false, pool_f.data(), pool_rows * d, d)};
+        encode_cache(kt, type, true, pool_f.data(), pool_rows * d, d),
+        encode_cache(kt, type, false, pool_f.data(), pool_rows * d, d)};
     std::vector<qe::Buffer> kv;  // [layer][head][K, V]
     for (int64_t i = 0; i < layers * heads * 2; ++i) {
         kv.emplace_back(size_t(qe::kv_rows(type, depth)) * row);
@@ -252,7 +274,7 @@ int bench_attention_step(int argc, char** argv) {
         for (int64_t l = 0; l < layers; ++l) {
             tp.for_each(heads, 1, [&](int64_t h0, int64_t h1, int thread) {
                 for (int64_t h = h0; h < h1; ++h) {
-                    attend(kt, f16, q.data() + h * group * d, 1, kv[(l * heads + h) * 2].as<char>(),
+                    attend(kt, type, q.data() + h * group * d, 1, kv[(l * heads + h) * 2].as<char>(),
                            kv[(l * heads + h) * 2 + 1].as<char>(), depth,
                            scratch.data() + thread * per_thread, out.data() + h * group * d);
                 }

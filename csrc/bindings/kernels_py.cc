@@ -81,6 +81,27 @@ py::array_t<float> gemm(const py::array_t<W, py::array::c_style | py::array::for
     return y;
 }
 
+// attention_q8 / attention_q4 on float k, v [n, d], quantized first as the model's cache
+// stores them, in groups of 16 positions.
+template <typename KG, typename VG, typename Fn>
+py::array_t<float> attention_groups(const F32& q, const F32& k, const F32& v, float scale,
+                                    void (*quantize_keys)(const float*, KG*, int64_t, int64_t),
+                                    void (*quantize_values)(const float*, VG*, int64_t, int64_t),
+                                    Fn* attention, const char* name) {
+    const auto [n_t, n_q, d, n] = attention_shape(q, k, v, name);
+    QE_CHECK(d % qe::kBlockK == 0, name, ": expected d % 32 == 0, got d = ", d);
+    std::vector<KG> kq(size_t(qe::kv_groups(n, d)));
+    std::vector<VG> vq(kq.size());
+    quantize_keys(k.data(), kq.data(), n, d);
+    quantize_values(v.data(), vq.data(), n, d);
+    py::array_t<float> out(shape_of(q));
+    ScratchGuard scratch(qe::attention_scratch(n_t * n_q, n));
+    attention(q.data(), d, n_q * d, n_q, n_t, kq.data(), vq.data(), n, d, scale, scratch.data(),
+              out.mutable_data(), d, n_q * d);
+    scratch.check();
+    return out;
+}
+
 }  // namespace
 
 void bind_kernels(py::module_& m) {
@@ -284,23 +305,22 @@ void bind_kernels(py::module_& m) {
     m.def(
         "attention_q8",
         [](const F32& q, const F32& k, const F32& v, float scale, const std::string& isa) {
-            const auto [n_t, n_q, d, n] = attention_shape(q, k, v, "attention_q8");
-            QE_CHECK(d % qe::kBlockK == 0, "attention_q8: expected d % 32 == 0, got d = ", d);
-            // The cache as the model writes it, in groups of 16 positions.
-            std::vector<qe::KeyGroupQ8> kq(size_t(qe::kv_groups(n, d)));
-            std::vector<qe::ValueGroupQ8> vq(kq.size());
-            qe::quantize_keys_q8(k.data(), kq.data(), n, d);
-            qe::quantize_values_q8(v.data(), vq.data(), n, d);
-            py::array_t<float> out(shape_of(q));
-            ScratchGuard scratch(qe::attention_scratch(n_t * n_q, n));
-            table(isa).attention_q8(q.data(), d, n_q * d, n_q, n_t, kq.data(), vq.data(), n, d,
-                                    scale, scratch.data(), out.mutable_data(), d, n_q * d);
-            scratch.check();
-            return out;
+            return attention_groups<qe::KeyGroupQ8, qe::ValueGroupQ8>(
+                q, k, v, scale, qe::quantize_keys_q8, qe::quantize_values_q8,
+                table(isa).attention_q8, "attention_q8");
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",
         "attention over an int8 KV head: k, v [n, d] float32 are quantized as the model's "
         "cache stores them (groups of 16 positions); q as for attention.");
+    m.def(
+        "attention_q4",
+        [](const F32& q, const F32& k, const F32& v, float scale, const std::string& isa) {
+            return attention_groups<qe::KeyGroupQ4, qe::ValueGroupQ4>(
+                q, k, v, scale, qe::quantize_keys_q4, qe::quantize_values_q4,
+                table(isa).attention_q4, "attention_q4");
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("isa") = "",
+        "attention over a 4-bit KV head, as attention_q8.");
 }
 
 }  // namespace qe_py

@@ -26,12 +26,19 @@ namespace {
 qe::KvType kv_type(const std::string& name) {
     if (name == "f16") return qe::KvType::kF16;
     if (name == "f32") return qe::KvType::kF32;
-    QE_CHECK(name == "q8", "kv cache type must be 'f16', 'f32' or 'q8', got '", name, "'");
+    if (name == "q4") return qe::KvType::kQ4;
+    QE_CHECK(name == "q8", "kv cache type must be 'f16', 'f32', 'q8' or 'q4', got '", name, "'");
     return qe::KvType::kQ8;
 }
 
 const char* kv_name(qe::KvType t) {
-    return t == qe::KvType::kF16 ? "f16" : t == qe::KvType::kF32 ? "f32" : "q8";
+    switch (t) {
+        case qe::KvType::kF16: return "f16";
+        case qe::KvType::kF32: return "f32";
+        case qe::KvType::kQ8: return "q8";
+        case qe::KvType::kQ4: return "q4";
+    }
+    return "?";
 }
 
 class PyModel {

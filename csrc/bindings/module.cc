@@ -85,24 +85,27 @@ py::tuple quantize_q8a(const F32Array& x, const std::string& isa) {
     return py::make_tuple(d, sum, q);
 }
 
-// x as position j of the int8 KV cache, stored as a key and as a value, read back from the
-// groups: (key d [nb], key q [nb, 32], value d [nb], value q [nb, 32]).
-py::tuple quantize_kv_q8(const F32Array& x, int64_t j) {
-    QE_CHECK(x.ndim() == 1 && x.shape(0) % qe::kBlockK == 0 && j >= 0 && j < qe::kKvGroup,
-             "quantize_kv_q8: x must be 1-D with a multiple of 32 entries, j in 0..15");
+// x as position j of an integer KV cache (KG, VG: the int8 or 4-bit groups, stored by store_key
+// and store_value), read back from the groups: (key d [nb], key q [nb, 32], value d [nb],
+// value q [nb, 32]), the codes as formats.h's key_code and value_code read them.
+template <typename KG, typename VG>
+py::tuple quantize_kv(const F32Array& x, int64_t j, void (*store_key)(const float*, KG*, int64_t, int64_t),
+                      void (*store_value)(const float*, VG*, int64_t, int64_t), const char* name) {
+    QE_CHECK(x.ndim() == 1 && x.shape(0) % qe::kBlockK == 0 && j >= 0 && j < qe::kKvGroup, name,
+             ": x must be 1-D with a multiple of 32 entries, j in 0..15");
     const int64_t d = x.shape(0), nb = d / qe::kBlockK;
-    std::vector<qe::KeyGroupQ8> keys(size_t(qe::kv_groups(1, d)));
-    std::vector<qe::ValueGroupQ8> values(keys.size());
-    qe::store_key_q8(x.data(), keys.data(), j, d);
-    qe::store_value_q8(x.data(), values.data(), j, d);
+    std::vector<KG> keys(size_t(qe::kv_groups(1, d)));
+    std::vector<VG> values(keys.size());
+    store_key(x.data(), keys.data(), j, d);
+    store_value(x.data(), values.data(), j, d);
     py::array_t<float> kd(nb), vd(nb);
     py::array_t<int8_t> kq({nb, int64_t{qe::kBlockK}}), vq({nb, int64_t{qe::kBlockK}});
     for (int64_t b = 0; b < nb; ++b) {
         kd.mutable_at(b) = keys[b].d[j];
         vd.mutable_at(b) = values[b].d[j];
         for (int e = 0; e < qe::kBlockK; ++e) {
-            kq.mutable_at(b, e) = keys[b].q[e / 2][j][e % 2];
-            vq.mutable_at(b, e) = values[b].q[j][e];
+            kq.mutable_at(b, e) = int8_t(qe::key_code(keys[b], int(j), e));
+            vq.mutable_at(b, e) = int8_t(qe::value_code(values[b], int(j), e));
         }
     }
     return py::make_tuple(kd, kq, vd, vq);
@@ -277,9 +280,21 @@ PYBIND11_MODULE(_core, m) {
           "y = w @ x in float32 with the kernel table `isa` (test surface).");
     m.def("quantize_q8a", &quantize_q8a, py::arg("x"), py::arg("isa") = "",
           "q8a blocks of x as (d [nb], sum [nb], q [nb, 32]) (test surface).");
-    m.def("quantize_kv_q8", &quantize_kv_q8, py::arg("x"), py::arg("j") = 0,
-          "x as position j of the int8 KV cache, read back from its key and value groups: "
-          "(key d [nb], key q [nb, 32], value d [nb], value q [nb, 32]) (test surface).");
+    m.def(
+        "quantize_kv_q8",
+        [](const F32Array& x, int64_t j) {
+            return quantize_kv(x, j, qe::store_key_q8, qe::store_value_q8, "quantize_kv_q8");
+        },
+        py::arg("x"), py::arg("j") = 0,
+        "x as position j of the int8 KV cache, read back from its key and value groups: "
+        "(key d [nb], key q [nb, 32], value d [nb], value q [nb, 32]) (test surface).");
+    m.def(
+        "quantize_kv_q4",
+        [](const F32Array& x, int64_t j) {
+            return quantize_kv(x, j, qe::store_key_q4, qe::store_value_q4, "quantize_kv_q4");
+        },
+        py::arg("x"), py::arg("j") = 0,
+        "x as position j of the 4-bit KV cache, read back as quantize_kv_q8 (codes -7..7).");
     m.def("matmul_q8a", &matmul_q8a, py::arg("format"), py::arg("data"), py::arg("rows"),
           py::arg("k"), py::arg("x"), py::arg("isa") = "",
           "x [m, k] @ W.T for a packed W given as bytes, activations as q8a (test surface).");

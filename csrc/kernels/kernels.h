@@ -206,6 +206,11 @@ static_assert(kAttentionTile * kWeightOne * 127LL < (1LL << 31), "a tile's int32
 using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                            const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t n, int64_t d,
                            float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);
+// attention_q4, over the 4-bit cache (formats.h: KeyGroupQ4, ValueGroupQ4): attention_q8's
+// arithmetic on the codes q = nibble - 8, exact in int32 the same way (|q| <= 8 < 127).
+using AttentionQ4Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
+                           const KeyGroupQ4* k, const ValueGroupQ4* v, int64_t n, int64_t d,
+                           float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);
 
 // ==== which ISA implements what ===============================================================
 // Each table implements a family or borrows the next-best table's kernels (dispatch.cc).
@@ -230,15 +235,18 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
 #define QE_DECLARE_ATTENTION(isa)                                                            \
     namespace isa {                                                                          \
     AttentionF16Fn attention_f16; AttentionF32Fn attention_f32; AttentionQ8Fn attention_q8;  \
+    AttentionQ4Fn attention_q4;                                                              \
     }
 #define QE_DECLARE_ALL(isa) \
     QE_DECLARE_MATMUL(isa) QE_DECLARE_VEC(isa) QE_DECLARE_DELTA(isa) QE_DECLARE_ATTENTION(isa)
 // clang-format on
 
-// ref: every kernel; and attention_q8 with the weighted sum in integers, as the SIMD tables'.
+// ref: every kernel; and attention_q8 and attention_q4 with the weighted sum in integers, as
+// the SIMD tables'.
 QE_DECLARE_ALL(ref)
 namespace ref {
 AttentionQ8Fn attention_q8_integer_weights;
+AttentionQ4Fn attention_q4_integer_weights;
 }  // namespace ref
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -251,6 +259,7 @@ GemmQ8aFn gemm_q8a;
 AttentionF16Fn attention_f16;
 AttentionF32Fn attention_f32;
 AttentionQ8Fn attention_q8;
+AttentionQ4Fn attention_q4;
 }  // namespace avx_vnni
 namespace avx512_vnni {
 GemvQ8aFn gemv_q8a;
@@ -259,6 +268,7 @@ DeltaRuleFn delta_rule;
 AttentionF16Fn attention_f16;
 AttentionF32Fn attention_f32;
 AttentionQ8Fn attention_q8;
+AttentionQ4Fn attention_q4;
 }  // namespace avx512_vnni
 #endif
 

@@ -460,7 +460,7 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
         return g.mtp ? g.state->mtp_values() : g.state->values(L.index);
     };
     // One key or value vector as position `at` of a head's cache (`head`), in the cache's
-    // element type (the int8 cache's into their groups, formats.h).
+    // element type (the integer caches' into their groups, formats.h).
     auto store_kv = [&](KvType kv_type, bool key, const float* src, char* head, int64_t at) {
         char* dst = head + at * int64_t(kv_row_bytes(kv_type, hd));
         switch (kv_type) {
@@ -475,6 +475,13 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
                     store_key_q8(src, reinterpret_cast<KeyGroupQ8*>(head), at, hd);
                 } else {
                     store_value_q8(src, reinterpret_cast<ValueGroupQ8*>(head), at, hd);
+                }
+                break;
+            case KvType::kQ4:
+                if (key) {
+                    store_key_q4(src, reinterpret_cast<KeyGroupQ4*>(head), at, hd);
+                } else {
+                    store_value_q4(src, reinterpret_cast<ValueGroupQ4*>(head), at, hd);
                 }
                 break;
         }
@@ -548,6 +555,12 @@ void Qwen35Model::attention_block(const Layer& L, const float* x, const Rows& ro
                         kt_.attention_q8(qi, hd, nh * hd, group, nt,
                                          reinterpret_cast<const KeyGroupQ8*>(kc),
                                          reinterpret_cast<const ValueGroupQ8*>(vc), len, hd, scale,
+                                         scratch, oi, hd, nh * hd);
+                        break;
+                    case KvType::kQ4:
+                        kt_.attention_q4(qi, hd, nh * hd, group, nt,
+                                         reinterpret_cast<const KeyGroupQ4*>(kc),
+                                         reinterpret_cast<const ValueGroupQ4*>(vc), len, hd, scale,
                                          scratch, oi, hd, nh * hd);
                         break;
                 }

@@ -30,8 +30,9 @@ StateSizes State::sizes_for(const ModelConfig& c, int64_t context, int64_t batch
     QE_CHECK(context >= 1 && context <= c.max_position, "context must be in 1..",
              c.max_position, " (the model's max_position_embeddings), got ", context);
     QE_CHECK(batch >= 1 && batch <= 4096, "batch must be in 1..4096, got ", batch);
-    QE_CHECK(kv_type != KvType::kQ8 || c.head_dim % kBlockK == 0,
-             "an int8 KV cache needs head_dim divisible by ", kBlockK, ", got ", c.head_dim);
+    QE_CHECK(!kv_in_groups(kv_type) || c.head_dim % kBlockK == 0,
+             "an int8 or 4-bit KV cache needs head_dim divisible by ", kBlockK, ", got ",
+             c.head_dim);
     QE_CHECK(threads >= 1, "threads must be at least 1, got ", threads);
     StateSizes z;
     z.full_layers = count_layers(c, LayerType::kFull);

@@ -17,20 +17,25 @@
 
 namespace qe {
 
-// Element type of the KV cache: f16 (default), f32, or q8 (int8 in blocks of 32, one float
-// scale each: 1.125 bytes per element, for long contexts; needs head_dim % 32 == 0).
-enum class KvType : uint8_t { kF16, kF32, kQ8 };
+// Element type of the KV cache: f16 (default), f32, q8 (int8 in blocks of 32, one float scale
+// each: 1.125 bytes per element, for long contexts) or q4 (4-bit codes, 0.625 bytes per
+// element, for the longest); the integer caches need head_dim % 32 == 0.
+enum class KvType : uint8_t { kF16, kF32, kQ8, kQ4 };
+inline bool kv_in_groups(KvType t) {
+    return t == KvType::kQ8 || t == KvType::kQ4;
+}
 
 // Bytes of one cached key or value vector of head_dim elements.
 inline size_t kv_row_bytes(KvType t, int64_t head_dim) {
     if (t == KvType::kQ8) return size_t(head_dim / kBlockK * kKvBlockBytes);
+    if (t == KvType::kQ4) return size_t(head_dim / kBlockK * kKvBlockBytesQ4);
     return size_t(head_dim) * (t == KvType::kF16 ? 2 : 4);
 }
 
 // Rows each head's K and V caches hold for `context` tokens: `context`, but whole groups of 16
-// for the int8 cache, which is written and read in groups (formats.h).
+// for the integer caches, which are written and read in groups (formats.h).
 inline int64_t kv_rows(KvType t, int64_t context) {
-    return t == KvType::kQ8 ? (context + kKvGroup - 1) / kKvGroup * kKvGroup : context;
+    return kv_in_groups(t) ? (context + kKvGroup - 1) / kKvGroup * kKvGroup : context;
 }
 // Bytes from one head's cache to the next's.
 inline size_t kv_head_bytes(KvType t, int64_t context, int64_t head_dim) {

@@ -36,6 +36,18 @@ float quantize_block_q8(const float* x, int8_t* q) {
     return d;
 }
 
+float quantize_block_q4(const float* x, int8_t* q) {
+    float amax = 0.0f;  // fmax drops NaN
+    for (int j = 0; j < kBlockK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float d = amax / 7.0f;
+    const float inv = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < kBlockK; ++j) {
+        const float v = std::fmin(std::fmax(x[j] * inv, -7.0f), 7.0f);  // as q8's
+        q[j] = int8_t(std::lround(v));
+    }
+    return d;
+}
+
 float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
     float amax = 0.0f;  // fmax drops NaN
     for (int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(x[j]));
@@ -67,6 +79,28 @@ void store_value_q8(const float* x, ValueGroupQ8* groups, int64_t j, int64_t d) 
     for (int64_t b = 0; b < nb; ++b) g[b].d[l] = quantize_block_q8(x + b * kBlockK, g[b].q[l]);
 }
 
+void store_key_q4(const float* x, KeyGroupQ4* groups, int64_t j, int64_t d) {
+    const int64_t nb = d / kBlockK, l = j % kKvGroup;
+    KeyGroupQ4* g = groups + j / kKvGroup * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+        int8_t q[kBlockK];
+        g[b].d[l] = quantize_block_q4(x + b * kBlockK, q);
+        for (int p = 0; p < kBlockK / 2; ++p)
+            g[b].q[p][l] = uint8_t((q[2 * p] + 8) | (q[2 * p + 1] + 8) << 4);
+    }
+}
+
+void store_value_q4(const float* x, ValueGroupQ4* groups, int64_t j, int64_t d) {
+    const int64_t nb = d / kBlockK, l = j % kKvGroup;
+    ValueGroupQ4* g = groups + j / kKvGroup * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+        int8_t q[kBlockK];
+        g[b].d[l] = quantize_block_q4(x + b * kBlockK, q);
+        for (int e = 0; e < kBlockK / 2; ++e)
+            g[b].q[l][e] = uint8_t((q[e] + 8) | (q[e + kBlockK / 2] + 8) << 4);
+    }
+}
+
 namespace {
 template <typename Group, typename Store>
 void quantize_rows(const float* x, Group* groups, int64_t n, int64_t d, Store store) {
@@ -82,6 +116,14 @@ void quantize_keys_q8(const float* x, KeyGroupQ8* groups, int64_t n, int64_t d) 
 
 void quantize_values_q8(const float* x, ValueGroupQ8* groups, int64_t n, int64_t d) {
     quantize_rows(x, groups, n, d, store_value_q8);
+}
+
+void quantize_keys_q4(const float* x, KeyGroupQ4* groups, int64_t n, int64_t d) {
+    quantize_rows(x, groups, n, d, store_key_q4);
+}
+
+void quantize_values_q4(const float* x, ValueGroupQ4* groups, int64_t n, int64_t d) {
+    quantize_rows(x, groups, n, d, store_value_q4);
 }
 
 const char* format_name(WeightFormat f) {

@@ -125,12 +125,49 @@ struct ValueGroupQ8 {
 };
 static_assert(sizeof(KeyGroupQ8) == 576 && sizeof(ValueGroupQ8) == 576,
               "the int8 cache's groups are part of the kernel ABI");
-// Bytes per 32 cached values.
+
+// The 4-bit KV cache: the int8 cache's groups with 4-bit codes, 20 bytes per 32 values (0.56x),
+// for contexts where the cache, not the weights, is what a decode step reads. A block's codes
+// are symmetric, d = amax / 7 and q = round(x / d) within +-7 (quantize_block_q4), stored as
+// q + 8 in a nibble; the scales stay floats, so both caches weigh and scale alike and the
+// kernels widen the nibbles to the int8 cache's lanes. Keys (q4k16): byte q[p][l] holds
+// elements 2p (low nibble) and 2p + 1 (high) of position l, so 16 bytes give a column pair of
+// the group's 16 positions. Values (q4v16): byte q[l][e] holds element e (low) and e + 16
+// (high) of position l, so a mask gives a row's first 16 codes in order and a shift the last.
+struct KeyGroupQ4 {
+    uint8_t q[kBlockK / 2][kKvGroup];
+    float d[kKvGroup];
+};
+struct ValueGroupQ4 {
+    uint8_t q[kKvGroup][kBlockK / 2];
+    float d[kKvGroup];
+};
+static_assert(sizeof(KeyGroupQ4) == 320 && sizeof(ValueGroupQ4) == 320,
+              "the 4-bit cache's groups are part of the kernel ABI");
+// Code e (< 32) of position l (< 16) in a block of either cache's groups: what the layouts mean.
+inline int key_code(const KeyGroupQ8& g, int l, int e) {
+    return g.q[e / 2][l][e % 2];
+}
+inline int key_code(const KeyGroupQ4& g, int l, int e) {
+    return (g.q[e / 2][l] >> 4 * (e % 2) & 15) - 8;
+}
+inline int value_code(const ValueGroupQ8& g, int l, int e) {
+    return g.q[l][e];
+}
+inline int value_code(const ValueGroupQ4& g, int l, int e) {
+    return (g.q[l][e % (kBlockK / 2)] >> 4 * (e / (kBlockK / 2)) & 15) - 8;
+}
+// Bytes per 32 cached values, of the int8 and the 4-bit cache.
 inline constexpr int64_t kKvBlockBytes = sizeof(KeyGroupQ8) / kKvGroup;
+inline constexpr int64_t kKvBlockBytesQ4 = sizeof(KeyGroupQ4) / kKvGroup;
 
 // One symmetric int8 block, the definition of q8a and of the int8 cache's blocks:
 // d = amax / 127, q = round(x / d) (half away from zero) within +-127; returns d.
 float quantize_block_q8(const float* x, int8_t* q);
+
+// One symmetric 4-bit block, the definition of the 4-bit cache's blocks: d = amax / 7,
+// q = round(x / d) (half away from zero) within +-7; returns d.
+float quantize_block_q4(const float* x, int8_t* q);
 
 // A query row for integer dot products with an int8 cache: s = amax / 32767, q = round(x / s)
 // (half away from zero) within +-32767; returns s. Scalar, the same codes on every table.
@@ -141,7 +178,10 @@ float quantize_row_q16(const float* x, int16_t* q, int64_t n);
 // once and read at every later step, so its speed hardly matters.
 void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d);
 void store_value_q8(const float* x, ValueGroupQ8* groups, int64_t j, int64_t d);
-// Groups of a head's int8 cache for n positions of d elements.
+// The same for the 4-bit cache (quantize_block_q4 per block).
+void store_key_q4(const float* x, KeyGroupQ4* groups, int64_t j, int64_t d);
+void store_value_q4(const float* x, ValueGroupQ4* groups, int64_t j, int64_t d);
+// Groups of a head's int8 or 4-bit cache for n positions of d elements.
 inline int64_t kv_groups(int64_t n, int64_t d) {
     return (n + kKvGroup - 1) / kKvGroup * (d / kBlockK);
 }
@@ -149,6 +189,8 @@ inline int64_t kv_groups(int64_t n, int64_t d) {
 // last group zeroed (tests and benches).
 void quantize_keys_q8(const float* x, KeyGroupQ8* groups, int64_t n, int64_t d);
 void quantize_values_q8(const float* x, ValueGroupQ8* groups, int64_t n, int64_t d);
+void quantize_keys_q4(const float* x, KeyGroupQ4* groups, int64_t n, int64_t d);
+void quantize_values_q4(const float* x, ValueGroupQ4* groups, int64_t n, int64_t d);
 
 // IEEE half and bfloat16 to float (exact).
 float f16_to_f32(uint16_t h);

@@ -55,6 +55,10 @@ def fitting_context(state_bytes: StateBytes, limit: int, share: float) -> int:
     return fits
 
 
+# The next smaller KV cache a message can suggest, by cache type.
+SMALLER_KV_CACHE = {"f32": "q8", "f16": "q8", "q8": "q4"}
+
+
 def check_new_state(state_bytes: StateBytes, limit: int, context: int, kv_cache: str) -> None:
     """Raises ContextLengthError when a state for `context` tokens would not fit the memory
     available now, saying how many tokens would."""
@@ -66,7 +70,7 @@ def check_new_state(state_bytes: StateBytes, limit: int, context: int, kv_cache:
             f"a state for {context} tokens needs {need / 2**20:.0f} MiB "
             f"({kv_cache} KV cache) but only {available / 2**20:.0f} MiB of memory is "
             f"available; use a smaller --context (at most {fits} tokens fit now)"
-            + ("" if kv_cache == "q8" else " or --kv-cache q8")
+            + (f" or --kv-cache {SMALLER_KV_CACHE[kv_cache]}" if kv_cache in SMALLER_KV_CACHE else "")
         )
 
 
@@ -101,6 +105,10 @@ def check_growth(
         raise MemoryLimitError(
             f"the state cannot grow to {end} tokens: their cache needs {need / 2**20:.0f} "
             f"MiB more but only {available / 2**20:.0f} MiB of memory is available"
-            + ("" if kv_cache == "q8" else "; --kv-cache q8 needs less")
+            + (
+                f"; --kv-cache {SMALLER_KV_CACHE[kv_cache]} needs less"
+                if kv_cache in SMALLER_KV_CACHE
+                else ""
+            )
         )
     return end

@@ -131,7 +131,7 @@ def state_bytes_for(
 # --- the model ----------------------------------------------------------------------------------
 DEFAULT_CONTEXT = 4096  # tokens a state holds unless the caller asks for another length
 DEFAULT_BATCH = 128  # tokens one native pass processes; longer prompts are split
-KV_CACHE_TYPES = ("f16", "f32", "q8")
+KV_CACHE_TYPES = ("f16", "f32", "q8", "q4")
 
 
 def _default_threads() -> int:
@@ -351,8 +351,9 @@ class Model:
                 use).
             context: tokens a new state holds (default 4096, at most the model's limit).
             isa: kernel table tag (default: QWEN_EDGE_ISA, else the best for this CPU).
-            kv_cache: "f16" (default), "f32", or "q8" keys and values (int8 in blocks of 32
-                with a float scale: 1.125 bytes per element, for long contexts).
+            kv_cache: "f16" (default), "f32", "q8" keys and values (int8 in blocks of 32
+                with a float scale: 1.125 bytes per element, for long contexts) or "q4" (4-bit
+                codes, 0.625 bytes per element, for the longest).
             batch: tokens per native pass of a long prompt (scratch is sized by it).
             pin: pin thread i to the i-th allowed CPU.
             spin_us: how long idle workers spin before sleeping.

@@ -121,9 +121,10 @@ def fit_context(llm: Any, args: argparse.Namespace) -> None:
 def add_kv_cache_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kv-cache",
-        choices=["f16", "f32", "q8"],
+        choices=["f16", "f32", "q8", "q4"],
         default="f16",
-        help="KV cache type of the native runtime (q8: int8, for long contexts; default f16)",
+        help="KV cache type of the native runtime (q8: int8, for long contexts; q4: 4-bit, "
+        "for the longest; default f16)",
     )
 
 

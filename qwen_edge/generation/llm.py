@@ -363,8 +363,8 @@ def load(
             (numpy reference backend: exact but slow, for tests and small models).
         threads: worker threads of the native runtime (default: all cores).
         context: the most tokens a generation may hold (default: the model's maximum).
-        kv_cache: the native runtime's KV cache: "f16" (default), "f32", or "q8" (int8, 0.6x
-            the memory of f16, for long contexts).
+        kv_cache: the native runtime's KV cache: "f16" (default), "f32", "q8" (int8, 0.6x
+            the memory of f16, for long contexts) or "q4" (4-bit, 0.3x, for the longest).
         backend: "auto" (by path), "native", "onnxruntime" or "reference".
         tokenizer_backend: "auto", "tokenizers" or "python" (see `generation/tokenizer.py`).
         cache_mb: megabytes of prompt-prefix snapshots to keep (`PrefixCache`); 0 keeps none.

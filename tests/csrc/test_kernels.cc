@@ -404,6 +404,18 @@ QE_TEST(attention_matches_ref) {
                     q.data(), d, n_q * d, n_q, 1, k8.data(), v8.data(), n, d, 0.2f,
                     scratch.data(), orf.data(), d, n_q * d);
                 expect_close(o, orf, 1e-5, integers ? 1e-4 : 1e-5, "attention_q8", t->tag);
+                // The 4-bit cache: the same arithmetic on the nibbles' codes.
+                std::vector<qe::KeyGroupQ4> k4(k8.size());
+                std::vector<qe::ValueGroupQ4> v4(k8.size());
+                qe::quantize_keys_q4(k.data(), k4.data(), n, d);
+                qe::quantize_values_q4(v.data(), v4.data(), n, d);
+                t->attention_q4(q.data(), d, n_q * d, n_q, 1, k4.data(), v4.data(), n, d, 0.2f,
+                                scratch.data(), o.data(), d, n_q * d);
+                const bool integers4 = t->attention_q4 != ref().attention_q4;
+                (integers4 ? qe::ref::attention_q4_integer_weights : ref().attention_q4)(
+                    q.data(), d, n_q * d, n_q, 1, k4.data(), v4.data(), n, d, 0.2f,
+                    scratch.data(), orf.data(), d, n_q * d);
+                expect_close(o, orf, 1e-5, integers4 ? 1e-4 : 1e-5, "attention_q4", t->tag);
             }
         }
     }
@@ -430,15 +442,21 @@ QE_TEST(attention_tokens_equal_one_at_a_time) {
             ref().cvt_f32_f16(v.data(), v16.data(), int64_t(v.size()));
             std::vector<qe::KeyGroupQ8> k8;
             std::vector<qe::ValueGroupQ8> v8;
+            std::vector<qe::KeyGroupQ4> k4;
+            std::vector<qe::ValueGroupQ4> v4;
             if (d % qe::kBlockK == 0) {
                 k8.resize(size_t(qe::kv_groups(n, d)));
                 v8.resize(k8.size());
+                k4.resize(k8.size());
+                v4.resize(k8.size());
                 qe::quantize_keys_q8(k.data(), k8.data(), n, d);
                 qe::quantize_values_q8(v.data(), v8.data(), n, d);
+                qe::quantize_keys_q4(k.data(), k4.data(), n, d);
+                qe::quantize_values_q4(v.data(), v4.data(), n, d);
             }
             std::vector<float> scratch(size_t(qe::attention_scratch(n_t * n_q, n)));
-            for (int kind = 0; kind < 3; ++kind) {
-                if (kind == 2 && k8.empty()) continue;
+            for (int kind = 0; kind < 4; ++kind) {
+                if (kind >= 2 && k8.empty()) continue;
                 auto call = [&](const float* qr, int64_t heads, int64_t tokens, int64_t len,
                                 float* out) {
                     if (kind == 0) {
@@ -447,8 +465,11 @@ QE_TEST(attention_tokens_equal_one_at_a_time) {
                     } else if (kind == 1) {
                         t->attention_f32(qr, d, ld, heads, tokens, k.data(), v.data(), len, d,
                                          0.2f, scratch.data(), out, d, ld);
-                    } else {
+                    } else if (kind == 2) {
                         t->attention_q8(qr, d, ld, heads, tokens, k8.data(), v8.data(), len, d,
+                                        0.2f, scratch.data(), out, d, ld);
+                    } else {
+                        t->attention_q4(qr, d, ld, heads, tokens, k4.data(), v4.data(), len, d,
                                         0.2f, scratch.data(), out, d, ld);
                     }
                 };
@@ -462,10 +483,10 @@ QE_TEST(attention_tokens_equal_one_at_a_time) {
                     }
                 }
                 static const char* names[] = {"attention_f16 tokens", "attention_f32 tokens",
-                                              "attention_q8 tokens"};
-                static const char* alone_names[] = {"attention_f16 heads alone",
-                                                    "attention_f32 heads alone",
-                                                    "attention_q8 heads alone"};
+                                              "attention_q8 tokens", "attention_q4 tokens"};
+                static const char* alone_names[] = {
+                    "attention_f16 heads alone", "attention_f32 heads alone",
+                    "attention_q8 heads alone", "attention_q4 heads alone"};
                 expect_same(all, one, names[kind], t->tag);
                 expect_same(all, alone, alone_names[kind], t->tag);
             }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // NEON softmax attention of a call's queries over one KV head's cache (f16 by default, f32
-// optional, or int8): scores by 4-lane dot products over the head dimension (integer ones
-// against the int8 cache, and so is its weighted sum), streaming over tiles of
+// optional, int8 or 4-bit): scores by 4-lane dot products over the head dimension (integer
+// ones against the integer caches, and so is their weighted sum), streaming over tiles of
 // kAttentionTile positions with an online softmax (kernels.h): a tile's scores, their max and
 // exp_f32x4, then out = out * exp(m_old - m_new) + sum_j p_j v_j; out / sum at the end. The
 // queries walk the tiles in blocks, so each tile is read from memory once per block, and a
@@ -95,7 +95,37 @@ QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t 
     }
 }
 
-// Scores on the int8 cache: the query in int16 against the q8k16 keys (formats.h), 4G
+// The integer caches: their keys and values go in groups (formats.h) and in integers; the
+// 4-bit cache's nibbles are widened to the int8 cache's lanes where they are loaded.
+template <typename T>
+constexpr bool kKeyGroups = std::is_same_v<T, KeyGroupQ8> || std::is_same_v<T, KeyGroupQ4>;
+template <typename T>
+constexpr bool kValueGroups = std::is_same_v<T, ValueGroupQ8> || std::is_same_v<T, ValueGroupQ4>;
+
+// Column pair e of positions l .. l + 3 of a key block, widened to int16 (position, element).
+QE_NEON_INLINE int16x8_t key_pairs(const KeyGroupQ8& g, int e, int l) {
+    return vmovl_s8(vld1_s8(g.q[e][l]));
+}
+QE_NEON_INLINE int16x8_t key_pairs(const KeyGroupQ4& g, int e, int l) {
+    uint32_t four;
+    std::memcpy(&four, g.q[e] + l, sizeof four);
+    const uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(four));
+    const uint8x8_t pairs = vzip1_u8(vand_u8(b, vdup_n_u8(15)), vshr_n_u8(b, 4));
+    return vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(pairs)), vdupq_n_s16(8));
+}
+
+// A value row's 16 codes from column 16h, as int8; the 4-bit rows' low nibbles are columns
+// 0-15, their high ones 16-31 (formats.h).
+QE_NEON_INLINE int8x16_t value_codes(const int8_t* row, int h) {
+    return vld1q_s8(row + 16 * h);
+}
+QE_NEON_INLINE int8x16_t value_codes(const uint8_t* row, int h) {
+    const uint8x16_t b = vld1q_u8(row);
+    const uint8x16_t c = h == 0 ? vandq_u8(b, vdupq_n_u8(15)) : vshrq_n_u8(b, 4);
+    return vsubq_s8(vreinterpretq_s8_u8(c), vdupq_n_s8(8));
+}
+
+// Scores on an integer cache: the query in int16 against the q8k16 (q4k16) keys, 4G
 // positions at a time along lanes. A load of a column pair for 4 positions, widened once to
 // int16 for all rows, times the row's pair of codes (broadcast) by smlal into int32 lanes
 // (position, element), a pairwise add per block to the positions' exact sums, scaled by the
@@ -104,8 +134,8 @@ QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t 
 // and later a horizontal sum on top of the same smlal count. A tile starts a group, so 4G
 // positions never straddle one; positions past nt are computed from the group's rest
 // (allocated whole) and not stored.
-template <int R>
-QE_NEON_INLINE void score_q8(Row* rows, const KeyGroupQ8* k, int64_t j0, int64_t nt, int64_t d,
+template <int R, typename KG>
+QE_NEON_INLINE void score_q8(Row* rows, const KG* k, int64_t j0, int64_t nt, int64_t d,
                              float scale) {
     // 4G x 2R int32 chains; each row's pair broadcast serves 4G positions (G = 1 took 19 %
     // more instructions than rows of keys had, counted under qemu).
@@ -114,7 +144,7 @@ QE_NEON_INLINE void score_q8(Row* rows, const KeyGroupQ8* k, int64_t j0, int64_t
                   "a tile's quads fall in whole key groups");
     const int64_t nb = d / kBlockK;
     for (int64_t j = 0; j < nt; j += 4 * G) {
-        const KeyGroupQ8* kg = k + (j0 + j) / kKvGroup * nb;
+        const KG* kg = k + (j0 + j) / kKvGroup * nb;
         const int l = int((j0 + j) % kKvGroup);
         float32x4_t acc_f[G][R];
         for (int g = 0; g < G; ++g)
@@ -125,7 +155,7 @@ QE_NEON_INLINE void score_q8(Row* rows, const KeyGroupQ8* k, int64_t j0, int64_t
                 for (int r = 0; r < R; ++r) acc[g][r][0] = acc[g][r][1] = vdupq_n_s32(0);
             for (int e = 0; e < kBlockK / 2; ++e) {
                 int16x8_t c[G];  // (position, element) pairs of positions l + 4g ..
-                for (int g = 0; g < G; ++g) c[g] = vmovl_s8(vld1_s8(kg[b].q[e][l + 4 * g]));
+                for (int g = 0; g < G; ++g) c[g] = key_pairs(kg[b], e, l + 4 * g);
                 for (int r = 0; r < R; ++r) {
                     int32_t pair;
                     std::memcpy(&pair, rows[r].qc + b * kBlockK + 2 * e, sizeof pair);
@@ -211,12 +241,12 @@ QE_NEON_INLINE Q8Scratch& q8_scratch(int64_t nb) {
 }
 
 // The tile's weights (vt: its first value group; the rows see its nt positions, scores in p).
-template <int R>
-QE_NEON_INLINE void q8_weights(const Row* rows, const ValueGroupQ8* vt, int64_t nb, int64_t nt,
+template <int R, typename VG>
+QE_NEON_INLINE void q8_weights(const Row* rows, const VG* vt, int64_t nb, int64_t nt,
                                Q8Scratch& x) {
     float* s = x.s.data();
     for (int64_t b = 0; b < nb; ++b) {
-        const ValueGroupQ8* vg = vt + b;
+        const VG* vg = vt + b;
         for (int64_t j = 0; j < nt; j += kKvGroup, vg += nb)
             std::memcpy(s + b * nt + j, vg->d, size_t(std::min<int64_t>(kKvGroup, nt - j)) * 4);
     }
@@ -252,8 +282,8 @@ QE_NEON_INLINE void q8_weights(const Row* rows, const ValueGroupQ8* vt, int64_t 
 // out += unit * sum_j w_j codes_j over the tile for R rows (out already scaled by alpha),
 // block by block, H halves of a block (16 columns each) per pass: 4H x R int32 chains (smlal
 // waits ~4 cycles, and two pipes want ~8 in flight).
-template <int R>
-QE_NEON_INLINE void weigh_q8(Row* rows, const ValueGroupQ8* vt, int64_t d, int64_t nt) {
+template <int R, typename VG>
+QE_NEON_INLINE void weigh_q8(Row* rows, const VG* vt, int64_t d, int64_t nt) {
     constexpr int H = R <= 2 ? 2 : 1;
     const int64_t nb = d / kBlockK;
     Q8Scratch& x = q8_scratch(nb);
@@ -265,12 +295,12 @@ QE_NEON_INLINE void weigh_q8(Row* rows, const ValueGroupQ8* vt, int64_t d, int64
                 for (int c = 0; c < 4 * H; ++c) acc[r][c] = vdupq_n_s32(0);
             // Group by group, a pointer stepping through each (no address arithmetic per
             // position).
-            const ValueGroupQ8* vg = vt + b;
+            const VG* vg = vt + b;
             for (int64_t j = 0; j < nt; ++j) {
                 if (j > 0 && j % kKvGroup == 0) vg += nb;
                 int16x8_t codes[2 * H];
                 for (int h = 0; h < H; ++h) {
-                    const int8x16_t c = vld1q_s8(vg->q[j % kKvGroup] + 16 * (h0 + h));
+                    const int8x16_t c = value_codes(vg->q[j % kKvGroup], h0 + h);
                     codes[2 * h] = vmovl_s8(vget_low_s8(c));
                     codes[2 * h + 1] = vmovl_high_s8(c);
                 }
@@ -306,7 +336,7 @@ void attend_tile(Row* rows, const K* k, const V* v, int64_t j0, int64_t d, float
     const int64_t d4 = d & ~int64_t{3};
     const int64_t nt = rows[0].n - j0 < kAttentionTile ? rows[0].n - j0 : kAttentionTile;
     int64_t j = 0;
-    if constexpr (std::is_same_v<K, KeyGroupQ8>) {
+    if constexpr (kKeyGroups<K>) {
         score_q8<R>(rows, k, j0, nt, d, scale);
     } else {
         for (; j + kPos <= nt; j += kPos) score<R, kPos>(rows, k, j0, j, d, d4, scale);
@@ -326,7 +356,7 @@ void attend_tile(Row* rows, const K* k, const V* v, int64_t j0, int64_t d, float
             for (int64_t e = 0; e < d; ++e) row.out[e] *= alpha;
         }
     }
-    if constexpr (std::is_same_v<V, ValueGroupQ8>) {
+    if constexpr (kValueGroups<V>) {
         weigh_q8<R>(rows, v + j0 / kKvGroup * (d / kBlockK), d, nt);
     } else {
         const int64_t v0 = j0 * d;
@@ -360,7 +390,7 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
     // The int8 cache's quantized queries, a slot per row of a block, kept by the thread from
     // call to call.
     thread_local std::vector<int16_t> codes;
-    if constexpr (std::is_same_v<K, KeyGroupQ8>) {
+    if constexpr (kKeyGroups<K>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
     }
     for (int64_t first = 0; first < total; first += kBlock) {
@@ -369,7 +399,7 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
             const int64_t r = (first + b) / n_q, i = (first + b) % n_q;
             rows[b] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, scratch + b * ldp,
                           n - (n_t - 1 - r), -INFINITY, 0.0f};
-            if constexpr (std::is_same_v<K, KeyGroupQ8>) {
+            if constexpr (kKeyGroups<K>) {
                 int16_t* qc = codes.data() + b * d;
                 rows[b].qs = quantize_row_q16(rows[b].q, qc, d);
                 rows[b].qc = qc;

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Scalar reference of softmax attention over one KV head (docs/model.md §4.7 step 5), for an f16,
-// f32 or int8 KV cache (whose scores are integer dot products with the query in int16),
+// f32, int8 or 4-bit KV cache (the last two's scores are integer dot products with the query in
+// int16),
 // streaming: per tile of kAttentionTile positions the scores, the tile's max, then the
 // online-softmax update (running max m and sum l per query; out rescaled by exp(m_old - m_new)
 // when the max grows); out / l at the end. Scratch: one tile of scores per query, whatever n.
 // Several tokens are attended one after the other: the definition of what a kernel that
-// shares K/V tiles among them must give. attention_q8_integer_weights defines the weighted sum
-// over the int8 cache of the SIMD tables (kernels.h): int16 weights, exact int32 sums.
+// shares K/V tiles among them must give. attention_q8_integer_weights (and _q4_) define the
+// weighted sum over the integer caches of the SIMD tables (kernels.h): int16 weights, exact
+// int32 sums.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -25,21 +27,35 @@ inline float at(const uint16_t* c, int64_t i) {
     return f16_to_f32(c[i]);
 }
 
-// Element e of value row j, as float; the int8 cache's from its group (formats.h).
+// The integer caches' groups (formats.h).
+template <typename T>
+constexpr bool kGroups = std::is_same_v<T, KeyGroupQ8> || std::is_same_v<T, ValueGroupQ8> ||
+                         std::is_same_v<T, KeyGroupQ4> || std::is_same_v<T, ValueGroupQ4>;
+
+// Element e of value row j, as float; the integer caches' from its group (formats.h).
 template <typename T>
 float value(const T* v, int64_t j, int64_t e, int64_t d) {
     return at(v, j * d + e);
 }
-const ValueGroupQ8& value_block(const ValueGroupQ8* v, int64_t j, int64_t b, int64_t d) {
+template <typename G>
+const G& value_block(const G* v, int64_t j, int64_t b, int64_t d) {
     return v[j / kKvGroup * (d / kBlockK) + b];
 }
+template <typename G>
+float value_of_group(const G* v, int64_t j, int64_t e, int64_t d) {
+    const G& g = value_block(v, j, e / kBlockK, d);
+    const int l = int(j % kKvGroup);
+    return g.d[l] * float(value_code(g, l, int(e % kBlockK)));
+}
 float value(const ValueGroupQ8* v, int64_t j, int64_t e, int64_t d) {
-    const ValueGroupQ8& g = value_block(v, j, e / kBlockK, d);
-    return g.d[j % kKvGroup] * float(g.q[j % kKvGroup][e % kBlockK]);
+    return value_of_group(v, j, e, d);
+}
+float value(const ValueGroupQ4* v, int64_t j, int64_t e, int64_t d) {
+    return value_of_group(v, j, e, d);
 }
 
-// The query's dot product with key row j: in float against f16 and f32 keys; against the int8
-// cache's q8k16 keys the query is rounded to int16 codes qc with one scale qs
+// The query's dot product with key row j: in float against f16 and f32 keys; against the
+// integer caches' keys (q8k16, q4k16) the query is rounded to int16 codes qc with one scale qs
 // (quantize_row_q16), each block's products summed exactly in integers and scaled by the
 // block's scale, the blocks summed in order, times qs.
 struct Query {
@@ -53,25 +69,33 @@ float dot(const Query& query, const T* k, int64_t j, int64_t d) {
     for (int64_t e = 0; e < d; ++e) total += query.q[e] * at(k, j * d + e);
     return total;
 }
-float dot(const Query& query, const KeyGroupQ8* k, int64_t j, int64_t d) {
-    const int64_t nb = d / kBlockK, l = j % kKvGroup;
+template <typename G>
+float dot_groups(const Query& query, const G* k, int64_t j, int64_t d) {
+    const int64_t nb = d / kBlockK;
+    const int l = int(j % kKvGroup);
     float total = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
-        const KeyGroupQ8& kb = k[j / kKvGroup * nb + b];
+        const G& kb = k[j / kKvGroup * nb + b];
         int32_t sum = 0;
         for (int e = 0; e < kBlockK; ++e)
-            sum += int32_t(query.qc[b * kBlockK + e]) * kb.q[e / 2][l][e % 2];
+            sum += int32_t(query.qc[b * kBlockK + e]) * key_code(kb, l, e);
         total += kb.d[l] * float(sum);
     }
     return total * query.qs;
 }
+float dot(const Query& query, const KeyGroupQ8* k, int64_t j, int64_t d) {
+    return dot_groups(query, k, j, d);
+}
+float dot(const Query& query, const KeyGroupQ4* k, int64_t j, int64_t d) {
+    return dot_groups(query, k, j, d);
+}
 
-// out += sum_j p_j v[j0 + j] over a tile of the int8 cache, in integers: per value block b
+// out += sum_j p_j v[j0 + j] over a tile of an integer cache, in integers: per value block b
 // the weights p_j * dv_jb rounded to int16 against the bound W = max_j p_j * max_j dv_jb
 // (w_j = rint(p_j * dv_jb * kWeightOne / W)), their products with the codes summed exactly
 // in int32, then scaled by W / kWeightOne.
-void weigh_integers(const float* p, const ValueGroupQ8* v, int64_t j0, int64_t nt, int64_t d,
-                    float* out) {
+template <typename G>
+void weigh_integers(const float* p, const G* v, int64_t j0, int64_t nt, int64_t d, float* out) {
     const int64_t nb = d / kBlockK;
     float p_max = 0.0f;
     for (int64_t j = 0; j < nt; ++j) p_max = std::fmax(p_max, p[j]);
@@ -83,12 +107,12 @@ void weigh_integers(const float* p, const ValueGroupQ8* v, int64_t j0, int64_t n
         const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
         int32_t sum[kBlockK] = {};
         for (int64_t j = 0; j < nt; ++j) {
-            const ValueGroupQ8& vb = value_block(v, j0 + j, b, d);
-            const int64_t l = (j0 + j) % kKvGroup;
+            const G& vb = value_block(v, j0 + j, b, d);
+            const int l = int((j0 + j) % kKvGroup);
             // Within [0, kWeightOne] but for a NaN, which the clamp keeps from the conversion.
             const float t = std::fmin(std::fmax(p[j] * vb.d[l] * inv, 0.0f), float(kWeightOne));
             const auto w = int32_t(std::nearbyint(t));
-            for (int e = 0; e < kBlockK; ++e) sum[e] += w * vb.q[l][e];
+            for (int e = 0; e < kBlockK; ++e) sum[e] += w * value_code(vb, l, e);
         }
         const float unit = w_max / float(kWeightOne);
         for (int e = 0; e < kBlockK; ++e) out[b * kBlockK + e] += unit * float(sum[e]);
@@ -101,7 +125,7 @@ void attend(const float* q, int64_t ldq, int64_t n_q, const K* k, const V* v, in
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
         Query query{qi, {}, 0.0f};
-        if constexpr (std::is_same_v<K, KeyGroupQ8>) {
+        if constexpr (kGroups<K>) {
             query.qc.resize(size_t(d));
             query.qs = quantize_row_q16(qi, query.qc.data(), d);
         }
@@ -155,6 +179,13 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
 
 void attention_q8_integer_weights(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q,
                                   int64_t n_t, const KeyGroupQ8* k, const ValueGroupQ8* v,
+                                  int64_t n, int64_t d, float scale, float* scratch, float* out,
+                                  int64_t ldo, int64_t ldot) {
+    attention<true>(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);
+}
+
+void attention_q4_integer_weights(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q,
+                                  int64_t n_t, const KeyGroupQ4* k, const ValueGroupQ4* v,
                                   int64_t n, int64_t d, float scale, float* scratch, float* out,
                                   int64_t ldo, int64_t ldot) {
     attention<true>(q, ldq, ldqt, n_q, n_t, k, v, n, d, scale, scratch, out, ldo, ldot);

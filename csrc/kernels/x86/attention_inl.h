@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// Attention over one KV head (f16, f32 or q8 cache) on float vectors (the int8 cache's on
-// integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
+// Attention over one KV head (f16, f32, int8 or 4-bit cache) on float vectors (the integer
+// caches' on integer ones), shared by the avx2 (8 lanes) and avx512_vnni (16 lanes) tables. Included
 // INSIDE the ISA namespace of a translation unit compiled with that ISA's flags (after
 // <immintrin.h>, <cmath>, <cstring>, <type_traits>, <vector>, kernels.h and avx2_inl.h), with
 // QE_ATTENTION_LANES defined as 8 or 16 (and for 8, QE_ATTENTION_AVX_VNNI where the file has
@@ -112,14 +112,30 @@ static inline const void* element_at(const float* c, int64_t i) {
 static inline const void* element_at(const uint16_t* c, int64_t i) {
     return c + i;
 }
-// The int8 cache's groups hold 36 bytes per 32 values, as rows of blocks would, so a position's
-// share of its group lies where its row would (exact at group boundaries: what fetches use).
+// The integer caches' groups hold sizeof(G) / 16 bytes per 32 values, as rows of blocks
+// would, so a position's share of its group lies where its row would (exact at group
+// boundaries: what fetches use).
+template <typename G>
+static inline const void* group_element_at(const G* c, int64_t i) {
+    return reinterpret_cast<const char*>(c) + uint64_t(i) / kBlockK * (sizeof(G) / kKvGroup);
+}
 static inline const void* element_at(const KeyGroupQ8* c, int64_t i) {
-    return reinterpret_cast<const char*>(c) + uint64_t(i) / kBlockK * kKvBlockBytes;
+    return group_element_at(c, i);
 }
 static inline const void* element_at(const ValueGroupQ8* c, int64_t i) {
-    return reinterpret_cast<const char*>(c) + uint64_t(i) / kBlockK * kKvBlockBytes;
+    return group_element_at(c, i);
 }
+static inline const void* element_at(const KeyGroupQ4* c, int64_t i) {
+    return group_element_at(c, i);
+}
+static inline const void* element_at(const ValueGroupQ4* c, int64_t i) {
+    return group_element_at(c, i);
+}
+// The integer caches: their keys and values go in groups (formats.h) and in integers.
+template <typename T>
+constexpr bool kKeyGroups = std::is_same_v<T, KeyGroupQ8> || std::is_same_v<T, KeyGroupQ4>;
+template <typename T>
+constexpr bool kValueGroups = std::is_same_v<T, ValueGroupQ8> || std::is_same_v<T, ValueGroupQ4>;
 template <typename T>
 static inline const char* row_at(const T* c, int64_t j, int64_t d) {
     return static_cast<const char*>(element_at(c, j * d));
@@ -300,7 +316,9 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
         for (int r = 0; r < R; ++r) QE_V(storeu_ps)(rows[r].out + e0 + c * kLanes, o[c][r]);
 }
 
-// ---- The int8 cache in integers (kernels.h) -------------------------------------------------
+// ---- The integer caches in integers (kernels.h) ---------------------------------------------
+// The 4-bit cache goes through the int8 cache's code: its nibbles are widened to the same
+// int8 lanes where they are loaded (key_pairs, codes16, codes32), everything else is shared.
 
 // The buffers of a tile on the int8 cache, kept by the thread from call to call (134 KiB at
 // d = 256). Scores of runs of 8 or more (prefill): the tile's key pairs widened to int16 (kt,
@@ -312,7 +330,7 @@ struct Q8Scratch {
         int32_t lanes[kLanes];
     };
     std::vector<Lanes> kt;  // std::vector<IVec> would drop the type's alignment
-    const KeyGroupQ8* widened_base = nullptr;
+    const void* widened_base = nullptr;
     int64_t widened = 0;
     std::vector<int16_t> w;
 };
@@ -357,6 +375,14 @@ static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
 static inline IVec key_pairs(const KeyGroupQ8& g, int e, int l0) {
     return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[e][l0])));
 }
+static inline IVec key_pairs(const KeyGroupQ4& g, int e, int l0) {
+    // A position's byte in its 32-bit lane; its high nibble moved to the lane's upper half.
+    const IVec x =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.q[e] + l0)));
+    const IVec pair = _mm256_and_si256(_mm256_or_si256(x, _mm256_slli_epi32(x, 12)),
+                                       _mm256_set1_epi32(0x000f000f));
+    return _mm256_sub_epi16(pair, _mm256_set1_epi16(8));
+}
 
 // The first m lanes of f at p.
 static inline void store_first(float* p, Vec f, int m) {
@@ -381,6 +407,13 @@ static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
 static inline IVec key_pairs(const KeyGroupQ8& g, int e, int) {
     return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.q[e])));
 }
+static inline IVec key_pairs(const KeyGroupQ4& g, int e, int) {
+    // A position's byte in its 32-bit lane; its high nibble moved to the lane's upper half.
+    const IVec x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[e])));
+    const IVec pair = _mm512_ternarylogic_epi32(x, _mm512_slli_epi32(x, 12),
+                                                _mm512_set1_epi32(0x000f000f), 0xa8);  // (a|b)&c
+    return _mm512_sub_epi16(pair, _mm512_set1_epi16(8));
+}
 
 static inline void store_first(float* p, Vec f, int m) {
     _mm512_mask_storeu_ps(p, __mmask16((1u << m) - 1), f);
@@ -393,8 +426,8 @@ static inline void store_first(float* p, Vec f, int m) {
 // pairs, converted and scaled by the positions' block scales; fetching pf_lines cache lines
 // from pf meanwhile, a few per block. A function of its own, the columns unrolled: inlined
 // into score_tile, unrolled or not, an avx512 decode call measured 2 % slower.
-template <int R>
-__attribute__((noinline)) static void group_scores(const KeyGroupQ8* kg, int l0, int64_t nb,
+template <int R, typename KG>
+__attribute__((noinline)) static void group_scores(const KG* kg, int l0, int64_t nb,
                                                    const Row* rows, Vec* f, const char* pf,
                                                    int64_t pf_lines, const IVec* wide) {
     Vec acc_f[R];
@@ -420,28 +453,28 @@ __attribute__((noinline)) static void group_scores(const KeyGroupQ8* kg, int l0,
     for (int r = 0; r < R; ++r) f[r] = acc_f[r];
 }
 
-// score_tile on the int8 cache: p[r * ldp + j] = scale * qs_r * sum_b dk_jb (qc_rb . kc_jb),
+// score_tile on an integer cache: p[r * ldp + j] = scale * qs_r * sum_b dk_jb (qc_rb . kc_jb),
 // kLanes positions at a time (a tile starts a group, so they never straddle one), every row
 // to the tile's last position nt[R - 1] (a row that sees fewer gets values past its own it
 // never reads), fetching the V rows of the positions scored. Runs of 8 or more (prefill)
 // widen each group's pairs once per tile into the scratch for the block's later runs (up to
 // 4): widening per run left a 4k prefill chunk 3-5 % slower than transposing rows had been;
 // decode-sized runs widen as they go.
-template <int R>
-static void score_tile(const Row* rows, const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t j0,
-                       int64_t, const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
+template <int R, typename KG, typename VG>
+static void group_score_tile(const Row* rows, const KG* k, const VG* v, int64_t j0,
+                             const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
     static_assert(kAttentionTile % kKvGroup == 0 && kKvGroup % kLanes == 0,
                   "a tile's lanes fall in whole key groups");
     const int64_t nb = d / kBlockK, n = nt[R - 1];
     const Vec sc = QE_V(set1_ps)(scale);
     Q8Scratch& x = q8_scratch(nb);
-    const KeyGroupQ8* tile = k + j0 / kKvGroup * nb;
+    const KG* tile = k + j0 / kKvGroup * nb;
     if (x.widened_base != tile) x.widened = 0;
     x.widened_base = R >= 8 ? tile : nullptr;
     for (int64_t g = 0; g < n; g += kLanes) {
         const int m = int(n - g < kLanes ? n - g : kLanes);
         const int64_t j = j0 + g;
-        const KeyGroupQ8* kg = k + j / kKvGroup * nb;
+        const KG* kg = k + j / kKvGroup * nb;
         const int l0 = int(j % kKvGroup);
         IVec* wide = reinterpret_cast<IVec*>(x.kt.data() + g / kLanes * nb * 16);
         if (R >= 8 && g + m > x.widened) {
@@ -458,6 +491,16 @@ static void score_tile(const Row* rows, const KeyGroupQ8* k, const ValueGroupQ8*
         }
     }
 }
+template <int R>
+static void score_tile(const Row* rows, const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t j0,
+                       int64_t, const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
+    group_score_tile<R>(rows, k, v, j0, nt, d, scale, p, ldp);
+}
+template <int R>
+static void score_tile(const Row* rows, const KeyGroupQ4* k, const ValueGroupQ4* v, int64_t j0,
+                       int64_t, const int64_t* nt, int64_t d, float scale, float* p, int64_t ldp) {
+    group_score_tile<R>(rows, k, v, j0, nt, d, scale, p, ldp);
+}
 
 // -- The weighted sum in integers: per tile, row and value block b the weights w_j =
 // rint(p_j dv_jb * kWeightOne / W) in int16; a block's codes at two positions j, j + 1 are
@@ -470,17 +513,18 @@ static void score_tile(const Row* rows, const KeyGroupQ8* k, const ValueGroupQ8*
 
 // Position j's scale of value block vb (its block in the tile's first group; groups nb blocks
 // apart). j >= 0: unsigned, the group and slot are a shift and a mask.
-static inline const float* value_scales(const ValueGroupQ8* vb, int64_t nb, int64_t j) {
+template <typename VG>
+static inline const float* value_scales(const VG* vb, int64_t nb, int64_t j) {
     return vb[uint64_t(j) / kKvGroup * uint64_t(nb)].d + uint64_t(j) % kKvGroup;
 }
 
 // f(a, z, j) for the tile's positions j, j + 1 in pairs (j < nt_hi, even) with a, z their codes
-// of value block vb, group by group: the codes of a pair lie 32 bytes apart, and pointers that
+// of value block vb, group by group: the codes of a pair lie one row apart, and pointers that
 // step through a group cost the loop no address arithmetic (finding each position's group
 // made an avx_vnni prefill chunk 16 % slower). A lone last position pairs with the next slot
 // of its group (allocated whole), under a zero weight.
-template <typename F>
-static inline void for_pairs(const ValueGroupQ8* vb, int64_t nb, int64_t nt_hi, F f) {
+template <typename VG, typename F>
+static inline void for_pairs(const VG* vb, int64_t nb, int64_t nt_hi, F f) {
     for (int64_t g0 = 0; g0 < nt_hi; g0 += kKvGroup, vb += nb) {
         const int64_t m = nt_hi - g0 < kKvGroup ? nt_hi - g0 : kKvGroup;
         for (int64_t l = 0; l < m; l += 2) f(vb->q[l], vb->q[l + 1], g0 + l);
@@ -489,7 +533,8 @@ static inline void for_pairs(const ValueGroupQ8* vb, int64_t nb, int64_t nt_hi, 
 
 // The largest scale of value block vb over the tile's first n positions (8 at a time: they
 // never straddle a group).
-static inline float scale_max(const ValueGroupQ8* vb, int64_t nb, int64_t n) {
+template <typename VG>
+static inline float scale_max(const VG* vb, int64_t nb, int64_t n) {
     __m256 mv = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(value_scales(vb, nb, j)));
@@ -511,6 +556,35 @@ static inline void store_weights(int16_t* w, Vec t) {
 #endif
 }
 
+// A value row's codes as int8: 8 from column 8h (h < 4), 16 from column 16h (h < 2), all 32.
+// The 4-bit rows' low nibbles are columns 0-15, their high ones 16-31 (formats.h).
+static inline __m128i codes8(const int8_t* row, int h) {
+    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 8 * h));
+}
+static inline __m128i codes16(const int8_t* row, int h) {
+    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * h));
+}
+static inline __m128i nibbles(__m128i b, int high) {
+    const __m128i x = _mm_srl_epi16(b, _mm_cvtsi32_si128(4 * high));
+    return _mm_sub_epi8(_mm_and_si128(x, _mm_set1_epi8(15)), _mm_set1_epi8(8));
+}
+static inline __m128i codes8(const uint8_t* row, int h) {
+    return nibbles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 8 * (h & 1))), h >> 1);
+}
+static inline __m128i codes16(const uint8_t* row, int h) {
+    return nibbles(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)), h);
+}
+#if QE_ATTENTION_LANES == 16
+static inline __m256i codes32(const int8_t* row) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
+}
+static inline __m256i codes32(const uint8_t* row) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+    const __m256i x = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+    return _mm256_sub_epi8(_mm256_and_si256(x, _mm256_set1_epi8(15)), _mm256_set1_epi8(8));
+}
+#endif
+
 // A row's weights are kLdw apart whatever the tile's length: a compile-time stride, so each
 // row's pair is a fixed offset from one pointer (a run of 12 otherwise kept its rows' pointers
 // on the stack and loaded one per row and pair).
@@ -524,10 +598,9 @@ constexpr int64_t kLdw = kAttentionTile;
 // group (rows of blocks had each call copy them out first: 8 % of an avx512 decode call at
 // 16k). One block at a time, so the weights (6 KiB for runs of 12) stay in L1 for pair_sums:
 // the whole tile's took 48 KiB, more than Zen 4's L1.
-template <int R>
+template <int R, typename VG>
 static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, const float* p_max,
-                              int64_t n_even, const ValueGroupQ8* vb, int64_t nb, int16_t* w,
-                              float* unit) {
+                              int64_t n_even, const VG* vb, int64_t nb, int16_t* w, float* unit) {
     float s_max = 0.0f;
     for (int r = 0; r < R; ++r) {
         const int64_t n = nt[r];
@@ -564,27 +637,22 @@ constexpr int kQuarters = R <= 4 ? 2 : 1;
 // nt_hi positions, a pair at a time (for_pairs), at columns 8h .. 8h + 8 kQuarters - 1 into
 // sums[q * R + r]; fetching pf_step bytes from pf per pair. A function of its own, as
 // avx512's.
-template <int R>
-__attribute__((noinline)) static void pair_sums(const ValueGroupQ8* vb, int64_t nb, int64_t nt_hi,
-                                                int h, const int16_t* w, const char* pf,
+template <int R, typename VG>
+__attribute__((noinline)) static void pair_sums(const VG* vb, int64_t nb, int64_t nt_hi, int h,
+                                                const int16_t* w, const char* pf,
                                                 int64_t pf_step, IVec* sums) {
     constexpr int Q = kQuarters<R>;
     IVec acc[Q][R];
     for (int q = 0; q < Q; ++q)
         for (int r = 0; r < R; ++r) acc[q][r] = izero();
-    for_pairs(vb, nb, nt_hi, [&](const int8_t* a, const int8_t* z, int64_t j) {
+    for_pairs(vb, nb, nt_hi, [&](const auto* a, const auto* z, int64_t j) {
         for (int64_t b = 0; b < pf_step; b += 64)
             _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
-        a += 8 * h;
-        z += 8 * h;
         IVec c[Q];
         if constexpr (Q == 1) {
-            c[0] = _mm256_cvtepi8_epi16(
-                _mm_unpacklo_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)),
-                                  _mm_loadl_epi64(reinterpret_cast<const __m128i*>(z))));
+            c[0] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(codes8(a, h), codes8(z, h)));
         } else {
-            const __m128i a16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a));
-            const __m128i z16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(z));
+            const __m128i a16 = codes16(a, h / 2), z16 = codes16(z, h / 2);
             c[0] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a16, z16));
             c[1] = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a16, z16));
         }
@@ -602,18 +670,17 @@ __attribute__((noinline)) static void pair_sums(const ValueGroupQ8* vb, int64_t 
 // interleave's order) in sums[r], 8-15 and 24-31 in sums[R + r]. Its sums one [2][R] array:
 // with the flush in the same body, or as two arrays, gcc 12 copies every sum twice per pair
 // for runs of 4 or more (a 4k prefill chunk 185 -> 231 us per token).
-template <int R>
-__attribute__((noinline)) static void pair_sums(const ValueGroupQ8* vb, int64_t nb, int64_t nt_hi,
+template <int R, typename VG>
+__attribute__((noinline)) static void pair_sums(const VG* vb, int64_t nb, int64_t nt_hi,
                                                 const int16_t* w, const char* pf,
                                                 int64_t pf_step, IVec* sums) {
     IVec acc[2][R];
     for (int h = 0; h < 2; ++h)
         for (int r = 0; r < R; ++r) acc[h][r] = izero();
-    for_pairs(vb, nb, nt_hi, [&](const int8_t* ap, const int8_t* zp, int64_t j) {
+    for_pairs(vb, nb, nt_hi, [&](const auto* ap, const auto* zp, int64_t j) {
         for (int64_t b = 0; b < pf_step; b += 64)
             _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
-        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ap));
-        const __m256i z = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(zp));
+        const __m256i a = codes32(ap), z = codes32(zp);
         const IVec c[2] = {_mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a, z)),
                            _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, z))};
         for (int r = 0; r < R; ++r) {
@@ -634,16 +701,16 @@ static inline void flush_sums(float* out, Vec sums, bool first, float alpha, flo
     QE_V(storeu_ps)(out, QE_V(fmadd_ps)(sums, QE_V(set1_ps)(unit), o));
 }
 
-// The weighted sum of a tile on the int8 cache (j0: its first row; nt [R], nt_hi as in
+// The weighted sum of a tile on an integer cache (j0: its first row; nt [R], nt_hi as in
 // attend_tile): out = (first tile ? 0 : out * alpha) + unit * sums, block by block, fetching
 // pf_bytes from pf (the next tile's keys) along the way.
-template <int R>
-static inline void weigh_q8(const Row* rows, const ValueGroupQ8* v, int64_t j0, int64_t d,
+template <int R, typename VG>
+static inline void weigh_q8(const Row* rows, const VG* v, int64_t j0, int64_t d,
                             const float* p, int64_t ldp, const int64_t* nt, int64_t nt_hi,
                             bool first, const float* alpha, const char* pf, int64_t pf_bytes) {
     const int64_t nb = d / kBlockK, n_even = (nt_hi + 1) & ~int64_t{1}, pairs = n_even / 2;
     Q8Scratch& x = q8_scratch(nb);
-    const ValueGroupQ8* vt = v + j0 / kKvGroup * nb;
+    const VG* vt = v + j0 / kKvGroup * nb;
     float p_max[R], unit[R];
     for (int r = 0; r < R; ++r) p_max[r] = tile_max(p + r * ldp, nt[r]);
     const int64_t pf_step = pf ? (pf_bytes + nb * pairs * 64 - 1) / (nb * pairs * 64) * 64 : 0;
@@ -720,7 +787,7 @@ static void attend_tile(const Row* rows, const K* k, const V* v, int64_t d, floa
         const int64_t passes = dv / (kCols * kLanes) > 0 ? dv / (kCols * kLanes) : 1;
         pf_step = (pf_bytes + passes * nt_lo * 64 - 1) / (passes * nt_lo * 64) * 64;
     }
-    if constexpr (std::is_same_v<V, ValueGroupQ8>) {
+    if constexpr (kValueGroups<V>) {
         weigh_q8<R>(rows, v, j0, d, p, ldp, nt, nt[R - 1], first, alpha, pf, pf_bytes);
     } else {
         int64_t pass = 0;
@@ -816,7 +883,7 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     // The int8 cache's quantized queries, a slot per row of a block (24 KiB at d = 256), kept
     // by the thread from call to call.
     thread_local std::vector<int16_t> codes;
-    if constexpr (std::is_same_v<K, KeyGroupQ8>) {
+    if constexpr (kKeyGroups<K>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
         Q8Scratch& x = q8_scratch(d / kBlockK);
         x.widened_base = nullptr;  // the cache may have changed since
@@ -839,7 +906,7 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
                 b.run_end[b.runs++] = b.count + 1;
             }
             Row row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
-            if constexpr (std::is_same_v<K, KeyGroupQ8>) {
+            if constexpr (kKeyGroups<K>) {
                 int16_t* qc = codes.data() + b.count * d;
                 row.qs = quantize_row_q16(row.q, qc, d);
                 row.qc = qc;

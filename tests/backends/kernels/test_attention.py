@@ -1,4 +1,5 @@
-"""Attention over one KV head on every table, f16, f32 and int8 caches, against float64 numpy.
+"""Attention over one KV head on every table, f16, f32, int8 and 4-bit caches, against float64
+numpy.
 The kernels stream the cache in tiles of ATTENTION_TILE positions with an online softmax: shapes
 below one tile, across several with a ragged last tile, and scores whose max moves between
 tiles; the binding checks the kernel stays within its n_q * min(n, tile) floats of scratch."""
@@ -48,10 +49,23 @@ def test_attention(isa: str, kv: str, n_q: int, n: int, d: int) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(v).max())
 
 
-def _dequantized(x: np.ndarray) -> np.ndarray:
-    """x through q8a blocks along its last axis (as the int8 cache stores rows), back in
-    float64."""
-    scale, _, codes = quantize_q8a(x.reshape(-1))
+def _cache_blocks(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks of 32 of x as an integer cache stores them: (d [nb] f32, codes [nb, 32]). The
+    int8 cache's are q8a's; the 4-bit cache's d = amax / 7, codes round(x / d) (half away from
+    zero) within +-7 (formats.h)."""
+    if bits == 8:
+        d, _, codes = quantize_q8a(x.reshape(-1))
+        return d, codes
+    xb = x.reshape(-1, 32).astype(np.float32)
+    d = (np.abs(xb).max(axis=1) / np.float32(7)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    v = np.clip(xb * inv[:, None], -7, 7)
+    return d, (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int8)
+
+
+def _dequantized(x: np.ndarray, bits: int = 8) -> np.ndarray:
+    """x through an integer cache's blocks along its last axis, back in float64."""
+    scale, codes = _cache_blocks(x, bits)
     return (scale[:, None].astype(np.float64) * codes).reshape(x.shape)
 
 
@@ -72,19 +86,19 @@ INTEGER_WEIGHTS = {"avx2", "avx_vnni", "avx512_vnni", "neon", "neon_dotprod", "n
 
 
 def _reference_q8(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, isa: str
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, isa: str, bits: int = 8
 ) -> np.ndarray:
-    """Attention over the int8 cache as kernels.h defines it for the table: the query in int16
+    """Attention over the int8 (bits 8) or 4-bit cache as kernels.h defines it for the table: the query in int16
     against the dequantized keys, then float64 attention on the dequantized values; or, on the
     INTEGER_WEIGHTS tables, an online softmax over tiles and per tile and value block the
     weights p_j * dv_j rounded to int16 against W = max p * max dv, their sum with the codes
     taken exactly and scaled by W / 32767 (float64 but for the weights, float32 as there)."""
-    qd, kd = _query_q16(q), _dequantized(k)
+    qd, kd = _query_q16(q), _dequantized(k, bits)
     if isa not in INTEGER_WEIGHTS:
-        return _reference(qd, kd, _dequantized(v), scale)
+        return _reference(qd, kd, _dequantized(v, bits), scale)
     one, tile = np.float32(32767), _core.ATTENTION_TILE
     n, d = v.shape
-    dv, _, codes = quantize_q8a(v.reshape(-1))
+    dv, codes = _cache_blocks(v, bits)
     dv, codes = dv.reshape(n, d // 32), codes.reshape(n, d // 32, 32).astype(np.int64)
     out = np.zeros((q.shape[0], d))
     for i, s in enumerate(scale * qd @ kd.T):
@@ -107,26 +121,32 @@ def _reference_q8(
     return out
 
 
+ATTENTION_INT = {8: _core.attention_q8, 4: _core.attention_q4}
+
+
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize(
     ("n_q", "n", "d"), [(1, 1, 32), (4, 7, 32), (4, 130, 256), (3, 17, 64), (4, 777, 64)]
 )
-def test_attention_q8(isa: str, n_q: int, n: int, d: int) -> None:
-    """The int8 cache: rows through q8a (as the model stores them), scores against the query
-    in int16 (integer dot products), the weighted sum as the table defines it; the kernel's
-    only differences are summation orders and its exp."""
+def test_attention_q8(isa: str, bits: int, n_q: int, n: int, d: int) -> None:
+    """The int8 and 4-bit caches: rows through their blocks (as the model stores them), scores
+    against the query in int16 (integer dot products), the weighted sum as the table defines
+    it; the kernel's only differences are summation orders and its exp."""
     rng = np.random.default_rng(n_q * 1000 + n + d)
     q = rng.standard_normal((n_q, d)).astype(np.float32)
     k = rng.standard_normal((n, d)).astype(np.float32)
     v = 3 * rng.standard_normal((n, d)).astype(np.float32)
     if n > 1:
         k[0, :32] = 0.0  # an all-zero block has scale 0
-    got = _core.attention_q8(q, k, v, 0.25, isa=isa)
+    got = ATTENTION_INT[bits](q, k, v, 0.25, isa=isa)
 
-    vd = _dequantized(v)
-    assert np.abs(_dequantized(k) - k).max() > 1e-3  # the test would notice a kernel reading floats
-    np.testing.assert_allclose(
-        got, _reference_q8(q, k, v, 0.25, isa), rtol=1e-4, atol=2e-5 * np.abs(vd).max()
-    )
+    vd = _dequantized(v, bits)
+    # the test would notice a kernel reading floats, or the other cache's codes
+    assert np.abs(_dequantized(k, bits) - k).max() > 1e-3
+    want = _reference_q8(q, k, v, 0.25, isa, bits)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5 * np.abs(vd).max())
+    if bits == 4 and n > 1:
+        assert np.abs(got - _reference_q8(q, k, v, 0.25, isa, 8)).max() > 1e-2
 
 
 @pytest.mark.parametrize(("n_q", "n", "d"), [(4, 130, 256), (4, 777, 64), (1, 600, 32)])
@@ -146,9 +166,11 @@ def test_attention_q8_integer_weights_are_a_small_part_of_the_error(
     assert 0 < np.abs(weights - floats).max() <= 0.1 * cache_error
 
 
-def test_attention_q8_integer_sums_at_their_largest(isa: str) -> None:
-    """Every product at its largest (query codes +-32767, key codes +-127, all of one sign per
-    row): the int32 sums of a block cannot overflow nor lose a bit, whatever the ISA's lanes."""
+@pytest.mark.parametrize("bits", [8, 4])
+def test_attention_q8_integer_sums_at_their_largest(isa: str, bits: int) -> None:
+    """Every product at its largest (query codes +-32767, key codes +-127 or +-7, all of one
+    sign per row): the int32 sums of a block cannot overflow nor lose a bit, whatever the ISA's
+    lanes."""
     d, n = 256, 40
     q = np.full((4, d), 3.0, np.float32)
     q[1] *= -1
@@ -156,8 +178,10 @@ def test_attention_q8_integer_sums_at_their_largest(isa: str) -> None:
     q[3, :128] = 1e4  # a large outlier half: one scale per row must hold both halves
     k = np.where(np.arange(n)[:, None] % 2 == 0, 1.0, -1.0) * np.ones((n, d), np.float32)
     v = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
-    got = _core.attention_q8(q, k, v, 1e-3, isa=isa)
-    np.testing.assert_allclose(got, _reference_q8(q, k, v, 1e-3, isa), rtol=1e-4, atol=1e-5)
+    got = ATTENTION_INT[bits](q, k, v, 1e-3, isa=isa)
+    np.testing.assert_allclose(
+        got, _reference_q8(q, k, v, 1e-3, isa, bits), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_int8_cache_holds_the_values_of_q8a() -> None:
@@ -188,10 +212,41 @@ def test_int8_cache_holds_the_values_of_q8a() -> None:
         _core.quantize_kv_q8(cases[0], j=16)
 
 
-def test_attention_q8_needs_whole_blocks() -> None:
+def test_4bit_cache_holds_its_blocks() -> None:
+    """The 4-bit cache's keys and values, each in its nibbles' order, read back as the
+    definition's scales and codes (amax / 7, within +-7), every value within half a step; NaN
+    reads back as zero."""
+    rng = np.random.default_rng(4)
+    cases = [
+        rng.standard_normal(256).astype(np.float32) * 4,
+        np.float32(1e-30) * rng.standard_normal(64).astype(np.float32),
+        np.zeros(32, np.float32),
+        np.tile(np.float32([7, -7, 3.5, -1e5]), 8),
+        (rng.standard_normal(96) * 10.0 ** rng.integers(-8, 8, 96)).astype(np.float32),
+    ]
+    for i, x in enumerate(cases):
+        kd, kq, vd, vq = _core.quantize_kv_q4(x, j=(5 * i + 3) % 16)
+        with np.errstate(over="ignore", invalid="ignore"):
+            nd, nq = _cache_blocks(x, 4)
+        for d, q in ((kd, kq), (vd, vq)):
+            np.testing.assert_array_equal(d.view(np.uint32), nd.view(np.uint32))
+            np.testing.assert_array_equal(q, nq)
+            assert np.abs(q).max() <= 7
+            err = np.abs(d[:, None].astype(np.float64) * q - x.reshape(-1, 32))
+            assert (err <= d[:, None].astype(np.float64) * (0.5 + 1e-6) + 1e-45).all()
+    assert np.abs(_core.quantize_kv_q4(cases[0])[1]).max() == 7  # the codes use their range
+    kd, kq, vd, vq = _core.quantize_kv_q4(np.full(32, np.nan, np.float32), j=15)
+    for d, q in ((kd, kq), (vd, vq)):
+        assert d[0] == 0 and (d[:, None] * q == 0).all()
+    with pytest.raises(RuntimeError, match="j in 0..15"):
+        _core.quantize_kv_q4(cases[0], j=16)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_attention_q8_needs_whole_blocks(bits: int) -> None:
     x = np.zeros((2, 48), np.float32)
     with pytest.raises(RuntimeError, match="d % 32"):
-        _core.attention_q8(x, x, x, 1.0)
+        ATTENTION_INT[bits](x, x, x, 1.0)
 
 
 def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
@@ -228,7 +283,7 @@ def test_attention_scratch_is_one_tile() -> None:
     assert _core.attention_scratch(4, 262144) == 4 * tile
 
 
-@pytest.mark.parametrize("kv", ["f16", "f32", "q8"])
+@pytest.mark.parametrize("kv", ["f16", "f32", "q8", "q4"])
 @pytest.mark.parametrize(
     ("n_t", "n_q", "n", "d"),
     [
@@ -263,12 +318,13 @@ def test_attention_tokens(isa: str, kv: str, n_t: int, n_q: int, n: int, d: int)
         def run(qq: np.ndarray, m: int) -> np.ndarray:
             return _core.attention(qq, k[:m], v[:m], 0.25, isa=isa)
     else:
+        bits = 8 if kv == "q8" else 4
 
         def run(qq: np.ndarray, m: int) -> np.ndarray:
-            return _core.attention_q8(qq, k[:m], v[:m], 0.25, isa=isa)
+            return ATTENTION_INT[bits](qq, k[:m], v[:m], 0.25, isa=isa)
 
         def reference(qq: np.ndarray, kk: np.ndarray, vv: np.ndarray, s: float) -> np.ndarray:
-            return _reference_q8(qq, kk, vv, s, isa)
+            return _reference_q8(qq, kk, vv, s, isa, bits)
 
     got = run(q, n)
     assert got.shape == q.shape

@@ -9,7 +9,7 @@ FAMILIES = {
     "gemv_f32", "gemm_f32", "gemm_f16", "gemm_bf16", "cvt_f16_f32", "cvt_bf16_f32",
     "cvt_f32_f16", "quantize_q8a", "gemv_q8a", "gemm_q8a", "dequantize_row", "rms_norm",
     "rms_norm_gated", "l2_norm", "rope", "softmax", "silu_mul", "sigmoid_mul", "conv1d_silu",
-    "delta_rule", "attention_f16", "attention_f32", "attention_q8",
+    "delta_rule", "attention_f16", "attention_f32", "attention_q8", "attention_q4",
 }  # fmt: skip
 
 

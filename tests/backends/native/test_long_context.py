@@ -42,7 +42,7 @@ def _chunked(model, ids: np.ndarray, chunk: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-@pytest.mark.parametrize("kv", ["f32", "f16", "q8"])
+@pytest.mark.parametrize("kv", ["f32", "f16", "q8", "q4"])
 def test_chunked_long_prefill_equals_one_shot(long_case: tuple, kv: str) -> None:
     config, _, tensors, ids = long_case
     assert PROMPT > 8 * TILE
@@ -75,7 +75,7 @@ def test_long_prefill_matches_the_reference(long_case: tuple) -> None:
         [ref.forward(ids[s : s + 1000], state, all_logits=True) for s in range(0, PROMPT, 1000)]
     )
     assert rel_err(got, want) < 2e-5  # test_forward's GOLDEN_TOL
-    # The f16 and int8 caches stay close to it over the long prompt too.
-    for kv, bound in (("f16", 1e-5), ("q8", 1e-3)):
+    # The f16, int8 and 4-bit caches stay close to it over the long prompt too.
+    for kv, bound in (("f16", 1e-5), ("q8", 1e-3), ("q4", 2e-2)):
         other = native(config, tensors, kv_cache=kv, threads=2, batch=128, context=CONTEXT)
         assert nmse(_chunked(other, ids, CHUNK), want) < bound

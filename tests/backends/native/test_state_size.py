@@ -56,7 +56,7 @@ def test_kv_types_ordered(tiny_model_file: Callable[[str], Path]) -> None:
         kv: Model.load(tiny_model_file("q4"), kv_cache=kv).state_bytes(8192)
         for kv in native.KV_CACHE_TYPES
     }
-    assert sizes["q8"] < sizes["f16"] < sizes["f32"]
+    assert sizes["q4"] < sizes["q8"] < sizes["f16"] < sizes["f32"]
 
 
 def test_context_that_does_not_fit_is_a_clear_error(
@@ -155,22 +155,23 @@ def _four_b(**overrides: object) -> ModelConfig:
 
 def test_4b_state_at_262k_tokens() -> None:
     """The 4B: 8 full-attention layers of 4 KV heads x 256 keep K and V; the int8 cache holds
-    1.125 bytes per element, so 4.5 GiB at 262,144 tokens (f16: 8 GiB); everything else (the
-    DeltaNet states and the scratch, score tiles included) stays under 200 MiB."""
+    1.125 bytes per element, so 4.5 GiB at 262,144 tokens (f16: 8 GiB; the 4-bit cache 2.5
+    GiB); everything else (the DeltaNet states and the scratch, score tiles included) stays
+    under 200 MiB."""
     cfg = _four_b()
     full = cfg.layer_types.count("full_attention")
     elems = 2 * full * cfg.num_key_value_heads * cfg.head_dim * FOUR_B_CONTEXT
     assert elems == 4 * 2**30
-    for kv, per_elem in (("q8", 36 / 32), ("f16", 2)):
+    for kv, per_elem in (("q8", 36 / 32), ("q4", 20 / 32), ("f16", 2)):
         total = native.state_bytes_for(cfg, FOUR_B_CONTEXT, kv, batch=128, threads=4)
         assert elems * per_elem < total < elems * per_elem + 200 * 2**20
-        # Past one tile, a token adds its K and V rows and nothing else (the int8 cache holds
-        # its keys in groups of 16 positions, so it grows 16 tokens at a time).
-        tokens = 16 if kv == "q8" else 1
+        # Past one tile, a token adds its K and V rows and nothing else (the integer caches
+        # hold their keys in groups of 16 positions, so they grow 16 tokens at a time).
+        tokens = 1 if kv == "f16" else 16
         below = native.state_bytes_for(cfg, FOUR_B_CONTEXT - tokens, kv, batch=128, threads=4)
         assert total - below == tokens * elems * per_elem // FOUR_B_CONTEXT
         assert native.state_bytes_for(cfg, FOUR_B_CONTEXT - 1, kv, batch=128, threads=4) == (
-            total if kv == "q8" else below
+            below if kv == "f16" else total
         )
 
 
@@ -196,6 +197,7 @@ def test_4b_shapes_262k_context_is_a_clear_error_when_it_does_not_fit(
     fits = model.max_context_for(4 * 2**30)
     assert 190_000 < fits < FOUR_B_CONTEXT
     assert f"a state for {FOUR_B_CONTEXT} tokens needs {need / 2**20:.0f} MiB (q8 KV" in msg
-    assert f"at most {fits} tokens fit now" in msg and "--kv-cache q8" not in msg
+    # The message names the next smaller cache.
+    assert f"at most {fits} tokens fit now" in msg and "--kv-cache q4" in msg
     monkeypatch.setattr(memory, "mem_available_bytes", lambda: need)
     assert model.max_context_for(need) == FOUR_B_CONTEXT
