@@ -121,7 +121,8 @@ def worker_qwen_edge(a: argparse.Namespace) -> dict[str, Any]:
 def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
     import llama_cpp
 
-    q8_0 = llama_cpp.GGML_TYPE_Q8_0
+    # Our int8 and 4-bit caches against llama.cpp's nearest: q8_0 and q4_0.
+    cache_type = {"q8": llama_cpp.GGML_TYPE_Q8_0, "q4": llama_cpp.GGML_TYPE_Q4_0}.get(a.kv_cache)
     llm = llama_cpp.Llama(
         model_path=a.model,
         n_threads=a.threads,
@@ -132,9 +133,9 @@ def worker_llama(a: argparse.Namespace) -> dict[str, Any]:
         logits_all=False,
         verbose=False,
         # Off is the binding's default and, here, the faster at depth (docs/benchmarks.md);
-        # llama-cli and llama-server choose on for a CPU. Its int8 cache (q8_0) needs it on.
+        # llama-cli and llama-server choose on for a CPU. Its quantized caches need it on.
         flash_attn=a.llama_flash_attn == "on",
-        **({"type_k": q8_0, "type_v": q8_0} if a.kv_cache == "q8" else {}),
+        **({"type_k": cache_type, "type_v": cache_type} if cache_type is not None else {}),
     )
     vocab = llm.n_vocab()
 
@@ -300,15 +301,18 @@ def state_memory(depths: list[int], threads: int) -> list[dict[str, Any]]:
     return [
         {
             "context": c,
-            **{kv: state_bytes_for(cfg, c, kv, batch=128, threads=threads) for kv in ("f16", "q8")},
+            **{
+                kv: state_bytes_for(cfg, c, kv, batch=128, threads=threads)
+                for kv in ("f16", "q8", "q4")
+            },
         }
         for c in depths
     ]
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    if a.llama and a.kv_cache == "q8" and a.llama_flash_attn == "off":
-        raise SystemExit("llama.cpp's q8_0 KV cache needs --llama-flash-attn on")
+    if a.llama and a.kv_cache in ("q8", "q4") and a.llama_flash_attn == "off":
+        raise SystemExit(f"llama.cpp's {a.kv_cache}_0 KV cache needs --llama-flash-attn on")
     if a.llama and not Path(a.peers_python).is_file():
         raise SystemExit(f"no python at {a.peers_python}: give --peers-python, one with llama_cpp")
     engines = {"qwen-edge": a.qwen_edge, "llama": a.llama}
@@ -344,6 +348,18 @@ def label_of(run: dict[str, Any]) -> str:
     notes = [f"{run['kv_cache']} KV"] if run.get("kv_cache", "f16") != "f16" else []
     notes += ["flash attn"] if run.get("flash_attn") == "on" else []
     return run["engine"] + (f" ({', '.join(notes)})" if notes else "")
+
+
+def _cache_of(label: str) -> str:
+    """The KV cache a label names ("q8", "q4"), or "f16"."""
+    for kv in ("q8", "q4"):
+        if f"{kv} KV" in label:
+            return kv
+    return "f16"
+
+
+# State memory columns: the caches and their names (records before the 4-bit cache lack q4).
+STATE_KINDS = (("f16", "fp16 KV"), ("q8", "int8 KV"), ("q4", "4-bit KV"))
 
 
 def curves(record: dict[str, Any]) -> dict[str, dict[int, dict[str, list[float]]]]:
@@ -392,7 +408,7 @@ def markdown(record: dict[str, Any]) -> str:
         for o in c
         if o.startswith("qwen-edge")
         for p in c
-        if p.startswith("llama.cpp") and ("q8 KV" in o) == ("q8 KV" in p)
+        if p.startswith("llama.cpp") and _cache_of(o) == _cache_of(p)
     ]
     for o, p in pairs:
         ours, peer = c[o], c[p]
@@ -402,9 +418,15 @@ def markdown(record: dict[str, Any]) -> str:
             pr = np.mean(ours[d]["prefill_chunk_tok_s"]) / np.mean(peer[d]["prefill_chunk_tok_s"])
             de = np.mean(ours[d]["decode_tok_s"]) / np.mean(peer[d]["decode_tok_s"])
             lines.append(f"| {d} | {pr:.2f}x | {de:.2f}x |")
-    lines += ["", "| context | state f16 KV MiB | state int8 KV MiB |", "|---|---|---|"]
+    kinds = [kv for kv, _ in STATE_KINDS if all(kv in s for s in record["state_memory"])]
+    lines += [
+        "",
+        "| context | " + " | ".join(f"state {dict(STATE_KINDS)[kv]} MiB" for kv in kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
     for s in record["state_memory"]:
-        lines.append(f"| {s['context']} | {s['f16'] / 2**20:.1f} | {s['q8'] / 2**20:.1f} |")
+        cells = " | ".join(f"{s[kv] / 2**20:.1f}" for kv in kinds)
+        lines.append(f"| {s['context']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -437,7 +459,9 @@ def cmd_plot(a: argparse.Namespace) -> int:
         ax.grid(alpha=0.3)
         ax.legend()
     sm = record["state_memory"]
-    for kv, name in (("f16", "fp16 KV"), ("q8", "int8 KV")):
+    for kv, name in STATE_KINDS:
+        if not all(kv in s for s in sm):
+            continue
         axes[2].plot(
             [s["context"] for s in sm], [s[kv] / 2**20 for s in sm], marker="o", label=name
         )
@@ -515,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
-        "--kv-cache", default="f16", help="the KV cache: f16, or q8 (llama.cpp's q8_0 for it)"
+        "--kv-cache",
+        default="f16",
+        help="the KV cache: f16, q8 or q4 (llama.cpp's q8_0 and q4_0 for them)",
     )
     p.add_argument(
         "--llama-flash-attn",

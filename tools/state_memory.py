@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in a.presets.split(","):
         cfg = ModelConfig.from_hf(presets.hf_config(name))
-        for kv in ("f16", "q8"):
+        for kv in ("f16", "q8", "q4"):
             sizes = {
                 c: state_bytes_for(cfg, c, kv, batch=a.batch, threads=a.threads) for c in contexts
             }

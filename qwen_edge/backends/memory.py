@@ -70,7 +70,11 @@ def check_new_state(state_bytes: StateBytes, limit: int, context: int, kv_cache:
             f"a state for {context} tokens needs {need / 2**20:.0f} MiB "
             f"({kv_cache} KV cache) but only {available / 2**20:.0f} MiB of memory is "
             f"available; use a smaller --context (at most {fits} tokens fit now)"
-            + (f" or --kv-cache {SMALLER_KV_CACHE[kv_cache]}" if kv_cache in SMALLER_KV_CACHE else "")
+            + (
+                f" or --kv-cache {SMALLER_KV_CACHE[kv_cache]}"
+                if kv_cache in SMALLER_KV_CACHE
+                else ""
+            )
         )
 
 

@@ -88,11 +88,12 @@ INTEGER_WEIGHTS = {"avx2", "avx_vnni", "avx512_vnni", "neon", "neon_dotprod", "n
 def _reference_q8(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, isa: str, bits: int = 8
 ) -> np.ndarray:
-    """Attention over the int8 (bits 8) or 4-bit cache as kernels.h defines it for the table: the query in int16
-    against the dequantized keys, then float64 attention on the dequantized values; or, on the
-    INTEGER_WEIGHTS tables, an online softmax over tiles and per tile and value block the
-    weights p_j * dv_j rounded to int16 against W = max p * max dv, their sum with the codes
-    taken exactly and scaled by W / 32767 (float64 but for the weights, float32 as there)."""
+    """Attention over the int8 (bits 8) or 4-bit cache as kernels.h defines it for the table:
+    the query in int16 against the dequantized keys, then float64 attention on the dequantized
+    values; or, on the INTEGER_WEIGHTS tables, an online softmax over tiles and per tile and
+    value block the weights p_j * dv_j rounded to int16 against W = max p * max dv, their sum
+    with the codes taken exactly and scaled by W / 32767 (float64 but for the weights, float32
+    as there)."""
     qd, kd = _query_q16(q), _dequantized(k, bits)
     if isa not in INTEGER_WEIGHTS:
         return _reference(qd, kd, _dequantized(v, bits), scale)
@@ -179,9 +180,7 @@ def test_attention_q8_integer_sums_at_their_largest(isa: str, bits: int) -> None
     k = np.where(np.arange(n)[:, None] % 2 == 0, 1.0, -1.0) * np.ones((n, d), np.float32)
     v = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     got = ATTENTION_INT[bits](q, k, v, 1e-3, isa=isa)
-    np.testing.assert_allclose(
-        got, _reference_q8(q, k, v, 1e-3, isa, bits), rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(got, _reference_q8(q, k, v, 1e-3, isa, bits), rtol=1e-4, atol=1e-5)
 
 
 def test_int8_cache_holds_the_values_of_q8a() -> None:

@@ -172,9 +172,7 @@ def test_q8_kv_cache(small: tuple, isa: str, kv: str) -> None:
     config, weights = small
     tensors, _, _ = quantized_tensors(weights, "q4k")
     ids = np.random.default_rng(4).integers(0, config.vocab_size, 40)
-    models = {
-        t: native(config, tensors, isa=isa, threads=t, kv_cache=kv, batch=16) for t in (1, 3)
-    }
+    models = {t: native(config, tensors, isa=isa, threads=t, kv_cache=kv, batch=16) for t in (1, 3)}
     whole = models[1].logits(ids)
     np.testing.assert_array_equal(models[3].logits(ids), whole)
     model = models[3]
