@@ -207,7 +207,16 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
                            const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t n, int64_t d,
                            float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);
 // attention_q4, over the 4-bit cache (formats.h: KeyGroupQ4, ValueGroupQ4): attention_q8's
-// arithmetic on the codes q = nibble - 8, exact in int32 the same way (|q| <= 8 < 127).
+// arithmetic on the codes q = nibble - 8, exact in int32 the same way (|q| <= 8 < 127). The
+// SIMD tables take the offset per block: sum qc * q = sum qc * nibble - 8 * sum qc, with the
+// query codes' block sums from query_block_sums.
+inline void query_block_sums(const int16_t* qc, int64_t d, int32_t* sums) {
+    for (int64_t b = 0; b < d / kBlockK; ++b) {
+        int32_t sum = 0;
+        for (int e = 0; e < kBlockK; ++e) sum += qc[b * kBlockK + e];
+        sums[b] = sum;
+    }
+}
 using AttentionQ4Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                            const KeyGroupQ4* k, const ValueGroupQ4* v, int64_t n, int64_t d,
                            float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);

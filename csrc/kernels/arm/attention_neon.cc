@@ -45,8 +45,9 @@ QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) {
 }
 
 // One query vector of a call: q [d], out [d], the positions it sees, its scratch row p for a
-// tile's scores, and its running softmax max m and sum l; against the int8 cache also the
-// query in int16 codes qc [d] and their scale qs (quantize_row_q16).
+// tile's scores, and its running softmax max m and sum l; against the integer caches also the
+// query in int16 codes qc [d] and their scale qs (quantize_row_q16), and against 4-bit keys
+// the codes' sum per block (qsum [d / 32]).
 struct Row {
     const float* q;
     float* out;
@@ -55,6 +56,7 @@ struct Row {
     float m, l;
     const int16_t* qc = nullptr;
     float qs = 0.0f;
+    const int32_t* qsum = nullptr;
 };
 
 // Scores of the tile's positions j .. j + P - 1 (key rows j0 + j ..) against R queries that see
@@ -96,11 +98,16 @@ QE_NEON_INLINE void score(Row* rows, const T* k, int64_t j0, int64_t j, int64_t 
 }
 
 // The integer caches: their keys and values go in groups (formats.h) and in integers; the
-// 4-bit cache's nibbles are widened to the int8 cache's lanes where they are loaded.
+// 4-bit cache's nibbles u are widened to the int8 cache's lanes where they are loaded, and
+// stay unsigned there: the offset of q = u - 8 is taken once per block (a key block's sums
+// lose 8 times the query codes' sum, a value block's 8 times the weights' sum), not once per
+// load (the same exact int32 results).
 template <typename T>
 constexpr bool kKeyGroups = std::is_same_v<T, KeyGroupQ8> || std::is_same_v<T, KeyGroupQ4>;
 template <typename T>
 constexpr bool kValueGroups = std::is_same_v<T, ValueGroupQ8> || std::is_same_v<T, ValueGroupQ4>;
+template <typename T>
+constexpr bool kNibbles = std::is_same_v<T, KeyGroupQ4> || std::is_same_v<T, ValueGroupQ4>;
 
 // Column pair e of positions l .. l + 3 of a key block, widened to int16 (position, element).
 QE_NEON_INLINE int16x8_t key_pairs(const KeyGroupQ8& g, int e, int l) {
@@ -111,7 +118,7 @@ QE_NEON_INLINE int16x8_t key_pairs(const KeyGroupQ4& g, int e, int l) {
     std::memcpy(&four, g.q[e] + l, sizeof four);
     const uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(four));
     const uint8x8_t pairs = vzip1_u8(vand_u8(b, vdup_n_u8(15)), vshr_n_u8(b, 4));
-    return vsubq_s16(vreinterpretq_s16_u16(vmovl_u8(pairs)), vdupq_n_s16(8));
+    return vreinterpretq_s16_u16(vmovl_u8(pairs));  // unsigned nibbles (kNibbles)
 }
 
 // A value row's 16 codes from column 16h, as int8; the 4-bit rows' low nibbles are columns
@@ -121,8 +128,8 @@ QE_NEON_INLINE int8x16_t value_codes(const int8_t* row, int h) {
 }
 QE_NEON_INLINE int8x16_t value_codes(const uint8_t* row, int h) {
     const uint8x16_t b = vld1q_u8(row);
-    const uint8x16_t c = h == 0 ? vandq_u8(b, vdupq_n_u8(15)) : vshrq_n_u8(b, 4);
-    return vsubq_s8(vreinterpretq_s8_u8(c), vdupq_n_s8(8));
+    // Unsigned nibbles (kNibbles), below 128 as int8.
+    return vreinterpretq_s8_u8(h == 0 ? vandq_u8(b, vdupq_n_u8(15)) : vshrq_n_u8(b, 4));
 }
 
 // Scores on an integer cache: the query in int16 against the q8k16 (q4k16) keys, 4G
@@ -169,7 +176,9 @@ QE_NEON_INLINE void score_q8(Row* rows, const KG* k, int64_t j0, int64_t nt, int
             for (int g = 0; g < G; ++g) {
                 const float32x4_t sb = vld1q_f32(kg[b].d + l + 4 * g);
                 for (int r = 0; r < R; ++r) {
-                    const int32x4_t sums = vpaddq_s32(acc[g][r][0], acc[g][r][1]);
+                    int32x4_t sums = vpaddq_s32(acc[g][r][0], acc[g][r][1]);
+                    if constexpr (kNibbles<KG>)
+                        sums = vsubq_s32(sums, vdupq_n_s32(8 * rows[r].qsum[b]));
                     acc_f[g][r] = vfmaq_f32(acc_f[g][r], vcvtq_f32_s32(sums), sb);
                 }
             }
@@ -228,6 +237,7 @@ QE_NEON_INLINE void weigh(Row* rows, const T* v, int64_t v0, int64_t d, int64_t 
 struct Q8Scratch {
     std::vector<float> s, unit, s_max;
     std::vector<int16_t> w;
+    std::vector<int32_t> wsum;  // 4-bit values: the weights' sums [r * nb + b] (kNibbles)
 };
 QE_NEON_INLINE Q8Scratch& q8_scratch(int64_t nb) {
     thread_local Q8Scratch x;
@@ -235,6 +245,7 @@ QE_NEON_INLINE Q8Scratch& q8_scratch(int64_t nb) {
         x.s.resize(size_t(nb * kAttentionTile));
         x.w.resize(size_t(4 * nb * kAttentionTile));
         x.unit.resize(size_t(4 * nb));
+        x.wsum.resize(size_t(4 * nb));
         x.s_max.resize(size_t(nb));
     }
     return x;
@@ -265,16 +276,22 @@ QE_NEON_INLINE void q8_weights(const Row* rows, const VG* vt, int64_t nb, int64_
             const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
             x.unit[r * nb + b] = w_max / float(kWeightOne);
             int16_t* w = x.w.data() + (r * nb + b) * nt;
+            int32x4_t sums = vdupq_n_s32(0);
             int64_t j = 0;
             for (; j + 4 <= nt; j += 4) {
                 const float32x4_t t = vmulq_f32(vld1q_f32(p + j), vld1q_f32(sb + j));
                 // Nearest, ties to even; saturating, so a NaN cannot overflow.
-                vst1_s16(w + j, vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(t, inv))));
+                const int16x4_t wj = vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(t, inv)));
+                vst1_s16(w + j, wj);
+                if constexpr (kNibbles<VG>) sums = vaddw_s16(sums, wj);
             }
+            int32_t sum = vaddvq_s32(sums);
             for (; j < nt; ++j) {
                 const float t = std::fmin(std::fmax(p[j] * sb[j] * inv, 0.0f), float(kWeightOne));
                 w[j] = int16_t(std::nearbyint(t));
+                sum += w[j];
             }
+            x.wsum[r * nb + b] = kNibbles<VG> ? sum : 0;
         }
     }
 }
@@ -315,10 +332,13 @@ QE_NEON_INLINE void weigh_q8(Row* rows, const VG* vt, int64_t d, int64_t nt) {
             }
             for (int r = 0; r < R; ++r) {
                 const float u = x.unit[r * nb + b];
+                const int32x4_t offset = vdupq_n_s32(8 * x.wsum[r * nb + b]);
                 float* out = rows[r].out + b * kBlockK + 16 * h0;
                 for (int c = 0; c < 4 * H; ++c) {
+                    const int32x4_t sums =
+                        kNibbles<VG> ? vsubq_s32(acc[r][c], offset) : acc[r][c];
                     vst1q_f32(out + 4 * c,
-                              vfmaq_n_f32(vld1q_f32(out + 4 * c), vcvtq_f32_s32(acc[r][c]), u));
+                              vfmaq_n_f32(vld1q_f32(out + 4 * c), vcvtq_f32_s32(sums), u));
                 }
             }
         }
@@ -390,8 +410,11 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
     // The int8 cache's quantized queries, a slot per row of a block, kept by the thread from
     // call to call.
     thread_local std::vector<int16_t> codes;
+    thread_local std::vector<int32_t> sums;  // 4-bit keys: the codes' block sums
+    const int64_t nb = d / kBlockK;
     if constexpr (kKeyGroups<K>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
+        if (sums.size() < size_t(kBlock * nb)) sums.resize(size_t(kBlock * nb));
     }
     for (int64_t first = 0; first < total; first += kBlock) {
         const int64_t count = total - first < kBlock ? total - first : kBlock;
@@ -403,6 +426,11 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
                 int16_t* qc = codes.data() + b * d;
                 rows[b].qs = quantize_row_q16(rows[b].q, qc, d);
                 rows[b].qc = qc;
+                if constexpr (kNibbles<K>) {
+                    int32_t* qsum = sums.data() + b * nb;
+                    query_block_sums(qc, d, qsum);
+                    rows[b].qsum = qsum;
+                }
             }
         }
         // Rows go token by token, so the block's last row sees the most positions.

@@ -172,14 +172,16 @@ static inline float tile_max(const float* x, int64_t n) {
     return m;
 }
 
-// One query vector: q [d], out [d], and the number of positions it sees; against the int8
-// cache also the query in int16 codes qc [d] and their scale qs (quantize_row_q16).
+// One query vector: q [d], out [d], and the number of positions it sees; against the integer
+// caches also the query in int16 codes qc [d] and their scale qs (quantize_row_q16), and
+// against 4-bit keys the codes' sum per block (qsum [d / 32]).
 struct Row {
     const float* q;
     float* out;
     int64_t n;
     const int16_t* qc = nullptr;
     float qs = 0.0f;
+    const int32_t* qsum = nullptr;
 };
 
 // scale * q . k[j] for k's row starting at element kj: kLanes-wide FMAs over dv, the lanes'
@@ -317,8 +319,13 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 }
 
 // ---- The integer caches in integers (kernels.h) ---------------------------------------------
-// The 4-bit cache goes through the int8 cache's code: its nibbles are widened to the same
-// int8 lanes where they are loaded (key_pairs, codes16, codes32), everything else is shared.
+// The 4-bit cache goes through the int8 cache's code: its nibbles u are widened to the same
+// lanes where they are loaded (key_pairs, codes8/16/32), everything else is shared. The
+// nibbles stay unsigned there, and the offset of q = u - 8 is taken once per block instead of
+// once per load: a key block's sums start at -8 times the query codes' sum, and a value
+// block's lose 8 times the weights' sum (the same exact int32 results).
+template <typename T>
+constexpr bool kNibbles = std::is_same_v<T, KeyGroupQ4> || std::is_same_v<T, ValueGroupQ4>;
 
 // The buffers of a tile on the int8 cache, kept by the thread from call to call (134 KiB at
 // d = 256). Scores of runs of 8 or more (prefill): the tile's key pairs widened to int16 (kt,
@@ -375,13 +382,13 @@ static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
 static inline IVec key_pairs(const KeyGroupQ8& g, int e, int l0) {
     return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[e][l0])));
 }
+// The 4-bit keys' nibbles u (unsigned: kNibbles).
 static inline IVec key_pairs(const KeyGroupQ4& g, int e, int l0) {
     // A position's byte in its 32-bit lane; its high nibble moved to the lane's upper half.
     const IVec x =
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.q[e] + l0)));
-    const IVec pair = _mm256_and_si256(_mm256_or_si256(x, _mm256_slli_epi32(x, 12)),
-                                       _mm256_set1_epi32(0x000f000f));
-    return _mm256_sub_epi16(pair, _mm256_set1_epi16(8));
+    return _mm256_and_si256(_mm256_or_si256(x, _mm256_slli_epi32(x, 12)),
+                            _mm256_set1_epi32(0x000f000f));
 }
 
 // The first m lanes of f at p.
@@ -408,11 +415,9 @@ static inline IVec key_pairs(const KeyGroupQ8& g, int e, int) {
     return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.q[e])));
 }
 static inline IVec key_pairs(const KeyGroupQ4& g, int e, int) {
-    // A position's byte in its 32-bit lane; its high nibble moved to the lane's upper half.
     const IVec x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[e])));
-    const IVec pair = _mm512_ternarylogic_epi32(x, _mm512_slli_epi32(x, 12),
-                                                _mm512_set1_epi32(0x000f000f), 0xa8);  // (a|b)&c
-    return _mm512_sub_epi16(pair, _mm512_set1_epi16(8));
+    return _mm512_ternarylogic_epi32(x, _mm512_slli_epi32(x, 12), _mm512_set1_epi32(0x000f000f),
+                                     0xa8);  // (a | b) & c
 }
 
 static inline void store_first(float* p, Vec f, int m) {
@@ -436,7 +441,13 @@ __attribute__((noinline)) static void group_scores(const KG* kg, int l0, int64_t
     for (int64_t b = 0; b < nb; ++b) {
         for (owed += pf_lines; owed >= nb; owed -= nb, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
         IVec acc[R];
-        for (int r = 0; r < R; ++r) acc[r] = izero();
+        for (int r = 0; r < R; ++r) {
+            if constexpr (kNibbles<KG>) {
+                acc[r] = QE_V(set1_epi32)(-8 * rows[r].qsum[b]);
+            } else {
+                acc[r] = izero();
+            }
+        }
 #pragma GCC unroll 16
         for (int e = 0; e < 16; ++e) {
             const IVec te = R >= 8 ? wide[b * 16 + e] : key_pairs(kg[b], e, l0);
@@ -544,17 +555,37 @@ static inline float scale_max(const VG* vb, int64_t nb, int64_t n) {
 }
 
 // kLanes weights (floats in [0, kWeightOne]) rounded to the nearest int16, ties to even, at
-// w (a NaN saturates).
-static inline void store_weights(int16_t* w, Vec t) {
+// w (a NaN saturates); with kSum, their sum added to int32 lanes of sum (kNibbles).
 #if QE_ATTENTION_LANES == 8
+using WeightSums = __m128i;
+template <bool kSum>
+static inline void store_weights(int16_t* w, Vec t, WeightSums& sum) {
     const __m256i c = _mm256_cvtps_epi32(t);  // nearest, even
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(w),
-                     _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
-#else
-    const __m512i c = _mm512_cvtps_epi32(t);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w), _mm512_cvtsepi32_epi16(c));
-#endif
+    const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(w), h);
+    if constexpr (kSum) sum = _mm_add_epi32(sum, _mm_madd_epi16(h, _mm_set1_epi16(1)));
 }
+static inline int32_t lanes_sum(WeightSums v) {
+    alignas(16) int32_t lane[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(lane), v);
+    return lane[0] + lane[1] + lane[2] + lane[3];
+}
+#else
+using WeightSums = __m256i;
+template <bool kSum>
+static inline void store_weights(int16_t* w, Vec t, WeightSums& sum) {
+    const __m256i h = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(t));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(w), h);
+    if constexpr (kSum) sum = _mm256_add_epi32(sum, _mm256_madd_epi16(h, _mm256_set1_epi16(1)));
+}
+static inline int32_t lanes_sum(WeightSums v) {
+    alignas(32) int32_t lane[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lane), v);
+    int32_t s = 0;
+    for (int i = 0; i < 8; ++i) s += lane[i];
+    return s;
+}
+#endif
 
 // A value row's codes as int8: 8 from column 8h (h < 4), 16 from column 16h (h < 2), all 32.
 // The 4-bit rows' low nibbles are columns 0-15, their high ones 16-31 (formats.h).
@@ -564,9 +595,9 @@ static inline __m128i codes8(const int8_t* row, int h) {
 static inline __m128i codes16(const int8_t* row, int h) {
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * h));
 }
+// The 4-bit rows' nibbles u (unsigned: kNibbles).
 static inline __m128i nibbles(__m128i b, int high) {
-    const __m128i x = _mm_srl_epi16(b, _mm_cvtsi32_si128(4 * high));
-    return _mm_sub_epi8(_mm_and_si128(x, _mm_set1_epi8(15)), _mm_set1_epi8(8));
+    return _mm_and_si128(_mm_srl_epi16(b, _mm_cvtsi32_si128(4 * high)), _mm_set1_epi8(15));
 }
 static inline __m128i codes8(const uint8_t* row, int h) {
     return nibbles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 8 * (h & 1))), h >> 1);
@@ -580,8 +611,7 @@ static inline __m256i codes32(const int8_t* row) {
 }
 static inline __m256i codes32(const uint8_t* row) {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
-    const __m256i x = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
-    return _mm256_sub_epi8(_mm256_and_si256(x, _mm256_set1_epi8(15)), _mm256_set1_epi8(8));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(15));
 }
 #endif
 
@@ -592,15 +622,17 @@ constexpr int64_t kLdw = kAttentionTile;
 
 // Value block vb's weights (vb: its block in the tile's first group): w[r * kLdw + j] for
 // j < nt[r], zeros up to n_even (the tile's positions rounded up to even, so every pair is
-// whole); unit[r] = W / kWeightOne. W is the bound p_max[r] * max_j dv_jb over the row's
-// positions (kernels.h), so the max needs no pass over the products, and rows that see the
-// same positions share the scales'. The scales of kLanes positions lie together in their
-// group (rows of blocks had each call copy them out first: 8 % of an avx512 decode call at
-// 16k). One block at a time, so the weights (6 KiB for runs of 12) stay in L1 for pair_sums:
-// the whole tile's took 48 KiB, more than Zen 4's L1.
+// whole); unit[r] = W / kWeightOne; wsum[r] the weights' sum for 4-bit values (kNibbles),
+// else 0. W is the bound p_max[r] * max_j dv_jb over the row's positions (kernels.h), so the
+// max needs no pass over the products, and rows that see the same positions share the
+// scales'. The scales of kLanes positions lie together in their group (rows of blocks had
+// each call copy them out first: 8 % of an avx512 decode call at 16k). One block at a time,
+// so the weights (6 KiB for runs of 12) stay in L1 for pair_sums: the whole tile's took 48
+// KiB, more than Zen 4's L1.
 template <int R, typename VG>
 static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, const float* p_max,
-                              int64_t n_even, const VG* vb, int64_t nb, int16_t* w, float* unit) {
+                              int64_t n_even, const VG* vb, int64_t nb, int16_t* w, float* unit,
+                              int32_t* wsum) {
     float s_max = 0.0f;
     for (int r = 0; r < R; ++r) {
         const int64_t n = nt[r];
@@ -611,19 +643,23 @@ static inline void q8_weights(const float* p, int64_t ldp, const int64_t* nt, co
         const float inv = w_max > 0.0f ? float(kWeightOne) / w_max : 0.0f;
         unit[r] = w_max / float(kWeightOne);
         const Vec iv = QE_V(set1_ps)(inv);
+        WeightSums sums{};  // zeros
         int64_t j = 0;
         for (; j + kLanes <= n; j += kLanes) {
             const Vec t =
                 QE_V(mul_ps)(QE_V(loadu_ps)(pr + j), QE_V(loadu_ps)(value_scales(vb, nb, j)));
-            store_weights(wr + j, QE_V(mul_ps)(t, iv));
+            store_weights<kNibbles<VG>>(wr + j, QE_V(mul_ps)(t, iv), sums);
         }
+        int32_t sum = kNibbles<VG> ? lanes_sum(sums) : 0;
         for (; j < n; ++j) {
             // Clamped so a NaN cannot reach the conversion (the vectors' saturates).
             const float t = std::fmin(std::fmax(pr[j] * *value_scales(vb, nb, j) * inv, 0.0f),
                                       float(kWeightOne));
             wr[j] = int16_t(std::nearbyint(t));
+            sum += wr[j];
         }
         for (; j < n_even; ++j) wr[j] = 0;
+        wsum[r] = kNibbles<VG> ? sum : 0;
     }
 }
 
@@ -712,10 +748,11 @@ static inline void weigh_q8(const Row* rows, const VG* v, int64_t j0, int64_t d,
     Q8Scratch& x = q8_scratch(nb);
     const VG* vt = v + j0 / kKvGroup * nb;
     float p_max[R], unit[R];
+    int32_t wsum[R] = {};  // 4-bit values: the weights' sums (kNibbles)
     for (int r = 0; r < R; ++r) p_max[r] = tile_max(p + r * ldp, nt[r]);
     const int64_t pf_step = pf ? (pf_bytes + nb * pairs * 64 - 1) / (nb * pairs * 64) * 64 : 0;
     for (int64_t b = 0; b < nb; ++b) {
-        q8_weights<R>(p, ldp, nt, p_max, n_even, vt + b, nb, x.w.data(), unit);
+        q8_weights<R>(p, ldp, nt, p_max, n_even, vt + b, nb, x.w.data(), unit, wsum);
         const char* pfb = pf + b * pairs * pf_step;
 #if QE_ATTENTION_LANES == 8
         constexpr int Q = kQuarters<R>;
@@ -725,8 +762,9 @@ static inline void weigh_q8(const Row* rows, const VG* v, int64_t j0, int64_t d,
             pair_sums<R>(vt + b, nb, nt_hi, h, x.w.data(), pfb, h == 0 ? pf_step : 0, sums);
             for (int q = 0; q < Q; ++q) {
                 for (int r = 0; r < R; ++r) {
-                    flush_sums(rows[r].out + b * kBlockK + 8 * (h + q),
-                               _mm256_cvtepi32_ps(sums[q * R + r]), first, alpha[r], unit[r]);
+                    const IVec sr = _mm256_sub_epi32(sums[q * R + r], _mm256_set1_epi32(8 * wsum[r]));
+                    flush_sums(rows[r].out + b * kBlockK + 8 * (h + q), _mm256_cvtepi32_ps(sr),
+                               first, alpha[r], unit[r]);
                 }
             }
         }
@@ -734,7 +772,9 @@ static inline void weigh_q8(const Row* rows, const VG* v, int64_t j0, int64_t d,
         IVec sums[2 * R];
         pair_sums<R>(vt + b, nb, nt_hi, x.w.data(), pfb, pf_step, sums);
         for (int r = 0; r < R; ++r) {
-            const __m512 f0 = _mm512_cvtepi32_ps(sums[r]), f1 = _mm512_cvtepi32_ps(sums[R + r]);
+            const IVec offset = _mm512_set1_epi32(8 * wsum[r]);
+            const __m512 f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r], offset));
+            const __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[R + r], offset));
             float* out = rows[r].out + b * kBlockK;
             flush_sums(out, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)), first, alpha[r],
                        unit[r]);
@@ -883,9 +923,12 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     // The int8 cache's quantized queries, a slot per row of a block (24 KiB at d = 256), kept
     // by the thread from call to call.
     thread_local std::vector<int16_t> codes;
+    thread_local std::vector<int32_t> sums;  // 4-bit keys: the codes' block sums
+    const int64_t nb = d / kBlockK;
     if constexpr (kKeyGroups<K>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
-        Q8Scratch& x = q8_scratch(d / kBlockK);
+        if (sums.size() < size_t(kBlock * nb)) sums.resize(size_t(kBlock * nb));
+        Q8Scratch& x = q8_scratch(nb);
         x.widened_base = nullptr;  // the cache may have changed since
     }
     for (int64_t r = 0; r < n_t; ++r) {
@@ -910,6 +953,11 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
                 int16_t* qc = codes.data() + b.count * d;
                 row.qs = quantize_row_q16(row.q, qc, d);
                 row.qc = qc;
+                if constexpr (kNibbles<K>) {
+                    int32_t* qsum = sums.data() + b.count * nb;
+                    query_block_sums(qc, d, qsum);
+                    row.qsum = qsum;
+                }
             }
             b.rows[b.count++] = row;
         }
