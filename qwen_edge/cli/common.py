@@ -267,7 +267,7 @@ def stream_to(out: Any, responses: Any) -> Any:
     return last
 
 
-def progress_bar(total_label: str) -> Any:
+def progress_bar(total_label: str, unit: str = "tensor") -> Any:
     """A (name, index, total) callback: tqdm when installed, else a line every ~10 %."""
     try:
         from tqdm import tqdm
@@ -278,7 +278,7 @@ def progress_bar(total_label: str) -> Any:
     def update(name: str, index: int, total: int) -> None:
         if tqdm is not None:
             if state["bar"] is None:
-                state["bar"] = tqdm(total=total, desc=total_label, unit="tensor", leave=False)
+                state["bar"] = tqdm(total=total, desc=total_label, unit=unit, leave=False)
             state["bar"].set_postfix_str(name[-40:], refresh=False)
             state["bar"].n = index
             state["bar"].refresh()

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         ctx=args.ctx,
         act_q8=args.act_q8,
         text=args.text,
-        progress=None if args.json else progress_bar("evaluating"),
+        progress=None if args.json else progress_bar("evaluating", unit="window"),
     )
     d = report.to_dict()
     if args.json:

@@ -206,7 +206,10 @@ class VocabGroups:
         return rep.astype(np.float64) + self.log_size
 
 
-class _Accumulator:
+class Scores:
+    """Positions scored against reference log-probs, window by window (`add`), summed up in a
+    QualityReport (`report`)."""
+
     def __init__(self, groups: VocabGroups | None = None) -> None:
         self.groups = groups
         self.kl: list[np.ndarray] = []
@@ -266,7 +269,7 @@ def compare(
 ) -> QualityReport:
     """Scores a model (`fn`) against cached reference log-probs, window by window (made with
     the same `groups`)."""
-    acc = _Accumulator(groups)
+    acc = Scores(groups)
     for i, (lp, w) in enumerate(zip(ref_logprobs, wins, strict=True)):
         if progress is not None:
             progress(i, len(wins))
