@@ -42,9 +42,10 @@ echo "${kib} KiB ${ways}-way cache"
 printf '| %-5s | %-15s | %-12s | %-14s | %-14s | %5s |\n' cache "tokens per call" \
     instructions "KiB fetched" "KiB of K + V" ratio
 echo "|-------|-----------------|--------------|----------------|----------------|-------|"
-for cache in f16 q8; do
-    # K and V rows of d = 256 at the chunk's mean depth: 512 bytes (f16) or 8 blocks of 36 (q8).
-    row=$([ "$cache" = f16 ] && echo 512 || echo 288)
+for cache in f16 q8 q4; do
+    # K and V rows of d = 256 at the chunk's mean depth: 512 bytes (f16), 8 blocks of 36 (q8)
+    # or of 20 (q4).
+    case "$cache" in f16) row=512 ;; q8) row=288 ;; q4) row=160 ;; esac
     kv=$(((depth + chunk / 2) * row * 2))
     for per_call in 1 $chunk; do
         insns=$(per_token insn_count.so "$per_call" "$cache")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""State memory against context length for the Qwen3.5 shapes (0.8B .. 9B), fp16 and int8 KV.
+"""State memory against context length for the Qwen3.5 shapes (0.8B .. 9B): fp16, int8 and
+4-bit KV.
 
 The numbers are the native core's own `State::bytes_for` (what a state allocates: the KV cache
 of the full-attention layers, the DeltaNet conv and recurrent states, and the forward pass's

@@ -577,6 +577,13 @@ def test_run_262k_context_on_4b_shapes(
     assert 4.5 * 1024 < float(said.group(1)) < 4.5 * 1024 + 200  # 4.5 GiB of int8 K and V
     refused = err.index("a state for 262144 tokens needs")
     assert said.start() < refused and "at most" in err[refused:] and "Traceback" not in err
+    assert "--kv-cache q4" in err[refused:]  # the next smaller cache is named
+    # The 4-bit cache holds the same context in those 4 GiB (2.5 GiB of K and V).
+    assert main([*args, "--kv-cache", "q4", "--json"]) == 0
+    said = re.search(
+        r"state: ([0-9.]+) MiB for 262144 tokens \(q4 KV cache\)", capsys.readouterr().err
+    )
+    assert said is not None and 2.5 * 1024 < float(said.group(1)) < 2.5 * 1024 + 200
     # With the memory of an 8 GB board left for it, the same command runs.
     monkeypatch.setattr(memory, "mem_available_bytes", lambda: 6 * 2**30)
     assert main([*args, "--kv-cache", "q8", "--json"]) == 0
