@@ -22,42 +22,36 @@ uint64_t align_up(uint64_t n) { return (n + kSectionAlign - 1) / kSectionAlign *
 
 }  // namespace
 
-float quantize_block_q8(const float* x, int8_t* q) {
+namespace {
+// Symmetric codes of x [n]: s = amax / levels, q = round(x / s) (half away from zero) within
+// +-levels; returns s. The definition of q8a, of the integer caches' blocks and of the query
+// codes they are scored with.
+template <typename T>
+float quantize_symmetric(const float* x, T* q, int64_t n, float levels) {
     float amax = 0.0f;  // fmax drops NaN
-    for (int j = 0; j < kBlockK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
-    const float d = amax / 127.0f;
-    const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-    for (int j = 0; j < kBlockK; ++j) {
-        // Clamp before rounding: the same result for finite values, and defined when 1/d
-        // overflowed (a subnormal d) or x is NaN (fmax/fmin drop it: -127).
-        const float v = std::fmin(std::fmax(x[j] * inv, -127.0f), 127.0f);
-        q[j] = int8_t(std::lround(v));
+    for (int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float s = amax / levels;
+    const float inv = s != 0.0f ? 1.0f / s : 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+        // Clamp before rounding: the same result for finite values, and defined when 1/s
+        // overflowed (a subnormal s) or x is NaN (fmax/fmin drop it: -levels).
+        const float v = std::fmin(std::fmax(x[j] * inv, -levels), levels);
+        q[j] = T(std::lround(v));
     }
-    return d;
+    return s;
+}
+}  // namespace
+
+float quantize_block_q8(const float* x, int8_t* q) {
+    return quantize_symmetric(x, q, kBlockK, 127.0f);
 }
 
 float quantize_block_q4(const float* x, int8_t* q) {
-    float amax = 0.0f;  // fmax drops NaN
-    for (int j = 0; j < kBlockK; ++j) amax = std::fmax(amax, std::fabs(x[j]));
-    const float d = amax / 7.0f;
-    const float inv = d != 0.0f ? 1.0f / d : 0.0f;
-    for (int j = 0; j < kBlockK; ++j) {
-        const float v = std::fmin(std::fmax(x[j] * inv, -7.0f), 7.0f);  // as q8's
-        q[j] = int8_t(std::lround(v));
-    }
-    return d;
+    return quantize_symmetric(x, q, kBlockK, 7.0f);
 }
 
 float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
-    float amax = 0.0f;  // fmax drops NaN
-    for (int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(x[j]));
-    const float s = amax / 32767.0f;
-    const float inv = s != 0.0f ? 1.0f / s : 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-        const float v = std::fmin(std::fmax(x[j] * inv, -32767.0f), 32767.0f);  // as q8's
-        q[j] = int16_t(std::lround(v));
-    }
-    return s;
+    return quantize_symmetric(x, q, n, 32767.0f);
 }
 
 void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d) {

@@ -762,7 +762,9 @@ static inline void weigh_q8(const Row* rows, const VG* v, int64_t j0, int64_t d,
             pair_sums<R>(vt + b, nb, nt_hi, h, x.w.data(), pfb, h == 0 ? pf_step : 0, sums);
             for (int q = 0; q < Q; ++q) {
                 for (int r = 0; r < R; ++r) {
-                    const IVec sr = _mm256_sub_epi32(sums[q * R + r], _mm256_set1_epi32(8 * wsum[r]));
+                    IVec sr = sums[q * R + r];
+                    if constexpr (kNibbles<VG>)
+                        sr = _mm256_sub_epi32(sr, _mm256_set1_epi32(8 * wsum[r]));
                     flush_sums(rows[r].out + b * kBlockK + 8 * (h + q), _mm256_cvtepi32_ps(sr),
                                first, alpha[r], unit[r]);
                 }
@@ -772,9 +774,13 @@ static inline void weigh_q8(const Row* rows, const VG* v, int64_t j0, int64_t d,
         IVec sums[2 * R];
         pair_sums<R>(vt + b, nb, nt_hi, x.w.data(), pfb, pf_step, sums);
         for (int r = 0; r < R; ++r) {
-            const IVec offset = _mm512_set1_epi32(8 * wsum[r]);
-            const __m512 f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[r], offset));
-            const __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums[R + r], offset));
+            IVec s0 = sums[r], s1 = sums[R + r];
+            if constexpr (kNibbles<VG>) {
+                const IVec offset = _mm512_set1_epi32(8 * wsum[r]);
+                s0 = _mm512_sub_epi32(s0, offset);
+                s1 = _mm512_sub_epi32(s1, offset);
+            }
+            const __m512 f0 = _mm512_cvtepi32_ps(s0), f1 = _mm512_cvtepi32_ps(s1);
             float* out = rows[r].out + b * kBlockK;
             flush_sums(out, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)), first, alpha[r],
                        unit[r]);
