@@ -99,6 +99,7 @@ KernelTable make_neon_dotprod() {
     t.required = kFeatureNeon | kFeatureNeonDotprod;
     t.gemv_q8a = neon_dotprod::gemv_q8a;
     t.gemm_q8a = neon_dotprod::gemm_q8a;
+    t.attention_q4 = neon_dotprod::attention_q4;
     return t;
 }
 

@@ -207,10 +207,13 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
                            const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t n, int64_t d,
                            float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);
 // attention_q4, over the 4-bit cache (formats.h: KeyGroupQ4, ValueGroupQ4): attention_q8's
-// arithmetic on the codes q = nibble - 8, exact in int32 the same way (|q| <= 8 < 127). The
-// SIMD tables take the offset per block: sum qc * q = sum qc * nibble - 8 * sum qc, with the
-// query codes' block sums from query_block_sums.
-inline void query_block_sums(const int16_t* qc, int64_t d, int32_t* sums) {
+// arithmetic on the codes q = nibble - 8, but for the query, rounded to int8 (quantize_row_q8)
+// instead of int16, so that the nibbles meet it in byte dot products (4 products per 32-bit
+// lane where int16 takes 2); its rounding (1/254 of the row's largest element) stays small
+// beside the keys' (1/14 of a block's). Exact in int32 the same way (|q| <= 8). The SIMD
+// tables take the offset per block: sum qc * q = sum qc * nibble - 8 * sum qc, with the query
+// codes' block sums from query_block_sums.
+inline void query_block_sums(const int8_t* qc, int64_t d, int32_t* sums) {
     for (int64_t b = 0; b < d / kBlockK; ++b) {
         int32_t sum = 0;
         for (int e = 0; e < kBlockK; ++e) sum += qc[b * kBlockK + e];
@@ -282,11 +285,13 @@ AttentionQ4Fn attention_q4;
 #endif
 
 #if defined(__aarch64__)
-// neon: every kernel. neon_dotprod: the packed products; neon_i8mm: the prefill product.
+// neon: every kernel. neon_dotprod: the packed products and attention over the 4-bit cache;
+// neon_i8mm: the prefill product.
 QE_DECLARE_ALL(neon)
 namespace neon_dotprod {
 GemvQ8aFn gemv_q8a;
 GemmQ8aFn gemm_q8a;
+AttentionQ4Fn attention_q4;
 }  // namespace neon_dotprod
 namespace neon_i8mm {
 GemmQ8aFn gemm_q8a;

@@ -54,6 +54,10 @@ float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
     return quantize_symmetric(x, q, n, 32767.0f);
 }
 
+float quantize_row_q8(const float* x, int8_t* q, int64_t n) {
+    return quantize_symmetric(x, q, n, 127.0f);
+}
+
 void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d) {
     const int64_t nb = d / kBlockK, l = j % kKvGroup;
     KeyGroupQ8* g = groups + j / kKvGroup * nb;
@@ -79,8 +83,10 @@ void store_key_q4(const float* x, KeyGroupQ4* groups, int64_t j, int64_t d) {
     for (int64_t b = 0; b < nb; ++b) {
         int8_t q[kBlockK];
         g[b].d[l] = quantize_block_q4(x + b * kBlockK, q);
-        for (int p = 0; p < kBlockK / 2; ++p)
-            g[b].q[p][l] = uint8_t((q[2 * p] + 8) | (q[2 * p + 1] + 8) << 4);
+        for (int p = 0; p < kBlockK / 4; ++p) {
+            for (int i = 0; i < 2; ++i)
+                g[b].q[p][l][i] = uint8_t((q[4 * p + i] + 8) | (q[4 * p + i + 2] + 8) << 4);
+        }
     }
 }
 

@@ -129,13 +129,16 @@ static_assert(sizeof(KeyGroupQ8) == 576 && sizeof(ValueGroupQ8) == 576,
 // The 4-bit KV cache: the int8 cache's groups with 4-bit codes, 20 bytes per 32 values (0.56x),
 // for contexts where the cache, not the weights, is what a decode step reads. A block's codes
 // are symmetric, d = amax / 7 and q = round(x / d) within +-7 (quantize_block_q4), stored as
-// q + 8 in a nibble; the scales stay floats, so both caches weigh and scale alike and the
-// kernels widen the nibbles to the int8 cache's lanes. Keys (q4k16): byte q[p][l] holds
-// elements 2p (low nibble) and 2p + 1 (high) of position l, so 16 bytes give a column pair of
-// the group's 16 positions. Values (q4v16): byte q[l][e] holds element e (low) and e + 16
-// (high) of position l, so a mask gives a row's first 16 codes in order and a shift the last.
+// q + 8 in a nibble; the scales stay floats, so both caches weigh and scale alike. Keys
+// (q4k16x4): the 16 bits q[p][l] hold the quad of elements 4p .. 4p + 3 of position l, byte i
+// (< 2) element 4p + i in its low nibble and 4p + i + 2 in its high one; so 32 bytes give a
+// quad for each of the group's 16 positions, and one shift, or and mask ((x | x << 12) &
+// 0x0f0f0f0f on a quad widened to 32 bits) spread it to four bytes in element order, what
+// unsigned-by-signed byte dot products (vpdpbusd, vpmaddubsw, sdot) take. Values (q4v16):
+// byte q[l][e] holds element e (low) and e + 16 (high) of position l, so a mask gives a row's
+// first 16 codes in order and a shift the last.
 struct KeyGroupQ4 {
-    uint8_t q[kBlockK / 2][kKvGroup];
+    uint8_t q[kBlockK / 4][kKvGroup][2];
     float d[kKvGroup];
 };
 struct ValueGroupQ4 {
@@ -149,7 +152,7 @@ inline int key_code(const KeyGroupQ8& g, int l, int e) {
     return g.q[e / 2][l][e % 2];
 }
 inline int key_code(const KeyGroupQ4& g, int l, int e) {
-    return (g.q[e / 2][l] >> 4 * (e % 2) & 15) - 8;
+    return (g.q[e / 4][l][e % 2] >> 4 * (e / 2 % 2) & 15) - 8;
 }
 inline int value_code(const ValueGroupQ8& g, int l, int e) {
     return g.q[l][e];
@@ -174,6 +177,8 @@ float quantize_block_q4(const float* x, int8_t* q);
 // A query row for integer dot products with an int8 cache: s = amax / 32767, q = round(x / s)
 // (half away from zero) within +-32767; returns s. Scalar, the same codes on every table.
 float quantize_row_q16(const float* x, int16_t* q, int64_t n);
+// The same in int8 (s = amax / 127, within +-127), for the 4-bit cache's byte dot products.
+float quantize_row_q8(const float* x, int8_t* q, int64_t n);
 
 // Key or value x [d] (d a multiple of 32) as position j of a head's int8 cache `groups`
 // (quantize_block_q8 per block): scalar, the same bytes on every CPU. A cache row is written

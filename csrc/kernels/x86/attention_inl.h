@@ -172,15 +172,17 @@ static inline float tile_max(const float* x, int64_t n) {
     return m;
 }
 
-// One query vector: q [d], out [d], and the number of positions it sees; against the integer
-// caches also the query in int16 codes qc [d] and their scale qs (quantize_row_q16), and
-// against 4-bit keys the codes' sum per block (qsum [d / 32]).
+// One query vector: q [d], out [d], and the number of positions it sees; against the int8
+// cache also the query in int16 codes qc [d] and their scale qs (quantize_row_q16); against
+// the 4-bit cache in int8 codes qb [d] (quantize_row_q8), qs, and the codes' sum per block
+// (qsum [d / 32]).
 struct Row {
     const float* q;
     float* out;
     int64_t n;
     const int16_t* qc = nullptr;
     float qs = 0.0f;
+    const int8_t* qb = nullptr;
     const int32_t* qsum = nullptr;
 };
 
@@ -319,19 +321,20 @@ static inline void weigh_pass(const Row* rows, const T* v, int64_t v0j, int64_t 
 }
 
 // ---- The integer caches in integers (kernels.h) ---------------------------------------------
-// The 4-bit cache goes through the int8 cache's code: its nibbles u are widened to the same
-// lanes where they are loaded (key_pairs, codes8/16/32), everything else is shared. The
-// nibbles stay unsigned there, and the offset of q = u - 8 is taken once per block instead of
-// once per load: a key block's sums start at -8 times the query codes' sum, and a value
-// block's lose 8 times the weights' sum (the same exact int32 results).
+// The 4-bit cache goes through the int8 cache's code: its value nibbles u are widened to the
+// same lanes where they are loaded (codes8/16/32); its keys are spread to bytes (key_quads)
+// and meet the query in int8 in byte dot products (dot_quads), half the int8 cache's
+// instructions per key block. The nibbles stay unsigned, and the offset of q = u - 8 is
+// taken once per block instead of once per load: a key block's sums lose 8 times the query
+// codes' sum, and a value block's 8 times the weights' sum (the same exact int32 results).
 template <typename T>
 constexpr bool kNibbles = std::is_same_v<T, KeyGroupQ4> || std::is_same_v<T, ValueGroupQ4>;
 
 // The buffers of a tile on the int8 cache, kept by the thread from call to call (134 KiB at
 // d = 256). Scores of runs of 8 or more (prefill): the tile's key pairs widened to int16 (kt,
-// 16 vectors per kLanes positions and block), its first `widened` positions at widened_base
-// (null: none) valid for the block's later runs. Weighted sum: one value block's weights for
-// the rows of a run (w).
+// 16 vectors per kLanes positions and block; 4-bit keys: 8 vectors of quads), its first
+// `widened` positions at widened_base (null: none) valid for the block's later runs. Weighted
+// sum: one value block's weights for the rows of a run (w).
 struct Q8Scratch {
     struct alignas(kLanes * sizeof(int32_t)) Lanes {
         int32_t lanes[kLanes];
@@ -382,13 +385,33 @@ static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
 static inline IVec key_pairs(const KeyGroupQ8& g, int e, int l0) {
     return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[e][l0])));
 }
-// The 4-bit keys' nibbles u (unsigned: kNibbles).
-static inline IVec key_pairs(const KeyGroupQ4& g, int e, int l0) {
-    // A position's byte in its 32-bit lane; its high nibble moved to the lane's upper half.
+// Quad p of positions l0 .. l0 + 7 of a 4-bit key group, one position's four nibbles u
+// (unsigned: kNibbles) per 32-bit lane, a byte each in element order (formats.h).
+static inline IVec key_quads(const KeyGroupQ4& g, int p, int l0) {
     const IVec x =
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g.q[e] + l0)));
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[p][l0])));
     return _mm256_and_si256(_mm256_or_si256(x, _mm256_slli_epi32(x, 12)),
-                            _mm256_set1_epi32(0x000f000f));
+                            _mm256_set1_epi32(0x0f0f0f0f));
+}
+// acc + per 32-bit lane the products of t's four unsigned bytes with the quad's four int8
+// codes: one vpdpbusd with AVX-VNNI. On avx2 vpmaddubsw's int16 pair sums, added in int16
+// across a block's 8 quads (at most 8 * 2 * 15 * 127 = 30480 per lane, no saturation) and
+// widened once per block by quad_sums.
+static inline IVec dot_quads(IVec acc, IVec t, int32_t quad) {
+#ifdef QE_ATTENTION_AVX_VNNI
+    return _mm256_dpbusd_avx_epi32(acc, t, _mm256_set1_epi32(quad));
+#else
+    IVec sum = _mm256_add_epi16(acc, _mm256_maddubs_epi16(t, _mm256_set1_epi32(quad)));
+    asm("" : "+x"(sum));
+    return sum;
+#endif
+}
+static inline IVec quad_sums(IVec acc) {
+#ifdef QE_ATTENTION_AVX_VNNI
+    return acc;
+#else
+    return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+#endif
 }
 
 // The first m lanes of f at p.
@@ -414,10 +437,17 @@ static inline IVec dot_pairs(IVec acc, IVec t, int32_t pair) {
 static inline IVec key_pairs(const KeyGroupQ8& g, int e, int) {
     return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.q[e])));
 }
-static inline IVec key_pairs(const KeyGroupQ4& g, int e, int) {
-    const IVec x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.q[e])));
-    return _mm512_ternarylogic_epi32(x, _mm512_slli_epi32(x, 12), _mm512_set1_epi32(0x000f000f),
+static inline IVec key_quads(const KeyGroupQ4& g, int p, int) {
+    const IVec x =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.q[p])));
+    return _mm512_ternarylogic_epi32(x, _mm512_slli_epi32(x, 12), _mm512_set1_epi32(0x0f0f0f0f),
                                      0xa8);  // (a | b) & c
+}
+static inline IVec dot_quads(IVec acc, IVec t, int32_t quad) {
+    return _mm512_dpbusd_epi32(acc, t, _mm512_set1_epi32(quad));
+}
+static inline IVec quad_sums(IVec acc) {
+    return acc;
 }
 
 static inline void store_first(float* p, Vec f, int m) {
@@ -426,11 +456,12 @@ static inline void store_first(float* p, Vec f, int m) {
 #endif
 
 // The scores of R rows against kLanes positions of a key group (kg: its nb blocks; l0: the
-// first position's place in it; runs of 8 or more read the pairs widened at `wide`),
+// first position's place in it; runs of 8 or more read the keys widened at `wide`),
 // unscaled by the rows' qs, into f [R]: per block the int32 sums over the block's 16 column
-// pairs, converted and scaled by the positions' block scales; fetching pf_lines cache lines
-// from pf meanwhile, a few per block. A function of its own, the columns unrolled: inlined
-// into score_tile, unrolled or not, an avx512 decode call measured 2 % slower.
+// pairs (8 quads of 4-bit keys), converted and scaled by the positions' block scales;
+// fetching pf_lines cache lines from pf meanwhile, a few per block. A function of its own,
+// the columns unrolled: inlined into score_tile, unrolled or not, an avx512 decode call
+// measured 2 % slower.
 template <int R, typename KG>
 __attribute__((noinline)) static void group_scores(const KG* kg, int l0, int64_t nb,
                                                    const Row* rows, Vec* f, const char* pf,
@@ -441,20 +472,30 @@ __attribute__((noinline)) static void group_scores(const KG* kg, int l0, int64_t
     for (int64_t b = 0; b < nb; ++b) {
         for (owed += pf_lines; owed >= nb; owed -= nb, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
         IVec acc[R];
-        for (int r = 0; r < R; ++r) {
-            if constexpr (kNibbles<KG>) {
-                acc[r] = QE_V(set1_epi32)(-8 * rows[r].qsum[b]);
-            } else {
-                acc[r] = izero();
+        for (int r = 0; r < R; ++r) acc[r] = izero();
+        if constexpr (kNibbles<KG>) {
+#pragma GCC unroll 8
+            for (int p = 0; p < 8; ++p) {
+                const IVec tp = R >= 8 ? wide[b * 8 + p] : key_quads(kg[b], p, l0);
+                for (int r = 0; r < R; ++r) {
+                    int32_t quad;
+                    std::memcpy(&quad, rows[r].qb + b * kBlockK + 4 * p, sizeof quad);
+                    acc[r] = dot_quads(acc[r], tp, quad);
+                }
             }
-        }
-#pragma GCC unroll 16
-        for (int e = 0; e < 16; ++e) {
-            const IVec te = R >= 8 ? wide[b * 16 + e] : key_pairs(kg[b], e, l0);
             for (int r = 0; r < R; ++r) {
-                int32_t pair;
-                std::memcpy(&pair, rows[r].qc + b * kBlockK + 2 * e, sizeof pair);
-                acc[r] = dot_pairs(acc[r], te, pair);
+                const IVec offset = QE_V(set1_epi32)(-8 * rows[r].qsum[b]);
+                acc[r] = QE_V(add_epi32)(quad_sums(acc[r]), offset);
+            }
+        } else {
+#pragma GCC unroll 16
+            for (int e = 0; e < 16; ++e) {
+                const IVec te = R >= 8 ? wide[b * 16 + e] : key_pairs(kg[b], e, l0);
+                for (int r = 0; r < R; ++r) {
+                    int32_t pair;
+                    std::memcpy(&pair, rows[r].qc + b * kBlockK + 2 * e, sizeof pair);
+                    acc[r] = dot_pairs(acc[r], te, pair);
+                }
             }
         }
         const Vec sb = QE_V(loadu_ps)(kg[b].d + l0);
@@ -489,8 +530,13 @@ static void group_score_tile(const Row* rows, const KG* k, const VG* v, int64_t 
         const int l0 = int(j % kKvGroup);
         IVec* wide = reinterpret_cast<IVec*>(x.kt.data() + g / kLanes * nb * 16);
         if (R >= 8 && g + m > x.widened) {
-            for (int64_t b = 0; b < nb; ++b)
-                for (int e = 0; e < 16; ++e) wide[b * 16 + e] = key_pairs(kg[b], e, l0);
+            for (int64_t b = 0; b < nb; ++b) {
+                if constexpr (kNibbles<KG>) {
+                    for (int i = 0; i < 8; ++i) wide[b * 8 + i] = key_quads(kg[b], i, l0);
+                } else {
+                    for (int e = 0; e < 16; ++e) wide[b * 16 + e] = key_pairs(kg[b], e, l0);
+                }
+            }
             x.widened = g + m;
         }
         const char* pf = row_at(v, j, d);
@@ -606,12 +652,28 @@ static inline __m128i codes16(const uint8_t* row, int h) {
     return nibbles(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)), h);
 }
 #if QE_ATTENTION_LANES == 16
-static inline __m256i codes32(const int8_t* row) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
+// The codes of value rows a and z (positions j, j + 1) interleaved per column and widened to
+// int16, what dot_pairs takes: the int8 rows' columns 0-7 and 16-23 (an in-lane interleave's
+// order) in c[0], 8-15 and 24-31 in c[1].
+static inline void value_pairs(const int8_t* a, const int8_t* z, IVec* c) {
+    const __m256i a32 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+    const __m256i z32 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(z));
+    c[0] = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a32, z32));
+    c[1] = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a32, z32));
 }
-static inline __m256i codes32(const uint8_t* row) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(15));
+// The 4-bit rows' nibbles u (unsigned: kNibbles) in column order: 0-15 in c[0], 16-31 in c[1].
+// Their rows are adjacent 16 bytes (pairs never straddle a group), so one load holds both;
+// each byte, widened to int16 and moved next to its partner, gives both columns' codes by
+// a mask and a shift (12 instructions per pair as the int8 rows' lanes, 5 this way).
+static inline void value_pairs(const uint8_t* a, const uint8_t*, IVec* c) {
+    alignas(64) static constexpr uint16_t kInterleave[32] = {
+        0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m256i az = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+    const IVec w =
+        _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), _mm512_cvtepu8_epi16(az));
+    c[0] = _mm512_and_si512(w, _mm512_set1_epi16(15));
+    c[1] = _mm512_srli_epi16(w, 4);
 }
 #endif
 
@@ -702,8 +764,8 @@ __attribute__((noinline)) static void pair_sums(const VG* vb, int64_t nb, int64_
         for (int r = 0; r < R; ++r) sums[q * R + r] = acc[q][r];
 }
 #else
-// pair_sums for 16 lanes, the whole block at once: columns 0-7 and 16-23 (an in-lane
-// interleave's order) in sums[r], 8-15 and 24-31 in sums[R + r]. Its sums one [2][R] array:
+// pair_sums for 16 lanes, the whole block at once: the columns of value_pairs' c[0] in
+// sums[r], of c[1] in sums[R + r]. Its sums one [2][R] array:
 // with the flush in the same body, or as two arrays, gcc 12 copies every sum twice per pair
 // for runs of 4 or more (a 4k prefill chunk 185 -> 231 us per token).
 template <int R, typename VG>
@@ -716,9 +778,8 @@ __attribute__((noinline)) static void pair_sums(const VG* vb, int64_t nb, int64_
     for_pairs(vb, nb, nt_hi, [&](const auto* ap, const auto* zp, int64_t j) {
         for (int64_t b = 0; b < pf_step; b += 64)
             _mm_prefetch(pf + j / 2 * pf_step + b, _MM_HINT_T1);
-        const __m256i a = codes32(ap), z = codes32(zp);
-        const IVec c[2] = {_mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(a, z)),
-                           _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(a, z))};
+        IVec c[2];
+        value_pairs(ap, zp, c);
         for (int r = 0; r < R; ++r) {
             int32_t pair;
             std::memcpy(&pair, w + r * kLdw + j, sizeof pair);
@@ -782,10 +843,15 @@ static inline void weigh_q8(const Row* rows, const VG* v, int64_t j0, int64_t d,
             }
             const __m512 f0 = _mm512_cvtepi32_ps(s0), f1 = _mm512_cvtepi32_ps(s1);
             float* out = rows[r].out + b * kBlockK;
-            flush_sums(out, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)), first, alpha[r],
-                       unit[r]);
-            flush_sums(out + 16, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(3, 2, 3, 2)), first,
-                       alpha[r], unit[r]);
+            if constexpr (kNibbles<VG>) {  // value_pairs' column order
+                flush_sums(out, f0, first, alpha[r], unit[r]);
+                flush_sums(out + 16, f1, first, alpha[r], unit[r]);
+            } else {
+                flush_sums(out, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(1, 0, 1, 0)), first,
+                           alpha[r], unit[r]);
+                flush_sums(out + 16, _mm512_shuffle_f32x4(f0, f1, _MM_SHUFFLE(3, 2, 3, 2)), first,
+                           alpha[r], unit[r]);
+            }
         }
 #endif
     }
@@ -929,10 +995,12 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     // The int8 cache's quantized queries, a slot per row of a block (24 KiB at d = 256), kept
     // by the thread from call to call.
     thread_local std::vector<int16_t> codes;
-    thread_local std::vector<int32_t> sums;  // 4-bit keys: the codes' block sums
+    thread_local std::vector<int8_t> bytes;  // 4-bit keys: the queries in int8
+    thread_local std::vector<int32_t> sums;  // and their codes' block sums
     const int64_t nb = d / kBlockK;
     if constexpr (kKeyGroups<K>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
+        if (bytes.size() < size_t(kBlock * d)) bytes.resize(size_t(kBlock * d));
         if (sums.size() < size_t(kBlock * nb)) sums.resize(size_t(kBlock * nb));
         Q8Scratch& x = q8_scratch(nb);
         x.widened_base = nullptr;  // the cache may have changed since
@@ -955,15 +1023,17 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
                 b.run_end[b.runs++] = b.count + 1;
             }
             Row row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
-            if constexpr (kKeyGroups<K>) {
+            if constexpr (kNibbles<K>) {
+                int8_t* qb = bytes.data() + b.count * d;
+                int32_t* qsum = sums.data() + b.count * nb;
+                row.qs = quantize_row_q8(row.q, qb, d);
+                query_block_sums(qb, d, qsum);
+                row.qb = qb;
+                row.qsum = qsum;
+            } else if constexpr (kKeyGroups<K>) {
                 int16_t* qc = codes.data() + b.count * d;
                 row.qs = quantize_row_q16(row.q, qc, d);
                 row.qc = qc;
-                if constexpr (kNibbles<K>) {
-                    int32_t* qsum = sums.data() + b.count * nb;
-                    query_block_sums(qc, d, qsum);
-                    row.qsum = qsum;
-                }
             }
             b.rows[b.count++] = row;
         }

@@ -69,13 +69,15 @@ def _dequantized(x: np.ndarray, bits: int = 8) -> np.ndarray:
     return (scale[:, None].astype(np.float64) * codes).reshape(x.shape)
 
 
-def _query_q16(q: np.ndarray) -> np.ndarray:
-    """Each query row rounded to int16 with one scale (amax / 32767, half away from zero), as
-    the int8 cache's integer scores take it, back in float64."""
+def _query_codes(q: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Each query row rounded with one scale (half away from zero) as the integer caches'
+    scores take it, back in float64: to int16 (amax / 32767) against the int8 cache, to int8
+    (amax / 127) against the 4-bit cache's keys (kernels.h)."""
+    levels = np.float32(32767 if bits == 8 else 127)
     q = q.astype(np.float32)
-    s = np.abs(q).max(axis=-1, keepdims=True) / np.float32(32767)
+    s = np.abs(q).max(axis=-1, keepdims=True) / levels
     inv = np.where(s != 0, np.float32(1) / np.where(s != 0, s, 1), 0).astype(np.float32)
-    v = np.clip(q * inv, -32767, 32767)
+    v = np.clip(q * inv, -levels, levels)
     codes = np.sign(v) * np.floor(np.abs(v) + 0.5)
     return s.astype(np.float64) * codes
 
@@ -89,12 +91,12 @@ def _reference_q8(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, isa: str, bits: int = 8
 ) -> np.ndarray:
     """Attention over the int8 (bits 8) or 4-bit cache as kernels.h defines it for the table:
-    the query in int16 against the dequantized keys, then float64 attention on the dequantized
-    values; or, on the INTEGER_WEIGHTS tables, an online softmax over tiles and per tile and
-    value block the weights p_j * dv_j rounded to int16 against W = max p * max dv, their sum
-    with the codes taken exactly and scaled by W / 32767 (float64 but for the weights, float32
-    as there)."""
-    qd, kd = _query_q16(q), _dequantized(k, bits)
+    the query in int16 (int8 against 4-bit keys) against the dequantized keys, then float64
+    attention on the dequantized values; or, on the INTEGER_WEIGHTS tables, an online softmax
+    over tiles and per tile and value block the weights p_j * dv_j rounded to int16 against
+    W = max p * max dv, their sum with the codes taken exactly and scaled by W / 32767 (float64
+    but for the weights, float32 as there)."""
+    qd, kd = _query_codes(q, bits), _dequantized(k, bits)
     if isa not in INTEGER_WEIGHTS:
         return _reference(qd, kd, _dequantized(v, bits), scale)
     one, tile = np.float32(32767), _core.ATTENTION_TILE
@@ -131,7 +133,7 @@ ATTENTION_INT = {8: _core.attention_q8, 4: _core.attention_q4}
 )
 def test_attention_q8(isa: str, bits: int, n_q: int, n: int, d: int) -> None:
     """The int8 and 4-bit caches: rows through their blocks (as the model stores them), scores
-    against the query in int16 (integer dot products), the weighted sum as the table defines
+    against the query in int16 or int8 (integer dot products), the weighted sum as the table defines
     it; the kernel's only differences are summation orders and its exp."""
     rng = np.random.default_rng(n_q * 1000 + n + d)
     q = rng.standard_normal((n_q, d)).astype(np.float32)
@@ -169,9 +171,9 @@ def test_attention_q8_integer_weights_are_a_small_part_of_the_error(
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_attention_q8_integer_sums_at_their_largest(isa: str, bits: int) -> None:
-    """Every product at its largest (query codes +-32767, key codes +-127 or +-7, all of one
-    sign per row): the int32 sums of a block cannot overflow nor lose a bit, whatever the ISA's
-    lanes."""
+    """Every product at its largest (query codes +-32767 and key codes +-127; against 4-bit
+    keys +-127 and nibbles 15, which avx2 sums in int16 over a block), all of one sign per
+    row: a block's sums cannot overflow nor lose a bit, whatever the ISA's lanes."""
     d, n = 256, 40
     q = np.full((4, d), 3.0, np.float32)
     q[1] *= -1
