@@ -207,16 +207,20 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
                            const KeyGroupQ8* k, const ValueGroupQ8* v, int64_t n, int64_t d,
                            float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);
 // attention_q4, over the 4-bit cache (formats.h: KeyGroupQ4, ValueGroupQ4): attention_q8's
-// arithmetic on the codes q = nibble - 8, but for the query, rounded to int8 (quantize_row_q8)
-// instead of int16, so that the nibbles meet it in byte dot products (4 products per 32-bit
-// lane where int16 takes 2); its rounding (1/254 of the row's largest element) stays small
-// beside the keys' (1/14 of a block's). Exact in int32 the same way (|q| <= 8). The SIMD
-// tables take the offset per block: sum qc * q = sum qc * nibble - 8 * sum qc, with the query
-// codes' block sums from query_block_sums.
-inline void query_block_sums(const int8_t* qc, int64_t d, int32_t* sums) {
+// arithmetic on the codes q = nibble - 8, but for the query, rounded to int8 per block of 32
+// (quantize_block_q8: q8a's codes and scales, quantize_query_q4) instead of int16 per row, so
+// that the nibbles meet it in byte dot products (4 products per 32-bit lane where int16 takes
+// 2); a block's scale keeps its rounding at 1/254 of the block's largest element, small
+// beside the keys' 1/14, where one scale per row in int8 let a few large elements coarsen the
+// rest. scale * q . k[j] is scale * sum_b (dk_b * dq_b) (qc_b . kc_b), exact in int32 the same
+// way (|q| <= 8). The SIMD tables take the offset per block: sum qc * q = sum qc * nibble -
+// 8 * sum qc, with the codes' block sums from quantize_query_q4.
+inline void quantize_query_q4(const float* x, int64_t d, int8_t* codes, float* scales,
+                              int32_t* sums) {
     for (int64_t b = 0; b < d / kBlockK; ++b) {
+        scales[b] = quantize_block_q8(x + b * kBlockK, codes + b * kBlockK);
         int32_t sum = 0;
-        for (int e = 0; e < kBlockK; ++e) sum += qc[b * kBlockK + e];
+        for (int e = 0; e < kBlockK; ++e) sum += codes[b * kBlockK + e];
         sums[b] = sum;
     }
 }

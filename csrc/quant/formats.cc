@@ -54,10 +54,6 @@ float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
     return quantize_symmetric(x, q, n, 32767.0f);
 }
 
-float quantize_row_q8(const float* x, int8_t* q, int64_t n) {
-    return quantize_symmetric(x, q, n, 127.0f);
-}
-
 void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d) {
     const int64_t nb = d / kBlockK, l = j % kKvGroup;
     KeyGroupQ8* g = groups + j / kKvGroup * nb;

@@ -177,8 +177,6 @@ float quantize_block_q4(const float* x, int8_t* q);
 // A query row for integer dot products with an int8 cache: s = amax / 32767, q = round(x / s)
 // (half away from zero) within +-32767; returns s. Scalar, the same codes on every table.
 float quantize_row_q16(const float* x, int16_t* q, int64_t n);
-// The same in int8 (s = amax / 127, within +-127), for the 4-bit cache's byte dot products.
-float quantize_row_q8(const float* x, int8_t* q, int64_t n);
 
 // Key or value x [d] (d a multiple of 32) as position j of a head's int8 cache `groups`
 // (quantize_block_q8 per block): scalar, the same bytes on every CPU. A cache row is written

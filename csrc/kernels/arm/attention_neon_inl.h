@@ -43,7 +43,8 @@ QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) {
 // One query vector of a call: q [d], out [d], the positions it sees, its scratch row p for a
 // tile's scores, and its running softmax max m and sum l; against the int8 cache also the
 // query in int16 codes qc [d] and their scale qs (quantize_row_q16); against the 4-bit cache
-// in int8 codes qb [d] (quantize_row_q8), qs, and the codes' sum per block (qsum [d / 32]).
+// in int8 codes qb [d], their scales qd and sums qsum per block [d / 32] (quantize_query_q4),
+// and qs = 1.
 struct Row {
     const float* q;
     float* out;
@@ -51,8 +52,9 @@ struct Row {
     int64_t n;
     float m, l;
     const int16_t* qc = nullptr;
-    float qs = 0.0f;
+    float qs = 1.0f;
     const int8_t* qb = nullptr;
+    const float* qd = nullptr;
     const int32_t* qsum = nullptr;
 };
 
@@ -259,7 +261,8 @@ QE_NEON_INLINE void score_q4(Row* rows, const KeyGroupQ4* k, int64_t j0, int64_t
                 const float32x4_t sb = vld1q_f32(kg[b].d + l + 4 * g);
                 for (int r = 0; r < R; ++r) {
                     const int32x4_t s = vsubq_s32(sums[g][r], vdupq_n_s32(8 * rows[r].qsum[b]));
-                    acc_f[g][r] = vfmaq_f32(acc_f[g][r], vcvtq_f32_s32(s), sb);
+                    const float32x4_t sq = vmulq_n_f32(sb, rows[r].qd[b]);
+                    acc_f[g][r] = vfmaq_f32(acc_f[g][r], vcvtq_f32_s32(s), sq);
                 }
             }
         }
@@ -267,7 +270,7 @@ QE_NEON_INLINE void score_q4(Row* rows, const KeyGroupQ4* k, int64_t j0, int64_t
         for (int r = 0; r < R; ++r) {
             float lanes[8 * G];
             for (int g = 0; g < 2 * G; ++g)
-                vst1q_f32(lanes + 4 * g, vmulq_n_f32(vmulq_n_f32(acc_f[g][r], rows[r].qs), scale));
+                vst1q_f32(lanes + 4 * g, vmulq_n_f32(acc_f[g][r], scale));
             std::memcpy(rows[r].p + j, lanes, size_t(m) * sizeof(float));
         }
     }
@@ -492,12 +495,14 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
     // The int8 cache's quantized queries, a slot per row of a block, kept by the thread from
     // call to call.
     thread_local std::vector<int16_t> codes;
-    thread_local std::vector<int8_t> bytes;  // 4-bit keys: the queries in int8
+    thread_local std::vector<int8_t> bytes;  // 4-bit keys: the queries in int8,
+    thread_local std::vector<float> scales;  // their block scales
     thread_local std::vector<int32_t> sums;  // and their codes' block sums
     const int64_t nb = d / kBlockK;
     if constexpr (kKeyGroups<K>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
         if (bytes.size() < size_t(kBlock * d)) bytes.resize(size_t(kBlock * d));
+        if (scales.size() < size_t(kBlock * nb)) scales.resize(size_t(kBlock * nb));
         if (sums.size() < size_t(kBlock * nb)) sums.resize(size_t(kBlock * nb));
     }
     for (int64_t first = 0; first < total; first += kBlock) {
@@ -508,10 +513,11 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
                           n - (n_t - 1 - r), -INFINITY, 0.0f};
             if constexpr (kNibbles<K>) {
                 int8_t* qb = bytes.data() + b * d;
+                float* qd = scales.data() + b * nb;
                 int32_t* qsum = sums.data() + b * nb;
-                rows[b].qs = quantize_row_q8(rows[b].q, qb, d);
-                query_block_sums(qb, d, qsum);
+                quantize_query_q4(rows[b].q, d, qb, qd, qsum);
                 rows[b].qb = qb;
+                rows[b].qd = qd;
                 rows[b].qsum = qsum;
             } else if constexpr (kKeyGroups<K>) {
                 int16_t* qc = codes.data() + b * d;

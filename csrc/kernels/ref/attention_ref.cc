@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Scalar reference of softmax attention over one KV head (docs/model.md §4.7 step 5), for an f16,
 // f32, int8 or 4-bit KV cache (the last two's scores are integer dot products with the query in
-// int16, or int8 against 4-bit keys), streaming: per tile of kAttentionTile positions the
-// scores, the tile's max, then the online-softmax update (running max m and sum l per query;
-// out rescaled by exp(m_old - m_new) when the max grows); out / l at the end. Scratch: one tile of scores per query, whatever n.
+// int16, or in int8 blocks against 4-bit keys), streaming: per tile of kAttentionTile positions
+// the scores, the tile's max, then the online-softmax update (running max m and sum l per
+// query; out rescaled by exp(m_old - m_new) when the max grows); out / l at the end. Scratch:
+// one tile of scores per query, whatever n.
 // Several tokens are attended one after the other: the definition of what a kernel that
 // shares K/V tiles among them must give. attention_q8_integer_weights (and _q4_) define the
 // weighted sum over the integer caches of the SIMD tables (kernels.h): int16 weights, exact
@@ -54,14 +55,16 @@ float value(const ValueGroupQ4* v, int64_t j, int64_t e, int64_t d) {
 }
 
 // The query's dot product with key row j: in float against f16 and f32 keys; against the
-// integer caches' keys (q8k16, q4k16x4) the query is rounded to codes qc with one scale qs
-// (int16: quantize_row_q16; int8 against 4-bit keys: quantize_row_q8), each block's products
-// summed exactly in integers and scaled by the block's scale, the blocks summed in order,
-// times qs.
+// integer caches' keys (q8k16, q4k16x4) the query is rounded to codes qc, each block's
+// products summed exactly in integers and scaled by the block's scale, the blocks summed in
+// order. Against int8 keys the codes are int16 with one scale qs per row (quantize_row_q16),
+// applied to the sum; against 4-bit keys int8 with a scale per block (quantize_query_q4), and
+// each block's scale is the key's times the query's.
 struct Query {
     const float* q;
     std::vector<int16_t> qc;
-    float qs;
+    float qs = 1.0f;
+    std::vector<float> qd;  // 4-bit keys: the blocks' scales
 };
 template <typename T>
 float dot(const Query& query, const T* k, int64_t j, int64_t d) {
@@ -79,7 +82,8 @@ float dot_groups(const Query& query, const G* k, int64_t j, int64_t d) {
         int32_t sum = 0;
         for (int e = 0; e < kBlockK; ++e)
             sum += int32_t(query.qc[b * kBlockK + e]) * key_code(kb, l, e);
-        total += kb.d[l] * float(sum);
+        const float scale = query.qd.empty() ? kb.d[l] : kb.d[l] * query.qd[size_t(b)];
+        total += scale * float(sum);
     }
     return total * query.qs;
 }
@@ -90,13 +94,15 @@ float dot(const Query& query, const KeyGroupQ4* k, int64_t j, int64_t d) {
     return dot_groups(query, k, j, d);
 }
 
-// The query's codes and scale for keys of type K.
+// The query's codes and scales for keys of type K.
 template <typename K>
 void quantize_query(Query& query, int64_t d) {
     query.qc.resize(size_t(d));
     if constexpr (std::is_same_v<K, KeyGroupQ4>) {
         std::vector<int8_t> codes(static_cast<size_t>(d));
-        query.qs = quantize_row_q8(query.q, codes.data(), d);
+        std::vector<int32_t> sums(static_cast<size_t>(d / kBlockK));
+        query.qd.resize(static_cast<size_t>(d / kBlockK));
+        quantize_query_q4(query.q, d, codes.data(), query.qd.data(), sums.data());
         query.qc.assign(codes.begin(), codes.end());
     } else {
         query.qs = quantize_row_q16(query.q, query.qc.data(), d);
@@ -137,7 +143,7 @@ void attend(const float* q, int64_t ldq, int64_t n_q, const K* k, const V* v, in
             float scale, float* scratch, float* out, int64_t ldo) {
     for (int64_t i = 0; i < n_q; ++i) {
         const float* qi = q + i * ldq;
-        Query query{qi, {}, 0.0f};
+        Query query{qi, {}, 1.0f, {}};
         if constexpr (kGroups<K>) quantize_query<K>(query, d);
         float* p = scratch + i * (n < kAttentionTile ? n : kAttentionTile);
         float* oi = out + i * ldo;

@@ -174,15 +174,16 @@ static inline float tile_max(const float* x, int64_t n) {
 
 // One query vector: q [d], out [d], and the number of positions it sees; against the int8
 // cache also the query in int16 codes qc [d] and their scale qs (quantize_row_q16); against
-// the 4-bit cache in int8 codes qb [d] (quantize_row_q8), qs, and the codes' sum per block
-// (qsum [d / 32]).
+// the 4-bit cache in int8 codes qb [d], their scales qd and sums qsum per block [d / 32]
+// (quantize_query_q4), and qs = 1.
 struct Row {
     const float* q;
     float* out;
     int64_t n;
     const int16_t* qc = nullptr;
-    float qs = 0.0f;
+    float qs = 1.0f;
     const int8_t* qb = nullptr;
+    const float* qd = nullptr;
     const int32_t* qsum = nullptr;
 };
 
@@ -458,7 +459,8 @@ static inline void store_first(float* p, Vec f, int m) {
 // The scores of R rows against kLanes positions of a key group (kg: its nb blocks; l0: the
 // first position's place in it; runs of 8 or more read the keys widened at `wide`),
 // unscaled by the rows' qs, into f [R]: per block the int32 sums over the block's 16 column
-// pairs (8 quads of 4-bit keys), converted and scaled by the positions' block scales;
+// pairs (8 quads of 4-bit keys), converted and scaled by the positions' block scales (times
+// the query's block scale for 4-bit keys);
 // fetching pf_lines cache lines from pf meanwhile, a few per block. A function of its own,
 // the columns unrolled: inlined into score_tile, unrolled or not, an avx512 decode call
 // measured 2 % slower.
@@ -499,8 +501,10 @@ __attribute__((noinline)) static void group_scores(const KG* kg, int l0, int64_t
             }
         }
         const Vec sb = QE_V(loadu_ps)(kg[b].d + l0);
-        for (int r = 0; r < R; ++r)
-            acc_f[r] = QE_V(fmadd_ps)(QE_V(cvtepi32_ps)(acc[r]), sb, acc_f[r]);
+        for (int r = 0; r < R; ++r) {
+            const Vec s = kNibbles<KG> ? QE_V(mul_ps)(sb, QE_V(set1_ps)(rows[r].qd[b])) : sb;
+            acc_f[r] = QE_V(fmadd_ps)(QE_V(cvtepi32_ps)(acc[r]), s, acc_f[r]);
+        }
     }
     for (int r = 0; r < R; ++r) f[r] = acc_f[r];
 }
@@ -995,12 +999,14 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
     // The int8 cache's quantized queries, a slot per row of a block (24 KiB at d = 256), kept
     // by the thread from call to call.
     thread_local std::vector<int16_t> codes;
-    thread_local std::vector<int8_t> bytes;  // 4-bit keys: the queries in int8
+    thread_local std::vector<int8_t> bytes;  // 4-bit keys: the queries in int8,
+    thread_local std::vector<float> scales;  // their block scales
     thread_local std::vector<int32_t> sums;  // and their codes' block sums
     const int64_t nb = d / kBlockK;
     if constexpr (kKeyGroups<K>) {
         if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
         if (bytes.size() < size_t(kBlock * d)) bytes.resize(size_t(kBlock * d));
+        if (scales.size() < size_t(kBlock * nb)) scales.resize(size_t(kBlock * nb));
         if (sums.size() < size_t(kBlock * nb)) sums.resize(size_t(kBlock * nb));
         Q8Scratch& x = q8_scratch(nb);
         x.widened_base = nullptr;  // the cache may have changed since
@@ -1025,10 +1031,11 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
             Row row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
             if constexpr (kNibbles<K>) {
                 int8_t* qb = bytes.data() + b.count * d;
+                float* qd = scales.data() + b.count * nb;
                 int32_t* qsum = sums.data() + b.count * nb;
-                row.qs = quantize_row_q8(row.q, qb, d);
-                query_block_sums(qb, d, qsum);
+                quantize_query_q4(row.q, d, qb, qd, qsum);
                 row.qb = qb;
+                row.qd = qd;
                 row.qsum = qsum;
             } else if constexpr (kKeyGroups<K>) {
                 int16_t* qc = codes.data() + b.count * d;

@@ -70,14 +70,16 @@ def _dequantized(x: np.ndarray, bits: int = 8) -> np.ndarray:
 
 
 def _query_codes(q: np.ndarray, bits: int = 8) -> np.ndarray:
-    """Each query row rounded with one scale (half away from zero) as the integer caches'
-    scores take it, back in float64: to int16 (amax / 32767) against the int8 cache, to int8
-    (amax / 127) against the 4-bit cache's keys (kernels.h)."""
-    levels = np.float32(32767 if bits == 8 else 127)
+    """Each query row rounded (half away from zero) as the integer caches' scores take it,
+    back in float64: to int16 with one scale per row (amax / 32767) against the int8 cache,
+    against the 4-bit cache's keys to q8a's int8 blocks of 32 (kernels.h)."""
+    if bits == 4:
+        scale, codes = _cache_blocks(q, 8)
+        return (scale[:, None].astype(np.float64) * codes).reshape(q.shape)
     q = q.astype(np.float32)
-    s = np.abs(q).max(axis=-1, keepdims=True) / levels
+    s = np.abs(q).max(axis=-1, keepdims=True) / np.float32(32767)
     inv = np.where(s != 0, np.float32(1) / np.where(s != 0, s, 1), 0).astype(np.float32)
-    v = np.clip(q * inv, -levels, levels)
+    v = np.clip(q * inv, -32767, 32767)
     codes = np.sign(v) * np.floor(np.abs(v) + 0.5)
     return s.astype(np.float64) * codes
 
@@ -91,7 +93,7 @@ def _reference_q8(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, isa: str, bits: int = 8
 ) -> np.ndarray:
     """Attention over the int8 (bits 8) or 4-bit cache as kernels.h defines it for the table:
-    the query in int16 (int8 against 4-bit keys) against the dequantized keys, then float64
+    the query in int16 (int8 blocks against 4-bit keys) against the dequantized keys, then float64
     attention on the dequantized values; or, on the INTEGER_WEIGHTS tables, an online softmax
     over tiles and per tile and value block the weights p_j * dv_j rounded to int16 against
     W = max p * max dv, their sum with the codes taken exactly and scaled by W / 32767 (float64
@@ -172,8 +174,8 @@ def test_attention_q8_integer_weights_are_a_small_part_of_the_error(
 @pytest.mark.parametrize("bits", [8, 4])
 def test_attention_q8_integer_sums_at_their_largest(isa: str, bits: int) -> None:
     """Every product at its largest (query codes +-32767 and key codes +-127; against 4-bit
-    keys +-127 and nibbles 15, which avx2 sums in int16 over a block), all of one sign per
-    row: a block's sums cannot overflow nor lose a bit, whatever the ISA's lanes."""
+    keys +-127 and nibbles 15, which avx2 and neon sum in int16 over a block), all of one sign
+    per row: a block's sums cannot overflow nor lose a bit, whatever the ISA's lanes."""
     d, n = 256, 40
     q = np.full((4, d), 3.0, np.float32)
     q[1] *= -1
