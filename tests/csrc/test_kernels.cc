@@ -360,6 +360,36 @@ QE_TEST(delta_net_kernels_match_ref) {
     }
 }
 
+// The 4-bit keys' quads as formats.h documents them: the 16 bits of quad p of position l,
+// spread by (x | x << 12) & 0x0f0f0f0f, are the codes of elements 4p .. 4p + 3 plus 8 in byte
+// order, what the byte dot products of every table rely on; key_code reads the same codes.
+QE_TEST(kv_q4_key_quads_spread_to_bytes_in_order) {
+    const int64_t d = 64;
+    std::vector<float> x(size_t(17 * d));
+    // Integers -7..7 in an order that puts all 15 in every block of 32: each block's scale
+    // is 1 and its codes are its elements.
+    for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 7 % 15) - 7);
+    std::vector<qe::KeyGroupQ4> k(size_t(qe::kv_groups(17, d)));
+    qe::quantize_keys_q4(x.data(), k.data(), 17, d);
+    for (int64_t j = 0; j < 17; ++j) {
+        for (int64_t b = 0; b < d / qe::kBlockK; ++b) {
+            const qe::KeyGroupQ4& g = k[size_t(j / qe::kKvGroup * (d / qe::kBlockK) + b)];
+            const int l = int(j % qe::kKvGroup);
+            EXPECT_TRUE(g.d[l] == 1.0f);
+            for (int p = 0; p < qe::kBlockK / 4; ++p) {
+                const uint32_t w = uint32_t(g.q[p][l][0]) | uint32_t(g.q[p][l][1]) << 8;
+                const uint32_t spread = (w | w << 12) & 0x0f0f0f0fu;
+                for (int i = 0; i < 4; ++i) {
+                    const int e = 4 * p + i;
+                    const int want = int(x[size_t(j * d + b * qe::kBlockK + e)]);
+                    EXPECT_TRUE(int(spread >> 8 * i & 0xff) - 8 == want);
+                    EXPECT_TRUE(qe::key_code(g, l, e) == want);
+                }
+            }
+        }
+    }
+}
+
 QE_TEST(attention_matches_ref) {
     for (const auto* t : simd_tables()) {
         for (auto [n_q, n, d] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 16},
