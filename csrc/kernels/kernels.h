@@ -211,8 +211,9 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
 // (quantize_block_q8: q8a's codes and scales, quantize_query_q4) instead of int16 per row, so
 // that the nibbles meet it in byte dot products (4 products per 32-bit lane where int16 takes
 // 2); a block's scale keeps its rounding at 1/254 of the block's largest element, small
-// beside the keys' 1/14, where one scale per row in int8 let a few large elements coarsen the
-// rest. scale * q . k[j] is scale * sum_b (dk_b * dq_b) (qc_b . kc_b), exact in int32 the same
+// beside the keys' 1/14, where one scale per row in int8 would let a few large elements
+// coarsen the rest (on the trained testbed both gave the int16 query's KL, docs/quality.md).
+// scale * q . k[j] is scale * sum_b (dk_b * dq_b) (qc_b . kc_b), exact in int32 the same
 // way (|q| <= 8). The SIMD tables take the offset per block: sum qc * q = sum qc * nibble -
 // 8 * sum qc, with the codes' block sums from quantize_query_q4.
 inline void quantize_query_q4(const float* x, int64_t d, int8_t* codes, float* scales,
