@@ -215,16 +215,7 @@ using AttentionQ8Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_
 // coarsen the rest (on the trained testbed both gave the int16 query's KL, docs/quality.md).
 // scale * q . k[j] is scale * sum_b (dk_b * dq_b) (qc_b . kc_b), exact in int32 the same
 // way (|q| <= 8). The SIMD tables take the offset per block: sum qc * q = sum qc * nibble -
-// 8 * sum qc, with the codes' block sums from quantize_query_q4.
-inline void quantize_query_q4(const float* x, int64_t d, int8_t* codes, float* scales,
-                              int32_t* sums) {
-    for (int64_t b = 0; b < d / kBlockK; ++b) {
-        scales[b] = quantize_block_q8(x + b * kBlockK, codes + b * kBlockK);
-        int32_t sum = 0;
-        for (int e = 0; e < kBlockK; ++e) sum += codes[b * kBlockK + e];
-        sums[b] = sum;
-    }
-}
+// 8 * sum qc, with the codes' block sums from quantize_query_q4 (formats.h).
 using AttentionQ4Fn = void(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n_t,
                            const KeyGroupQ4* k, const ValueGroupQ4* v, int64_t n, int64_t d,
                            float scale, float* scratch, float* out, int64_t ldo, int64_t ldot);

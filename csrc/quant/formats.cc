@@ -54,6 +54,15 @@ float quantize_row_q16(const float* x, int16_t* q, int64_t n) {
     return quantize_symmetric(x, q, n, 32767.0f);
 }
 
+void quantize_query_q4(const float* x, int64_t d, int8_t* codes, float* scales, int32_t* sums) {
+    for (int64_t b = 0; b < d / kBlockK; ++b) {
+        scales[b] = quantize_block_q8(x + b * kBlockK, codes + b * kBlockK);
+        int32_t sum = 0;
+        for (int e = 0; e < kBlockK; ++e) sum += codes[b * kBlockK + e];
+        sums[b] = sum;
+    }
+}
+
 void store_key_q8(const float* x, KeyGroupQ8* groups, int64_t j, int64_t d) {
     const int64_t nb = d / kBlockK, l = j % kKvGroup;
     KeyGroupQ8* g = groups + j / kKvGroup * nb;

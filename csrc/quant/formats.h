@@ -177,6 +177,10 @@ float quantize_block_q4(const float* x, int8_t* q);
 // A query row for integer dot products with an int8 cache: s = amax / 32767, q = round(x / s)
 // (half away from zero) within +-32767; returns s. Scalar, the same codes on every table.
 float quantize_row_q16(const float* x, int16_t* q, int64_t n);
+// A query row against the 4-bit cache's keys: q8a's int8 blocks (quantize_block_q8 per block
+// of 32: codes [d], scales [d / 32]) and each block's sum of codes (sums [d / 32], for the
+// keys' offset of 8). Scalar, as quantize_row_q16.
+void quantize_query_q4(const float* x, int64_t d, int8_t* codes, float* scales, int32_t* sums);
 
 // Key or value x [d] (d a multiple of 32) as position j of a head's int8 cache `groups`
 // (quantize_block_q8 per block): scalar, the same bytes on every CPU. A cache row is written

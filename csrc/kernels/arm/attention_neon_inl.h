@@ -44,7 +44,7 @@ QE_NEON_INLINE float widen(const uint16_t* c, int64_t i) {
 // tile's scores, and its running softmax max m and sum l; against the int8 cache also the
 // query in int16 codes qc [d] and their scale qs (quantize_row_q16); against the 4-bit cache
 // in int8 codes qb [d], their scales qd and sums qsum per block [d / 32] (quantize_query_q4),
-// and qs = 1.
+// and qs = 1. QueryCodes fills them.
 struct Row {
     const float* q;
     float* out;
@@ -57,6 +57,7 @@ struct Row {
     const float* qd = nullptr;
     const int32_t* qsum = nullptr;
 };
+#include "kernels/attention_queries_inl.h"
 
 // Scores of the tile's positions j .. j + P - 1 (key rows j0 + j ..) against R queries that see
 // them all: rows[r].p[j + i] = scale * q_r . k[j0 + j + i]. P x R independent FMA chains (one
@@ -135,6 +136,19 @@ QE_NEON_INLINE int8x16_t value_codes(const uint8_t* row, int h) {
     return vreinterpretq_s8_u8(h == 0 ? vandq_u8(b, vdupq_n_u8(15)) : vshrq_n_u8(b, 4));
 }
 
+// rows[r].p[j ..] = scale * qs_r * acc[g][r], the first m of the 4N positions (4 per g) whose
+// scores score_q8 and score_q4 summed.
+template <int R, int N>
+QE_NEON_INLINE void store_scores(Row* rows, const float32x4_t (&acc)[N][R], int64_t j, int64_t m,
+                                 float scale) {
+    for (int r = 0; r < R; ++r) {
+        float lanes[4 * N];
+        for (int g = 0; g < N; ++g)
+            vst1q_f32(lanes + 4 * g, vmulq_n_f32(vmulq_n_f32(acc[g][r], rows[r].qs), scale));
+        std::memcpy(rows[r].p + j, lanes, size_t(m) * sizeof(float));
+    }
+}
+
 // Scores on the int8 cache: the query in int16 against the q8k16 keys, 4G positions at a time
 // along lanes. A load of a column pair for 4 positions, widened once to
 // int16 for all rows, times the row's pair of codes (broadcast) by smlal into int32 lanes
@@ -184,13 +198,7 @@ QE_NEON_INLINE void score_q8(Row* rows, const KeyGroupQ8* k, int64_t j0, int64_t
                 }
             }
         }
-        const int64_t m = nt - j < 4 * G ? nt - j : 4 * G;
-        for (int r = 0; r < R; ++r) {
-            float lanes[4 * G];
-            for (int g = 0; g < G; ++g)
-                vst1q_f32(lanes + 4 * g, vmulq_n_f32(vmulq_n_f32(acc_f[g][r], rows[r].qs), scale));
-            std::memcpy(rows[r].p + j, lanes, size_t(m) * sizeof(float));
-        }
+        store_scores<R, G>(rows, acc_f, j, nt - j < 4 * G ? nt - j : 4 * G, scale);
     }
 }
 
@@ -266,13 +274,7 @@ QE_NEON_INLINE void score_q4(Row* rows, const KeyGroupQ4* k, int64_t j0, int64_t
                 }
             }
         }
-        const int64_t m = nt - j < 8 * G ? nt - j : 8 * G;
-        for (int r = 0; r < R; ++r) {
-            float lanes[8 * G];
-            for (int g = 0; g < 2 * G; ++g)
-                vst1q_f32(lanes + 4 * g, vmulq_n_f32(acc_f[g][r], scale));
-            std::memcpy(rows[r].p + j, lanes, size_t(m) * sizeof(float));
-        }
+        store_scores<R, 2 * G>(rows, acc_f, j, nt - j < 8 * G ? nt - j : 8 * G, scale);
     }
 }
 
@@ -492,38 +494,16 @@ void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, int64_t n
                int64_t ldo, int64_t ldot) {
     const int64_t ldp = attention_scratch(1, n), total = n_t * n_q;
     Row rows[kBlock];
-    // The int8 cache's quantized queries, a slot per row of a block, kept by the thread from
-    // call to call.
-    thread_local std::vector<int16_t> codes;
-    thread_local std::vector<int8_t> bytes;  // 4-bit keys: the queries in int8,
-    thread_local std::vector<float> scales;  // their block scales
-    thread_local std::vector<int32_t> sums;  // and their codes' block sums
-    const int64_t nb = d / kBlockK;
-    if constexpr (kKeyGroups<K>) {
-        if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
-        if (bytes.size() < size_t(kBlock * d)) bytes.resize(size_t(kBlock * d));
-        if (scales.size() < size_t(kBlock * nb)) scales.resize(size_t(kBlock * nb));
-        if (sums.size() < size_t(kBlock * nb)) sums.resize(size_t(kBlock * nb));
-    }
+    // The integer caches' quantized queries, a slot per row of a block.
+    thread_local QueryCodes<K> codes;
+    if constexpr (kKeyGroups<K>) codes.reserve(kBlock, d);
     for (int64_t first = 0; first < total; first += kBlock) {
         const int64_t count = total - first < kBlock ? total - first : kBlock;
         for (int64_t b = 0; b < count; ++b) {
             const int64_t r = (first + b) / n_q, i = (first + b) % n_q;
             rows[b] = Row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, scratch + b * ldp,
                           n - (n_t - 1 - r), -INFINITY, 0.0f};
-            if constexpr (kNibbles<K>) {
-                int8_t* qb = bytes.data() + b * d;
-                float* qd = scales.data() + b * nb;
-                int32_t* qsum = sums.data() + b * nb;
-                quantize_query_q4(rows[b].q, d, qb, qd, qsum);
-                rows[b].qb = qb;
-                rows[b].qd = qd;
-                rows[b].qsum = qsum;
-            } else if constexpr (kKeyGroups<K>) {
-                int16_t* qc = codes.data() + b * d;
-                rows[b].qs = quantize_row_q16(rows[b].q, qc, d);
-                rows[b].qc = qc;
-            }
+            if constexpr (kKeyGroups<K>) codes.quantize(rows[b], b, d);
         }
         // Rows go token by token, so the block's last row sees the most positions.
         // A token's n_q heads see the same positions: they go through a tile in runs of up to

@@ -175,7 +175,7 @@ static inline float tile_max(const float* x, int64_t n) {
 // One query vector: q [d], out [d], and the number of positions it sees; against the int8
 // cache also the query in int16 codes qc [d] and their scale qs (quantize_row_q16); against
 // the 4-bit cache in int8 codes qb [d], their scales qd and sums qsum per block [d / 32]
-// (quantize_query_q4), and qs = 1.
+// (quantize_query_q4), and qs = 1. QueryCodes fills them.
 struct Row {
     const float* q;
     float* out;
@@ -186,6 +186,7 @@ struct Row {
     const float* qd = nullptr;
     const int32_t* qsum = nullptr;
 };
+#include "kernels/attention_queries_inl.h"
 
 // scale * q . k[j] for k's row starting at element kj: kLanes-wide FMAs over dv, the lanes'
 // sum, the scalar tail; exactly what attend_run does per row.
@@ -996,19 +997,11 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
                       float* out, int64_t ldo, int64_t ldot) {
     const int64_t ldp = n < kAttentionTile ? n : kAttentionTile;
     Block b;
-    // The int8 cache's quantized queries, a slot per row of a block (24 KiB at d = 256), kept
-    // by the thread from call to call.
-    thread_local std::vector<int16_t> codes;
-    thread_local std::vector<int8_t> bytes;  // 4-bit keys: the queries in int8,
-    thread_local std::vector<float> scales;  // their block scales
-    thread_local std::vector<int32_t> sums;  // and their codes' block sums
-    const int64_t nb = d / kBlockK;
+    // The integer caches' quantized queries, a slot per row of a block (24 KiB at d = 256).
+    thread_local QueryCodes<K> codes;
     if constexpr (kKeyGroups<K>) {
-        if (codes.size() < size_t(kBlock * d)) codes.resize(size_t(kBlock * d));
-        if (bytes.size() < size_t(kBlock * d)) bytes.resize(size_t(kBlock * d));
-        if (scales.size() < size_t(kBlock * nb)) scales.resize(size_t(kBlock * nb));
-        if (sums.size() < size_t(kBlock * nb)) sums.resize(size_t(kBlock * nb));
-        Q8Scratch& x = q8_scratch(nb);
+        codes.reserve(kBlock, d);
+        Q8Scratch& x = q8_scratch(d / kBlockK);
         x.widened_base = nullptr;  // the cache may have changed since
     }
     for (int64_t r = 0; r < n_t; ++r) {
@@ -1029,19 +1022,7 @@ static void attention(const float* q, int64_t ldq, int64_t ldqt, int64_t n_q, in
                 b.run_end[b.runs++] = b.count + 1;
             }
             Row row{q + r * ldqt + i * ldq, out + r * ldot + i * ldo, n_r};
-            if constexpr (kNibbles<K>) {
-                int8_t* qb = bytes.data() + b.count * d;
-                float* qd = scales.data() + b.count * nb;
-                int32_t* qsum = sums.data() + b.count * nb;
-                quantize_query_q4(row.q, d, qb, qd, qsum);
-                row.qb = qb;
-                row.qd = qd;
-                row.qsum = qsum;
-            } else if constexpr (kKeyGroups<K>) {
-                int16_t* qc = codes.data() + b.count * d;
-                row.qs = quantize_row_q16(row.q, qc, d);
-                row.qc = qc;
-            }
+            if constexpr (kKeyGroups<K>) codes.quantize(row, b.count, d);
             b.rows[b.count++] = row;
         }
     }
